@@ -1,0 +1,1 @@
+"""Benchmarks behind ``llmops bench <target>``; output format in BENCH.md."""

@@ -1,0 +1,159 @@
+"""``llmops bench noop``: the shared runtime's per-call overhead.
+
+Two servers run the *same* empty unary handler (bytes in, bytes out), each in its own process
+on uvloop: ``llmops`` behind the runtime's :class:`RuntimeInterceptor` (request id, deadline,
+error mapping, Prometheus metrics, a JSON access-log line per call written to a file), and
+``grpc-bare`` with no interceptor at all. One client process drives both over loopback in
+interleaved rounds, so machine noise hits both alike. Cases: sequential calls
+(concurrency 1, where the p50 overhead is plainest) and concurrent calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+
+from llmops.bench.report import Case, emit
+
+METHOD = "/llmops.bench.Noop/Call"
+SYSTEMS = ("llmops", "grpc-bare")
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+async def _noop(request: bytes, context: Any) -> bytes:
+    return b""
+
+
+async def _serve(system: str, port: int) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from llmops.logging import configure_logging
+    from llmops.server.interceptor import RpcMetrics, RuntimeInterceptor, ServerState
+
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    if system == "llmops":
+        configure_logging("info", "json")  # stderr: the parent points it at a file
+        interceptors.append(
+            RuntimeInterceptor("llmops.bench.Noop", RpcMetrics(CollectorRegistry()), ServerState())
+        )
+    server = grpc.aio.server(interceptors=interceptors)
+    handler = grpc.unary_unary_rpc_method_handler(
+        _noop, request_deserializer=_identity, response_serializer=_identity
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("llmops.bench.Noop", {"Call": handler}),)
+    )
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"READY {bound}", flush=True)
+    await server.wait_for_termination()
+
+
+def _start_server(system: str, log: IO[str]) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmops.bench.noop", "serve", system, "0"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().split()
+    if len(line) != 2 or line[0] != "READY":
+        proc.kill()
+        raise RuntimeError(f"{system} bench server failed to start")
+    return proc, int(line[1])
+
+
+async def _drive(stub: Any, n: int, concurrency: int, sink: list[float]) -> float:
+    """Run ``n`` calls from ``concurrency`` workers; append latencies; return wall seconds."""
+    per_worker = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+
+    async def worker(count: int) -> None:
+        perf = time.perf_counter
+        for _ in range(count):
+            t0 = perf()
+            await stub(b"", timeout=5)
+            sink.append(perf() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in per_worker))
+    return time.perf_counter() - start
+
+
+async def _run(ports: dict[str, int], calls: int, concurrency: int, rounds: int) -> list[Case]:
+    cases = {
+        (label, s): Case(label, s, concurrency=c)
+        for label, c in (("noop_unary_seq", 1), ("noop_unary", concurrency))
+        for s in SYSTEMS
+    }
+    channels = {s: grpc.aio.insecure_channel(f"127.0.0.1:{p}") for s, p in ports.items()}
+    stubs = {
+        s: ch.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
+        for s, ch in channels.items()
+    }
+    try:
+        for s in SYSTEMS:  # warm-up: connections, code paths, metric children
+            await _drive(stubs[s], 500, concurrency, [])
+        for r in range(rounds):
+            order = SYSTEMS if r % 2 == 0 else SYSTEMS[::-1]
+            for label, conc in (("noop_unary_seq", 1), ("noop_unary", concurrency)):
+                for s in order:
+                    case = cases[(label, s)]
+                    case.wall_s += await _drive(stubs[s], calls // rounds, conc, case.latencies_s)
+            print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    finally:
+        for ch in channels.values():
+            await ch.close(None)
+    return list(cases.values())
+
+
+def main(*, quick: bool, concurrency: int, calls: int | None) -> None:
+    calls = calls or (3000 if quick else 20000)
+    rounds = 4 if quick else 10
+    procs: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory(prefix="llmops-bench-") as tmp:
+        log_path = Path(tmp, "access.log")
+        try:
+            ports = {}
+            for s in SYSTEMS:
+                with log_path.open("a") as log:
+                    proc, port = _start_server(s, log)
+                procs.append(proc)
+                ports[s] = port
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                cases = runner.run(_run(ports, calls, concurrency, rounds))
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(10)
+        with log_path.open() as log:
+            logged = sum(1 for line in log if '"event":"rpc"' in line)
+    summaries = [c.summary() for c in cases]
+    by = {(c["case"], c["system"]): c for c in summaries}
+    ratios: dict[str, float] = {}
+    for label in ("noop_unary_seq", "noop_unary"):
+        mine, bare = by[(label, "llmops")], by[(label, "grpc-bare")]
+        ratios[f"{label}.p50_ms.llmops/grpc-bare"] = round(mine["p50_ms"] / bare["p50_ms"], 3)
+        ratios[f"{label}.rps.llmops/grpc-bare"] = round(mine["rps"] / bare["rps"], 3)
+    for c in summaries:
+        if c["system"] == "llmops":
+            c["access_log_lines_total"] = logged
+    emit("noop", summaries, ratios)
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "serve":
+    import uvloop
+
+    uvloop.run(_serve(sys.argv[2], int(sys.argv[3])))

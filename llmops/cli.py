@@ -1,0 +1,160 @@
+"""The ``llmops`` command line: run the mesh, one service, status, benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from llmops.config import ConfigError, MeshConfig, Mode, load_config
+from llmops.mesh import SERVICES
+
+EXIT_CONFIG = 2
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="LLMOPS_CONFIG",
+    help="YAML config file (default: none; env LLMOPS_CONFIG). "
+    "Env vars LLMOPS__<KEY>__<SUBKEY> override it.",
+)
+
+
+def _fail_config(message: str) -> NoReturn:
+    click.echo(f"llmops: config error: {message}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def _load(config_path: Path | None, **overrides: Any) -> MeshConfig:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _fail_config(str(exc))
+    if overrides:
+        try:
+            config = MeshConfig.model_validate({**config.model_dump(), **overrides})
+        except Exception as exc:  # validated again: overrides come from flags
+            _fail_config(str(exc).splitlines()[0])
+    return config
+
+
+def _serve(config: MeshConfig, names: list[str]) -> None:
+    from llmops.backends import StateDirLocked
+    from llmops.logging import configure_logging
+    from llmops.server import run
+
+    configure_logging(config.logging.level, config.logging.format)
+    try:
+        run(config, names)
+    except StateDirLocked as exc:
+        click.echo(f"llmops: {exc.message}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"llmops: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmops", prog_name="llmops")
+def cli() -> None:
+    """llmops-mesh: an LLMOps platform for e-commerce storefronts, as a mesh of gRPC services."""
+
+
+@cli.command()
+@_config_option
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the embedded backends keep their data (default: config state_dir).",
+)
+def up(config_path: Path | None, state_dir: Path | None) -> None:
+    """Run the whole mesh in this process on embedded backends (no external servers).
+
+    All seven services start, each on its own port (see `llmops ports`); Ctrl-C or SIGTERM
+    drains in-flight calls and stops them all.
+    """
+    overrides: dict[str, Any] = {"mode": Mode.EMBEDDED}
+    if state_dir is not None:
+        overrides["state_dir"] = state_dir
+    config = _load(config_path, **overrides)
+    names = [n for n, s in config.services.items() if s.enabled]
+    click.echo(f"llmops up: starting {len(names)} services (embedded mode)", err=True)
+    for name in names:
+        svc = config.services[name]
+        click.echo(
+            f"  {name:<11} grpc {svc.address:<16} metrics :{svc.admin_port}  "
+            f"{SERVICES[name].grpc_service}",
+            err=True,
+        )
+    _serve(config, names)
+
+
+@cli.command("run")
+@click.argument("service", type=click.Choice(list(SERVICES)))
+@_config_option
+def run_cmd(service: str, config_path: Path | None) -> None:
+    """Run one SERVICE as its own process, with production backends from the config."""
+    _serve(_load(config_path, mode=Mode.PRODUCTION), [service])
+
+
+@cli.command()
+@_config_option
+def ports(config_path: Path | None) -> None:
+    """Print each service's gRPC and metrics address."""
+    config = _load(config_path)
+    for name, svc in config.services.items():
+        click.echo(f"{name:<11} {svc.address:<16} http://{svc.host}:{svc.admin_port}/metrics")
+
+
+@cli.command()
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object) for scripts.")
+@click.option("--timeout", default=2.0, show_default=True, help="Per-service timeout, seconds.")
+def status(config_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Show each service's health, version, address and uptime.
+
+    Exits 0 when every enabled service is SERVING, 1 otherwise.
+    """
+    from llmops.status import collect_status, render_table
+
+    config = _load(config_path)
+    rows = asyncio.run(collect_status(config, timeout))
+    if as_json:
+        click.echo(json.dumps({"services": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        click.echo(render_table(rows))
+    sys.exit(0 if all(r.health == "SERVING" for r in rows) else 1)
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks; each prints one JSON line last on stdout (see BENCH.md)."""
+
+
+@bench.command("noop")
+@click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
+@click.option("--concurrency", default=8, show_default=True)
+@click.option("-n", "--calls", default=None, type=int, help="Calls per case (after warm-up).")
+def bench_noop(quick: bool, concurrency: int, calls: int | None) -> None:
+    """Empty unary RPC: the shared runtime (all interceptors) vs a bare grpc.aio server."""
+    from llmops.bench.noop import main as noop_main
+
+    noop_main(quick=quick, concurrency=concurrency, calls=calls)
+
+
+def run_service_main(name: str) -> None:
+    """Entry point of ``python -m services.<name>``: same as ``llmops run <name>``."""
+    main(["run", name, *sys.argv[1:]], prog_name=f"python -m services.{name}")
+
+
+def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    command: Callable[..., Any] = cli
+    command(args=args, prog_name=prog_name)

@@ -1,0 +1,212 @@
+"""Typed async clients for every service of the mesh.
+
+``MeshClient`` keeps one channel per target for its whole life (connection reuse: HTTP/2
+multiplexes concurrent calls), and every call made through it
+
+- gets a deadline: the caller's ``timeout=``, else the config's ``default_deadline_ms``, and
+  never more than what is left of the RPC being served (deadline propagation);
+- carries the current request id (``x-request-id``) so logs join up across services;
+- is retried on UNAVAILABLE only, by gRPC's own retry policy (exponential backoff, at most
+  4 attempts), never on other codes — a retried write could otherwise apply twice.
+
+The stubs are the generated ones, so every RPC is typed by the ``*_pb2_grpc.pyi`` stubs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from llmops.config import MeshConfig
+from llmops.server.interceptor import REQUEST_ID_KEY, current_request_id, remaining_time
+from llmops.v1 import (
+    admin_pb2_grpc,
+    embedding_pb2_grpc,
+    experiment_pb2_grpc,
+    feature_pb2_grpc,
+    feedback_pb2_grpc,
+    governance_pb2_grpc,
+    guardrail_pb2_grpc,
+    inference_pb2_grpc,
+)
+
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", RETRY_SERVICE_CONFIG),
+    ("grpc.keepalive_time_ms", 30_000),
+)
+
+
+if TYPE_CHECKING:  # grpc-stubs makes these generic; at run time they are not subscriptable
+    _UU = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _US = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    _SU = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    _SS = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UU = grpc.aio.UnaryUnaryClientInterceptor
+    _US = grpc.aio.UnaryStreamClientInterceptor
+    _SU = grpc.aio.StreamUnaryClientInterceptor
+    _SS = grpc.aio.StreamStreamClientInterceptor
+
+
+class _CallPolicy(_UU, _US, _SU, _SS):
+    """Puts the deadline and the request id on every outgoing call."""
+
+    def __init__(self, default_timeout_s: float) -> None:
+        self._default = default_timeout_s
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        timeout = details.timeout if details.timeout is not None else self._default
+        left = remaining_time()
+        if left is not None:
+            timeout = max(min(timeout, left), 0.0)
+        metadata = details.metadata
+        rid = current_request_id()
+        if rid is not None and not any(k == REQUEST_ID_KEY for k, _ in metadata or ()):
+            metadata = grpc.aio.Metadata(*(metadata or ()), (REQUEST_ID_KEY, rid))
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+class MeshClient:
+    """Async clients of all services; use ``async with MeshClient(config) as mesh``."""
+
+    def __init__(
+        self,
+        config: MeshConfig | None = None,
+        *,
+        targets: Mapping[str, str] | None = None,
+        default_timeout_s: float | None = None,
+    ) -> None:
+        config = config or MeshConfig.model_validate({})
+        self.targets = dict(targets or {n: s.address for n, s in config.services.items()})
+        self._policy = _CallPolicy(
+            default_timeout_s
+            if default_timeout_s is not None
+            else config.server.default_deadline_ms / 1000
+        )
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        """The one channel to ``service`` (created on first use, reused after)."""
+        channel = self._channels.get(service)
+        if channel is None:
+            try:
+                target = self.targets[service]
+            except KeyError:
+                raise KeyError(f"no address configured for service {service!r}") from None
+            channel = grpc.aio.insecure_channel(
+                target,
+                options=CHANNEL_OPTIONS,
+                interceptors=[self._policy],  # type: ignore[list-item]  # grpc-stubs too narrow
+            )
+            self._channels[service] = channel
+        return channel
+
+    def health(self, service: str) -> health_pb2_grpc.HealthAsyncStub:
+        return health_pb2_grpc.HealthStub(self.channel(service))
+
+    def admin(self, service: str) -> admin_pb2_grpc.AdminServiceAsyncStub:
+        return admin_pb2_grpc.AdminServiceStub(self.channel(service))
+
+    @cached_property
+    def feature(self) -> feature_pb2_grpc.FeatureServiceAsyncStub:
+        return feature_pb2_grpc.FeatureServiceStub(self.channel("feature"))
+
+    @cached_property
+    def feature_admin(self) -> feature_pb2_grpc.FeatureAdminServiceAsyncStub:
+        return feature_pb2_grpc.FeatureAdminServiceStub(self.channel("feature"))
+
+    @cached_property
+    def embedding(self) -> embedding_pb2_grpc.EmbeddingServiceAsyncStub:
+        return embedding_pb2_grpc.EmbeddingServiceStub(self.channel("embedding"))
+
+    @cached_property
+    def embedding_admin(self) -> embedding_pb2_grpc.EmbeddingAdminServiceAsyncStub:
+        return embedding_pb2_grpc.EmbeddingAdminServiceStub(self.channel("embedding"))
+
+    @cached_property
+    def inference(self) -> inference_pb2_grpc.InferenceServiceAsyncStub:
+        return inference_pb2_grpc.InferenceServiceStub(self.channel("inference"))
+
+    @cached_property
+    def inference_admin(self) -> inference_pb2_grpc.InferenceAdminServiceAsyncStub:
+        return inference_pb2_grpc.InferenceAdminServiceStub(self.channel("inference"))
+
+    @cached_property
+    def guardrail(self) -> guardrail_pb2_grpc.GuardrailServiceAsyncStub:
+        return guardrail_pb2_grpc.GuardrailServiceStub(self.channel("guardrail"))
+
+    @cached_property
+    def guardrail_admin(self) -> guardrail_pb2_grpc.GuardrailAdminServiceAsyncStub:
+        return guardrail_pb2_grpc.GuardrailAdminServiceStub(self.channel("guardrail"))
+
+    @cached_property
+    def experiment(self) -> experiment_pb2_grpc.ExperimentServiceAsyncStub:
+        return experiment_pb2_grpc.ExperimentServiceStub(self.channel("experiment"))
+
+    @cached_property
+    def experiment_admin(self) -> experiment_pb2_grpc.ExperimentAdminServiceAsyncStub:
+        return experiment_pb2_grpc.ExperimentAdminServiceStub(self.channel("experiment"))
+
+    @cached_property
+    def feedback(self) -> feedback_pb2_grpc.FeedbackServiceAsyncStub:
+        return feedback_pb2_grpc.FeedbackServiceStub(self.channel("feedback"))
+
+    @cached_property
+    def feedback_admin(self) -> feedback_pb2_grpc.FeedbackAdminServiceAsyncStub:
+        return feedback_pb2_grpc.FeedbackAdminServiceStub(self.channel("feedback"))
+
+    @cached_property
+    def governance(self) -> governance_pb2_grpc.GovernanceServiceAsyncStub:
+        return governance_pb2_grpc.GovernanceServiceStub(self.channel("governance"))
+
+    @cached_property
+    def governance_admin(self) -> governance_pb2_grpc.GovernanceAdminServiceAsyncStub:
+        return governance_pb2_grpc.GovernanceAdminServiceStub(self.channel("governance"))
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close(None)
+
+    async def __aenter__(self) -> MeshClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

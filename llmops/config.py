@@ -1,0 +1,236 @@
+"""One validated configuration model for the whole mesh: a YAML file plus environment overrides.
+
+Precedence (lowest to highest): built-in defaults, the YAML file (``--config`` or
+``LLMOPS_CONFIG``), then environment variables ``LLMOPS__<PATH>`` where ``__`` separates the
+levels, e.g. ``LLMOPS__SERVICES__FEATURE__PORT=6051`` or ``LLMOPS__MODE=production``. Values
+from the environment are parsed as YAML scalars, so ``true``, ``12`` and ``1.5`` get their types.
+
+Unknown keys are rejected. A bad value raises :class:`ConfigError`, whose message names the
+key and where the value came from; the CLI prints it on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmops.mesh import SERVICES
+
+ENV_PREFIX = "LLMOPS__"
+CONFIG_FILE_ENV = "LLMOPS_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class Mode(StrEnum):
+    EMBEDDED = "embedded"
+    PRODUCTION = "production"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ServiceConfig(_Strict):
+    """Where one service listens."""
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", min_length=1, description="gRPC bind address.")
+    port: int = Field(..., ge=1, le=65535, description="gRPC port.")
+    admin_port: int = Field(
+        ..., ge=0, le=65535, description="HTTP admin port serving /metrics; 0 disables it."
+    )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _default_services() -> dict[str, ServiceConfig]:
+    return {
+        name: ServiceConfig(port=entry.port, admin_port=entry.admin_port)
+        for name, entry in SERVICES.items()
+    }
+
+
+class RedisConfig(_Strict):
+    url: str = Field("redis://127.0.0.1:16379/0", description="redis-py URL (production).")
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = Field("127.0.0.1:19092", description="Comma-separated brokers.")
+
+
+class ClickHouseConfig(_Strict):
+    backend: Literal["chdb", "server"] = Field(
+        "chdb", description="chdb = in-process engine; server = clickhouse-driver native."
+    )
+    dsn: str = Field(
+        "clickhouse://default@127.0.0.1:19000/default", description="Native-protocol DSN."
+    )
+
+
+class OpaConfig(_Strict):
+    url: str = Field("http://127.0.0.1:18181", description="OPA server (production).")
+
+
+class BackendsConfig(_Strict):
+    redis: RedisConfig = RedisConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    clickhouse: ClickHouseConfig = ClickHouseConfig()
+    opa: OpaConfig = OpaConfig()
+
+
+class ServerConfig(_Strict):
+    """Runtime settings shared by every service's gRPC server."""
+
+    shutdown_grace_s: float = Field(
+        10.0, gt=0, le=300, description="How long SIGTERM waits for in-flight RPCs."
+    )
+    max_concurrent_rpcs: int | None = Field(
+        None, ge=1, description="Per-server bound on in-flight RPCs; beyond it RESOURCE_EXHAUSTED."
+    )
+    default_deadline_ms: int = Field(
+        5000, ge=1, description="Deadline the typed clients put on calls that have none."
+    )
+    access_log: bool = Field(True, description="One structured log line per RPC.")
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class MeshConfig(_Strict):
+    """The whole configuration. Every field has a working default for embedded mode."""
+
+    mode: Mode = Mode.EMBEDDED
+    state_dir: Path = Field(
+        Path(".llmops/state"), description="Embedded backends' data (chdb, event log, stores)."
+    )
+    services: dict[str, ServiceConfig] = Field(default_factory=_default_services)
+    backends: BackendsConfig = BackendsConfig()
+    server: ServerConfig = ServerConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_service_defaults(cls, data: Any) -> Any:
+        # A file that sets only services.feature.port keeps the other defaults.
+        if isinstance(data, dict) and isinstance(data.get("services"), dict):
+            merged: dict[str, Any] = {}
+            for name, value in data["services"].items():
+                entry = SERVICES.get(name)
+                if entry is None:
+                    known = ", ".join(SERVICES)
+                    raise ValueError(f"unknown service {name!r} under services (known: {known})")
+                base = {"port": entry.port, "admin_port": entry.admin_port}
+                merged[name] = {**base, **value} if isinstance(value, dict) else value
+            for name, entry in SERVICES.items():
+                merged.setdefault(name, {"port": entry.port, "admin_port": entry.admin_port})
+            data = {**data, "services": merged}
+        return data
+
+    @model_validator(mode="after")
+    def _ports_are_distinct(self) -> MeshConfig:
+        seen: dict[tuple[str, int], str] = {}
+        for name, svc in self.services.items():
+            if not svc.enabled:
+                continue
+            for key, port in (("port", svc.port), ("admin_port", svc.admin_port)):
+                if port == 0:
+                    continue
+                other = seen.setdefault((svc.host, port), f"services.{name}.{key}")
+                if other != f"services.{name}.{key}":
+                    raise ValueError(f"services.{name}.{key}: port {port} is also used by {other}")
+        return self
+
+    def service(self, name: str) -> ServiceConfig:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise ConfigError(f"services.{name}: unknown service") from None
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Nest ``LLMOPS__A__B=v`` into ``{"a": {"b": v}}``; remember which variable set each path."""
+    tree: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        path = tuple(p.lower() for p in var[len(ENV_PREFIX) :].split("__") if p)
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path)}: conflicts with a scalar set by another var")
+            node = child
+        node[path[-1]] = value
+        origin[path] = var
+    return tree, origin
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(err: ValidationError, source: str, origin: dict[tuple[str, ...], str]) -> str:
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a cross-field check: its message already names the keys
+        where = f"{source} + environment" if origin else source
+        return f"{msg} [from {where}]"
+    got = f" (got {first['input']!r})" if "input" in first else ""
+    return f"{'.'.join(loc)}: {msg}{got} [from {origin.get(loc, source)}]"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> MeshConfig:
+    """Build the config from defaults, an optional YAML file and the environment."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_FILE_ENV) or None
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        file = Path(path)
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file}: not found") from None
+        except yaml.YAMLError as exc:
+            first_line = str(exc).splitlines()[0]
+            raise ConfigError(f"config file {file}: not valid YAML: {first_line}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file}: top level must be a mapping")
+        data = loaded or {}
+        source = str(file)
+    overrides, origin = _env_overrides(environ)
+    merged = _deep_merge(data, overrides)
+    try:
+        return MeshConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source, origin)) from None

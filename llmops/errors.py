@@ -1,0 +1,63 @@
+"""Typed domain errors. Domains raise these; one server interceptor maps them to gRPC codes.
+
+Domains never import grpc: each error class carries the *name* of its status code, and the
+interceptor resolves it once. Unexpected exceptions become INTERNAL with the request id and
+no internals in the message (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+
+class LLMOpsError(Exception):
+    """Base of all errors a domain may raise on purpose."""
+
+    code: str = "UNKNOWN"
+    """Name of the grpc.StatusCode this error maps to."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(LLMOpsError):
+    """The request is malformed; ``field`` names the offending field path."""
+
+    code = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(LLMOpsError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(LLMOpsError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(LLMOpsError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(LLMOpsError):
+    """A bounded buffer or queue is full; the caller should back off and retry."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(LLMOpsError):
+    """A backend is down; safe for the caller to retry."""
+
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(LLMOpsError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class NotImplementedYet(LLMOpsError):
+    """An RPC of the v1 contract whose implementation has not landed; names what is missing."""
+
+    code = "UNIMPLEMENTED"

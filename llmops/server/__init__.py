@@ -1,0 +1,28 @@
+"""Server bootstrap and the per-call pipeline shared by every service."""
+
+from __future__ import annotations
+
+from llmops.server.app import (
+    Binding,
+    GrpcService,
+    ServiceContext,
+    ServiceDefinition,
+    pending_binding,
+    pending_servicer,
+    run,
+    serve,
+)
+from llmops.server.interceptor import current_request_id, remaining_time
+
+__all__ = [
+    "Binding",
+    "GrpcService",
+    "ServiceContext",
+    "ServiceDefinition",
+    "current_request_id",
+    "pending_binding",
+    "pending_servicer",
+    "remaining_time",
+    "run",
+    "serve",
+]

@@ -1,0 +1,323 @@
+"""Server bootstrap shared by every service: one gRPC server per service, on uvloop.
+
+A service package provides ``create(ctx: ServiceContext) -> ServiceDefinition``: the servicers
+it registers. Everything else — the interceptor pipeline, health, reflection, the common
+``AdminService``, the Prometheus admin port, graceful drain — is done here, the same way for
+every service, whether it runs alone (production) or beside the six others (embedded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+import structlog
+from google.protobuf import descriptor as _descriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+import llmops
+from llmops.backends import Backends
+from llmops.config import MeshConfig, Mode, ServiceConfig
+from llmops.errors import NotImplementedYet
+from llmops.mesh import ADMIN_SERVICE, SERVICES
+from llmops.server.interceptor import RpcMetrics, RuntimeInterceptor, ServerState
+from llmops.v1 import admin_pb2, admin_pb2_grpc
+
+log = structlog.get_logger("llmops.server")
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One protobuf service a server exposes, with the object implementing it."""
+
+    descriptor: _descriptor.ServiceDescriptor
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+    @property
+    def full_name(self) -> str:
+        return str(self.descriptor.full_name)
+
+
+@dataclass(slots=True)
+class ServiceDefinition:
+    """What a service package hands to the runtime."""
+
+    name: str
+    bindings: list[Binding]
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceContext:
+    """What the runtime hands to a service package's ``create``."""
+
+    name: str
+    config: MeshConfig
+    backends: Backends
+
+    @property
+    def service_config(self) -> ServiceConfig:
+        return self.config.service(self.name)
+
+
+class ServiceFactory(Protocol):
+    def __call__(self, ctx: ServiceContext) -> ServiceDefinition: ...
+
+
+def pending_servicer(base: type[Any], descriptor: _descriptor.ServiceDescriptor, owner: str) -> Any:
+    """A servicer whose every RPC answers UNIMPLEMENTED, naming the RPC and what will build it.
+
+    Used for the parts of the v1 contract whose implementation has not landed yet: an honest
+    status, never a fake result.
+    """
+
+    def make(method: str) -> Callable[..., Awaitable[Any]]:
+        async def rpc(self: Any, request: Any, context: Any) -> Any:
+            raise NotImplementedYet(
+                f"{descriptor.full_name}.{method} is not implemented yet: {owner}"
+            )
+
+        rpc.__name__ = method
+        return rpc
+
+    methods = {m.name: make(m.name) for m in descriptor.methods}
+    return type(f"Pending{descriptor.name}", (base,), methods)()
+
+
+def pending_binding(pb2: Any, pb2_grpc: Any, service: str, owner: str) -> Binding:
+    """A :class:`Binding` for ``service`` (short name, e.g. ``FeatureService``) whose RPCs all
+    answer UNIMPLEMENTED naming ``owner``, the work that will build them."""
+    descriptor = pb2.DESCRIPTOR.services_by_name[service]
+    return Binding(
+        descriptor=descriptor,
+        add_to_server=getattr(pb2_grpc, f"add_{service}Servicer_to_server"),
+        servicer=pending_servicer(getattr(pb2_grpc, f"{service}Servicer"), descriptor, owner),
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """The ``llmops.v1.AdminService`` every server exposes: identity, uptime, drain."""
+
+    def __init__(self, server: GrpcService) -> None:
+        self._server = server
+
+    async def GetInfo(
+        self, request: admin_pb2.GetInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetInfoResponse:
+        return self._server.info()
+
+    async def Drain(
+        self, request: admin_pb2.DrainRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.DrainResponse:
+        timeout = request.timeout.ToTimedelta().total_seconds()
+        log.warning(
+            "drain_requested", service=self._server.name, reason=request.reason, timeout_s=timeout
+        )
+        start = time.monotonic()
+        in_flight = await self._server.drain(timeout)
+        reply = admin_pb2.DrainResponse(draining=True, in_flight=in_flight, drained=in_flight == 0)
+        reply.waited.FromNanoseconds(int((time.monotonic() - start) * 1e9))
+        return reply
+
+
+_MODES = {
+    Mode.EMBEDDED: admin_pb2.SERVING_MODE_EMBEDDED,
+    Mode.PRODUCTION: admin_pb2.SERVING_MODE_PRODUCTION,
+}
+
+
+class GrpcService:
+    """One service's gRPC server, health, reflection and admin port."""
+
+    def __init__(self, definition: ServiceDefinition, ctx: ServiceContext) -> None:
+        self.definition = definition
+        self.ctx = ctx
+        self.settings = ctx.service_config
+        self.state = ServerState()
+        self.registry = CollectorRegistry()
+        self.started_at: float | None = None
+        self._health = health_aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._http: Any = None
+        entry = SERVICES[definition.name]
+        self.grpc_service = entry.grpc_service
+        self.service_names = [b.full_name for b in definition.bindings] + [ADMIN_SERVICE]
+        self.reflected_names = [
+            *self.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        self._started_mono = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    def info(self) -> admin_pb2.GetInfoResponse:
+        info = admin_pb2.GetInfoResponse(
+            service_name=self.grpc_service,
+            version=llmops.__version__,
+            git_revision=os.environ.get("LLMOPS_GIT_REVISION", ""),
+            mode=_MODES[self.ctx.config.mode],
+            listen_address=self.settings.address,
+            metrics_address=(
+                f"{self.settings.host}:{self.settings.admin_port}"
+                if self.settings.admin_port
+                else ""
+            ),
+            services=sorted(self.reflected_names),
+            instance_id=f"{socket.gethostname()}:{os.getpid()}",
+            draining=self.state.draining,
+        )
+        if self.started_at is not None:
+            info.start_time.FromNanoseconds(int(self.started_at * 1e9))
+            info.uptime.FromNanoseconds(int((time.monotonic() - self._started_mono) * 1e9))
+        return info
+
+    async def start(self) -> None:
+        server_cfg = self.ctx.config.server
+        interceptor = RuntimeInterceptor(
+            self.grpc_service,
+            RpcMetrics(self.registry),
+            self.state,
+            access_log=server_cfg.access_log,
+        )
+        server = grpc.aio.server(
+            interceptors=[interceptor],
+            maximum_concurrent_rpcs=server_cfg.max_concurrent_rpcs,
+            options=[("grpc.so_reuseport", 0)],
+        )
+        for binding in self.definition.bindings:
+            binding.add_to_server(binding.servicer, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(self.reflected_names, server)
+        try:
+            server.add_insecure_port(self.settings.address)
+        except RuntimeError as exc:
+            raise OSError(
+                f"{self.name}: cannot listen on {self.settings.address} "
+                f"(services.{self.name}.port in use?): {exc}"
+            ) from None
+        await server.start()
+        self._server = server
+        if self.settings.admin_port:
+            try:
+                self._http, _ = start_http_server(
+                    self.settings.admin_port, addr=self.settings.host, registry=self.registry
+                )
+            except OSError as exc:
+                await server.stop(None)
+                raise OSError(
+                    f"{self.name}: cannot serve metrics on {self.settings.host}:"
+                    f"{self.settings.admin_port} (services.{self.name}.admin_port): {exc}"
+                ) from None
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        for name in ("", *self.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "service_started",
+            service=self.name,
+            address=self.settings.address,
+            metrics_port=self.settings.admin_port,
+            mode=self.ctx.config.mode.value,
+        )
+
+    async def drain(self, wait_s: float) -> int:
+        """Refuse new work (health NOT_SERVING, UNAVAILABLE), wait up to ``wait_s`` seconds
+        for in-flight calls; return how many are still running."""
+        self.state.draining = True
+        for name in ("", *self.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.state.in_flight and wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.state.idle.wait(), wait_s)
+        return self.state.in_flight
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight RPCs finish within ``grace`` seconds, then close."""
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        self.state.draining = True
+        await self._server.stop(grace)
+        self._server = None
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        for hook in self.definition.on_stop:
+            await hook()
+        log.info("service_stopped", service=self.name)
+
+
+def load_factory(name: str) -> ServiceFactory:
+    """Import ``services.<name>`` lazily and return its ``create``."""
+    entry = SERVICES[name]
+    module = importlib.import_module(entry.module)
+    factory: ServiceFactory = module.create
+    return factory
+
+
+async def serve(
+    config: MeshConfig,
+    names: Sequence[str],
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    factories: Mapping[str, ServiceFactory] | None = None,
+) -> None:
+    """Run ``names`` in this process until SIGINT/SIGTERM (or ``stop``), then drain and exit.
+
+    ``factories`` replaces the ``services.<name>.create`` of some names (tests use it).
+    """
+    factories = factories or {}
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    with Backends(config) as backends:
+        services: list[GrpcService] = []
+        try:
+            for name in names:
+                ctx = ServiceContext(name=name, config=config, backends=backends)
+                factory = factories.get(name) or load_factory(name)
+                services.append(GrpcService(factory(ctx), ctx))
+            for svc in services:
+                await svc.start()
+            log.info("mesh_ready", services=list(names), mode=config.mode.value)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            log.info("shutting_down", grace_s=config.server.shutdown_grace_s)
+        finally:
+            await asyncio.gather(
+                *(svc.stop(config.server.shutdown_grace_s) for svc in services),
+                return_exceptions=True,
+            )
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+
+def run(config: MeshConfig, names: Sequence[str]) -> None:
+    """Blocking entry point: ``serve`` on a uvloop event loop."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(config, names))

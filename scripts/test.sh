@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The one test command (README "Run the tests"; CI runs exactly this through .ci/run).
+# Installs what it needs (apt packages, Kafka jars via Maven, Go tools, the Python venv),
+# then: stub-sync check, buf lint, ruff, mypy, and the whole pytest suite against real
+# Redis, Kafka, ClickHouse, OPA and chdb (the fixtures start the servers and stop them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/go/bin:/usr/local/go/bin:$PATH"
+export LLMOPS_REQUIRE_INFRA=1   # a missing server fails the run instead of skipping tests
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages, Kafka jars, OPA, buf"
+bash deploy/local/install.sh
+
+step "python environment (.venv, pinned by constraints.txt)"
+python3 -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+pip install -q -c constraints.txt -e '.[dev]'
+
+step "generated stubs in sync with protos/, buf lint"
+bash scripts/check_protos.sh
+
+step "ruff"
+ruff check .
+ruff format --check .
+
+step "mypy"
+mypy
+
+step "pytest"
+set +e
+python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing, a green run must test something" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,20 @@
+"""Wiring of the inference service: the servicers it registers with the shared runtime."""
+
+from __future__ import annotations
+
+from llmops.server import ServiceContext, ServiceDefinition, pending_binding
+from llmops.v1 import inference_pb2, inference_pb2_grpc
+
+PENDING = (
+    "LLM routes, generation and task runs arrive with the Inference service issue (not yet filed)"
+)
+
+
+def create(ctx: ServiceContext) -> ServiceDefinition:
+    return ServiceDefinition(
+        name="inference",
+        bindings=[
+            pending_binding(inference_pb2, inference_pb2_grpc, "InferenceService", PENDING),
+            pending_binding(inference_pb2, inference_pb2_grpc, "InferenceAdminService", PENDING),
+        ],
+    )

@@ -1,0 +1,140 @@
+"""`llmops up` as a newcomer runs it: a real process, probed by independent gRPC clients."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from llmops.mesh import ADMIN_SERVICE, SERVICES
+from llmops.v1 import feature_pb2, feature_pb2_grpc
+from tests.support import RunningMesh, mesh_env, port_is_free, running, wait_serving
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    tmp = tmp_path_factory.mktemp("mesh")
+    env, ports, admin_ports = mesh_env(tmp)
+    with running(["llmops", "up"], tmp, env) as (proc, log_path):
+        m = RunningMesh(proc, env, ports, admin_ports, log_path)
+        start = time.monotonic()
+        try:
+            for name, entry in SERVICES.items():
+                wait_serving(m.address(name), entry.grpc_service, 60 - (time.monotonic() - start))
+        except TimeoutError:
+            pytest.fail(f"mesh did not come up within 60 s:\n{m.log()[-3000:]}")
+        yield m
+
+
+def test_every_service_serving_under_its_proto_name(mesh: RunningMesh) -> None:
+    for name, entry in SERVICES.items():
+        for service in (entry.grpc_service, entry.grpc_admin_service, ADMIN_SERVICE, ""):
+            assert wait_serving(mesh.address(name), service, 5) < 5
+
+
+def test_reflection_lists_every_service(mesh: RunningMesh) -> None:
+    for name, entry in SERVICES.items():
+        with grpc.insecure_channel(mesh.address(name)) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            listed = {s.name for r in replies for s in r.list_services_response.service}
+        expected = {
+            entry.grpc_service,
+            entry.grpc_admin_service,
+            ADMIN_SERVICE,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        assert expected <= listed, (name, listed)
+
+
+def _llmops(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmops", *args],
+        env=mesh.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_status_json_shows_all_serving(mesh: RunningMesh) -> None:
+    proc = _llmops(mesh, "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["services"]
+    assert {r["service"] for r in rows} == set(SERVICES)
+    for row in rows:
+        assert row["health"] == "SERVING"
+        assert row["mode"] == "embedded"
+        assert row["address"] == mesh.address(row["service"])
+        assert row["uptime_s"] > 0
+        assert row["version"]
+
+
+def test_status_table(mesh: RunningMesh) -> None:
+    proc = _llmops(mesh, "status")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["SERVICE", "HEALTH", "VERSION"]
+    assert len(lines) == 1 + len(SERVICES)
+    assert all(" SERVING " in line for line in lines[1:])
+
+
+def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
+    with grpc.insecure_channel(mesh.address("feature")) as channel:
+        stub = feature_pb2_grpc.FeatureServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
+    assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert "llmops.v1.FeatureService.GetOnlineFeatures" in err.value.details()
+    assert "issue #4" in err.value.details()
+
+
+def test_metrics_endpoint_counts_rpcs(mesh: RunningMesh) -> None:
+    url = f"http://127.0.0.1:{mesh.admin_ports['feature']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        body = reply.read().decode()
+    assert 'grpc_code="UNIMPLEMENTED"' in body
+    assert "grpc_server_handling_seconds_bucket" in body
+
+
+def test_access_log_is_json_with_request_id(mesh: RunningMesh) -> None:
+    entries = [json.loads(x) for x in mesh.log().splitlines() if x.startswith("{")]
+    rpcs = [e for e in entries if e.get("event") == "rpc"]
+    assert rpcs, mesh.log()[-2000:]
+    assert all({"method", "code", "latency_ms", "request_id"} <= e.keys() for e in rpcs)
+
+
+def test_second_mesh_on_same_state_dir_is_refused(mesh: RunningMesh, tmp_path: Path) -> None:
+    env, _, _ = mesh_env(tmp_path)
+    env["LLMOPS__STATE_DIR"] = mesh.env["LLMOPS__STATE_DIR"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmops", "up"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert "in use by another llmops process" in proc.stderr
+
+
+def test_zz_ctrl_c_stops_everything(mesh: RunningMesh) -> None:
+    """Runs last in this module (name order): SIGINT, as Ctrl-C sends, stops the mesh."""
+    mesh.proc.send_signal(signal.SIGINT)
+    assert mesh.proc.wait(30) == 0
+    leftover = subprocess.run(
+        ["pgrep", "-s", str(mesh.proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert leftover == []
+    for port in [*mesh.ports.values(), *mesh.admin_ports.values()]:
+        assert port_is_free(port), port
+    events = [json.loads(x).get("event") for x in mesh.log().splitlines() if x.startswith("{")]
+    assert events.count("service_stopped") == len(SERVICES)

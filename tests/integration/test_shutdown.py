@@ -1,0 +1,76 @@
+"""Graceful shutdown: SIGTERM stops new work, lets in-flight RPCs finish, exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmops.config import load_config
+from llmops.server import Binding, ServiceContext, ServiceDefinition
+from llmops.v1 import feature_pb2, feature_pb2_grpc
+from tests.support import mesh_env, port_is_free, running, wait_serving
+
+
+class SlowFeatures(feature_pb2_grpc.FeatureServiceServicer):
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def GetOnlineFeatures(self, request: Any, context: Any) -> Any:
+        self.started.set()
+        await asyncio.sleep(0.5)
+        return feature_pb2.GetOnlineFeaturesResponse()
+
+
+async def test_sigterm_drains_in_flight_then_returns(tmp_path: Path) -> None:
+    from llmops.server import serve
+
+    env, ports, _ = mesh_env(tmp_path)
+    config = load_config(environ=env)
+    servicer = SlowFeatures()
+
+    def factory(ctx: ServiceContext) -> ServiceDefinition:
+        descriptor = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"]
+        return ServiceDefinition(
+            "feature",
+            [Binding(descriptor, feature_pb2_grpc.add_FeatureServiceServicer_to_server, servicer)],
+        )
+
+    ready = asyncio.Event()
+    server = asyncio.create_task(
+        serve(config, ["feature"], ready=ready, factories={"feature": factory})
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feature']}") as channel:
+        stub = feature_pb2_grpc.FeatureServiceStub(channel)
+        in_flight = asyncio.ensure_future(
+            stub.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=10)
+        )
+        await asyncio.wait_for(servicer.started.wait(), 5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=2)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert isinstance(await in_flight, feature_pb2.GetOnlineFeaturesResponse)
+    await asyncio.wait_for(server, 15)
+    assert port_is_free(ports["feature"])
+
+
+def test_standalone_service_exits_0_on_sigterm(tmp_path: Path) -> None:
+    env, ports, admin_ports = mesh_env(tmp_path)
+    with running(["services.governance"], tmp_path, env) as (proc, log_path):
+        wait_serving(f"127.0.0.1:{ports['governance']}", "llmops.v1.GovernanceService", 30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log_path.read_text()[-2000:]
+    events = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    started = [e for e in events if e.get("event") == "service_started"]
+    assert [e["mode"] for e in started] == ["production"]
+    assert any(e.get("event") == "service_stopped" for e in events)
+    assert port_is_free(ports["governance"]) and port_is_free(admin_ports["governance"])

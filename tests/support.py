@@ -1,0 +1,107 @@
+"""Helpers shared by tests: free ports, and a mesh started as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmops.mesh import SERVICES
+
+
+def free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_is_free(port: int) -> bool:
+    """No listener on the port. SO_REUSEADDR, as servers set it, so that connections of the
+    stopped server lingering in TIME_WAIT do not count; a live listener still does."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class RunningMesh:
+    proc: subprocess.Popen[str]
+    env: dict[str, str]
+    ports: dict[str, int]
+    admin_ports: dict[str, int]
+    log_path: Path
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def mesh_env(tmp: Path, names: list[str] | None = None) -> tuple[dict[str, str], dict, dict]:
+    names = names or list(SERVICES)
+    ports = free_ports(2 * len(SERVICES))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS__")}
+    env["LLMOPS__STATE_DIR"] = str(tmp / "state")
+    grpc_ports, admin_ports = {}, {}
+    for i, name in enumerate(SERVICES):
+        grpc_ports[name], admin_ports[name] = ports[2 * i], ports[2 * i + 1]
+        env[f"LLMOPS__SERVICES__{name.upper()}__PORT"] = str(grpc_ports[name])
+        env[f"LLMOPS__SERVICES__{name.upper()}__ADMIN_PORT"] = str(admin_ports[name])
+    return env, grpc_ports, admin_ports
+
+
+def wait_serving(address: str, service: str, timeout: float) -> float:
+    """Poll the standard gRPC health protocol until SERVING; return seconds waited."""
+    start = time.monotonic()
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.monotonic() - start
+            except grpc.RpcError:
+                pass
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"{service} at {address} not SERVING after {timeout}s")
+            time.sleep(0.1)
+
+
+@contextmanager
+def running(
+    argv: list[str], tmp: Path, env: dict[str, str], **kw: object
+) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    log_path = tmp / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *argv], env=env, stdout=log, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield proc, log_path
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
