@@ -19,8 +19,9 @@ python3 -m venv .venv
 pip install -q --upgrade pip
 pip install -q -c constraints.txt -e '.[dev]'
 
-step "generated stubs in sync with protos/, buf lint"
+step "generated stubs in sync with protos/, buf lint, no breaking change"
 bash scripts/check_protos.sh
+bash scripts/check_breaking.sh
 
 step "ruff"
 ruff check .

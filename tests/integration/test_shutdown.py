@@ -74,3 +74,74 @@ def test_standalone_service_exits_0_on_sigterm(tmp_path: Path) -> None:
     assert [e["mode"] for e in started] == ["production"]
     assert any(e.get("event") == "service_stopped" for e in events)
     assert port_is_free(ports["governance"]) and port_is_free(admin_ports["governance"])
+
+
+async def test_admin_drain_waits_for_in_flight_and_turns_health_off(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from llmops.server import serve
+    from llmops.v1 import admin_pb2, admin_pb2_grpc
+
+    env, ports, _ = mesh_env(tmp_path)
+    config = load_config(environ=env)
+    servicer = SlowFeatures()
+
+    def factory(ctx: ServiceContext) -> ServiceDefinition:
+        descriptor = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"]
+        return ServiceDefinition(
+            "feature",
+            [Binding(descriptor, feature_pb2_grpc.add_FeatureServiceServicer_to_server, servicer)],
+        )
+
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(
+        serve(config, ["feature"], ready=ready, stop=stop, factories={"feature": factory})
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feature']}") as channel:
+            features = feature_pb2_grpc.FeatureServiceStub(channel)
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            in_flight = asyncio.ensure_future(
+                features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=10)
+            )
+            await asyncio.wait_for(servicer.started.wait(), 5)
+            request = admin_pb2.DrainRequest(reason="test")
+            request.timeout.FromSeconds(5)
+            reply = await admin.Drain(request, timeout=10)
+            assert reply.draining and reply.drained and reply.in_flight == 0
+            assert reply.waited.ToMilliseconds() >= 200  # it waited for the slow call
+            assert in_flight.done() and in_flight.exception() is None
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="llmops.v1.FeatureService"), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest())
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+            info = await admin.GetInfo(admin_pb2.GetInfoRequest(), timeout=5)
+            assert info.draining and info.service_name == "llmops.v1.FeatureService"
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 15)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    env, ports, _ = mesh_env(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports["feature"]))
+        squatter.listen()
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmops", "run", "feature"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{ports['feature']}" in proc.stderr
+    assert "services.feature.port" in proc.stderr

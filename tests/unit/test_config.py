@@ -96,3 +96,24 @@ def test_cli_bad_config_exits_2_with_one_line(command: list[str]) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "services.feature.port" in lines[0]
+
+
+def test_status_without_a_mesh_exits_1_and_says_unreachable() -> None:
+    from tests.support import free_ports
+
+    env = {"PATH": "/usr/bin:/bin"}
+    for name, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True):
+        env[f"LLMOPS__SERVICES__{name.upper()}__PORT"] = str(port)
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmops", "status", "--json", "--timeout", "0.5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    import json
+
+    rows = json.loads(proc.stdout)["services"]
+    assert {r["health"] for r in rows} == {"UNREACHABLE"}
+    assert all(r["error"].startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")) for r in rows)

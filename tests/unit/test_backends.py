@@ -1,0 +1,39 @@
+"""Shared embedded backends: one owner per state directory, one lazy chdb session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmops.backends import Backends, StateDirLocked
+from llmops.config import load_config
+
+
+def _config(tmp_path: Path, mode: str = "embedded"):  # type: ignore[no-untyped-def]
+    return load_config(environ={"LLMOPS__STATE_DIR": str(tmp_path), "LLMOPS__MODE": mode})
+
+
+def test_state_dir_has_one_owner(tmp_path: Path) -> None:
+    with (
+        Backends(_config(tmp_path)),
+        pytest.raises(StateDirLocked, match="in use by another llmops process"),
+    ):
+        Backends(_config(tmp_path)).open()
+    with Backends(_config(tmp_path)):  # released on exit
+        pass
+
+
+def test_production_mode_claims_no_state_dir(tmp_path: Path) -> None:
+    with Backends(_config(tmp_path, "production")), Backends(_config(tmp_path, "production")):
+        assert not (tmp_path / "mesh.lock").exists()
+
+
+def test_chdb_session_is_shared_and_persistent(tmp_path: Path) -> None:
+    with Backends(_config(tmp_path)) as backends:
+        session = backends.chdb_session()
+        assert backends.chdb_session() is session
+        session.query("CREATE TABLE t (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
+        session.query("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+        assert str(session.query("SELECT sum(id) FROM t", "CSV")).strip() == "3"
+    assert (tmp_path / "chdb").is_dir()
