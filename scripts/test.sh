@@ -23,6 +23,9 @@ step "generated stubs in sync with protos/, buf lint, no breaking change"
 bash scripts/check_protos.sh
 bash scripts/check_breaking.sh
 
+step "OPA policy unit tests"
+opa test deploy/opa/policies deploy/opa/tests
+
 step "ruff"
 ruff check .
 ruff format --check .

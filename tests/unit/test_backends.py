@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,11 +31,32 @@ def test_production_mode_claims_no_state_dir(tmp_path: Path) -> None:
         assert not (tmp_path / "mesh.lock").exists()
 
 
-def test_chdb_session_is_shared_and_persistent(tmp_path: Path) -> None:
-    with Backends(_config(tmp_path)) as backends:
-        session = backends.chdb_session()
-        assert backends.chdb_session() is session
+CHDB_SCRIPT = """
+import sys
+from llmops.backends import Backends
+from llmops.config import load_config
+
+config = load_config(environ={"LLMOPS__STATE_DIR": sys.argv[1]})
+with Backends(config) as backends:
+    session = backends.chdb_session()
+    assert backends.chdb_session() is session
+    if sys.argv[2] == "write":
         session.query("CREATE TABLE t (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
         session.query("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
-        assert str(session.query("SELECT sum(id) FROM t", "CSV")).strip() == "3"
+    print(str(session.query("SELECT sum(id) FROM t", "CSV")).strip())
+"""
+
+
+def test_chdb_session_is_shared_and_persistent(tmp_path: Path) -> None:
+    # chdb allows one data path per process, so each use runs in a process of its own,
+    # as each `llmops up` does; the second process sees what the first one wrote.
+    for step in ("write", "read"):
+        proc = subprocess.run(
+            [sys.executable, "-c", CHDB_SCRIPT, str(tmp_path), step],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "3"
     assert (tmp_path / "chdb").is_dir()

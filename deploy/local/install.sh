@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Idempotent installer of everything deploy/local/*.sh needs, for a developer machine or a fresh
+# Debian 12 CI machine (run as root, or as a user with sudo). Each step prints what it does and
+# is skipped when its result is already present, so a warm run takes seconds.
+#
+#   apt      redis-server, clickhouse-server, clickhouse-client (Debian's 18.16), and Java 17 +
+#            Maven when missing. Services are NOT started by apt (a temporary policy-rc.d
+#            forbids it) and never needed: deploy/local starts its own processes.
+#   kafka    Apache Kafka 4.4.0 jars + runtime deps from Maven Central into
+#            deploy/local/kafka/target/lib (cached in ~/.m2)
+#   opa      go install github.com/open-policy-agent/opa@v1.22.3   -> ~/go/bin/opa
+#   buf      go install github.com/bufbuild/buf/cmd/buf@v1.75.0    -> ~/go/bin/buf
+#
+# Usage: deploy/local/install.sh [apt|kafka|opa|buf ...]   (default: all steps)
+# Env:   LLMOPS_SKIP_APT=1 skips the apt step (e.g. packages baked into an image).
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+LLMOPS_LOG_TAG=install
+
+SUDO=()
+if ((EUID != 0)); then
+    command -v sudo >/dev/null 2>&1 && SUDO=(sudo) || SUDO=()
+fi
+
+step_time() { # NAME START_SECONDS
+    log "step $1 done in $(($(date +%s) - $2))s"
+}
+
+# ---------------------------------------------------------------------------------------------
+install_apt() {
+    local t0; t0=$(date +%s)
+    if [[ "${LLMOPS_SKIP_APT:-0}" == 1 ]]; then log "apt: skipped (LLMOPS_SKIP_APT=1)"; return 0; fi
+    local want=() pkg
+    # command -> package (the package names Debian 12 ships)
+    command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
+    [[ -x /usr/bin/clickhouse-server || -x /usr/sbin/clickhouse-server ]] || want+=(clickhouse-server)
+    command -v clickhouse-client >/dev/null 2>&1 || want+=(clickhouse-client)
+    command -v java >/dev/null 2>&1 || want+=(openjdk-17-jre-headless)
+    command -v mvn >/dev/null 2>&1 || want+=(maven)
+    if ((${#want[@]} == 0)); then
+        log "apt: redis-server, clickhouse-server, clickhouse-client, java, mvn already installed"
+        step_time apt "$t0"
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install ${want[*]} by hand"
+    if ((EUID != 0)) && ((${#SUDO[@]} == 0)); then
+        die "need root (or sudo) to apt-get install ${want[*]}"
+    fi
+    # Forbid maintainer scripts from starting the services: we run our own processes on our
+    # own ports, and on a machine without systemd invoke-rc.d would only fail noisily.
+    local policy=/usr/sbin/policy-rc.d added_policy=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        added_policy=1
+    fi
+    log "apt: apt-get update"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    for pkg in "${want[@]}"; do
+        apt-cache show "$pkg" >/dev/null 2>&1 || die "apt: package $pkg is not in this machine's apt sources"
+    done
+    log "apt: apt-get install -y ${want[*]}"
+    local rc=0
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${want[@]}" || rc=$?
+    ((added_policy)) && "${SUDO[@]}" rm -f "$policy"
+    ((rc == 0)) || die "apt-get install failed (exit $rc)"
+    # Debian's packages may have started (or tried to start) their own instances on the default
+    # ports when a service manager was present; we do not use them.
+    step_time apt "$t0"
+}
+
+# ---------------------------------------------------------------------------------------------
+KAFKA_POM="$LLMOPS_REPO_ROOT/deploy/local/kafka/pom.xml"
+KAFKA_LIB="${LLMOPS_KAFKA_LIB:-$LLMOPS_REPO_ROOT/deploy/local/kafka/target/lib}"
+
+install_kafka() {
+    local t0; t0=$(date +%s)
+    command -v java >/dev/null 2>&1 || die "kafka: java not found (apt-get install openjdk-17-jre-headless)"
+    command -v mvn >/dev/null 2>&1 || die "kafka: mvn not found (apt-get install maven)"
+    local stamp want_stamp
+    want_stamp="$(sha256sum "$KAFKA_POM" | cut -d' ' -f1)"
+    stamp="$(cat "$KAFKA_LIB/.pom.sha256" 2>/dev/null || true)"
+    if [[ "$stamp" == "$want_stamp" && -f "$KAFKA_LIB/kafka_2.13-$LLMOPS_KAFKA_VERSION.jar" ]]; then
+        log "kafka: $KAFKA_LIB is up to date with deploy/local/kafka/pom.xml (Kafka $LLMOPS_KAFKA_VERSION)"
+        step_time kafka "$t0"
+        return 0
+    fi
+    # Copy into a fresh directory and swap it in, so a stale jar of another version never
+    # lingers on the class path.
+    local tmp="$KAFKA_LIB.tmp.$$"
+    rm -rf "$tmp"
+    log "kafka: mvn dependency:copy-dependencies (Kafka $LLMOPS_KAFKA_VERSION; jars cached in ~/.m2)"
+    if ! mvn -q -B -Dstyle.color=never -f "$KAFKA_POM" dependency:copy-dependencies -DoutputDirectory="$tmp" \
+        -Dmdep.overWriteIfNewer=true; then
+        rm -rf "$tmp"
+        die "kafka: maven failed to fetch the Kafka jars"
+    fi
+    [[ -f "$tmp/kafka_2.13-$LLMOPS_KAFKA_VERSION.jar" ]] || die "kafka: kafka_2.13-$LLMOPS_KAFKA_VERSION.jar missing after copy"
+    printf '%s\n' "$want_stamp" >"$tmp/.pom.sha256"
+    rm -rf "$KAFKA_LIB"
+    mkdir -p "$(dirname "$KAFKA_LIB")"
+    mv "$tmp" "$KAFKA_LIB"
+    log "kafka: $(find "$KAFKA_LIB" -name '*.jar' | wc -l) jars in $KAFKA_LIB"
+    step_time kafka "$t0"
+}
+
+# ---------------------------------------------------------------------------------------------
+# go_install NAME MODULE@VERSION VERSION_FLAG VERSION_REGEX
+go_install() {
+    local name="$1" mod="$2" vflag="$3" want_re="$4" t0; t0=$(date +%s)
+    local bin="$LLMOPS_GOBIN/$name"
+    if [[ -x "$bin" ]] && "$bin" "$vflag" 2>/dev/null | grep -qE "$want_re"; then
+        log "$name: $bin is already ${mod##*@}"
+        step_time "$name" "$t0"
+        return 0
+    fi
+    command -v go >/dev/null 2>&1 || die "$name: go not found; install Go >= 1.21 (Go fetches newer toolchains itself)"
+    log "$name: go install $mod (into $LLMOPS_GOBIN; module cache in $(go env GOMODCACHE))"
+    mkdir -p "$LLMOPS_GOBIN"
+    GOBIN="$LLMOPS_GOBIN" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" go install "$mod" \
+        || die "$name: go install $mod failed"
+    "$bin" "$vflag" 2>/dev/null | grep -qE "$want_re" || die "$name: $bin does not report ${mod##*@}"
+    step_time "$name" "$t0"
+}
+
+install_opa() {
+    go_install opa "github.com/open-policy-agent/opa@$LLMOPS_OPA_VERSION" version "^Version: ${LLMOPS_OPA_VERSION#v}\$"
+}
+
+install_buf() {
+    # `buf --version` prints the bare version, e.g. 1.75.0
+    go_install buf "github.com/bufbuild/buf/cmd/buf@$LLMOPS_BUF_VERSION" --version "^${LLMOPS_BUF_VERSION#v}\$"
+}
+
+# ---------------------------------------------------------------------------------------------
+main() {
+    local steps=("$@") t0; t0=$(date +%s)
+    ((${#steps[@]})) || steps=(apt kafka opa buf)
+    local s
+    for s in "${steps[@]}"; do
+        case "$s" in
+            apt) install_apt ;;
+            kafka) install_kafka ;;
+            opa) install_opa ;;
+            buf) install_buf ;;
+            *) die "unknown step '$s' (apt|kafka|opa|buf)" ;;
+        esac
+    done
+    log "all done in $(($(date +%s) - t0))s; binaries: opa/buf in $LLMOPS_GOBIN, Kafka jars in $KAFKA_LIB"
+    case ":$PATH:" in *":$LLMOPS_GOBIN:"*) ;; *) log "note: $LLMOPS_GOBIN is not on PATH (deploy/local finds opa there anyway)";; esac
+}
+
+main "$@"
