@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 import structlog
@@ -32,7 +32,12 @@ from llmops.backends import Backends
 from llmops.config import MeshConfig, Mode, ServiceConfig
 from llmops.errors import NotImplementedYet
 from llmops.mesh import ADMIN_SERVICE, SERVICES
-from llmops.server.interceptor import RpcMetrics, RuntimeInterceptor, ServerState
+from llmops.server.interceptor import (
+    GenericHandler,
+    RpcMetrics,
+    RuntimeInterceptor,
+    ServerState,
+)
 from llmops.v1 import admin_pb2, admin_pb2_grpc
 
 log = structlog.get_logger("llmops.server")
@@ -139,6 +144,24 @@ _MODES = {
 }
 
 
+class _WrappingRegistrar:
+    """Stands in for the server in generated ``add_*Servicer_to_server`` functions and
+    registers each servicer's handlers wrapped by the runtime pipeline."""
+
+    def __init__(self, server: grpc.aio.Server, runtime: RuntimeInterceptor) -> None:
+        self._server = server
+        self._runtime = runtime
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[GenericHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(self._runtime.wrap_generic_handler(h) for h in handlers)
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
+        # grpc.aio serves from the generic handlers above; this call is a no-op there.
+        return None
+
+
 class GrpcService:
     """One service's gRPC server, health, reflection and admin port."""
 
@@ -196,14 +219,17 @@ class GrpcService:
             access_log=server_cfg.access_log,
         )
         server = grpc.aio.server(
-            interceptors=[interceptor],
             maximum_concurrent_rpcs=server_cfg.max_concurrent_rpcs,
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 0)],  # a taken port is an error, not a shared one
         )
+        # Handlers are wrapped once, at registration (see RuntimeInterceptor).
+        # The registrar does the registration part of grpc.aio.Server's interface.
+        registrar = cast(grpc.aio.Server, _WrappingRegistrar(server, interceptor))
         for binding in self.definition.bindings:
-            binding.add_to_server(binding.servicer, server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            binding.add_to_server(binding.servicer, registrar)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
+        # Reflection is tooling: registered as is, outside the metrics and access log.
         reflection.enable_server_reflection(self.reflected_names, server)
         try:
             server.add_insecure_port(self.settings.address)

@@ -15,8 +15,12 @@ One ``grpc.aio.ServerInterceptor`` does five jobs, each a small step of the same
 5. **access log** — one structured line per call.
 
 They share one wrapper rather than five chained interceptors because each aio interceptor
-layer costs an extra coroutine hop per call; ``llmops bench noop`` measures what is left.
-Wrapped handlers are built once per method and cached, so the per-call path only wraps.
+layer costs an extra coroutine hop per call. The runtime's servers go further and do not use
+grpc's interceptor hook at all: they register each servicer's handlers already wrapped
+(:meth:`RuntimeInterceptor.wrap_generic_handler`), which keeps the method lookup
+synchronous. The class still works as a plain ``interceptors=[...]`` interceptor, and the
+tests run both ways. Wrappers are built once per method; ``llmops bench noop`` measures what
+is left.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ _LATENCY_BUCKETS = (
 
 # grpc-stubs makes the handler generic; at run time it is not subscriptable.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+GenericHandler: TypeAlias = "grpc.GenericRpcHandler[Any, Any]"
 
 _STATUS_BY_NAME = {code.name: code for code in grpc.StatusCode}
 
@@ -154,8 +159,10 @@ def _kind(handler: Handler) -> str:
 
 if TYPE_CHECKING:  # grpc-stubs makes these generic; at run time they are not subscriptable
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    _GenericRpcHandler = grpc.GenericRpcHandler[Any, Any]
 else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
+    _GenericRpcHandler = grpc.GenericRpcHandler
 
 
 class RuntimeInterceptor(_ServerInterceptor):
@@ -185,7 +192,19 @@ class RuntimeInterceptor(_ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: let grpc answer UNIMPLEMENTED
             return handler
-        method: str = handler_call_details.method
+        return self.wrapped(handler_call_details.method, handler)
+
+    def wrap_generic_handler(self, inner: GenericHandler) -> GenericHandler:
+        """``inner`` with every method handler it returns wrapped by this pipeline.
+
+        Registering wrapped handlers does the same as ``interceptors=[self]`` without grpc's
+        per-call interceptor machinery (a coroutine chain around each method lookup): the
+        lookup stays synchronous and the wrapper is found in a dict.
+        """
+        return _WrappedGenericHandler(inner, self)
+
+    def wrapped(self, method: str, handler: Handler) -> Handler:
+        """The wrapper of ``handler``, built on the first call of ``method`` and cached."""
         cached = self._cache.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -340,6 +359,20 @@ class RuntimeInterceptor(_ServerInterceptor):
             deadline_var.reset(tokens[1])
         except ValueError:  # a stream finalised from another context: nothing to restore
             pass
+
+
+class _WrappedGenericHandler(_GenericRpcHandler):
+    __slots__ = ("_inner", "_runtime")
+
+    def __init__(self, inner: GenericHandler, runtime: RuntimeInterceptor) -> None:
+        self._inner = inner
+        self._runtime = runtime
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        return self._runtime.wrapped(handler_call_details.method, handler)
 
 
 class _Draining(Exception):

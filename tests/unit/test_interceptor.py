@@ -77,15 +77,19 @@ HANDLERS = {
 
 
 class Harness:
-    def __init__(self) -> None:
+    """A server with the pipeline attached either way the runtime supports it."""
+
+    def __init__(self, attach: str) -> None:
         self.registry = CollectorRegistry()
         self.state = ServerState()
-        self.server = grpc.aio.server(
-            interceptors=[RuntimeInterceptor(SERVICE, RpcMetrics(self.registry), self.state)]
-        )
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, HANDLERS),)
-        )
+        runtime = RuntimeInterceptor(SERVICE, RpcMetrics(self.registry), self.state)
+        generic = grpc.method_handlers_generic_handler(SERVICE, HANDLERS)
+        if attach == "interceptor":
+            self.server = grpc.aio.server(interceptors=[runtime])
+        else:  # how GrpcService registers servicers
+            self.server = grpc.aio.server()
+            generic = runtime.wrap_generic_handler(generic)
+        self.server.add_generic_rpc_handlers((generic,))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.channel: grpc.aio.Channel | None = None
 
@@ -115,9 +119,9 @@ class Harness:
         return self.handled(method, code)
 
 
-@pytest.fixture
-async def probe() -> AsyncIterator[Harness]:
-    h = Harness()
+@pytest.fixture(params=["wrapped", "interceptor"])
+async def probe(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    h = Harness(request.param)
     await h.server.start()
     h.channel = grpc.aio.insecure_channel(f"127.0.0.1:{h.port}")
     yield h
