@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from llmops.errors import LLMOpsError
 
 REQUEST_ID_KEY = "x-request-id"
+_MAX_REQUEST_ID = 128
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "llmops_request_id", default=None
@@ -289,7 +290,7 @@ class RuntimeInterceptor(_ServerInterceptor):
             if key == REQUEST_ID_KEY:
                 rid = value if isinstance(value, str) else value.decode()
                 break
-        if rid is None:
+        if rid is None or len(rid) > _MAX_REQUEST_ID:  # an oversized id is not logged or kept
             rid = os.urandom(16).hex()  # 128 random bits like uuid4, at a fifth of its cost
         remaining = context.time_remaining()
         tokens = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -99,6 +101,35 @@ def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
     assert "llmops.v1.FeatureService.GetOnlineFeatures" in err.value.details()
     assert "issue #4" in err.value.details()
+
+
+def _call_empty(channel: grpc.Channel, path: str, method: Any) -> None:
+    """Call ``path`` with one empty message, whatever its streaming kind."""
+    ident = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+    if method.client_streaming and method.server_streaming:
+        list(channel.stream_stream(path, **ident)(iter([b""]), timeout=5))
+    elif method.server_streaming:
+        list(channel.unary_stream(path, **ident)(b"", timeout=5))
+    elif method.client_streaming:
+        channel.stream_unary(path, **ident)(iter([b""]), timeout=5)
+    else:
+        channel.unary_unary(path, **ident)(b"", timeout=5)
+
+
+def test_every_pending_rpc_of_every_kind_says_what_is_missing(mesh: RunningMesh) -> None:
+    checked = 0
+    for name, entry in SERVICES.items():
+        pb2 = importlib.import_module(f"llmops.v1.{name}_pb2")
+        with grpc.insecure_channel(mesh.address(name)) as channel:
+            for service in (entry.proto_service, entry.grpc_admin_service.split(".")[-1]):
+                descriptor = pb2.DESCRIPTOR.services_by_name[service]
+                for method in descriptor.methods:
+                    with pytest.raises(grpc.RpcError) as err:
+                        _call_empty(channel, f"/{descriptor.full_name}/{method.name}", method)
+                    assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED, method.full_name
+                    assert f"{method.full_name} is not implemented yet" in err.value.details()
+                    checked += 1
+    assert checked >= 60
 
 
 def test_metrics_endpoint_counts_rpcs(mesh: RunningMesh) -> None:
