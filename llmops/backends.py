@@ -2,8 +2,10 @@
 
 In embedded mode (``llmops up``) all seven services run in one process and share one
 :class:`Backends`: one chdb session (chdb allows one per data directory and process), one
-local state directory. In production mode each service process builds its own, pointed at the
-network servers of the config. Resources open lazily on first use, once, and close on exit.
+local event log and one event publisher, under one state directory. In production mode each
+service process builds its own, pointed at the servers of the config (Kafka, a ClickHouse
+server). Resources open lazily on first use, once, and close on exit (the publisher is
+flushed first, so accepted events reach the log).
 """
 
 from __future__ import annotations
@@ -14,10 +16,19 @@ import os
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+import structlog
 
 from llmops.config import MeshConfig, Mode
-from llmops.errors import FailedPrecondition
+from llmops.errors import FailedPrecondition, LLMOpsError
+
+if TYPE_CHECKING:
+    from llmops.clickhouse.base import ClickHouseStore
+    from llmops.events.base import EventLog
+    from llmops.events.publisher import EventPublisher
+
+log = structlog.get_logger("llmops.backends")
 
 
 class StateDirLocked(FailedPrecondition):
@@ -32,7 +43,10 @@ class Backends:
         self.state_dir = config.state_dir.resolve()
         self._lock_file: IO[str] | None = None
         self._chdb: Any = None
-        self._guard = threading.Lock()
+        self._event_log: EventLog | None = None
+        self._store: ClickHouseStore | None = None
+        self._publisher: EventPublisher | None = None
+        self._guard = threading.RLock()
 
     @property
     def mode(self) -> Mode:
@@ -80,8 +94,73 @@ class Backends:
                 self._chdb = session.Session(str(path))
             return self._chdb
 
+    def event_log(self) -> EventLog:
+        """The process's event log: the local log under ``<state_dir>/events`` or Kafka."""
+        with self._guard:
+            if self._event_log is None:
+                if self.config.events_backend == "local":
+                    from llmops.events.local_log import LocalLog
+
+                    self._event_log = LocalLog(self.state_dir / "events")
+                else:
+                    from llmops.events.kafka_log import KafkaLog
+
+                    # Connects lazily, on the first send: never blocks start-up.
+                    self._event_log = KafkaLog(self.config.backends.kafka.bootstrap_servers)
+            return self._event_log
+
+    def clickhouse(self) -> ClickHouseStore:
+        """The process's ClickHouse store: the shared chdb session, or the server's DSN."""
+        with self._guard:
+            if self._store is None:
+                from llmops.clickhouse import open_store
+
+                backend = self.config.clickhouse_backend
+                self._store = open_store(
+                    backend,
+                    dsn=self.config.backends.clickhouse.dsn,
+                    chdb_session=self.chdb_session() if backend == "chdb" else None,
+                )
+            return self._store
+
+    def publisher(self) -> EventPublisher:
+        """The process's one event publisher (a sender thread; flushed on close)."""
+        with self._guard:
+            if self._publisher is None:
+                from llmops.events.publisher import EventPublisher
+
+                settings = self.config.events
+                self._publisher = EventPublisher(
+                    self.event_log(),
+                    capacity=settings.buffer_capacity,
+                    max_batch=settings.max_batch,
+                    linger_s=settings.linger_ms / 1000,
+                    send_timeout_s=settings.send_timeout_s,
+                    producer=f"llmops/{os.getpid()}",
+                ).start()
+            return self._publisher
+
+    def flush_events(self) -> None:
+        """Deliver the publisher's buffered events to the log (bounded by the config)."""
+        with self._guard:
+            publisher = self._publisher
+        if publisher is not None:
+            publisher.flush(self.config.events.flush_timeout_s)
+
     def close(self) -> None:
         with self._guard:
+            if self._publisher is not None:
+                publisher, self._publisher = self._publisher, None
+                try:
+                    publisher.close(self.config.events.flush_timeout_s)
+                except LLMOpsError as exc:  # undelivered events: say so loudly, keep closing
+                    log.error("events_undelivered_at_shutdown", error=exc.message)
+            if self._event_log is not None:
+                self._event_log.close()
+                self._event_log = None
+            if self._store is not None:
+                self._store.close()
+                self._store = None
             if self._chdb is not None:
                 self._chdb.close()
                 self._chdb = None

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from llmops.config import ConfigError, MeshConfig, Mode, load_config
+from llmops.errors import LLMOpsError
 from llmops.mesh import SERVICES
 
 EXIT_CONFIG = 2
@@ -107,6 +108,101 @@ def run_cmd(service: str, config_path: Path | None) -> None:
 
 @cli.command()
 @_config_option
+def migrate(config_path: Path | None) -> None:
+    """Apply the ClickHouse migrations of deploy/clickhouse/migrations (idempotent).
+
+    Uses the config's ClickHouse backend: the server DSN in production mode, the embedded
+    chdb under state_dir otherwise (`llmops up` migrates that one by itself at start).
+    """
+    from llmops.backends import Backends, StateDirLocked
+    from llmops.clickhouse.migrations import apply_migrations
+
+    config = _load(config_path)
+    try:
+        with Backends(config) as backends:
+            applied = apply_migrations(backends.clickhouse())
+    except StateDirLocked as exc:
+        click.echo(f"llmops: {exc.message}; the running mesh migrates its own chdb", err=True)
+        sys.exit(1)
+    except LLMOpsError as exc:
+        click.echo(f"llmops: migrate failed: {exc.message}", err=True)
+        sys.exit(1)
+    click.echo(f"applied: {', '.join(applied)}" if applied else "schema up to date")
+
+
+@cli.command()
+@_config_option
+@click.option("--topic", "topics", multiple=True, help="Only these topics (default: all).")
+def sink(config_path: Path | None, topics: tuple[str, ...]) -> None:
+    """Run the sinks: one consumer group per topic, from the event log into ClickHouse.
+
+    Production mode by default (Kafka into the ClickHouse server); metrics and the logs
+    endpoint on sink.admin_port. SIGTERM/Ctrl-C finishes the current batch and stops.
+    """
+    import signal
+    import threading
+
+    from llmops.backends import Backends
+    from llmops.logging import configure_logging
+    from llmops.observability import Observability
+
+    config = _load(config_path, mode=Mode.PRODUCTION)
+    configure_logging(config.logging.level, config.logging.format)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Backends(config) as backends:
+        host = config.services[next(iter(config.services))].host
+        observability = Observability(
+            backends.event_log(),
+            backends.clickhouse(),
+            host=host,
+            port=config.sink.admin_port,
+            batch_rows=config.sink.batch_rows,
+            flush_interval_s=config.sink.flush_interval_s,
+            topics=list(topics) or None,
+        ).start()
+        stop.wait()
+        observability.stop()
+
+
+@cli.group()
+def logs() -> None:
+    """Read what the mesh logged to ClickHouse."""
+
+
+@logs.command("predictions")
+@_config_option
+@click.option("--last", "last", default="5m", show_default=True, help="Window: 30s, 5m, 2h, 1d.")
+@click.option("--limit", default=20, show_default=True, help="At most this many rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
+def logs_predictions(config_path: Path | None, last: str, limit: int, as_json: bool) -> None:
+    """The newest predictions of the last window, newest first.
+
+    With a running `llmops up`, asks it (chdb allows one process per data directory);
+    otherwise reads the configured ClickHouse directly.
+    """
+    from llmops.clickhouse.queries import format_table
+    from llmops.logs import fetch_recent_predictions, parse_window
+
+    config = _load(config_path)
+    try:
+        window = parse_window(last)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--last") from None
+    try:
+        rows = fetch_recent_predictions(config, window, limit)
+    except LLMOpsError as exc:
+        click.echo(f"llmops: {exc.message}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"rows": rows}, default=str))
+    else:
+        click.echo(format_table(rows) if rows else f"no predictions in the last {last}")
+
+
+@cli.command()
+@_config_option
 def ports(config_path: Path | None) -> None:
     """Print each service's gRPC and metrics address."""
     config = _load(config_path)
@@ -148,6 +244,41 @@ def bench_noop(quick: bool, concurrency: int, calls: int | None) -> None:
     from llmops.bench.noop import main as noop_main
 
     noop_main(quick=quick, concurrency=concurrency, calls=calls)
+
+
+@bench.command("events")
+@click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
+def bench_events(quick: bool) -> None:
+    """Event bus: producer/consumer throughput (Kafka and the local log), publish latency."""
+    from llmops.bench.events import main as events_main
+
+    events_main(quick=quick)
+
+
+@bench.command("clickhouse")
+@click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
+@click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")
+def bench_clickhouse(quick: bool, rows: int | None) -> None:
+    """ClickHouse: ingest rows/s, bytes/row on disk, rollup vs raw query latency."""
+    from llmops.bench.clickhouse import main as clickhouse_main
+
+    clickhouse_main(quick=quick, rows=rows)
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def topics(args: tuple[str, ...]) -> None:
+    """Kafka topics from deploy/kafka/topics.yaml: apply | check | wait | list.
+
+    `llmops topics apply` creates missing topics and aligns configs (idempotent);
+    `llmops topics -h` shows every option.
+    """
+    from llmops.events.topic_admin import main as topics_main
+
+    sys.exit(topics_main(list(args)))
 
 
 def run_service_main(name: str) -> None:

@@ -70,8 +70,10 @@ class KafkaConfig(_Strict):
 
 
 class ClickHouseConfig(_Strict):
-    backend: Literal["chdb", "server"] = Field(
-        "chdb", description="chdb = in-process engine; server = clickhouse-driver native."
+    backend: Literal["auto", "chdb", "server"] = Field(
+        "auto",
+        description="chdb = in-process engine; server = clickhouse-driver native protocol; "
+        "auto = chdb in embedded mode, server in production mode.",
     )
     dsn: str = Field(
         "clickhouse://default@127.0.0.1:19000/default", description="Native-protocol DSN."
@@ -80,6 +82,34 @@ class ClickHouseConfig(_Strict):
 
 class OpaConfig(_Strict):
     url: str = Field("http://127.0.0.1:18181", description="OPA server (production).")
+
+
+class EventsConfig(_Strict):
+    """The event log and the publisher's buffer."""
+
+    backend: Literal["auto", "local", "kafka"] = Field(
+        "auto",
+        description="local = durable log under state_dir/events; kafka = backends.kafka; "
+        "auto = local in embedded mode, kafka in production mode.",
+    )
+    buffer_capacity: int = Field(
+        100_000, ge=1, description="Events held in memory before publish() is refused."
+    )
+    max_batch: int = Field(5_000, ge=1, description="Events per send to the log.")
+    linger_ms: float = Field(5.0, ge=0, description="Wait this long to fill a batch.")
+    send_timeout_s: float = Field(10.0, gt=0, description="One send attempt's bound.")
+    flush_timeout_s: float = Field(
+        10.0, gt=0, description="Shutdown: how long to keep delivering buffered events."
+    )
+
+
+class SinkConfig(_Strict):
+    """Consumers that move events into ClickHouse (`llmops sink`, in-process when embedded)."""
+
+    embedded: bool = Field(True, description="Run the sinks inside `llmops up`.")
+    batch_rows: int = Field(50_000, ge=1, description="Flush a batch at this many records.")
+    flush_interval_s: float = Field(1.0, gt=0, description="...or when it is this old.")
+    admin_port: int = Field(9150, ge=0, le=65535, description="Sink metrics (`llmops sink`).")
 
 
 class BackendsConfig(_Strict):
@@ -118,6 +148,8 @@ class MeshConfig(_Strict):
     )
     services: dict[str, ServiceConfig] = Field(default_factory=_default_services)
     backends: BackendsConfig = BackendsConfig()
+    events: EventsConfig = EventsConfig()
+    sink: SinkConfig = SinkConfig()
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -152,6 +184,18 @@ class MeshConfig(_Strict):
                 if other != f"services.{name}.{key}":
                     raise ValueError(f"services.{name}.{key}: port {port} is also used by {other}")
         return self
+
+    @property
+    def events_backend(self) -> Literal["local", "kafka"]:
+        if self.events.backend != "auto":
+            return self.events.backend
+        return "local" if self.mode is Mode.EMBEDDED else "kafka"
+
+    @property
+    def clickhouse_backend(self) -> Literal["chdb", "server"]:
+        if self.backends.clickhouse.backend != "auto":
+            return self.backends.clickhouse.backend
+        return "chdb" if self.mode is Mode.EMBEDDED else "server"
 
     def service(self, name: str) -> ServiceConfig:
         try:

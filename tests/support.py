@@ -61,7 +61,7 @@ class RunningMesh:
 
 def mesh_env(tmp: Path, names: list[str] | None = None) -> tuple[dict[str, str], dict, dict]:
     names = names or list(SERVICES)
-    ports = free_ports(2 * len(SERVICES))
+    ports = free_ports(2 * len(SERVICES) + 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS__")}
     env["LLMOPS__STATE_DIR"] = str(tmp / "state")
     grpc_ports, admin_ports = {}, {}
@@ -69,6 +69,7 @@ def mesh_env(tmp: Path, names: list[str] | None = None) -> tuple[dict[str, str],
         grpc_ports[name], admin_ports[name] = ports[2 * i], ports[2 * i + 1]
         env[f"LLMOPS__SERVICES__{name.upper()}__PORT"] = str(grpc_ports[name])
         env[f"LLMOPS__SERVICES__{name.upper()}__ADMIN_PORT"] = str(admin_ports[name])
+    env["LLMOPS__SINK__ADMIN_PORT"] = str(ports[-1])
     return env, grpc_ports, admin_ports
 
 

@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 import structlog
@@ -39,6 +39,9 @@ from llmops.server.interceptor import (
     ServerState,
 )
 from llmops.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from llmops.observability import Observability
 
 log = structlog.get_logger("llmops.server")
 
@@ -319,6 +322,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     with Backends(config) as backends:
         services: list[GrpcService] = []
+        observability = _embedded_observability(config, backends)
         try:
             for name in names:
                 ctx = ServiceContext(name=name, config=config, backends=backends)
@@ -336,9 +340,35 @@ async def serve(
                 *(svc.stop(config.server.shutdown_grace_s) for svc in services),
                 return_exceptions=True,
             )
+            if observability is not None:
+                # Accepted events first reach the log, then the sinks take what they can.
+                await asyncio.to_thread(backends.flush_events)
+                await asyncio.to_thread(observability.stop)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+
+
+def _embedded_observability(config: MeshConfig, backends: Backends) -> Observability | None:
+    """In embedded mode: migrate the chdb schema and start the in-process sinks."""
+    if config.mode is not Mode.EMBEDDED or not config.sink.embedded:
+        return None
+    from llmops.clickhouse.migrations import apply_migrations
+    from llmops.observability import Observability
+
+    store = backends.clickhouse()
+    applied = apply_migrations(store)
+    if applied:
+        log.info("clickhouse_migrated", applied=applied)
+    host = config.services[next(iter(config.services))].host
+    return Observability(
+        backends.event_log(),
+        store,
+        host=host,
+        port=config.sink.admin_port,
+        batch_rows=config.sink.batch_rows,
+        flush_interval_s=config.sink.flush_interval_s,
+    ).start()
 
 
 def run(config: MeshConfig, names: Sequence[str]) -> None:

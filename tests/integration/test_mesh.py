@@ -147,6 +147,42 @@ def test_access_log_is_json_with_request_id(mesh: RunningMesh) -> None:
     assert all({"method", "code", "latency_ms", "request_id"} <= e.keys() for e in rpcs)
 
 
+def test_events_reach_chdb_and_llmops_logs_within_seconds(mesh: RunningMesh) -> None:
+    """A producer in another process appends to the mesh's local event log (multi-process
+    safe); the in-process sinks load it into chdb; `llmops logs` reads it via the mesh."""
+    import random
+
+    from llmops.events.local_log import LocalLog
+    from llmops.events.publisher import EventPublisher
+    from llmops.events.synthetic import prediction_envelope
+
+    event_log = LocalLog(Path(mesh.env["LLMOPS__STATE_DIR"]) / "events")
+    rng = random.Random(3)
+    with EventPublisher(event_log).start() as publisher:
+        sent = []
+        for _ in range(20):
+            envelope = prediction_envelope(rng, event_time_ns=time.time_ns())
+            publisher.publish(envelope)
+            sent.append(envelope.prediction.request_id)
+        assert publisher.flush(10)
+    event_log.close()
+    start = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() - start < 30:
+        proc = _llmops(mesh, "logs", "predictions", "--last", "5m", "--limit", "50", "--json")
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads(proc.stdout)["rows"]
+        if len(rows) >= 20:
+            break
+        time.sleep(0.5)
+    assert sorted(r["request_id"] for r in rows) == sorted(sent)
+    print(f"\nevents queryable {time.monotonic() - start:.2f}s after publish")
+    table = _llmops(mesh, "logs", "predictions", "--last", "5m")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split()[:3] == ["event_time", "request_id", "tenant"]
+    assert len(table.stdout.splitlines()) == 2 + 20
+
+
 def test_second_mesh_on_same_state_dir_is_refused(mesh: RunningMesh, tmp_path: Path) -> None:
     env, _, _ = mesh_env(tmp_path)
     env["LLMOPS__STATE_DIR"] = mesh.env["LLMOPS__STATE_DIR"]

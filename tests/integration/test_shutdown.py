@@ -32,6 +32,7 @@ async def test_sigterm_drains_in_flight_then_returns(tmp_path: Path) -> None:
     from llmops.server import serve
 
     env, ports, _ = mesh_env(tmp_path)
+    env["LLMOPS__SINK__EMBEDDED"] = "false"  # in-process: this pytest process's chdb is taken
     config = load_config(environ=env)
     servicer = SlowFeatures()
 
@@ -83,6 +84,7 @@ async def test_admin_drain_waits_for_in_flight_and_turns_health_off(tmp_path: Pa
     from llmops.v1 import admin_pb2, admin_pb2_grpc
 
     env, ports, _ = mesh_env(tmp_path)
+    env["LLMOPS__SINK__EMBEDDED"] = "false"  # in-process: this pytest process's chdb is taken
     config = load_config(environ=env)
     servicer = SlowFeatures()
 

@@ -1,0 +1,274 @@
+"""``llmops bench events``: the event bus's producer and consumer throughput.
+
+Cases (each a function of :class:`Bench`, listed in :data:`CASES`; add new ones there):
+
+- ``produce_kafka`` / ``produce_local``: realistic PredictionEvents (~580 bytes serialized)
+  through :class:`EventPublisher` into the real broker (deploy/local Kafka, a fresh 6-partition
+  topic) and into a :class:`LocalLog` with fsync on. ``rows_per_s``: events appended per
+  second, from the first publish until ``flush()`` returned (all acknowledged). ``p50_ms`` /
+  ``p99_ms``: the ``publish()`` call itself — the request-path cost — measured while the
+  sender thread is busy delivering.
+- ``produce_kafka`` with system ``kafka-python``: the baseline, a bare ``KafkaProducer`` with
+  the same settings (acks=all, idempotent, same compression, linger, batch size) driven the way
+  a service would without this library: serialize, ``send()``, then ``flush()``. Its
+  p50/p99 are the ``send()`` calls.
+- ``consume_kafka`` / ``consume_local``: a fresh consumer group reads everything back;
+  ``rows_per_s`` over the whole read, p50/p99 of ``poll()`` calls (up to 5000 records each).
+
+The Kafka broker is reused when one answers (or ``LLMOPS_KAFKA_BOOTSTRAP`` is set), otherwise
+started with deploy/local and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmops.bench import servers
+from llmops.bench.report import Case, emit
+from llmops.events.base import EventLog
+from llmops.events.kafka_log import KafkaLog, default_compression
+from llmops.events.local_log import LocalLog
+from llmops.events.publisher import EventPublisher
+from llmops.events.synthetic import prediction_envelope
+from llmops.v1 import events_pb2
+
+PARTITIONS = 6
+WARMUP = 500
+
+
+@dataclass
+class Bench:
+    """What the cases share: the events, a scratch directory, the broker, the topics."""
+
+    quick: bool
+    envelopes: list[events_pb2.EventEnvelope]
+    tmp: Path
+    bootstrap: str
+    kafka_topics: dict[str, str] = field(default_factory=dict)  # case -> topic it wrote
+
+    @property
+    def n(self) -> int:
+        return len(self.envelopes)
+
+    def fresh(self) -> Iterator[events_pb2.EventEnvelope]:
+        """The events with the fields publish() fills cleared (so each run fills them)."""
+        for env in self.envelopes:
+            env.key = ""
+            env.ClearField("publish_time")
+            yield env
+
+
+CaseFn = Callable[[Bench], list[Case]]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Producing.
+
+
+def _publish_all(bench: Bench, log: EventLog, topic: str, label: str) -> Case:
+    pub = EventPublisher(
+        log, capacity=bench.n + WARMUP, max_batch=2000, topics={"prediction": topic}
+    ).start()
+    try:
+        rng = random.Random(0)
+        for _ in range(WARMUP):  # connections, metadata, code paths
+            pub.publish(prediction_envelope(rng, event_time_ns=time.time_ns()))
+        if not pub.flush(60):
+            raise RuntimeError(f"{label}: warm-up not delivered within 60 s")
+        lat: list[float] = []
+        perf = time.perf_counter
+        started = perf()
+        for env in bench.fresh():
+            t0 = perf()
+            pub.publish(env)
+            lat.append(perf() - t0)
+        if not pub.flush(600):
+            raise RuntimeError(f"{label}: {pub.pending} events not delivered within 600 s")
+        wall = perf() - started
+    finally:
+        pub.close(30)
+    return Case(label, "llmops", lat, wall, extra={"rows_per_s": round(bench.n / wall)})
+
+
+def produce_kafka(bench: Bench) -> list[Case]:
+    topic = _topic(bench, "produce_kafka")
+    log = KafkaLog(bench.bootstrap, client_id="llmops-bench")
+    try:
+        case = _publish_all(bench, log, topic, "produce_kafka")
+    finally:
+        log.close()
+    case.extra["compression"] = log.compression
+    case.extra["bytes_per_event"] = _mean_size(bench)
+    return [case]
+
+
+def produce_kafka_bare(bench: Bench) -> list[Case]:
+    """Baseline: kafka-python's own producer with the same settings, no publisher."""
+    from kafka import KafkaProducer
+
+    topic = _topic(bench, "produce_kafka_bare")
+    log = KafkaLog(bench.bootstrap)  # only for its producer settings
+    producer = KafkaProducer(**log._producer_config)
+    try:
+        rng = random.Random(0)
+        for _ in range(WARMUP):
+            env = prediction_envelope(rng, event_time_ns=time.time_ns())
+            producer.send(topic, value=env.SerializeToString(), key=b"warm-up")
+        producer.flush(60)
+        lat: list[float] = []
+        perf = time.perf_counter
+        started = perf()
+        for env in bench.envelopes:
+            t0 = perf()
+            producer.send(
+                topic, value=env.SerializeToString(), key=env.prediction.request_id.encode()
+            )
+            lat.append(perf() - t0)
+        producer.flush(600)
+        wall = perf() - started
+    finally:
+        producer.close(30)
+    extra = {"rows_per_s": round(bench.n / wall)}
+    return [Case("produce_kafka", "kafka-python", lat, wall, extra=extra)]
+
+
+def produce_local(bench: Bench) -> list[Case]:
+    log = LocalLog(bench.tmp / "local-log", partitions={"bench.events": PARTITIONS}, fsync=True)
+    try:
+        case = _publish_all(bench, log, "bench.events", "produce_local")
+    finally:
+        log.close()
+    case.extra["fsync"] = True
+    return [case]
+
+
+# ---------------------------------------------------------------------------------------------
+# Consuming.
+
+
+def _consume_all(log: EventLog, topic: str, want: int, label: str) -> Case:
+    consumer = log.consumer(f"bench-{uuid.uuid4().hex[:8]}", [topic])
+    try:
+        lat: list[float] = []
+        got, perf = 0, time.perf_counter
+        deadline = time.monotonic() + 300
+        started = perf()
+        while got < want and time.monotonic() < deadline:
+            t0 = perf()
+            got += len(consumer.poll(5000, 1.0))
+            lat.append(perf() - t0)
+        wall = perf() - started
+    finally:
+        consumer.close()
+    if got < want:
+        raise RuntimeError(f"{label}: read {got} of {want} records")
+    return Case(label, "llmops", lat, wall, extra={"rows_per_s": round(got / wall), "rows": got})
+
+
+def consume_kafka(bench: Bench) -> list[Case]:
+    log = KafkaLog(bench.bootstrap, client_id="llmops-bench")
+    try:
+        topic = bench.kafka_topics["produce_kafka"]
+        case = _consume_all(log, topic, bench.n + WARMUP, "consume_kafka")
+    finally:
+        log.close()
+    return [case]
+
+
+def consume_local(bench: Bench) -> list[Case]:
+    log = LocalLog(bench.tmp / "local-log", partitions={})
+    try:
+        return [_consume_all(log, "bench.events", bench.n + WARMUP, "consume_local")]
+    finally:
+        log.close()
+
+
+CASES: list[CaseFn] = [
+    produce_kafka,
+    produce_kafka_bare,
+    produce_local,
+    consume_kafka,
+    consume_local,
+]
+"""Run in this order (consumers read what the producers wrote)."""
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _mean_size(bench: Bench) -> int:
+    sample = bench.envelopes[:1000]
+    return round(sum(e.ByteSize() for e in sample) / len(sample))
+
+
+def _topic(bench: Bench, case: str) -> str:
+    """A fresh topic for ``case`` (deleted at the end), compressed like the producer sends
+    (zstd, as the spec's topics, when ``zstandard`` is installed)."""
+    from kafka.admin import KafkaAdminClient
+
+    name = f"bench.events.{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=bench.bootstrap, client_id="llmops-bench")
+    try:
+        spec = {"num_partitions": PARTITIONS, "replication_factor": 1}
+        configs = {"compression.type": default_compression()}  # stored as the producer sends
+        admin.create_topics({name: {**spec, "configs": configs}})
+        admin.wait_for_topics([name], timeout_ms=30000)
+    finally:
+        admin.close()
+    bench.kafka_topics[case] = name
+    return name
+
+
+@contextmanager
+def _cleanup_topics(bench: Bench) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if bench.kafka_topics:
+            from kafka.admin import KafkaAdminClient
+
+            admin = KafkaAdminClient(bootstrap_servers=bench.bootstrap, client_id="llmops-bench")
+            admin.delete_topics(list(bench.kafka_topics.values()))
+            admin.close()
+
+
+def _ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
+    by = {(c["case"], c["system"]): c for c in cases}
+    mine, bare = by.get(("produce_kafka", "llmops")), by.get(("produce_kafka", "kafka-python"))
+    if not (mine and bare):
+        return {}
+    key = "produce_kafka.{}.llmops/kafka-python"
+    return {key.format(m): round(mine[m] / bare[m], 3) for m in ("rows_per_s", "p50_ms")}
+
+
+def main(*, quick: bool) -> None:
+    n = 20_000 if quick else 200_000
+    _say(f"generating {n} prediction events")
+    rng = random.Random(42)
+    now = time.time_ns()
+    envelopes = [prediction_envelope(rng, event_time_ns=now + i * 1000) for i in range(n)]
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmops-bench-events-")))
+        bootstrap = stack.enter_context(servers.kafka())
+        bench = Bench(quick, envelopes, tmp, bootstrap)
+        stack.enter_context(_cleanup_topics(bench))
+        summaries = []
+        for fn in CASES:
+            _say(f"case {fn.__name__} ...")
+            summaries += [c.summary() for c in fn(bench)]
+    for s in summaries:
+        _say(f"{s['case']:<16} {s['system']:<13} rows/s {s['rows_per_s']:>9}")
+    emit("events", summaries, _ratios(summaries))

@@ -1,0 +1,63 @@
+"""The ClickHouse store interface: one protocol, two backends with the same DDL and queries.
+
+``chdb`` runs the modern ClickHouse engine in-process (the embedded default and the
+reference for the schema); ``server`` speaks the native protocol to a ClickHouse server or
+cluster through clickhouse-driver. Callers pass SQL with ``%(name)s`` placeholders and the
+values in ``params``; both backends render them as escaped literals with
+:func:`llmops.clickhouse.sql.render` (never string formatting of user values). Columnar
+inserts are a mapping of column name to a sequence or numpy array. Unqualified table names
+resolve in the store's ``database``. Results come back in Python types: int, float, str,
+Decimal, UUID, date, timezone-aware UTC datetime, list, dict (Map).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from llmops.errors import LLMOpsError, Unavailable
+
+
+class ClickHouseUnavailable(Unavailable):
+    """The server cannot be reached or refused the operation for a transient reason."""
+
+
+class ClickHouseQueryError(LLMOpsError):
+    """ClickHouse rejected a statement for a non-transient reason (syntax, unknown table,
+    type mismatch). ``ch_code`` is ClickHouse's numeric error code (0 when unknown)."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, ch_code: int = 0) -> None:
+        super().__init__(message)
+        self.ch_code = ch_code
+
+
+class ClickHouseStore(Protocol):
+    name: str
+    """``chdb`` or ``server``."""
+    database: str
+    """Database that unqualified table names resolve in."""
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing (DDL, INSERT ... SELECT, OPTIMIZE)."""
+        ...
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Rows of a SELECT as dicts, in result order, values in Python types."""
+        ...
+
+    def insert(
+        self,
+        table: str,
+        columns: Mapping[str, Sequence[Any]],
+        *,
+        dedup_token: str | None = None,
+    ) -> int:
+        """Insert one block of rows given column-wise (all columns the same length); return
+        the row count. The block is atomic. With ``dedup_token``, a repeated insert of the
+        same token is ignored (ClickHouse insert deduplication), so a retry after an unclear
+        failure cannot double-insert."""
+        ...
+
+    def close(self) -> None: ...

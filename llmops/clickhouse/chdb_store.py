@@ -1,0 +1,228 @@
+"""The embedded backend: chdb (the ClickHouse 26.x engine in-process) behind ClickHouseStore.
+
+chdb allows one data path per process, so the caller hands in the process's session (in
+embedded mode every service shares it) and several stores may wrap one session. Statements
+run under a per-session lock with ``USE <database>`` first, so unqualified table names
+resolve in this store's database whatever other users of the session did.
+
+Inserts go columnar through Arrow: the columns become a ``pyarrow.Table`` typed from the
+target table's schema (looked up once per table), and ``INSERT INTO t (...) SELECT ... FROM
+Python(frame)`` reads it zero-copy, as one block. Measured on 2 cores (chdb 4.4), 1 M rows
+of a 6-column table: 0.16 s via Arrow, 0.18 s via a pandas DataFrame, 0.3 s through an
+``ArrowStream`` streaming insert; the full ``predictions`` rate is in ``llmops bench
+clickhouse``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import pyarrow as pa  # type: ignore[import-untyped]
+
+from llmops.clickhouse.base import ClickHouseQueryError
+from llmops.clickhouse.sql import column_list, identifier, quote_string, render
+from llmops.clickhouse.values import convert_rows, split_args
+
+_SESSION_LOCKS: dict[int, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+_CODE = re.compile(r"Code: (\d+)\.")
+
+
+def _session_lock(session: Any) -> threading.RLock:
+    with _LOCKS_GUARD:
+        return _SESSION_LOCKS.setdefault(id(session), threading.RLock())
+
+
+def _error(exc: Exception, sql: str) -> ClickHouseQueryError:
+    text = str(exc)
+    match = _CODE.search(text)
+    return ClickHouseQueryError(f"{text} [sql: {sql[:300]}]", int(match.group(1)) if match else 0)
+
+
+class ChdbStore:
+    """ClickHouseStore on a chdb ``session.Session`` (not owned: ``close`` leaves it open)."""
+
+    name = "chdb"
+
+    def __init__(self, session: Any, *, database: str = "default") -> None:
+        self.database = identifier(database)
+        self._session = session
+        self._lock = _session_lock(session)
+        self._schemas: dict[str, pa.Schema] = {}
+        with self._lock:
+            self._raw(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        self._zone = self._session_zone()
+
+    # -- statements -----------------------------------------------------------------------
+
+    def _raw(self, sql: str, fmt: str = "CSV") -> Any:
+        try:
+            return self._session.query(sql, fmt)
+        except Exception as exc:  # chdb raises its own ChdbError/RuntimeError types
+            raise _error(exc, sql) from exc
+
+    def _run(self, sql: str, fmt: str = "CSV") -> Any:
+        with self._lock:
+            self._raw(f"USE {self.database}")
+            return self._raw(sql, fmt)
+
+    def _session_zone(self) -> tzinfo:
+        name = self.query("SELECT timezone() AS tz")[0]["tz"]
+        return UTC if name in ("UTC", "Etc/UTC") else ZoneInfo(name)
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._run(render(sql, params))
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        raw = self._run(render(sql, params), "JSONCompact").bytes()
+        if not raw.strip():
+            return []
+        doc = orjson.loads(raw)
+        names = [m["name"] for m in doc["meta"]]
+        types = [m["type"] for m in doc["meta"]]
+        return convert_rows(names, types, doc["data"], getattr(self, "_zone", UTC))
+
+    # -- inserts --------------------------------------------------------------------------
+
+    def insert(
+        self,
+        table: str,
+        columns: Mapping[str, Sequence[Any]],
+        *,
+        dedup_token: str | None = None,
+    ) -> int:
+        """Insert one block through Arrow. With ``dedup_token`` the insert carries
+        ``insert_deduplication_token`` (the tables set ``non_replicated_deduplication_window``
+        so it works on plain MergeTree, and materialized views dedupe with it too)."""
+        names = list(columns)
+        rows = _row_count(columns)
+        if rows == 0:
+            return 0
+        frame = self._arrow_table(table, columns)  # noqa: F841  (read by Python(frame))
+        # One source block of all rows, no re-squashing: the batch is already one block.
+        # Measured 1M prediction rows: 1.1 s with these, ~4 s with the defaults.
+        settings = (
+            f"async_insert = 0, max_block_size = {max(rows, 65536)}, "
+            "min_insert_block_size_rows = 0, min_insert_block_size_bytes = 0, "
+            "deduplicate_blocks_in_dependent_materialized_views = 1"
+        )
+        if dedup_token is not None:
+            settings += f", insert_deduplication_token = {quote_string(dedup_token)}"
+        cols = column_list(names)
+        sql = (
+            f"INSERT INTO {self.database}.{identifier(table)} ({cols}) "
+            f"SETTINGS {settings} SELECT {cols} FROM Python(frame)"
+        )
+        with self._lock:
+            # Python(frame) resolves ``frame`` in this very frame: keep the call here.
+            try:
+                self._session.query(sql, "CSV")
+            except Exception as exc:
+                self._schemas.pop(table, None)
+                raise _error(exc, sql) from exc
+        return rows
+
+    def _arrow_table(self, table: str, columns: Mapping[str, Sequence[Any]]) -> pa.Table:
+        schema = self._schema(table)
+        if any(name not in schema.names for name in columns):  # altered since cached?
+            self._schemas.pop(table, None)
+            schema = self._schema(table)
+        arrays, fields = [], []
+        for name, values in columns.items():
+            try:
+                arrow_type = schema.field(name).type
+            except KeyError:
+                raise ClickHouseQueryError(f"{table} has no column {name!r}", 16) from None
+            arrays.append(_to_arrow(values, arrow_type))
+            fields.append(pa.field(name, arrow_type, nullable=False))
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+    def _schema(self, table: str) -> pa.Schema:
+        cached = self._schemas.get(table)
+        if cached is None:
+            rows = self.query(
+                "SELECT name, type FROM system.columns WHERE database = %(db)s "
+                "AND table = %(table)s ORDER BY position",
+                {"db": self.database, "table": table},
+            )
+            if not rows:
+                raise ClickHouseQueryError(f"unknown table {self.database}.{table}", 60)
+            cached = pa.schema([pa.field(r["name"], arrow_type(r["type"])) for r in rows])
+            self._schemas[table] = cached
+        return cached
+
+    def close(self) -> None:
+        """Nothing to release: the session belongs to the caller."""
+
+
+def _row_count(columns: Mapping[str, Sequence[Any]]) -> int:
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns differ in length: { {k: len(v) for k, v in columns.items()} }")
+    return lengths.pop() if lengths else 0
+
+
+def _to_arrow(values: Sequence[Any], arrow_type: pa.DataType) -> pa.Array:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == arrow_type else values.cast(arrow_type)
+    if pa.types.is_map(arrow_type) and not isinstance(values, pa.Array):
+        values = [list(m.items()) if isinstance(m, dict) else m for m in values]
+    return pa.array(values, type=arrow_type, from_pandas=False)
+
+
+_SIMPLE_ARROW: dict[str, pa.DataType] = {
+    "String": pa.string(),
+    "UUID": pa.string(),
+    "UInt8": pa.uint8(),
+    "UInt16": pa.uint16(),
+    "UInt32": pa.uint32(),
+    "UInt64": pa.uint64(),
+    "Int8": pa.int8(),
+    "Int16": pa.int16(),
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "Float32": pa.float32(),
+    "Float64": pa.float64(),
+    "Bool": pa.bool_(),
+    "Date": pa.date32(),
+    "Date32": pa.date32(),
+    "DateTime": pa.timestamp("s"),
+    "IPv4": pa.string(),
+    "IPv6": pa.string(),
+}
+
+
+def arrow_type(type_name: str) -> pa.DataType:
+    """The Arrow type that chdb's ``Python()`` reads into ClickHouse type ``type_name``.
+
+    UUID travels as its text form and Enum as its name (ClickHouse converts them on insert);
+    DateTime64(p) as ``timestamp`` in ms/us/ns (UTC epoch); FixedString as binary.
+    """
+    t = type_name.strip()
+    if t in _SIMPLE_ARROW:
+        return _SIMPLE_ARROW[t]
+    head, _, rest = t.partition("(")
+    args = split_args(rest[:-1]) if rest else []
+    if head in ("LowCardinality", "Nullable"):
+        return arrow_type(args[0])
+    if head == "DateTime":
+        return pa.timestamp("s")
+    if head == "DateTime64":
+        return pa.timestamp({3: "ms", 6: "us"}.get(int(args[0]), "ns"))
+    if head == "Array":
+        return pa.list_(pa.field("item", arrow_type(args[0]), nullable=False))
+    if head == "Map":
+        return pa.map_(arrow_type(args[0]), arrow_type(args[1]))
+    if head == "FixedString":
+        return pa.binary()
+    if head.startswith("Enum"):
+        return pa.string()
+    if head.startswith("Decimal"):
+        return pa.float64()
+    raise ValueError(f"no Arrow mapping for ClickHouse type {type_name}")

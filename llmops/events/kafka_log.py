@@ -1,0 +1,307 @@
+"""The production event log: Apache Kafka through kafka-python (the ``kafka`` extra).
+
+Producer settings and what they guarantee:
+
+- ``acks=all`` + ``enable_idempotence=True`` (kafka-python 3.0 implements KIP-98's idempotent
+  producer: a producer id and per-partition sequence numbers). The broker drops a batch it
+  already has when the client retries it internally after a lost ack, and rejects gaps, so
+  the client's own retries neither duplicate nor reorder within a partition for the life of
+  one producer. It does not cover a *caller's* retry of a batch whose outcome was unknown:
+  that is at-least-once, and sinks dedupe on ``event_id``. :meth:`KafkaLog.send` narrows it:
+  a retry of the same batch object first waits for the earlier attempt's outcome and resends
+  only the records that were not acknowledged (see :class:`_Attempt`).
+- ``max_in_flight_requests_per_connection=5``: the most idempotence allows while keeping
+  per-partition order (kafka-python guarantees order when idempotent).
+- Batching: records of one call accumulate into per-partition batches (``batch_size`` bytes,
+  ``linger_ms``) and are compressed with zstd when the ``zstandard`` package is importable,
+  else gzip (the topics store zstd either way: ``compression.type=zstd``; consumers of those
+  topics need ``zstandard`` installed to decompress).
+- Keys go through Kafka's default partitioner (murmur2), the same as the local log's.
+
+Nothing connects at construction: the producer is built on the first :meth:`send` (which runs
+on the caller's thread; the publisher calls it from its sender thread), and consumers are built
+by :meth:`consumer`. Both bootstrap with ``connect_timeout_s`` (kafka-python's default would
+block 30 s), so a dead broker surfaces as :class:`LogUnavailable` within seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from llmops.events.base import ConsumedRecord, LogUnavailable, Record, TopicPartition
+
+log = structlog.get_logger("llmops.events.kafka")
+
+
+def default_compression() -> str:
+    """``zstd`` when the ``zstandard`` package is importable (kafka-python needs it), else
+    ``gzip`` (standard library)."""
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return "gzip"
+    return "zstd"
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """A send that raised before every record was acknowledged.
+
+    ``futures[i]`` is the outcome of ``batch[i]``. Kept so that a retry of the same batch
+    object does not queue a second copy of records still in the producer's buffers: it waits
+    for their outcome and resends only the failed ones.
+    """
+
+    batch: Sequence[Record]
+    futures: list[Any]
+
+
+class KafkaLog:
+    """An :class:`~llmops.events.base.EventLog` over a Kafka cluster."""
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        *,
+        client_id: str = "llmops",
+        compression: str | None = "auto",
+        linger_ms: int = 5,
+        batch_size: int = 256 * 1024,
+        connect_timeout_s: float = 5.0,
+        request_timeout_s: float = 10.0,
+        delivery_timeout_s: float = 120.0,
+        session_timeout_s: float = 10.0,
+        max_poll_interval_s: float = 300.0,
+    ) -> None:
+        """Store the settings; nothing connects here.
+
+        ``compression``: ``auto`` (zstd if available, else gzip), ``zstd``, ``gzip``, ``lz4``,
+        ``snappy`` or None. ``delivery_timeout_s`` bounds how long the producer keeps retrying
+        a record internally across outages before failing it (the caller then resends).
+        ``session_timeout_s`` / ``max_poll_interval_s``: consumer group liveness.
+        """
+        self._bootstrap = bootstrap_servers
+        self._client_id = client_id
+        self.compression = default_compression() if compression == "auto" else compression
+        self._common: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "bootstrap_timeout_ms": int(connect_timeout_s * 1000),
+            "request_timeout_ms": int(request_timeout_s * 1000),
+            "reconnect_backoff_ms": 50,
+            "reconnect_backoff_max_ms": 1000,
+        }
+        self._producer_config: dict[str, Any] = {
+            **self._common,
+            "client_id": f"{client_id}-producer",
+            "acks": "all",
+            "enable_idempotence": True,
+            "max_in_flight_requests_per_connection": 5,
+            "compression_type": self.compression,
+            "linger_ms": linger_ms,
+            "batch_size": batch_size,
+            "max_block_ms": int(connect_timeout_s * 1000),
+            "delivery_timeout_ms": int(max(delivery_timeout_s, request_timeout_s + 1) * 1000),
+        }
+        self._session_timeout_ms = int(session_timeout_s * 1000)
+        self._max_poll_interval_ms = int(max_poll_interval_s * 1000)
+        self._producer: Any = None
+        self._pending: _Attempt | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- producing ------------------------------------------------------------------------
+
+    def send(self, records: Sequence[Record], timeout_s: float) -> None:
+        """Append ``records`` with acks=all, waiting at most ``timeout_s`` for every ack.
+
+        Thread-safe; calls are serialized. Raises :class:`LogUnavailable` on a broker error or
+        timeout: records of the call may or may not have been appended. Retrying with the
+        *same* sequence object resumes that attempt (only unacknowledged records are resent).
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            if self._closed:
+                raise LogUnavailable("kafka log is closed")
+            producer = self._ensure_producer()
+            futures = self._resume(records, deadline)
+            if futures is None:
+                futures = [None] * len(records)
+            self._pending = _Attempt(records, futures)
+            for i, r in enumerate(records):
+                if futures[i] is None or futures[i].failed():
+                    futures[i] = self._enqueue(producer, r)
+            self._await(futures, deadline)
+            self._pending = None
+
+    def _resume(self, records: Sequence[Record], deadline: float) -> list[Any] | None:
+        """Settle the previous failed attempt: wait for its outstanding records; if this call
+        retries the same batch, return its futures (the acknowledged ones are kept)."""
+        prev = self._pending
+        if prev is None:
+            return None
+        self._await(prev.futures, deadline, require_success=False)
+        self._pending = None
+        return prev.futures if prev.batch is records else None
+
+    def _enqueue(self, producer: Any, r: Record) -> Any:
+        from kafka.errors import KafkaError
+
+        try:
+            return producer.send(r.topic, value=r.value, key=r.key, headers=list(r.headers))
+        except KafkaError as exc:
+            raise LogUnavailable(f"kafka: cannot enqueue to {r.topic}: {exc}") from exc
+
+    def _await(self, futures: Sequence[Any], deadline: float, require_success: bool = True) -> None:
+        """Wait until every future is resolved (and, ``require_success``, succeeded)."""
+        from kafka.errors import KafkaError
+
+        failed: BaseException | None = None
+        for f in futures:
+            if f is None:
+                continue
+            if not f.is_done:
+                try:
+                    f.get(timeout=max(0.0, deadline - time.monotonic()))
+                except KafkaError as exc:
+                    if not f.is_done:  # still in flight: the outcome is not known yet
+                        raise LogUnavailable(f"kafka: no acknowledgement in time: {exc}") from exc
+            if f.exception is not None:
+                failed = failed or f.exception
+        if failed is not None and require_success:
+            raise LogUnavailable(f"kafka: send failed: {failed}") from failed
+
+    def _ensure_producer(self) -> Any:
+        """The producer, built on first use (bootstraps within ``connect_timeout_s``)."""
+        if self._producer is None:
+            from kafka import KafkaProducer
+            from kafka.errors import KafkaError
+
+            try:
+                self._producer = KafkaProducer(**self._producer_config)
+            except KafkaError as exc:
+                raise LogUnavailable(
+                    f"kafka: cannot reach {self._bootstrap} to start a producer: {exc}"
+                ) from exc
+            log.info(
+                "kafka_producer_started",
+                bootstrap=str(self._bootstrap),
+                compression=self.compression,
+                idempotent=bool(self._producer.config.get("enable_idempotence")),
+            )
+        return self._producer
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def consumer(self, group: str, topics: Sequence[str]) -> KafkaLogConsumer:
+        """A group member subscribed to ``topics``; blocks up to ``connect_timeout_s``."""
+        from kafka import KafkaConsumer
+        from kafka.errors import KafkaError
+
+        try:
+            consumer = KafkaConsumer(
+                **self._common,
+                client_id=f"{self._client_id}-consumer",
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=self._session_timeout_ms,
+                heartbeat_interval_ms=max(self._session_timeout_ms // 3, 100),
+                max_poll_interval_ms=self._max_poll_interval_ms,
+                fetch_max_wait_ms=100,
+            )
+            consumer.subscribe(list(topics))
+        except KafkaError as exc:
+            raise LogUnavailable(f"kafka: cannot start a consumer of {group}: {exc}") from exc
+        return KafkaLogConsumer(consumer)
+
+    def close(self) -> None:
+        """Flush and close the producer (waits up to 10 s for records still buffered)."""
+        with self._lock:
+            self._closed = True
+            if self._producer is not None:
+                self._producer.close(timeout=10)
+                self._producer = None
+
+
+class KafkaLogConsumer:
+    """:class:`~llmops.events.base.LogConsumer` over a KafkaConsumer (offsets committed
+    explicitly; kafka errors become :class:`LogUnavailable`)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._c = consumer
+
+    def poll(self, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
+        from kafka.errors import KafkaError
+
+        try:
+            batches = self._c.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            raise LogUnavailable(f"kafka: poll failed: {exc}") from exc
+        return [
+            ConsumedRecord(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.key,
+                r.value,
+                r.timestamp,
+                tuple((k, bytes(v)) for k, v in (r.headers or ())),
+            )
+            for records in batches.values()
+            for r in records
+        ]
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        from kafka import TopicPartition as KTP
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self._c.commit(
+                {KTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+            )
+        except KafkaError as exc:
+            raise LogUnavailable(f"kafka: commit failed: {exc}") from exc
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        from kafka import TopicPartition as KTP
+        from kafka.errors import KafkaError
+
+        try:
+            offset = self._c.committed(KTP(*tp))
+        except KafkaError as exc:
+            raise LogUnavailable(f"kafka: reading committed offsets failed: {exc}") from exc
+        return None if offset is None else int(offset)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        from kafka import TopicPartition as KTP
+        from kafka.errors import KafkaError
+
+        try:
+            self._c.seek(KTP(*tp), offset)
+        except (KafkaError, AssertionError) as exc:
+            raise LogUnavailable(f"kafka: cannot seek {tp[0]}[{tp[1]}]: {exc}") from exc
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self._c.assignment()}
+
+    def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        from kafka import TopicPartition as KTP
+        from kafka.errors import KafkaError
+
+        try:
+            ends = self._c.end_offsets([KTP(*tp) for tp in tps])
+        except KafkaError as exc:
+            raise LogUnavailable(f"kafka: end offsets failed: {exc}") from exc
+        return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
+
+    def close(self) -> None:
+        self._c.close(autocommit=False)

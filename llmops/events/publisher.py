@@ -1,0 +1,361 @@
+"""The non-blocking publisher every service uses to emit events.
+
+``publish()`` runs on the request path (also on an asyncio loop): it validates the envelope,
+fills ``publish_time`` and ``key``, serializes it and appends it to a bounded in-memory buffer
+— no I/O, no waiting. A background *thread* (the logs' clients are blocking) takes batches
+from the buffer and appends them to the :class:`~llmops.events.base.EventLog`.
+
+Guarantees:
+
+- **Nothing accepted is dropped.** A batch that fails (:class:`LogUnavailable` or any other
+  error) stays at the head and is retried with exponential back-off until it is appended;
+  newer events wait behind it, so one key's events are appended in publish order.
+- **At-least-once.** A retry may append a record twice when the earlier attempt's outcome was
+  unknown; consumers dedupe on ``event_id``.
+- **Back-pressure, not blocking.** When ``capacity`` events are waiting (buffered or being
+  sent), ``publish()`` raises :class:`~llmops.errors.ResourceExhausted` (RESOURCE_EXHAUSTED at
+  the RPC edge) and counts the rejection. The caller decides: fail the RPC, or drop a
+  best-effort event knowingly.
+- **Shutdown flushes.** ``close(timeout_s)`` delivers what is buffered, or raises
+  :class:`UndeliveredEvents` saying how many were not delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+from google.protobuf.message import DecodeError, EncodeError
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from llmops.errors import FailedPrecondition, InvalidArgument, LLMOpsError, ResourceExhausted
+from llmops.events.base import EventLog, Record
+from llmops.events.topics import KIND_TOPICS, event_key
+from llmops.v1 import events_pb2
+
+log = structlog.get_logger("llmops.events.publisher")
+
+_SEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class UndeliveredEvents(LLMOpsError):
+    """``close()`` ran out of time with events not yet appended to the log."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, count: int, backend: str) -> None:
+        super().__init__(f"{count} accepted event(s) not delivered to the {backend} event log")
+        self.count = count
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBackoff:
+    """Delay before retrying a failed batch: ``initial_s`` doubling up to ``max_s``."""
+
+    initial_s: float = 0.05
+    max_s: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        return min(self.max_s, self.initial_s * 2.0 ** min(attempt - 1, 30))
+
+
+class PublisherMetrics:
+    """Prometheus instruments of one publisher (label children resolved once per topic)."""
+
+    def __init__(self, registry: CollectorRegistry, backend: str) -> None:
+        self.published = Counter(
+            "llmops_events_published_total", "Events accepted into the buffer.", ("topic",),
+            registry=registry,
+        )  # fmt: skip
+        self.delivered = Counter(
+            "llmops_events_delivered_total", "Events appended to the log.", ("topic",),
+            registry=registry,
+        )  # fmt: skip
+        self.rejected = Counter(
+            "llmops_events_rejected_total",
+            "Events refused with RESOURCE_EXHAUSTED because the buffer was full.",
+            ("topic",),
+            registry=registry,
+        )
+        self.send_failures = Counter(
+            "llmops_events_send_failures_total",
+            "Batch sends that failed (each is retried after a back-off).",
+            ("backend",),
+            registry=registry,
+        ).labels(backend)
+        self.depth = Gauge(
+            "llmops_events_buffer_depth",
+            "Events accepted and not yet delivered (buffered or being sent).",
+            registry=registry,
+        )
+        self.send_seconds = Histogram(
+            "llmops_events_send_seconds",
+            "Duration of successful batch sends to the log, in seconds.",
+            ("backend",),
+            buckets=_SEND_BUCKETS,
+            registry=registry,
+        ).labels(backend)
+
+
+class EventPublisher:
+    """Bounded, batching, retrying publisher of :class:`events_pb2.EventEnvelope` s."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        capacity: int = 100_000,
+        max_batch: int = 1000,
+        linger_s: float = 0.005,
+        send_timeout_s: float = 10.0,
+        retry_backoff: RetryBackoff = RetryBackoff(),
+        registry: CollectorRegistry | None = None,
+        producer: str = "",
+        topics: Mapping[str, str] = KIND_TOPICS,
+    ) -> None:
+        """``capacity``: most events accepted and not yet delivered (memory bound: capacity
+        x event size). ``max_batch``: most events per ``log.send``. ``linger_s``: how long a
+        partial batch waits for more events. ``send_timeout_s``: per ``log.send`` call.
+        ``registry``: where the metrics register (a private registry when None).
+        ``producer``: EventEnvelope.producer filled when empty. ``topics``: event kind ->
+        topic (tests and benchmarks route to their own topics)."""
+        if capacity < 1 or max_batch < 1:
+            raise ValueError("capacity and max_batch must be >= 1")
+        self._log = log
+        self.capacity = capacity
+        self._max_batch = max_batch
+        self._linger_s = linger_s
+        self._send_timeout_s = send_timeout_s
+        self._backoff = retry_backoff
+        self._producer = producer
+        self._topics = dict(topics)
+        self.metrics = PublisherMetrics(registry or CollectorRegistry(), log.name)
+        self._published = {k: self.metrics.published.labels(t) for k, t in self._topics.items()}
+        self._delivered = {t: self.metrics.delivered.labels(t) for t in self._topics.values()}
+        self._rejected = {k: self.metrics.rejected.labels(t) for k, t in self._topics.items()}
+        self._buffer: deque[Record] = deque()
+        lock = threading.Lock()
+        self._work = threading.Condition(lock)  # the sender waits on it for events
+        self._progress = threading.Condition(lock)  # flush() waits on it for deliveries
+        self._pending = 0  # accepted, not yet delivered (buffered + the batch being sent)
+        self._accepted = 0  # sequence number of the last accepted event
+        self._done = 0  # events delivered, in acceptance order
+        self._first_at = 0.0  # monotonic time the oldest buffered event was accepted
+        self._flushing = 0  # flush() calls waiting: skip the linger
+        self._state = "new"  # new -> running -> closing -> closed
+        self._abandon = False
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> EventPublisher:
+        """Start the sender thread (idempotent); returns self."""
+        with self._work:
+            if self._state == "new":
+                self._state = "running"
+                self._thread = threading.Thread(
+                    target=self._run, name=f"llmops-publisher-{self._log.name}", daemon=True
+                )
+                self._thread.start()
+        return self
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting, deliver what is buffered within ``timeout_s``, stop the thread.
+
+        Raises :class:`UndeliveredEvents` (count of events not appended) when time runs out;
+        it may then wait up to ``send_timeout_s`` more for a send in progress to finish. Does
+        not close the log (its owner does).
+        """
+        with self._work:
+            if self._state in ("closing", "closed"):
+                return
+            started = self._state == "running"
+            self._state = "closing"
+            self._work.notify()
+        delivered = self.flush(timeout_s) if started else self._pending == 0
+        with self._work:
+            self._abandon = not delivered
+            self._work.notify()
+        if self._thread is not None:
+            self._thread.join(self._send_timeout_s + 1.0)
+        with self._work:
+            self._state = "closed"
+            left = self._pending
+        if left:
+            log.error("events_undelivered_at_close", count=left, backend=self._log.name)
+            raise UndeliveredEvents(left, self._log.name)
+
+    def __enter__(self) -> EventPublisher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        """Events accepted and not yet appended to the log."""
+        return self._pending
+
+    # -- the request path -----------------------------------------------------------------
+
+    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
+        """Validate, stamp, serialize and buffer ``envelope``; never blocks.
+
+        Fills ``publish_time`` (now, UTC), ``key`` (events.proto's rule for the kind) and
+        ``producer`` when empty — on the caller's message. Raises
+        :class:`~llmops.errors.InvalidArgument` naming the missing field,
+        :class:`~llmops.errors.ResourceExhausted` when the buffer is full, and
+        :class:`~llmops.errors.FailedPrecondition` after ``close()``.
+        """
+        kind = self._validate(envelope)
+        if not envelope.HasField("publish_time"):
+            envelope.publish_time.FromNanoseconds(time.time_ns())
+        if not envelope.key:
+            envelope.key = event_key(envelope, kind)
+        if self._producer and not envelope.producer:
+            envelope.producer = self._producer
+        try:
+            value = envelope.SerializeToString()
+        except (EncodeError, DecodeError) as exc:
+            raise InvalidArgument("event", f"cannot serialize: {exc}") from exc
+        self._append(Record(self._topics[kind], envelope.key.encode(), value), kind)
+
+    def _validate(self, envelope: events_pb2.EventEnvelope) -> str:
+        kind = envelope.WhichOneof("event")
+        if kind is None:
+            raise InvalidArgument("event", "exactly one event kind must be set")
+        if kind not in self._topics:
+            raise InvalidArgument(kind, f"no topic is configured for {kind} events")
+        event = getattr(envelope, kind)
+        if not event.event_id:
+            raise InvalidArgument(f"{kind}.event_id", "required (a UUIDv7)")
+        if not event.HasField("event_time"):
+            raise InvalidArgument(f"{kind}.event_time", "required (UTC time of the event)")
+        return kind
+
+    def _append(self, record: Record, kind: str) -> None:
+        with self._work:
+            if self._state not in ("new", "running"):
+                raise FailedPrecondition("event publisher is closed")
+            if self._pending >= self.capacity:
+                self._rejected[kind].inc()
+                raise ResourceExhausted(
+                    f"event buffer full: {self._pending} events waiting for the "
+                    f"{self._log.name} event log (capacity {self.capacity}); retry later"
+                )
+            if not self._buffer:
+                self._first_at = time.monotonic()
+                self._work.notify()
+            self._buffer.append(record)
+            self._pending += 1
+            self._accepted += 1
+            if len(self._buffer) == self._max_batch:
+                self._work.notify()
+        self._published[kind].inc()
+        self.metrics.depth.inc()
+
+    # -- flushing ----------------------------------------------------------------------------
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every event accepted before this call is appended to the log, at most
+        ``timeout_s`` seconds; True when they all were (the publisher must be started)."""
+        deadline = time.monotonic() + timeout_s
+        with self._progress:
+            target = self._accepted
+            self._flushing += 1
+            self._work.notify()
+            try:
+                while self._done < target:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._progress.wait(remaining)
+                return True
+            finally:
+                self._flushing -= 1
+
+    async def aflush(self, timeout_s: float) -> bool:
+        """:meth:`flush` without blocking the event loop (runs in the default executor)."""
+        return await asyncio.to_thread(self.flush, timeout_s)
+
+    # -- the sender thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if not self._deliver(batch):
+                return
+
+    def _next_batch(self) -> list[Record] | None:
+        """The next batch once it is full, has lingered, or a flush/close wants it; None
+        when closing with nothing left (or abandoned)."""
+        with self._work:
+            while True:
+                if self._abandon:
+                    return None
+                if self._buffer:
+                    wait = self._first_at + self._linger_s - time.monotonic()
+                    urgent = self._flushing or self._state != "running"
+                    if len(self._buffer) >= self._max_batch or urgent or wait <= 0:
+                        return self._take()
+                    self._work.wait(wait)
+                elif self._state != "running":
+                    return None
+                else:
+                    self._work.wait()
+
+    def _take(self) -> list[Record]:
+        n = min(self._max_batch, len(self._buffer))
+        batch = [self._buffer.popleft() for _ in range(n)]
+        self._first_at = time.monotonic()
+        return batch
+
+    def _deliver(self, batch: list[Record]) -> bool:
+        """Append ``batch``, retrying with back-off until it is; False if abandoned."""
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                self._log.send(batch, self._send_timeout_s)
+            except Exception as exc:  # any failure: keep the batch and retry it
+                attempt += 1
+                self.metrics.send_failures.inc()
+                delay = self._backoff.delay(attempt)
+                log.warning(
+                    "events_send_failed", backend=self._log.name, events=len(batch),
+                    attempt=attempt, retry_in_s=delay, error=str(exc),
+                )  # fmt: skip
+                if self._sleep_unless_abandoned(delay):
+                    return False
+                continue
+            self.metrics.send_seconds.observe(time.perf_counter() - started)
+            self._mark_delivered(batch)
+            return True
+
+    def _sleep_unless_abandoned(self, delay_s: float) -> bool:
+        """Sleep ``delay_s`` (publishes do not cut it short); True if close() gave up."""
+        end = time.monotonic() + delay_s
+        with self._work:
+            while not self._abandon and (left := end - time.monotonic()) > 0:
+                self._work.wait(left)
+            return self._abandon
+
+    def _mark_delivered(self, batch: list[Record]) -> None:
+        per_topic: dict[str, int] = {}
+        for r in batch:
+            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
+        for topic, n in per_topic.items():
+            self._delivered[topic].inc(n)
+        self.metrics.depth.dec(len(batch))
+        with self._progress:
+            self._pending -= len(batch)
+            self._done += len(batch)
+            self._progress.notify_all()

@@ -1,0 +1,58 @@
+"""``llmops logs``: where to read recent predictions from, and the window syntax."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from datetime import timedelta
+from typing import Any
+
+from llmops.backends import Backends, StateDirLocked
+from llmops.config import MeshConfig, Mode
+from llmops.errors import Unavailable
+
+_WINDOW = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_window(text: str) -> timedelta:
+    """``30s``, ``5m``, ``2h``, ``1d`` → a timedelta."""
+    match = _WINDOW.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a window like 30s, 5m, 2h or 1d")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def fetch_recent_predictions(
+    config: MeshConfig, window: timedelta, limit: int
+) -> list[dict[str, Any]]:
+    """From the running embedded mesh's endpoint when it holds the chdb directory, else
+    straight from the configured store."""
+    from llmops.observability import recent_predictions
+
+    try:
+        with Backends(config) as backends:
+            return recent_predictions(backends.clickhouse(), window.total_seconds(), limit)
+    except StateDirLocked:
+        if config.mode is not Mode.EMBEDDED:
+            raise
+    return _from_running_mesh(config, window, limit)
+
+
+def _from_running_mesh(config: MeshConfig, window: timedelta, limit: int) -> list[dict[str, Any]]:
+    host = config.services[next(iter(config.services))].host
+    url = (
+        f"http://{host}:{config.sink.admin_port}/v1/logs/predictions"
+        f"?last_s={window.total_seconds()}&limit={limit}"
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            rows: list[dict[str, Any]] = json.loads(reply.read())["rows"]
+            return rows
+    except (urllib.error.URLError, OSError) as exc:
+        raise Unavailable(
+            f"the running mesh holds {config.state_dir} but its logs endpoint {url} did not "
+            f"answer ({exc}); is sink.embedded off?"
+        ) from None

@@ -1,0 +1,154 @@
+"""The observability side of a process: migrations, sinks and the logs/metrics endpoint.
+
+In embedded mode (``llmops up``) the mesh runs its own sinks, in-process, from the local event
+log into the shared chdb session, so calls show up in ClickHouse queries within seconds. As
+chdb allows one process per data directory, other processes (``llmops logs``) read through
+this process's HTTP endpoint::
+
+    GET /metrics                                   sink and publisher metrics (Prometheus)
+    GET /v1/logs/predictions?last_s=300&limit=20   newest predictions, JSON
+
+``llmops sink`` (production) runs the same sinks against Kafka and a ClickHouse server and
+serves the same endpoint on ``sink.admin_port``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import structlog
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from llmops.clickhouse import queries
+from llmops.clickhouse.base import ClickHouseStore
+from llmops.events.base import EventLog
+from llmops.sink.runner import SinkThreads, build_sinks
+
+log = structlog.get_logger("llmops.observability")
+
+LOGS_PATH = "/v1/logs/predictions"
+MAX_LIMIT = 1000
+
+
+def recent_predictions(store: ClickHouseStore, last_s: float, limit: int) -> list[dict[str, Any]]:
+    """Newest predictions of the last ``last_s`` seconds, as JSON-ready dicts."""
+    since = datetime.now(UTC) - timedelta(seconds=last_s)
+    rows = queries.recent_predictions(store, since, min(limit, MAX_LIMIT))
+    return [{k: _jsonable(v) for k, v in row.items()} for row in rows]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+class ObservabilityServer:
+    """``/metrics`` and ``/v1/logs/predictions`` on a loopback HTTP port, in a thread."""
+
+    def __init__(
+        self, store: ClickHouseStore, registry: CollectorRegistry, host: str, port: int
+    ) -> None:
+        handler = _handler(store, registry)
+        self._http = ThreadingHTTPServer((host, port), handler)
+        self._http.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._http.serve_forever, name="llmops-observability", daemon=True
+        )
+        self.address = f"{host}:{self._http.server_address[1]}"
+
+    def start(self) -> ObservabilityServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+
+def _handler(store: ClickHouseStore, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if url.path == "/metrics":
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif url.path == LOGS_PATH:
+                self._logs(parse_qs(url.query))
+            else:
+                self._reply(404, b'{"error": "not found"}', "application/json")
+
+        def _logs(self, query: dict[str, list[str]]) -> None:
+            try:
+                last_s = float(query.get("last_s", ["300"])[0])
+                limit = int(query.get("limit", ["20"])[0])
+                if last_s <= 0 or limit <= 0:
+                    raise ValueError("last_s and limit must be positive")
+            except ValueError as exc:
+                self._reply(400, json.dumps({"error": str(exc)}).encode(), "application/json")
+                return
+            rows = recent_predictions(store, last_s, limit)
+            self._reply(200, json.dumps({"rows": rows}).encode(), "application/json")
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None  # the access log of this port is not worth a line per scrape
+
+    return Handler
+
+
+class Observability:
+    """Sinks plus the HTTP endpoint, started and stopped together."""
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        store: ClickHouseStore,
+        *,
+        host: str,
+        port: int,
+        batch_rows: int,
+        flush_interval_s: float,
+        registry: CollectorRegistry | None = None,
+        topics: list[str] | None = None,
+    ) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.sinks = SinkThreads(
+            build_sinks(
+                event_log,
+                store,
+                topics=topics,
+                batch_rows=batch_rows,
+                flush_interval_s=flush_interval_s,
+                registry=self.registry,
+            )
+        )
+        self.server = ObservabilityServer(store, self.registry, host, port) if port else None
+
+    def start(self) -> Observability:
+        self.sinks.start()
+        if self.server is not None:
+            self.server.start()
+            log.info("observability_started", address=self.server.address,
+                     sinks=[s.settings.group for s in self.sinks.sinks])  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        self.sinks.stop()

@@ -1,0 +1,1 @@
+"""Sinks: consumer groups that move events from the log into ClickHouse, exactly once."""

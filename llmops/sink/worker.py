@@ -1,0 +1,336 @@
+"""A sink: one consumer-group member moving events from the log into ClickHouse, exactly once.
+
+The loop: poll → decode (undecodable records go to the dead-letter topic with the reason)
+→ batch until ``batch_rows`` or ``flush_interval_s`` → insert each table's block → commit
+the offsets. Offsets are committed only after every insert of the batch succeeded, so a
+crash or an outage replays from the last commit; nothing is lost.
+
+A replay must not double-count, and two mechanisms make sure it does not:
+
+* **high-water marks** — every raw row records its log position (``log_topic``,
+  ``log_partition``, ``log_offset``). When the sink starts reading a partition it asks
+  ClickHouse for the highest offset already stored and skips records at or below it. An
+  INSERT block is atomic, so after a crash either the whole batch is there (and skipped) or
+  none of it is (and inserted). This makes the log-to-table path exactly-once whatever the
+  batch boundaries were before the crash.
+* **insert deduplication tokens** — a retried insert (after an error whose outcome was
+  unclear, e.g. a timeout) carries the same token, so ClickHouse drops the repeat, in the
+  materialized-view rollups too.
+
+Producer retries can put the same event (same ``event_id``) in the log twice; the sink drops
+repeats it has seen recently in the same partition (keys keep an event's copies in one
+partition). See deploy/clickhouse/README.md for the whole argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from llmops.clickhouse.base import ClickHouseStore
+from llmops.events.base import ConsumedRecord, EventLog, LogConsumer, Record, TopicPartition
+from llmops.v1 import events_pb2
+
+log = structlog.get_logger("llmops.sink")
+
+Position = tuple[str, int, int]
+"""(topic, partition, offset) of a record in the log."""
+
+Converter = Callable[
+    [Sequence[tuple[str, int, int, events_pb2.EventEnvelope]]],
+    Mapping[str, Mapping[str, Sequence[Any]]],
+]
+"""Turns decoded envelopes with their log positions into ``{table: {column: values}}``."""
+
+HighWaterMark = Callable[[ClickHouseStore, TopicPartition, int], int | None]
+"""Highest log offset of ``tp`` already stored (searching from a log timestamp in ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    group: str
+    topics: tuple[str, ...]
+    dlq_topic: str = "llmops.dlq.v1"
+    batch_rows: int = 50_000
+    """Flush when this many records are pending."""
+    flush_interval_s: float = 1.0
+    """...or when the oldest pending record has waited this long."""
+    poll_timeout_s: float = 0.2
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 30.0
+    dedup_window: int = 200_000
+    """event_ids remembered per partition to drop producer-retry duplicates."""
+    lag_interval_s: float = 5.0
+
+
+class SinkMetrics:
+    """The sinks' instruments; one set per registry, shared by all sinks of a process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        kw: dict[str, Any] = {"registry": registry}
+        self.rows = Counter("llmops_sink_rows_total", "Rows inserted.", ["table"], **kw)
+        self.batches = Counter("llmops_sink_batches_total", "Batches committed.", ["group"], **kw)
+        self.insert_seconds = Histogram(
+            "llmops_sink_insert_seconds", "Time to insert one table's block.", ["table"], **kw
+        )
+        self.insert_failures = Counter(
+            "llmops_sink_insert_failures_total", "Failed insert attempts.", ["table"], **kw
+        )
+        self.dead_letters = Counter(
+            "llmops_sink_dead_letters_total", "Records sent to the DLQ.", ["topic"], **kw
+        )
+        self.skipped = Counter(
+            "llmops_sink_skipped_total",
+            "Records not inserted because already stored.",
+            ["reason"],
+            **kw,
+        )
+        self.lag = Gauge(
+            "llmops_sink_lag_records",
+            "Records in the log not yet committed by the group.",
+            ["group", "topic", "partition"],
+            **kw,
+        )
+
+
+@dataclass
+class _Pending:
+    items: list[tuple[str, int, int, events_pb2.EventEnvelope]] = field(default_factory=list)
+    dead: list[Record] = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    first_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.items) + len(self.dead)
+
+    def advance(self, record: ConsumedRecord) -> None:
+        self.next_offsets[(record.topic, record.partition)] = record.offset + 1
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+
+
+def decode(record: ConsumedRecord, expected_kind: str | None) -> events_pb2.EventEnvelope:
+    """Parse and check one record; raise ValueError with the reason when it is unusable."""
+    try:
+        envelope = events_pb2.EventEnvelope.FromString(record.value)
+    except Exception as exc:  # protobuf raises DecodeError; be broad for fuzzed bytes
+        raise ValueError(f"not an EventEnvelope: {exc}") from None
+    kind = envelope.WhichOneof("event")
+    if kind is None:
+        raise ValueError("envelope carries no event")
+    if expected_kind is not None and kind != expected_kind:
+        raise ValueError(f"a {kind} event on a topic of {expected_kind} events")
+    event = getattr(envelope, kind)
+    if not event.event_id:
+        raise ValueError(f"{kind}.event_id is empty")
+    if not event.HasField("event_time"):
+        raise ValueError(f"{kind}.event_time is not set")
+    return envelope
+
+
+class Sink:
+    """Moves one consumer group's records into ClickHouse. Run :meth:`run` in a thread."""
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        store: ClickHouseStore,
+        settings: SinkSettings,
+        *,
+        convert: Converter,
+        high_water_mark: HighWaterMark,
+        kind_of_topic: Mapping[str, str],
+        metrics: SinkMetrics | None = None,
+    ) -> None:
+        self._log = event_log
+        self._store = store
+        self.settings = settings
+        self._convert = convert
+        self._high_water_mark = high_water_mark
+        self._kind_of_topic = dict(kind_of_topic)
+        self.metrics = metrics or SinkMetrics(CollectorRegistry())
+        self._consumer: LogConsumer | None = None
+        self._skip_through: dict[TopicPartition, int] = {}
+        self._seen: dict[TopicPartition, OrderedDict[str, None]] = {}
+        self._pending = _Pending()
+        self._last_lag = 0.0
+        self.committed_batches = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; then flush what is pending (best effort) and close."""
+        self._consumer = self._log.consumer(self.settings.group, self.settings.topics)
+        log.info("sink_started", group=self.settings.group, topics=list(self.settings.topics))
+        try:
+            while not stop.is_set():
+                self.step(stop)
+            if len(self._pending):
+                self._flush(stop=None, attempts=3)
+        finally:
+            self._consumer.close()
+            self._consumer = None
+            log.info("sink_stopped", group=self.settings.group)
+
+    def step(self, stop: threading.Event | None = None) -> None:
+        """One poll, and a flush when the batch is full or old enough."""
+        assert self._consumer is not None
+        room = max(self.settings.batch_rows - len(self._pending), 1)
+        for record in self._consumer.poll(room, self.settings.poll_timeout_s):
+            self._accept(record)
+        pending = self._pending
+        due = pending.first_at is not None and (
+            len(pending) >= self.settings.batch_rows
+            or time.monotonic() - pending.first_at >= self.settings.flush_interval_s
+        )
+        if due:
+            self._flush(stop)
+        if time.monotonic() - self._last_lag >= self.settings.lag_interval_s:
+            self._export_lag()
+
+    # -- per record --------------------------------------------------------------------
+
+    def _accept(self, record: ConsumedRecord) -> None:
+        tp = (record.topic, record.partition)
+        self._pending.advance(record)
+        if record.offset <= self._stored_through(tp, record):
+            self.metrics.skipped.labels("already_stored").inc()
+            return
+        try:
+            envelope = decode(record, self._kind_of_topic.get(record.topic))
+        except ValueError as exc:
+            self._pending.dead.append(self._dead_letter(record, str(exc)))
+            return
+        kind = envelope.WhichOneof("event")
+        event_id = getattr(envelope, str(kind)).event_id
+        seen = self._seen.setdefault(tp, OrderedDict())
+        if event_id in seen:
+            self.metrics.skipped.labels("duplicate_event_id").inc()
+            return
+        seen[event_id] = None
+        if len(seen) > self.settings.dedup_window:
+            seen.popitem(last=False)
+        self._pending.items.append((record.topic, record.partition, record.offset, envelope))
+
+    def _stored_through(self, tp: TopicPartition, first: ConsumedRecord) -> int:
+        """High-water mark of ``tp`` in ClickHouse, asked once per partition."""
+        mark = self._skip_through.get(tp)
+        if mark is None:
+            found = self._high_water_mark(self._store, tp, first.timestamp_ms)
+            mark = -1 if found is None else found
+            self._skip_through[tp] = mark
+            if found is not None and found >= first.offset:
+                log.warning("sink_replay_detected", topic=tp[0], partition=tp[1],
+                            from_offset=first.offset, stored_through=found)  # fmt: skip
+        return mark
+
+    def _dead_letter(self, record: ConsumedRecord, reason: str) -> Record:
+        self.metrics.dead_letters.labels(record.topic).inc()
+        log.warning("sink_dead_letter", topic=record.topic, partition=record.partition,
+                    offset=record.offset, reason=reason)  # fmt: skip
+        headers = (
+            *record.headers,
+            ("dlq.reason", reason.encode()),
+            ("dlq.topic", record.topic.encode()),
+            ("dlq.partition", str(record.partition).encode()),
+            ("dlq.offset", str(record.offset).encode()),
+            ("dlq.group", self.settings.group.encode()),
+        )
+        return Record(self.settings.dlq_topic, record.key or b"", record.value, headers)
+
+    # -- per batch ---------------------------------------------------------------------
+
+    def _flush(self, stop: threading.Event | None, attempts: int | None = None) -> None:
+        """Write the batch (DLQ records, then each table) and commit; retry with back-off."""
+        batch, self._pending = self._pending, _Pending()
+        tables = self._convert(batch.items) if batch.items else {}
+        token = self._token(batch)
+        delay = self.settings.retry_initial_s
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self._write(batch, tables, token)
+                break
+            except Exception as exc:
+                if (stop is not None and stop.is_set()) or (attempts and tries >= attempts):
+                    log.error("sink_batch_abandoned_uncommitted", error=str(exc), tries=tries)
+                    self._rewind(batch)
+                    return
+                log.warning("sink_write_failed", error=str(exc), retry_in_s=delay, tries=tries)
+                time.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+        assert self._consumer is not None
+        self._consumer.commit(batch.next_offsets)
+        for tp, nxt in batch.next_offsets.items():
+            self._skip_through[tp] = max(self._skip_through.get(tp, -1), nxt - 1)
+        self.committed_batches += 1
+        self.metrics.batches.labels(self.settings.group).inc()
+
+    def _write(
+        self, batch: _Pending, tables: Mapping[str, Mapping[str, Sequence[Any]]], token: str
+    ) -> None:
+        if batch.dead:
+            self._log.send(batch.dead, timeout_s=10.0)
+            batch.dead = []  # durable in the DLQ: a retry of the inserts must not resend them
+        # The table holding the high-water mark goes last: a crash between inserts then
+        # replays the earlier tables' rows under the same token (dropped as duplicates).
+        for table in sorted(tables, key=lambda t: t in _HWM_TABLES):
+            columns = tables[table]
+            start = time.perf_counter()
+            try:
+                rows = self._store.insert(table, columns, dedup_token=f"{token}:{table}")
+            except Exception:
+                self.metrics.insert_failures.labels(table).inc()
+                raise
+            self.metrics.insert_seconds.labels(table).observe(time.perf_counter() - start)
+            self.metrics.rows.labels(table).inc(rows)
+
+    def _rewind(self, batch: _Pending) -> None:
+        """Abandoned batch: the next run (or poll) must read it again from the log."""
+        assert self._consumer is not None
+        committed_next = {tp: off for tp, off in batch.next_offsets.items()}
+        for tp in committed_next:
+            start = self._consumer.committed(tp)
+            self._consumer.seek(tp, 0 if start is None else start)
+        self._skip_through.clear()  # ask ClickHouse again: some inserts may have landed
+
+    def _token(self, batch: _Pending) -> str:
+        """Names exactly this batch's rows: per partition, first/last offset and count."""
+        spans: dict[TopicPartition, list[int]] = {}
+        for topic, partition, offset, _ in batch.items:
+            span = spans.setdefault((topic, partition), [offset, offset, 0])
+            span[0], span[1], span[2] = min(span[0], offset), max(span[1], offset), span[2] + 1
+        digest = hashlib.blake2b(repr(sorted(spans.items())).encode(), digest_size=16)
+        return f"{self.settings.group}:{digest.hexdigest()}"
+
+    def _export_lag(self) -> None:
+        self._last_lag = time.monotonic()
+        consumer = self._consumer
+        if consumer is None:
+            return
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            return
+        try:
+            ends = consumer.end_offsets(assigned)
+        except Exception as exc:  # lag is informational; never stop the sink for it
+            log.warning("sink_lag_unavailable", error=str(exc))
+            return
+        for tp in assigned:
+            committed = consumer.committed(tp) or 0
+            self.metrics.lag.labels(self.settings.group, tp[0], str(tp[1])).set(
+                max(ends.get(tp, committed) - committed, 0)
+            )
+
+
+_HWM_TABLES = frozenset({"predictions", "feedback", "exposures", "guardrail_decisions", "audit"})
+"""Tables whose log positions are the high-water marks (the per-topic main tables)."""

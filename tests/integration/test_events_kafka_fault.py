@@ -1,0 +1,148 @@
+"""Fault test: the broker is stopped while 10,000 events are published, then restarted.
+
+Nothing accepted may be lost: a fresh consumer group must find every event_id. Duplicates are
+allowed in the log (at-least-once) and reported; in ClickHouse, after the sink, the counts
+(raw rows and the rollups) must be exactly 10,000. The broker is left running for the tests
+after this one.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from llmops.clickhouse.chdb_store import ChdbStore
+from llmops.clickhouse.migrations import apply_migrations
+from llmops.events.kafka_log import KafkaLog
+from llmops.events.publisher import EventPublisher, RetryBackoff
+from llmops.events.synthetic import prediction_envelope
+from llmops.sink.runner import SinkThreads, build_sinks
+from llmops.v1 import events_pb2
+from tests.infra import _output, _script, probe_kafka
+
+pytestmark = [pytest.mark.infra, pytest.mark.timeout(240)]
+
+TOTAL = 10_000
+
+
+@pytest.fixture
+def fault_topic(kafka_bootstrap: str) -> Iterator[str]:
+    from kafka.admin import KafkaAdminClient
+
+    name = f"test.fault.{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="llmops-test-fault")
+    admin.create_topics({name: {"num_partitions": 6, "replication_factor": 1}})
+    admin.wait_for_topics([name], timeout_ms=30000)
+    admin.close()
+    try:
+        yield name
+    finally:
+        if not probe_kafka():  # whatever happened, later tests get a running broker
+            _script("kafka", "start", 180)
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="llmops-test-fault")
+        admin.delete_topics([name])
+        admin.close()
+
+
+def _publish(pub: EventPublisher, rng: random.Random, n: int, ids: list[str]) -> None:
+    for _ in range(n):
+        env = prediction_envelope(rng, event_time_ns=time.time_ns())
+        pub.publish(env)
+        ids.append(env.prediction.event_id)
+        if len(ids) % 100 == 0:
+            time.sleep(0.01)  # a steady stream, not one burst
+
+
+def _consume_ids(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[str]:
+    consumer = KafkaLog(bootstrap).consumer(f"g-fault-{uuid.uuid4().hex[:8]}", [topic])
+    out: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            batch = consumer.poll(5000, 1.0)
+            out += [events_pb2.EventEnvelope.FromString(r.value).prediction.event_id for r in batch]
+            if len(set(out)) >= want and not batch:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def test_broker_outage_while_publishing_loses_nothing(
+    kafka_bootstrap: str, fault_topic: str, chdb_session: Any
+) -> None:
+    registry = CollectorRegistry()
+    log = KafkaLog(kafka_bootstrap, connect_timeout_s=2, request_timeout_s=5)
+    pub = EventPublisher(
+        log,
+        capacity=2 * TOTAL,
+        max_batch=500,
+        send_timeout_s=3,
+        retry_backoff=RetryBackoff(0.1, 1.0),
+        registry=registry,
+        topics={"prediction": fault_topic},
+    ).start()
+    rng, ids = random.Random(11), []
+    try:
+        _publish(pub, rng, 3000, ids)  # broker up
+        assert pub.flush(30)
+
+        stopper = threading.Thread(target=lambda: _script("kafka", "stop", 120))
+        stopper.start()
+        _publish(pub, rng, 4000, ids)  # while the broker shuts down
+        stopper.join(130)
+        assert not probe_kafka(), "the broker did not stop"
+        _publish(pub, rng, TOTAL - 7000, ids)  # broker down: everything waits in the buffer
+        time.sleep(6)  # longer than request_timeout_s: in-flight produce requests time out
+        assert pub.pending > 0
+        failures = registry.get_sample_value(
+            "llmops_events_send_failures_total", {"backend": "kafka"}
+        )
+        assert failures and failures > 0
+
+        start = _script("kafka", "start", 180)
+        assert start.returncode == 0, _output(start)
+        assert pub.flush(120), f"{pub.pending} events still pending after the restart"
+        pub.close(10)
+    finally:
+        log.close()
+
+    got = _consume_ids(kafka_bootstrap, fault_topic, TOTAL, timeout_s=90)
+    counts = Counter(got)
+    duplicates = sum(counts.values()) - len(counts)
+    print(f"\nfault test: {len(counts)} distinct of {TOTAL}, {duplicates} duplicates")
+    assert set(counts) == set(ids)
+    assert len(counts) == TOTAL
+
+    # ...and the sink loads them into ClickHouse exactly once, as the rollups count them.
+    store = ChdbStore(chdb_session)
+    database = f"it_fault_{uuid.uuid4().hex[:8]}"
+    store.execute(f"CREATE DATABASE {database}")
+    store = ChdbStore(chdb_session, database=database)
+    apply_migrations(store)
+    sink_log = KafkaLog(kafka_bootstrap)
+    (sink,) = build_sinks(sink_log, store, topic_kinds={fault_topic: "prediction"}, batch_rows=4000)
+    threads = SinkThreads([sink]).start()
+    deadline = time.monotonic() + 90
+    try:
+        while _rollup_requests(store) < TOTAL and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        threads.stop()
+        sink_log.close()
+    raw = store.query("SELECT count() AS n, uniqExact(event_id) AS u FROM predictions")[0]
+    assert (int(raw["n"]), int(raw["u"])) == (TOTAL, TOTAL)
+    assert _rollup_requests(store) == TOTAL
+    store.execute(f"DROP DATABASE {database}")
+
+
+def _rollup_requests(store: ChdbStore) -> int:
+    return int(store.query("SELECT sum(requests) AS n FROM predictions_1m")[0]["n"] or 0)

@@ -1,0 +1,234 @@
+"""Sinks on real components: the local event log and chdb with the full schema.
+
+Counts are read the way users read them: from the rollups (``predictions_1m``) and from raw
+rows, and must be exact after replays, insert failures and dead letters.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmops.clickhouse.chdb_store import ChdbStore
+from llmops.clickhouse.migrations import apply_migrations
+from llmops.events.base import Record
+from llmops.events.local_log import LocalLog
+from llmops.events.publisher import EventPublisher
+from llmops.events.synthetic import prediction_envelope
+from llmops.events.topics import DLQ_TOPIC
+from llmops.sink.runner import SinkThreads, build_sinks
+from llmops.sink.worker import Sink
+from llmops.v1 import events_pb2
+
+pytestmark = pytest.mark.infra
+
+TOPIC = "test.sink.predictions"
+KINDS = {TOPIC: "prediction"}
+
+
+@pytest.fixture
+def store(chdb_session: Any) -> Iterator[ChdbStore]:
+    database = f"it_sink_{uuid.uuid4().hex[:8]}"
+    ChdbStore(chdb_session).execute(f"CREATE DATABASE {database}")
+    s = ChdbStore(chdb_session, database=database)
+    apply_migrations(s)
+    yield s
+    s.execute(f"DROP DATABASE IF EXISTS {database}")
+
+
+@pytest.fixture
+def event_log(tmp_path: Path) -> Iterator[LocalLog]:
+    log = LocalLog(tmp_path / "events", partitions={TOPIC: 3, DLQ_TOPIC: 1}, fsync=False)
+    log.create_topic(TOPIC, 3)
+    log.create_topic(DLQ_TOPIC, 1)
+    yield log
+    log.close()
+
+
+def publish(event_log: LocalLog, n: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    ids: list[str] = []
+    with EventPublisher(event_log, topics={"prediction": TOPIC}, max_batch=2000).start() as pub:
+        now = time.time_ns()
+        for i in range(n):
+            env = prediction_envelope(rng, event_time_ns=now - i * 1_000_000)
+            pub.publish(env)
+            ids.append(env.prediction.event_id)
+        assert pub.flush(30)
+    return ids
+
+
+def rollup_count(store: ChdbStore) -> int:
+    rows = store.query("SELECT sum(requests) AS n FROM predictions_1m")
+    return int(rows[0]["n"] or 0)
+
+
+def raw_count(store: ChdbStore) -> tuple[int, int]:
+    row = store.query("SELECT count() AS n, uniqExact(event_id) AS u FROM predictions")[0]
+    return int(row["n"]), int(row["u"])
+
+
+def sink_for(event_log: LocalLog, store: Any, **kw: Any) -> Sink:
+    (sink,) = build_sinks(event_log, store, topic_kinds=KINDS, **kw)
+    return sink
+
+
+def drain(sink: Sink, until: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Run ``sink`` in a thread until ``until()`` holds, then stop it."""
+    threads = SinkThreads([sink]).start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until():
+            assert time.monotonic() < deadline, "sink did not catch up in time"
+            time.sleep(0.05)
+    finally:
+        threads.stop()
+
+
+def test_events_land_once_in_raw_rows_and_rollups(event_log: LocalLog, store: ChdbStore) -> None:
+    ids = publish(event_log, 5000)
+    sink = sink_for(event_log, store, batch_rows=1000, flush_interval_s=0.2)
+    drain(sink, lambda: raw_count(store)[0] >= 5000)
+    assert raw_count(store) == (5000, 5000)
+    assert rollup_count(store) == 5000
+    stored = {str(r["event_id"]) for r in store.query("SELECT event_id FROM predictions")}
+    assert stored == set(ids)
+    consumer = event_log.consumer(sink.settings.group, [TOPIC])
+    assert sum(consumer.committed((TOPIC, p)) or 0 for p in range(3)) == 5000
+    consumer.close()
+
+
+class CommitFailsOnce:
+    """Wraps a consumer so its first commit dies as if the process crashed right then."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("crash between insert and commit")
+        self.inner.commit(offsets)
+
+
+def test_replay_after_crash_between_insert_and_commit_is_skipped(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    publish(event_log, 3000)
+    sink = sink_for(event_log, store, batch_rows=5000, flush_interval_s=0.2)
+    sink._consumer = CommitFailsOnce(event_log.consumer(sink.settings.group, [TOPIC]))
+    with pytest.raises(RuntimeError, match="crash between insert and commit"):
+        for _ in range(100):
+            sink.step()
+    sink._consumer.close()
+    assert raw_count(store)[0] == 3000  # inserted, never committed
+
+    restarted = sink_for(event_log, store, batch_rows=700, flush_interval_s=0.2)
+    drain(restarted, lambda: restarted.committed_batches > 0 and not restarted_lag(restarted))
+    assert raw_count(store) == (3000, 3000)
+    assert rollup_count(store) == 3000
+    skipped = restarted.metrics.skipped.labels("already_stored")._value.get()
+    assert skipped == 3000
+
+
+def restarted_lag(sink: Sink) -> int:
+    consumer = sink._consumer
+    if consumer is None:
+        return 1
+    tps = sorted(consumer.assignment())
+    ends = consumer.end_offsets(tps)
+    return sum(ends[tp] - (consumer.committed(tp) or 0) for tp in tps)
+
+
+class FlakyStore:
+    """The real store, with its first ``failures`` inserts failing like an outage."""
+
+    def __init__(self, inner: ChdbStore, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.attempts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def insert(self, table: str, columns: Any, *, dedup_token: str | None = None) -> int:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            from llmops.clickhouse.base import ClickHouseUnavailable
+
+            raise ClickHouseUnavailable("connection refused (injected outage)")
+        return self.inner.insert(table, columns, dedup_token=dedup_token)
+
+
+def test_clickhouse_outage_blocks_commit_then_recovers_exactly(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    publish(event_log, 2000)
+    flaky = FlakyStore(store, failures=4)
+    sink = sink_for(event_log, flaky, batch_rows=5000, flush_interval_s=0.1)
+    sink.settings = type(sink.settings)(**{**_fields(sink.settings), "retry_initial_s": 0.05})
+    drain(sink, lambda: raw_count(store)[0] >= 2000)
+    assert flaky.attempts >= 5
+    assert sink.metrics.insert_failures.labels("predictions")._value.get() == 4
+    assert raw_count(store) == (2000, 2000)
+    assert rollup_count(store) == 2000
+
+
+def _fields(settings: Any) -> dict[str, Any]:
+    return {f: getattr(settings, f) for f in settings.__dataclass_fields__}
+
+
+def test_malformed_records_go_to_the_dlq_with_a_reason(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    publish(event_log, 500)
+    no_id = events_pb2.EventEnvelope()
+    no_id.prediction.route = "search-summary"
+    no_id.prediction.event_time.GetCurrentTime()
+    wrong_kind = events_pb2.EventEnvelope()
+    wrong_kind.audit.event_id = "a1"
+    wrong_kind.audit.event_time.GetCurrentTime()
+    bad = [
+        Record(TOPIC, b"k1", b"\xff\xfenot protobuf at all"),
+        Record(TOPIC, b"k2", no_id.SerializeToString()),
+        Record(TOPIC, b"k3", wrong_kind.SerializeToString()),
+    ]
+    event_log.send(bad, timeout_s=5)
+    publish(event_log, 500, seed=2)
+    sink = sink_for(event_log, store, batch_rows=300, flush_interval_s=0.1)
+    drain(sink, lambda: raw_count(store)[0] >= 1000)
+    assert raw_count(store) == (1000, 1000)
+
+    dlq = event_log.consumer("dlq-reader", [DLQ_TOPIC])
+    letters = dlq.poll(100, 2.0)
+    dlq.close()
+    reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in letters)
+    assert len(reasons) == 3
+    assert any(r.startswith("not an EventEnvelope") for r in reasons)
+    assert "prediction.event_id is empty" in reasons
+    assert "a audit event on a topic of prediction events" in reasons
+    assert {dict(r.headers)["dlq.topic"] for r in letters} == {TOPIC.encode()}
+    assert {r.value for r in letters} == {b.value for b in bad}
+
+
+def test_producer_duplicates_are_dropped(event_log: LocalLog, store: ChdbStore) -> None:
+    rng = random.Random(5)
+    envs = [prediction_envelope(rng, event_time_ns=time.time_ns()) for _ in range(200)]
+    for env in envs:
+        env.key = env.prediction.request_id
+    records = [Record(TOPIC, e.key.encode(), e.SerializeToString()) for e in envs]
+    event_log.send(records + records[:50], timeout_s=5)  # a producer retry resent 50
+    sink = sink_for(event_log, store, batch_rows=100, flush_interval_s=0.1)
+    drain(sink, lambda: restarted_lag(sink) == 0 and sink.committed_batches > 0)
+    assert raw_count(store) == (200, 200)
+    assert rollup_count(store) == 200

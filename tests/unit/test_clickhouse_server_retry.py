@@ -1,0 +1,114 @@
+"""ServerStore's retry policy, with the driver's client replaced by a scripted fake."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from clickhouse_driver import errors
+
+from llmops.clickhouse import ClickHouseQueryError, ClickHouseUnavailable
+from llmops.clickhouse.server_store import ServerStore
+
+
+class _Info:
+    version_major, version_minor, timezone = 24, 8, "UTC"
+
+
+class _Connection:
+    def __init__(self, refuse: int) -> None:
+        self.refuse = refuse
+        self.connected = False
+        self.server_info = _Info()
+
+    def ping(self) -> bool:
+        return True
+
+    def connect(self) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise errors.NetworkError("Connection refused")
+        self.connected = True
+
+
+class FakeClient:
+    def __init__(self, outcomes: list[Any], refuse: int = 0) -> None:
+        self.connection = _Connection(refuse)
+        self.outcomes = outcomes
+        self.calls: list[dict[str, Any]] = []
+
+    def execute(self, sql: str, *args: Any, **kw: Any) -> Any:
+        self.calls.append({"sql": sql, **kw})
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def disconnect(self) -> None:
+        self.connection.connected = False
+
+
+def _store(client: FakeClient, attempts: int = 4) -> tuple[ServerStore, list[float]]:
+    sleeps: list[float] = []
+    store = ServerStore(
+        "clickhouse://default@127.0.0.1:1/db",
+        attempts=attempts,
+        backoff_s=0.1,
+        max_backoff_s=0.3,
+        sleep=sleeps.append,
+    )
+    store._client = store._np_client = client
+    store._database_ready = True
+    return store, sleeps
+
+
+def test_connect_failures_are_retried_with_exponential_backoff() -> None:
+    client = FakeClient([([(1,)], [("x", "UInt8")])], refuse=3)
+    store, sleeps = _store(client)
+    assert store.query("SELECT 1 AS x") == [{"x": 1}]
+    assert len(sleeps) == 3
+    assert 0.05 <= sleeps[0] <= 0.1 and 0.1 <= sleeps[1] <= 0.2 and 0.15 <= sleeps[2] <= 0.3
+
+
+def test_exhausted_attempts_raise_unavailable() -> None:
+    store, sleeps = _store(FakeClient([], refuse=10), attempts=3)
+    with pytest.raises(ClickHouseUnavailable, match="after 3 attempts"):
+        store.query("SELECT 1")
+    assert len(sleeps) == 2
+
+
+def test_transient_server_errors_are_retried_but_not_permanent_ones() -> None:
+    too_many_parts = errors.ServerException("Too many parts", code=252)
+    client = FakeClient([too_many_parts, ([(2,)], [("x", "UInt8")])])
+    store, _ = _store(client)
+    assert store.query("SELECT 2 AS x") == [{"x": 2}]
+    client = FakeClient([errors.ServerException("Unknown identifier", code=47)])
+    store, sleeps = _store(client)
+    with pytest.raises(ClickHouseQueryError) as err:
+        store.query("SELECT nope")
+    assert err.value.ch_code == 47 and sleeps == []
+
+
+def test_insert_with_unknown_outcome_is_retried_only_with_a_token() -> None:
+    cols = {"a": np.arange(3, dtype=np.uint8)}
+    broken = errors.NetworkError("connection reset mid-insert")
+    client = FakeClient([broken, 3])
+    store, _ = _store(client)
+    assert store.insert("t", cols, dedup_token="batch-7") == 3
+    assert [c["settings"] for c in client.calls] == [{"insert_deduplication_token": "batch-7"}] * 2
+    client = FakeClient([broken, 3])
+    store, _ = _store(client)
+    with pytest.raises(ClickHouseUnavailable, match="outcome unknown"):
+        store.insert("t", cols)
+    assert len(client.calls) == 1
+
+
+def test_old_servers_get_no_token() -> None:
+    client = FakeClient([broken := errors.NetworkError("reset"), 3])
+    client.connection.server_info.version_major = 18
+    store, _ = _store(client)
+    assert not store.dedup_tokens
+    with pytest.raises(ClickHouseUnavailable):
+        store.insert("t", {"a": np.arange(3, dtype=np.uint8)}, dedup_token="x")
+    assert client.calls[0]["settings"] == {} and broken is not None

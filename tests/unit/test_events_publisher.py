@@ -1,0 +1,333 @@
+"""EventPublisher: validation, keys, back-pressure, retries, flush/close, schema evolution."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
+from prometheus_client import CollectorRegistry
+
+from llmops.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from llmops.events.base import ConsumedRecord, EventLog, LogConsumer, LogUnavailable, Record
+from llmops.events.ids import uuid7
+from llmops.events.local_log import LocalLog
+from llmops.events.publisher import EventPublisher, RetryBackoff, UndeliveredEvents
+from llmops.events.synthetic import prediction_envelope
+from llmops.events.topics import KIND_TOPICS
+from llmops.v1 import events_pb2
+
+FAST = RetryBackoff(initial_s=0.001, max_s=0.01)
+
+
+class FlakyLog:
+    """Wraps a log: fails the first ``failures`` sends (after appending ``partial`` records of
+    the batch, as a broker that took some records before the connection broke would), or
+    every send while ``down`` is set."""
+
+    def __init__(self, inner: EventLog, failures: int = 0, partial: int = 0) -> None:
+        self.inner = inner
+        self.name = "flaky"
+        self.failures = failures
+        self.partial = partial
+        self.down = threading.Event()
+        self.calls = 0
+
+    def send(self, records: Sequence[Record], timeout_s: float) -> None:
+        self.calls += 1
+        if self.down.is_set():
+            raise LogUnavailable("down")
+        if self.failures > 0:
+            self.failures -= 1
+            if self.partial:
+                self.inner.send(records[: self.partial], timeout_s)
+            raise LogUnavailable("injected failure")
+        self.inner.send(records, timeout_s)
+
+    def consumer(self, group: str, topics: Sequence[str]) -> LogConsumer:
+        return self.inner.consumer(group, topics)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalLog]:
+    log = LocalLog(tmp_path / "log", fsync=False)
+    yield log
+    log.close()
+
+
+def envelope(i: int, key: str = "") -> events_pb2.EventEnvelope:
+    env = prediction_envelope(random.Random(i), event_time_ns=time.time_ns())
+    if key:
+        env.prediction.request_id = key
+    return env
+
+
+def consume_all(log: EventLog, topic: str, expect: int) -> list[ConsumedRecord]:
+    consumer = log.consumer(f"g-{uuid7()}", [topic])
+    out: list[ConsumedRecord] = []
+    deadline = time.monotonic() + 20
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            out += consumer.poll(10_000, 0.2)
+        out += consumer.poll(10_000, 0.1)  # anything beyond what was expected
+    finally:
+        consumer.close()
+    return out
+
+
+def ids(got: list[ConsumedRecord]) -> list[str]:
+    return [events_pb2.EventEnvelope.FromString(r.value).prediction.event_id for r in got]
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_publish_rejects_envelopes_missing_required_fields(local: LocalLog) -> None:
+    pub = EventPublisher(local)
+    with pytest.raises(InvalidArgument) as err:
+        pub.publish(events_pb2.EventEnvelope())
+    assert err.value.field == "event"
+    env = envelope(1)
+    env.prediction.event_id = ""
+    with pytest.raises(InvalidArgument) as err:
+        pub.publish(env)
+    assert err.value.field == "prediction.event_id"
+    env = envelope(2)
+    env.prediction.ClearField("event_time")
+    with pytest.raises(InvalidArgument) as err:
+        pub.publish(env)
+    assert err.value.field == "prediction.event_time"
+    assert pub.pending == 0
+
+
+def test_publish_fills_key_and_publish_time_per_kind(local: LocalLog) -> None:
+    pub = EventPublisher(local, producer="llmops.v1.FeedbackService/test")
+    now = events_pb2.EventEnvelope().publish_time
+    now.GetCurrentTime()
+    cases: list[tuple[events_pb2.EventEnvelope, str]] = []
+    fb = events_pb2.EventEnvelope()
+    fb.feedback.event_id, fb.feedback.unit_id = uuid7(), "user-9"
+    fb.feedback.event_time.CopyFrom(now)
+    cases.append((fb, "user-9"))  # no request id: unit_id
+    fb2 = events_pb2.EventEnvelope()
+    fb2.CopyFrom(fb)
+    fb2.feedback.request_id = "req-1"
+    cases.append((fb2, "req-1"))
+    ex = events_pb2.EventEnvelope()
+    ex.exposure.event_id, ex.exposure.unit_id = uuid7(), "session-3"
+    ex.exposure.event_time.CopyFrom(now)
+    cases.append((ex, "session-3"))
+    au = events_pb2.EventEnvelope()
+    au.audit.event_id, au.audit.chain = uuid7(), "tenant:acme"
+    au.audit.event_time.CopyFrom(now)
+    cases.append((au, "tenant:acme"))
+    gd = events_pb2.EventEnvelope()
+    gd.guardrail_decision.event_id = "0190f2a4-8c1e-7b3a-9f00-2d6c1a4b5e77"
+    gd.guardrail_decision.event_time.CopyFrom(now)
+    cases.append((gd, "0190f2a4-8c1e-7b3a-9f00-2d6c1a4b5e77"))  # no request id: event_id
+    for env, key in cases:
+        pub.publish(env)
+        assert env.key == key
+        assert env.HasField("publish_time")
+        assert env.producer == "llmops.v1.FeedbackService/test"
+    kept = envelope(3, key="req-7")
+    kept.key = "caller-chose"
+    pub.publish(kept)
+    assert kept.key == "caller-chose"
+    assert pub.pending == len(cases) + 1
+
+
+def test_full_buffer_raises_resource_exhausted_and_loses_nothing_accepted(local: LocalLog) -> None:
+    registry = CollectorRegistry()
+    flaky = FlakyLog(local)
+    flaky.down.set()  # the log is down: nothing drains
+    pub = EventPublisher(flaky, capacity=500, max_batch=64, retry_backoff=FAST, registry=registry)
+    pub.start()
+    accepted = []
+    for i in range(500):
+        env = envelope(i)
+        pub.publish(env)
+        accepted.append(env.prediction.event_id)
+    with pytest.raises(ResourceExhausted, match=r"event buffer full.*capacity 500"):
+        pub.publish(envelope(999))
+    assert pub.pending == 500
+    topic = KIND_TOPICS["prediction"]
+    assert sample(registry, "llmops_events_rejected_total", topic=topic) == 1
+    assert sample(registry, "llmops_events_buffer_depth") == 500
+    time.sleep(0.05)
+    assert sample(registry, "llmops_events_send_failures_total", backend="flaky") > 0
+
+    flaky.down.clear()  # the log is back
+    pub.close(timeout_s=10)
+    got = ids(consume_all(local, topic, 500))
+    assert got and sorted(set(got)) == sorted(accepted)
+    assert sample(registry, "llmops_events_delivered_total", topic=topic) == 500
+    assert sample(registry, "llmops_events_buffer_depth") == 0
+
+
+def test_close_flushes_everything_buffered(local: LocalLog) -> None:
+    pub = EventPublisher(local, max_batch=100, linger_s=10.0).start()  # linger never expires
+    sent = []
+    for i in range(1234):
+        env = envelope(i)
+        pub.publish(env)
+        sent.append(env.prediction.event_id)
+    pub.close(timeout_s=10)
+    assert pub.pending == 0
+    assert ids(consume_all(local, KIND_TOPICS["prediction"], 1234)) != []
+    assert sorted(ids(consume_all(local, KIND_TOPICS["prediction"], 1234))) == sorted(sent)
+    with pytest.raises(FailedPrecondition):
+        pub.publish(envelope(1))
+
+
+def test_per_key_order_is_kept(local: LocalLog) -> None:
+    pub = EventPublisher(local, max_batch=37).start()
+    keys = [f"req-{k}" for k in range(10)]
+    for seq in range(100):
+        for key in keys:
+            env = envelope(seq, key=key)
+            env.prediction.model_version = seq
+            pub.publish(env)
+    pub.close(10)
+    got = consume_all(local, KIND_TOPICS["prediction"], 1000)
+    per_key: dict[str, list[int]] = {}
+    for r in got:
+        ev = events_pb2.EventEnvelope.FromString(r.value)
+        assert r.key == ev.key.encode() == ev.prediction.request_id.encode()
+        per_key.setdefault(ev.key, []).append(ev.prediction.model_version)
+    assert per_key == {key: list(range(100)) for key in keys}
+
+
+def test_failed_sends_are_retried_and_nothing_is_lost(local: LocalLog) -> None:
+    registry = CollectorRegistry()
+    flaky = FlakyLog(local, failures=5, partial=3)  # 5 failures, each after 3 records landed
+    pub = EventPublisher(flaky, max_batch=50, retry_backoff=FAST, registry=registry).start()
+    sent = []
+    for i in range(400):
+        env = envelope(i, key=f"req-{i % 4}")
+        env.prediction.model_version = i
+        pub.publish(env)
+        sent.append(env.prediction.event_id)
+    assert pub.flush(10)
+    pub.close(5)
+    got = consume_all(local, KIND_TOPICS["prediction"], 400)
+    counts = Counter(ids(got))
+    assert set(counts) == set(sent)  # nothing lost
+    assert sum(counts.values()) - len(sent) == 5 * 3  # duplicates: exactly the partial appends
+    assert sample(registry, "llmops_events_send_failures_total", backend="flaky") == 5
+    # First occurrences keep per-key order (what a deduplicating consumer sees).
+    first: dict[str, list[int]] = {}
+    seen: set[str] = set()
+    for r in got:
+        ev = events_pb2.EventEnvelope.FromString(r.value).prediction
+        if ev.event_id not in seen:
+            seen.add(ev.event_id)
+            first.setdefault(ev.request_id, []).append(ev.model_version)
+    assert all(v == sorted(v) for v in first.values())
+
+
+def test_close_reports_what_could_not_be_delivered(local: LocalLog) -> None:
+    flaky = FlakyLog(local)
+    flaky.down.set()
+    pub = EventPublisher(flaky, retry_backoff=FAST, send_timeout_s=0.1).start()
+    for i in range(10):
+        pub.publish(envelope(i))
+    started = time.monotonic()
+    with pytest.raises(UndeliveredEvents) as err:
+        pub.close(timeout_s=0.3)
+    assert err.value.count == 10
+    assert err.value.code == "UNAVAILABLE"
+    assert time.monotonic() - started < 2.0
+
+
+def test_publish_never_blocks_while_the_log_hangs(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    class HangingLog(FlakyLog):
+        def send(self, records: Sequence[Record], timeout_s: float) -> None:
+            release.wait(5)
+            super().send(records, timeout_s)
+
+    log = HangingLog(LocalLog(tmp_path, fsync=False))
+    pub = EventPublisher(log, capacity=2000).start()
+    try:
+        worst = 0.0
+        for i in range(1000):
+            env = envelope(i)
+            t0 = time.perf_counter()
+            pub.publish(env)
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.05
+    finally:
+        release.set()
+        pub.close(10)
+        log.close()
+
+
+async def test_aflush_does_not_block_the_event_loop(local: LocalLog) -> None:
+    pub = EventPublisher(local, linger_s=0.05).start()
+    for i in range(100):
+        pub.publish(envelope(i))
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    assert await pub.aflush(10)
+    task.cancel()
+    pub.close(5)
+    assert pub.pending == 0
+    assert ticks > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema evolution: unknown fields survive a parse/serialize round trip and the bus.
+
+
+def _field(number: int, wire_type: int, payload: bytes) -> bytes:
+    return _VarintBytes(number << 3 | wire_type) + payload
+
+
+def _newer_producer_bytes() -> bytes:
+    """An envelope as a producer with a newer events.proto would write it: an unknown field
+    inside PredictionEvent (200, a string) and one on the envelope (9, a varint)."""
+    env = envelope(42, key="req-42")
+    inner = env.prediction.SerializeToString() + _field(200, 2, _VarintBytes(6) + b"future")
+    env.ClearField("prediction")
+    env.key = "req-42"
+    env.publish_time.FromNanoseconds(1_750_000_000_123_456_789)
+    head = env.SerializeToString()  # fields 1-3 come before field 10 in canonical order
+    return head + _field(10, 2, _VarintBytes(len(inner)) + inner) + _field(9, 0, _VarintBytes(7))
+
+
+def test_unknown_fields_are_preserved_byte_for_byte() -> None:
+    data = _newer_producer_bytes()
+    parsed = events_pb2.EventEnvelope.FromString(data)
+    assert parsed.prediction.request_id == "req-42"
+    assert parsed.SerializeToString() == data
+
+
+def test_unknown_fields_travel_through_the_publisher(local: LocalLog) -> None:
+    data = _newer_producer_bytes()
+    pub = EventPublisher(local).start()
+    pub.publish(events_pb2.EventEnvelope.FromString(data))  # key and publish_time already set
+    pub.close(5)
+    (got,) = consume_all(local, KIND_TOPICS["prediction"], 1)
+    assert got.value == data  # the bytes a newer producer wrote, unknown fields included
