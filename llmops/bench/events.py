@@ -14,6 +14,10 @@ Cases (each a function of :class:`Bench`, listed in :data:`CASES`; add new ones 
   p50/p99 are the ``send()`` calls.
 - ``consume_kafka`` / ``consume_local``: a fresh consumer group reads everything back;
   ``rows_per_s`` over the whole read, p50/p99 of ``poll()`` calls (up to 5000 records each).
+- ``e2e_kafka_chdb`` / ``e2e_local_chdb``: end to end, publish → log → sink → a row that a
+  ClickHouse query sees (chdb, the full schema with its rollups). ``rows_per_s`` from the
+  first publish until the last row is visible; ``p50_ms`` / ``p99_ms`` are the end-to-end
+  lags of the events (publish call → first poll that sees the row; polls every 50 ms).
 
 The Kafka broker is reused when one answers (or ``LLMOPS_KAFKA_BOOTSTRAP`` is set), otherwise
 started with deploy/local and stopped at the end.
@@ -21,9 +25,11 @@ started with deploy/local and stopped at the end.
 
 from __future__ import annotations
 
+import importlib
 import random
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +45,7 @@ from llmops.events.kafka_log import KafkaLog, default_compression
 from llmops.events.local_log import LocalLog
 from llmops.events.publisher import EventPublisher
 from llmops.events.synthetic import prediction_envelope
+from llmops.events.topics import DLQ_TOPIC
 from llmops.v1 import events_pb2
 
 PARTITIONS = 6
@@ -54,6 +61,7 @@ class Bench:
     tmp: Path
     bootstrap: str
     kafka_topics: dict[str, str] = field(default_factory=dict)  # case -> topic it wrote
+    chdb: Any = None  # the process's one chdb session, opened by the first end-to-end case
 
     @property
     def n(self) -> int:
@@ -196,12 +204,123 @@ def consume_local(bench: Bench) -> list[Case]:
         log.close()
 
 
+# ---------------------------------------------------------------------------------------------
+# End to end: publish -> log -> sink -> a row a query can see.
+
+E2E_POLL_S = 0.05
+_PARTS = range(PARTITIONS)
+# Rows arrive per partition in offset order (a sink inserts each batch in log order), so
+# "offset above the last one seen, per partition" finds exactly the newly visible rows.
+_NEW_ROWS_SQL = (
+    "SELECT log_partition AS p, log_offset AS o, toUnixTimestamp64Milli(event_time) AS t "
+    "FROM predictions WHERE "
+    + " OR ".join(f"(log_partition = {p} AND log_offset > %(o{p})s)" for p in _PARTS)
+)
+
+
+def _e2e(bench: Bench, log: EventLog, topic: str, label: str, rate: float | None = None) -> Case:
+    """Publish events (all of them at full speed, or ``rate`` per second for 5 s) while a
+    sink loads them into chdb; poll ClickHouse every 50 ms for newly visible rows. Lag of an
+    event = the poll time that first saw it - its publish time (so lags carry up to 50 ms of
+    polling granularity). At full speed the lag is mostly queueing behind the burst; paced
+    below capacity it is the pipeline's own latency (linger, sink flush interval, insert)."""
+    n = bench.n if rate is None else min(bench.n, int(rate * 5))
+    from llmops.sink.runner import SinkThreads, build_sinks
+
+    store = _e2e_store(bench, label)
+    (sink,) = build_sinks(log, store, topic_kinds={topic: "prediction"}, batch_rows=20_000,
+                          flush_interval_s=0.2)  # fmt: skip
+    threads = SinkThreads([sink]).start()
+    pub = EventPublisher(log, capacity=bench.n + 1, max_batch=2000, topics={"prediction": topic})
+    pub.start()
+    lags: list[float] = []
+    deadline = time.monotonic() + (120 if bench.quick else 900)
+    poller = threading.Thread(target=_watch_rows, args=(store, n, lags, deadline), daemon=True)
+    started = time.time()
+    poller.start()
+    try:
+        for i, env in zip(range(n), bench.fresh(), strict=False):
+            if rate is not None:
+                time.sleep(max(0.0, started + i / rate - time.time()))
+            env.prediction.event_time.FromNanoseconds(time.time_ns())
+            env.prediction.request_id = f"e2e-{i}"
+            pub.publish(env)
+        poller.join()
+        wall = time.time() - started
+    finally:
+        pub.close(30)
+        threads.stop()
+    if len(lags) < n:
+        raise RuntimeError(f"{label}: only {len(lags)} of {n} rows became visible")
+    return Case(label, "llmops", lags, wall, extra={
+        "rows_per_s": round(n / wall), "lag_poll_ms": E2E_POLL_S * 1000,
+        "sink_batch_rows": 20_000, "sink_flush_interval_ms": 200,
+        "offered_events_per_s": rate or "burst",
+    })  # fmt: skip
+
+
+def _watch_rows(store: Any, n: int, lags: list[float], deadline: float) -> None:
+    """Poll for newly visible rows (concurrently with the publishing) until ``n`` are seen."""
+    seen: dict[int, int] = {}  # log partition -> highest offset seen
+    while len(lags) < n and time.monotonic() < deadline:
+        time.sleep(E2E_POLL_S)
+        now = time.time()
+        for row in store.query(_NEW_ROWS_SQL, {f"o{p}": seen.get(p, -1) for p in _PARTS}):
+            lags.append(now - int(row["t"]) / 1000)
+            p = int(row["p"])
+            seen[p] = max(seen.get(p, -1), int(row["o"]))
+
+
+def _e2e_store(bench: Bench, label: str) -> Any:
+    """A fresh database in the bench's one chdb session (chdb: one path per process)."""
+    from llmops.clickhouse.chdb_store import ChdbStore
+    from llmops.clickhouse.migrations import apply_migrations
+
+    if bench.chdb is None:
+        chdb_session: Any = importlib.import_module("chdb.session")  # untyped package
+        bench.chdb = chdb_session.Session(str(bench.tmp / "chdb"))
+    ChdbStore(bench.chdb).execute(f"CREATE DATABASE IF NOT EXISTS {label}")
+    store = ChdbStore(bench.chdb, database=label)
+    apply_migrations(store)
+    return store
+
+
+E2E_PACED_RATE = 2000.0
+"""Events/s offered in the paced end-to-end cases: well below what one process sustains."""
+
+
+def e2e_kafka(bench: Bench) -> list[Case]:
+    cases = []
+    for label, rate in (("e2e_kafka_chdb", None), ("e2e_kafka_chdb_paced", E2E_PACED_RATE)):
+        topic = _topic(bench, label)
+        log = KafkaLog(bench.bootstrap, client_id="llmops-bench-e2e")
+        try:
+            cases.append(_e2e(bench, log, topic, label, rate))
+        finally:
+            log.close()
+    return cases
+
+
+def e2e_local(bench: Bench) -> list[Case]:
+    cases = []
+    for label, rate in (("e2e_local_chdb", None), ("e2e_local_chdb_paced", E2E_PACED_RATE)):
+        topic = f"bench.{label}"
+        log = LocalLog(bench.tmp / label, partitions={topic: PARTITIONS, DLQ_TOPIC: 1})
+        try:
+            cases.append(_e2e(bench, log, topic, label, rate))
+        finally:
+            log.close()
+    return cases
+
+
 CASES: list[CaseFn] = [
     produce_kafka,
     produce_kafka_bare,
     produce_local,
     consume_kafka,
     consume_local,
+    e2e_kafka,
+    e2e_local,
 ]
 """Run in this order (consumers read what the producers wrote)."""
 

@@ -1,0 +1,79 @@
+"""Back-pressure at the RPC edge: a service whose event buffer is full answers
+RESOURCE_EXHAUSTED (the documented error) and keeps what it had accepted."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from llmops.config import load_config
+from llmops.server import Binding, ServiceContext, ServiceDefinition, serve
+from llmops.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
+from tests.support import free_ports, mesh_env
+
+
+class PublishingFeedback(feedback_pb2_grpc.FeedbackServiceServicer):
+    """Stands in for the feedback service: each Submit publishes one event."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.publisher = ctx.backends.publisher()
+
+    async def Submit(self, request: Any, context: Any) -> Any:
+        envelope = events_pb2.EventEnvelope()
+        envelope.feedback.event_id = request.feedback.idempotency_key or str(time.time_ns())
+        envelope.feedback.event_time.GetCurrentTime()
+        envelope.feedback.request_id = "r-1"
+        self.publisher.publish(envelope)  # raises ResourceExhausted when the buffer is full
+        return feedback_pb2.SubmitResponse()
+
+
+async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Path) -> None:
+    env, ports, _ = mesh_env(tmp_path)
+    (dead_broker,) = free_ports(1)  # nothing listens: the sender can deliver nothing
+    env.update({
+        "LLMOPS__EVENTS__BACKEND": "kafka",
+        "LLMOPS__BACKENDS__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{dead_broker}",
+        "LLMOPS__EVENTS__BUFFER_CAPACITY": "5",
+        "LLMOPS__EVENTS__FLUSH_TIMEOUT_S": "1",
+        "LLMOPS__SINK__EMBEDDED": "false",
+    })  # fmt: skip
+    config = load_config(environ=env)
+    holder: dict[str, PublishingFeedback] = {}
+
+    def factory(ctx: ServiceContext) -> ServiceDefinition:
+        holder["svc"] = PublishingFeedback(ctx)
+        descriptor = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
+        add = feedback_pb2_grpc.add_FeedbackServiceServicer_to_server
+        return ServiceDefinition("feedback", [Binding(descriptor, add, holder["svc"])])
+
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        serve(config, ["feedback"], ready=ready, stop=stop, factories={"feedback": factory})
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feedback']}") as channel:
+            stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+            for i in range(5):
+                request = feedback_pb2.SubmitRequest()
+                request.feedback.idempotency_key = f"fb-{i}"
+                await stub.Submit(request, timeout=5)
+            request = feedback_pb2.SubmitRequest()
+            request.feedback.idempotency_key = "fb-overflow"
+            try:
+                await stub.Submit(request, timeout=5)
+                raise AssertionError("the 6th event should not fit")
+            except grpc.aio.AioRpcError as err:
+                assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "buffer" in (err.details() or "")
+        publisher = holder["svc"].publisher
+        assert publisher.pending == 5  # everything accepted is still held, none dropped
+        rejected = publisher.metrics.rejected.labels("llmops.feedback.v1")._value.get()
+        assert rejected == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
