@@ -152,16 +152,8 @@ def sink(config_path: Path | None, topics: tuple[str, ...]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with Backends(config) as backends:
-        host = config.services[next(iter(config.services))].host
-        observability = Observability(
-            backends.event_log(),
-            backends.clickhouse(),
-            host=host,
-            port=config.sink.admin_port,
-            batch_rows=config.sink.batch_rows,
-            flush_interval_s=config.sink.flush_interval_s,
-            topics=list(topics) or None,
-        ).start()
+        observability = Observability.from_config(config, backends, list(topics) or None)
+        observability.start()
         stop.wait()
         observability.stop()
 

@@ -25,8 +25,10 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from llmops.backends import Backends
 from llmops.clickhouse import queries
 from llmops.clickhouse.base import ClickHouseStore
+from llmops.config import MeshConfig
 from llmops.events.base import EventLog
 from llmops.sink.runner import SinkThreads, build_sinks
 
@@ -139,6 +141,21 @@ class Observability:
             )
         )
         self.server = ObservabilityServer(store, self.registry, host, port) if port else None
+
+    @classmethod
+    def from_config(
+        cls, config: MeshConfig, backends: Backends, topics: list[str] | None = None
+    ) -> Observability:
+        """Sinks over the process's event log and store, the endpoint on sink.admin_port."""
+        return cls(
+            backends.event_log(),
+            backends.clickhouse(),
+            host=config.services[next(iter(config.services))].host,
+            port=config.sink.admin_port,
+            batch_rows=config.sink.batch_rows,
+            flush_interval_s=config.sink.flush_interval_s,
+            topics=topics,
+        )
 
     def start(self) -> Observability:
         self.sinks.start()

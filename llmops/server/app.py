@@ -360,15 +360,7 @@ def _embedded_observability(config: MeshConfig, backends: Backends) -> Observabi
     applied = apply_migrations(store)
     if applied:
         log.info("clickhouse_migrated", applied=applied)
-    host = config.services[next(iter(config.services))].host
-    return Observability(
-        backends.event_log(),
-        store,
-        host=host,
-        port=config.sink.admin_port,
-        batch_rows=config.sink.batch_rows,
-        flush_interval_s=config.sink.flush_interval_s,
-    ).start()
+    return Observability.from_config(config, backends).start()
 
 
 def run(config: MeshConfig, names: Sequence[str]) -> None:
