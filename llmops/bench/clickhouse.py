@@ -2,13 +2,18 @@
 
 Cases (output per ../shared/BENCH.md; extra figures in the case objects):
 
-- ``load_predictions_1m_batches`` (chdb): N synthetic rows (default 100 M; ``--quick`` 2 M)
-  generated in 1 M-row chunks, in time order, over the last 30 days, inserted through
+- ``load_predictions_1m_batches`` (chdb): N synthetic rows (default 100 M; ``--quick`` 1.5 M)
+  generated in 1 M-row chunks, in time order, ending now, at the density of 100 M rows per
+  30 days (so N < 100 M covers N/100 M of 30 days), inserted through
   :class:`ChdbStore` into the full schema (raw table + 3 materialized views).
   ``rows_per_s`` counts insert time only (generation overlaps in a thread); p50/p99 are per
   1 M-row insert.
 - ``ingest_predictions_100k_batches`` (chdb): sink-sized 100k-row inserts with dedup tokens
   into a fresh database with the full schema.
+- ``ingest_predictions_100k_batches_no_rollups`` (chdb): the same batches into the raw
+  table alone, to show what the materialized views cost.
+- ``convert_predictions``: protobuf envelopes -> ``predictions`` columns
+  (:func:`llmops.clickhouse.rows.columns_for`), the sink's per-record CPU cost.
 - ``ingest_predictions_100k_batches_server18`` (server): the same batches through
   :class:`ServerStore` (clickhouse-driver, numpy columns) into Debian's ClickHouse 18.16, on
   an 18.16-compatible variant of ``predictions`` (DateTime instead of DateTime64, Bool as
@@ -41,7 +46,7 @@ from llmops.bench.report import Case, emit
 from llmops.clickhouse import queries, synthetic
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.chdb_store import ChdbStore
-from llmops.clickhouse.migrations import apply_migrations
+from llmops.clickhouse.migrations import apply_migrations, default_directory
 
 REPO = Path(__file__).resolve().parents[2]
 CHUNK = 1_000_000
@@ -155,6 +160,18 @@ def _convert_case(n: int) -> Case:
         case.latencies_s.append(time.perf_counter() - t0)
     case.wall_s = sum(case.latencies_s)
     case.extra = {"rows": n, "batch_rows": 10_000, "rows_per_s": round(n / case.wall_s)}
+    return case
+
+
+def _ingest_without_rollups(sess: Any, batches: list[dict[str, Any]]) -> Case:
+    """The same batches into the raw table alone (migration 0001 only): the MVs' share."""
+    store = ChdbStore(sess, database="bench_raw")
+    with tempfile.TemporaryDirectory() as tmp:
+        first = sorted(default_directory().glob("0001_*.sql"))[0]
+        shutil.copy(first, Path(tmp) / first.name)
+        apply_migrations(store, Path(tmp))
+    case = _ingest(store, "ingest_predictions_100k_batches_no_rollups", batches)
+    store.execute("DROP DATABASE bench_raw")
     return case
 
 
@@ -323,7 +340,7 @@ def _ensure_server() -> bool | None:
 
 
 def main(*, quick: bool, rows: int | None = None) -> None:
-    rows = rows or (2_000_000 if quick else 100_000_000)
+    rows = rows or (1_500_000 if quick else 100_000_000)
     chdb_session: Any = importlib.import_module("chdb.session")  # untyped; loads the engine
     tmp = Path(tempfile.mkdtemp(prefix="llmops-bench-ch-"))
     sess = chdb_session.Session(str(tmp / "chdb"))
@@ -355,11 +372,12 @@ def _run(sess: Any, quick: bool, rows: int) -> list[Case]:
     _log(f"loading {rows:,} predictions over {span_ms / 86_400_000:.1f} days ...")
     cases = [_load(store, rows, end_ms - span_ms, end_ms)]
     cases.append(_convert_case(20_000 if quick else 200_000))
-    batches = _sink_batches(300_000 if quick else 2_000_000, 7, end_ms)
+    batches = _sink_batches(200_000 if quick else 2_000_000, 7, end_ms)
     sink_store = ChdbStore(sess, database="bench_sink")
     apply_migrations(sink_store)
     cases.append(_ingest(sink_store, "ingest_predictions_100k_batches", batches))
     sink_store.execute("DROP DATABASE bench_sink")
+    cases.append(_ingest_without_rollups(sess, batches))
     server = _server_case(store, batches[: 2 if quick else 10])
     if server is not None:
         cases.append(server)

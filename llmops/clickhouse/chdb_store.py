@@ -55,6 +55,7 @@ class ChdbStore:
         self._session = session
         self._lock = _session_lock(session)
         self._schemas: dict[str, pa.Schema] = {}
+        self._zone: tzinfo = UTC  # until the session's zone is known (just below)
         with self._lock:
             self._raw(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         self._zone = self._session_zone()
@@ -86,7 +87,7 @@ class ChdbStore:
         doc = orjson.loads(raw)
         names = [m["name"] for m in doc["meta"]]
         types = [m["type"] for m in doc["meta"]]
-        return convert_rows(names, types, doc["data"], getattr(self, "_zone", UTC))
+        return convert_rows(names, types, doc["data"], self._zone)
 
     # -- inserts --------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def _floor(t: datetime, step: timedelta) -> datetime:
     return epoch + ((t - epoch) // step) * step
 
 
-def _filters(tenant: str | None, route: str | None, raw: bool, time_col: str) -> str:
+def _filters(tenant: str | None, route: str | None, time_col: str) -> str:
     where = [f"{time_col} >= %(start)s", f"{time_col} < %(end)s"]
     if tenant is not None:
         where.append("tenant = %(tenant)s")
@@ -104,11 +104,11 @@ def model_stats(
     keys = "tenant, route, model_name, model_version, variant"
     if raw:
         sql = f"SELECT {keys}, {_MODEL_AGGS_RAW} FROM predictions WHERE "
-        sql += _filters(tenant, route, True, "event_time")
+        sql += _filters(tenant, route, "event_time")
     else:
         table = "predictions_1m" if w.bucket == "minute" else "predictions_1h"
         sql = f"SELECT {keys}, {_MODEL_AGGS_ROLLUP} FROM {table} WHERE "
-        sql += _filters(tenant, route, False, w.bucket)
+        sql += _filters(tenant, route, w.bucket)
     sql += f" GROUP BY {keys} ORDER BY requests DESC, {keys}"
     rows = _split_quantiles(
         store.query(sql, w.params(tenant=tenant, route=route)), "latency_us", "ttft_us"
@@ -135,13 +135,13 @@ def stage_latencies(
         sql = (
             f"SELECT {keys}, count() AS calls, quantilesTDigest({QUANTILES})(duration) "
             "AS duration_us FROM predictions ARRAY JOIN stage_names AS stage, "
-            "stage_durations_us AS duration WHERE " + _filters(tenant, route, True, "event_time")
+            "stage_durations_us AS duration WHERE " + _filters(tenant, route, "event_time")
         )
     else:
         sql = (
             f"SELECT {keys}, sum(calls) AS calls, quantilesTDigestMerge({QUANTILES})"
             "(duration_us) AS duration_us FROM prediction_stages_1h WHERE "
-            + _filters(tenant, route, False, "hour")
+            + _filters(tenant, route, "hour")
         )
     sql += f" GROUP BY {keys} ORDER BY {keys}"
     return _split_quantiles(store.query(sql, w.params(tenant=tenant, route=route)), "duration_us")
@@ -163,14 +163,14 @@ def daily_totals(
             "SELECT toDate(event_time) AS day, tenant, count() AS requests, "
             "countIf(status_code != 0) AS errors, sum(toUInt64(prompt_tokens)) AS prompt_tokens,"
             " sum(toUInt64(completion_tokens)) AS completion_tokens, sum(cost_nanos) AS cost_nanos"
-            " FROM predictions WHERE " + _filters(tenant, None, True, "event_time")
+            " FROM predictions WHERE " + _filters(tenant, None, "event_time")
         )
     else:
         sql = (
             "SELECT toDate(hour) AS day, tenant, sum(requests) AS requests, sum(errors) AS errors,"
             " sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,"
             " sum(cost_nanos) AS cost_nanos FROM predictions_1h WHERE "
-            + _filters(tenant, None, False, "hour")
+            + _filters(tenant, None, "hour")
         )
     sql += " GROUP BY day, tenant ORDER BY day, tenant"
     return _split_quantiles(store.query(sql, w.params(tenant=tenant)))
@@ -194,14 +194,14 @@ def timeseries(
             f"SELECT {bucket}(event_time) AS bucket, count() AS requests, "
             f"countIf(status_code != 0) AS errors, quantilesTDigest({QUANTILES})"
             "(total_latency_us) AS latency_us FROM predictions WHERE "
-            + _filters(tenant, route, True, "event_time")
+            + _filters(tenant, route, "event_time")
         )
     else:
         table = "predictions_1m" if w.bucket == "minute" else "predictions_1h"
         sql = (
             f"SELECT {w.bucket} AS bucket, sum(requests) AS requests, sum(errors) AS errors, "
             f"quantilesTDigestMerge({QUANTILES})(latency_us) AS latency_us FROM {table} WHERE "
-            + _filters(tenant, route, False, w.bucket)
+            + _filters(tenant, route, w.bucket)
         )
     sql += " GROUP BY bucket ORDER BY bucket"
     return _split_quantiles(store.query(sql, w.params(tenant=tenant, route=route)), "latency_us")
@@ -224,14 +224,13 @@ def guardrail_stats(
             f"SELECT {keys}, count() AS decisions, countIf(degraded) AS degraded, "
             "sum(toUInt64(length(finding_types))) AS findings, "
             f"quantilesTDigest({QUANTILES})(latency_us) AS latency_us "
-            "FROM guardrail_decisions WHERE " + _filters(tenant, None, True, "event_time")
+            "FROM guardrail_decisions WHERE " + _filters(tenant, None, "event_time")
         )
     else:
         sql = (
             f"SELECT {keys}, sum(decisions) AS decisions, sum(degraded) AS degraded, "
             f"sum(findings) AS findings, quantilesTDigestMerge({QUANTILES})(latency_us) "
-            "AS latency_us FROM guardrail_decisions_1m WHERE "
-            + _filters(tenant, None, False, "minute")
+            "AS latency_us FROM guardrail_decisions_1m WHERE " + _filters(tenant, None, "minute")
         )
     sql += f" GROUP BY {keys} ORDER BY {keys}"
     return _split_quantiles(store.query(sql, w.params(tenant=tenant)), "latency_us")

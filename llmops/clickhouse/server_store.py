@@ -168,6 +168,7 @@ class ServerStore:
         safe_retry = dedup_token is not None and self.dedup_tokens
         if safe_retry:
             settings["insert_deduplication_token"] = dedup_token
+            settings["deduplicate_blocks_in_dependent_materialized_views"] = 1
         self._retrying(
             self._np_client,
             lambda c: c.execute(sql, data, columnar=True, settings=settings),

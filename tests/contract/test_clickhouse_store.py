@@ -116,11 +116,12 @@ def test_errors(store: ClickHouseStore) -> None:
 def test_migrations_apply_once(store: ClickHouseStore, tmp_path: Path) -> None:
     store.execute("DROP TABLE IF EXISTS llmops_migrations")
     store.execute("DROP TABLE IF EXISTS contract_m")
+    store.execute("DROP TABLE IF EXISTS contract_m2")
     (tmp_path / "0001_first.sql").write_text(
         "CREATE TABLE IF NOT EXISTS contract_m (a UInt8) ENGINE = MergeTree ORDER BY a;\n"
     )
     (tmp_path / "0002_second.sql").write_text(
-        "ALTER TABLE contract_m ADD COLUMN IF NOT EXISTS b String;\n"
+        "CREATE TABLE IF NOT EXISTS contract_m2 (b String) ENGINE = MergeTree ORDER BY b;\n"
     )
     try:
         assert apply_migrations(store, tmp_path) == ["0001_first", "0002_second"]
@@ -128,12 +129,13 @@ def test_migrations_apply_once(store: ClickHouseStore, tmp_path: Path) -> None:
         names = [
             r["name"]
             for r in store.query(
-                "SELECT name FROM system.columns WHERE database = %(db)s AND table = 'contract_m' "
-                "ORDER BY name",
+                "SELECT name FROM system.tables WHERE database = %(db)s "
+                "AND name LIKE 'contract_m%' ORDER BY name",
                 {"db": store.database},
             )
         ]
-        assert names == ["a", "b"]
+        assert names == ["contract_m", "contract_m2"]
     finally:
         store.execute("DROP TABLE IF EXISTS llmops_migrations")
         store.execute("DROP TABLE IF EXISTS contract_m")
+        store.execute("DROP TABLE IF EXISTS contract_m2")

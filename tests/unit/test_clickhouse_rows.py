@@ -144,3 +144,14 @@ def test_conversion_rate_is_fit_for_the_hot_path() -> None:
     print(f"prediction conversion: {rate:,.0f} rows/s")
     assert len(cols["event_id"]) == 20_000
     assert rate > 10_000
+
+
+def test_unknown_enum_values_and_negative_numbers_do_not_fail_the_batch() -> None:
+    env = prediction(1)
+    env.prediction.device = 99  # a newer producer's enum value
+    env.prediction.model_version = -5
+    env.prediction.stages[0].duration_us = -1
+    cols = rows.columns_for([("llmops.predictions.v1", 0, 0, env)])["predictions"]
+    assert cols["device"] == ["99"]
+    assert cols["model_version"].tolist() == [0]
+    assert cols["stage_durations_us"] == [[0, 50]]

@@ -96,7 +96,11 @@ def test_insert_with_unknown_outcome_is_retried_only_with_a_token() -> None:
     client = FakeClient([broken, 3])
     store, _ = _store(client)
     assert store.insert("t", cols, dedup_token="batch-7") == 3
-    assert [c["settings"] for c in client.calls] == [{"insert_deduplication_token": "batch-7"}] * 2
+    expected = {
+        "insert_deduplication_token": "batch-7",
+        "deduplicate_blocks_in_dependent_materialized_views": 1,
+    }
+    assert [c["settings"] for c in client.calls] == [expected] * 2
     client = FakeClient([broken, 3])
     store, _ = _store(client)
     with pytest.raises(ClickHouseUnavailable, match="outcome unknown"):

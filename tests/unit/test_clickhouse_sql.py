@@ -85,3 +85,16 @@ def test_converters_by_type() -> None:
     ) == {"k": [uuid.UUID("0190f2a4-8c1e-7b3a-9f00-2d6c1a4b5e77")]}
     assert converter("Tuple(a UInt8, b String)")({"a": 1, "b": "x"}) == (1, "x")
     assert str(converter("Decimal(38, 9)")(1.5)) == "1.5"
+
+
+def test_open_store_validates_its_arguments() -> None:
+    from llmops.clickhouse import open_store
+
+    with pytest.raises(ValueError, match="unknown ClickHouse backend"):
+        open_store("postgres")
+    with pytest.raises(ValueError, match="chdb_session"):
+        open_store("chdb")
+    with pytest.raises(ValueError, match="dsn"):
+        open_store("server")
+    store = open_store("server", dsn="clickhouse://u:p@db.internal:9000/prod", database="llmops")
+    assert store.name == "server" and store.database == "llmops"  # connects lazily
