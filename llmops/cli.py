@@ -79,8 +79,10 @@ def cli() -> None:
 def up(config_path: Path | None, state_dir: Path | None) -> None:
     """Run the whole mesh in this process on embedded backends (no external servers).
 
-    All seven services start, each on its own port (see `llmops ports`); Ctrl-C or SIGTERM
-    drains in-flight calls and stops them all.
+    All seven services start, each on its own port (see `llmops ports`). The embedded
+    ClickHouse (chdb) is migrated and the event sinks run in-process, so published events
+    are queryable within seconds (`llmops logs predictions --last 5m`). Ctrl-C or SIGTERM
+    drains in-flight calls, flushes buffered events and stops everything.
     """
     overrides: dict[str, Any] = {"mode": Mode.EMBEDDED}
     if state_dir is not None:

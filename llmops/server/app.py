@@ -286,7 +286,8 @@ class GrpcService:
         await self._server.stop(grace)
         self._server = None
         if self._http is not None:
-            self._http.shutdown()
+            # shutdown() waits for serve_forever's next poll (up to 0.5 s): not on the loop.
+            await asyncio.to_thread(self._http.shutdown)
             self._http.server_close()
             self._http = None
         for hook in self.definition.on_stop:

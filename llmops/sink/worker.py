@@ -36,7 +36,14 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmops.clickhouse.base import ClickHouseStore
-from llmops.events.base import ConsumedRecord, EventLog, LogConsumer, Record, TopicPartition
+from llmops.events.base import (
+    ConsumedRecord,
+    EventLog,
+    LogConsumer,
+    LogUnavailable,
+    Record,
+    TopicPartition,
+)
 from llmops.v1 import events_pb2
 
 log = structlog.get_logger("llmops.sink")
@@ -269,7 +276,14 @@ class Sink:
                 time.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
         assert self._consumer is not None
-        self._consumer.commit(batch.next_offsets)
+        try:
+            self._consumer.commit(batch.next_offsets)
+        except LogUnavailable as exc:
+            # E.g. a rebalance took the partitions away. The rows are stored; whoever reads
+            # these partitions next skips them by the high-water mark.
+            log.warning("sink_commit_failed", error=str(exc))
+            self._rewind(batch)
+            return
         for tp, nxt in batch.next_offsets.items():
             self._skip_through[tp] = max(self._skip_through.get(tp, -1), nxt - 1)
         self.committed_batches += 1
@@ -297,10 +311,13 @@ class Sink:
     def _rewind(self, batch: _Pending) -> None:
         """Abandoned batch: the next run (or poll) must read it again from the log."""
         assert self._consumer is not None
-        committed_next = {tp: off for tp, off in batch.next_offsets.items()}
-        for tp in committed_next:
-            start = self._consumer.committed(tp)
-            self._consumer.seek(tp, 0 if start is None else start)
+        for tp in batch.next_offsets:
+            self._seen.pop(tp, None)  # the replayed events must not count as duplicates
+            try:
+                start = self._consumer.committed(tp)
+                self._consumer.seek(tp, 0 if start is None else start)
+            except LogUnavailable as exc:  # no longer ours: its next owner starts there
+                log.warning("sink_rewind_skipped", topic=tp[0], partition=tp[1], error=str(exc))
         self._skip_through.clear()  # ask ClickHouse again: some inserts may have landed
 
     def _token(self, batch: _Pending) -> str:

@@ -232,3 +232,32 @@ def test_producer_duplicates_are_dropped(event_log: LocalLog, store: ChdbStore) 
     drain(sink, lambda: restarted_lag(sink) == 0 and sink.committed_batches > 0)
     assert raw_count(store) == (200, 200)
     assert rollup_count(store) == 200
+
+
+class CommitRefusedOnce(CommitFailsOnce):
+    """The first commit is refused the way Kafka refuses one after a rebalance."""
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        if not self.failed:
+            from llmops.events.base import LogUnavailable
+
+            self.failed = True
+            raise LogUnavailable("commit failed: the group rebalanced")
+        self.inner.commit(offsets)
+
+
+def test_refused_commit_rewinds_and_skips_what_is_stored(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    publish(event_log, 1500)
+    sink = sink_for(event_log, store, batch_rows=5000, flush_interval_s=0.1)
+    sink._consumer = CommitRefusedOnce(event_log.consumer(sink.settings.group, [TOPIC]))
+    for _ in range(200):  # no exception: the sink keeps going
+        sink.step()
+        if sink.committed_batches and not restarted_lag(sink):
+            break
+    assert sink._consumer.failed
+    assert raw_count(store) == (1500, 1500)
+    assert rollup_count(store) == 1500
+    assert sink.metrics.skipped.labels("already_stored")._value.get() == 1500
+    sink._consumer.close()
