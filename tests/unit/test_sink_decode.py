@@ -1,0 +1,57 @@
+"""What the sink accepts from the log, and the `llmops logs` window syntax."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from llmops.events.base import ConsumedRecord
+from llmops.logs import parse_window
+from llmops.sink.worker import decode
+from llmops.v1 import events_pb2
+
+
+def _record(value: bytes) -> ConsumedRecord:
+    return ConsumedRecord("t", 0, 7, b"k", value, 0)
+
+
+def _prediction(event_id: str = "e1", with_time: bool = True) -> bytes:
+    env = events_pb2.EventEnvelope()
+    env.prediction.event_id = event_id
+    if with_time:
+        env.prediction.event_time.FromSeconds(1_700_000_000)
+    return env.SerializeToString()
+
+
+def test_a_valid_event_decodes() -> None:
+    env = decode(_record(_prediction()), "prediction")
+    assert env.prediction.event_id == "e1"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected", "reason"),
+    [
+        (b"\x0a\xff\xff", "prediction", "not an EventEnvelope"),
+        (events_pb2.EventEnvelope(key="k").SerializeToString(), "prediction", "no event"),
+        (_prediction(event_id=""), "prediction", "prediction.event_id is empty"),
+        (_prediction(with_time=False), "prediction", "prediction.event_time is not set"),
+        (_prediction(), "audit", "a prediction event on a topic of audit events"),
+    ],
+)
+def test_unusable_records_say_why(value: bytes, expected: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        decode(_record(value), expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400), ("1.5h", 5400)]
+)
+def test_windows(text: str, seconds: float) -> None:
+    assert parse_window(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5", "m5", "5 minutes", "-5m"])
+def test_bad_windows(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a window"):
+        parse_window(text)
