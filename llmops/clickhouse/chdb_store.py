@@ -108,10 +108,14 @@ class ChdbStore:
         frame = self._arrow_table(table, columns)  # noqa: F841  (read by Python(frame))
         # One source block of all rows, no re-squashing: the batch is already one block.
         # Measured 1M prediction rows: 1.1 s with these, ~4 s with the defaults.
+        # parallel_view_processing: the materialized views of one insert run side by side
+        # instead of one after another (100k predictions with the 3 rollup MVs, 2 vCPU:
+        # ~200k -> ~250k rows/s).
         settings = (
             f"async_insert = 0, max_block_size = {max(rows, 65536)}, "
             "min_insert_block_size_rows = 0, min_insert_block_size_bytes = 0, "
-            "deduplicate_blocks_in_dependent_materialized_views = 1"
+            "deduplicate_blocks_in_dependent_materialized_views = 1, "
+            "parallel_view_processing = 1"
         )
         if dedup_token is not None:
             settings += f", insert_deduplication_token = {quote_string(dedup_token)}"

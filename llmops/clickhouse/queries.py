@@ -21,6 +21,14 @@ from llmops.clickhouse.base import ClickHouseStore
 
 MINUTE_ROLLUP_MAX = timedelta(hours=6)
 QUANTILES = "0.5, 0.95, 0.99"
+ROLLUP_SETTINGS = (
+    " SETTINGS merge_tree_min_rows_for_concurrent_read = 1024,"
+    " merge_tree_min_bytes_for_concurrent_read = 1"
+)
+"""Appended to every rollup query. Its cost is merging digest states, not reading: a 24 h
+window is a few tens of thousands of rollup rows, which the defaults (160k rows / 24 MB
+before a second read stream) read - and merge - on one core. With these and the rollups'
+1024-row granules the rows split over all cores (deploy/clickhouse/migrations/0002)."""
 _LEVELS = ("p50", "p95", "p99")
 
 
@@ -110,6 +118,7 @@ def model_stats(
         sql = f"SELECT {keys}, {_MODEL_AGGS_ROLLUP} FROM {table} WHERE "
         sql += _filters(tenant, route, w.bucket)
     sql += f" GROUP BY {keys} ORDER BY requests DESC, {keys}"
+    sql += "" if raw else ROLLUP_SETTINGS
     rows = _split_quantiles(
         store.query(sql, w.params(tenant=tenant, route=route)), "latency_us", "ttft_us"
     )
@@ -143,7 +152,7 @@ def stage_latencies(
             "(duration_us) AS duration_us FROM prediction_stages_1h WHERE "
             + _filters(tenant, route, "hour")
         )
-    sql += f" GROUP BY {keys} ORDER BY {keys}"
+    sql += f" GROUP BY {keys} ORDER BY {keys}" + ("" if raw else ROLLUP_SETTINGS)
     return _split_quantiles(store.query(sql, w.params(tenant=tenant, route=route)), "duration_us")
 
 
@@ -172,7 +181,7 @@ def daily_totals(
             " sum(cost_nanos) AS cost_nanos FROM predictions_1h WHERE "
             + _filters(tenant, None, "hour")
         )
-    sql += " GROUP BY day, tenant ORDER BY day, tenant"
+    sql += " GROUP BY day, tenant ORDER BY day, tenant" + ("" if raw else ROLLUP_SETTINGS)
     return _split_quantiles(store.query(sql, w.params(tenant=tenant)))
 
 
@@ -203,7 +212,7 @@ def timeseries(
             f"quantilesTDigestMerge({QUANTILES})(latency_us) AS latency_us FROM {table} WHERE "
             + _filters(tenant, route, w.bucket)
         )
-    sql += " GROUP BY bucket ORDER BY bucket"
+    sql += " GROUP BY bucket ORDER BY bucket" + ("" if raw else ROLLUP_SETTINGS)
     return _split_quantiles(store.query(sql, w.params(tenant=tenant, route=route)), "latency_us")
 
 
@@ -232,7 +241,7 @@ def guardrail_stats(
             f"sum(findings) AS findings, quantilesTDigestMerge({QUANTILES})(latency_us) "
             "AS latency_us FROM guardrail_decisions_1m WHERE " + _filters(tenant, None, "minute")
         )
-    sql += f" GROUP BY {keys} ORDER BY {keys}"
+    sql += f" GROUP BY {keys} ORDER BY {keys}" + ("" if raw else ROLLUP_SETTINGS)
     return _split_quantiles(store.query(sql, w.params(tenant=tenant)), "latency_us")
 
 

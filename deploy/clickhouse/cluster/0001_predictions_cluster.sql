@@ -126,7 +126,8 @@ CREATE TABLE IF NOT EXISTS predictions_1m_local ON CLUSTER '{cluster}'
 ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/llmops/predictions_1m', '{replica}')
 PARTITION BY toYYYYMM(minute)
 ORDER BY (tenant, minute, route, model_name, model_version, variant)
-TTL minute + INTERVAL 30 DAY DELETE;
+TTL minute + INTERVAL 30 DAY DELETE
+SETTINGS index_granularity = 1024;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS predictions_1m_mv ON CLUSTER '{cluster}'
 TO predictions_1m_local AS
@@ -149,7 +150,7 @@ CREATE TABLE IF NOT EXISTS predictions_1m ON CLUSTER '{cluster}' AS predictions_
 ENGINE = Distributed('{cluster}', currentDatabase(), predictions_1m_local);
 
 -- predictions_1h, prediction_stages_1h: exactly as predictions_1m above with the column
--- lists, ORDER BY and MV SELECTs of migrations/0002_rollups.sql, engines
+-- lists, ORDER BY, index_granularity and MV SELECTs of migrations/0002_rollups.sql, engines
 --   ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/llmops/<name>', '{replica}')
 -- MVs reading FROM predictions_local, and a Distributed('{cluster}', currentDatabase(),
 -- <name>_local) table named <name>.

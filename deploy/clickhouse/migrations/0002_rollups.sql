@@ -10,6 +10,12 @@
 --
 -- Two resolutions: 1 minute (live dashboards, the last hours) and 1 hour (days to months).
 -- Query helpers: llmops/clickhouse/queries.py picks the table by window length.
+--
+-- index_granularity = 1024 on every rollup: a rollup row is fat (~400 B of digest states)
+-- and a dashboard query reads a few tens of thousands of them, i.e. 4-5 granules of the
+-- default 8192 rows -- one read stream, so the digest merges (the whole cost of the
+-- query) ran on one core. With 1024-row granules (and the helpers' concurrent-read
+-- settings) the window splits over all cores: 24 h per model 106 -> 63 ms on 2 vCPU.
 
 CREATE TABLE IF NOT EXISTS predictions_1m
 (
@@ -33,7 +39,7 @@ ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (tenant, minute, route, model_name, model_version, variant)
 TTL minute + INTERVAL 30 DAY DELETE
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS index_granularity = 1024, non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS predictions_1m_mv TO predictions_1m AS
 SELECT
@@ -73,7 +79,7 @@ ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
 ORDER BY (tenant, hour, route, model_name, model_version, variant)
 TTL hour + INTERVAL 800 DAY DELETE
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS index_granularity = 1024, non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS predictions_1h_mv TO predictions_1h AS
 SELECT
@@ -91,14 +97,15 @@ SELECT
 FROM predictions
 GROUP BY hour, tenant, route, model_name, model_version, variant;
 
--- Per-stage latency (one row per stage present in the request's breakdown).
+-- Per-stage latency (one row per stage present in the request's breakdown). Keyed without
+-- model_version (stage_latencies reports per route/model/variant): 2.5x fewer, fuller
+-- states, so the 24 h per-stage query merges 40k instead of 100k digests per tenant.
 CREATE TABLE IF NOT EXISTS prediction_stages_1h
 (
     hour                   DateTime('UTC')                CODEC(Delta, ZSTD(1)),
     tenant                 LowCardinality(String),
     route                  LowCardinality(String),
     model_name             LowCardinality(String),
-    model_version          UInt32,
     variant                LowCardinality(String),
     stage                  LowCardinality(String),
     calls                  SimpleAggregateFunction(sum, UInt64),
@@ -106,20 +113,20 @@ CREATE TABLE IF NOT EXISTS prediction_stages_1h
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
-ORDER BY (tenant, hour, route, model_name, model_version, variant, stage)
+ORDER BY (tenant, hour, route, model_name, variant, stage)
 TTL hour + INTERVAL 800 DAY DELETE
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS index_granularity = 1024, non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS prediction_stages_1h_mv TO prediction_stages_1h AS
 SELECT
     toStartOfHour(event_time) AS hour,
-    tenant, route, model_name, model_version, variant,
+    tenant, route, model_name, variant,
     stage,
     toUInt64(count()) AS calls,
     quantilesTDigestState(0.5, 0.95, 0.99)(duration) AS duration_us
 FROM predictions
 ARRAY JOIN stage_names AS stage, stage_durations_us AS duration
-GROUP BY hour, tenant, route, model_name, model_version, variant, stage;
+GROUP BY hour, tenant, route, model_name, variant, stage;
 
 -- Guardrail decisions per policy / verdict.
 CREATE TABLE IF NOT EXISTS guardrail_decisions_1m
@@ -140,7 +147,7 @@ ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (tenant, minute, policy, verdict, direction, policy_version, route)
 TTL minute + INTERVAL 400 DAY DELETE
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS index_granularity = 1024, non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS guardrail_decisions_1m_mv TO guardrail_decisions_1m AS
 SELECT
@@ -168,7 +175,7 @@ ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
 ORDER BY (tenant, experiment_id, hour, experiment_version, layer, variant)
 TTL hour + INTERVAL 800 DAY DELETE
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS index_granularity = 1024, non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS exposures_1h_mv TO exposures_1h AS
 SELECT
