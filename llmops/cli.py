@@ -47,14 +47,13 @@ def _load(config_path: Path | None, **overrides: Any) -> MeshConfig:
 
 
 def _serve(config: MeshConfig, names: list[str]) -> None:
-    from llmops.backends import StateDirLocked
     from llmops.logging import configure_logging
     from llmops.server import run
 
     configure_logging(config.logging.level, config.logging.format)
     try:
         run(config, names)
-    except StateDirLocked as exc:
+    except LLMOpsError as exc:  # state dir in use, a changed migration, ...: say it plainly
         click.echo(f"llmops: {exc.message}", err=True)
         sys.exit(1)
     except OSError as exc:
