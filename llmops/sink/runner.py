@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 from prometheus_client import CollectorRegistry
 
+from llmops.clickhouse import queries
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.rows import KIND_TABLES, TOPIC_KINDS, columns_for
 from llmops.events.base import EventLog, TopicPartition
@@ -21,30 +22,14 @@ from llmops.sink.worker import HighWaterMark, Sink, SinkMetrics, SinkSettings
 log = structlog.get_logger("llmops.sink")
 
 GROUP_PREFIX = "llmops-sink."
-REPLAY_SLACK_S = 86_400
-"""How far before a partition's first replayed record (by its log timestamp) the high-water
-mark query looks. Events are published within seconds of their event_time; a day covers a
-producer that buffered through a long outage, and keeps the scan to a few day-partitions."""
 
 
 def high_water_mark_for(topic_tables: Mapping[str, str]) -> HighWaterMark:
-    """A high-water-mark lookup over ``topic_tables`` (topic -> table holding its rows)."""
+    """The sink's high-water-mark lookup (:func:`llmops.clickhouse.queries.high_water_mark`)
+    over ``topic_tables`` (topic -> the table holding its rows)."""
 
     def high_water_mark(store: ClickHouseStore, tp: TopicPartition, from_ms: int) -> int | None:
-        topic, partition = tp
-        rows = store.query(
-            f"SELECT max(log_offset) AS high, count() AS n FROM {topic_tables[topic]} "
-            "WHERE log_topic = %(topic)s AND log_partition = %(partition)s "
-            "AND event_time >= fromUnixTimestamp64Milli(%(since_ms)s)",
-            {
-                "topic": topic,
-                "partition": partition,
-                "since_ms": max(from_ms - REPLAY_SLACK_S * 1000, 0),
-            },
-        )
-        if not rows or not int(rows[0]["n"]):
-            return None
-        return int(rows[0]["high"])
+        return queries.high_water_mark(store, tp, from_ms, table=topic_tables[tp[0]])
 
     return high_water_mark
 

@@ -36,6 +36,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmops.clickhouse.base import ClickHouseStore
+from llmops.clickhouse.rows import KIND_TABLES
 from llmops.events.base import (
     ConsumedRecord,
     EventLog,
@@ -349,5 +350,5 @@ class Sink:
             )
 
 
-_HWM_TABLES = frozenset({"predictions", "feedback", "exposures", "guardrail_decisions", "audit"})
+_HWM_TABLES = frozenset(KIND_TABLES.values())
 """Tables whose log positions are the high-water marks (the per-topic main tables)."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,17 @@ class SlowFeatures(feature_pb2_grpc.FeatureServiceServicer):
         return feature_pb2.GetOnlineFeaturesResponse()
 
 
+def serving(servicer: SlowFeatures) -> Callable[[ServiceContext], ServiceDefinition]:
+    """A factory for the feature service that serves ``servicer``."""
+
+    def factory(ctx: ServiceContext) -> ServiceDefinition:
+        descriptor = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"]
+        add = feature_pb2_grpc.add_FeatureServiceServicer_to_server
+        return ServiceDefinition("feature", [Binding(descriptor, add, servicer)])
+
+    return factory
+
+
 async def test_sigterm_drains_in_flight_then_returns(tmp_path: Path) -> None:
     from llmops.server import serve
 
@@ -36,13 +48,7 @@ async def test_sigterm_drains_in_flight_then_returns(tmp_path: Path) -> None:
     config = load_config(environ=env)
     servicer = SlowFeatures()
 
-    def factory(ctx: ServiceContext) -> ServiceDefinition:
-        descriptor = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"]
-        return ServiceDefinition(
-            "feature",
-            [Binding(descriptor, feature_pb2_grpc.add_FeatureServiceServicer_to_server, servicer)],
-        )
-
+    factory = serving(servicer)
     ready = asyncio.Event()
     server = asyncio.create_task(
         serve(config, ["feature"], ready=ready, factories={"feature": factory})
@@ -88,13 +94,7 @@ async def test_admin_drain_waits_for_in_flight_and_turns_health_off(tmp_path: Pa
     config = load_config(environ=env)
     servicer = SlowFeatures()
 
-    def factory(ctx: ServiceContext) -> ServiceDefinition:
-        descriptor = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"]
-        return ServiceDefinition(
-            "feature",
-            [Binding(descriptor, feature_pb2_grpc.add_FeatureServiceServicer_to_server, servicer)],
-        )
-
+    factory = serving(servicer)
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(
         serve(config, ["feature"], ready=ready, stop=stop, factories={"feature": factory})
