@@ -226,6 +226,9 @@ def status(config_path: Path | None, as_json: bool, timeout: float) -> None:
 @cli.group()
 def bench() -> None:
     """Benchmarks; each prints one JSON line last on stdout (see BENCH.md)."""
+    from llmops.logging import configure_logging
+
+    configure_logging("warning", "console")  # library warnings to stderr, stdout is the JSON
 
 
 @bench.command("noop")

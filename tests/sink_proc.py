@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
             ends = consumer.end_offsets(tps)
             if all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps):
                 break
-    row = store.query("SELECT count() AS n, uniqExact(event_id) AS u FROM predictions")[0]
+    row = store.query("SELECT count() AS n, uniqExact(request_id) AS u FROM predictions")[0]
     rollup = store.query("SELECT sum(requests) AS r FROM predictions_1m")[0]
     print(json.dumps({"raw": int(row["n"]), "distinct": int(row["u"]),
                       "rollup": int(rollup["r"] or 0)}), flush=True)  # fmt: skip

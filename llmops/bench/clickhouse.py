@@ -9,9 +9,17 @@ Cases (output per ../shared/BENCH.md; extra figures in the case objects):
   ``rows_per_s`` counts insert time only (generation overlaps in a thread); p50/p99 are per
   1 M-row insert.
 - ``ingest_predictions_100k_batches`` (chdb): sink-sized 100k-row inserts with dedup tokens
-  into a fresh database with the full schema.
-- ``ingest_predictions_100k_batches_no_rollups`` (chdb): the same batches into the raw
-  table alone, to show what the materialized views cost.
+  into a fresh database with the full schema, the batches drawn at the bench's sparse
+  density (2 M rows over one hour: a batch spans 3 minutes of ~1,300 live
+  model/version/variant groups, ~25 rows per group and minute).
+- ``ingest_predictions_100k_batches_prod_density`` (chdb): the same, with event times at
+  the rate one shard of the sizing in deploy/clickhouse/SIZING.md takes (220 B/day over 10
+  shards at the 2x peak: ~510k rows/s, so a 100k batch spans ~0.2 s of traffic). This is
+  what a sink sees in production: the rollup views touch at most the ~1,300 groups of one
+  minute per batch instead of ~4,000 spread over three.
+- ``ingest_predictions_100k_batches_no_rollups`` (chdb): the sparse batches into the raw
+  table alone (the full schema with the prediction rollup views dropped), to show what the
+  materialized views cost.
 - ``convert_predictions``: protobuf envelopes -> ``predictions`` columns
   (:func:`llmops.clickhouse.rows.columns_for`), the sink's per-record CPU cost.
 - ``ingest_predictions_100k_batches_server18`` (server): the same batches through
@@ -46,11 +54,13 @@ from llmops.bench.report import Case, emit
 from llmops.clickhouse import queries, synthetic
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.chdb_store import ChdbStore
-from llmops.clickhouse.migrations import apply_migrations, default_directory
+from llmops.clickhouse.migrations import apply_migrations
 
 REPO = Path(__file__).resolve().parents[2]
 CHUNK = 1_000_000
 SINK_BATCH = 100_000
+SHARD_PEAK_ROWS_PER_S = 510_000
+"""Peak rows/s per shard in SIZING.md (5.1 M rows/s over 10 shards)."""
 DSN = "clickhouse://default@127.0.0.1:19000/llmops_bench"
 
 
@@ -163,13 +173,21 @@ def _convert_case(n: int) -> Case:
     return case
 
 
+def _prod_density_batches(rows: int, end_ms: int) -> list[dict[str, Any]]:
+    span_ms = max(1, rows * 1000 // SHARD_PEAK_ROWS_PER_S)
+    return list(
+        synthetic.prediction_chunks(
+            rows, SINK_BATCH, seed=9, start_ms=end_ms - span_ms, end_ms=end_ms
+        )
+    )
+
+
 def _ingest_without_rollups(sess: Any, batches: list[dict[str, Any]]) -> Case:
-    """The same batches into the raw table alone (migration 0001 only): the MVs' share."""
+    """The same batches into the raw table alone (the rollup views dropped): their share."""
     store = ChdbStore(sess, database="bench_raw")
-    with tempfile.TemporaryDirectory() as tmp:
-        first = sorted(default_directory().glob("0001_*.sql"))[0]
-        shutil.copy(first, Path(tmp) / first.name)
-        apply_migrations(store, Path(tmp))
+    apply_migrations(store)
+    for view in ("predictions_1m_mv", "predictions_1h_mv", "prediction_stages_1h_mv"):
+        store.execute(f"DROP VIEW {view}")
     case = _ingest(store, "ingest_predictions_100k_batches_no_rollups", batches)
     store.execute("DROP DATABASE bench_raw")
     return case
@@ -377,6 +395,13 @@ def _run(sess: Any, quick: bool, rows: int) -> list[Case]:
     apply_migrations(sink_store)
     cases.append(_ingest(sink_store, "ingest_predictions_100k_batches", batches))
     sink_store.execute("DROP DATABASE bench_sink")
+    prod = _prod_density_batches(len(batches) * SINK_BATCH, end_ms)
+    sink_store = ChdbStore(sess, database="bench_sink")
+    apply_migrations(sink_store)
+    cases.append(_ingest(sink_store, "ingest_predictions_100k_batches_prod_density", prod))
+    cases[-1].extra["event_time_span_s"] = round(len(prod) * SINK_BATCH / SHARD_PEAK_ROWS_PER_S, 1)
+    sink_store.execute("DROP DATABASE bench_sink")
+    del prod
     cases.append(_ingest_without_rollups(sess, batches))
     server = _server_case(store, batches[: 2 if quick else 10])
     if server is not None:

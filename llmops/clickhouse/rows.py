@@ -25,6 +25,7 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from llmops.clickhouse.values import request_uuid
 from llmops.v1 import common_pb2, events_pb2, experiment_pb2, feedback_pb2, inference_pb2
 
 Item = tuple[str, int, int, events_pb2.EventEnvelope]
@@ -187,7 +188,8 @@ def prediction_columns(items: Sequence[Item]) -> Columns:
     usage = _get(ev, "usage")
     return {
         "event_time": _ms(ev),
-        **_strings(ev, "event_id", "request_id", "tenant", "market", "route", "task"),
+        "request_id": list(map(request_uuid, _get(ev, "request_id"))),
+        **_strings(ev, "tenant", "market", "route", "task"),
         "model_name": _get(ev, "model_name"),
         "model_version": _u32(ev, "model_version"),
         **_strings(ev, "experiment_id", "variant"),
@@ -210,7 +212,7 @@ def prediction_columns(items: Sequence[Item]) -> Columns:
         "route_target_index": _ints(ev, "route_target_index", np.uint8),
         "locale": _get(ev, "locale"),
         "device": _names(ev, "device", _DEVICE),
-        **_strings(ev, "client_name", "user_id", "session_id"),
+        "client_name": _get(ev, "client_name"),
         "finish_reason": _names(ev, "finish_reason", _FINISH),
         "error_reason": _get(ev, "error_reason"),
         "has_payload": np.fromiter(map(_has_payload, ev), dtype=bool, count=len(ev)),
@@ -230,6 +232,7 @@ def payload_columns(items: Sequence[Item]) -> Columns:
         "event_time": _ms(ev),
         **_strings(ev, "event_id", "request_id", "tenant", "route", "task", "model_name"),
         "model_version": _u32(ev, "model_version"),
+        **_strings(ev, "user_id", "session_id"),
         "inputs": [{k: value_json(v) for k, v in e.inputs.items()} for e in ev],
         "output": [value_json(e.output) if e.HasField("output") else "" for e in ev],
         **_position(kept),

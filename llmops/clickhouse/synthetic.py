@@ -11,8 +11,9 @@ a second on one core. Shape, all deterministic by seed:
   overhead; tokens lognormal (prompt ~600, completion ~150); cost from per-model prices;
   8% cache hits (fast, free); 1.5% errors (UNAVAILABLE, DEADLINE_EXCEEDED, ...).
 - guardrail input+output checks: ALLOW 96%, FLAG 2%, REDACT 1.5%, BLOCK 0.5%.
-- ids: event_id and request_id UUIDv7 from the event time; ~20 M pseudonymous users with
-  Zipf activity; feature-vector hashes over ~2 M entities (60% of requests use features).
+- ids: request_id UUIDv7 from the request's start time (the table keeps no event_id or
+  user/session ids since migration 0003); feature-vector hashes over ~2 M entities per
+  model (60% of requests use features).
 - log positions: topic ``llmops.predictions.v1``, 96 partitions, offsets increasing per
   partition from ``offset_base``.
 """
@@ -223,7 +224,6 @@ def predictions_chunk(
     )
     ttft = (stages["model_us"] * rng.uniform(0.2, 0.5, n)).astype(np.int64)
     variant = np.where(cat.model_in_experiment[model], rng.integers(0, 2, n), 2)
-    users = rng.zipf(1.2, n) % 20_000_000
     market = np.minimum(rng.zipf(1.5, n) - 1, len(MARKETS) - 1)
     partition = rng.integers(0, PARTITIONS, n)
     features = rng.random(n) < 0.6
@@ -231,7 +231,6 @@ def predictions_chunk(
     fvh = _hashed_ids(b"", entity, 16)
     cols: dict[str, Any] = {
         "event_time": ms.astype("datetime64[ms]"),
-        "event_id": uuid7_strings(ms, rng),
         "request_id": uuid7_strings(ms - total // 1000, rng),
         "tenant": _strings(cat.tenants, cat.model_tenant[model]),
         "market": _strings(MARKETS, market),
@@ -266,8 +265,6 @@ def predictions_chunk(
         "locale": _strings([f"en-{m}" for m in MARKETS], market),
         "device": _strings(DEVICES, rng.choice(6, n, p=[0.3, 0.3, 0.05, 0.15, 0.15, 0.05])),
         "client_name": _strings(CLIENTS, rng.integers(0, len(CLIENTS), n)),
-        "user_id": _hashed_ids(b"u-", users, 8),
-        "session_id": _hashed_ids(b"s-", users * 1000 + (ms // 3_600_000) % 1000, 8),
         "finish_reason": _strings(
             (*FINISH, "TIMEOUT", "UNSPECIFIED"),
             np.where(failed, np.where(err == 1, 3, 4), rng.choice(3, n, p=[0.8, 0.12, 0.08])),

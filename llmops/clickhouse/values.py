@@ -10,6 +10,8 @@ Enum the name as ``str``.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, tzinfo
@@ -19,6 +21,24 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 Converter = Callable[[Any], Any]
+
+_UUID_TEXT = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-9a-fA-F]{32}"
+)
+
+
+def request_uuid(request_id: str) -> str:
+    """The UUID under which ``predictions.request_id`` stores a request id, as text.
+
+    A UUID (canonical, or 32 hex digits) is itself, lowercased; any other id is the UUID of
+    the first 16 bytes of its SHA-256 (in SQL: ``toUUID(UUIDNumToString(toFixedString(
+    substring(SHA256(id), 1, 16), 16)))``, used by migration 0003), so a caller's own id
+    still finds its rows. The empty id maps to the hash of '' like any other.
+    """
+    if _UUID_TEXT.fullmatch(request_id):
+        return str(uuid.UUID(request_id)) if len(request_id) == 32 else request_id.lower()
+    return str(uuid.UUID(bytes=hashlib.sha256(request_id.encode()).digest()[:16]))
 
 
 def _identity(value: Any) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 
 def uuid7(unix_ms: int | None = None) -> str:
@@ -20,4 +19,5 @@ def uuid7(unix_ms: int | None = None) -> str:
     value |= (rand >> 64 & 0x0FFF) << 64  # rand_a, 12 bits
     value |= 0b10 << 62  # variant
     value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b, 62 bits
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # formatting by hand: a third of the cost of str(uuid.UUID(int=...))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

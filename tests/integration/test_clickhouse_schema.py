@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmops.clickhouse import queries, rows, synthetic
+from llmops.clickhouse import queries, rows, synthetic, values
 from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.clickhouse.migrations import (
     MigrationChecksumMismatch,
@@ -34,7 +34,7 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
     s = ChdbStore(chdb_session, database="it_clickhouse_schema")
     s.execute("DROP DATABASE IF EXISTS it_clickhouse_schema")
     s = ChdbStore(chdb_session, database="it_clickhouse_schema")
-    assert apply_migrations(s) == ["0001_raw_tables", "0002_rollups"]
+    assert apply_migrations(s) == ["0001_raw_tables", "0002_rollups", "0003_lean_predictions"]
     chunks = synthetic.prediction_chunks(
         ROWS,
         15_000,
@@ -51,7 +51,11 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
 def test_migrations_are_idempotent_and_recorded(store: ChdbStore) -> None:
     assert apply_migrations(store) == []
     recorded = store.query("SELECT version, name, checksum FROM llmops_migrations ORDER BY version")
-    assert [(r["version"], r["name"]) for r in recorded] == [(1, "raw_tables"), (2, "rollups")]
+    assert [(r["version"], r["name"]) for r in recorded] == [
+        (1, "raw_tables"),
+        (2, "rollups"),
+        (3, "lean_predictions"),
+    ]
     assert all(len(r["checksum"]) == 64 for r in recorded)
     tables = {
         r["name"]
@@ -79,7 +83,7 @@ def test_changed_migration_is_refused(chdb_session: Any, tmp_path: Path) -> None
         shutil.copy(f, tmp_path / f.name)
     s = ChdbStore(chdb_session, database="it_clickhouse_migrations")
     try:
-        assert len(apply_migrations(s, tmp_path)) == 2
+        assert len(apply_migrations(s, tmp_path)) == 3
         first = tmp_path / "0001_raw_tables.sql"
         first.write_text(first.read_text() + "\n-- edited\n")
         with pytest.raises(MigrationChecksumMismatch, match="0001_raw_tables"):
@@ -114,7 +118,8 @@ def test_schema_features(store: ChdbStore) -> None:
     }
     assert types["route"] == "LowCardinality(String)"
     assert types["event_time"] == "DateTime64(3, 'UTC')"
-    assert types["event_id"] == "UUID"
+    assert types["request_id"] == "UUID"
+    assert not {"event_id", "user_id", "session_id"} & types.keys()  # migration 0003
 
 
 def test_rollup_counters_equal_raw_and_quantiles_are_close(store: ChdbStore) -> None:
@@ -264,3 +269,65 @@ def test_cluster_form_parses(store: ChdbStore) -> None:
     assert len(statements) >= 10
     for statement in statements:
         store.query("EXPLAIN AST " + statement)
+
+
+def test_lean_predictions_migration_keeps_every_row(chdb_session: Any, tmp_path: Path) -> None:
+    """0003 on a database with 0001-form rows: every row is copied (request ids mapped as the
+    sink maps them), the old table is kept, and the rollups do not count the copy twice."""
+    for f in sorted(default_directory().glob("*.sql"))[:2]:
+        shutil.copy(f, tmp_path / f.name)
+    s = ChdbStore(chdb_session, database="it_clickhouse_0003")
+    try:
+        assert apply_migrations(s, tmp_path) == ["0001_raw_tables", "0002_rollups"]
+        old_ids = [
+            "0190F2A4-8C1E-7B3A-9F00-000000000001",
+            "caller-id-7",
+            "0190f2a48c1e7b3a9f0000000000002a",
+        ]
+        now = np.datetime64(int(time.time() * 1000), "ms")
+        s.insert(
+            "predictions",
+            {
+                "event_time": np.array([now] * 3),
+                "event_id": [f"0190f2a4-8c1e-7b3a-9f01-{i:012d}" for i in range(3)],
+                "request_id": old_ids,
+                "tenant": ["acme"] * 3,
+                "route": ["search"] * 3,
+                "model_name": ["m"] * 3,
+                "user_id": ["u-1"] * 3,
+                "total_latency_us": np.array([10, 20, 30], dtype=np.uint32),
+                "log_topic": ["llmops.predictions.v1"] * 3,
+                "log_partition": np.zeros(3, dtype=np.uint32),
+                "log_offset": np.arange(3, dtype=np.uint64),
+            },
+        )
+        shutil.copy(default_directory() / "0003_lean_predictions.sql", tmp_path)
+        assert apply_migrations(s, tmp_path) == ["0003_lean_predictions"]
+        got = s.query(
+            "SELECT request_id, total_latency_us FROM predictions ORDER BY total_latency_us"
+        )
+        assert [str(r["request_id"]) for r in got] == [values.request_uuid(i) for i in old_ids]
+        assert str(got[0]["request_id"]) == "0190f2a4-8c1e-7b3a-9f00-000000000001"
+        assert s.query("SELECT count() AS n FROM predictions_0001")[0]["n"] == 3
+        assert s.query("SELECT sum(requests) AS n FROM predictions_1m")[0]["n"] == 3
+        assert "user_id" in {
+            r["name"]
+            for r in s.query(
+                "SELECT name FROM system.columns WHERE database = %(db)s "
+                "AND table = 'prediction_payloads'",
+                {"db": s.database},
+            )
+        }
+        s.insert(  # the re-attached views count new rows
+            "predictions",
+            {
+                "event_time": np.array([now]),
+                "request_id": [values.request_uuid("r")],
+                "tenant": ["acme"],
+                "route": ["search"],
+                "model_name": ["m"],
+            },
+        )
+        assert s.query("SELECT sum(requests) AS n FROM predictions_1m")[0]["n"] == 4
+    finally:
+        s.execute("DROP DATABASE IF EXISTS it_clickhouse_0003")

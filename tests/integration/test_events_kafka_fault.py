@@ -138,7 +138,7 @@ def test_broker_outage_while_publishing_loses_nothing(
     finally:
         threads.stop()
         sink_log.close()
-    raw = store.query("SELECT count() AS n, uniqExact(event_id) AS u FROM predictions")[0]
+    raw = store.query("SELECT count() AS n, uniqExact(request_id) AS u FROM predictions")[0]
     assert (int(raw["n"]), int(raw["u"])) == (TOTAL, TOTAL)
     assert _rollup_requests(store) == TOTAL
     store.execute(f"DROP DATABASE {database}")

@@ -52,6 +52,7 @@ def event_log(tmp_path: Path) -> Iterator[LocalLog]:
 
 
 def publish(event_log: LocalLog, n: int, seed: int = 1) -> list[str]:
+    """Publish ``n`` predictions; their request ids (unique, as predictions store no event_id)."""
     rng = random.Random(seed)
     ids: list[str] = []
     with EventPublisher(event_log, topics={"prediction": TOPIC}, max_batch=2000).start() as pub:
@@ -59,7 +60,7 @@ def publish(event_log: LocalLog, n: int, seed: int = 1) -> list[str]:
         for i in range(n):
             env = prediction_envelope(rng, event_time_ns=now - i * 1_000_000)
             pub.publish(env)
-            ids.append(env.prediction.event_id)
+            ids.append(env.prediction.request_id)
         assert pub.flush(30)
     return ids
 
@@ -70,7 +71,7 @@ def rollup_count(store: ChdbStore) -> int:
 
 
 def raw_count(store: ChdbStore) -> tuple[int, int]:
-    row = store.query("SELECT count() AS n, uniqExact(event_id) AS u FROM predictions")[0]
+    row = store.query("SELECT count() AS n, uniqExact(request_id) AS u FROM predictions")[0]
     return int(row["n"]), int(row["u"])
 
 
@@ -97,7 +98,7 @@ def test_events_land_once_in_raw_rows_and_rollups(event_log: LocalLog, store: Ch
     drain(sink, lambda: raw_count(store)[0] >= 5000)
     assert raw_count(store) == (5000, 5000)
     assert rollup_count(store) == 5000
-    stored = {str(r["event_id"]) for r in store.query("SELECT event_id FROM predictions")}
+    stored = {str(r["request_id"]) for r in store.query("SELECT request_id FROM predictions")}
     assert stored == set(ids)
     consumer = event_log.consumer(sink.settings.group, [TOPIC])
     assert sum(consumer.committed((TOPIC, p)) or 0 for p in range(3)) == 5000

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
+import uuid
 
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from llmops.clickhouse import rows
+from llmops.clickhouse import rows, values
 from llmops.v1 import common_pb2, events_pb2, feedback_pb2
 
 T0 = 1_790_000_000  # 2026-09-21T14:13:20Z
@@ -51,6 +53,7 @@ def prediction(i: int, *, payload: bool = False) -> events_pb2.EventEnvelope:
             ),
         ],
         device=common_pb2.DEVICE_MOBILE_WEB,
+        user_id=f"u-{i}",
     )
     if payload:
         ev.inputs["question"].string_value = "is breakfast included?"
@@ -77,13 +80,28 @@ def test_prediction_columns() -> None:
     assert cols["log_offset"].tolist() == [100, 101, 102]
     assert cols["log_partition"].dtype == np.uint32
     assert not cols["has_payload"].any()
+    assert cols["request_id"][0] == values.request_uuid("req-0")
+    assert not {"event_id", "user_id", "session_id"} & cols.keys()  # migration 0003
+
+
+def test_request_ids_become_uuids() -> None:
+    canonical = "0190f2a4-8c1e-7b3a-9f00-00000000002a"
+    assert values.request_uuid(canonical) == canonical
+    assert values.request_uuid(canonical.upper()) == canonical
+    assert values.request_uuid(canonical.replace("-", "")) == canonical
+    # anything else: the UUID of its SHA-256's first 16 bytes (migration 0003 does the same)
+    assert values.request_uuid("req-1") == str(
+        uuid.UUID(bytes=hashlib.sha256(b"req-1").digest()[:16])
+    )
+    assert values.request_uuid("{" + canonical + "}") != canonical  # only the two plain forms
 
 
 def test_payloads_go_to_their_own_table() -> None:
     items = [("llmops.predictions.v1", 0, i, prediction(i, payload=i == 1)) for i in range(3)]
     tables = rows.columns_for(items)
     payloads = tables["prediction_payloads"]
-    assert payloads["request_id"] == ["req-1"]
+    assert payloads["request_id"] == ["req-1"]  # text here: the table keeps the caller's id
+    assert payloads["user_id"] == ["u-1"]
     assert payloads["inputs"] == [{"question": '{"string_value":"is breakfast included?"}'}]
     assert payloads["output"] == ['{"string_value":"yes"}']
     assert payloads["log_offset"].tolist() == [1]
@@ -142,7 +160,7 @@ def test_conversion_rate_is_fit_for_the_hot_path() -> None:
     cols = rows.columns_for(items)["predictions"]
     rate = len(items) / (time.perf_counter() - start)
     print(f"prediction conversion: {rate:,.0f} rows/s")
-    assert len(cols["event_id"]) == 20_000
+    assert len(cols["request_id"]) == 20_000
     assert rate > 10_000
 
 

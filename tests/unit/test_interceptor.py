@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -138,7 +139,8 @@ async def test_request_id_is_kept_and_returned(probe: Harness) -> None:
 async def test_request_id_is_minted_when_absent(probe: Harness) -> None:
     call = probe.unary("WhoAmI")(b"")
     minted = (await call).decode()
-    assert len(minted) == 32
+    assert uuid.UUID(minted).version == 7  # time-ordered: compact in the prediction log
+    assert str(uuid.UUID(minted)) == minted
     assert (REQUEST_ID_KEY, minted) in tuple(await call.trailing_metadata())
 
 

@@ -7,7 +7,7 @@
 --
 -- Pattern for every table:
 --   <name>_local   ReplicatedMergeTree family on each shard (same columns, ORDER BY,
---                  PARTITION BY, codecs, skip indexes as migrations/0001 and 0002)
+--                  PARTITION BY, codecs, skip indexes as migrations/0001-0003)
 --   <name>         Distributed over <name>_local, so queries and the sink's INSERTs use the
 --                  same table names as on one node.
 -- Raw tables are sharded by cityHash64(request_id): one request's prediction, guardrail
@@ -22,8 +22,7 @@
 CREATE TABLE IF NOT EXISTS predictions_local ON CLUSTER '{cluster}'
 (
     event_time             DateTime64(3, 'UTC')           CODEC(Delta, ZSTD(1)),
-    event_id               UUID                           CODEC(ZSTD(3)),
-    request_id             String                         CODEC(ZSTD(1)),
+    request_id             UUID                           CODEC(ZSTD(1)),
     tenant                 LowCardinality(String),
     market                 LowCardinality(String),
     route                  LowCardinality(String),
@@ -57,16 +56,13 @@ CREATE TABLE IF NOT EXISTS predictions_local ON CLUSTER '{cluster}'
     locale                 LowCardinality(String),
     device                 LowCardinality(String),
     client_name            LowCardinality(String),
-    user_id                String                         CODEC(ZSTD(1)),
-    session_id             String                         CODEC(ZSTD(1)),
     finish_reason          LowCardinality(String),
     error_reason           LowCardinality(String),
     has_payload            Bool,
     log_topic              LowCardinality(String),
     log_partition          UInt32                         CODEC(ZSTD(1)),
     log_offset             UInt64                         CODEC(T64, ZSTD(1)),
-    INDEX idx_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4,
-    INDEX idx_event_id event_id TYPE bloom_filter(0.01) GRANULARITY 4
+    INDEX idx_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/llmops/predictions', '{replica}')
 PARTITION BY toDate(event_time)
@@ -77,7 +73,9 @@ SETTINGS storage_policy = 'hot_cold', index_granularity = 8192, ttl_only_drop_pa
          replicated_deduplication_window = 10000;
 
 CREATE TABLE IF NOT EXISTS predictions ON CLUSTER '{cluster}' AS predictions_local
-ENGINE = Distributed('{cluster}', currentDatabase(), predictions_local, cityHash64(request_id));
+-- toString: the other tables hold request_id as text; hashing the same text keeps one
+-- request's rows on one shard (mesh ids are canonical lowercase UUIDs, see migration 0003).
+ENGINE = Distributed('{cluster}', currentDatabase(), predictions_local, cityHash64(toString(request_id)));
 
 CREATE TABLE IF NOT EXISTS prediction_payloads_local ON CLUSTER '{cluster}'
 (
@@ -89,6 +87,8 @@ CREATE TABLE IF NOT EXISTS prediction_payloads_local ON CLUSTER '{cluster}'
     task                   LowCardinality(String),
     model_name             LowCardinality(String),
     model_version          UInt32                         CODEC(ZSTD(1)),
+    user_id                String                         CODEC(ZSTD(1)),
+    session_id             String                         CODEC(ZSTD(1)),
     inputs                 Map(String, String)            CODEC(ZSTD(3)),
     output                 String                         CODEC(ZSTD(3)),
     log_topic              LowCardinality(String),
