@@ -112,6 +112,29 @@ class SinkConfig(_Strict):
     admin_port: int = Field(9150, ge=0, le=65535, description="Sink metrics (`llmops sink`).")
 
 
+_REPO_FEATURES = Path(__file__).resolve().parents[1] / "deploy" / "features"
+
+
+class FeaturesConfig(_Strict):
+    """The feature service: its registry files and online store."""
+
+    registry: list[Path] = Field(
+        default_factory=lambda: [_REPO_FEATURES],
+        description="Registry YAML files or directories of them (deploy/features/README.md).",
+    )
+    online_store: Literal["auto", "embedded", "redis"] = Field(
+        "auto",
+        description="embedded = in-process, persisted under state_dir/features; redis = "
+        "backends.redis; auto = embedded in embedded mode, redis in production mode.",
+    )
+    namespace: str = Field(
+        "llmops:feat", min_length=1, description="Prefix of every online-store key."
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="Poll the registry files for changes this often; 0 = never."
+    )
+
+
 class BackendsConfig(_Strict):
     redis: RedisConfig = RedisConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -150,6 +173,7 @@ class MeshConfig(_Strict):
     backends: BackendsConfig = BackendsConfig()
     events: EventsConfig = EventsConfig()
     sink: SinkConfig = SinkConfig()
+    features: FeaturesConfig = FeaturesConfig()
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -196,6 +220,12 @@ class MeshConfig(_Strict):
         if self.backends.clickhouse.backend != "auto":
             return self.backends.clickhouse.backend
         return "chdb" if self.mode is Mode.EMBEDDED else "server"
+
+    @property
+    def online_store(self) -> Literal["embedded", "redis"]:
+        if self.features.online_store != "auto":
+            return self.features.online_store
+        return "embedded" if self.mode is Mode.EMBEDDED else "redis"
 
     def service(self, name: str) -> ServiceConfig:
         try:

@@ -65,6 +65,8 @@ class ServiceDefinition:
 
     name: str
     bindings: list[Binding]
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run on the server's event loop before it accepts calls (connect, warm caches)."""
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -75,6 +77,8 @@ class ServiceContext:
     name: str
     config: MeshConfig
     backends: Backends
+    metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
+    """The service's Prometheus registry (served on its admin port)."""
 
     @property
     def service_config(self) -> ServiceConfig:
@@ -173,7 +177,7 @@ class GrpcService:
         self.ctx = ctx
         self.settings = ctx.service_config
         self.state = ServerState()
-        self.registry = CollectorRegistry()
+        self.registry = ctx.metrics
         self.started_at: float | None = None
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -214,6 +218,8 @@ class GrpcService:
         return info
 
     async def start(self) -> None:
+        for hook in self.definition.on_start:
+            await hook()
         server_cfg = self.ctx.config.server
         interceptor = RuntimeInterceptor(
             self.grpc_service,

@@ -1,18 +1,53 @@
-"""Wiring of the feature service: the servicers it registers with the shared runtime."""
+"""Wiring of the feature service: registry, stores and servicers, built once at start."""
 
 from __future__ import annotations
 
-from llmops.server import ServiceContext, ServiceDefinition, pending_binding
+from llmops.server import Binding, ServiceContext, ServiceDefinition
 from llmops.v1 import feature_pb2, feature_pb2_grpc
+from services.feature.domain import FeatureMetrics, FeatureStore, RegistryHolder
+from services.feature.offline import OfflineStore
+from services.feature.online import EmbeddedOnlineStore, OnlineStore, RedisOnlineStore
+from services.feature.registry import load_registry
+from services.feature.reload import RegistryReloader
+from services.feature.servicer import FeatureAdminServicer, FeatureServicer
 
-PENDING = "the online/offline feature store arrives with issue #4 (Feature service)"
+
+def _binding(name: str, servicer: object) -> Binding:
+    return Binding(
+        descriptor=feature_pb2.DESCRIPTOR.services_by_name[name],
+        add_to_server=getattr(feature_pb2_grpc, f"add_{name}Servicer_to_server"),
+        servicer=servicer,
+    )
+
+
+def open_online_store(ctx: ServiceContext) -> OnlineStore:
+    cfg = ctx.config
+    if cfg.online_store == "redis":
+        return RedisOnlineStore(cfg.backends.redis.url, cfg.features.namespace)
+    return EmbeddedOnlineStore(ctx.backends.state_dir / "features" / "online.sqlite3")
 
 
 def create(ctx: ServiceContext) -> ServiceDefinition:
+    cfg = ctx.config.features
+    holder = RegistryHolder(load_registry(cfg.registry))  # a bad registry stops start-up
+    online = open_online_store(ctx)
+    store = FeatureStore(holder, online, FeatureMetrics(ctx.metrics), namespace=cfg.namespace)
+    offline = OfflineStore(ctx.backends.clickhouse())
+    reloader = RegistryReloader(holder, list(cfg.registry), cfg.reload_interval_s)
+
+    async def on_start() -> None:
+        reloader.start()
+
+    async def on_stop() -> None:
+        await reloader.stop()
+        await online.close()
+
     return ServiceDefinition(
         name="feature",
         bindings=[
-            pending_binding(feature_pb2, feature_pb2_grpc, "FeatureService", PENDING),
-            pending_binding(feature_pb2, feature_pb2_grpc, "FeatureAdminService", PENDING),
+            _binding("FeatureService", FeatureServicer(store, offline)),
+            _binding("FeatureAdminService", FeatureAdminServicer(store, reloader)),
         ],
+        on_start=[on_start],
+        on_stop=[on_stop],
     )
