@@ -251,6 +251,17 @@ def bench_events(quick: bool) -> None:
     events_main(quick=quick)
 
 
+@bench.command("features")
+@click.option("--quick", is_flag=True, help="Reduced run, under 60 s (once Feast's venv exists).")
+@click.option("--concurrency", default=8, show_default=True)
+@click.option("-n", "--calls", default=None, type=int, help="Calls per case (after warm-up).")
+def bench_features(quick: bool, concurrency: int, calls: int | None) -> None:
+    """Feature service: GetOnlineFeatures via gRPC on real Redis vs Feast (SDK and server)."""
+    from llmops.bench.features import main as features_main
+
+    features_main(quick=quick, concurrency=concurrency, calls=calls)
+
+
 @bench.command("clickhouse")
 @click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
 @click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")

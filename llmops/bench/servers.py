@@ -70,3 +70,35 @@ def kafka() -> Iterator[str]:
     finally:
         if started:
             _script("kafka", "stop", 120)
+
+
+def redis_port() -> int:
+    return int(os.environ.get("LLMOPS_REDIS_PORT") or 16379)
+
+
+def probe_redis(port: int) -> bool:
+    """The server answers PING with +PONG."""
+    try:
+        with socket.create_connection((HOST, port), timeout=2.0) as s:
+            s.sendall(b"PING\r\n")
+            reply = s.recv(7)
+    except OSError:
+        return False
+    return reply.startswith(b"+PONG")
+
+
+@contextmanager
+def redis() -> Iterator[tuple[str, int]]:
+    """(host, port) of a Redis: the deploy/local one (started here, and stopped on exit, if
+    it was not running)."""
+    port = redis_port()
+    started = False
+    if not probe_redis(port):
+        print(f"starting Redis on {HOST}:{port} (deploy/local/redis.sh)", file=sys.stderr)
+        _script("redis", "start", 60)
+        started = True
+    try:
+        yield HOST, port
+    finally:
+        if started:
+            _script("redis", "stop", 60)

@@ -10,6 +10,7 @@ through intermediate objects costs more than the store round trip).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class ReadPlan:
     refs: tuple[common_pb2.FeatureRef, ...]
     fields: tuple[bytes, ...]
     views: tuple[ViewRead, ...]
+    header: bytes
+    """The response's ``features`` field, serialized once."""
 
 
 class FeatureMetrics:
@@ -159,16 +162,100 @@ class RegistryHolder:
             views.append(ViewRead(view_name, ttl_us, ts_index, tuple(slots)))
         entity = next(iter(entities))
         codec.check_unique_fields(entity, names)
+        ref_protos = tuple(common_pb2.FeatureRef(feature_view=v, name=f) for v, f in refs)
         return ReadPlan(
             entity=entity,
-            refs=tuple(common_pb2.FeatureRef(feature_view=v, name=f) for v, f in refs),
+            refs=ref_protos,
             fields=tuple(fields),
             views=tuple(views),
+            header=feature_pb2.GetOnlineFeaturesResponse(features=ref_protos).SerializeToString(),
         )
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+# The read path writes the response's wire format directly: the stored bytes *are* the
+# serialized ``Value`` messages, so a cell is ``value`` + ``status`` + ``event_time`` by
+# concatenation, and one C-level parse (``FromString``) yields the message. Building it
+# field by field through the Python API cost ~1.8 µs per value (1.9 ms for 50 x 20 values,
+# ``llmops bench features``); concatenation costs a fraction of that. Field numbers below
+# are FeatureValue's (value = 1, status = 2, event_time = 3), FeatureRow's (entity_key = 1,
+# values = 2) and GetOnlineFeaturesResponse's (features = 1, rows = 2); Timestamp's are
+# seconds = 1, nanos = 2. tests/integration/test_feature_online.py checks the result.
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [_encode_varint(n) for n in range(16384)]
+
+
+def _varint(n: int) -> bytes:
+    return _SMALL_VARINTS[n] if n < 16384 else _encode_varint(n)
+
+
+def _status(status: int) -> bytes:
+    return b"\x10" + _varint(status)
+
+
+_NOT_FOUND_CELL = _status(NOT_FOUND)
+_PRESENT = _status(PRESENT)
+_OUTSIDE = _status(OUTSIDE_MAX_AGE)
+
+
+@functools.lru_cache(maxsize=65536)  # event times repeat: a view is pushed in batches
+def _event_time(ts_us: int) -> bytes:
+    """``event_time`` (field 3) holding a Timestamp of ``ts_us``."""
+    seconds, micros = divmod(ts_us, 1_000_000)
+    ts = b"\x08" + _encode_varint(seconds) if seconds else b""
+    if micros:
+        ts += b"\x10" + _varint(micros * 1000)
+    return b"\x1a" + _varint(len(ts)) + ts
+
+
+def _fill(
+    cells: list[bytes], vr: ViewRead, raw: list[Any], now: int, counts: dict[tuple[str, int], int]
+) -> None:
+    """Put one view's cells (serialized FeatureValues) into ``cells``; count statuses."""
+    ts_raw = raw[vr.ts_index]
+    if ts_raw is None:  # cells start as NOT_FOUND
+        key = (vr.view, NOT_FOUND)
+        counts[key] = counts.get(key, 0) + len(vr.slots)
+        return
+    ts = int(ts_raw)
+    stamp = _event_time(ts)
+    fresh = vr.ttl_us == 0 or now - ts <= vr.ttl_us
+    found = 0
+    if fresh:
+        tail = _PRESENT + stamp
+        small = _SMALL_VARINTS
+        for column, index in vr.slots:
+            blob = raw[index]
+            if blob is not None:
+                n = len(blob)
+                cells[column] = (
+                    b"\x0a" + (small[n] if n < 16384 else _encode_varint(n)) + blob + tail
+                )
+                found += 1
+    else:
+        outside = _OUTSIDE + stamp
+        for column, index in vr.slots:
+            if raw[index] is not None:
+                cells[column] = outside
+                found += 1
+    status = PRESENT if fresh else OUTSIDE_MAX_AGE
+    counts[(vr.view, status)] = counts.get((vr.view, status), 0) + found
+    if found < len(vr.slots):
+        key = (vr.view, NOT_FOUND)
+        counts[key] = counts.get(key, 0) + len(vr.slots) - found
 
 
 class FeatureStore:
@@ -218,55 +305,21 @@ class FeatureStore:
         ]
         raw_rows = await self.online.read(records, plan.fields)
         now = self._clock_us()
-        response = feature_pb2.GetOnlineFeaturesResponse(features=plan.refs)
-        width = len(plan.refs)
         counts: dict[tuple[str, int], int] = {}
+        parts = [plan.header]
         for key, raw in zip(keys, raw_rows, strict=True):
-            row = response.rows.add()
-            row.entity_key.CopyFrom(key)
-            values = row.values
-            for _ in range(width):
-                values.add()
+            cells = [_NOT_FOUND_CELL] * len(plan.refs)
             for vr in plan.views:
-                self._fill(values, vr, raw, now, counts)
+                _fill(cells, vr, raw, now, counts)
+            key_bytes = key.SerializeToString()
+            body = b"".join(
+                [b"\x0a", _varint(len(key_bytes)), key_bytes]
+                + [b"\x12" + _varint(len(c)) + c for c in cells]
+            )
+            parts += (b"\x12", _varint(len(body)), body)
         for (view, status), n in counts.items():
             self.metrics.count(view, status, n)
-        return response
-
-    @staticmethod
-    def _fill(
-        values: Any, vr: ViewRead, raw: list[Any], now: int, counts: dict[tuple[str, int], int]
-    ) -> None:
-        ts_raw = raw[vr.ts_index]
-        if ts_raw is None:
-            for column, _ in vr.slots:
-                values[column].status = NOT_FOUND
-            key = (vr.view, NOT_FOUND)
-            counts[key] = counts.get(key, 0) + len(vr.slots)
-            return
-        ts = int(ts_raw)
-        seconds, micros = divmod(ts, 1_000_000)
-        fresh = vr.ttl_us == 0 or now - ts <= vr.ttl_us
-        found = 0
-        for column, index in vr.slots:
-            fv = values[column]
-            blob = raw[index]
-            if blob is None:
-                fv.status = NOT_FOUND
-                continue
-            found += 1
-            fv.event_time.seconds = seconds
-            fv.event_time.nanos = micros * 1000
-            if fresh:
-                fv.status = PRESENT
-                fv.value.MergeFromString(blob)
-            else:
-                fv.status = OUTSIDE_MAX_AGE
-        status = PRESENT if fresh else OUTSIDE_MAX_AGE
-        counts[(vr.view, status)] = counts.get((vr.view, status), 0) + found
-        if found < len(vr.slots):
-            key = (vr.view, NOT_FOUND)
-            counts[key] = counts.get(key, 0) + len(vr.slots) - found
+        return feature_pb2.GetOnlineFeaturesResponse.FromString(b"".join(parts))
 
     # -- writes ---------------------------------------------------------------------------
 

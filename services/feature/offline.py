@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,9 +147,19 @@ def _us(dt: datetime) -> int:
 class OfflineStore:
     """Feature tables in ClickHouse (chdb embedded, a server in production)."""
 
-    def __init__(self, store: ClickHouseStore) -> None:
-        self.store = store
+    def __init__(self, store: ClickHouseStore | Callable[[], ClickHouseStore]) -> None:
+        # A factory defers opening the store (a server connection, the chdb engine) to the
+        # first offline call: online-only deployments never open it.
+        self._store = store if not callable(store) else None
+        self._factory = store if callable(store) else None
         self._ready: set[tuple[str, str]] = set()
+
+    @property
+    def store(self) -> ClickHouseStore:
+        if self._store is None:
+            assert self._factory is not None
+            self._store = self._factory()
+        return self._store
 
     # -- tables -----------------------------------------------------------------------------
 

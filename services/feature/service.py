@@ -32,7 +32,7 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
     holder = RegistryHolder(load_registry(cfg.registry))  # a bad registry stops start-up
     online = open_online_store(ctx)
     store = FeatureStore(holder, online, FeatureMetrics(ctx.metrics), namespace=cfg.namespace)
-    offline = OfflineStore(ctx.backends.clickhouse())
+    offline = OfflineStore(ctx.backends.clickhouse)
     reloader = RegistryReloader(holder, list(cfg.registry), cfg.reload_interval_s)
 
     async def on_start() -> None:

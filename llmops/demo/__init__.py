@@ -1,0 +1,1 @@
+"""The demo storefront: a synthetic travel marketplace (data generator and `llmops demo`)."""
