@@ -196,6 +196,50 @@ def logs_predictions(config_path: Path | None, last: str, limit: int, as_json: b
 
 @cli.command()
 @_config_option
+def demo(config_path: Path | None) -> None:
+    """Show online features of demo shoppers and properties from a running `llmops up`."""
+    import grpc
+
+    from llmops.demo.show import show, unavailable_hint
+
+    config = _load(config_path)
+    try:
+        click.echo(asyncio.run(show(config)))
+    except grpc.RpcError as exc:
+        click.echo(f"llmops demo: {unavailable_hint(exc, config)}", err=True)
+        sys.exit(1)
+
+
+@cli.group()
+def features() -> None:
+    """Feature store operations against the running feature service."""
+
+
+@features.command("materialize")
+@_config_option
+@click.option("--view", "views", multiple=True, help="Feature view (default: every online view).")
+@click.option("--start", default=None, help="Window start, ISO 8601 UTC (default: watermark).")
+@click.option("--end", default=None, help="Window end, ISO 8601 UTC (default: now).")
+@click.option("--step", default="1d", show_default=True, help="Slice size: each slice is one call.")
+def features_materialize(
+    config_path: Path | None, views: tuple[str, ...], start: str | None, end: str | None, step: str
+) -> None:
+    """Copy the latest offline values into the online store, slice by slice, resumably.
+
+    Each slice is one Materialize call; the view's watermark rises after each, so an
+    interrupted run continues from where it stopped when started again without --start.
+    """
+    from llmops.demo.materialize import run_materialize
+
+    config = _load(config_path)
+    try:
+        asyncio.run(run_materialize(config, list(views), start, end, step))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command()
+@_config_option
 def ports(config_path: Path | None) -> None:
     """Print each service's gRPC and metrics address."""
     config = _load(config_path)

@@ -133,6 +133,11 @@ class FeaturesConfig(_Strict):
     reload_interval_s: float = Field(
         5.0, ge=0, description="Poll the registry files for changes this often; 0 = never."
     )
+    demo_data: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Seed the demo storefront's features into an empty store at start "
+        "(auto = in embedded mode only).",
+    )
 
 
 class BackendsConfig(_Strict):

@@ -231,6 +231,30 @@ def test_second_mesh_on_same_state_dir_is_refused(mesh: RunningMesh, tmp_path: P
     assert "in use by another llmops process" in proc.stderr
 
 
+def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
+    deadline = time.monotonic() + 60
+    while True:  # seeding runs in the background after SERVING
+        proc = _llmops(mesh, "demo")
+        if proc.returncode == 0 and "NOT_FOUND" not in proc.stdout:
+            break
+        assert time.monotonic() < deadline, proc.stdout + proc.stderr
+        time.sleep(1)
+    assert "Shoppers (user_profile)" in proc.stdout
+    assert "u-000001" in proc.stdout
+    assert "property_summary_llm" in proc.stdout
+    assert "Freshness" in proc.stdout and "property_pricing" in proc.stdout
+    assert "wifi" in proc.stdout  # amenities of the demo properties
+
+
+def test_materialize_cli_walks_slices(mesh: RunningMesh) -> None:
+    proc = _llmops(
+        mesh, "features", "materialize", "--view", "property_stats", "--step", "1d",
+        "--start", "2026-01-01T00:00:00Z",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "property_stats:" in proc.stdout and "keys written" in proc.stdout
+
+
 def test_zz_ctrl_c_stops_everything(mesh: RunningMesh) -> None:
     """Runs last in this module (name order): SIGINT, as Ctrl-C sends, stops the mesh."""
     mesh.proc.send_signal(signal.SIGINT)

@@ -1,0 +1,134 @@
+"""`llmops demo`: what the running mesh knows about a few demo shoppers and properties."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from llmops.clients import MeshClient
+from llmops.config import MeshConfig
+from llmops.v1 import common_pb2, feature_pb2
+
+PROPERTY_IDS = (1, 2, 3, 42, 1337)
+USER_IDS = ("u-000001", "u-000002", "u-000003")
+
+
+def _text(v: common_pb2.Value) -> str:
+    kind = v.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return "null"
+    if kind == "timestamp_value":
+        return v.timestamp_value.ToDatetime().strftime("%Y-%m-%d %H:%M")
+    if kind == "float_vector_value":
+        values = list(v.float_vector_value.values)
+        return f"[{', '.join(f'{x:.2f}' for x in values[:3])}, ... ({len(values)}-d)]"
+    inner = getattr(v, kind)
+    if kind.endswith("_list_value"):
+        items = list(inner.values)
+        shown = ", ".join(map(str, items[:4]))
+        return f"[{shown}{', ...' if len(items) > 4 else ''}]"
+    if isinstance(inner, float):
+        return f"{inner:g}"
+    return str(inner)
+
+
+def _age(event_us: int, now_us: int) -> str:
+    seconds = max(0, (now_us - event_us) // 1_000_000)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _key(entity: str, column: str, value: common_pb2.Value) -> common_pb2.EntityKey:
+    return common_pb2.EntityKey(
+        entity=entity, columns=[common_pb2.KeyColumn(name=column, value=value)]
+    )
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _section(title: str, response: feature_pb2.GetOnlineFeaturesResponse, label: str) -> str:
+    now_us = time.time_ns() // 1000
+    header = [label] + [f.name for f in response.features]
+    out = [header]
+    for row in response.rows:
+        cells = [_text(row.entity_key.columns[0].value)]
+        for v in row.values:
+            if v.status == feature_pb2.FEATURE_STATUS_PRESENT:
+                cells.append(_text(v.value))
+            else:
+                cells.append(
+                    feature_pb2.FeatureStatus.Name(v.status).removeprefix("FEATURE_STATUS_")
+                )
+        out.append(cells)
+    ages = {
+        _age(v.event_time.ToMicroseconds(), now_us)
+        for row in response.rows
+        for v in row.values
+        if v.HasField("event_time")
+    }
+    note = f"(values written {', '.join(sorted(ages))})" if ages else ""
+    return f"{title} {note}\n{_table(out)}"
+
+
+async def show(config: MeshConfig, columns: int = 7) -> str:
+    """The demo report as text; raises grpc.RpcError when the mesh does not answer."""
+    async with MeshClient(config, default_timeout_s=5) as mesh:
+        parts = []
+        users = feature_pb2.GetOnlineFeaturesRequest()
+        for name in ("preferred_city", "preferred_stars", "avg_booking_value", "bookings_365d",
+                     "is_loyalty_member", "last_search_at", "taste_embedding"):  # fmt: skip
+            users.feature_refs.refs.add(feature_view="user_profile", name=name)
+        users.entity_keys.extend(
+            _key("user", "user_id", common_pb2.Value(string_value=u)) for u in USER_IDS
+        )
+        parts.append(
+            _section(
+                "Shoppers (user_profile)", await mesh.feature.GetOnlineFeatures(users), "user_id"
+            )
+        )
+        props = feature_pb2.GetOnlineFeaturesRequest(feature_service="property_summary_llm")
+        props.entity_keys.extend(
+            _key("property", "property_id", common_pb2.Value(int64_value=p)) for p in PROPERTY_IDS
+        )
+        parts.append(
+            _section(
+                "Properties (feature service property_summary_llm)",
+                await mesh.feature.GetOnlineFeatures(props),
+                "property_id",
+            )
+        )
+        fresh = await mesh.feature_admin.GetFreshness(feature_pb2.GetFreshnessRequest())
+        rows = [["view", "newest value", "lag", "ttl", "stale"]]
+        for f in fresh.views:
+            rows.append(
+                [
+                    f.feature_view,
+                    f.newest_event_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+                    if f.HasField("newest_event_time")
+                    else "-",
+                    f"{f.lag.ToSeconds()} s" if f.HasField("lag") else "-",
+                    f"{f.ttl.ToSeconds()} s",
+                    "yes" if f.stale else "no",
+                ]
+            )
+        parts.append("Freshness (FeatureAdminService.GetFreshness)\n" + _table(rows))
+        return "\n\n".join(parts)
+
+
+def unavailable_hint(exc: grpc.RpcError, config: MeshConfig) -> str:
+    address = config.service("feature").address
+    code: Any = exc.code() if hasattr(exc, "code") else None
+    return (
+        f"the feature service at {address} did not answer ({getattr(code, 'name', code)}): "
+        "start the mesh with `llmops up` in another terminal"
+    )
