@@ -113,8 +113,8 @@ def _run_or_raise(cmd: list[str], *, what: str, timeout: float) -> None:
         )
 
 
-def _tail(text: str, lines: int = _TAIL_LINES) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+def _tail(text: str, lines: int = _TAIL_LINES, chars: int = 4000) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])[-chars:]
 
 
 def run_feast_baseline(

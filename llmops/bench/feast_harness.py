@@ -234,8 +234,9 @@ def bench_sdk(
     requests: dict[str, list[list[int]]],
     calls: int,
     concurrency: int,
-) -> tuple[dict[str, tuple[list[float], float]], int, str | None]:
-    """Measure get_online_features; returns per case (latencies, wall), concurrency, fallback.
+    per_case: dict[str, dict[str, int]],
+) -> tuple[dict[str, tuple[list[float], float, int]], str | None]:
+    """Measure get_online_features; per case (latencies, wall, concurrency used), fallback.
 
     Thread safety: FeatureStore has no documented thread-safety guarantee. In practice
     get_online_features from several threads on one store works on this version: the registry
@@ -243,10 +244,11 @@ def bench_sdk(
     redis.Redis client whose connection pool is thread-safe. Any exception in the threaded run
     falls back to concurrency 1 and the reason is reported as `sdk_thread_fallback`.
     """
-    results: dict[str, tuple[list[float], float]] = {}
-    used = concurrency
+    results: dict[str, tuple[list[float], float, int]] = {}
     fallback: str | None = None
     for case, id_lists in requests.items():
+        used = per_case.get(case, {}).get("concurrency", concurrency)
+        n = per_case.get(case, {}).get("calls", calls)
         rows = [[{join_key: i} for i in ids] for ids in id_lists]
         sizes = [len(ids) for ids in id_lists]
 
@@ -258,8 +260,8 @@ def bench_sdk(
 
         while True:
             try:
-                run_load(call, warmup_calls(calls), used)
-                results[case] = run_load(call, calls, used)
+                run_load(call, warmup_calls(n), used)
+                results[case] = (*run_load(call, n, used), used)
                 break
             except Exception as exc:
                 if used == 1:
@@ -267,9 +269,9 @@ def bench_sdk(
                 fallback = f"{type(exc).__name__}: {exc}"
                 log(f"sdk failed at concurrency {used} ({fallback}); falling back to 1")
                 used = 1
-        lat, wall = results[case]
+        lat, wall, _ = results[case]
         log(f"sdk {case}: {len(lat)} calls in {wall:.2f} s at concurrency {used}")
-    return results, used, fallback
+    return results, fallback
 
 
 # ----------------------------------------------------------------------------- feature server
@@ -413,9 +415,12 @@ def bench_server(
     requests: dict[str, list[list[int]]],
     calls: int,
     concurrency: int,
-) -> dict[str, tuple[list[float], float]]:
-    results: dict[str, tuple[list[float], float]] = {}
+    per_case: dict[str, dict[str, int]],
+) -> dict[str, tuple[list[float], float, int]]:
+    results: dict[str, tuple[list[float], float, int]] = {}
     for case, id_lists in requests.items():
+        conc = per_case.get(case, {}).get("concurrency", concurrency)
+        n = per_case.get(case, {}).get("calls", calls)
         bodies = [
             json.dumps({"features": refs, "entities": {join_key: ids}}).encode() for ids in id_lists
         ]
@@ -427,10 +432,10 @@ def bench_server(
             if len(out["results"][0]["values"]) != sizes[k]:
                 raise RuntimeError(f"got {len(out['results'][0]['values'])} rows for {sizes[k]}")
 
-        run_load(call, warmup_calls(calls), concurrency)
-        results[case] = run_load(call, calls, concurrency)
-        lat, wall = results[case]
-        log(f"server {case}: {len(lat)} calls in {wall:.2f} s at concurrency {concurrency}")
+        run_load(call, warmup_calls(n), conc)
+        results[case] = (*run_load(call, n, conc), conc)
+        lat, wall, _ = results[case]
+        log(f"server {case}: {len(lat)} calls in {wall:.2f} s at concurrency {conc}")
     return results
 
 
@@ -444,6 +449,8 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     concurrency = max(1, int(cfg["concurrency"]))
     join_key = spec["entity"]["join_key"]
     requests: dict[str, list[list[int]]] = spec["requests"]
+    # Optional per-case overrides, e.g. {"online_1x20_seq": {"concurrency": 1, "calls": 500}}.
+    per_case: dict[str, dict[str, int]] = spec.get("cases", {})
     version = str(feast.__version__)
     log(f"feast {version}, redis {cfg['redis_host']}:{cfg['redis_port']}, calls {calls}")
 
@@ -464,7 +471,7 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         ).to_dict()
         check_values("feast-sdk", {k: v[0] for k, v in sdk_out.items()}, want)
 
-        sdk, sdk_conc, fallback = bench_sdk(store, refs, join_key, requests, calls, concurrency)
+        sdk, fallback = bench_sdk(store, refs, join_key, requests, calls, concurrency, per_case)
 
         with feature_server(repo, repo / "feast-serve.log") as port:
             client = HttpClient(port)
@@ -472,16 +479,17 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             check_values(
                 "feast-server", server_row(client.post("/get-online-features", body), 0), want
             )
-            server = bench_server(client, refs, join_key, requests, calls, concurrency)
+            server = bench_server(client, refs, join_key, requests, calls, concurrency, per_case)
 
     extra: dict[str, Any] = {"feast_version": version, "values_checked": True}
     cases = []
     for case in requests:
+        lat, wall, used = sdk[case]
         sdk_extra = dict(extra)
-        if fallback is not None:
+        if used != per_case.get(case, {}).get("concurrency", concurrency):
             sdk_extra["sdk_thread_fallback"] = fallback
-        cases.append(summary(case, "feast-sdk", *sdk[case], sdk_conc, **sdk_extra))
-        cases.append(summary(case, "feast-server", *server[case], concurrency, **extra))
+        cases.append(summary(case, "feast-sdk", lat, wall, used, **sdk_extra))
+        cases.append(summary(case, "feast-server", *server[case], **extra))
     return cases
 
 

@@ -2,8 +2,10 @@
 
 Cases (output per ../shared/BENCH.md):
 
-- ``online_1x20``: one property, the 20 features of ``property_ranking_v1`` (3 views);
-- ``online_50x20``: 50 properties, the same 20 features;
+- ``online_1x20``: one property, the 20 features of ``property_ranking_v1`` (3 views), at
+  the fixed concurrency (default 8): throughput;
+- ``online_1x20_seq``: the same, one call at a time: latency without queueing;
+- ``online_50x20``: 50 properties, the same 20 features, at the fixed concurrency;
 
 each for three systems, on the same Redis and the same data (``llmops.demo.data``):
 
@@ -133,7 +135,7 @@ async def _load(address: str, props: data.Dataset, now_us: int) -> None:
 
 
 def _write_feast_data(props: data.Dataset, now_us: int, requests: dict[str, list[list[int]]],
-                      out: Path) -> None:  # fmt: skip
+                      cases: dict[str, dict[str, int]], out: Path) -> None:  # fmt: skip
     import pyarrow as pa  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
@@ -141,6 +143,7 @@ def _write_feast_data(props: data.Dataset, now_us: int, requests: dict[str, list
         "entity": {"name": "property", "join_key": "property_id", "type": "INT64"},
         "views": [],
         "requests": requests,
+        "cases": cases,
     }
     ttls = {"property_stats": 2 * 86400, "property_content": 30 * 86400, "property_pricing": 3600}
     n = len(props.keys)
@@ -189,7 +192,11 @@ async def _drive(stub: Any, requests: list[Any], concurrency: int, case: Case) -
 
 
 async def _measure(
-    address: str, shapes: dict[str, list[list[int]]], concurrency: int, warmup: int
+    address: str,
+    shapes: dict[str, list[list[int]]],
+    per_case: dict[str, dict[str, int]],
+    concurrency: int,
+    warmup: int,
 ) -> list[Case]:
     cases = []
     async with grpc.aio.insecure_channel(address) as channel:
@@ -204,9 +211,10 @@ async def _measure(
             present = sum(
                 v.status == feature_pb2.FEATURE_STATUS_PRESENT for v in probe.rows[0].values
             )
-            await _drive(stub, requests[:warmup], concurrency, Case(name, "warmup"))
-            case = Case(name, "llmops", concurrency=concurrency)
-            await _drive(stub, requests, concurrency, case)
+            conc = per_case.get(name, {}).get("concurrency", concurrency)
+            await _drive(stub, requests[:warmup], conc, Case(name, "warmup"))
+            case = Case(name, "llmops", concurrency=conc)
+            await _drive(stub, requests, conc, case)
             case.extra = {"features": 20, "entities": len(id_lists[0]), "present_in_first": present}
             cases.append(case)
     return cases
@@ -218,9 +226,15 @@ def main(*, quick: bool, concurrency: int = 8, calls: int | None = None) -> None
     n_props = 10_000 if quick else 100_000
     calls = calls or (1_500 if quick else 20_000)
     now_us = time.time_ns() // 1000
+    seq_calls = max(calls // 4, 300)
     shapes = {
         "online_1x20": _requests(n_props, calls, 1, seed=1),
+        "online_1x20_seq": _requests(n_props, seq_calls, 1, seed=3),
         "online_50x20": _requests(n_props, max(calls // 5, 300), 50, seed=2),
+    }
+    per_case = {
+        name: {"calls": len(ids), "concurrency": 1 if name.endswith("_seq") else concurrency}
+        for name, ids in shapes.items()
     }
     tmp = Path(tempfile.mkdtemp(prefix="llmops-bench-features-"))
     namespace = f"bench:{uuid.uuid4().hex[:8]}"
@@ -235,14 +249,16 @@ def main(*, quick: bool, concurrency: int = 8, calls: int | None = None) -> None
                 _log("loading them through PushFeatures ...")
                 asyncio.run(_load(address, props, now_us))
                 _log(f"measuring llmops ({calls:,} calls per case, concurrency {concurrency}) ...")
-                ours = asyncio.run(_measure(address, shapes, concurrency, max(calls // 20, 50)))
+                ours = asyncio.run(
+                    _measure(address, shapes, per_case, concurrency, max(calls // 20, 50))
+                )
             finally:
                 proc.terminate()
                 proc.wait(30)
             summaries += [c.summary() for c in ours]
             feast_dir = tmp / "feast-data"
             feast_dir.mkdir()
-            _write_feast_data(props, now_us, shapes, feast_dir)
+            _write_feast_data(props, now_us, shapes, per_case, feast_dir)
             _log("measuring Feast (its own venv) ...")
             summaries += run_feast_baseline(
                 redis_host=host,

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmops.errors import Unavailable
 
@@ -111,9 +113,7 @@ class RedisOnlineStore:
         Scripts go by EVALSHA; a Redis that does not know them (restarted, or new) answers
         NOSCRIPT, and the pipeline is loaded and run again: every script here is idempotent.
         """
-        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import NoScriptError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
 
         for attempt in range(2):
             pipe = self._redis.pipeline(transaction=False)
@@ -133,6 +133,14 @@ class RedisOnlineStore:
         raise AssertionError("unreachable")
 
     async def read(self, records: Sequence[str], fields: Sequence[bytes]) -> list[list[Any]]:
+        if len(records) == 1:  # one command needs no pipeline object (~30 µs less CPU)
+            try:
+                return [await self._redis.hmget(records[0], fields)]
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                raise Unavailable(
+                    f"online store (Redis at {self._url}) unreachable: {exc}"
+                ) from None
+
         def build(pipe: Any) -> None:
             for record in records:
                 pipe.hmget(record, fields)
