@@ -134,6 +134,18 @@ def test_feature_service_serves_pushed_features_over_grpc(mesh: RunningMesh) -> 
             stub.GetOnlineFeatures(refs("property_stats:nope"), timeout=5)
         assert err.value.code() is grpc.StatusCode.NOT_FOUND
         assert "property_stats:nope" in err.value.details()
+        historical = refs("property_stats:review_score").feature_refs
+        pit = feature_pb2.GetHistoricalFeaturesRequest(feature_refs=historical)
+        for offset_us in (-1_000_000, 1_000_000):  # before and after the pushed value
+            row = pit.entity_rows.rows.add(entity_key=property_key(424242))
+            row.event_time.FromMicroseconds(now_us + offset_us)
+        got = [r for m in stub.GetHistoricalFeatures(pit, timeout=30) for r in m.rows]
+        by_time = sorted(got, key=lambda r: r.event_time.ToMicroseconds())
+        assert [v.status for r in by_time for v in r.values] == [
+            feature_pb2.FEATURE_STATUS_NOT_FOUND,
+            feature_pb2.FEATURE_STATUS_PRESENT,
+        ]
+        assert python(by_time[1].values[0].value) == 8.7
         admin = feature_pb2_grpc.FeatureAdminServiceStub(channel)
         views = admin.ListFeatureViews(feature_pb2.ListFeatureViewsRequest(), timeout=5)
         assert "property_stats" in {v.name for v in views.feature_views}
