@@ -140,6 +140,26 @@ class FeaturesConfig(_Strict):
     )
 
 
+class ExperimentsConfig(_Strict):
+    """The experiment service: where experiments live, holdout, exposure dedup."""
+
+    store: Literal["auto", "file", "redis"] = Field(
+        "auto",
+        description="file = state_dir/experiments.json; redis = backends.redis; auto = file "
+        "in embedded mode, redis in production mode.",
+    )
+    namespace: str = Field("llmops:exp", min_length=1, description="Redis key prefix.")
+    holdout_bps: int = Field(
+        0, ge=0, le=10_000, description="Global holdout: this share of units sees no experiment."
+    )
+    exposure_dedup_window_s: float = Field(
+        1800.0, ge=0, description="An assignment repeated within this window logs no exposure."
+    )
+    reload_interval_s: float = Field(
+        2.0, ge=0, description="Poll the store for other replicas' changes; 0 = never."
+    )
+
+
 class BackendsConfig(_Strict):
     redis: RedisConfig = RedisConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -179,6 +199,7 @@ class MeshConfig(_Strict):
     events: EventsConfig = EventsConfig()
     sink: SinkConfig = SinkConfig()
     features: FeaturesConfig = FeaturesConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -225,6 +246,12 @@ class MeshConfig(_Strict):
         if self.backends.clickhouse.backend != "auto":
             return self.backends.clickhouse.backend
         return "chdb" if self.mode is Mode.EMBEDDED else "server"
+
+    @property
+    def experiment_store(self) -> Literal["file", "redis"]:
+        if self.experiments.store != "auto":
+            return self.experiments.store
+        return "file" if self.mode is Mode.EMBEDDED else "redis"
 
     @property
     def online_store(self) -> Literal["embedded", "redis"]:

@@ -18,7 +18,14 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmops.mesh import ADMIN_SERVICE, SERVICES
-from llmops.v1 import experiment_pb2, experiment_pb2_grpc, feature_pb2, feature_pb2_grpc
+from llmops.v1 import (
+    experiment_pb2,
+    experiment_pb2_grpc,
+    feature_pb2,
+    feature_pb2_grpc,
+    guardrail_pb2,
+    guardrail_pb2_grpc,
+)
 from tests.feature_support import property_key, push_request, python, refs
 from tests.support import RunningMesh, mesh_env, port_is_free, running, wait_serving
 
@@ -94,18 +101,18 @@ def test_status_table(mesh: RunningMesh) -> None:
     assert all(" SERVING " in line for line in lines[1:])
 
 
-IMPLEMENTED = {"feature"}
+IMPLEMENTED = {"feature", "experiment"}
 """Services whose RPCs are built (the others answer UNIMPLEMENTED, naming their issue)."""
 
 
 def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
-    with grpc.insecure_channel(mesh.address("experiment")) as channel:
-        stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
+    with grpc.insecure_channel(mesh.address("guardrail")) as channel:
+        stub = guardrail_pb2_grpc.GuardrailServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Assign(experiment_pb2.AssignRequest(), timeout=5)
+            stub.Check(guardrail_pb2.CheckRequest(), timeout=5)
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "llmops.v1.ExperimentService.Assign" in err.value.details()
-    assert "issue #5" in err.value.details()
+    assert "llmops.v1.GuardrailService.Check" in err.value.details()
+    assert "issue #6" in err.value.details()
 
 
 def test_feature_service_serves_pushed_features_over_grpc(mesh: RunningMesh) -> None:
@@ -183,7 +190,7 @@ def test_every_pending_rpc_of_every_kind_says_what_is_missing(mesh: RunningMesh)
 
 
 def test_metrics_endpoint_counts_rpcs(mesh: RunningMesh) -> None:
-    url = f"http://127.0.0.1:{mesh.admin_ports['experiment']}/metrics"
+    url = f"http://127.0.0.1:{mesh.admin_ports['guardrail']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as reply:
         body = reply.read().decode()
     assert 'grpc_code="UNIMPLEMENTED"' in body
@@ -241,6 +248,45 @@ def test_second_mesh_on_same_state_dir_is_refused(mesh: RunningMesh, tmp_path: P
     )
     assert proc.returncode == 1
     assert "in use by another llmops process" in proc.stderr
+
+
+def test_experiment_service_assigns_over_grpc(mesh: RunningMesh) -> None:
+    with grpc.insecure_channel(mesh.address("experiment")) as channel:
+        admin = experiment_pb2_grpc.ExperimentAdminServiceStub(channel)
+        admin.CreateLayer(
+            experiment_pb2.CreateLayerRequest(
+                layer=experiment_pb2.Layer(name="mesh_test", unit_type="user")
+            ),
+            timeout=5,
+        )
+        exp = experiment_pb2.Experiment(
+            id="mesh-test", unit_type="user", layer="mesh_test", traffic_bps=10_000
+        )
+        exp.variants.add(key="control", weight=1, is_control=True)
+        exp.variants.add(key="treatment", weight=1)
+        created = admin.CreateExperiment(
+            experiment_pb2.CreateExperimentRequest(experiment=exp), timeout=5
+        ).experiment
+        admin.StartExperiment(
+            experiment_pb2.StartExperimentRequest(id="mesh-test", version=created.version),
+            timeout=5,
+        )
+        stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
+        got = stub.Assign(
+            experiment_pb2.AssignRequest(unit_type="user", unit_id="u-42"), timeout=5
+        ).assignments
+        assert [a.experiment_id for a in got] == ["mesh-test"]
+        assert got[0].exposure_id
+        with pytest.raises(grpc.RpcError) as err:
+            admin.StartExperiment(
+                experiment_pb2.StartExperimentRequest(id="mesh-test", version=1), timeout=5
+            )
+        assert err.value.code() is grpc.StatusCode.ABORTED
+        with pytest.raises(grpc.RpcError) as err:
+            admin.CreateExperiment(
+                experiment_pb2.CreateExperimentRequest(experiment=exp), timeout=5
+            )
+        assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
 
 
 def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
