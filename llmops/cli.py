@@ -306,6 +306,19 @@ def bench_features(quick: bool, concurrency: int, calls: int | None) -> None:
     features_main(quick=quick, concurrency=concurrency, calls=calls)
 
 
+@bench.command("experiment")
+@click.option(
+    "--quick", is_flag=True, help="Reduced run, under 60 s (once GrowthBook's venv exists)."
+)
+@click.option("--concurrency", default=8, show_default=True)
+@click.option("-n", "--calls", default=None, type=int, help="Calls per case (after warm-up).")
+def bench_experiment(quick: bool, concurrency: int, calls: int | None) -> None:
+    """Experiment service: Assign over 20 experiments via gRPC and in-process vs GrowthBook."""
+    from llmops.bench.experiment import main as experiment_main
+
+    experiment_main(quick=quick, concurrency=concurrency, calls=calls)
+
+
 @bench.command("clickhouse")
 @click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
 @click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")

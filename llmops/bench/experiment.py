@@ -1,0 +1,285 @@
+"""``llmops bench experiment``: Assign over gRPC and in-process, against GrowthBook's SDK.
+
+The set-up: 20 running experiments in 3 layers (``page`` 8 x 12.5% of its buckets,
+``search`` 6 x 15%, ``email`` 6 x 10%; 2- and 3-way splits; 6 with market/device targeting),
+so one unit lands in at most three experiments and the service evaluates all 20 per call.
+
+Cases (BENCH.md):
+
+- ``assign_grpc_20exp`` (llmops): ``Assign`` for one unit through the experiment service
+  (its own process: ``python -m services.experiment``, file config store, exposures to the
+  local event log) at a fixed concurrency; ``assign_grpc_20exp_seq`` one call at a time;
+- ``assign_inprocess_20exp`` (llmops): the domain's ``assign`` in this process (no gRPC,
+  exposures skipped: the same work GrowthBook's ``run`` does) — latency per call of all 20
+  experiments, and ``assignments_per_s`` = calls x 20 / s;
+- ``assign_inprocess_20exp`` (growthbook): GrowthBook's Python SDK evaluating the same 20
+  experiments (namespaces = our layer ranges, same weights, targeting as conditions) in its
+  own venv (:mod:`llmops.bench.growthbook_baseline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmops.bench.report import Case, emit
+from llmops.v1 import common_pb2, experiment_pb2, experiment_pb2_grpc
+
+LAYERS = (("page", 8, 1250), ("search", 6, 1500), ("email", 6, 1000))
+"""(layer, experiments, buckets each) of a 10,000-bucket layer."""
+CONTEXT = {"market": "NL", "device": "MOBILE_WEB", "locale": "nl-NL"}
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def experiments() -> list[dict[str, Any]]:
+    """The 20 experiments, with their bucket ranges as the service allocates them."""
+    out = []
+    for layer, count, size in LAYERS:
+        for i in range(count):
+            three = i % 3 == 2
+            targeted = i % 3 == 1
+            out.append(
+                {
+                    "id": f"{layer}-exp-{i}",
+                    "layer": layer,
+                    "ranges": [[i * size, (i + 1) * size]],
+                    "traffic_bps": size,
+                    "variants": [
+                        {"key": "control", "weight": 34 if three else 50},
+                        {"key": "treatment", "weight": 33 if three else 50},
+                    ]
+                    + ([{"key": "treatment_b", "weight": 33}] if three else []),
+                    "salt": f"{layer}-exp-{i}",
+                    "targeting": {"market_in": ["NL", "DE", "FR"], "device_eq": "MOBILE_WEB"}
+                    if targeted
+                    else None,
+                }
+            )
+    return out
+
+
+def _experiment_proto(spec: dict[str, Any]) -> experiment_pb2.Experiment:
+    exp = experiment_pb2.Experiment(
+        id=spec["id"], unit_type="user", layer=spec["layer"], traffic_bps=spec["traffic_bps"]
+    )
+    for n, v in enumerate(spec["variants"]):
+        exp.variants.add(key=v["key"], weight=v["weight"], is_control=n == 0)
+    t = spec["targeting"]
+    if t:
+        market = exp.targeting.all_of.filters.add().condition
+        market.field = "market"
+        market.operator = common_pb2.FieldCondition.OPERATOR_IN
+        market.value.string_list_value.values.extend(t["market_in"])
+        device = exp.targeting.all_of.filters.add().condition
+        device.field = "device"
+        device.operator = common_pb2.FieldCondition.OPERATOR_EQ
+        device.value.string_value = t["device_eq"]
+    return exp
+
+
+def _context() -> common_pb2.RequestContext:
+    return common_pb2.RequestContext(
+        market=CONTEXT["market"], locale=CONTEXT["locale"], device=common_pb2.DEVICE_MOBILE_WEB
+    )
+
+
+async def _setup(admin: Any, specs: list[dict[str, Any]]) -> None:
+    for layer, _, _ in LAYERS:
+        await admin.CreateLayer(
+            experiment_pb2.CreateLayerRequest(
+                layer=experiment_pb2.Layer(name=layer, unit_type="user")
+            )
+        )
+    for spec in specs:
+        created = (
+            await admin.CreateExperiment(
+                experiment_pb2.CreateExperimentRequest(experiment=_experiment_proto(spec))
+            )
+        ).experiment
+        started = (
+            await admin.StartExperiment(
+                experiment_pb2.StartExperimentRequest(id=created.id, version=created.version)
+            )
+        ).experiment
+        got = [[r.start, r.end] for r in started.bucket_ranges]
+        assert got == spec["ranges"], (spec["id"], got)  # GrowthBook gets the same ranges
+
+
+async def _drive(stub: Any, requests: list[Any], concurrency: int, case: Case) -> None:
+    queue = list(reversed(requests))
+
+    async def worker() -> None:
+        perf = time.perf_counter
+        while queue:
+            request = queue.pop()
+            t0 = perf()
+            await stub.Assign(request, timeout=5)
+            case.latencies_s.append(perf() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    case.wall_s += time.perf_counter() - start
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start_server(state: Path, log: Any) -> tuple[Any, str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LLMOPS__STATE_DIR": str(state),
+        "LLMOPS__EVENTS__BACKEND": "local",  # exposures go to the durable local log
+        "LLMOPS__EXPERIMENTS__STORE": "file",
+        "LLMOPS__SERVICES__EXPERIMENT__PORT": str(port),
+        "LLMOPS__SERVICES__EXPERIMENT__ADMIN_PORT": "0",
+        "LLMOPS__SERVER__ACCESS_LOG": "false",
+        "LLMOPS__LOGGING__LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.experiment"], env=env, stdout=log, stderr=log
+    )
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("the experiment service exited at start; see its log")
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return proc, address
+            except grpc.RpcError:
+                time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the experiment service did not become SERVING within 60 s")
+
+
+async def _grpc_cases(address: str, specs: list[dict[str, Any]], units: list[str],
+                      calls: int, concurrency: int) -> list[Case]:  # fmt: skip
+    async with grpc.aio.insecure_channel(address) as channel:
+        await _setup(experiment_pb2_grpc.ExperimentAdminServiceStub(channel), specs)
+        stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
+        ctx = _context()
+
+        def requests(n: int, offset: int) -> list[Any]:
+            return [
+                experiment_pb2.AssignRequest(
+                    context=ctx, unit_type="user", unit_id=units[(offset + i) % len(units)]
+                )
+                for i in range(n)
+            ]
+
+        await _drive(stub, requests(max(calls // 10, 200), 0), concurrency, Case("w", "w"))
+        cases = []
+        for name, conc, n in (("assign_grpc_20exp", concurrency, calls),
+                              ("assign_grpc_20exp_seq", 1, max(calls // 4, 500))):  # fmt: skip
+            case = Case(name, "llmops", concurrency=conc)
+            await _drive(stub, requests(n, len(cases) * calls), conc, case)
+            cases.append(case)
+        return cases
+
+
+def _inprocess_case(state: Path, units: list[str], calls: int) -> Case:
+    """The domain's assign in this process, over the configuration the server stored."""
+    from services.experiment.domain import Experiments
+    from services.experiment.store import FileConfigStore
+
+    exps = Experiments(FileConfigStore(state / "experiments.json"), lambda envelope: None)
+    asyncio.run(exps.refresh())
+    ctx = _context()
+    requests = [
+        experiment_pb2.AssignRequest(
+            context=ctx, unit_type="user", unit_id=units[i % len(units)], skip_exposure=True
+        )
+        for i in range(calls)
+    ]
+    for r in requests[: calls // 10]:
+        exps.assign(r)
+    case = Case("assign_inprocess_20exp", "llmops")
+    assigned = 0
+    perf = time.perf_counter
+    start = perf()
+    for r in requests:
+        t0 = perf()
+        assigned += len(exps.assign(r).assignments)
+        case.latencies_s.append(perf() - t0)
+    case.wall_s = perf() - start
+    case.extra = {
+        "assignments_per_s": round(calls * 20 / case.wall_s),
+        "assigned_per_call": round(assigned / calls, 3),
+    }
+    return case
+
+
+def main(*, quick: bool, concurrency: int = 8, calls: int | None = None) -> None:
+    from llmops.bench.growthbook_baseline import run_growthbook_baseline
+
+    calls = calls or (3_000 if quick else 20_000)
+    rng = random.Random(5)
+    units = [f"u-{rng.getrandbits(48):012x}" for _ in range(50_000)]
+    specs = experiments()
+    tmp = Path(tempfile.mkdtemp(prefix="llmops-bench-experiment-"))
+    try:
+        with (tmp / "server.log").open("w") as log:
+            proc, address = _start_server(tmp / "state", log)
+            try:
+                _log(f"gRPC Assign: {calls:,} calls at concurrency {concurrency}, then sequential")
+                cases = asyncio.run(_grpc_cases(address, specs, units, calls, concurrency))
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        _log("in-process assign ...")
+        cases.append(_inprocess_case(tmp / "state", units, calls * 2))
+        spec_path = tmp / "spec.json"
+        spec_path.write_text(
+            json.dumps(
+                {
+                    "layers": [
+                        {"name": n, "bucket_count": 10_000, "salt": n} for n, _, _ in LAYERS
+                    ],
+                    "experiments": specs,
+                    "units": units,
+                    "context": CONTEXT,
+                }
+            )
+        )
+        _log("GrowthBook (its own venv) ...")
+        summaries = [c.summary() for c in cases]
+        summaries += run_growthbook_baseline(spec_path=spec_path, calls=calls * 2, log=_log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    by = {(c["case"], c["system"]): c for c in summaries}
+    ratios: dict[str, float] = {}
+    ours, theirs = (
+        by.get(("assign_inprocess_20exp", "llmops")),
+        by.get(("assign_inprocess_20exp", "growthbook")),
+    )
+    if ours and theirs and theirs.get("rps"):
+        ratios["assign_inprocess_20exp.rps.llmops/growthbook"] = round(
+            ours["rps"] / theirs["rps"], 2
+        )
+        ratios["assign_inprocess_20exp.p99_ms.growthbook/llmops"] = round(
+            theirs["p99_ms"] / ours["p99_ms"], 2
+        )
+    emit("experiment", summaries, ratios)
