@@ -191,7 +191,7 @@ async def _grpc_cases(address: str, specs: list[dict[str, Any]], units: list[str
             ]
 
         await _drive(stub, requests(max(calls // 10, 200), 0), concurrency, Case("w", "w"))
-        cases = []
+        cases: list[Case] = []
         for name, conc, n in (("assign_grpc_20exp", concurrency, calls),
                               ("assign_grpc_20exp_seq", 1, max(calls // 4, 500))):  # fmt: skip
             case = Case(name, "llmops", concurrency=conc)

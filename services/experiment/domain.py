@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from google.protobuf import field_mask_pb2, struct_pb2
 
+from llmops.clickhouse.base import ClickHouseStore
 from llmops.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2, events_pb2, experiment_pb2
@@ -74,8 +75,10 @@ class Experiments:
         holdout_bps: int = 0,
         dedup_window_s: float = 1800.0,
         clock: Callable[[], float] = time.time,
+        clickhouse: Callable[[], ClickHouseStore] | None = None,
     ) -> None:
         self.store = store
+        self._clickhouse = clickhouse
         self.publish = publish
         self.holdout_bps = holdout_bps
         self.dedup = ExposureDedup(dedup_window_s)
@@ -83,6 +86,12 @@ class Experiments:
         self.snapshot = model.build_snapshot(0, {}, {})
         self._write_lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+
+    def clickhouse(self) -> ClickHouseStore:
+        """The ClickHouse store analyses read (opened on first use)."""
+        if self._clickhouse is None:
+            raise FailedPrecondition("no ClickHouse store configured for experiment analysis")
+        return self._clickhouse()
 
     # -- configuration ------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
         publish,
         holdout_bps=cfg.experiments.holdout_bps,
         dedup_window_s=cfg.experiments.exposure_dedup_window_s,
+        clickhouse=ctx.backends.clickhouse,
     )
 
     async def on_start() -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from llmops.errors import InvalidArgument, NotImplementedYet
+from llmops.errors import InvalidArgument
 from llmops.v1 import experiment_pb2, experiment_pb2_grpc
-from services.experiment import model
+from services.experiment import model, results
 from services.experiment.domain import Experiments
 
 
@@ -41,10 +42,9 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     async def GetResults(
         self, request: experiment_pb2.GetResultsRequest, context: Any
     ) -> experiment_pb2.GetResultsResponse:
-        raise NotImplementedYet(
-            "llmops.v1.ExperimentService.GetResults is not implemented yet: the analysis "
-            "(ClickHouse exposures x metrics, Welch CIs, SRM, CUPED) is the next part of issue #5"
-        )
+        exp = self.experiments.get(request.experiment_id)
+        store = self.experiments.clickhouse()
+        return await asyncio.to_thread(results.compute, store, exp, request)
 
 
 class ExperimentAdminServicer(experiment_pb2_grpc.ExperimentAdminServiceServicer):

@@ -741,9 +741,9 @@ def brute(f: c.Filter, ctx: Mapping[str, Any]) -> bool:
     return present and comparable and _ORDER[op](x, v)
 
 
-FIELDS = ["a", "b", "c"]
+FIELDS = ["a", "b"]
 numbers = st.one_of(
-    st.integers(-3, 3),
+    st.integers(-1, 2),
     st.sampled_from([0.0, 0.5, 1.0, 2.0, -1.5, math.inf, math.nan, 2**63 - 1]),
 )
 texts = st.text(alphabet="abAB", max_size=3)
@@ -764,7 +764,7 @@ def values(draw: st.DrawFn) -> c.Value:
     if kind == "null":
         return val(None)
     if kind == "int":
-        return c.Value(int64_value=draw(st.integers(-3, 3)))
+        return c.Value(int64_value=draw(st.integers(-1, 2)))
     if kind == "double":
         return c.Value(double_value=draw(st.sampled_from([0.0, 0.5, 2.0, -1.5, math.nan])))
     if kind == "str":
@@ -776,7 +776,7 @@ def values(draw: st.DrawFn) -> c.Value:
     if kind == "timestamp":
         return ts(draw(st.integers(-2, 2)), draw(st.sampled_from([0, 500_000_000])))
     if kind == "int64_list_value":
-        return c.Value(int64_list_value=c.Int64List(values=draw(st.lists(st.integers(-3, 3)))))
+        return c.Value(int64_list_value=c.Int64List(values=draw(st.lists(st.integers(-1, 2)))))
     if kind == "double_list_value":
         items = st.lists(st.sampled_from([0.0, 1.0, 0.5, math.nan]))
         return c.Value(double_list_value=c.DoubleList(values=draw(items)))
@@ -816,7 +816,7 @@ def filters(valid_only: bool) -> st.SearchStrategy[c.Filter]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(f=filters(valid_only=True), ctxs=st.lists(contexts, min_size=1, max_size=5))
+@given(f=filters(valid_only=True), ctxs=st.lists(contexts, min_size=1, max_size=8))
 def test_compiled_filters_agree_with_brute_force(f: c.Filter, ctxs: list[dict[str, Any]]) -> None:
     assert brute_error(f) is None
     pred = compile_filter(f)
