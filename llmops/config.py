@@ -158,6 +158,9 @@ class ExperimentsConfig(_Strict):
     reload_interval_s: float = Field(
         2.0, ge=0, description="Poll the store for other replicas' changes; 0 = never."
     )
+    bandit_check_interval_s: float = Field(
+        60.0, ge=0, description="Look for bandits due for re-weighting this often; 0 = never."
+    )
 
 
 class BackendsConfig(_Strict):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -21,7 +21,8 @@ from llmops.clickhouse.base import ClickHouseStore
 from llmops.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2, events_pb2, experiment_pb2
-from services.experiment import hashing, model
+from services.experiment import hashing, model, stats
+from services.experiment.sticky import MemoryStickyStore, StickyStore
 from services.experiment.store import Aborted, ConfigStore, layer_guard
 from services.experiment.targeting import context_from_request
 
@@ -33,6 +34,10 @@ BANDIT_REASON = experiment_pb2.ASSIGNMENT_REASON_BANDIT
 HOLDOUT_SALT = "llmops-holdout"
 
 Publish = Callable[[events_pb2.EventEnvelope], None]
+RewardSource = Callable[
+    [experiment_pb2.Experiment], Awaitable[tuple[dict[str, int], dict[str, int]]]
+]
+"""(successes, trials) per arm of a bandit, e.g. from ClickHouse (results.bandit_rewards)."""
 
 
 class ExposureDedup:
@@ -76,8 +81,10 @@ class Experiments:
         dedup_window_s: float = 1800.0,
         clock: Callable[[], float] = time.time,
         clickhouse: Callable[[], ClickHouseStore] | None = None,
+        sticky: StickyStore | None = None,
     ) -> None:
         self.store = store
+        self.sticky = sticky or MemoryStickyStore()
         self._clickhouse = clickhouse
         self.publish = publish
         self.holdout_bps = holdout_bps
@@ -126,7 +133,7 @@ class Experiments:
 
     # -- assignment (hot path) ----------------------------------------------------------------
 
-    def assign(self, request: experiment_pb2.AssignRequest) -> experiment_pb2.AssignResponse:
+    async def assign(self, request: experiment_pb2.AssignRequest) -> experiment_pb2.AssignResponse:
         unit_type, unit_id = request.unit_type, request.unit_id
         if not unit_type:
             raise InvalidArgument("unit_type", "required (e.g. user, session)")
@@ -152,6 +159,7 @@ class Experiments:
         )
         response = experiment_pb2.AssignResponse()
         context: dict[str, Any] | None = None
+        sticky_doc: dict[str, str] | None = None
         now = self._clock()
         for layer in layers:
             b = hashing.bucket(layer.salt, unit_id, layer.bucket_count)
@@ -170,8 +178,17 @@ class Experiments:
                     context = context_from_request(request.context, request.attributes)
                 if not found.predicate(context):
                     continue
-                reason: int = BANDIT_REASON if found.bandit else BUCKETED
-                chosen = (found, found.variant_for(unit_id), reason)
+                if found.bandit:  # weights move while it runs: first assignments stick
+                    if sticky_doc is None:
+                        sticky_doc = await self.sticky.get(f"{unit_type}:{unit_id}")
+                    field = f"{found.id}:{found.salt}"
+                    index = found.key_index.get(sticky_doc.get(field, ""), -1)
+                    if index < 0:
+                        index = found.variant_for(unit_id)
+                        self.sticky.put(f"{unit_type}:{unit_id}", field, found.keys[index])
+                    chosen = (found, index, BANDIT_REASON)
+                else:
+                    chosen = (found, found.variant_for(unit_id), BUCKETED)
             exp, index, reason = chosen
             entry = response.assignments.add()
             entry.CopyFrom(exp.templates[index])
@@ -316,6 +333,62 @@ class Experiments:
         self._audit(ctx, "experiment.update", "experiment", exp.id, current, after)
         return after
 
+    async def reweight(
+        self,
+        exp_id: str,
+        weights_bps: dict[str, int],
+        ctx: common_pb2.RequestContext | None = None,
+        reason: str = "",
+    ) -> experiment_pb2.Experiment:
+        """Set a running bandit's current weights (new units follow them; units already
+        assigned keep their arm through the sticky store). Audited as a SYSTEM action."""
+        async with self._write_lock:
+            await self.refresh()
+            current = self.get(exp_id)
+            if current.type != model.BANDIT or current.status != model.RUNNING:
+                raise FailedPrecondition(f"experiment {exp_id} is not a running bandit")
+            keys = {v.key for v in current.variants}
+            if set(weights_bps) != keys or sum(weights_bps.values()) != 10_000:
+                raise InvalidArgument(
+                    "current_weights_bps", f"needs every variant of {exp_id}, summing to 10000"
+                )
+            after = experiment_pb2.Experiment()
+            after.CopyFrom(current)
+            after.current_weights_bps.clear()
+            after.current_weights_bps.update(weights_bps)
+            after.version = current.version + 1
+            after.update_time.FromNanoseconds(int(self._clock() * 1e9))
+            await self._write([(after, current.version)], [])
+        system = common_pb2.RequestContext(tenant=(ctx.tenant if ctx else ""))
+        self._audit(system, "experiment.reweight", "experiment", exp_id, current, after, reason,
+                    actor=events_pb2.Actor(type=events_pb2.ACTOR_TYPE_SYSTEM, id="system:bandit",
+                                           via="llmops.v1.ExperimentService"))  # fmt: skip
+        return after
+
+    async def update_bandits(self, rewards: RewardSource, *, seed: int | None = None) -> list[str]:
+        """Recompute the weights of every running bandit that is due (``update_interval``,
+        default 1 h, since its last change) by Thompson sampling on (successes, trials) per
+        arm; returns the ids updated. A replica that loses the race to another (ABORTED)
+        skips: the other one did the update."""
+        now = self._clock()
+        done = []
+        for exp in list(self.snapshot.experiments.values()):
+            if exp.type != model.BANDIT or exp.status != model.RUNNING:
+                continue
+            interval = exp.bandit.update_interval.ToSeconds() or 3600
+            if now - exp.update_time.ToNanoseconds() / 1e9 < interval:
+                continue
+            successes, trials = await rewards(exp)
+            weights = stats.thompson_weights(
+                successes, trials, min_weight_bps=exp.bandit.min_weight_bps, seed=seed
+            )
+            try:
+                await self.reweight(exp.id, weights, reason="thompson sampling")
+            except Aborted:
+                continue
+            done.append(exp.id)
+        return done
+
     async def transition(
         self,
         exp_id: str,
@@ -396,12 +469,14 @@ class Experiments:
         before: Any,
         after: Any,
         reason: str = "",
+        actor: events_pb2.Actor | None = None,
     ) -> None:
         event = events_pb2.AuditEvent(
             event_id=uuid7(),
             request_id=ctx.request_id,
             tenant=ctx.tenant,
-            actor=events_pb2.Actor(
+            actor=actor
+            or events_pb2.Actor(
                 type=events_pb2.ACTOR_TYPE_USER if ctx.user_id else events_pb2.ACTOR_TYPE_SERVICE,
                 id=ctx.user_id or "unknown",
                 via="llmops.v1.ExperimentAdminService",

@@ -96,6 +96,13 @@ def validate_experiment(
         b = exp.bandit
         if not b.reward_metric:
             raise InvalidArgument("experiment.bandit.reward_metric", "required for a bandit")
+        from services.experiment.results import METRICS
+
+        if not METRICS.get(b.reward_metric, "").startswith("max:"):
+            binary = ", ".join(sorted(k for k, v in METRICS.items() if v.startswith("max:")))
+            raise InvalidArgument(
+                "experiment.bandit.reward_metric", f"must be a binary metric ({binary})"
+            )
         if b.min_weight_bps * len(exp.variants) > 10_000:
             raise InvalidArgument(
                 "experiment.bandit.min_weight_bps", "times the number of variants exceeds 10000"
@@ -209,6 +216,7 @@ class CompiledExperiment:
     templates: list[experiment_pb2.Assignment]
     """Per variant, the response entry with everything but bucket/reason/exposure set."""
     keys: list[str] = field(default_factory=list)
+    key_index: dict[str, int] = field(default_factory=dict)
 
     def variant_for(self, unit_id: str) -> int:
         return bisect.bisect_right(self.boundaries, hashing.point(self.salt, unit_id))
@@ -246,6 +254,7 @@ def compile_experiment(exp: experiment_pb2.Experiment) -> CompiledExperiment:
         overrides={unit: keys.index(key) for unit, key in exp.overrides.items()},
         templates=templates,
         keys=keys,
+        key_index={k: i for i, k in enumerate(keys)},
     )
 
 

@@ -207,3 +207,23 @@ def _cuped_moments(row: Mapping[str, Any]) -> stats.CupedMoments:
         sum_x2=float(row["sum_x2"]),
         sum_xy=float(row["sum_xy"]),
     )
+
+
+def bandit_rewards(
+    store: ClickHouseStore, exp: experiment_pb2.Experiment, now: float | None = None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(successes, trials) per arm: units exposed since the start, and those with the binary
+    reward metric after their first exposure (the same attribution as GetResults)."""
+    metric = exp.bandit.reward_metric
+    if not METRICS.get(metric, "").startswith("max:"):
+        raise FailedPrecondition(f"bandit reward {metric!r} is not a binary metric")
+    params = {
+        "experiment": exp.id,
+        "unit_type": exp.unit_type,
+        "start": datetime.fromtimestamp(exp.start_time.ToMicroseconds() / 1e6, UTC),
+        "end": datetime.fromtimestamp(now or time.time(), UTC),
+    }
+    rows = {str(r["variant"]): r for r in store.query(metric_query(metric), params)}
+    trials = {v.key: int(rows[v.key]["n"]) if v.key in rows else 0 for v in exp.variants}
+    successes = {v.key: int(rows[v.key]["sum_y"]) if v.key in rows else 0 for v in exp.variants}
+    return successes, trials

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import structlog
+
 from llmops.server import Binding, ServiceContext, ServiceDefinition
 from llmops.v1 import events_pb2, experiment_pb2, experiment_pb2_grpc
+from services.experiment import results
 from services.experiment.domain import Experiments
 from services.experiment.servicer import ExperimentAdminServicer, ExperimentServicer
+from services.experiment.sticky import MemoryStickyStore, RedisStickyStore, StickyStore
 from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigStore
+
+log = structlog.get_logger("llmops.experiment")
 
 
 def _binding(name: str, servicer: object) -> Binding:
@@ -25,6 +33,12 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
     else:
         store = FileConfigStore(ctx.backends.state_dir / "experiments.json")
 
+    sticky: StickyStore
+    if cfg.experiment_store == "redis":
+        sticky = RedisStickyStore(cfg.backends.redis.url, cfg.experiments.namespace)
+    else:
+        sticky = MemoryStickyStore(ctx.backends.state_dir / "experiments" / "sticky.sqlite3")
+
     def publish(envelope: events_pb2.EventEnvelope) -> None:
         ctx.backends.publisher().publish(envelope)
 
@@ -34,14 +48,35 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
         holdout_bps=cfg.experiments.holdout_bps,
         dedup_window_s=cfg.experiments.exposure_dedup_window_s,
         clickhouse=ctx.backends.clickhouse,
+        sticky=sticky,
     )
+
+    async def rewards(exp: experiment_pb2.Experiment) -> tuple[dict[str, int], dict[str, int]]:
+        return await asyncio.to_thread(results.bandit_rewards, ctx.backends.clickhouse(), exp)
+
+    async def bandit_loop() -> None:
+        while True:  # each bandit is re-weighted when its own update_interval has passed
+            await asyncio.sleep(cfg.experiments.bandit_check_interval_s)
+            try:
+                updated = await experiments.update_bandits(rewards)
+                if updated:
+                    log.info("bandits_reweighted", experiments=updated)
+            except Exception as exc:  # ClickHouse down: try again next round
+                log.warning("bandit_update_failed", error=str(exc))
+
+    tasks: list[asyncio.Task[None]] = []
 
     async def on_start() -> None:
         await experiments.refresh()
         experiments.start_polling(cfg.experiments.reload_interval_s)
+        if cfg.experiments.bandit_check_interval_s > 0:
+            tasks.append(asyncio.get_running_loop().create_task(bandit_loop()))
 
     async def on_stop() -> None:
+        for task in tasks:
+            task.cancel()
         await experiments.stop_polling()
+        await sticky.close()
         await store.close()
 
     return ServiceDefinition(

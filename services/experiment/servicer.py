@@ -32,7 +32,7 @@ class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     async def Assign(
         self, request: experiment_pb2.AssignRequest, context: Any
     ) -> experiment_pb2.AssignResponse:
-        return self.experiments.assign(request)
+        return await self.experiments.assign(request)
 
     async def GetExperiment(
         self, request: experiment_pb2.GetExperimentRequest, context: Any

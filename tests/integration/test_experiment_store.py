@@ -82,7 +82,7 @@ async def test_replicas_follow_each_others_changes(
                 break
             await asyncio.sleep(0.05)
         request = experiment_pb2.AssignRequest(unit_type="user", unit_id="u1", skip_exposure=True)
-        assert one.assign(request) == two.assign(request)  # same config, same answer
+        assert await one.assign(request) == await two.assign(request)  # same config, same answer
         assert "shared" in two.snapshot.running
         with pytest.raises(Aborted):  # replica two acts on what it read: version 2 now
             await two.transition("shared", 1, model.STOPPED, CTX)

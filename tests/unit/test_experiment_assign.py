@@ -73,7 +73,30 @@ async def started(exps: Experiments, exp: experiment_pb2.Experiment) -> experime
 
 def assign(exps: Experiments, unit: str, **kw: Any) -> list[experiment_pb2.Assignment]:
     request = experiment_pb2.AssignRequest(unit_type="user", unit_id=unit, **kw)
-    return list(exps.assign(request).assignments)
+    return (
+        list(asyncio.run(exps.assign(request)).assignments) if _no_loop() else _sync(exps, request)
+    )
+
+
+def _no_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
+
+
+def _sync(
+    exps: Experiments, request: experiment_pb2.AssignRequest
+) -> list[experiment_pb2.Assignment]:
+    """Run ``assign`` to completion inside a running loop: it only awaits the sticky store,
+    which (embedded) never suspends, so stepping the coroutine once finishes it."""
+    coro = exps.assign(request)
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return list(done.value.assignments)
+    raise AssertionError("assign suspended: a store with I/O in a sync test")
 
 
 async def test_assignment_is_deterministic_across_processes(
@@ -97,7 +120,8 @@ async def main():
     await e.refresh()
     out = {{}}
     for u in {units!r}:
-        r = e.assign(experiment_pb2.AssignRequest(unit_type="user", unit_id=u, skip_exposure=True))
+        req = experiment_pb2.AssignRequest(unit_type="user", unit_id=u, skip_exposure=True)
+        r = await e.assign(req)
         out[u] = [[a.experiment_id, a.variant, a.bucket] for a in r.assignments]
     print(json.dumps(out))
 asyncio.run(main())
@@ -304,9 +328,84 @@ async def test_other_admin_errors(env: tuple[Experiments, list[Any], Clock]) -> 
     with pytest.raises(InvalidArgument, match="update_mask"):
         await exps.update(experiment("x", version=1), [], CTX)
     with pytest.raises(InvalidArgument, match="unit_id"):
-        exps.assign(experiment_pb2.AssignRequest(unit_type="user"))
+        await exps.assign(experiment_pb2.AssignRequest(unit_type="user"))
     with pytest.raises(InvalidArgument, match=r"layers\[0\]"):
-        exps.assign(experiment_pb2.AssignRequest(unit_type="user", unit_id="u", layers=["zz"]))
+        await exps.assign(
+            experiment_pb2.AssignRequest(unit_type="user", unit_id="u", layers=["zz"])
+        )
     with pytest.raises(InvalidArgument, match="layer"):
         exps.list_experiments([], "zz")
     assert not assign(exps, "u1")  # DRAFT: nobody assigned
+
+
+def _bandit(exp_id: str) -> experiment_pb2.Experiment:
+    arms = [variant("control", 1, True), variant("arm_b", 1), variant("arm_c", 1)]
+    exp = experiment(exp_id, variants=arms, type=experiment_pb2.EXPERIMENT_TYPE_MULTI_ARMED_BANDIT)
+    exp.bandit.reward_metric = "booking"
+    exp.bandit.min_weight_bps = 200
+    exp.bandit.update_interval.FromSeconds(3600)
+    return exp
+
+
+async def test_bandit_converges_and_units_keep_their_arm(
+    env: tuple[Experiments, list[Any], Clock],
+) -> None:
+    """Thompson sampling in simulation: arms convert at 4%, 5% and 7%; every simulated hour
+    500 new units arrive, rewards are drawn from the true rates, and the service re-weights
+    from (successes, trials). The best arm ends with most of the traffic, the floor holds,
+    and no unit ever changes arm when the weights move (sticky assignment)."""
+    exps, published, clock = env
+    await started(exps, _bandit("bandit-sim"))
+    rates = {"control": 0.04, "arm_b": 0.05, "arm_c": 0.07}
+    rng = __import__("random").Random(3)
+    successes = dict.fromkeys(rates, 0)
+    trials = dict.fromkeys(rates, 0)
+    first_arm: dict[str, str] = {}
+
+    async def rewards(exp: Any) -> tuple[dict[str, int], dict[str, int]]:
+        return dict(successes), dict(trials)
+
+    for hour in range(40):
+        for i in range(500):
+            unit = f"h{hour}-u{i}"
+            (a,) = (
+                await exps.assign(
+                    experiment_pb2.AssignRequest(unit_type="user", unit_id=unit, skip_exposure=True)
+                )
+            ).assignments
+            first_arm[unit] = a.variant
+            assert a.reason == experiment_pb2.ASSIGNMENT_REASON_BANDIT
+            trials[a.variant] += 1
+            successes[a.variant] += rng.random() < rates[a.variant]
+        clock.now += 3601
+        assert await exps.update_bandits(rewards, seed=hour) == ["bandit-sim"]
+        for unit in rng.sample(sorted(first_arm), 50):  # earlier units keep their arm
+            (again,) = (
+                await exps.assign(
+                    experiment_pb2.AssignRequest(unit_type="user", unit_id=unit, skip_exposure=True)
+                )
+            ).assignments
+            assert again.variant == first_arm[unit]
+    weights = dict(exps.get("bandit-sim").current_weights_bps)
+    assert max(weights, key=weights.__getitem__) == "arm_c"
+    assert weights["arm_c"] > 6000 and min(weights.values()) >= 200
+    assert sum(weights.values()) == 10_000
+    audit = [e.audit for e in published if e.WhichOneof("event") == "audit"]
+    assert audit[-1].action == "experiment.reweight"
+    assert audit[-1].actor.type == events_pb2.ACTOR_TYPE_SYSTEM
+
+
+async def test_reweight_is_for_running_bandits_only(
+    env: tuple[Experiments, list[Any], Clock],
+) -> None:
+    exps, _, _ = env
+    await started(exps, experiment("plain-ab", layer="search"))
+    with pytest.raises(FailedPrecondition, match="not a running bandit"):
+        await exps.reweight("plain-ab", {"control": 5000, "treatment": 5000})
+    await started(exps, _bandit("b2"))
+    with pytest.raises(InvalidArgument, match="summing to 10000"):
+        await exps.reweight("b2", {"control": 5000, "arm_b": 5000})
+    bad = _bandit("b3")
+    bad.bandit.reward_metric = "clicks"
+    with pytest.raises(InvalidArgument, match="binary metric"):
+        await exps.create(bad, CTX)
