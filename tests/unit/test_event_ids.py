@@ -1,0 +1,36 @@
+"""UUIDv7 ids: format, uniqueness, time order, and no shared random bytes after fork."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from llmops.events.ids import uuid7
+
+
+def test_format_version_and_time_prefix() -> None:
+    value = uuid7(1_790_000_000_123)
+    parsed = uuid.UUID(value)
+    assert str(parsed) == value and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert parsed.int >> 80 == 1_790_000_000_123
+    assert uuid7(1) < uuid7(2)  # time-ordered across milliseconds
+
+
+def test_unique_within_one_millisecond() -> None:
+    ids = [uuid7(0) for _ in range(200_000)]  # crosses many 8 KiB random pools
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
+    uuid7(0)  # the pool is filled before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, ",".join(uuid7(0) for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as f:
+        child = set(f.read().split(","))
+    parent = {uuid7(0) for _ in range(50)}
+    assert len(child) == 50 and not child & parent
