@@ -9,6 +9,8 @@ Cases (BENCH.md):
 - ``assign_grpc_20exp`` (llmops): ``Assign`` for one unit through the experiment service
   (its own process: ``python -m services.experiment``, file config store, exposures to the
   local event log) at a fixed concurrency; ``assign_grpc_20exp_seq`` one call at a time;
+  ``assign_grpc_20exp_seq_no_exposure`` the same with ``skip_exposure`` (the exposure
+  pipeline's share of the latency);
 - ``assign_inprocess_20exp`` (llmops): the domain's ``assign`` in this process (no gRPC,
   exposures skipped: the same work GrowthBook's ``run`` does) — latency per call of all 20
   experiments, and ``assignments_per_s`` = calls x 20 / s;
@@ -182,20 +184,28 @@ async def _grpc_cases(address: str, specs: list[dict[str, Any]], units: list[str
         stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
         ctx = _context()
 
-        def requests(n: int, offset: int) -> list[Any]:
+        def requests(n: int, offset: int, skip: bool = False) -> list[Any]:
             return [
                 experiment_pb2.AssignRequest(
-                    context=ctx, unit_type="user", unit_id=units[(offset + i) % len(units)]
+                    context=ctx,
+                    unit_type="user",
+                    unit_id=units[(offset + i) % len(units)],
+                    skip_exposure=skip,
                 )
                 for i in range(n)
             ]
 
         await _drive(stub, requests(max(calls // 10, 200), 0), concurrency, Case("w", "w"))
         cases: list[Case] = []
-        for name, conc, n in (("assign_grpc_20exp", concurrency, calls),
-                              ("assign_grpc_20exp_seq", 1, max(calls // 4, 500))):  # fmt: skip
+        seq = max(calls // 4, 500)
+        plan = [
+            ("assign_grpc_20exp", concurrency, calls, False),
+            ("assign_grpc_20exp_seq", 1, seq, False),
+            ("assign_grpc_20exp_seq_no_exposure", 1, seq, True),
+        ]
+        for name, conc, n, skip in plan:
             case = Case(name, "llmops", concurrency=conc)
-            await _drive(stub, requests(n, len(cases) * calls), conc, case)
+            await _drive(stub, requests(n, len(cases) * calls, skip), conc, case)
             cases.append(case)
         return cases
 

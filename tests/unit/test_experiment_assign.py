@@ -409,3 +409,34 @@ async def test_reweight_is_for_running_bandits_only(
     bad.bandit.reward_metric = "clicks"
     with pytest.raises(InvalidArgument, match="binary metric"):
         await exps.create(bad, CTX)
+
+
+async def test_read_rpcs_and_paging(env: tuple[Experiments, list[Any], Clock]) -> None:
+    from services.experiment.servicer import ExperimentAdminServicer, ExperimentServicer
+
+    exps, _, _ = env
+    for i in range(3):
+        await exps.create(experiment(f"e-{i}"), CTX)
+    admin, public = ExperimentAdminServicer(exps), ExperimentServicer(exps)
+    page = await admin.ListExperiments(experiment_pb2.ListExperimentsRequest(page_size=2), None)
+    assert [e.id for e in page.experiments] == ["e-0", "e-1"] and page.next_page_token
+    rest = await admin.ListExperiments(
+        experiment_pb2.ListExperimentsRequest(page_size=2, page_token=page.next_page_token), None
+    )
+    assert [e.id for e in rest.experiments] == ["e-2"] and not rest.next_page_token
+    running = await admin.ListExperiments(
+        experiment_pb2.ListExperimentsRequest(statuses=[model.RUNNING]), None
+    )
+    assert not running.experiments
+    layers = await admin.ListLayers(experiment_pb2.ListLayersRequest(), None)
+    assert [layer.name for layer in layers.layers] == ["page", "search"]
+    with pytest.raises(InvalidArgument, match="page_token"):
+        await admin.ListLayers(experiment_pb2.ListLayersRequest(page_token="x"), None)
+    with pytest.raises(InvalidArgument, match="page_size"):
+        await admin.ListExperiments(experiment_pb2.ListExperimentsRequest(page_size=-1), None)
+    got = await public.GetExperiment(experiment_pb2.GetExperimentRequest(id="e-1"), None)
+    assert got.experiment.status == model.DRAFT
+    with pytest.raises(NotFound):
+        await public.GetExperiment(experiment_pb2.GetExperimentRequest(id="zz"), None)
+    with pytest.raises(InvalidArgument, match="id"):
+        await public.GetExperiment(experiment_pb2.GetExperimentRequest(), None)
