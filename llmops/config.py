@@ -159,7 +159,10 @@ class ExperimentsConfig(_Strict):
         2.0, ge=0, description="Poll the store for other replicas' changes; 0 = never."
     )
     bandit_check_interval_s: float = Field(
-        60.0, ge=0, description="Look for bandits due for re-weighting this often; 0 = never."
+        60.0,
+        ge=0,
+        description="Stop experiments past end_time and re-weight due bandits this often; "
+        "0 = never.",
     )
 
 

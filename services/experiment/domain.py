@@ -32,6 +32,9 @@ OVERRIDE = experiment_pb2.ASSIGNMENT_REASON_OVERRIDE
 BUCKETED = experiment_pb2.ASSIGNMENT_REASON_BUCKETED
 BANDIT_REASON = experiment_pb2.ASSIGNMENT_REASON_BANDIT
 HOLDOUT_SALT = "llmops-holdout"
+_SYSTEM = events_pb2.Actor(
+    type=events_pb2.ACTOR_TYPE_SYSTEM, id="system:experiments", via="llmops.v1.ExperimentService"
+)
 
 Publish = Callable[[events_pb2.EventEnvelope], None]
 RewardSource = Callable[
@@ -360,9 +363,9 @@ class Experiments:
             after.update_time.FromNanoseconds(int(self._clock() * 1e9))
             await self._write([(after, current.version)], [])
         system = common_pb2.RequestContext(tenant=(ctx.tenant if ctx else ""))
-        self._audit(system, "experiment.reweight", "experiment", exp_id, current, after, reason,
-                    actor=events_pb2.Actor(type=events_pb2.ACTOR_TYPE_SYSTEM, id="system:bandit",
-                                           via="llmops.v1.ExperimentService"))  # fmt: skip
+        self._audit(
+            system, "experiment.reweight", "experiment", exp_id, current, after, reason, _SYSTEM
+        )
         return after
 
     async def update_bandits(self, rewards: RewardSource, *, seed: int | None = None) -> list[str]:
@@ -389,6 +392,25 @@ class Experiments:
             done.append(exp.id)
         return done
 
+    async def stop_expired(self) -> list[str]:
+        """Stop every running experiment whose ``end_time`` has passed (a SYSTEM action)."""
+        now_us = int(self._clock() * 1e6)
+        stopped = []
+        for exp in list(self.snapshot.experiments.values()):
+            if exp.status != model.RUNNING or not exp.HasField("end_time"):
+                continue
+            if exp.end_time.ToMicroseconds() > now_us:
+                continue
+            try:
+                await self.transition(
+                    exp.id, exp.version, model.STOPPED, common_pb2.RequestContext(),
+                    reason="end_time reached", actor=_SYSTEM,
+                )  # fmt: skip
+            except Aborted:
+                continue  # another replica (or an operator) got there first
+            stopped.append(exp.id)
+        return stopped
+
     async def transition(
         self,
         exp_id: str,
@@ -396,6 +418,7 @@ class Experiments:
         target: int,
         ctx: common_pb2.RequestContext,
         reason: str = "",
+        actor: events_pb2.Actor | None = None,
     ) -> experiment_pb2.Experiment:
         """DRAFT/STOPPED -> RUNNING (takes buckets), RUNNING -> STOPPED (keeps them),
         DRAFT/STOPPED -> ARCHIVED (frees them)."""
@@ -449,7 +472,9 @@ class Experiments:
             await self._write([(after, current.version)], layers)
         actions: dict[int, str] = {model.RUNNING: "start", model.STOPPED: "stop"}
         action = actions.get(target, "archive")
-        self._audit(ctx, f"experiment.{action}", "experiment", exp_id, current, after, reason)
+        self._audit(
+            ctx, f"experiment.{action}", "experiment", exp_id, current, after, reason, actor
+        )
         return after
 
     async def _write(

@@ -54,15 +54,18 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
     async def rewards(exp: experiment_pb2.Experiment) -> tuple[dict[str, int], dict[str, int]]:
         return await asyncio.to_thread(results.bandit_rewards, ctx.backends.clickhouse(), exp)
 
-    async def bandit_loop() -> None:
-        while True:  # each bandit is re-weighted when its own update_interval has passed
+    async def maintenance_loop() -> None:
+        while True:  # end_time stops; bandits re-weighted when their update_interval passed
             await asyncio.sleep(cfg.experiments.bandit_check_interval_s)
             try:
+                stopped = await experiments.stop_expired()
+                if stopped:
+                    log.info("experiments_ended", experiments=stopped)
                 updated = await experiments.update_bandits(rewards)
                 if updated:
                     log.info("bandits_reweighted", experiments=updated)
-            except Exception as exc:  # ClickHouse down: try again next round
-                log.warning("bandit_update_failed", error=str(exc))
+            except Exception as exc:  # ClickHouse or the store down: try again next round
+                log.warning("experiment_maintenance_failed", error=str(exc))
 
     tasks: list[asyncio.Task[None]] = []
 
@@ -70,7 +73,7 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
         await experiments.refresh()
         experiments.start_polling(cfg.experiments.reload_interval_s)
         if cfg.experiments.bandit_check_interval_s > 0:
-            tasks.append(asyncio.get_running_loop().create_task(bandit_loop()))
+            tasks.append(asyncio.get_running_loop().create_task(maintenance_loop()))
 
     async def on_stop() -> None:
         for task in tasks:

@@ -440,3 +440,21 @@ async def test_read_rpcs_and_paging(env: tuple[Experiments, list[Any], Clock]) -
         await public.GetExperiment(experiment_pb2.GetExperimentRequest(id="zz"), None)
     with pytest.raises(InvalidArgument, match="id"):
         await public.GetExperiment(experiment_pb2.GetExperimentRequest(), None)
+
+
+async def test_end_time_stops_and_running_cannot_be_archived(
+    env: tuple[Experiments, list[Any], Clock],
+) -> None:
+    exps, published, clock = env
+    exp = experiment("timed", traffic_bps=1000)
+    exp.end_time.FromSeconds(int(clock.now) + 3600)
+    running = await started(exps, exp)
+    with pytest.raises(FailedPrecondition, match="is RUNNING; ARCHIVED needs DRAFT or STOPPED"):
+        await exps.transition("timed", running.version, model.ARCHIVED, CTX)
+    assert await exps.stop_expired() == []
+    clock.now += 3601
+    assert await exps.stop_expired() == ["timed"]
+    assert exps.get("timed").status == model.STOPPED
+    last = [e.audit for e in published if e.WhichOneof("event") == "audit"][-1]
+    assert (last.action, last.reason) == ("experiment.stop", "end_time reached")
+    assert last.actor.type == events_pb2.ACTOR_TYPE_SYSTEM
