@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmops.bench import servers
 from llmops.bench.report import Case, emit
 from llmops.v1 import common_pb2, experiment_pb2, experiment_pb2_grpc
 
@@ -139,42 +136,16 @@ async def _drive(stub: Any, requests: list[Any], concurrency: int, case: Case) -
     case.wall_s += time.perf_counter() - start
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _start_server(state: Path, log: Any) -> tuple[Any, str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LLMOPS__STATE_DIR": str(state),
-        "LLMOPS__EVENTS__BACKEND": "local",  # exposures go to the durable local log
-        "LLMOPS__EXPERIMENTS__STORE": "file",
-        "LLMOPS__SERVICES__EXPERIMENT__PORT": str(port),
-        "LLMOPS__SERVICES__EXPERIMENT__ADMIN_PORT": "0",
-        "LLMOPS__SERVER__ACCESS_LOG": "false",
-        "LLMOPS__LOGGING__LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.experiment"], env=env, stdout=log, stderr=log
+    return servers.start_service(
+        "experiment",
+        {
+            "LLMOPS__STATE_DIR": str(state),
+            "LLMOPS__EVENTS__BACKEND": "local",  # exposures go to the durable local log
+            "LLMOPS__EXPERIMENTS__STORE": "file",
+        },
+        log,
     )
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("the experiment service exited at start; see its log")
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return proc, address
-            except grpc.RpcError:
-                time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the experiment service did not become SERVING within 60 s")
 
 
 async def _grpc_cases(address: str, specs: list[dict[str, Any]], units: list[str],

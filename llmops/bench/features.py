@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmops.bench import servers
 from llmops.bench.report import Case, emit
@@ -52,13 +48,6 @@ TYPES = {bool: "BOOL", int: "INT64", float: "DOUBLE", str: "STRING", list: "STRI
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _value(v: Any) -> common_pb2.Value:
@@ -81,38 +70,18 @@ def _key(pid: int) -> common_pb2.EntityKey:
 
 
 def _start_server(redis_url: str, namespace: str, state: Path, log: Any) -> tuple[Any, str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LLMOPS__MODE": "production",
-        "LLMOPS__STATE_DIR": str(state),
-        "LLMOPS__BACKENDS__REDIS__URL": redis_url,
-        "LLMOPS__BACKENDS__CLICKHOUSE__BACKEND": "chdb",  # offline store unused here
-        "LLMOPS__FEATURES__NAMESPACE": namespace,
-        "LLMOPS__FEATURES__RELOAD_INTERVAL_S": "0",
-        "LLMOPS__SERVICES__FEATURE__PORT": str(port),
-        "LLMOPS__SERVICES__FEATURE__ADMIN_PORT": "0",
-        "LLMOPS__SERVER__ACCESS_LOG": "false",  # Feast's server runs with --no-access-log too
-        "LLMOPS__LOGGING__LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.feature"], env=env, stdout=log, stderr=log
+    return servers.start_service(
+        "feature",
+        {
+            "LLMOPS__MODE": "production",
+            "LLMOPS__STATE_DIR": str(state),
+            "LLMOPS__BACKENDS__REDIS__URL": redis_url,
+            "LLMOPS__BACKENDS__CLICKHOUSE__BACKEND": "chdb",  # offline store unused here
+            "LLMOPS__FEATURES__NAMESPACE": namespace,
+            "LLMOPS__FEATURES__RELOAD_INTERVAL_S": "0",
+        },
+        log,
     )
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("the feature service exited at start; see its log")
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return proc, address
-            except grpc.RpcError:
-                time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the feature service did not become SERVING within 60 s")
 
 
 async def _load(address: str, props: data.Dataset, now_us: int) -> None:

@@ -11,9 +11,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
@@ -102,3 +104,45 @@ def redis() -> Iterator[tuple[str, int]]:
     finally:
         if started:
             _script("redis", "stop", 60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_service(name: str, env: dict[str, str], log: Any) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``python -m services.<name>`` on a free port with ``env`` (``LLMOPS__...``
+    settings) on top of ours; wait until it reports SERVING. (process, address)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = free_port()
+    upper = name.upper()
+    full = {
+        **os.environ,
+        f"LLMOPS__SERVICES__{upper}__PORT": str(port),
+        f"LLMOPS__SERVICES__{upper}__ADMIN_PORT": "0",
+        "LLMOPS__SERVER__ACCESS_LOG": "false",  # the baselines run without access logs too
+        "LLMOPS__LOGGING__LEVEL": "warning",
+        **env,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=full,
+                            stdout=log, stderr=log)  # fmt: skip
+    address = f"{HOST}:{port}"
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the {name} service exited at start; see its log")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc, address
+            except grpc.RpcError:
+                time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the {name} service did not become SERVING within 60 s")
