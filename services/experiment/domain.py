@@ -94,6 +94,7 @@ class Experiments:
         self.dedup = ExposureDedup(dedup_window_s)
         self._clock = clock
         self.snapshot = model.build_snapshot(0, {}, {})
+        self._loaded = False
         self._write_lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
 
@@ -108,8 +109,9 @@ class Experiments:
     async def refresh(self) -> bool:
         """Reload from the store if its revision moved; True when a new snapshot is in force."""
         revision = await self.store.revision()
-        if revision == self.snapshot.revision and revision != 0:
+        if self._loaded and revision == self.snapshot.revision:
             return False
+        self._loaded = True
         stored = await self.store.load()
         self.snapshot = model.build_snapshot(stored.revision, stored.layers, stored.experiments)
         return True

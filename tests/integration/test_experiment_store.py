@@ -77,14 +77,15 @@ async def test_replicas_follow_each_others_changes(
     await one.transition("shared", created.version, model.RUNNING, CTX)
     two.start_polling(0.05)
     try:
-        for _ in range(100):
+        for _ in range(400):  # the poller picks the change up
             if "shared" in two.snapshot.running:
                 break
             await asyncio.sleep(0.05)
-        request = experiment_pb2.AssignRequest(unit_type="user", unit_id="u1", skip_exposure=True)
-        assert await one.assign(request) == await two.assign(request)  # same config, same answer
         assert "shared" in two.snapshot.running
-        with pytest.raises(Aborted):  # replica two acts on what it read: version 2 now
-            await two.transition("shared", 1, model.STOPPED, CTX)
     finally:
         await two.stop_polling()
+    async with asyncio.timeout(20):
+        request = experiment_pb2.AssignRequest(unit_type="user", unit_id="u1", skip_exposure=True)
+        assert await one.assign(request) == await two.assign(request)  # same config, same answer
+        with pytest.raises(Aborted):  # replica two acts on what it read: version 2 now
+            await two.transition("shared", 1, model.STOPPED, CTX)
