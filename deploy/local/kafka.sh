@@ -49,7 +49,14 @@ check() {
 }
 
 new_cluster_id() { # 16 random bytes, URL-safe base64 without padding: Kafka's Uuid text form
-    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+    # Re-rolled while it starts with '-' (1 in 64), as Kafka's Uuid.randomUuid does: the
+    # storage tool's argument parser would read such an id as an option.
+    local id
+    while :; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        [[ "$id" == -* ]] || break
+    done
+    printf '%s' "$id"
 }
 
 write_config() {
@@ -119,7 +126,7 @@ format_storage() {
     log "formatting storage $KAFKA_DIR/data (cluster id $cid)"
     java -cp "$KAFKA_LIB/*" -Dlog4j2.configurationFile="$KAFKA_DIR/etc/log4j2.properties" \
         -Dkafka.logs.dir="$KAFKA_DIR/logs" \
-        kafka.tools.StorageTool format --config "$KAFKA_PROPS" --cluster-id "$cid" --ignore-formatted \
+        kafka.tools.StorageTool format --config "$KAFKA_PROPS" --cluster-id="$cid" --ignore-formatted \
         >>"$KAFKA_DIR/logs/format.log" 2>&1 || { show_log "$KAFKA_DIR/logs/format.log"; die "storage format failed"; }
 }
 
