@@ -140,6 +140,27 @@ class FeaturesConfig(_Strict):
     )
 
 
+_REPO_GUARDRAILS = Path(__file__).resolve().parents[1] / "deploy" / "guardrails"
+
+
+class GuardrailsConfig(_Strict):
+    """The guardrail service: policy files, the match-hash key, the worker pool."""
+
+    policies: list[Path] = Field(
+        default_factory=lambda: [_REPO_GUARDRAILS],
+        description="Policy YAML files or directories of them (deploy/guardrails/README.md).",
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="Poll the policy files for changes this often; 0 = never."
+    )
+    hmac_key: str = Field(
+        "",
+        description="Key of the match hashes in findings and events (hex or text); empty = a "
+        "random key kept in state_dir/guardrail.key (set one per tenant fleet in production).",
+    )
+    workers: int = Field(2, ge=1, le=64, description="Threads checking long texts.")
+
+
 class ExperimentsConfig(_Strict):
     """The experiment service: where experiments live, holdout, exposure dedup."""
 
@@ -206,6 +227,7 @@ class MeshConfig(_Strict):
     sink: SinkConfig = SinkConfig()
     features: FeaturesConfig = FeaturesConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
+    guardrails: GuardrailsConfig = GuardrailsConfig()
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -64,6 +64,8 @@ class Baseline:
     harness: Path
     install_timeout_s: float = 600
     run_timeout_s: float = 1800
+    extra_requirements: tuple[str, ...] = ()
+    """More exact pip requirements installed in the same pip call (e.g. a spaCy model)."""
 
     @property
     def venv(self) -> Path:
@@ -77,7 +79,8 @@ class Baseline:
         if python.exists() and marker.exists() and marker.read_text().strip() == self.version:
             return python
         started = time.monotonic()
-        log(f"{self.name}: creating venv {venv} (one-time; installs {self.requirement})")
+        requirements = (self.requirement, *self.extra_requirements)
+        log(f"{self.name}: creating venv {venv} (one-time; installs {' '.join(requirements)})")
         if venv.exists():
             shutil.rmtree(venv)
         venv.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +89,7 @@ class Baseline:
             what=f"creating the {self.name} venv at {venv}",
             timeout=300,
         )
-        log(f"{self.name}: pip install {self.requirement}")
+        log(f"{self.name}: pip install {' '.join(requirements)}")
         _run_or_raise(
             [
                 str(python),
@@ -96,8 +99,9 @@ class Baseline:
                 "--quiet",
                 "--disable-pip-version-check",
                 self.requirement,
+                *self.extra_requirements,
             ],
-            what=f"pip install {self.requirement} into {venv}",
+            what=f"pip install {' '.join(requirements)} into {venv}",
             timeout=self.install_timeout_s,
         )
         probe = subprocess.run(

@@ -144,6 +144,7 @@ class CheckResponse(_message.Message):
     LATENCY_US_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
+    BLOCK_MESSAGE_FIELD_NUMBER: _builtins.int
     verdict: _common_pb2.Verdict.ValueType
     """Most severe action among the findings; ALLOW when there are none."""
     redacted_text: _builtins.str
@@ -159,6 +160,10 @@ class CheckResponse(_message.Message):
     """event_id (UUIDv7) of the GuardrailDecisionEvent."""
     degraded: _builtins.bool
     """A detector failed or timed out and the policy's fail mode decided."""
+    block_message: _builtins.str
+    """For BLOCK: the user-safe message of the check that blocked, to show instead of the
+    text (never the reason in detail).
+    """
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.GuardrailFinding]: ...
     @_builtins.property
@@ -177,10 +182,11 @@ class CheckResponse(_message.Message):
         latency_us: _builtins.int = ...,
         decision_id: _builtins.str = ...,
         degraded: _builtins.bool = ...,
+        block_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "degraded", b"degraded", "detector_latencies", b"detector_latencies", "findings", b"findings", "latency_us", b"latency_us", "policy", b"policy", "policy_version", b"policy_version", "redacted_text", b"redacted_text", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_message", b"block_message", "decision_id", b"decision_id", "degraded", b"degraded", "detector_latencies", b"detector_latencies", "findings", b"findings", "latency_us", b"latency_us", "policy", b"policy", "policy_version", b"policy_version", "redacted_text", b"redacted_text", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,6 +278,7 @@ class CheckStreamResponse(_message.Message):
     LATENCY_US_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
+    BLOCK_MESSAGE_FIELD_NUMBER: _builtins.int
     released_text: _builtins.str
     """Text cleared for the client since the previous response, redacted where needed. The
     concatenation of all released_text is the full checked (and redacted) text, unless
@@ -289,6 +296,8 @@ class CheckStreamResponse(_message.Message):
     """Total detector time over the stream, in microseconds."""
     decision_id: _builtins.str
     degraded: _builtins.bool
+    block_message: _builtins.str
+    """For BLOCK: the user-safe message of the check that blocked."""
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.GuardrailFinding]:
         """New findings since the previous response (offsets relative to the whole stream)."""
@@ -309,10 +318,11 @@ class CheckStreamResponse(_message.Message):
         latency_us: _builtins.int = ...,
         decision_id: _builtins.str = ...,
         degraded: _builtins.bool = ...,
+        block_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "degraded", b"degraded", "detector_latencies", b"detector_latencies", "final", b"final", "findings", b"findings", "latency_us", b"latency_us", "policy", b"policy", "policy_version", b"policy_version", "released_text", b"released_text", "released_until", b"released_until", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_message", b"block_message", "decision_id", b"decision_id", "degraded", b"degraded", "detector_latencies", b"detector_latencies", "final", b"final", "findings", b"findings", "latency_us", b"latency_us", "policy", b"policy", "policy_version", b"policy_version", "released_text", b"released_text", "released_until", b"released_until", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

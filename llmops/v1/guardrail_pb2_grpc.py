@@ -53,8 +53,8 @@ class GuardrailServiceServicer:
 
     def Check(self, request, context):
         """Checks one text and returns the verdict, the findings and, for REDACT, the redacted
-        text. NOT_FOUND for an unknown policy. Every call is recorded as a
-        GuardrailDecisionEvent whose event_id is returned as decision_id.
+        text. NOT_FOUND for an unknown policy. Every decision other than ALLOW is recorded as a
+        GuardrailDecisionEvent whose event_id is returned as decision_id (empty for ALLOW).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

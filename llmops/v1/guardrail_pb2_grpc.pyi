@@ -41,8 +41,8 @@ class GuardrailServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GuardrailServiceAsyncStub: ...
     Check: _grpc.UnaryUnaryMultiCallable[_guardrail_pb2.CheckRequest, _guardrail_pb2.CheckResponse]
     """Checks one text and returns the verdict, the findings and, for REDACT, the redacted
-    text. NOT_FOUND for an unknown policy. Every call is recorded as a
-    GuardrailDecisionEvent whose event_id is returned as decision_id.
+    text. NOT_FOUND for an unknown policy. Every decision other than ALLOW is recorded as a
+    GuardrailDecisionEvent whose event_id is returned as decision_id (empty for ALLOW).
     """
     CheckStream: _grpc.StreamStreamMultiCallable[_guardrail_pb2.CheckStreamRequest, _guardrail_pb2.CheckStreamResponse]
     """Checks a stream of text chunks (e.g. tokens of a generation) as they arrive. The first
@@ -60,8 +60,8 @@ class GuardrailServiceAsyncStub(GuardrailServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Check: _aio.UnaryUnaryMultiCallable[_guardrail_pb2.CheckRequest, _guardrail_pb2.CheckResponse]  # type: ignore[assignment]
     """Checks one text and returns the verdict, the findings and, for REDACT, the redacted
-    text. NOT_FOUND for an unknown policy. Every call is recorded as a
-    GuardrailDecisionEvent whose event_id is returned as decision_id.
+    text. NOT_FOUND for an unknown policy. Every decision other than ALLOW is recorded as a
+    GuardrailDecisionEvent whose event_id is returned as decision_id (empty for ALLOW).
     """
     CheckStream: _aio.StreamStreamMultiCallable[_guardrail_pb2.CheckStreamRequest, _guardrail_pb2.CheckStreamResponse]  # type: ignore[assignment]
     """Checks a stream of text chunks (e.g. tokens of a generation) as they arrive. The first
@@ -82,8 +82,8 @@ class GuardrailServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_guardrail_pb2.CheckResponse, _abc.Awaitable[_guardrail_pb2.CheckResponse]]:
         """Checks one text and returns the verdict, the findings and, for REDACT, the redacted
-        text. NOT_FOUND for an unknown policy. Every call is recorded as a
-        GuardrailDecisionEvent whose event_id is returned as decision_id.
+        text. NOT_FOUND for an unknown policy. Every decision other than ALLOW is recorded as a
+        GuardrailDecisionEvent whose event_id is returned as decision_id (empty for ALLOW).
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,227 @@
+"""Storefront-specific detectors: competitors, ungrounded claims, off-topic requests, JSON shape.
+
+- :class:`CompetitorDetector` (``commerce.competitor``): mentions of competitor brands in
+  generated copy (names from the policy; word-boundary, case-insensitive).
+- :class:`GroundingDetector` (``grounding.unsupported_claim``): in model output, claims a
+  shopper relies on — a price, a star rating, "free cancellation", a review score — that
+  contradict or are absent from the facts passed with the request. Facts are ``key: value``
+  lines (``price_tonight: 120 EUR``, ``stars: 4``, ``has_free_cancellation: false``,
+  ``review_score: 8.7``) or free text containing those claims.
+- :class:`TopicDetector` (``topic.off_topic``): input that asks for something a travel
+  storefront assistant does not do (code, homework, medical or legal advice, politics),
+  with no travel vocabulary in sight. Whole-text finding.
+- :class:`JsonSchemaDetector` (``json_schema.invalid``): output that is not JSON or does not
+  match the task's schema (``jsonschema``, draft 2020-12). Whole-text finding.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from services.guardrail.detectors.base import CheckContext, Fact, Finding
+
+_PRICE = re.compile(
+    r"(?:(?P<cur1>[€$£])\s?(?P<amt1>\d{1,6}(?:[.,]\d{3})*(?:[.,]\d{1,2})?)"
+    r"|(?P<amt2>\d{1,6}(?:[.,]\d{3})*(?:[.,]\d{1,2})?)\s?(?P<cur2>€|EUR|USD|GBP|euros?|dollars?))",
+    re.IGNORECASE,
+)
+_STARS = re.compile(
+    r"\b(?P<n>[1-5])[- ]?(?:star|stars|étoiles?|sterne|estrellas)\b|(?P<glyphs>★{1,5})", re.I
+)
+_FREE_CANCEL = re.compile(
+    r"free cancell?ation|annulation gratuite|kostenlose stornierung|cancelación gratuita", re.I
+)
+_NO_FREE_CANCEL = re.compile(r"non[- ]refundable|no free cancell?ation|not refundable", re.I)
+_SCORE = re.compile(
+    r"\b(?:rated|review score|scored?|note)\s*(?:of\s*)?(?P<s>\d{1,2}(?:[.,]\d)?)\s*(?:/\s*10)?",
+    re.I,
+)
+_FACT_LINE = re.compile(r"^\s*(?P<k>[a-z_ ]+?)\s*[:=]\s*(?P<v>.+?)\s*$", re.I | re.M)
+
+
+def _number(text: str) -> float:
+    """'1.234,56' / '1,234.56' / '120' -> float."""
+    t = text.replace(" ", "")
+    if "," in t and "." in t:
+        t = (
+            t.replace(",", "")
+            if t.rfind(".") > t.rfind(",")
+            else t.replace(".", "").replace(",", ".")
+        )
+    elif "," in t:
+        head, _, tail = t.rpartition(",")
+        t = f"{head.replace(',', '')}.{tail}" if len(tail) <= 2 else t.replace(",", "")
+    return float(t)
+
+
+class CompetitorDetector:
+    name = "competitor"
+
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        self.names = [n for n in names if n.strip()]
+        self._pattern = (
+            re.compile(
+                r"(?<![\w.])("
+                + "|".join(re.escape(n) for n in sorted(self.names, key=len, reverse=True))
+                + r")(?![\w])",
+                re.IGNORECASE,
+            )
+            if self.names
+            else None
+        )
+
+    def detect(self, text: str, ctx: CheckContext) -> list[Finding]:
+        if self._pattern is None:
+            return []
+        return [
+            Finding("commerce.competitor", m.start(), m.end(), 0.95, self.name)
+            for m in self._pattern.finditer(text)
+        ]
+
+
+class _Facts:
+    """What the facts of a request establish (None = the facts say nothing about it)."""
+
+    def __init__(self, facts: Sequence[Fact]) -> None:
+        self.prices: list[float] = []
+        self.stars: int | None = None
+        self.free_cancellation: bool | None = None
+        self.review_score: float | None = None
+        for fact in facts:
+            self._read(fact.text)
+
+    def _read(self, text: str) -> None:
+        for m in _FACT_LINE.finditer(text):
+            key, value = m.group("k").strip().lower().replace(" ", "_"), m.group("v")
+            if "price" in key:
+                self.prices += [_number(p) for p in re.findall(r"\d[\d.,]*", value)]
+            elif key in ("stars", "star_rating"):
+                digits = re.findall(r"\d", value)
+                self.stars = int(digits[0]) if digits else self.stars
+            elif "free_cancellation" in key:
+                self.free_cancellation = value.strip().lower() in ("true", "yes", "1")
+            elif "review_score" in key or key == "rating":
+                nums = re.findall(r"\d+(?:[.,]\d)?", value)
+                self.review_score = _number(nums[0]) if nums else self.review_score
+        for m in _PRICE.finditer(text):
+            if not _FACT_LINE.search(text):
+                self.prices.append(_number(m.group("amt1") or m.group("amt2")))
+        if self.free_cancellation is None:
+            if _NO_FREE_CANCEL.search(text):
+                self.free_cancellation = False
+            elif _FREE_CANCEL.search(text):
+                self.free_cancellation = True
+
+
+class GroundingDetector:
+    """Claims in model output that the request's facts do not support.
+
+    Only output with facts is checked (no facts = nothing to ground against). A claim is
+    unsupported when the facts speak about the same thing and disagree (score 0.9), or do
+    not mention it at all (score 0.6: a policy threshold of 0.7 acts on contradictions only).
+    Prices match within 1% (rounding in copy)."""
+
+    name = "grounding"
+
+    def detect(self, text: str, ctx: CheckContext) -> list[Finding]:
+        if ctx.direction != "OUTPUT" or not ctx.facts:
+            return []
+        facts = _Facts(ctx.facts)
+        out: list[Finding] = []
+        for m in _PRICE.finditer(text):
+            amount = _number(m.group("amt1") or m.group("amt2"))
+            if not facts.prices:
+                out.append(self._finding(m, 0.6))
+            elif not any(abs(amount - p) <= max(0.01 * p, 0.5) for p in facts.prices):
+                out.append(self._finding(m, 0.9))
+        for m in _STARS.finditer(text):
+            stars = int(m.group("n")) if m.group("n") else len(m.group("glyphs"))
+            if facts.stars is None:
+                out.append(self._finding(m, 0.6))
+            elif stars != facts.stars:
+                out.append(self._finding(m, 0.9))
+        for m in _FREE_CANCEL.finditer(text):
+            if _NO_FREE_CANCEL.search(text[max(0, m.start() - 4) : m.end()]):
+                continue  # "no free cancellation" is not a claim of free cancellation
+            if facts.free_cancellation is None:
+                out.append(self._finding(m, 0.6))
+            elif not facts.free_cancellation:
+                out.append(self._finding(m, 0.9))
+        for m in _SCORE.finditer(text):
+            score = _number(m.group("s"))
+            if facts.review_score is not None and abs(score - facts.review_score) > 0.05:
+                out.append(self._finding(m, 0.9))
+        return out
+
+    def _finding(self, m: re.Match[str], score: float) -> Finding:
+        return Finding("grounding.unsupported_claim", m.start(), m.end(), score, self.name)
+
+
+_TRAVEL = re.compile(
+    r"\b(hotel|room|rooms|booking|book|stay|night|nights|check[- ]?in|check[- ]?out|breakfast|"
+    r"pool|beach|flight|trip|travel|city|apartment|cancel|reservation|guest|guests|price|"
+    r"parking|wifi|spa|view|property|chambre|réservation|séjour|zimmer|buchung|"
+    r"übernachtung|habitación|reserva|hotelzimmer|urlaub|vacances|vacaciones)\b",
+    re.I,
+)
+_OFF_TOPIC = {
+    "code": r"\b(write|debug|fix)\b.{0,40}\b(code|python|javascript|function|script|sql|regex)\b",
+    "homework": r"\b(homework|essay|solve (this|the) (equation|math)|exam answers?)\b",
+    "medical": r"\b(diagnos\w*|prescri\w*|dosage|symptoms? of|should i take)\b",
+    "legal": r"\b(sue|lawsuit|legal advice|lawyer for)\b",
+    "politics": r"\b(election|vote for|political party|president (is|was))\b",
+    "finance": r"\b(stock tips?|crypto(currency)?|invest in|trading strategy)\b",
+}
+
+
+class TopicDetector:
+    """Requests outside a travel storefront's tasks (INPUT only)."""
+
+    name = "topic"
+
+    def __init__(self, allowed_topics: Sequence[str] = ()) -> None:
+        self.allowed = set(allowed_topics)
+        self._patterns = [
+            (topic, re.compile(p, re.I))
+            for topic, p in _OFF_TOPIC.items()
+            if topic not in self.allowed
+        ]
+
+    def detect(self, text: str, ctx: CheckContext) -> list[Finding]:
+        if ctx.direction != "INPUT":
+            return []
+        hits = [topic for topic, p in self._patterns if p.search(text)]
+        if not hits:
+            return []
+        score = 0.55 if _TRAVEL.search(text) else 0.85  # travel words make it borderline
+        return [Finding("topic.off_topic", 0, 0, score, self.name)]
+
+
+class JsonSchemaDetector:
+    """Model output must be JSON matching ``schema`` (OUTPUT only)."""
+
+    name = "json_schema"
+
+    def __init__(self, schema: dict[str, Any] | str | None = None) -> None:
+        import jsonschema  # type: ignore[import-untyped]
+
+        if isinstance(schema, str):
+            schema = json.loads(schema)
+        if not isinstance(schema, dict):
+            raise ValueError("json_schema needs params.schema: a JSON schema object")
+        jsonschema.Draft202012Validator.check_schema(schema)
+        self._validator: Any = jsonschema.Draft202012Validator(schema)
+
+    def detect(self, text: str, ctx: CheckContext) -> list[Finding]:
+        if ctx.direction != "OUTPUT":
+            return []
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return [Finding("json_schema.invalid", 0, 0, 1.0, self.name)]
+        if next(self._validator.iter_errors(document), None) is not None:
+            return [Finding("json_schema.invalid", 0, 0, 1.0, self.name)]
+        return []
