@@ -319,6 +319,18 @@ def bench_experiment(quick: bool, concurrency: int, calls: int | None) -> None:
     experiment_main(quick=quick, concurrency=concurrency, calls=calls)
 
 
+@bench.command("guardrail")
+@click.option(
+    "--quick", is_flag=True, help="Reduced run, under 60 s (once Presidio's venv exists)."
+)
+@click.option("-n", "--calls", default=None, type=int, help="Calls per text (after warm-up).")
+def bench_guardrail(quick: bool, calls: int | None) -> None:
+    """Guardrail service: Check latency on 1 KB / 8 KB texts, PII quality vs Presidio."""
+    from llmops.bench.guardrail import main as guardrail_main
+
+    guardrail_main(quick=quick, calls=calls)
+
+
 @bench.command("clickhouse")
 @click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
 @click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")
