@@ -11,7 +11,7 @@ import importlib.util
 import json
 import sys
 import timeit
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +26,7 @@ from services.guardrail.detectors.injection import (
     IGNORE,
     ROLE_PLAY,
     PromptInjectionDetector,
+    _normalize_with_map,
     normalize,
 )
 from services.guardrail.detectors.toxicity import (
@@ -241,6 +242,27 @@ def test_normalize_maps_spans_back_to_the_original() -> None:
     assert normalize("plain ascii").index is None
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "L'hôtel était très agréable",
+        "\u041e\u0442\u0435\u043b\u044c \u0431\u044b\u043b, "
+        "\u043f\u0435\u0440\u0441\u043e\u043d\u0430\u043b",
+        "\u9152\u5e97\u975e\u5e38\u597d\uff0c\u5458\u5de5\u5f88\u70ed\u60c5\u3002",
+        "\u03a4\u03bf \u03be\u03b5\u03bd\u03bf\u03b4\u03bf\u03c7\u03b5\u03af\u03bf",
+        "Café \u2615 naïve résumé",
+        "Straße",
+        "\uff26\uff55\uff4c\uff4c width",
+        "\u2764\ufe0f \U0001f468\u200d\U0001f469\u200d\U0001f467",
+    ],
+)  # fmt: skip
+def test_normalize_fast_path_agrees_with_the_mapped_path(text: str) -> None:
+    fast, mapped = normalize(text), _normalize_with_map(text)
+    assert fast.text == mapped.text
+    assert (fast.index or list(range(len(text)))) == mapped.index
+    assert len(mapped.index or ()) == len(mapped.text)
+
+
 def test_injection_constructor_and_min_score() -> None:
     assert PromptInjectionDetector(min_score=0.6).detect(f"app{ZW}rove", CTX) == []
     with pytest.raises(ValueError):
@@ -313,7 +335,7 @@ def _pr(tp: int, fp: int, fn: int) -> tuple[float, float]:
     return (tp / (tp + fp) if tp + fp else 1.0, tp / (tp + fn) if tp + fn else 1.0)
 
 
-def _table(title: str, scores: dict[str, Sequence[int]]) -> str:
+def _table(title: str, scores: Mapping[str, Sequence[int]]) -> str:
     lines = [title, f"  {'type':<38} {'P':>6} {'R':>6}  tp/fp/fn"]
     for kind, (tp, fp, fn) in scores.items():
         p, r = _pr(tp, fp, fn)
@@ -416,6 +438,13 @@ def test_toxicity_leetspeak_masking_and_repeats(
     toxicity: ToxicityDetector, text: str, word: str
 ) -> None:
     assert word in {text[f.start : f.end] for f in toxicity.detect(text, CTX)}
+
+
+def test_toxicity_masked_words_are_not_double_counted(toxicity: ToxicityDetector) -> None:
+    assert found(ToxicityDetector(use_classifier=False), "f*ck this, s**t hotel") == [
+        (PROFANITY, "f*ck"),
+        (PROFANITY, "s**t"),
+    ]
 
 
 def test_unleet_keeps_length_and_numbers() -> None:

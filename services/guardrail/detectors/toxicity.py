@@ -125,7 +125,7 @@ _WORDS: tuple[_Words, ...] = (
      "|piss|pissed|pissing|arse|ass|asses|bollocks|bugger"
      # French / German / Spanish
      "|merde|merdique|putain|bordel|chiant|chiante|chier|foutre|foutu|foutue|nique|niquer"
-     "|scheisse|scheiss|scheiss\\w+|verdammt|verdammte|verdammter|kacke|arsch"
+     "|scheisse|scheiss|scheiss\\w+|verdammt|verdammte|verdammter|kacke|arsch|fick|fickt"
      "|mierda|joder|jodido|jodida|carajo"),
     # -- harassment (insults aimed at a person)
     (HARASSMENT, 0.85,
@@ -151,7 +151,7 @@ _WORDS: tuple[_Words, ...] = (
      "|brothel|brothels|bordello|cock|cocks"
      # French / German / Spanish
      "|pornographie|salope|salopes|pute|putes|partouze|branlette|nichons"
-     "|ficken|fick|fickt|titten|nutte|nutten|schlampe|wichsen"
+     "|ficken|titten|nutte|nutten|schlampe|wichsen"
      "|follar|follarte|follarme|tetas|mamada|verga"),
     # -- hate: stand-ins for a maintained slur list, which production policies pass with
     # ``extra_terms`` ({"toxicity.hate": [...]}); the phrases below carry the defaults.
@@ -494,14 +494,19 @@ class _Lexicon:
         return cls({k: tuple(v) for k, v in by_letter.items()})
 
     def lookup(self, token: str) -> tuple[tuple[str, float], ...]:
-        return tuple(
+        found = tuple(
             (category, weight)
             for category, weight, regex in self.by_letter.get(token[:1], ())
             if regex.fullmatch(token)
         )
+        if len(found) > 1 and "*" in token:
+            # a masked word is ambiguous ("f*ck": fuck or German fick); swearing is likelier
+            found = (min(found, key=lambda h: _MASK_PREFERENCE.index(h[0])),)
+        return found
 
 
 _DEFAULT_LEXICON = _Lexicon.build(_WORDS)
+_MASK_PREFERENCE = (PROFANITY, HARASSMENT, SEXUAL, HATE, VIOLENCE, SELF_HARM)
 
 
 # ------------------------------------------------------------------------------ features
