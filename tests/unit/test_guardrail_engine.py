@@ -284,3 +284,68 @@ async def test_check_and_bad_input(servicer: GuardrailServicer) -> None:
     )
     assert pooled.verdict == common_pb2.VERDICT_REDACT and "Expedia" not in pooled.redacted_text
     await asyncio.sleep(0)
+
+
+REPO_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "guardrails"
+
+
+async def test_stream_redacts_pii_split_across_chunks() -> None:
+    published: list[Any] = []
+    servicer = GuardrailServicer(
+        PolicyHolder(load_policies([REPO_POLICIES])), Engine(b"k"), published.append,
+        ThreadPoolExecutor(1),
+    )  # fmt: skip
+    chunks = ["Questions? Write to jane.do", "e@example.com or call ", "+44 20 79",
+              "46 0958 today. ", *["The rooms are bright and quiet. "] * 4]  # fmt: skip
+    responses = await _stream(servicer, "storefront-output", chunks)
+    released = "".join(r.released_text for r in responses)
+    assert "jane" not in released and "example.com" not in released and "7946" not in released
+    assert released.startswith("Questions? Write to ********************")
+    assert released.endswith("The rooms are bright and quiet. ")
+    assert responses[-1].final and responses[-1].verdict == common_pb2.VERDICT_REDACT
+    types = {f.type for r in responses for f in r.findings}
+    assert {"pii.email", "pii.phone"} <= types
+    event = published[-1].guardrail_decision
+    assert event.streamed and "jane" not in str(event)
+
+
+async def test_admin_lists_tests_and_reloads(tmp_path: Path) -> None:
+    from services.guardrail.servicer import GuardrailAdminServicer
+
+    (tmp_path / "p.yaml").write_text(POLICIES)
+    holder = PolicyHolder(load_policies([tmp_path]))
+
+    async def reload(dry_run: bool) -> Any:
+        holder.policies = load_policies([tmp_path])
+        return guardrail_pb2.GuardrailAdminServiceReloadPoliciesResponse()
+
+    admin = GuardrailAdminServicer(holder, Engine(b"k"), reload)
+    listed = await admin.ListPolicies(guardrail_pb2.ListPoliciesRequest(), None)
+    assert [(p.name, p.version) for p in listed.policies][:1] == [("copy", 2)]
+    got = await admin.GetPolicy(guardrail_pb2.GetPolicyRequest(name="copy", version=1), None)
+    assert got.policy.detectors[1].params["block_message"].string_value == "Not verified."
+    case = guardrail_pb2.PolicyTestCase(
+        name="competitor", direction=common_pb2.DIRECTION_OUTPUT, text="Cheaper than Expedia",
+        expected_verdict=common_pb2.VERDICT_REDACT,
+    )  # fmt: skip
+    wrong = guardrail_pb2.PolicyTestCase(
+        name="expects block", direction=common_pb2.DIRECTION_OUTPUT, text="Fine.",
+        expected_verdict=common_pb2.VERDICT_BLOCK,
+    )  # fmt: skip
+    result = await admin.TestPolicy(
+        guardrail_pb2.TestPolicyRequest(policy="copy", cases=[case, wrong]), None
+    )
+    assert [r.passed for r in result.results] == [True, False] and result.failed_count == 1
+    candidate = got.policy
+    candidate.detectors[0].action = common_pb2.VERDICT_BLOCK
+    candidate.detectors[0].params["block_message"].string_value = "No competitors."
+    trial = await admin.TestPolicy(
+        guardrail_pb2.TestPolicyRequest(candidate=candidate, cases=[case]), None
+    )
+    assert trial.results[0].verdict == common_pb2.VERDICT_BLOCK and not trial.results[0].passed
+    (tmp_path / "p.yaml").write_text(POLICIES.replace("action: BLOCK", "action: DROP"))
+    with pytest.raises(PolicyError, match="action"):
+        await admin.ReloadPolicies(guardrail_pb2.GuardrailAdminServiceReloadPoliciesRequest(), None)
+    assert holder.policies.get("copy", 1, 0).version == 1  # the old policies stay in force
+    with pytest.raises(InvalidArgument, match="name"):
+        await admin.GetPolicy(guardrail_pb2.GetPolicyRequest(), None)
