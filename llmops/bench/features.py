@@ -50,18 +50,6 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _value(v: Any) -> common_pb2.Value:
-    if isinstance(v, bool):
-        return common_pb2.Value(bool_value=v)
-    if isinstance(v, int):
-        return common_pb2.Value(int64_value=v)
-    if isinstance(v, float):
-        return common_pb2.Value(double_value=v)
-    if isinstance(v, str):
-        return common_pb2.Value(string_value=v)
-    return common_pb2.Value(string_list_value=common_pb2.StringList(values=v))
-
-
 def _key(pid: int) -> common_pb2.EntityKey:
     return common_pb2.EntityKey(
         entity="property",
@@ -98,7 +86,7 @@ async def _load(address: str, props: data.Dataset, now_us: int) -> None:
                     row.entity_key.CopyFrom(_key(props.keys[i]))
                     row.event_time.FromMicroseconds(now_us)
                     for name, col in columns.items():
-                        row.values[name].CopyFrom(_value(col[i]))
+                        row.values[name].CopyFrom(data.to_value(col[i]))
                 reply = await stub.PushFeatures(request, timeout=60)
                 assert reply.online_rows == len(request.rows), reply
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from llmops.v1 import common_pb2
+
 CITIES: tuple[tuple[str, str, float], ...] = (
     ("Paris", "FR", 1.35), ("London", "GB", 1.45), ("Barcelona", "ES", 1.1),
     ("Rome", "IT", 1.15), ("Amsterdam", "NL", 1.4), ("Berlin", "DE", 1.0),
@@ -160,3 +162,19 @@ def searches(
         "nights": rng.choice([1, 2, 2, 3, 3, 4, 7], n).tolist(),
         "guests": rng.choice([1, 2, 2, 2, 3, 4], n).tolist(),
     }
+
+
+def to_value(v: Any) -> common_pb2.Value:
+    """A column value of this module as a ``llmops.v1.Value`` (bool, int, float, str, a
+    tuple of floats = FLOAT_VECTOR, a list of str = STRING_LIST)."""
+    if isinstance(v, bool):
+        return common_pb2.Value(bool_value=v)
+    if isinstance(v, int):
+        return common_pb2.Value(int64_value=v)
+    if isinstance(v, float):
+        return common_pb2.Value(double_value=v)
+    if isinstance(v, str):
+        return common_pb2.Value(string_value=v)
+    if isinstance(v, tuple):
+        return common_pb2.Value(float_vector_value=common_pb2.FloatVector(values=v))
+    return common_pb2.Value(string_list_value=common_pb2.StringList(values=v))

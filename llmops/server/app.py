@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 import llmops
 from llmops.backends import Backends
 from llmops.config import MeshConfig, Mode, ServiceConfig
-from llmops.errors import NotImplementedYet
+from llmops.errors import InvalidArgument, NotImplementedYet
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.server.interceptor import (
     GenericHandler,
@@ -109,15 +109,41 @@ def pending_servicer(base: type[Any], descriptor: _descriptor.ServiceDescriptor,
     return type(f"Pending{descriptor.name}", (base,), methods)()
 
 
-def pending_binding(pb2: Any, pb2_grpc: Any, service: str, owner: str) -> Binding:
-    """A :class:`Binding` for ``service`` (short name, e.g. ``FeatureService``) whose RPCs all
-    answer UNIMPLEMENTED naming ``owner``, the work that will build them."""
-    descriptor = pb2.DESCRIPTOR.services_by_name[service]
+def binding(pb2: Any, pb2_grpc: Any, service: str, servicer: Any) -> Binding:
+    """A :class:`Binding` of ``servicer`` for ``service`` (short name, e.g. ``FeatureService``)."""
     return Binding(
-        descriptor=descriptor,
+        descriptor=pb2.DESCRIPTOR.services_by_name[service],
         add_to_server=getattr(pb2_grpc, f"add_{service}Servicer_to_server"),
-        servicer=pending_servicer(getattr(pb2_grpc, f"{service}Servicer"), descriptor, owner),
+        servicer=servicer,
     )
+
+
+def pending_binding(pb2: Any, pb2_grpc: Any, service: str, owner: str) -> Binding:
+    """A :class:`Binding` for ``service`` whose RPCs all answer UNIMPLEMENTED naming
+    ``owner``, the work that will build them."""
+    descriptor = pb2.DESCRIPTOR.services_by_name[service]
+    servicer = pending_servicer(getattr(pb2_grpc, f"{service}Servicer"), descriptor, owner)
+    return binding(pb2, pb2_grpc, service, servicer)
+
+
+def paginate(items: list[Any], size: int, token: str, where: str = "") -> tuple[list[Any], str]:
+    """Offset pagination over a sorted list for List RPCs: (items of the page, next token).
+
+    ``size`` 0 means 100, at most 1000; the token is the next offset as text. ``where`` is
+    the request path prefixed to the field names in errors (``request.page_token``).
+    """
+    prefix = f"{where}." if where else ""
+    if size < 0:
+        raise InvalidArgument(f"{prefix}page_size", "must not be negative")
+    size = min(size or 100, 1000)
+    try:
+        start = int(token) if token else 0
+    except ValueError:
+        raise InvalidArgument(f"{prefix}page_token", "not a token this service issued") from None
+    if not 0 <= start <= len(items):
+        raise InvalidArgument(f"{prefix}page_token", "not a token this service issued")
+    end = start + size
+    return items[start:end], str(end) if end < len(items) else ""
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

@@ -6,7 +6,7 @@ import asyncio
 
 import structlog
 
-from llmops.server import Binding, ServiceContext, ServiceDefinition
+from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import events_pb2, experiment_pb2, experiment_pb2_grpc
 from services.experiment import results
 from services.experiment.domain import Experiments
@@ -15,14 +15,6 @@ from services.experiment.sticky import MemoryStickyStore, RedisStickyStore, Stic
 from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigStore
 
 log = structlog.get_logger("llmops.experiment")
-
-
-def _binding(name: str, servicer: object) -> Binding:
-    return Binding(
-        descriptor=experiment_pb2.DESCRIPTOR.services_by_name[name],
-        add_to_server=getattr(experiment_pb2_grpc, f"add_{name}Servicer_to_server"),
-        servicer=servicer,
-    )
 
 
 def create(ctx: ServiceContext) -> ServiceDefinition:
@@ -85,8 +77,18 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
     return ServiceDefinition(
         name="experiment",
         bindings=[
-            _binding("ExperimentService", ExperimentServicer(experiments)),
-            _binding("ExperimentAdminService", ExperimentAdminServicer(experiments)),
+            binding(
+                experiment_pb2,
+                experiment_pb2_grpc,
+                "ExperimentService",
+                ExperimentServicer(experiments),
+            ),
+            binding(
+                experiment_pb2,
+                experiment_pb2_grpc,
+                "ExperimentAdminService",
+                ExperimentAdminServicer(experiments),
+            ),
         ],
         on_start=[on_start],
         on_stop=[on_stop],

@@ -5,24 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from llmops.errors import InvalidArgument
+from llmops.server import paginate
 from llmops.v1 import experiment_pb2, experiment_pb2_grpc
 from services.experiment import model, results
 from services.experiment.domain import Experiments
-
-
-def _page(items: list[Any], size: int, token: str) -> tuple[list[Any], str]:
-    if size < 0:
-        raise InvalidArgument("page_size", "must not be negative")
-    size = min(size or 100, 1000)
-    try:
-        start = int(token) if token else 0
-    except ValueError:
-        raise InvalidArgument("page_token", "not a token this service issued") from None
-    if not 0 <= start <= len(items):
-        raise InvalidArgument("page_token", "not a token this service issued")
-    end = start + size
-    return items[start:end], str(end) if end < len(items) else ""
 
 
 class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
@@ -93,7 +79,7 @@ class ExperimentAdminServicer(experiment_pb2_grpc.ExperimentAdminServiceServicer
         self, request: experiment_pb2.ListExperimentsRequest, context: Any
     ) -> experiment_pb2.ListExperimentsResponse:
         items = self.experiments.list_experiments(list(request.statuses), request.layer)
-        page, token = _page(items, request.page_size, request.page_token)
+        page, token = paginate(items, request.page_size, request.page_token)
         return experiment_pb2.ListExperimentsResponse(experiments=page, next_page_token=token)
 
     async def CreateLayer(
@@ -106,5 +92,5 @@ class ExperimentAdminServicer(experiment_pb2_grpc.ExperimentAdminServiceServicer
         self, request: experiment_pb2.ListLayersRequest, context: Any
     ) -> experiment_pb2.ListLayersResponse:
         layers = [layer for _, layer in sorted(self.experiments.snapshot.layers.items())]
-        page, token = _page(layers, request.page_size, request.page_token)
+        page, token = paginate(layers, request.page_size, request.page_token)
         return experiment_pb2.ListLayersResponse(layers=page, next_page_token=token)

@@ -27,20 +27,6 @@ USERS = 500
 DAY_US = 86_400 * 1_000_000
 
 
-def to_value(v: Any) -> common_pb2.Value:
-    if isinstance(v, bool):
-        return common_pb2.Value(bool_value=v)
-    if isinstance(v, int):
-        return common_pb2.Value(int64_value=v)
-    if isinstance(v, float):
-        return common_pb2.Value(double_value=v)
-    if isinstance(v, str):
-        return common_pb2.Value(string_value=v)
-    if isinstance(v, tuple):
-        return common_pb2.Value(float_vector_value=common_pb2.FloatVector(values=v))
-    return common_pb2.Value(string_list_value=common_pb2.StringList(values=v))
-
-
 def _rows(
     dataset: data.Dataset, view: str, key_of: Any, ts_us: int, convert: dict[str, Any]
 ) -> list[tuple[common_pb2.EntityKey, int, dict[str, common_pb2.Value]]]:
@@ -49,7 +35,7 @@ def _rows(
     for i, k in enumerate(dataset.keys):
         values = {}
         for name, col in columns.items():
-            values[name] = convert[name](col[i]) if name in convert else to_value(col[i])
+            values[name] = convert[name](col[i]) if name in convert else data.to_value(col[i])
         out.append((key_of(k), ts_us, values))
     return out
 

@@ -7,7 +7,7 @@ import asyncio
 import structlog
 
 from llmops.config import Mode
-from llmops.server import Binding, ServiceContext, ServiceDefinition
+from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import feature_pb2, feature_pb2_grpc
 from services.feature.domain import FeatureMetrics, FeatureStore, RegistryHolder
 from services.feature.offline import OfflineStore
@@ -16,15 +16,6 @@ from services.feature.registry import load_registry
 from services.feature.reload import RegistryReloader
 from services.feature.seed import seed_if_empty
 from services.feature.servicer import FeatureAdminServicer, FeatureServicer
-
-
-def _binding(name: str, servicer: object) -> Binding:
-    return Binding(
-        descriptor=feature_pb2.DESCRIPTOR.services_by_name[name],
-        add_to_server=getattr(feature_pb2_grpc, f"add_{name}Servicer_to_server"),
-        servicer=servicer,
-    )
-
 
 log = structlog.get_logger("llmops.feature")
 
@@ -69,8 +60,15 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
     return ServiceDefinition(
         name="feature",
         bindings=[
-            _binding("FeatureService", FeatureServicer(store, offline)),
-            _binding("FeatureAdminService", FeatureAdminServicer(store, reloader)),
+            binding(
+                feature_pb2, feature_pb2_grpc, "FeatureService", FeatureServicer(store, offline)
+            ),
+            binding(
+                feature_pb2,
+                feature_pb2_grpc,
+                "FeatureAdminService",
+                FeatureAdminServicer(store, reloader),
+            ),
         ],
         on_start=[on_start],
         on_stop=[on_stop],

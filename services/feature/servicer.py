@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmops.errors import InvalidArgument
+from llmops.server import paginate
 from llmops.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 from services.feature.domain import FeatureStore
 from services.feature.offline import OfflineStore
@@ -84,21 +85,6 @@ def view_proto(view: ViewDef) -> feature_pb2.FeatureView:
     return msg
 
 
-def _page(items: list[Any], size: int, token: str, where: str) -> tuple[list[Any], str]:
-    """Offset pagination over a sorted list; the token is the offset as text."""
-    if size < 0:
-        raise InvalidArgument(f"{where}.page_size", "must not be negative")
-    size = min(size or 100, 1000)
-    try:
-        start = int(token) if token else 0
-    except ValueError:
-        raise InvalidArgument(f"{where}.page_token", "not a token this service issued") from None
-    if start < 0 or start > len(items):
-        raise InvalidArgument(f"{where}.page_token", "not a token this service issued")
-    end = start + size
-    return items[start:end], str(end) if end < len(items) else ""
-
-
 class FeatureAdminServicer(feature_pb2_grpc.FeatureAdminServiceServicer):
     def __init__(self, store: FeatureStore, reloader: RegistryReloader) -> None:
         self.store = store
@@ -119,7 +105,7 @@ class FeatureAdminServicer(feature_pb2_grpc.FeatureAdminServiceServicer):
             for n in sorted(reg.views)
             if not request.entity or reg.views[n].entity == request.entity
         ]
-        page, token = _page(views, request.page_size, request.page_token, "request")
+        page, token = paginate(views, request.page_size, request.page_token, "request")
         return feature_pb2.ListFeatureViewsResponse(
             feature_views=[view_proto(v) for v in page], next_page_token=token
         )
@@ -154,7 +140,7 @@ class FeatureAdminServicer(feature_pb2_grpc.FeatureAdminServiceServicer):
     ) -> feature_pb2.ListFeatureServicesResponse:
         reg = self.registry
         services = [reg.services[n] for n in sorted(reg.services)]
-        page, token = _page(services, request.page_size, request.page_token, "request")
+        page, token = paginate(services, request.page_size, request.page_token, "request")
         return feature_pb2.ListFeatureServicesResponse(
             feature_services=[
                 feature_pb2.FeatureServiceSpec(

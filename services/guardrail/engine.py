@@ -68,6 +68,11 @@ def _rank(action: int) -> int:
     return _RANK.get(action, 0)
 
 
+def worst(a: int, b: int) -> int:
+    """The more severe of two verdicts (ALLOW < FLAG < REDACT < BLOCK)."""
+    return a if _rank(a) >= _rank(b) else b
+
+
 class Engine:
     def __init__(self, hmac_key: bytes) -> None:
         self._key = hmac_key

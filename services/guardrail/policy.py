@@ -313,3 +313,33 @@ def load_policies(paths: Sequence[Path]) -> PolicySet:
         if name not in policies:
             raise PolicyError("defaults", f"default policy {name!r} is not defined")
     return PolicySet(policies, defaults, digest.hexdigest()[:12], tuple(str(f) for f in files))
+
+
+def compile_candidate(candidate: guardrail_pb2.Policy) -> CompiledPolicy:
+    """A policy sent inline (TestPolicy) compiled like one read from a file."""
+    names = {v: k for k, v in DIRECTIONS.items()}
+    checks = []
+    for d in candidate.detectors:
+        params = {k: _python(v) for k, v in d.params.items()}
+        style = params.pop("redact_style", "placeholder")
+        message = params.pop("block_message", "")
+        action = common_pb2.Verdict.Name(d.action).removeprefix("VERDICT_")
+        checks.append(
+            _Check(detector=d.detector, finding_types=list(d.finding_types), threshold=d.threshold,
+                   action=action, redact_style=style, block_message=message, params=params)
+        )  # fmt: skip
+    spec = _Policy(
+        name=candidate.name or "candidate", version=candidate.version or 1,
+        directions=[names.get(d, "INPUT") for d in candidate.directions]
+        or ["INPUT", "OUTPUT"],
+        fail_mode="OPEN" if candidate.fail_mode == guardrail_pb2.FAIL_MODE_OPEN else "CLOSED",
+        detectors=checks,
+    )  # fmt: skip
+    return compile_policy(spec, "candidate")
+
+
+def _python(v: common_pb2.Value) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "string_list_value":
+        return list(v.string_list_value.values)
+    return getattr(v, kind) if kind else None

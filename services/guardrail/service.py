@@ -10,21 +10,13 @@ from pathlib import Path
 
 import structlog
 
-from llmops.server import Binding, ServiceContext, ServiceDefinition
+from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import events_pb2, guardrail_pb2, guardrail_pb2_grpc
 from services.guardrail.engine import Engine
 from services.guardrail.policy import PolicyError, load_policies, policy_files
 from services.guardrail.servicer import GuardrailAdminServicer, GuardrailServicer, PolicyHolder
 
 log = structlog.get_logger("llmops.guardrail")
-
-
-def _binding(name: str, servicer: object) -> Binding:
-    return Binding(
-        descriptor=guardrail_pb2.DESCRIPTOR.services_by_name[name],
-        add_to_server=getattr(guardrail_pb2_grpc, f"add_{name}Servicer_to_server"),
-        servicer=servicer,
-    )
 
 
 def hmac_key(configured: str, state_dir: Path) -> bytes:
@@ -94,8 +86,18 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
     return ServiceDefinition(
         name="guardrail",
         bindings=[
-            _binding("GuardrailService", GuardrailServicer(holder, engine, publish, pool)),
-            _binding("GuardrailAdminService", GuardrailAdminServicer(holder, engine, reload)),
+            binding(
+                guardrail_pb2,
+                guardrail_pb2_grpc,
+                "GuardrailService",
+                GuardrailServicer(holder, engine, publish, pool),
+            ),
+            binding(
+                guardrail_pb2,
+                guardrail_pb2_grpc,
+                "GuardrailAdminService",
+                GuardrailAdminServicer(holder, engine, reload),
+            ),
         ],
         on_start=[on_start],
         on_stop=[on_stop],

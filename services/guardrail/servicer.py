@@ -12,8 +12,8 @@ from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2, events_pb2, guardrail_pb2, guardrail_pb2_grpc
 from services.guardrail.detectors.base import CheckContext, Fact
-from services.guardrail.engine import ALLOW, INLINE_LIMIT, Counted, Decision, Engine
-from services.guardrail.policy import CompiledPolicy, PolicySet, compile_policy
+from services.guardrail.engine import ALLOW, INLINE_LIMIT, Counted, Decision, Engine, worst
+from services.guardrail.policy import CompiledPolicy, PolicySet, compile_candidate
 from services.guardrail.stream import StreamState
 
 MAX_TEXT_BYTES = 64 * 1024
@@ -139,7 +139,7 @@ class GuardrailServicer(guardrail_pb2_grpc.GuardrailServiceServicer):
                     "chunk", f"a stream carries at most {MAX_TEXT_BYTES} characters"
                 )
             release = state.push(message.chunk)
-            verdict = _worst(verdict, release.decision.verdict)
+            verdict = worst(verdict, release.decision.verdict)
             if release.decision.verdict == common_pb2.VERDICT_BLOCK:
                 yield self._final(state, release.decision, cfg, verdict, release.findings)
                 return
@@ -149,7 +149,7 @@ class GuardrailServicer(guardrail_pb2_grpc.GuardrailServiceServicer):
                     verdict=verdict, findings=[finding_proto(c) for c in release.findings],  # type: ignore[arg-type]
                 )  # fmt: skip
         release = state.finish()
-        verdict = _worst(verdict, release.decision.verdict)
+        verdict = worst(verdict, release.decision.verdict)
         final = self._final(state, release.decision, cfg, verdict, release.findings)
         final.released_text = release.text if verdict != common_pb2.VERDICT_BLOCK else ""
         final.released_until = release.until
@@ -181,12 +181,6 @@ class GuardrailServicer(guardrail_pb2_grpc.GuardrailServiceServicer):
         )  # fmt: skip
 
 
-def _worst(a: int, b: int) -> int:
-    from services.guardrail.engine import _rank
-
-    return a if _rank(a) >= _rank(b) else b
-
-
 class GuardrailAdminServicer(guardrail_pb2_grpc.GuardrailAdminServiceServicer):
     def __init__(self, holder: PolicyHolder, engine: Engine, reload: Callable[[bool], Any]) -> None:
         self.holder = holder
@@ -212,7 +206,7 @@ class GuardrailAdminServicer(guardrail_pb2_grpc.GuardrailAdminServiceServicer):
         self, request: guardrail_pb2.TestPolicyRequest, context: Any
     ) -> guardrail_pb2.TestPolicyResponse:
         if request.WhichOneof("target") == "candidate":
-            policy = _compile_candidate(request.candidate)
+            policy = compile_candidate(request.candidate)
         elif request.WhichOneof("target") == "policy":
             policy = self.holder.policies.get(request.policy, request.policy_version, 0)
         else:
@@ -238,33 +232,3 @@ class GuardrailAdminServicer(guardrail_pb2_grpc.GuardrailAdminServiceServicer):
             False
         )
         return result
-
-
-def _compile_candidate(candidate: guardrail_pb2.Policy) -> CompiledPolicy:
-    from services.guardrail.policy import _Check, _Policy
-
-    checks = []
-    for d in candidate.detectors:
-        params = {k: _python(v) for k, v in d.params.items()}
-        style = params.pop("redact_style", "placeholder")
-        message = params.pop("block_message", "")
-        action = common_pb2.Verdict.Name(d.action).removeprefix("VERDICT_")
-        checks.append(
-            _Check(detector=d.detector, finding_types=list(d.finding_types), threshold=d.threshold,
-                   action=action, redact_style=style, block_message=message, params=params)
-        )  # fmt: skip
-    spec = _Policy(
-        name=candidate.name or "candidate", version=candidate.version or 1,
-        directions=[DIRECTION_NAMES.get(d, "INPUT") for d in candidate.directions]
-        or ["INPUT", "OUTPUT"],
-        fail_mode="OPEN" if candidate.fail_mode == guardrail_pb2.FAIL_MODE_OPEN else "CLOSED",
-        detectors=checks,
-    )  # fmt: skip
-    return compile_policy(spec, "candidate")
-
-
-def _python(v: common_pb2.Value) -> Any:
-    kind = v.WhichOneof("kind")
-    if kind == "string_list_value":
-        return list(v.string_list_value.values)
-    return getattr(v, kind) if kind else None
