@@ -9,31 +9,27 @@ multiplexes concurrent calls), and every call made through it
 - is retried on UNAVAILABLE only, by gRPC's own retry policy (exponential backoff, at most
   4 attempts), never on other codes — a retried write could otherwise apply twice.
 
-The stubs are the generated ones, so every RPC is typed by the ``*_pb2_grpc.pyi`` stubs.
+Clients are built generically from the generated stubs, for any service a plug-in declares:
+``mesh.stub(feature_pb2_grpc.FeatureServiceStub)`` returns the typed
+``FeatureServiceAsyncStub`` (the ``*_pb2_grpc.pyi`` overloads type it), on the channel of the
+service that serves it. No client code is written per service.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from llmops.config import MeshConfig
+from llmops.mesh import PROTO_PACKAGE, SERVICES
 from llmops.server.interceptor import REQUEST_ID_KEY, current_request_id, remaining_time
-from llmops.v1 import (
-    admin_pb2_grpc,
-    embedding_pb2_grpc,
-    experiment_pb2_grpc,
-    feature_pb2_grpc,
-    feedback_pb2_grpc,
-    governance_pb2_grpc,
-    guardrail_pb2_grpc,
-    inference_pb2_grpc,
-)
+from llmops.v1 import admin_pb2_grpc
+
+StubT = TypeVar("StubT")
 
 RETRY_SERVICE_CONFIG = json.dumps(
     {
@@ -121,6 +117,10 @@ class MeshClient:
             else config.server.default_deadline_ms / 1000
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[Any, Any] = {}
+        self._served_by = {
+            proto: name for name, plugin in SERVICES.items() for proto in plugin.proto_services
+        }
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """The one channel to ``service`` (created on first use, reused after)."""
@@ -144,64 +144,22 @@ class MeshClient:
     def admin(self, service: str) -> admin_pb2_grpc.AdminServiceAsyncStub:
         return admin_pb2_grpc.AdminServiceStub(self.channel(service))
 
-    @cached_property
-    def feature(self) -> feature_pb2_grpc.FeatureServiceAsyncStub:
-        return feature_pb2_grpc.FeatureServiceStub(self.channel("feature"))
-
-    @cached_property
-    def feature_admin(self) -> feature_pb2_grpc.FeatureAdminServiceAsyncStub:
-        return feature_pb2_grpc.FeatureAdminServiceStub(self.channel("feature"))
-
-    @cached_property
-    def embedding(self) -> embedding_pb2_grpc.EmbeddingServiceAsyncStub:
-        return embedding_pb2_grpc.EmbeddingServiceStub(self.channel("embedding"))
-
-    @cached_property
-    def embedding_admin(self) -> embedding_pb2_grpc.EmbeddingAdminServiceAsyncStub:
-        return embedding_pb2_grpc.EmbeddingAdminServiceStub(self.channel("embedding"))
-
-    @cached_property
-    def inference(self) -> inference_pb2_grpc.InferenceServiceAsyncStub:
-        return inference_pb2_grpc.InferenceServiceStub(self.channel("inference"))
-
-    @cached_property
-    def inference_admin(self) -> inference_pb2_grpc.InferenceAdminServiceAsyncStub:
-        return inference_pb2_grpc.InferenceAdminServiceStub(self.channel("inference"))
-
-    @cached_property
-    def guardrail(self) -> guardrail_pb2_grpc.GuardrailServiceAsyncStub:
-        return guardrail_pb2_grpc.GuardrailServiceStub(self.channel("guardrail"))
-
-    @cached_property
-    def guardrail_admin(self) -> guardrail_pb2_grpc.GuardrailAdminServiceAsyncStub:
-        return guardrail_pb2_grpc.GuardrailAdminServiceStub(self.channel("guardrail"))
-
-    @cached_property
-    def experiment(self) -> experiment_pb2_grpc.ExperimentServiceAsyncStub:
-        return experiment_pb2_grpc.ExperimentServiceStub(self.channel("experiment"))
-
-    @cached_property
-    def experiment_admin(self) -> experiment_pb2_grpc.ExperimentAdminServiceAsyncStub:
-        return experiment_pb2_grpc.ExperimentAdminServiceStub(self.channel("experiment"))
-
-    @cached_property
-    def feedback(self) -> feedback_pb2_grpc.FeedbackServiceAsyncStub:
-        return feedback_pb2_grpc.FeedbackServiceStub(self.channel("feedback"))
-
-    @cached_property
-    def feedback_admin(self) -> feedback_pb2_grpc.FeedbackAdminServiceAsyncStub:
-        return feedback_pb2_grpc.FeedbackAdminServiceStub(self.channel("feedback"))
-
-    @cached_property
-    def governance(self) -> governance_pb2_grpc.GovernanceServiceAsyncStub:
-        return governance_pb2_grpc.GovernanceServiceStub(self.channel("governance"))
-
-    @cached_property
-    def governance_admin(self) -> governance_pb2_grpc.GovernanceAdminServiceAsyncStub:
-        return governance_pb2_grpc.GovernanceAdminServiceStub(self.channel("governance"))
+    def stub(self, stub_class: Callable[[grpc.aio.Channel], StubT]) -> StubT:
+        """A client of the protobuf service that ``stub_class`` (a generated ``*Stub``)
+        calls, on the channel of the mesh service serving it; built once and reused."""
+        cached = self._stubs.get(stub_class)
+        if cached is None:
+            full = f"{PROTO_PACKAGE}.{getattr(stub_class, '__name__', '').removesuffix('Stub')}"
+            service = self._served_by.get(full)
+            if service is None:
+                raise KeyError(f"no service of the mesh serves {full}")
+            cached = self._stubs[stub_class] = stub_class(self.channel(service))
+        stub: StubT = cached
+        return stub
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
+        self._stubs.clear()
         for channel in channels.values():
             await channel.close(None)
 

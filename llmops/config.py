@@ -15,12 +15,14 @@ import os
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from llmops.mesh import SERVICES
+from llmops.plugin import ServicePlugin
+from llmops.settings import Settings
 
 ENV_PREFIX = "LLMOPS__"
 CONFIG_FILE_ENV = "LLMOPS_CONFIG"
@@ -35,11 +37,10 @@ class Mode(StrEnum):
     PRODUCTION = "production"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+S = TypeVar("S", bound=Settings)
 
 
-class ServiceConfig(_Strict):
+class ServiceConfig(Settings):
     """Where one service listens."""
 
     enabled: bool = True
@@ -61,15 +62,15 @@ def _default_services() -> dict[str, ServiceConfig]:
     }
 
 
-class RedisConfig(_Strict):
+class RedisConfig(Settings):
     url: str = Field("redis://127.0.0.1:16379/0", description="redis-py URL (production).")
 
 
-class KafkaConfig(_Strict):
+class KafkaConfig(Settings):
     bootstrap_servers: str = Field("127.0.0.1:19092", description="Comma-separated brokers.")
 
 
-class ClickHouseConfig(_Strict):
+class ClickHouseConfig(Settings):
     backend: Literal["auto", "chdb", "server"] = Field(
         "auto",
         description="chdb = in-process engine; server = clickhouse-driver native protocol; "
@@ -80,11 +81,11 @@ class ClickHouseConfig(_Strict):
     )
 
 
-class OpaConfig(_Strict):
+class OpaConfig(Settings):
     url: str = Field("http://127.0.0.1:18181", description="OPA server (production).")
 
 
-class EventsConfig(_Strict):
+class EventsConfig(Settings):
     """The event log and the publisher's buffer."""
 
     backend: Literal["auto", "local", "kafka"] = Field(
@@ -103,7 +104,7 @@ class EventsConfig(_Strict):
     )
 
 
-class SinkConfig(_Strict):
+class SinkConfig(Settings):
     """Consumers that move events into ClickHouse (`llmops sink`, in-process when embedded)."""
 
     embedded: bool = Field(True, description="Run the sinks inside `llmops up`.")
@@ -112,89 +113,14 @@ class SinkConfig(_Strict):
     admin_port: int = Field(9150, ge=0, le=65535, description="Sink metrics (`llmops sink`).")
 
 
-_REPO_FEATURES = Path(__file__).resolve().parents[1] / "deploy" / "features"
-
-
-class FeaturesConfig(_Strict):
-    """The feature service: its registry files and online store."""
-
-    registry: list[Path] = Field(
-        default_factory=lambda: [_REPO_FEATURES],
-        description="Registry YAML files or directories of them (deploy/features/README.md).",
-    )
-    online_store: Literal["auto", "embedded", "redis"] = Field(
-        "auto",
-        description="embedded = in-process, persisted under state_dir/features; redis = "
-        "backends.redis; auto = embedded in embedded mode, redis in production mode.",
-    )
-    namespace: str = Field(
-        "llmops:feat", min_length=1, description="Prefix of every online-store key."
-    )
-    reload_interval_s: float = Field(
-        5.0, ge=0, description="Poll the registry files for changes this often; 0 = never."
-    )
-    demo_data: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Seed the demo storefront's features into an empty store at start "
-        "(auto = in embedded mode only).",
-    )
-
-
-_REPO_GUARDRAILS = Path(__file__).resolve().parents[1] / "deploy" / "guardrails"
-
-
-class GuardrailsConfig(_Strict):
-    """The guardrail service: policy files, the match-hash key, the worker pool."""
-
-    policies: list[Path] = Field(
-        default_factory=lambda: [_REPO_GUARDRAILS],
-        description="Policy YAML files or directories of them (deploy/guardrails/README.md).",
-    )
-    reload_interval_s: float = Field(
-        5.0, ge=0, description="Poll the policy files for changes this often; 0 = never."
-    )
-    hmac_key: str = Field(
-        "",
-        description="Key of the match hashes in findings and events (hex or text); empty = a "
-        "random key kept in state_dir/guardrail.key (set one per tenant fleet in production).",
-    )
-    workers: int = Field(2, ge=1, le=64, description="Threads checking long texts.")
-
-
-class ExperimentsConfig(_Strict):
-    """The experiment service: where experiments live, holdout, exposure dedup."""
-
-    store: Literal["auto", "file", "redis"] = Field(
-        "auto",
-        description="file = state_dir/experiments.json; redis = backends.redis; auto = file "
-        "in embedded mode, redis in production mode.",
-    )
-    namespace: str = Field("llmops:exp", min_length=1, description="Redis key prefix.")
-    holdout_bps: int = Field(
-        0, ge=0, le=10_000, description="Global holdout: this share of units sees no experiment."
-    )
-    exposure_dedup_window_s: float = Field(
-        1800.0, ge=0, description="An assignment repeated within this window logs no exposure."
-    )
-    reload_interval_s: float = Field(
-        2.0, ge=0, description="Poll the store for other replicas' changes; 0 = never."
-    )
-    bandit_check_interval_s: float = Field(
-        60.0,
-        ge=0,
-        description="Stop experiments past end_time and re-weight due bandits this often; "
-        "0 = never.",
-    )
-
-
-class BackendsConfig(_Strict):
+class BackendsConfig(Settings):
     redis: RedisConfig = RedisConfig()
     kafka: KafkaConfig = KafkaConfig()
     clickhouse: ClickHouseConfig = ClickHouseConfig()
     opa: OpaConfig = OpaConfig()
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Settings):
     """Runtime settings shared by every service's gRPC server."""
 
     shutdown_grace_s: float = Field(
@@ -209,13 +135,15 @@ class ServerConfig(_Strict):
     access_log: bool = Field(True, description="One structured log line per RPC.")
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Settings):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
 
 
-class MeshConfig(_Strict):
-    """The whole configuration. Every field has a working default for embedded mode."""
+class CoreConfig(Settings):
+    """The runtime's part of the configuration. Every field has a working default for
+    embedded mode. Each service adds its own section (its plug-in's settings model) in
+    :data:`MeshConfig`."""
 
     mode: Mode = Mode.EMBEDDED
     state_dir: Path = Field(
@@ -225,9 +153,6 @@ class MeshConfig(_Strict):
     backends: BackendsConfig = BackendsConfig()
     events: EventsConfig = EventsConfig()
     sink: SinkConfig = SinkConfig()
-    features: FeaturesConfig = FeaturesConfig()
-    experiments: ExperimentsConfig = ExperimentsConfig()
-    guardrails: GuardrailsConfig = GuardrailsConfig()
     server: ServerConfig = ServerConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -250,7 +175,7 @@ class MeshConfig(_Strict):
         return data
 
     @model_validator(mode="after")
-    def _ports_are_distinct(self) -> MeshConfig:
+    def _ports_are_distinct(self) -> CoreConfig:
         seen: dict[tuple[str, int], str] = {}
         for name, svc in self.services.items():
             if not svc.enabled:
@@ -275,23 +200,54 @@ class MeshConfig(_Strict):
             return self.backends.clickhouse.backend
         return "chdb" if self.mode is Mode.EMBEDDED else "server"
 
-    @property
-    def experiment_store(self) -> Literal["file", "redis"]:
-        if self.experiments.store != "auto":
-            return self.experiments.store
-        return "file" if self.mode is Mode.EMBEDDED else "redis"
-
-    @property
-    def online_store(self) -> Literal["embedded", "redis"]:
-        if self.features.online_store != "auto":
-            return self.features.online_store
-        return "embedded" if self.mode is Mode.EMBEDDED else "redis"
-
     def service(self, name: str) -> ServiceConfig:
         try:
             return self.services[name]
         except KeyError:
             raise ConfigError(f"services.{name}: unknown service") from None
+
+    def settings_of(self, name: str) -> Settings:
+        """The settings section of service ``name`` (its plug-in's model)."""
+        plugin = SERVICES.get(name)
+        if plugin is None:
+            raise ConfigError(f"services.{name}: unknown service")
+        value: Settings = getattr(self, plugin.config_key)
+        return value
+
+    def section(self, model: type[S]) -> S:
+        """The one section whose settings model is ``model`` (typed access for callers
+        outside the service, e.g. benchmarks and the CLI)."""
+        for plugin in SERVICES.values():
+            if plugin.settings is model:
+                value = getattr(self, plugin.config_key)
+                assert isinstance(value, model)
+                return value
+        raise ConfigError(f"no service has the settings model {model.__name__}")
+
+
+_CORE_KEYS = frozenset(CoreConfig.model_fields)
+
+
+def _with_sections(plugins: dict[str, ServicePlugin]) -> type[CoreConfig]:
+    """The mesh config model: the core plus one section per service, from its plug-in."""
+    fields: dict[str, Any] = {}
+    for plugin in plugins.values():
+        if plugin.config_key in _CORE_KEYS:
+            raise ConfigError(
+                f"service {plugin.name}: config key {plugin.config_key!r} is the runtime's"
+            )
+        doc = (plugin.settings.__doc__ or "").strip().splitlines()
+        fields[plugin.config_key] = (
+            plugin.settings,
+            Field(default_factory=plugin.settings, description=doc[0] if doc else ""),
+        )
+    return create_model("MeshConfig", __base__=CoreConfig, **fields)
+
+
+if TYPE_CHECKING:
+    MeshConfig = CoreConfig
+else:
+    MeshConfig = _with_sections(SERVICES)
 
 
 def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:

@@ -10,7 +10,7 @@ import click
 
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig
-from llmops.v1 import feature_pb2
+from llmops.v1 import feature_pb2, feature_pb2_grpc
 
 _STEP = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -35,11 +35,11 @@ async def run_materialize(
     end_us = int(_parse_time(end).timestamp() * 1e6) if end else None
     async with MeshClient(config, default_timeout_s=600) as mesh:
         if not views:
-            listed = await mesh.feature_admin.ListFeatureViews(
+            listed = await mesh.stub(feature_pb2_grpc.FeatureAdminServiceStub).ListFeatureViews(
                 feature_pb2.ListFeatureViewsRequest()
             )
             views = [v.name for v in listed.feature_views if v.online]
-        fresh = await mesh.feature_admin.GetFreshness(
+        fresh = await mesh.stub(feature_pb2_grpc.FeatureAdminServiceStub).GetFreshness(
             feature_pb2.GetFreshnessRequest(feature_views=views)
         )
         now_us = end_us or int(datetime.now(UTC).timestamp() * 1e6)
@@ -59,7 +59,9 @@ async def run_materialize(
                     request = feature_pb2.MaterializeRequest(feature_views=[f.feature_view])
                     request.window.start_time.FromMicroseconds(lo)
                     request.window.end_time.FromMicroseconds(min(lo + step_us, now_us))
-                    reply = await mesh.feature.Materialize(request)
+                    reply = await mesh.stub(feature_pb2_grpc.FeatureServiceStub).Materialize(
+                        request
+                    )
                     total += sum(r.rows_written for r in reply.results)
             click.echo(f"{f.feature_view}: {total:,} keys written, watermark "
                        f"{datetime.fromtimestamp(now_us / 1e6, UTC).isoformat()}")  # fmt: skip

@@ -10,7 +10,7 @@ import grpc
 
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig
-from llmops.v1 import common_pb2, feature_pb2, guardrail_pb2
+from llmops.v1 import common_pb2, feature_pb2, feature_pb2_grpc, guardrail_pb2, guardrail_pb2_grpc
 
 PROPERTY_IDS = (1, 2, 3, 42, 1337)
 USER_IDS = ("u-000001", "u-000002", "u-000003")
@@ -93,7 +93,9 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         )
         parts.append(
             _section(
-                "Shoppers (user_profile)", await mesh.feature.GetOnlineFeatures(users), "user_id"
+                "Shoppers (user_profile)",
+                await mesh.stub(feature_pb2_grpc.FeatureServiceStub).GetOnlineFeatures(users),
+                "user_id",
             )
         )
         props = feature_pb2.GetOnlineFeaturesRequest(feature_service="property_summary_llm")
@@ -103,11 +105,13 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         parts.append(
             _section(
                 "Properties (feature service property_summary_llm)",
-                await mesh.feature.GetOnlineFeatures(props),
+                await mesh.stub(feature_pb2_grpc.FeatureServiceStub).GetOnlineFeatures(props),
                 "property_id",
             )
         )
-        fresh = await mesh.feature_admin.GetFreshness(feature_pb2.GetFreshnessRequest())
+        fresh = await mesh.stub(feature_pb2_grpc.FeatureAdminServiceStub).GetFreshness(
+            feature_pb2.GetFreshnessRequest()
+        )
         rows = [["view", "newest value", "lag", "ttl", "stale"]]
         for f in fresh.views:
             rows.append(
@@ -136,7 +140,7 @@ DEMO_TEXTS = (
 async def _guardrails(mesh: MeshClient) -> str:
     rows = [["text", "verdict", "findings", "detector µs", "result"]]
     for label, text in DEMO_TEXTS:
-        reply = await mesh.guardrail.Check(
+        reply = await mesh.stub(guardrail_pb2_grpc.GuardrailServiceStub).Check(
             guardrail_pb2.CheckRequest(direction=common_pb2.DIRECTION_INPUT, text=text)
         )
         verdict = common_pb2.Verdict.Name(reply.verdict).removeprefix("VERDICT_")

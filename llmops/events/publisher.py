@@ -26,7 +26,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -213,6 +213,23 @@ class EventPublisher:
         :class:`~llmops.errors.ResourceExhausted` when the buffer is full, and
         :class:`~llmops.errors.FailedPrecondition` after ``close()``.
         """
+        record, kind = self._prepare(envelope)
+        self._append(record, kind)
+
+    def publish_all(self, envelopes: Sequence[events_pb2.EventEnvelope]) -> None:
+        """Publish ``envelopes`` all or none: every one is validated and serialized first,
+        then they are buffered together only if the buffer has room for all of them
+        (else :class:`~llmops.errors.ResourceExhausted` and nothing was buffered)."""
+        records = [self._prepare(envelope) for envelope in envelopes]
+        if records:
+            self._append_all(records)
+
+    def has_room(self, count: int) -> bool:
+        """Whether ``count`` more events fit in the buffer now (a hint: another caller may
+        take the room first; :meth:`publish_all` is the atomic check)."""
+        return self._pending + count <= self.capacity
+
+    def _prepare(self, envelope: events_pb2.EventEnvelope) -> tuple[Record, str]:
         kind = self._validate(envelope)
         if not envelope.HasField("publish_time"):
             envelope.publish_time.FromNanoseconds(time.time_ns())
@@ -224,7 +241,7 @@ class EventPublisher:
             value = envelope.SerializeToString()
         except (EncodeError, DecodeError) as exc:
             raise InvalidArgument("event", f"cannot serialize: {exc}") from exc
-        self._append(Record(self._topics[kind], envelope.key.encode(), value), kind)
+        return Record(self._topics[kind], envelope.key.encode(), value), kind
 
     def _validate(self, envelope: events_pb2.EventEnvelope) -> str:
         kind = envelope.WhichOneof("event")
@@ -259,6 +276,31 @@ class EventPublisher:
                 self._work.notify()
         self._published[kind].inc()
         self.metrics.depth.inc()
+
+    def _append_all(self, records: list[tuple[Record, str]]) -> None:
+        with self._work:
+            if self._state not in ("new", "running"):
+                raise FailedPrecondition("event publisher is closed")
+            if self._pending + len(records) > self.capacity:
+                for _, kind in records:
+                    self._rejected[kind].inc()
+                raise ResourceExhausted(
+                    f"event buffer full: {self._pending} events waiting for the "
+                    f"{self._log.name} event log (capacity {self.capacity}), "
+                    f"{len(records)} more do not fit; retry later"
+                )
+            if not self._buffer:
+                self._first_at = time.monotonic()
+                self._work.notify()
+            for record, _ in records:
+                self._buffer.append(record)
+            self._pending += len(records)
+            self._accepted += len(records)
+            if len(self._buffer) >= self._max_batch:
+                self._work.notify()
+        for _, kind in records:
+            self._published[kind].inc()
+        self.metrics.depth.inc(len(records))
 
     # -- flushing ----------------------------------------------------------------------------
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from llmops.server.app import (
-    Binding,
     GrpcService,
-    ServiceContext,
-    ServiceDefinition,
     binding,
     paginate,
     pending_binding,
@@ -14,6 +11,7 @@ from llmops.server.app import (
     run,
     serve,
 )
+from llmops.server.context import Binding, ServiceContext, ServiceDefinition
 from llmops.server.interceptor import current_request_id, remaining_time
 
 __all__ = [

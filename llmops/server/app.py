@@ -1,23 +1,22 @@
 """Server bootstrap shared by every service: one gRPC server per service, on uvloop.
 
-A service package provides ``create(ctx: ServiceContext) -> ServiceDefinition``: the servicers
-it registers. Everything else — the interceptor pipeline, health, reflection, the common
-``AdminService``, the Prometheus admin port, graceful drain — is done here, the same way for
-every service, whether it runs alone (production) or beside the six others (embedded).
+A service's plug-in (:mod:`llmops.plugin`) names its ``create(ctx) -> ServiceDefinition``:
+the servicers it registers and the tasks it runs. Everything else — the interceptor
+pipeline, health, reflection, the common ``AdminService``, the Prometheus admin port, the
+task scheduler, graceful drain — is done here, the same way for every service, whether it
+runs alone (production) or beside the others (embedded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
@@ -25,13 +24,22 @@ from google.protobuf import descriptor as _descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import start_http_server
 
 import llmops
 from llmops.backends import Backends
-from llmops.config import MeshConfig, Mode, ServiceConfig
+from llmops.config import MeshConfig, Mode
 from llmops.errors import InvalidArgument, NotImplementedYet
+from llmops.events.port import ServiceEvents
 from llmops.mesh import ADMIN_SERVICE, SERVICES
+from llmops.plugin import ServiceFactory, ServicePlugin
+from llmops.scheduler import Scheduler
+from llmops.server.context import (
+    Binding,
+    ServiceBackends,
+    ServiceContext,
+    ServiceDefinition,
+)
 from llmops.server.interceptor import (
     GenericHandler,
     RpcMetrics,
@@ -41,52 +49,10 @@ from llmops.server.interceptor import (
 from llmops.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
+    from llmops.clients import MeshClient
     from llmops.observability import Observability
 
 log = structlog.get_logger("llmops.server")
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """One protobuf service a server exposes, with the object implementing it."""
-
-    descriptor: _descriptor.ServiceDescriptor
-    add_to_server: Callable[[Any, grpc.aio.Server], None]
-    servicer: Any
-
-    @property
-    def full_name(self) -> str:
-        return str(self.descriptor.full_name)
-
-
-@dataclass(slots=True)
-class ServiceDefinition:
-    """What a service package hands to the runtime."""
-
-    name: str
-    bindings: list[Binding]
-    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    """Run on the server's event loop before it accepts calls (connect, warm caches)."""
-    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceContext:
-    """What the runtime hands to a service package's ``create``."""
-
-    name: str
-    config: MeshConfig
-    backends: Backends
-    metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
-    """The service's Prometheus registry (served on its admin port)."""
-
-    @property
-    def service_config(self) -> ServiceConfig:
-        return self.config.service(self.name)
-
-
-class ServiceFactory(Protocol):
-    def __call__(self, ctx: ServiceContext) -> ServiceDefinition: ...
 
 
 def pending_servicer(base: type[Any], descriptor: _descriptor.ServiceDescriptor, owner: str) -> Any:
@@ -198,18 +164,18 @@ class _WrappingRegistrar:
 class GrpcService:
     """One service's gRPC server, health, reflection and admin port."""
 
-    def __init__(self, definition: ServiceDefinition, ctx: ServiceContext) -> None:
+    def __init__(self, definition: ServiceDefinition, ctx: ServiceContext[Any]) -> None:
         self.definition = definition
         self.ctx = ctx
         self.settings = ctx.service_config
         self.state = ServerState()
         self.registry = ctx.metrics
+        self.scheduler = Scheduler(ctx.name, ctx.metrics)
         self.started_at: float | None = None
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._http: Any = None
-        entry = SERVICES[definition.name]
-        self.grpc_service = entry.grpc_service
+        self.grpc_service = ctx.plugin.grpc_service
         self.service_names = [b.full_name for b in definition.bindings] + [ADMIN_SERVICE]
         self.reflected_names = [
             *self.service_names,
@@ -220,7 +186,7 @@ class GrpcService:
 
     @property
     def name(self) -> str:
-        return self.definition.name
+        return self.ctx.name
 
     def info(self) -> admin_pb2.GetInfoResponse:
         info = admin_pb2.GetInfoResponse(
@@ -290,6 +256,7 @@ class GrpcService:
         self._started_mono = time.monotonic()
         for name in ("", *self.service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.scheduler.start(self.definition.tasks)
         log.info(
             "service_started",
             service=self.name,
@@ -317,6 +284,7 @@ class GrpcService:
         self.state.draining = True
         await self._server.stop(grace)
         self._server = None
+        await self.scheduler.stop()
         if self._http is not None:
             # shutdown() waits for serve_forever's next poll (up to 0.5 s): not on the loop.
             await asyncio.to_thread(self._http.shutdown)
@@ -327,12 +295,20 @@ class GrpcService:
         log.info("service_stopped", service=self.name)
 
 
-def load_factory(name: str) -> ServiceFactory:
-    """Import ``services.<name>`` lazily and return its ``create``."""
-    entry = SERVICES[name]
-    module = importlib.import_module(entry.module)
-    factory: ServiceFactory = module.create
-    return factory
+def build_context(
+    plugin: ServicePlugin, config: MeshConfig, backends: Backends, clients: MeshClient
+) -> ServiceContext[Any]:
+    """The context of one service: its settings section, the backends it declared, its
+    event port, the shared clients and a metrics registry of its own."""
+    view = ServiceBackends(plugin, backends)
+    return ServiceContext(
+        plugin=plugin,
+        config=config,
+        settings=config.settings_of(plugin.name),
+        backends=view,
+        events=ServiceEvents(plugin.grpc_service, view.event_publisher),
+        clients=clients,
+    )
 
 
 async def serve(
@@ -354,12 +330,16 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     with Backends(config) as backends:
+        from llmops.clients import MeshClient  # imports llmops.server: not at module level
+
         services: list[GrpcService] = []
+        clients = MeshClient(config)
         observability = _embedded_observability(config, backends)
         try:
             for name in names:
-                ctx = ServiceContext(name=name, config=config, backends=backends)
-                factory = factories.get(name) or load_factory(name)
+                plugin = SERVICES[name]
+                ctx = build_context(plugin, config, backends, clients)
+                factory = factories.get(name) or plugin.load_factory()
                 services.append(GrpcService(factory(ctx), ctx))
             for svc in services:
                 await svc.start()
@@ -373,6 +353,7 @@ async def serve(
                 *(svc.stop(config.server.shutdown_grace_s) for svc in services),
                 return_exceptions=True,
             )
+            await clients.close()
             if observability is not None:
                 # Accepted events first reach the log, then the sinks take what they can.
                 await asyncio.to_thread(backends.flush_events)

@@ -50,6 +50,10 @@ deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "llmops_deadline", default=None
 )
 """Absolute deadline of the RPC being served, on the ``time.monotonic()`` clock."""
+call_var: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
+    "llmops_call", default=None
+)
+"""(full method, servicer context) of the RPC being served: who is calling (llmops.identity)."""
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -298,6 +302,7 @@ class RuntimeInterceptor(_ServerInterceptor):
         tokens = (
             request_id_var.set(rid),
             deadline_var.set(None if remaining is None else time.monotonic() + remaining),
+            call_var.set((inst.method, context)),
         )
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         if gate:
@@ -360,6 +365,7 @@ class RuntimeInterceptor(_ServerInterceptor):
         try:
             request_id_var.reset(tokens[0])
             deadline_var.reset(tokens[1])
+            call_var.reset(tokens[2])
         except ValueError:  # a stream finalised from another context: nothing to restore
             pass
 

@@ -1,7 +1,4 @@
-"""Embedding service: embedding models, vector collections (FAISS), filtered search."""
+"""Embedding service: embedding models, vector collections (FAISS), filtered search.
 
-from __future__ import annotations
-
-from services.embedding.service import create
-
-__all__ = ["create"]
+The plug-in (settings, ports, backends) is in ``plugin.py``; the wiring in ``service.py``.
+"""

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmops.server import ServiceContext, ServiceDefinition, pending_binding
 from llmops.v1 import embedding_pb2, embedding_pb2_grpc
 
-PENDING = "embeddings and vector search arrive with the Embedding service issue (not yet filed)"
+PENDING = "embeddings and vector search arrive with issue #12 (Embedding and vector search service)"
 
 
-def create(ctx: ServiceContext) -> ServiceDefinition:
+def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
     return ServiceDefinition(
-        name="embedding",
         bindings=[
             pending_binding(embedding_pb2, embedding_pb2_grpc, "EmbeddingService", PENDING),
             pending_binding(embedding_pb2, embedding_pb2_grpc, "EmbeddingAdminService", PENDING),

@@ -1,7 +1,4 @@
-"""Experiment service: experiments, layers, deterministic allocation, bandits and results."""
+"""Experiment service: experiments, layers, deterministic allocation, bandits and results.
 
-from __future__ import annotations
-
-from services.experiment.service import create
-
-__all__ = ["create"]
+The plug-in (settings, ports, backends) is in ``plugin.py``; the wiring in ``service.py``.
+"""

@@ -7,9 +7,10 @@ import asyncio
 import structlog
 
 from llmops.server import ServiceContext, ServiceDefinition, binding
-from llmops.v1 import events_pb2, experiment_pb2, experiment_pb2_grpc
+from llmops.v1 import experiment_pb2, experiment_pb2_grpc
 from services.experiment import results
 from services.experiment.domain import Experiments
+from services.experiment.plugin import ExperimentSettings
 from services.experiment.servicer import ExperimentAdminServicer, ExperimentServicer
 from services.experiment.sticky import MemoryStickyStore, RedisStickyStore, StickyStore
 from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigStore
@@ -17,28 +18,24 @@ from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigS
 log = structlog.get_logger("llmops.experiment")
 
 
-def create(ctx: ServiceContext) -> ServiceDefinition:
-    cfg = ctx.config
+def create(ctx: ServiceContext[ExperimentSettings]) -> ServiceDefinition:
+    settings = ctx.settings
     store: ConfigStore
-    if cfg.experiment_store == "redis":
-        store = RedisConfigStore(cfg.backends.redis.url, cfg.experiments.namespace)
+    sticky: StickyStore
+    if settings.store_backend(ctx.mode) == "redis":
+        store = RedisConfigStore(ctx.backends.redis_url, settings.namespace)
+        sticky = RedisStickyStore(ctx.backends.redis_url, settings.namespace)
     else:
         store = FileConfigStore(ctx.backends.state_dir / "experiments.json")
-
-    sticky: StickyStore
-    if cfg.experiment_store == "redis":
-        sticky = RedisStickyStore(cfg.backends.redis.url, cfg.experiments.namespace)
-    else:
         sticky = MemoryStickyStore(ctx.backends.state_dir / "experiments" / "sticky.sqlite3")
 
-    def publish(envelope: events_pb2.EventEnvelope) -> None:
-        ctx.backends.publisher().publish(envelope)
+    publish = ctx.events.publish
 
     experiments = Experiments(
         store,
         publish,
-        holdout_bps=cfg.experiments.holdout_bps,
-        dedup_window_s=cfg.experiments.exposure_dedup_window_s,
+        holdout_bps=settings.holdout_bps,
+        dedup_window_s=settings.exposure_dedup_window_s,
         clickhouse=ctx.backends.clickhouse,
         sticky=sticky,
     )
@@ -48,7 +45,7 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
 
     async def maintenance_loop() -> None:
         while True:  # end_time stops; bandits re-weighted when their update_interval passed
-            await asyncio.sleep(cfg.experiments.bandit_check_interval_s)
+            await asyncio.sleep(settings.bandit_check_interval_s)
             try:
                 stopped = await experiments.stop_expired()
                 if stopped:
@@ -63,8 +60,8 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
 
     async def on_start() -> None:
         await experiments.refresh()
-        experiments.start_polling(cfg.experiments.reload_interval_s)
-        if cfg.experiments.bandit_check_interval_s > 0:
+        experiments.start_polling(settings.reload_interval_s)
+        if settings.bandit_check_interval_s > 0:
             tasks.append(asyncio.get_running_loop().create_task(maintenance_loop()))
 
     async def on_stop() -> None:
@@ -75,7 +72,6 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
         await store.close()
 
     return ServiceDefinition(
-        name="experiment",
         bindings=[
             binding(
                 experiment_pb2,

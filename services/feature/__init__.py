@@ -1,7 +1,4 @@
-"""Feature service: feature views, online store (Redis / in-process), offline store (ClickHouse)."""
+"""Feature service: feature views, online store (Redis / in-process), offline store (ClickHouse).
 
-from __future__ import annotations
-
-from services.feature.service import create
-
-__all__ = ["create"]
+The plug-in (settings, ports, backends) is in ``plugin.py``; the wiring in ``service.py``.
+"""

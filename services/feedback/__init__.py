@@ -1,7 +1,4 @@
-"""Feedback service: explicit and implicit feedback, label queues, dataset export."""
+"""Feedback service: explicit and implicit feedback, label queues, dataset export.
 
-from __future__ import annotations
-
-from services.feedback.service import create
-
-__all__ = ["create"]
+The plug-in (settings, ports, backends) is in ``plugin.py``; the wiring in ``service.py``.
+"""

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmops.server import ServiceContext, ServiceDefinition, pending_binding
 from llmops.v1 import feedback_pb2, feedback_pb2_grpc
 
-PENDING = (
-    "feedback capture and dataset export arrive with the Feedback service issue (not yet filed)"
-)
+PENDING = "feedback capture and dataset export arrive with issue #14 (Feedback service)"
 
 
-def create(ctx: ServiceContext) -> ServiceDefinition:
+def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
     return ServiceDefinition(
-        name="feedback",
         bindings=[
             pending_binding(feedback_pb2, feedback_pb2_grpc, "FeedbackService", PENDING),
             pending_binding(feedback_pb2, feedback_pb2_grpc, "FeedbackAdminService", PENDING),

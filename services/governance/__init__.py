@@ -1,7 +1,4 @@
-"""Governance service: registry of models/prompts/datasets, policy decisions, hash-chained audit."""
+"""Governance service: registry of models/prompts/datasets, policy decisions, hash-chained audit.
 
-from __future__ import annotations
-
-from services.governance.service import create
-
-__all__ = ["create"]
+The plug-in (settings, ports, backends) is in ``plugin.py``; the wiring in ``service.py``.
+"""

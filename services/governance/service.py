@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmops.server import ServiceContext, ServiceDefinition, pending_binding
 from llmops.v1 import governance_pb2, governance_pb2_grpc
 
-PENDING = (
-    "the registry, policy decisions and audit trail arrive with the Governance service issue "
-    "(not yet filed)"
-)
+PENDING = "the registry, policy decisions and audit trail arrive with issue #11 (Governance)"
 
 
-def create(ctx: ServiceContext) -> ServiceDefinition:
+def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
     return ServiceDefinition(
-        name="governance",
         bindings=[
             pending_binding(governance_pb2, governance_pb2_grpc, "GovernanceService", PENDING),
             pending_binding(governance_pb2, governance_pb2_grpc, "GovernanceAdminService", PENDING),

@@ -1,7 +1,4 @@
-"""Guardrail service: input and output moderation policies, streaming checks over token chunks."""
+"""Guardrail service: input and output moderation policies, streaming checks over token chunks.
 
-from __future__ import annotations
-
-from services.guardrail.service import create
-
-__all__ = ["create"]
+The plug-in (settings, ports, backends) is in ``plugin.py``; the wiring in ``service.py``.
+"""

@@ -11,8 +11,9 @@ from pathlib import Path
 import structlog
 
 from llmops.server import ServiceContext, ServiceDefinition, binding
-from llmops.v1 import events_pb2, guardrail_pb2, guardrail_pb2_grpc
+from llmops.v1 import guardrail_pb2, guardrail_pb2_grpc
 from services.guardrail.engine import Engine
+from services.guardrail.plugin import GuardrailSettings
 from services.guardrail.policy import PolicyError, load_policies, policy_files
 from services.guardrail.servicer import GuardrailAdminServicer, GuardrailServicer, PolicyHolder
 
@@ -31,15 +32,14 @@ def hmac_key(configured: str, state_dir: Path) -> bytes:
     return path.read_bytes().strip()
 
 
-def create(ctx: ServiceContext) -> ServiceDefinition:
-    cfg = ctx.config.guardrails
+def create(ctx: ServiceContext[GuardrailSettings]) -> ServiceDefinition:
+    cfg = ctx.settings
     paths = list(cfg.policies)
     holder = PolicyHolder(load_policies(paths))  # a bad policy file stops start-up
     engine = Engine(hmac_key(cfg.hmac_key, ctx.backends.state_dir))
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="guardrail")
 
-    def publish(envelope: events_pb2.EventEnvelope) -> None:
-        ctx.backends.publisher().publish(envelope)
+    publish = ctx.events.publish
 
     async def reload(dry_run: bool) -> guardrail_pb2.GuardrailAdminServiceReloadPoliciesResponse:
         fresh = await asyncio.to_thread(load_policies, paths)  # PolicyError -> INVALID_ARGUMENT
@@ -84,7 +84,6 @@ def create(ctx: ServiceContext) -> ServiceDefinition:
         pool.shutdown(wait=False, cancel_futures=True)
 
     return ServiceDefinition(
-        name="guardrail",
         bindings=[
             binding(
                 guardrail_pb2,

@@ -1,7 +1,4 @@
-"""Inference service: model routes, LLM generation (TensorRT-LLM, Triton) and task pipelines."""
+"""Inference service: model routes, LLM generation (TensorRT-LLM, Triton) and task pipelines.
 
-from __future__ import annotations
-
-from services.inference.service import create
-
-__all__ = ["create"]
+The plug-in (settings, ports, backends) is in ``plugin.py``; the wiring in ``service.py``.
+"""

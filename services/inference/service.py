@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llmops.server import ServiceContext, ServiceDefinition, pending_binding
 from llmops.v1 import inference_pb2, inference_pb2_grpc
 
-PENDING = (
-    "LLM routes, generation and task runs arrive with the Inference service issue (not yet filed)"
-)
+PENDING = "LLM routes, generation and task runs arrive with issue #13 (Inference service)"
 
 
-def create(ctx: ServiceContext) -> ServiceDefinition:
+def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
     return ServiceDefinition(
-        name="inference",
         bindings=[
             pending_binding(inference_pb2, inference_pb2_grpc, "InferenceService", PENDING),
             pending_binding(inference_pb2, inference_pb2_grpc, "InferenceAdminService", PENDING),

@@ -115,7 +115,7 @@ def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
             stub.Embed(embedding_pb2.EmbedRequest(), timeout=5)
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
     assert "llmops.v1.EmbeddingService.Embed" in err.value.details()
-    assert "Embedding service issue" in err.value.details()
+    assert "issue #12" in err.value.details()
 
 
 def test_feature_service_serves_pushed_features_over_grpc(mesh: RunningMesh) -> None:

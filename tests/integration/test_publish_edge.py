@@ -19,15 +19,16 @@ from tests.support import free_ports, mesh_env
 class PublishingFeedback(feedback_pb2_grpc.FeedbackServiceServicer):
     """Stands in for the feedback service: each Submit publishes one event."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.publisher = ctx.backends.publisher()
+    def __init__(self, ctx: ServiceContext[Any]) -> None:
+        self.events = ctx.events
+        self.publisher = ctx.backends.event_publisher()
 
     async def Submit(self, request: Any, context: Any) -> Any:
         envelope = events_pb2.EventEnvelope()
         envelope.feedback.event_id = request.feedback.idempotency_key or str(time.time_ns())
         envelope.feedback.event_time.GetCurrentTime()
         envelope.feedback.request_id = "r-1"
-        self.publisher.publish(envelope)  # raises ResourceExhausted when the buffer is full
+        self.events.publish(envelope)  # raises ResourceExhausted when the buffer is full
         return feedback_pb2.SubmitResponse()
 
 
@@ -44,11 +45,11 @@ async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Pat
     config = load_config(environ=env)
     holder: dict[str, PublishingFeedback] = {}
 
-    def factory(ctx: ServiceContext) -> ServiceDefinition:
+    def factory(ctx: ServiceContext[Any]) -> ServiceDefinition:
         holder["svc"] = PublishingFeedback(ctx)
         descriptor = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
         add = feedback_pb2_grpc.add_FeedbackServiceServicer_to_server
-        return ServiceDefinition("feedback", [Binding(descriptor, add, holder["svc"])])
+        return ServiceDefinition([Binding(descriptor, add, holder["svc"])])
 
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(

@@ -29,13 +29,13 @@ class SlowFeatures(feature_pb2_grpc.FeatureServiceServicer):
         return feature_pb2.GetOnlineFeaturesResponse()
 
 
-def serving(servicer: SlowFeatures) -> Callable[[ServiceContext], ServiceDefinition]:
+def serving(servicer: SlowFeatures) -> Callable[[ServiceContext[Any]], ServiceDefinition]:
     """A factory for the feature service that serves ``servicer``."""
 
-    def factory(ctx: ServiceContext) -> ServiceDefinition:
+    def factory(ctx: ServiceContext[Any]) -> ServiceDefinition:
         descriptor = feature_pb2.DESCRIPTOR.services_by_name["FeatureService"]
         add = feature_pb2_grpc.add_FeatureServiceServicer_to_server
-        return ServiceDefinition("feature", [Binding(descriptor, add, servicer)])
+        return ServiceDefinition([Binding(descriptor, add, servicer)])
 
     return factory
 

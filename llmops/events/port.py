@@ -1,0 +1,95 @@
+"""``ctx.events``: what a service publishes, and the one builder of audit events.
+
+Services publish through this port, never through the process's publisher directly, so the
+rules hold everywhere: publishing never blocks the event loop; a full buffer is an error the
+caller sees (``RESOURCE_EXHAUSTED``), never a silent drop; several events of one action are
+published all or none (:meth:`ServiceEvents.publish_all`); and an audit record's actor is
+the caller's identity (:mod:`llmops.identity`), never a request field.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import struct_pb2
+
+from llmops.events.ids import uuid7
+from llmops.identity import Identity, current_identity
+from llmops.server.interceptor import current_request_id
+from llmops.v1 import events_pb2
+
+if TYPE_CHECKING:
+    from llmops.events.publisher import EventPublisher
+
+
+class ServiceEvents:
+    """One service's view of the process's event publisher (opened on first use)."""
+
+    def __init__(
+        self,
+        service: str,
+        publisher: Callable[[], EventPublisher],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.service = service
+        self._publisher = publisher
+        self._clock = clock
+
+    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
+        """Buffer one event; raises ResourceExhausted when the buffer is full."""
+        self._publisher().publish(envelope)
+
+    def publish_all(self, envelopes: Sequence[events_pb2.EventEnvelope]) -> None:
+        """Buffer every event or none (ResourceExhausted when they do not all fit)."""
+        self._publisher().publish_all(envelopes)
+
+    def has_room(self, count: int) -> bool:
+        """Whether ``count`` events fit now: check it before a side effect that must be
+        followed by its events (then publish with :meth:`publish_all`)."""
+        return self._publisher().has_room(count)
+
+    def audit_event(
+        self,
+        action: str,
+        resource_type: str,
+        name: str,
+        *,
+        version: str = "",
+        before: Mapping[str, Any] | None = None,
+        after: Mapping[str, Any] | None = None,
+        reason: str = "",
+        tenant: str = "",
+        outcome: events_pb2.AuditOutcome.ValueType = events_pb2.AUDIT_OUTCOME_SUCCESS,
+        actor: Identity | None = None,
+    ) -> events_pb2.EventEnvelope:
+        """An audit record of ``action`` on ``resource_type``/``name``, wrapped for publishing.
+
+        The actor is ``actor`` when given (e.g. :func:`llmops.identity.system` for scheduled
+        work), else the identity of the RPC being served; the request id is the current
+        one. ``before``/``after`` are plain values (Struct numbers are doubles: large ids and
+        versions belong in strings). Publish it with :meth:`publish` (or with the action's
+        other events via :meth:`publish_all`); a failure raises — an audited change whose
+        record cannot be published must not look successful.
+        """
+        who = actor or current_identity()
+        event = events_pb2.AuditEvent(
+            event_id=uuid7(),
+            request_id=current_request_id() or "",
+            tenant=tenant,
+            actor=who.actor() if who is not None else events_pb2.Actor(id="unknown"),
+            action=action,
+            resource=events_pb2.Resource(
+                type=resource_type, name=name, version=version, service=self.service
+            ),
+            outcome=outcome,
+            reason=reason,
+        )
+        event.event_time.FromNanoseconds(int(self._clock() * 1e9))
+        for field, value in (("before", before), ("after", after)):
+            if value is not None:
+                struct = struct_pb2.Struct()
+                struct.update(value)
+                getattr(event, field).CopyFrom(struct)
+        return events_pb2.EventEnvelope(audit=event)

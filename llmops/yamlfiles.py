@@ -1,0 +1,218 @@
+"""Versioned YAML files: discovery, parsing with precise errors, a revision, hot reload.
+
+Used by every service whose configuration lives in reviewed YAML files (the feature
+registry, guardrail policies; inference routes and tasks next). Two pieces:
+
+- :func:`load_yaml_files` reads every ``*.yaml``/``*.yml`` file of the given paths
+  (directories are not recursed), validates each against a pydantic model and returns them
+  with a content digest (the *revision*: it changes exactly when a file's bytes, name or the
+  set of files change). Errors name the file and the field, labelling list items by their
+  ``name`` (and ``version``), e.g. ``storefront.yaml: policies[input@2].detectors[1].action:
+  unknown action 'DROP'``.
+- :class:`HotReload` holds the compiled object in force and swaps in a new one only if it
+  compiles; a dry run compiles and reports without swapping. Its :meth:`HotReload.watch`
+  is the runtime :class:`~llmops.scheduler.Watch` that reloads on file changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import structlog
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from llmops.errors import InvalidArgument
+from llmops.scheduler import YAML_SUFFIXES, Watch
+
+log = structlog.get_logger("llmops.yamlfiles")
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class YamlFileError(InvalidArgument):
+    """A file does not validate; ``field`` is ``file: path.to.field``. Subclass it per kind so
+    callers can catch one service's errors."""
+
+
+@dataclass(frozen=True, slots=True)
+class YamlFile(Generic[M]):
+    path: Path
+    spec: M
+    data: Any
+    """The parsed YAML, for checks that need the raw document."""
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class YamlFiles(Generic[M]):
+    files: tuple[YamlFile[M], ...]
+    revision: str
+    """12 hex digits of SHA-256 over every file's name and bytes, in path order."""
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(f.label for f in self.files)
+
+
+def yaml_files(paths: Iterable[Path], error: type[YamlFileError] = YamlFileError) -> list[Path]:
+    """The YAML files of ``paths`` (directories are not recursed), sorted per directory."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix in YAML_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise error(str(p), "no such file or directory")
+    return files
+
+
+def item_label(item: Mapping[str, Any]) -> str | None:
+    """How a list item is named in error paths: ``name``, or ``name@version`` when it has one."""
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    return f"{name}@{item['version']}" if "version" in item else name
+
+
+def describe_location(
+    loc: Sequence[int | str],
+    data: Any,
+    label: Callable[[Mapping[str, Any]], str | None] = item_label,
+) -> str:
+    """A pydantic error location as ``section[item].field``, items labelled by ``label``."""
+    parts: list[str] = []
+    node = data
+    for step in loc:
+        if isinstance(step, int):
+            item = node[step] if isinstance(node, list) and step < len(node) else None
+            name = label(item) if isinstance(item, Mapping) else None
+            if parts:
+                parts[-1] += f"[{name}]" if name else f"[{step}]"
+            else:
+                parts.append(f"[{name or step}]")
+            node = item
+        else:
+            parts.append(str(step))
+            node = node.get(step) if isinstance(node, Mapping) else None
+    return ".".join(parts)
+
+
+def parse_yaml_file(
+    path: Path,
+    model: type[M],
+    error: type[YamlFileError] = YamlFileError,
+    label: Callable[[Mapping[str, Any]], str | None] = item_label,
+    text: str | None = None,
+) -> YamlFile[M]:
+    """Read, parse and validate one file; every problem is ``error`` naming file and field."""
+    where = str(path)
+    try:
+        raw = path.read_text(encoding="utf-8") if text is None else text
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as exc:
+        raise error(where, f"not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(where, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise error(where, "the top level must be a mapping")
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = describe_location(first["loc"], data, label) or "(top level)"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise error(f"{where}: {field}", message) from None
+    return YamlFile(path, spec, data)
+
+
+def load_yaml_files(
+    paths: Iterable[Path],
+    model: type[M],
+    error: type[YamlFileError] = YamlFileError,
+    label: Callable[[Mapping[str, Any]], str | None] = item_label,
+) -> YamlFiles[M]:
+    """Every YAML file of ``paths``, validated against ``model``, with their revision."""
+    digest = hashlib.sha256()
+    loaded: list[YamlFile[M]] = []
+    for path in yaml_files(paths, error):
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise error(str(path), f"cannot read: {exc.strerror}") from None
+        digest.update(path.name.encode() + b"\0" + raw + b"\0")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(str(path), f"cannot read: not UTF-8 ({exc.reason})") from None
+        loaded.append(parse_yaml_file(path, model, error, label, text))
+    return YamlFiles(tuple(loaded), digest.hexdigest()[:12])
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded(Generic[T]):
+    """What one reload did. ``applied`` is False for a dry run or when nothing changed."""
+
+    candidate: T
+    previous_revision: str
+    revision: str
+    """The revision in force after the call (the previous one for a dry run)."""
+    candidate_revision: str
+    applied: bool
+
+
+class HotReload(Generic[T]):
+    """The compiled configuration in force, replaced only by one that compiles.
+
+    ``load`` reads and compiles the files (raising a :class:`YamlFileError` subclass);
+    ``revision`` tells a compiled object's revision. The first load happens here, so a bad
+    file stops start-up.
+    """
+
+    def __init__(self, kind: str, load: Callable[[], T], revision: Callable[[T], str]) -> None:
+        self.kind = kind
+        self._load = load
+        self._revision = revision
+        self.current: T = load()
+        self._lock = asyncio.Lock()
+
+    @property
+    def revision(self) -> str:
+        return self._revision(self.current)
+
+    async def reload(self, *, dry_run: bool = False) -> Reloaded[T]:
+        """Load and compile the files (off the event loop); swap them in unless ``dry_run``."""
+        async with self._lock:
+            candidate = await asyncio.to_thread(self._load)
+            previous = self.revision
+            fresh = self._revision(candidate)
+            applied = not dry_run and fresh != previous
+            if applied:
+                self.current = candidate
+                log.info(f"{self.kind}_reloaded", previous=previous, revision=fresh)
+            return Reloaded(
+                candidate=candidate,
+                previous_revision=previous,
+                revision=self.revision,
+                candidate_revision=fresh,
+                applied=applied,
+            )
+
+    def watch(self, paths: Sequence[Path], interval_s: float) -> Watch:
+        """The runtime task that reloads when a file under ``paths`` changes; a file that
+        does not compile is reported by the scheduler and the revision in force stays."""
+
+        async def on_change() -> None:
+            await self.reload()
+
+        return Watch(f"{self.kind}_reload", list(paths), interval_s, on_change)

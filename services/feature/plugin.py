@@ -1,0 +1,57 @@
+"""The feature service's plug-in: its settings (config section ``features``) and metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from llmops.plugin import ServicePlugin
+from llmops.settings import Settings, by_mode
+
+_REPO_FEATURES = Path(__file__).resolve().parents[2] / "deploy" / "features"
+
+
+class FeatureSettings(Settings):
+    """The feature service: its registry files and online store."""
+
+    registry: list[Path] = Field(
+        default_factory=lambda: [_REPO_FEATURES],
+        description="Registry YAML files or directories of them (deploy/features/README.md).",
+    )
+    online_store: Literal["auto", "embedded", "redis"] = Field(
+        "auto",
+        description="embedded = in-process, persisted under state_dir/features; redis = "
+        "backends.redis; auto = embedded in embedded mode, redis in production mode.",
+    )
+    namespace: str = Field(
+        "llmops:feat", min_length=1, description="Prefix of every online-store key."
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="Poll the registry files for changes this often; 0 = never."
+    )
+    demo_data: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Seed the demo storefront's features into an empty store at start "
+        "(auto = in embedded mode only).",
+    )
+
+    def online_backend(self, mode: str) -> Literal["embedded", "redis"]:
+        return by_mode(self.online_store, mode, "embedded", "redis")
+
+    def seeds_demo(self, mode: str) -> bool:
+        return self.demo_data == "on" or (self.demo_data == "auto" and mode == "embedded")
+
+
+PLUGIN = ServicePlugin(
+    name="feature",
+    port=50051,
+    admin_port=9151,
+    proto_service="FeatureService",
+    summary="online and offline features",
+    factory="services.feature.service:create",
+    settings=FeatureSettings,
+    settings_key="features",
+    backends=frozenset({"clickhouse", "redis", "state_dir"}),
+)

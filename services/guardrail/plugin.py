@@ -1,0 +1,43 @@
+"""The guardrail service's plug-in: its settings (config section ``guardrails``) and metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from llmops.plugin import ServicePlugin
+from llmops.settings import Settings
+
+_REPO_GUARDRAILS = Path(__file__).resolve().parents[2] / "deploy" / "guardrails"
+
+
+class GuardrailSettings(Settings):
+    """The guardrail service: policy files, the match-hash key, the worker pool."""
+
+    policies: list[Path] = Field(
+        default_factory=lambda: [_REPO_GUARDRAILS],
+        description="Policy YAML files or directories of them (deploy/guardrails/README.md).",
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="Poll the policy files for changes this often; 0 = never."
+    )
+    hmac_key: str = Field(
+        "",
+        description="Key of the match hashes in findings and events (hex or text); empty = a "
+        "random key kept in state_dir/guardrail.key (set one per tenant fleet in production).",
+    )
+    workers: int = Field(2, ge=1, le=64, description="Threads checking long texts.")
+
+
+PLUGIN = ServicePlugin(
+    name="guardrail",
+    port=50054,
+    admin_port=9154,
+    proto_service="GuardrailService",
+    summary="input/output moderation",
+    factory="services.guardrail.service:create",
+    settings=GuardrailSettings,
+    settings_key="guardrails",
+    backends=frozenset({"events", "state_dir"}),
+)
