@@ -269,10 +269,39 @@ def status(config_path: Path | None, as_json: bool, timeout: float) -> None:
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks; each prints one JSON line last on stdout (see BENCH.md)."""
+    """Benchmarks; each prints one JSON line last on stdout (see BENCH.md).
+
+    The benchmarks live in the top-level ``benchmarks`` package, loaded only here. A target
+    that needs an optional dependency says in one line which extra to install; baselines
+    (Feast, GrowthBook, Presidio) install themselves into venvs of their own.
+    """
     from llmops.logging import configure_logging
 
     configure_logging("warning", "console")  # library warnings to stderr, stdout is the JSON
+
+
+BENCH_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    # target -> (module, extra that provides it)
+    "events": (("kafka", "kafka"),),
+    "clickhouse": (("clickhouse_driver", "clickhouse"),),
+}
+
+
+def _bench_main(target: str) -> Callable[..., None]:
+    """``benchmarks.<target>.main``, after checking the target's optional dependencies."""
+    import importlib.util
+
+    for module, extra in BENCH_NEEDS.get(target, ()):
+        if importlib.util.find_spec(module) is None:
+            click.echo(
+                f"llmops bench {target}: needs the '{extra}' extra ({module} is not installed): "
+                f"pip install -e '.[{extra}]'",
+                err=True,
+            )
+            sys.exit(1)
+    bench_module = importlib.import_module(f"benchmarks.{target}")
+    main: Callable[..., None] = bench_module.main
+    return main
 
 
 @bench.command("noop")
@@ -281,18 +310,14 @@ def bench() -> None:
 @click.option("-n", "--calls", default=None, type=int, help="Calls per case (after warm-up).")
 def bench_noop(quick: bool, concurrency: int, calls: int | None) -> None:
     """Empty unary RPC: the shared runtime (all interceptors) vs a bare grpc.aio server."""
-    from llmops.bench.noop import main as noop_main
-
-    noop_main(quick=quick, concurrency=concurrency, calls=calls)
+    _bench_main("noop")(quick=quick, concurrency=concurrency, calls=calls)
 
 
 @bench.command("events")
 @click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
 def bench_events(quick: bool) -> None:
     """Event bus: producer/consumer throughput (Kafka and the local log), publish latency."""
-    from llmops.bench.events import main as events_main
-
-    events_main(quick=quick)
+    _bench_main("events")(quick=quick)
 
 
 @bench.command("features")
@@ -301,9 +326,7 @@ def bench_events(quick: bool) -> None:
 @click.option("-n", "--calls", default=None, type=int, help="Calls per case (after warm-up).")
 def bench_features(quick: bool, concurrency: int, calls: int | None) -> None:
     """Feature service: GetOnlineFeatures via gRPC on real Redis vs Feast (SDK and server)."""
-    from llmops.bench.features import main as features_main
-
-    features_main(quick=quick, concurrency=concurrency, calls=calls)
+    _bench_main("features")(quick=quick, concurrency=concurrency, calls=calls)
 
 
 @bench.command("experiment")
@@ -314,9 +337,7 @@ def bench_features(quick: bool, concurrency: int, calls: int | None) -> None:
 @click.option("-n", "--calls", default=None, type=int, help="Calls per case (after warm-up).")
 def bench_experiment(quick: bool, concurrency: int, calls: int | None) -> None:
     """Experiment service: Assign over 20 experiments via gRPC and in-process vs GrowthBook."""
-    from llmops.bench.experiment import main as experiment_main
-
-    experiment_main(quick=quick, concurrency=concurrency, calls=calls)
+    _bench_main("experiment")(quick=quick, concurrency=concurrency, calls=calls)
 
 
 @bench.command("guardrail")
@@ -326,9 +347,7 @@ def bench_experiment(quick: bool, concurrency: int, calls: int | None) -> None:
 @click.option("-n", "--calls", default=None, type=int, help="Calls per text (after warm-up).")
 def bench_guardrail(quick: bool, calls: int | None) -> None:
     """Guardrail service: Check latency on 1 KB / 8 KB texts, PII quality vs Presidio."""
-    from llmops.bench.guardrail import main as guardrail_main
-
-    guardrail_main(quick=quick, calls=calls)
+    _bench_main("guardrail")(quick=quick, calls=calls)
 
 
 @bench.command("clickhouse")
@@ -336,9 +355,7 @@ def bench_guardrail(quick: bool, calls: int | None) -> None:
 @click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")
 def bench_clickhouse(quick: bool, rows: int | None) -> None:
     """ClickHouse: ingest rows/s, bytes/row on disk, rollup vs raw query latency."""
-    from llmops.bench.clickhouse import main as clickhouse_main
-
-    clickhouse_main(quick=quick, rows=rows)
+    _bench_main("clickhouse")(quick=quick, rows=rows)
 
 
 @cli.command(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README "Run the tests"; CI runs exactly this through .ci/run).
 # Installs what it needs (apt packages, Kafka jars via Maven, Go tools, the Python venv),
-# then: stub-sync check, buf lint, ruff, mypy, and the whole pytest suite against real
+# then: stub-sync check, buf lint, ruff, mypy, import contracts, and the whole pytest suite against real
 # Redis, Kafka, ClickHouse, OPA and chdb (the fixtures start the servers and stop them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,9 @@ ruff format --check .
 
 step "mypy"
 mypy
+
+step "import contracts (runtime never imports services; no service imports another)"
+lint-imports
 
 step "pytest"
 set +e

@@ -16,7 +16,7 @@ Cases (BENCH.md):
   experiments, and ``assignments_per_s`` = calls x 20 / s;
 - ``assign_inprocess_20exp`` (growthbook): GrowthBook's Python SDK evaluating the same 20
   experiments (namespaces = our layer ranges, same weights, targeting as conditions) in its
-  own venv (:mod:`llmops.bench.growthbook_baseline`).
+  own venv (:mod:`benchmarks.growthbook_baseline`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 import grpc
 
-from llmops.bench import servers
-from llmops.bench.report import Case, emit
+from benchmarks import servers
+from benchmarks.report import Case, emit
 from llmops.v1 import common_pb2, experiment_pb2, experiment_pb2_grpc
 
 LAYERS = (("page", 8, 1250), ("search", 6, 1500), ("email", 6, 1000))
@@ -219,7 +219,7 @@ def _inprocess_case(state: Path, units: list[str], calls: int) -> Case:
 
 
 def main(*, quick: bool, concurrency: int = 8, calls: int | None = None) -> None:
-    from llmops.bench.growthbook_baseline import run_growthbook_baseline
+    from benchmarks.growthbook_baseline import run_growthbook_baseline
 
     calls = calls or (3_000 if quick else 20_000)
     rng = random.Random(5)

@@ -20,9 +20,9 @@ from typing import IO, Any
 
 import grpc
 
-from llmops.bench.report import Case, emit
+from benchmarks.report import Case, emit
 
-METHOD = "/llmops.bench.Noop/Call"
+METHOD = "/benchmarks.Noop/Call"
 SYSTEMS = ("llmops", "grpc-bare")
 
 
@@ -44,14 +44,14 @@ async def _serve(system: str, port: int) -> None:
     if system == "llmops":
         configure_logging("info", "json")  # stderr: the parent points it at a file
         interceptors.append(
-            RuntimeInterceptor("llmops.bench.Noop", RpcMetrics(CollectorRegistry()), ServerState())
+            RuntimeInterceptor("benchmarks.Noop", RpcMetrics(CollectorRegistry()), ServerState())
         )
     server = grpc.aio.server(interceptors=interceptors)
     handler = grpc.unary_unary_rpc_method_handler(
         _noop, request_deserializer=_identity, response_serializer=_identity
     )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("llmops.bench.Noop", {"Call": handler}),)
+        (grpc.method_handlers_generic_handler("benchmarks.Noop", {"Call": handler}),)
     )
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -61,7 +61,7 @@ async def _serve(system: str, port: int) -> None:
 
 def _start_server(system: str, log: IO[str]) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmops.bench.noop", "serve", system, "0"],
+        [sys.executable, "-m", "benchmarks.noop", "serve", system, "0"],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,

@@ -8,7 +8,7 @@ Cases (BENCH.md):
   service (its own process, the repo's ``storefront-input`` policy: injection, toxicity,
   PII, topic) one call at a time; extras: mean per-detector cost in µs;
 - the same texts through Presidio's ``AnalyzerEngine.analyze`` (PII only, English spaCy
-  pipeline) in its own venv (:mod:`llmops.bench.presidio_baseline`);
+  pipeline) in its own venv (:mod:`benchmarks.presidio_baseline`);
 - ``pii_quality`` (llmops and presidio): precision / recall / F1 of PII findings on
   ``services/guardrail/data/pii.jsonl`` with one matching rule for both
   (:mod:`services.guardrail.evaluation`).
@@ -27,8 +27,8 @@ from typing import Any
 
 import grpc
 
-from llmops.bench import servers
-from llmops.bench.report import Case, emit
+from benchmarks import servers
+from benchmarks.report import Case, emit
 from llmops.v1 import common_pb2, guardrail_pb2, guardrail_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,7 +118,7 @@ def _quality_extra(report: Any) -> dict[str, Any]:
 
 
 def main(*, quick: bool, calls: int | None = None) -> None:
-    from llmops.bench.presidio_baseline import run_presidio_baseline
+    from benchmarks.presidio_baseline import run_presidio_baseline
     from services.guardrail.evaluation import score
 
     calls = calls or (300 if quick else 3000)

@@ -1,6 +1,6 @@
 """Presidio side of `llmops bench guardrail`: Microsoft Presidio's analyzer on the same texts.
 
-Presidio runs from a venv of its own (:mod:`llmops.bench.baseline`) with an English spaCy
+Presidio runs from a venv of its own (:mod:`benchmarks.baseline`) with an English spaCy
 pipeline, and `presidio_harness.py` measures it there: latency of `AnalyzerEngine.analyze` on
 the bench's latency texts, and its findings on the labelled texts mapped onto our PII types
 (the mapping, the score threshold and what is dropped are in the harness docstring), so that
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmops.bench.baseline import Baseline
+from benchmarks.baseline import Baseline
 
 # Newest presidio-analyzer on PyPI when this baseline was written; it resolves spacy 3.8.x.
 # Pinned exactly (with the model) so that the baseline numbers are comparable run to run;

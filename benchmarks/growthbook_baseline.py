@@ -1,6 +1,6 @@
 """GrowthBook side of `llmops bench experiment`: the same 20 experiments in GrowthBook's SDK.
 
-GrowthBook runs from a venv of its own (:mod:`llmops.bench.baseline`); `growthbook_harness.py`
+GrowthBook runs from a venv of its own (:mod:`benchmarks.baseline`); `growthbook_harness.py`
 maps our layers/experiments onto GrowthBook namespaces/experiments (the mapping is in its
 docstring) and evaluates all of them per unit in-process.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmops.bench.baseline import Baseline
+from benchmarks.baseline import Baseline
 
 # Newest GrowthBook Python SDK on PyPI when this baseline was written (4.0.0, requires
 # Python >= 3.9). Pinned exactly so that the baseline numbers are comparable run to run.

@@ -1,6 +1,6 @@
 """Feast side of `llmops bench features`, run ONLY by the Feast venv's python.
 
-Started by `llmops.bench.feast_baseline` with a JSON config on stdin:
+Started by `benchmarks.feast_baseline` with a JSON config on stdin:
   {"redis_host", "redis_port", "data_dir", "quick", "concurrency", "calls"}
 It must not import llmops: only the stdlib and what `feast[redis]` installs. Feast, pandas and
 pyarrow are imported through importlib so that this file still type-checks (mypy strict) in the
@@ -61,7 +61,7 @@ def log(msg: str) -> None:
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile, the same formula as llmops.bench.report.percentile."""
+    """Nearest-rank percentile, the same formula as benchmarks.report.percentile."""
     if not sorted_values:
         raise ValueError("no samples")
     rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))

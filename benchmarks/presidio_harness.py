@@ -1,6 +1,6 @@
 """Presidio side of `llmops bench guardrail`, run ONLY by the Presidio venv's python.
 
-Started by `llmops.bench.presidio_baseline` with a JSON config on stdin:
+Started by `benchmarks.presidio_baseline` with a JSON config on stdin:
   {"texts_path": "<bench texts.json>", "calls": <int>, "score_threshold": <float>,
    "spacy_model": "<spaCy model package>"}
 It must not import llmops: only the stdlib and what presidio-analyzer and the model install.
@@ -134,7 +134,7 @@ def log(msg: str) -> None:
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile, the same formula as llmops.bench.report.percentile."""
+    """Nearest-rank percentile, the same formula as benchmarks.report.percentile."""
     if not sorted_values:
         raise ValueError("no samples")
     rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from llmops.bench.report import Case, emit
+from benchmarks.report import Case, emit
 from llmops.clickhouse import queries, synthetic
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.chdb_store import ChdbStore

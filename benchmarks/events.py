@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmops.bench import servers
-from llmops.bench.report import Case, emit
+from benchmarks import servers
+from benchmarks.report import Case, emit
 from llmops.events.base import EventLog
 from llmops.events.kafka_log import KafkaLog, default_compression
 from llmops.events.local_log import LocalLog

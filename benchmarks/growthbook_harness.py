@@ -1,6 +1,6 @@
 """GrowthBook side of `llmops bench experiment`, run ONLY by the GrowthBook venv's python.
 
-Started by `llmops.bench.growthbook_baseline` with a JSON config on stdin:
+Started by `benchmarks.growthbook_baseline` with a JSON config on stdin:
   {"spec_path": "<bench spec.json>", "calls": <int>}
 It must not import llmops: only the stdlib and what `growthbook` installs. The SDK is imported
 through importlib (typed Any) so that this file type-checks (mypy strict) in the project venv,
@@ -70,7 +70,7 @@ def log(msg: str) -> None:
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile, the same formula as llmops.bench.report.percentile."""
+    """Nearest-rank percentile, the same formula as benchmarks.report.percentile."""
     if not sorted_values:
         raise ValueError("no samples")
     rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))

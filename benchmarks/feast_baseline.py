@@ -1,6 +1,6 @@
 """Feast side of `llmops bench features`: the same Redis, the same data, Feast's read paths.
 
-Feast runs from a venv of its own (:mod:`llmops.bench.baseline`); `feast_harness.py` builds
+Feast runs from a venv of its own (:mod:`benchmarks.baseline`); `feast_harness.py` builds
 a Feast repo on our Redis, loads the bench data and measures the Python SDK
 (`get_online_features`) and the HTTP feature server (`feast serve`).
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmops.bench.baseline import Baseline
+from benchmarks.baseline import Baseline
 
 # Newest Feast release on PyPI when this baseline was written that installs on our Python 3.11
 # (0.67.0 needs >=3.10). Pinned exactly so that the baseline numbers are comparable run to run;

@@ -17,7 +17,7 @@ each for three systems, on the same Redis and the same data (``llmops.demo.data`
   HTTP connections from threads.
 
 Feast runs from its own venv (``.llmops/bench/feast-venv``, created on first use; see
-:mod:`llmops.bench.feast_baseline`). Entity ids are drawn uniformly (seeded), the same
+:mod:`benchmarks.feast_baseline`). Entity ids are drawn uniformly (seeded), the same
 sequence for every system. Ratios: ``<case>.rps.llmops/<feast system>`` and the p99s.
 """
 
@@ -36,8 +36,8 @@ from typing import Any
 
 import grpc
 
-from llmops.bench import servers
-from llmops.bench.report import Case, emit
+from benchmarks import servers
+from benchmarks.report import Case, emit
 from llmops.demo import data
 from llmops.v1 import common_pb2, feature_pb2, feature_pb2_grpc
 
@@ -178,7 +178,7 @@ async def _measure(
 
 
 def main(*, quick: bool, concurrency: int = 8, calls: int | None = None) -> None:
-    from llmops.bench.feast_baseline import run_feast_baseline
+    from benchmarks.feast_baseline import run_feast_baseline
 
     n_props = 10_000 if quick else 100_000
     calls = calls or (1_500 if quick else 20_000)
