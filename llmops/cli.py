@@ -164,19 +164,18 @@ def logs() -> None:
     """Read what the mesh logged to ClickHouse."""
 
 
-@logs.command("predictions")
-@_config_option
-@click.option("--last", "last", default="5m", show_default=True, help="Window: 30s, 5m, 2h, 1d.")
-@click.option("--limit", default=20, show_default=True, help="At most this many rows.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
-def logs_predictions(config_path: Path | None, last: str, limit: int, as_json: bool) -> None:
-    """The newest predictions of the last window, newest first.
+LOG_KINDS = {
+    "predictions": "predictions",
+    "exposures": "experiment exposures",
+    "guardrail": "guardrail decisions",
+    "audit": "audit records",
+    "feedback": "feedback events",
+}
 
-    With a running `llmops up`, asks it (chdb allows one process per data directory);
-    otherwise reads the configured ClickHouse directly.
-    """
-    from llmops.clickhouse.queries import format_table
-    from llmops.logs import fetch_recent_predictions, parse_window
+
+def _show_logs(kind: str, config_path: Path | None, last: str, limit: int, as_json: bool) -> None:
+    from llmops.clickhouse.queries import format_table, recent_columns
+    from llmops.logs import fetch_recent, parse_window
 
     config = _load(config_path)
     try:
@@ -184,14 +183,37 @@ def logs_predictions(config_path: Path | None, last: str, limit: int, as_json: b
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--last") from None
     try:
-        rows = fetch_recent_predictions(config, window, limit)
+        rows = fetch_recent(config, kind, window, limit)
     except LLMOpsError as exc:
         click.echo(f"llmops: {exc.message}", err=True)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps({"rows": rows}, default=str))
+    elif rows:
+        click.echo(format_table(rows, recent_columns(kind)))
     else:
-        click.echo(format_table(rows) if rows else f"no predictions in the last {last}")
+        click.echo(f"no {LOG_KINDS[kind]} in the last {last}")
+
+
+def _logs_command(kind: str, what: str) -> click.Command:
+    @logs.command(
+        kind,
+        help=f"The newest {what} of the last window, newest first.\n\nWith a running "
+        "`llmops up`, asks it (chdb allows one process per data directory); otherwise reads "
+        "the configured ClickHouse directly.",
+    )
+    @_config_option
+    @click.option("--last", default="5m", show_default=True, help="Window: 30s, 5m, 2h, 1d.")
+    @click.option("--limit", default=20, show_default=True, help="At most this many rows.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
+    def command(config_path: Path | None, last: str, limit: int, as_json: bool) -> None:
+        _show_logs(kind, config_path, last, limit, as_json)
+
+    return command
+
+
+for _kind, _what in LOG_KINDS.items():
+    _logs_command(_kind, _what)
 
 
 @cli.command()

@@ -25,26 +25,29 @@ def parse_window(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def fetch_recent_predictions(
-    config: MeshConfig, window: timedelta, limit: int
+def fetch_recent(
+    config: MeshConfig, kind: str, window: timedelta, limit: int
 ) -> list[dict[str, Any]]:
-    """From the running embedded mesh's endpoint when it holds the chdb directory, else
-    straight from the configured store."""
-    from llmops.observability import recent_predictions
+    """Newest events of ``kind`` (predictions, exposures, guardrail, audit, feedback): from
+    the running embedded mesh's endpoint when it holds the chdb directory, else straight
+    from the configured store."""
+    from llmops.observability import recent_rows
 
     try:
         with Backends(config) as backends:
-            return recent_predictions(backends.clickhouse(), window.total_seconds(), limit)
+            return recent_rows(backends.clickhouse(), kind, window.total_seconds(), limit)
     except StateDirLocked:
         if config.mode is not Mode.EMBEDDED:
             raise
-    return _from_running_mesh(config, window, limit)
+    return _from_running_mesh(config, kind, window, limit)
 
 
-def _from_running_mesh(config: MeshConfig, window: timedelta, limit: int) -> list[dict[str, Any]]:
+def _from_running_mesh(
+    config: MeshConfig, kind: str, window: timedelta, limit: int
+) -> list[dict[str, Any]]:
     host = config.services[next(iter(config.services))].host
     url = (
-        f"http://{host}:{config.sink.admin_port}/v1/logs/predictions"
+        f"http://{host}:{config.sink.admin_port}/v1/logs/{kind}"
         f"?last_s={window.total_seconds()}&limit={limit}"
     )
     try:

@@ -6,7 +6,8 @@ chdb allows one process per data directory, other processes (``llmops logs``) re
 this process's HTTP endpoint::
 
     GET /metrics                                   sink and publisher metrics (Prometheus)
-    GET /v1/logs/predictions?last_s=300&limit=20   newest predictions, JSON
+    GET /v1/logs/<kind>?last_s=300&limit=20   newest predictions (exposures, guardrail,
+                                              audit, feedback), JSON
 
 ``llmops sink`` (production) runs the same sinks against Kafka and a ClickHouse server and
 serves the same endpoint on ``sink.admin_port``.
@@ -34,14 +35,21 @@ from llmops.sink.runner import SinkThreads, build_sinks
 
 log = structlog.get_logger("llmops.observability")
 
-LOGS_PATH = "/v1/logs/predictions"
+LOGS_PREFIX = "/v1/logs/"
+LOG_KINDS = ("predictions", *queries.RECENT_EVENTS)
 MAX_LIMIT = 1000
 
 
-def recent_predictions(store: ClickHouseStore, last_s: float, limit: int) -> list[dict[str, Any]]:
-    """Newest predictions of the last ``last_s`` seconds, as JSON-ready dicts."""
+def recent_rows(
+    store: ClickHouseStore, kind: str, last_s: float, limit: int
+) -> list[dict[str, Any]]:
+    """Newest events of ``kind`` (one of :data:`LOG_KINDS`) of the last ``last_s`` seconds,
+    as JSON-ready dicts."""
     since = datetime.now(UTC) - timedelta(seconds=last_s)
-    rows = queries.recent_predictions(store, since, min(limit, MAX_LIMIT))
+    if kind == "predictions":
+        rows = queries.recent_predictions(store, since, min(limit, MAX_LIMIT))
+    else:
+        rows = queries.recent_events(store, kind, since, min(limit, MAX_LIMIT))
     return [{k: _jsonable(v) for k, v in row.items()} for row in rows]
 
 
@@ -56,7 +64,7 @@ def _jsonable(value: Any) -> Any:
 
 
 class ObservabilityServer:
-    """``/metrics`` and ``/v1/logs/predictions`` on a loopback HTTP port, in a thread."""
+    """``/metrics`` and ``/v1/logs/<kind>`` on a loopback HTTP port, in a thread."""
 
     def __init__(
         self, store: ClickHouseStore, registry: CollectorRegistry, host: str, port: int
@@ -84,12 +92,12 @@ def _handler(store: ClickHouseStore, registry: CollectorRegistry) -> type[BaseHT
             url = urlparse(self.path)
             if url.path == "/metrics":
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif url.path == LOGS_PATH:
-                self._logs(parse_qs(url.query))
+            elif url.path.startswith(LOGS_PREFIX) and url.path[len(LOGS_PREFIX) :] in LOG_KINDS:
+                self._logs(url.path[len(LOGS_PREFIX) :], parse_qs(url.query))
             else:
                 self._reply(404, b'{"error": "not found"}', "application/json")
 
-        def _logs(self, query: dict[str, list[str]]) -> None:
+        def _logs(self, kind: str, query: dict[str, list[str]]) -> None:
             try:
                 last_s = float(query.get("last_s", ["300"])[0])
                 limit = int(query.get("limit", ["20"])[0])
@@ -98,7 +106,7 @@ def _handler(store: ClickHouseStore, registry: CollectorRegistry) -> type[BaseHT
             except ValueError as exc:
                 self._reply(400, json.dumps({"error": str(exc)}).encode(), "application/json")
                 return
-            rows = recent_predictions(store, last_s, limit)
+            rows = recent_rows(store, kind, last_s, limit)
             self._reply(200, json.dumps({"rows": rows}).encode(), "application/json")
 
         def _reply(self, status: int, body: bytes, content_type: str) -> None:

@@ -55,21 +55,35 @@ class ServicePlugin:
 
     name: str
     """Short name: the package under ``services/``, the key under ``services:`` in config."""
-    port: int
-    """Default gRPC port."""
-    admin_port: int
-    """Default HTTP admin port (Prometheus ``/metrics``)."""
-    proto_service: str
-    """Short name of the main protobuf service, e.g. ``FeatureService``."""
+    ports: tuple[int, int]
+    """Default gRPC port and HTTP admin port (Prometheus ``/metrics``)."""
     summary: str
-    factory: str
-    """``module:function`` of the service's ``create(ctx)``, imported when it starts."""
+    proto_service: str = ""
+    """Short name of the main protobuf service (default: ``<Name>Service``); its admin
+    service is ``<Name>AdminService``."""
+    factory: str = ""
+    """``module:function`` of the service's ``create(ctx)``, imported when it starts
+    (default: ``services.<name>.service:create``)."""
     settings: type[Settings] = NoSettings
     """The service's settings model: a config section of its own."""
     settings_key: str = ""
     """Top-level config key of the settings (default: ``name``)."""
     backends: frozenset[Backend] = field(default_factory=frozenset)
     """The shared backends the service uses (checked: ``ctx.backends`` refuses others)."""
+
+    def __post_init__(self) -> None:
+        if not self.proto_service:
+            object.__setattr__(self, "proto_service", f"{self.name.capitalize()}Service")
+        if not self.factory:
+            object.__setattr__(self, "factory", f"services.{self.name}.service:create")
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
+    def admin_port(self) -> int:
+        return self.ports[1]
 
     @property
     def config_key(self) -> str:

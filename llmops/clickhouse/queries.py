@@ -278,6 +278,56 @@ def recent_predictions(
     return store.query(sql, {"start": start, "tenant": tenant, "route": route, "limit": limit})
 
 
+RECENT_EVENTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    # `llmops logs <kind>`: table, (column, SQL expression) newest first
+    "exposures": ("exposures", (
+        ("event_time", "event_time"), ("request_id", "request_id"), ("tenant", "tenant"),
+        ("unit_type", "unit_type"), ("unit_id", "unit_id"), ("experiment_id", "experiment_id"),
+        ("version", "experiment_version"), ("layer", "layer"), ("variant", "variant"),
+        ("reason", "reason"),
+    )),
+    "guardrail": ("guardrail_decisions", (
+        ("event_time", "event_time"), ("request_id", "request_id"), ("tenant", "tenant"),
+        ("direction", "direction"), ("policy", "policy"), ("policy_version", "policy_version"),
+        ("verdict", "verdict"), ("finding_types", "finding_types"),
+        ("latency_ms", "latency_us / 1000"), ("text_length", "text_length"),
+        ("streamed", "streamed"),
+    )),
+    "audit": ("audit", (
+        ("event_time", "event_time"), ("request_id", "request_id"), ("tenant", "tenant"),
+        ("actor_id", "actor_id"), ("actor_type", "actor_type"), ("action", "action"),
+        ("resource_type", "resource_type"), ("resource_name", "resource_name"),
+        ("resource_version", "resource_version"), ("outcome", "outcome"),
+    )),
+    "feedback": ("feedback", (
+        ("event_time", "event_time"), ("request_id", "request_id"), ("tenant", "tenant"),
+        ("kind", "kind"), ("unit_id", "unit_id"),
+    )),
+}  # fmt: skip
+"""The other event kinds `llmops logs` shows (predictions: :func:`recent_predictions`)."""
+
+
+def recent_events(
+    store: ClickHouseStore, kind: str, since: timedelta | datetime, limit: int = 50
+) -> list[dict[str, Any]]:
+    """The newest events of ``kind`` (a key of :data:`RECENT_EVENTS`) since a moment or
+    within the last ``since``, newest first, bounded by ``limit``."""
+    table, columns = RECENT_EVENTS[kind]
+    start = datetime.now(UTC) - since if isinstance(since, timedelta) else since
+    select = ", ".join(expr if expr == name else f"{expr} AS {name}" for name, expr in columns)
+    sql = (
+        f"SELECT {select} FROM {table} WHERE event_time >= %(start)s "
+        "ORDER BY event_time DESC LIMIT %(limit)s"
+    )
+    return store.query(sql, {"start": start, "limit": limit})
+
+
+def recent_columns(kind: str) -> tuple[str, ...]:
+    if kind == "predictions":
+        return RECENT_COLUMNS
+    return tuple(name for name, _ in RECENT_EVENTS[kind][1])
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = RECENT_COLUMNS) -> str:
     """A plain-text table (header, rule, one line per row) for terminals; times as ISO UTC
     to the millisecond, floats with 3 decimals."""

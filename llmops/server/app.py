@@ -92,6 +92,18 @@ def pending_binding(pb2: Any, pb2_grpc: Any, service: str, owner: str) -> Bindin
     return binding(pb2, pb2_grpc, service, servicer)
 
 
+def pending_definition(
+    pb2: Any, pb2_grpc: Any, plugin: ServicePlugin, owner: str
+) -> ServiceDefinition:
+    """A service whose main and admin services both answer UNIMPLEMENTED naming ``owner``."""
+    return ServiceDefinition(
+        bindings=[
+            pending_binding(pb2, pb2_grpc, name.rpartition(".")[2], owner)
+            for name in plugin.proto_services
+        ]
+    )
+
+
 def paginate(items: list[Any], size: int, token: str, where: str = "") -> tuple[list[Any], str]:
     """Offset pagination over a sorted list for List RPCs: (items of the page, next token).
 

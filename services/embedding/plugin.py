@@ -4,11 +4,4 @@ from __future__ import annotations
 
 from llmops.plugin import ServicePlugin
 
-PLUGIN = ServicePlugin(
-    name="embedding",
-    port=50052,
-    admin_port=9152,
-    proto_service="EmbeddingService",
-    summary="embeddings, vector search",
-    factory="services.embedding.service:create",
-)
+PLUGIN = ServicePlugin(name="embedding", ports=(50052, 9152), summary="embeddings, vector search")

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmops.server import ServiceContext, ServiceDefinition, pending_binding
+from llmops.server import ServiceContext, ServiceDefinition, pending_definition
 from llmops.v1 import embedding_pb2, embedding_pb2_grpc
 
 PENDING = "embeddings and vector search arrive with issue #12 (Embedding and vector search service)"
 
 
 def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
-    return ServiceDefinition(
-        bindings=[
-            pending_binding(embedding_pb2, embedding_pb2_grpc, "EmbeddingService", PENDING),
-            pending_binding(embedding_pb2, embedding_pb2_grpc, "EmbeddingAdminService", PENDING),
-        ],
-    )
+    return pending_definition(embedding_pb2, embedding_pb2_grpc, ctx.plugin, PENDING)

@@ -49,11 +49,8 @@ class ExperimentSettings(Settings):
 
 PLUGIN = ServicePlugin(
     name="experiment",
-    port=50055,
-    admin_port=9155,
-    proto_service="ExperimentService",
+    ports=(50055, 9155),
     summary="experiment allocation",
-    factory="services.experiment.service:create",
     settings=ExperimentSettings,
     settings_key="experiments",
     backends=frozenset({"clickhouse", "events", "redis", "state_dir"}),

@@ -46,11 +46,8 @@ class FeatureSettings(Settings):
 
 PLUGIN = ServicePlugin(
     name="feature",
-    port=50051,
-    admin_port=9151,
-    proto_service="FeatureService",
+    ports=(50051, 9151),
     summary="online and offline features",
-    factory="services.feature.service:create",
     settings=FeatureSettings,
     settings_key="features",
     backends=frozenset({"clickhouse", "redis", "state_dir"}),

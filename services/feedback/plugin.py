@@ -6,10 +6,7 @@ from llmops.plugin import ServicePlugin
 
 PLUGIN = ServicePlugin(
     name="feedback",
-    port=50056,
-    admin_port=9156,
-    proto_service="FeedbackService",
+    ports=(50056, 9156),
     summary="explicit/implicit feedback",
-    factory="services.feedback.service:create",
     backends=frozenset({"events", "clickhouse"}),
 )

@@ -6,9 +6,6 @@ from llmops.plugin import ServicePlugin
 
 PLUGIN = ServicePlugin(
     name="governance",
-    port=50057,
-    admin_port=9157,
-    proto_service="GovernanceService",
+    ports=(50057, 9157),
     summary="registry, policy, audit",
-    factory="services.governance.service:create",
 )

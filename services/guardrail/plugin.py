@@ -32,11 +32,8 @@ class GuardrailSettings(Settings):
 
 PLUGIN = ServicePlugin(
     name="guardrail",
-    port=50054,
-    admin_port=9154,
-    proto_service="GuardrailService",
+    ports=(50054, 9154),
     summary="input/output moderation",
-    factory="services.guardrail.service:create",
     settings=GuardrailSettings,
     settings_key="guardrails",
     backends=frozenset({"events", "state_dir"}),

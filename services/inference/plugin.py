@@ -4,11 +4,4 @@ from __future__ import annotations
 
 from llmops.plugin import ServicePlugin
 
-PLUGIN = ServicePlugin(
-    name="inference",
-    port=50053,
-    admin_port=9153,
-    proto_service="InferenceService",
-    summary="LLM generation, task runs",
-    factory="services.inference.service:create",
-)
+PLUGIN = ServicePlugin(name="inference", ports=(50053, 9153), summary="LLM generation, task runs")

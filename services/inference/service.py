@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmops.server import ServiceContext, ServiceDefinition, pending_binding
+from llmops.server import ServiceContext, ServiceDefinition, pending_definition
 from llmops.v1 import inference_pb2, inference_pb2_grpc
 
 PENDING = "LLM routes, generation and task runs arrive with issue #13 (Inference service)"
 
 
 def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
-    return ServiceDefinition(
-        bindings=[
-            pending_binding(inference_pb2, inference_pb2_grpc, "InferenceService", PENDING),
-            pending_binding(inference_pb2, inference_pb2_grpc, "InferenceAdminService", PENDING),
-        ],
-    )
+    return pending_definition(inference_pb2, inference_pb2_grpc, ctx.plugin, PENDING)

@@ -312,6 +312,84 @@ def test_guardrail_service_checks_over_grpc(mesh: RunningMesh) -> None:
         assert err.value.code() is grpc.StatusCode.NOT_FOUND
 
 
+def _logged(mesh: RunningMesh, kind: str, want: Any, timeout: float = 30) -> list[dict[str, Any]]:
+    """Rows of `llmops logs <kind> --json` once ``want(rows)`` holds (the sinks load the
+    local event log into chdb within about a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = _llmops(mesh, "logs", kind, "--last", "1h", "--limit", "500", "--json")
+        assert proc.returncode == 0, proc.stderr
+        rows: list[dict[str, Any]] = json.loads(proc.stdout)["rows"]
+        if want(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+def test_events_emitted_by_the_services_arrive_in_clickhouse(mesh: RunningMesh) -> None:
+    """Exposures from Assign, a guardrail decision from Check and an audit record from an
+    experiment change, each published by the service itself, are queryable in chdb."""
+    with grpc.insecure_channel(mesh.address("experiment")) as channel:
+        admin = experiment_pb2_grpc.ExperimentAdminServiceStub(channel)
+        admin.CreateLayer(
+            experiment_pb2.CreateLayerRequest(
+                layer=experiment_pb2.Layer(name="e2e_layer", unit_type="user")
+            ),
+            timeout=5,
+        )
+        exp = experiment_pb2.Experiment(
+            id="e2e-events", unit_type="user", layer="e2e_layer", traffic_bps=10_000
+        )
+        exp.variants.add(key="control", weight=1, is_control=True)
+        exp.variants.add(key="treatment", weight=1)
+        created = admin.CreateExperiment(
+            experiment_pb2.CreateExperimentRequest(experiment=exp), timeout=5
+        ).experiment
+        admin.StartExperiment(
+            experiment_pb2.StartExperimentRequest(id="e2e-events", version=created.version),
+            timeout=5,
+        )
+        stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
+        exposure_ids = set()
+        for unit in ("e2e-u1", "e2e-u2", "e2e-u3"):
+            reply = stub.Assign(
+                experiment_pb2.AssignRequest(unit_type="user", unit_id=unit, layers=["e2e_layer"]),
+                timeout=5,
+            )
+            exposure_ids |= {a.exposure_id for a in reply.assignments}
+    with grpc.insecure_channel(mesh.address("guardrail")) as channel:
+        check = guardrail_pb2_grpc.GuardrailServiceStub(channel).Check(
+            guardrail_pb2.CheckRequest(
+                direction=common_pb2.DIRECTION_INPUT,
+                text="e2e: write to e2e.shopper@example.com please",
+                context=common_pb2.RequestContext(tenant="e2e-tenant"),
+            ),
+            timeout=5,
+        )
+    assert len(exposure_ids) == 3
+
+    def mine(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r.get("experiment_id") == "e2e-events"]
+
+    exposures = mine(_logged(mesh, "exposures", lambda rows: len(mine(rows)) >= 3))
+    assert sorted(r["unit_id"] for r in exposures) == ["e2e-u1", "e2e-u2", "e2e-u3"]
+    assert {r["layer"] for r in exposures} == {"e2e_layer"}
+
+    def audited(rows: list[dict[str, Any]]) -> set[str]:
+        return {r["action"] for r in rows if r.get("resource_name") in ("e2e-events", "e2e_layer")}
+
+    audit = _logged(mesh, "audit", lambda rows: len(audited(rows)) >= 3)
+    assert audited(audit) >= {"layer.create", "experiment.create", "experiment.start"}
+    actors = {r["actor_id"] for r in audit if r.get("resource_name") == "e2e-events"}
+    assert actors == {"unauthenticated:127.0.0.1"}  # the caller, not a request field
+
+    def decided(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r.get("tenant") == "e2e-tenant"]
+
+    decisions = decided(_logged(mesh, "guardrail", lambda rows: bool(decided(rows))))
+    assert [r["verdict"] for r in decisions] == ["REDACT"]
+    assert decisions[0]["request_id"] and check.decision_id
+
+
 def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     deadline = time.monotonic() + 60
     while True:  # seeding runs in the background after SERVING

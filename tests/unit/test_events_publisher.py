@@ -331,3 +331,25 @@ def test_unknown_fields_travel_through_the_publisher(local: LocalLog) -> None:
     pub.close(5)
     (got,) = consume_all(local, KIND_TOPICS["prediction"], 1)
     assert got.value == data  # the bytes a newer producer wrote, unknown fields included
+
+
+def test_publish_all_buffers_every_event_or_none(local: LocalLog) -> None:
+    registry = CollectorRegistry()
+    pub = EventPublisher(local, capacity=5, registry=registry)  # not started: nothing drains
+    pub.publish_all([envelope(i) for i in range(3)])
+    assert pub.pending == 3
+    assert pub.has_room(2) and not pub.has_room(3)
+    with pytest.raises(ResourceExhausted, match=r"3 more do not fit"):
+        pub.publish_all([envelope(10 + i) for i in range(3)])
+    assert pub.pending == 3  # none of the three was buffered
+    assert sample(registry, "llmops_events_rejected_total", topic=KIND_TOPICS["prediction"]) == 3
+    bad = envelope(20)
+    bad.prediction.event_id = ""
+    with pytest.raises(InvalidArgument, match=r"prediction\.event_id"):
+        pub.publish_all([envelope(21), bad])  # one invalid event: the valid one is not kept
+    assert pub.pending == 3
+    pub.publish_all([])
+    pub.start()
+    assert pub.flush(10)
+    pub.close()
+    assert len(consume_all(local, KIND_TOPICS["prediction"], 3)) == 3

@@ -1,0 +1,123 @@
+"""The versioned-YAML loader shared by the feature registry and guardrail policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from llmops.yamlfiles import HotReload, YamlFileError, load_yaml_files
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    version: int = 1
+    size: int
+
+
+class Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[Item] = []
+
+
+class ThingError(YamlFileError):
+    pass
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_loads_every_yaml_file_of_a_directory_in_order(tmp_path: Path) -> None:
+    write(tmp_path / "b.yaml", "items: [{name: b, size: 2}]\n")
+    write(tmp_path / "a.yml", "items: [{name: a, size: 1}]\n")
+    write(tmp_path / "readme.md", "not yaml")
+    loaded = load_yaml_files([tmp_path], Doc)
+    assert [f.path.name for f in loaded.files] == ["a.yml", "b.yaml"]
+    assert [f.spec.items[0].name for f in loaded.files] == ["a", "b"]
+    assert loaded.sources == (str(tmp_path / "a.yml"), str(tmp_path / "b.yaml"))
+    assert len(loaded.revision) == 12
+
+
+def test_revision_changes_exactly_when_content_or_file_set_changes(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "items: []\n")
+    first = load_yaml_files([tmp_path], Doc).revision
+    assert load_yaml_files([tmp_path], Doc).revision == first
+    write(path, "items: []  # a comment changes the bytes\n")
+    second = load_yaml_files([tmp_path], Doc).revision
+    assert second != first
+    write(tmp_path / "b.yaml", "")
+    assert load_yaml_files([tmp_path], Doc).revision not in (first, second)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "problem"),
+    [
+        ("items: [{name: a, size: x}]", "items[a].size", "valid integer"),
+        ("items: [{name: a, version: 3, size: 1, colour: red}]", "items[a@3].colour", "Extra"),
+        ("items: [{size: 1}]", "items[0].name", "Field required"),
+        ("items: [a: [b\n", "", "not valid YAML"),
+        ("- just\n- a list\n", "", "the top level must be a mapping"),
+    ],
+)
+def test_errors_name_the_file_item_and_field(
+    tmp_path: Path, text: str, field: str, problem: str
+) -> None:
+    path = write(tmp_path / "things.yaml", text)
+    with pytest.raises(ThingError) as err:
+        load_yaml_files([path], Doc, ThingError)
+    expected = f"{path}: {field}" if field else str(path)
+    assert err.value.message.startswith(expected + ":"), err.value.message
+    assert problem in err.value.message
+
+
+def test_a_missing_path_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ThingError, match="no such file or directory"):
+        load_yaml_files([tmp_path / "absent"], Doc, ThingError)
+
+
+def _reloader(tmp_path: Path) -> HotReload[tuple[int, str]]:
+    def load() -> tuple[int, str]:
+        loaded = load_yaml_files([tmp_path], Doc, ThingError)
+        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
+
+    return HotReload("things", load, lambda compiled: compiled[1])
+
+
+async def test_hot_reload_dry_run_reports_without_swapping(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
+    holder = _reloader(tmp_path)
+    before = holder.revision
+    write(path, "items: [{name: a, size: 5}]\n")
+    dry = await holder.reload(dry_run=True)
+    assert not dry.applied
+    assert dry.candidate[0] == 5 and dry.candidate_revision != before
+    assert dry.revision == dry.previous_revision == before
+    assert holder.current[0] == 1  # still the old one
+    real = await holder.reload()
+    assert real.applied and real.revision == real.candidate_revision != before
+    assert holder.current[0] == 5
+    again = await holder.reload()
+    assert not again.applied  # nothing changed
+
+
+async def test_hot_reload_keeps_what_is_in_force_when_the_files_break(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
+    holder = _reloader(tmp_path)
+    write(path, "items: [{name: a, size: many}]\n")
+    with pytest.raises(ThingError, match=r"items\[a\]\.size"):
+        await holder.reload()
+    assert holder.current[0] == 1
+    watch = holder.watch([tmp_path], 1.5)
+    assert watch.name == "things_reload" and watch.interval_s == 1.5
+    with pytest.raises(ThingError):
+        await watch.on_change()
+
+
+def test_a_bad_file_at_start_up_raises(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "items: 3\n")
+    with pytest.raises(ThingError, match="items"):
+        _reloader(tmp_path)
