@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,13 +182,32 @@ async def _grpc_cases(address: str, specs: list[dict[str, Any]], units: list[str
         return cases
 
 
+class _NoExposures:
+    """The in-process case skips exposures: nothing is ever published."""
+
+    def has_room(self, count: int) -> bool:
+        return True
+
+    def publish_all(self, envelopes: Sequence[Any]) -> None:
+        raise AssertionError("the in-process case publishes nothing")
+
+
 def _inprocess_case(state: Path, units: list[str], calls: int) -> Case:
-    """The domain's assign in this process, over the configuration the server stored."""
-    from services.experiment.domain import Experiments
+    """The service's Assign in this process (request -> domain -> response, no gRPC), over
+    the configuration the server stored."""
+    from services.experiment.assignment import Assigner
+    from services.experiment.catalog import Catalog
+    from services.experiment.servicer import assign_query, assign_response
+    from services.experiment.sticky import MemoryStickyStore
     from services.experiment.store import FileConfigStore
 
-    exps = Experiments(FileConfigStore(state / "experiments.json"), lambda envelope: None)
-    asyncio.run(exps.refresh())
+    catalog = Catalog(FileConfigStore(state / "experiments.json"))
+    asyncio.run(catalog.refresh())
+    assigner = Assigner(catalog, _NoExposures(), MemoryStickyStore())
+
+    async def assign(r: experiment_pb2.AssignRequest) -> experiment_pb2.AssignResponse:
+        return assign_response(await assigner.assign(assign_query(r)))
+
     ctx = _context()
     requests = [
         experiment_pb2.AssignRequest(
@@ -199,13 +219,13 @@ def _inprocess_case(state: Path, units: list[str], calls: int) -> Case:
 
     async def run() -> int:
         for r in requests[: calls // 10]:
-            await exps.assign(r)
+            await assign(r)
         assigned = 0
         perf = time.perf_counter
         start = perf()
         for r in requests:
             t0 = perf()
-            assigned += len((await exps.assign(r)).assignments)
+            assigned += len((await assign(r)).assignments)
             case.latencies_s.append(perf() - t0)
         case.wall_s = perf() - start
         return assigned

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from llmops.callcontext import REQUEST_ID_KEY, current_request_id, remaining_time
 from llmops.config import MeshConfig
 from llmops.mesh import PROTO_PACKAGE, SERVICES
-from llmops.server.interceptor import REQUEST_ID_KEY, current_request_id, remaining_time
 from llmops.v1 import admin_pb2_grpc
 
 StubT = TypeVar("StubT")

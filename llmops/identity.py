@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmops.server.interceptor import call_var
+from llmops.callcontext import call_var
 from llmops.v1 import events_pb2
 
 

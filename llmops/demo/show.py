@@ -10,7 +10,15 @@ import grpc
 
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig
-from llmops.v1 import common_pb2, feature_pb2, feature_pb2_grpc, guardrail_pb2, guardrail_pb2_grpc
+from llmops.v1 import (
+    common_pb2,
+    experiment_pb2,
+    experiment_pb2_grpc,
+    feature_pb2,
+    feature_pb2_grpc,
+    guardrail_pb2,
+    guardrail_pb2_grpc,
+)
 
 PROPERTY_IDS = (1, 2, 3, 42, 1337)
 USER_IDS = ("u-000001", "u-000002", "u-000003")
@@ -127,6 +135,7 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
             )
         parts.append("Freshness (FeatureAdminService.GetFreshness)\n" + _table(rows))
         parts.append(await _guardrails(mesh))
+        parts.append(await _experiments(mesh))
         return "\n\n".join(parts)
 
 
@@ -149,6 +158,34 @@ async def _guardrails(mesh: MeshClient) -> str:
         result = reply.block_message or reply.redacted_text or text
         rows.append([label, verdict, findings, cost, result[:90]])
     return "Guardrails (GuardrailService.Check, policy storefront-input)\n" + _table(rows)
+
+
+def _payload(p: experiment_pb2.VariantPayload) -> str:
+    """What a variant changes, e.g. ``route rank-two-tower-v1, prompt property-summary v4``."""
+    parts = [f"route {p.model_route}"] if p.model_route else []
+    if p.prompt.name:
+        parts.append(f"prompt {p.prompt.name} v{p.prompt.version or p.prompt.alias}")
+    parts += [f"{k}={_text(v)}" for k, v in sorted(p.params.items())]
+    return ", ".join(parts) or "-"
+
+
+async def _experiments(mesh: MeshClient) -> str:
+    """Each demo shopper's variant in every layer (skip_exposure: the demo logs nothing)."""
+    rows = [["shopper", "layer", "experiment", "variant", "what the variant sets"]]
+    for user in USER_IDS[:2]:
+        reply = await mesh.stub(experiment_pb2_grpc.ExperimentServiceStub).Assign(
+            experiment_pb2.AssignRequest(unit_type="user", unit_id=user, skip_exposure=True)
+        )
+        for a in reply.assignments:
+            variant = f"{a.variant} (control)" if a.is_control else a.variant
+            rows.append([user, a.layer, a.experiment_id, variant, _payload(a.payload)])
+        if not reply.assignments:
+            rows.append([user, "-", "in no running experiment", "-", "-"])
+    if any(r[1] != "-" for r in rows[1:]):
+        note = "a shopper is in at most one experiment per layer, the same on every call"
+    else:
+        note = "nothing is running: `llmops up` starts demo experiments in an empty store"
+    return f"Experiments (ExperimentService.Assign; {note})\n" + _table(rows)
 
 
 def unavailable_hint(exc: grpc.RpcError, config: MeshConfig) -> str:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2
 
+from llmops.callcontext import current_request_id
 from llmops.events.ids import uuid7
 from llmops.identity import Identity, current_identity
-from llmops.server.interceptor import current_request_id
 from llmops.v1 import events_pb2
 
 if TYPE_CHECKING:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llmops.callcontext import current_request_id, remaining_time
 from llmops.server.app import (
     GrpcService,
     binding,
@@ -13,7 +14,6 @@ from llmops.server.app import (
     serve,
 )
 from llmops.server.context import Binding, ServiceContext, ServiceDefinition
-from llmops.server.interceptor import current_request_id, remaining_time
 
 __all__ = [
     "Binding",

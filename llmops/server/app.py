@@ -28,6 +28,7 @@ from prometheus_client import start_http_server
 
 import llmops
 from llmops.backends import Backends
+from llmops.clients import MeshClient
 from llmops.config import MeshConfig, Mode
 from llmops.errors import InvalidArgument, NotImplementedYet
 from llmops.events.port import ServiceEvents
@@ -49,7 +50,6 @@ from llmops.server.interceptor import (
 from llmops.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
-    from llmops.clients import MeshClient
     from llmops.observability import Observability
 
 log = structlog.get_logger("llmops.server")
@@ -342,8 +342,6 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     with Backends(config) as backends:
-        from llmops.clients import MeshClient  # imports llmops.server: not at module level
-
         services: list[GrpcService] = []
         clients = MeshClient(config)
         observability = _embedded_observability(config, backends)

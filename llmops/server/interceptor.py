@@ -37,23 +37,16 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from llmops.callcontext import (
+    REQUEST_ID_KEY,
+    call_var,
+    deadline_var,
+    request_id_var,
+)
 from llmops.errors import LLMOpsError
 from llmops.events.ids import uuid7
 
-REQUEST_ID_KEY = "x-request-id"
 _MAX_REQUEST_ID = 128
-
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "llmops_request_id", default=None
-)
-deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "llmops_deadline", default=None
-)
-"""Absolute deadline of the RPC being served, on the ``time.monotonic()`` clock."""
-call_var: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
-    "llmops_call", default=None
-)
-"""(full method, servicer context) of the RPC being served: who is calling (llmops.identity)."""
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -68,16 +61,6 @@ _STATUS_BY_NAME = {code.name: code for code in grpc.StatusCode}
 
 # Services whose calls are not turned away while draining: operators must still see health.
 _ALWAYS_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.", "/llmops.v1.AdminService/")
-
-
-def remaining_time() -> float | None:
-    """Seconds left before the current RPC's deadline, or None outside an RPC / without one."""
-    deadline = deadline_var.get()
-    return None if deadline is None else deadline - time.monotonic()
-
-
-def current_request_id() -> str | None:
-    return request_id_var.get()
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 from llmops.errors import FailedPrecondition, InvalidArgument
 from llmops.v1 import experiment_pb2
 from services.experiment import hashing
+from services.experiment.metrics import BINARY
 from services.experiment.targeting import Predicate, compile_filter
 
 _EXPERIMENT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -96,12 +97,10 @@ def validate_experiment(
         b = exp.bandit
         if not b.reward_metric:
             raise InvalidArgument("experiment.bandit.reward_metric", "required for a bandit")
-        from services.experiment.results import METRICS
-
-        if not METRICS.get(b.reward_metric, "").startswith("max:"):
-            binary = ", ".join(sorted(k for k, v in METRICS.items() if v.startswith("max:")))
+        if b.reward_metric not in BINARY:
             raise InvalidArgument(
-                "experiment.bandit.reward_metric", f"must be a binary metric ({binary})"
+                "experiment.bandit.reward_metric",
+                f"must be a binary metric ({', '.join(sorted(BINARY))})",
             )
         if b.min_weight_bps * len(exp.variants) > 10_000:
             raise InvalidArgument(

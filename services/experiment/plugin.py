@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llmops.plugin import ServicePlugin
 from llmops.settings import Settings, by_mode
@@ -39,6 +39,12 @@ class ExperimentSettings(Settings):
         description="Create the demo experiments in an empty store at start "
         "(auto = in embedded mode only).",
     )
+
+    @field_validator("demo_data", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        """YAML (a config file, an env value) reads bare on/off as booleans."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     def store_backend(self, mode: str) -> Literal["file", "redis"]:
         return by_mode(self.store, mode, "file", "redis")

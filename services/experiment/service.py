@@ -1,73 +1,63 @@
-"""Wiring of the experiment service: config store, domain and servicers, built once."""
+"""Wiring of the experiment service: stores, the domain's parts, servicers and tasks."""
 
 from __future__ import annotations
 
-import asyncio
-
-import structlog
-
+from llmops.scheduler import Background
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import experiment_pb2, experiment_pb2_grpc
-from services.experiment import results
-from services.experiment.domain import Experiments
+from services.experiment.assignment import Assigner
+from services.experiment.catalog import Catalog
+from services.experiment.demo import seed_if_empty
+from services.experiment.lifecycle import Lifecycle
 from services.experiment.plugin import ExperimentSettings
+from services.experiment.results import Analysis
+from services.experiment.results_store import ClickHouseResults
+from services.experiment.scheduling import Schedule
 from services.experiment.servicer import ExperimentAdminServicer, ExperimentServicer
 from services.experiment.sticky import MemoryStickyStore, RedisStickyStore, StickyStore
 from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigStore
 
-log = structlog.get_logger("llmops.experiment")
+
+def open_stores(ctx: ServiceContext[ExperimentSettings]) -> tuple[ConfigStore, StickyStore]:
+    settings = ctx.settings
+    if settings.store_backend(ctx.mode) == "redis":
+        return (
+            RedisConfigStore(ctx.backends.redis_url, settings.namespace),
+            RedisStickyStore(ctx.backends.redis_url, settings.namespace),
+        )
+    state = ctx.backends.state_dir
+    return (
+        FileConfigStore(state / "experiments.json"),
+        MemoryStickyStore(state / "experiments" / "sticky.sqlite3"),
+    )
 
 
 def create(ctx: ServiceContext[ExperimentSettings]) -> ServiceDefinition:
     settings = ctx.settings
-    store: ConfigStore
-    sticky: StickyStore
-    if settings.store_backend(ctx.mode) == "redis":
-        store = RedisConfigStore(ctx.backends.redis_url, settings.namespace)
-        sticky = RedisStickyStore(ctx.backends.redis_url, settings.namespace)
-    else:
-        store = FileConfigStore(ctx.backends.state_dir / "experiments.json")
-        sticky = MemoryStickyStore(ctx.backends.state_dir / "experiments" / "sticky.sqlite3")
-
-    publish = ctx.events.publish
-
-    experiments = Experiments(
-        store,
-        publish,
+    store, sticky = open_stores(ctx)
+    catalog = Catalog(store)
+    assigner = Assigner(
+        catalog,
+        ctx.events,
+        sticky,
         holdout_bps=settings.holdout_bps,
         dedup_window_s=settings.exposure_dedup_window_s,
-        clickhouse=ctx.backends.clickhouse,
-        sticky=sticky,
     )
+    lifecycle = Lifecycle(catalog, ctx.events)
+    analysis = Analysis(catalog, ClickHouseResults(ctx.backends.clickhouse))
+    schedule = Schedule(catalog, lifecycle, analysis.bandit_rewards)
+    tasks = schedule.tasks(settings.reload_interval_s, settings.bandit_check_interval_s)
+    if settings.seeds_demo(ctx.mode):  # after SERVING: seeding must not delay the start
 
-    async def rewards(exp: experiment_pb2.Experiment) -> tuple[dict[str, int], dict[str, int]]:
-        return await asyncio.to_thread(results.bandit_rewards, ctx.backends.clickhouse(), exp)
+        async def seed() -> None:
+            await seed_if_empty(catalog, lifecycle)
 
-    async def maintenance_loop() -> None:
-        while True:  # end_time stops; bandits re-weighted when their update_interval passed
-            await asyncio.sleep(settings.bandit_check_interval_s)
-            try:
-                stopped = await experiments.stop_expired()
-                if stopped:
-                    log.info("experiments_ended", experiments=stopped)
-                updated = await experiments.update_bandits(rewards)
-                if updated:
-                    log.info("bandits_reweighted", experiments=updated)
-            except Exception as exc:  # ClickHouse or the store down: try again next round
-                log.warning("experiment_maintenance_failed", error=str(exc))
+        tasks.append(Background("demo_data", seed))
 
-    tasks: list[asyncio.Task[None]] = []
+    async def load() -> None:
+        await catalog.refresh()
 
-    async def on_start() -> None:
-        await experiments.refresh()
-        experiments.start_polling(settings.reload_interval_s)
-        if settings.bandit_check_interval_s > 0:
-            tasks.append(asyncio.get_running_loop().create_task(maintenance_loop()))
-
-    async def on_stop() -> None:
-        for task in tasks:
-            task.cancel()
-        await experiments.stop_polling()
+    async def close() -> None:
         await sticky.close()
         await store.close()
 
@@ -77,15 +67,16 @@ def create(ctx: ServiceContext[ExperimentSettings]) -> ServiceDefinition:
                 experiment_pb2,
                 experiment_pb2_grpc,
                 "ExperimentService",
-                ExperimentServicer(experiments),
+                ExperimentServicer(catalog, assigner, analysis),
             ),
             binding(
                 experiment_pb2,
                 experiment_pb2_grpc,
                 "ExperimentAdminService",
-                ExperimentAdminServicer(experiments),
+                ExperimentAdminServicer(catalog, lifecycle),
             ),
         ],
-        on_start=[on_start],
-        on_stop=[on_stop],
+        tasks=tasks,
+        on_start=[load],
+        on_stop=[close],
     )

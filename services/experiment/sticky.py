@@ -40,14 +40,10 @@ class StickyStore(Protocol):
         """Record a first assignment; never blocks the caller (written behind)."""
         ...
 
-    async def flush(self) -> None: ...
-
     async def close(self) -> None: ...
 
 
 class MemoryStickyStore:
-    name = "embedded"
-
     def __init__(self, path: Path | None = None) -> None:
         self._docs: dict[str, dict[str, str]] = {}
         self._db: sqlite3.Connection | None = None
@@ -68,9 +64,6 @@ class MemoryStickyStore:
     async def get(self, unit: str) -> dict[str, str]:
         return self._docs.get(unit, {})
 
-    def get_now(self, unit: str) -> dict[str, str]:
-        return self._docs.get(unit, {})
-
     def put(self, unit: str, field: str, variant: str) -> None:
         self._docs.setdefault(unit, {})[field] = variant
         if self._writer is not None:
@@ -84,10 +77,6 @@ class MemoryStickyStore:
                 (unit, field, variant),
             )
 
-    async def flush(self) -> None:
-        if self._writer is not None:
-            await asyncio.get_running_loop().run_in_executor(self._writer, lambda: None)
-
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.shutdown(wait=True)
@@ -97,8 +86,6 @@ class MemoryStickyStore:
 
 
 class RedisStickyStore:
-    name = "redis"
-
     def __init__(self, url: str, namespace: str) -> None:
         import redis.asyncio as aioredis
 
@@ -132,10 +119,10 @@ class RedisStickyStore:
         except Exception:  # best effort: the next assignment records it again
             return
 
-    async def flush(self) -> None:
+    async def _flush(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def close(self) -> None:
-        await self.flush()
+        await self._flush()
         await self._redis.aclose()

@@ -44,8 +44,6 @@ class StoredConfig:
 
 
 class ConfigStore(Protocol):
-    name: str
-
     async def load(self) -> StoredConfig: ...
 
     async def revision(self) -> int: ...
@@ -75,8 +73,6 @@ def _layer_version(layer: experiment_pb2.Layer) -> int:
 
 class FileConfigStore:
     """One JSON document, replaced atomically (write temp, fsync, rename) on every change."""
-
-    name = "file"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -183,8 +179,6 @@ return redis.call('HINCRBY', KEYS[1], '_revision', 1)
 class RedisConfigStore:
     """All configuration in one Redis hash ``<namespace>:config``: ``exp:<id>`` and
     ``layer:<name>`` fields hold the JSON messages, ``_revision`` the revision."""
-
-    name = "redis"
 
     def __init__(self, url: str, namespace: str) -> None:
         import redis.asyncio as aioredis

@@ -1,10 +1,13 @@
-"""GetResults on chdb: simulated exposures and feedback with a known effect, checked against
-scipy and the known truth; SRM flagged on a skewed log and not on a fair one."""
+"""GetResults on chdb (servicer conversions, analysis, ClickHouse results store): simulated
+exposures and feedback with a known effect, checked against scipy and the known truth; SRM
+flagged on a skewed log and not on a fair one; bandit rewards."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +17,12 @@ from scipy import stats as scipy_stats  # type: ignore[import-untyped]
 from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.clickhouse.migrations import apply_migrations
 from llmops.v1 import experiment_pb2
-from services.experiment import model, results
+from services.experiment import model
+from services.experiment.catalog import Catalog
+from services.experiment.results import Analysis, ResultsQuery
+from services.experiment.results_store import ClickHouseResults
+from services.experiment.servicer import results_query, results_response
+from services.experiment.store import FileConfigStore
 
 pytestmark = pytest.mark.infra
 
@@ -98,10 +106,26 @@ def _request(exp_id: str) -> experiment_pb2.GetResultsRequest:
     return request
 
 
+def analysis(store: ChdbStore, *experiments: experiment_pb2.Experiment) -> Analysis:
+    """The analysis over ``store``, with ``experiments`` in force."""
+    catalog = Catalog(FileConfigStore(Path("/nonexistent/experiments.json")))
+    catalog.snapshot = model.build_snapshot(1, {}, {e.id: e for e in experiments})
+    return Analysis(catalog, ClickHouseResults(lambda: store), clock=lambda: START_S + 10 * DAY)
+
+
+def compute(
+    store: ChdbStore, exp: experiment_pb2.Experiment, request: experiment_pb2.GetResultsRequest
+) -> experiment_pb2.GetResultsResponse:
+    """GetResults as the servicer runs it: request -> query -> analysis -> response."""
+    request.experiment_id = exp.id
+    found = asyncio.run(analysis(store, exp).results(results_query(request)))
+    return results_response(found)
+
+
 def test_known_effect_is_found_and_matches_scipy(store: ChdbStore) -> None:
     exp = _experiment("results-effect")
     truth = simulate(store, exp, effect=0.03)
-    got = results.compute(store, exp, _request(exp.id), now=START_S + 10 * DAY)
+    got = compute(store, exp, _request(exp.id))
     units = {v.variant: v.units for v in got.variants}
     assert units == {k: int((truth["variant"] == k).sum()) for k in ("control", "treatment")}
     assert got.srm.verdict == experiment_pb2.SRM_VERDICT_PASS
@@ -127,19 +151,42 @@ def test_known_effect_is_found_and_matches_scipy(store: ChdbStore) -> None:
 def test_srm_is_flagged_on_a_skewed_log(store: ChdbStore) -> None:
     exp = _experiment("results-skewed")
     simulate(store, exp, effect=0.0, drop_treatment=0.08)  # 8% of treatment exposures lost
-    got = results.compute(store, exp, _request(exp.id), now=START_S + 10 * DAY)
+    got = compute(store, exp, _request(exp.id))
     assert got.srm.verdict == experiment_pb2.SRM_VERDICT_MISMATCH
     assert got.srm.p_value < 0.001
     assert got.srm.observed_units["treatment"] < got.srm.observed_units["control"]
 
 
 def test_bad_requests(store: ChdbStore) -> None:
-    from llmops.errors import FailedPrecondition, InvalidArgument
+    from llmops.errors import FailedPrecondition, InvalidArgument, NotFound
 
     exp = _experiment("results-bad")
     with pytest.raises(InvalidArgument, match=r"metrics\[0\]: unknown metric 'revenue'"):
-        results.compute(store, exp, experiment_pb2.GetResultsRequest(metrics=["revenue"]))
+        compute(store, exp, experiment_pb2.GetResultsRequest(metrics=["revenue"]))
+    with pytest.raises(InvalidArgument, match="confidence_level"):
+        compute(store, exp, experiment_pb2.GetResultsRequest(confidence_level=1.5))
     draft = _experiment("results-draft")
     draft.status = model.DRAFT
     with pytest.raises(FailedPrecondition, match="not started"):
-        results.compute(store, draft, experiment_pb2.GetResultsRequest())
+        compute(store, draft, experiment_pb2.GetResultsRequest())
+    with pytest.raises(NotFound, match="'nope'"):
+        asyncio.run(analysis(store).results(ResultsQuery("nope")))
+
+
+def test_bandit_rewards_count_units_and_converted_units(chdb_session: Any) -> None:
+    store = ChdbStore(chdb_session, database="it_exp_bandit")  # feedback of its units only
+    store.execute("DROP DATABASE IF EXISTS it_exp_bandit")
+    store = ChdbStore(chdb_session, database="it_exp_bandit")
+    apply_migrations(store)
+    exp = _experiment("results-bandit")
+    exp.type = model.BANDIT
+    exp.bandit.reward_metric = "booking"
+    try:
+        truth = simulate(store, exp, effect=0.03)
+        successes, trials = asyncio.run(analysis(store, exp).bandit_rewards(exp))
+    finally:
+        store.execute("DROP DATABASE IF EXISTS it_exp_bandit")
+    for key in ("control", "treatment"):
+        in_arm = truth["variant"] == key
+        assert trials[key] == int(in_arm.sum())
+        assert successes[key] == int((truth["booked"] & in_arm).sum())

@@ -9,12 +9,31 @@ from pathlib import Path
 
 import pytest
 
-from llmops.v1 import common_pb2, experiment_pb2
+from llmops.v1 import events_pb2, experiment_pb2
 from services.experiment import model
-from services.experiment.domain import Experiments
+from services.experiment.assignment import Assigner, AssignQuery
+from services.experiment.catalog import Catalog
+from services.experiment.lifecycle import Change, Lifecycle
+from services.experiment.sticky import MemoryStickyStore
 from services.experiment.store import Aborted, ConfigStore, FileConfigStore, RedisConfigStore
 
-CTX = common_pb2.RequestContext(request_id="r", tenant="acme")
+CHANGE = Change(tenant="acme")
+
+
+class Events:
+    """``ctx.events`` with room for everything; audit records built by the real port."""
+
+    def __init__(self) -> None:
+        from llmops.events.port import ServiceEvents
+
+        self.published: list[events_pb2.EventEnvelope] = []
+        self.port = ServiceEvents("llmops.v1.ExperimentService", lambda: self)  # type: ignore[arg-type,return-value]
+
+    def has_room(self, count: int) -> bool:
+        return True
+
+    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
+        self.published.append(envelope)
 
 
 @pytest.fixture(params=["file", "redis"])
@@ -68,24 +87,24 @@ async def test_replicas_follow_each_others_changes(
     stores: tuple[ConfigStore, ConfigStore],
 ) -> None:
     first, second = stores
-    one = Experiments(first, lambda e: None)
-    two = Experiments(second, lambda e: None)
+    one, two = Catalog(first), Catalog(second)
     await one.refresh()
     await two.refresh()
-    await one.create_layer(experiment_pb2.Layer(name="page", unit_type="user"), CTX)
-    created = await one.create(_exp("shared"), CTX)
-    await one.transition("shared", created.version, model.RUNNING, CTX)
-    two.start_polling(0.05)
-    try:
-        for _ in range(400):  # the poller picks the change up
-            if "shared" in two.snapshot.running:
-                break
-            await asyncio.sleep(0.05)
-        assert "shared" in two.snapshot.running
-    finally:
-        await two.stop_polling()
+    writer_one = Lifecycle(one, Events().port)  # type: ignore[arg-type]
+    writer_two = Lifecycle(two, Events().port)  # type: ignore[arg-type]
+    await writer_one.create_layer(experiment_pb2.Layer(name="page", unit_type="user"), CHANGE)
+    created = await writer_one.create(_exp("shared"), CHANGE)
+    await writer_one.transition("shared", created.version, model.RUNNING, CHANGE)
+    assert "shared" not in two.snapshot.running
+    assert await two.refresh()  # what the periodic refresh task runs
+    assert "shared" in two.snapshot.running
+    assert not await two.refresh()  # the revision did not move: nothing reloaded
     async with asyncio.timeout(20):
-        request = experiment_pb2.AssignRequest(unit_type="user", unit_id="u1", skip_exposure=True)
-        assert await one.assign(request) == await two.assign(request)  # same config, same answer
+        query = AssignQuery("user", "u1", log_exposure=False)
+        got_one = await Assigner(one, Events(), MemoryStickyStore()).assign(query)
+        got_two = await Assigner(two, Events(), MemoryStickyStore()).assign(query)
+        assert [(a.experiment.id, a.variant, a.bucket) for a in got_one] == [
+            (a.experiment.id, a.variant, a.bucket) for a in got_two
+        ]  # same config, same answer
         with pytest.raises(Aborted):  # replica two acts on what it read: version 2 now
-            await two.transition("shared", 1, model.STOPPED, CTX)
+            await writer_two.transition("shared", 1, model.STOPPED, CHANGE)

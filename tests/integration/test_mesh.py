@@ -276,7 +276,8 @@ def test_experiment_service_assigns_over_grpc(mesh: RunningMesh) -> None:
         )
         stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
         got = stub.Assign(
-            experiment_pb2.AssignRequest(unit_type="user", unit_id="u-42"), timeout=5
+            experiment_pb2.AssignRequest(unit_type="user", unit_id="u-42", layers=["mesh_test"]),
+            timeout=5,
         ).assignments
         assert [a.experiment_id for a in got] == ["mesh-test"]
         assert got[0].exposure_id

@@ -11,14 +11,12 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
+from llmops.callcontext import REQUEST_ID_KEY, current_request_id, remaining_time
 from llmops.errors import InvalidArgument, NotFound
 from llmops.server.interceptor import (
-    REQUEST_ID_KEY,
     RpcMetrics,
     RuntimeInterceptor,
     ServerState,
-    current_request_id,
-    remaining_time,
 )
 
 SERVICE = "test.v1.Probe"

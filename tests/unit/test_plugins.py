@@ -14,6 +14,7 @@ import pytest
 from pydantic import Field, ValidationError
 
 from llmops.backends import Backends
+from llmops.callcontext import call_var, request_id_var
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig, _with_sections, load_config
 from llmops.errors import FailedPrecondition
@@ -22,7 +23,6 @@ from llmops.identity import current_identity, system
 from llmops.mesh import SERVICES
 from llmops.plugin import PluginError, ServicePlugin, check_plugins, discover
 from llmops.server.app import build_context
-from llmops.server.interceptor import call_var, request_id_var
 from llmops.settings import Settings
 from llmops.v1 import events_pb2, experiment_pb2_grpc, feature_pb2_grpc, guardrail_pb2_grpc
 

@@ -1,0 +1,38 @@
+"""What the runtime knows about the RPC being served, as context variables.
+
+Set by the server interceptor (:mod:`llmops.server.interceptor`) for the duration of each
+call and read anywhere below it: the request id (logs and events join up), the deadline
+(typed clients propagate what is left of it), and the call itself (who is calling:
+:mod:`llmops.identity`). A module of its own so that clients and domains can read them
+without importing the server.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from typing import Any
+
+REQUEST_ID_KEY = "x-request-id"
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "llmops_request_id", default=None
+)
+deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "llmops_deadline", default=None
+)
+"""Absolute deadline of the RPC being served, on the ``time.monotonic()`` clock."""
+call_var: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
+    "llmops_call", default=None
+)
+"""(full method, servicer context) of the RPC being served: who is calling (llmops.identity)."""
+
+
+def remaining_time() -> float | None:
+    """Seconds left before the current RPC's deadline, or None outside an RPC / without one."""
+    deadline = deadline_var.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def current_request_id() -> str | None:
+    return request_id_var.get()
