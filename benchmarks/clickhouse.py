@@ -56,7 +56,7 @@ from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.clickhouse.migrations import apply_migrations
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHUNK = 1_000_000
 SINK_BATCH = 100_000
 SHARD_PEAK_ROWS_PER_S = 510_000

@@ -2,38 +2,53 @@
 
 Started by `benchmarks.presidio_baseline` with a JSON config on stdin:
   {"texts_path": "<bench texts.json>", "calls": <int>, "score_threshold": <float>,
-   "spacy_model": "<spaCy model package>"}
-It must not import llmops: only the stdlib and what presidio-analyzer and the model install.
+   "spacy_models": {"en": "<spaCy model package>", "fr": "...", "de": null, ...}}
+It must not import llmops: only the stdlib and what presidio-analyzer and the models install.
 Presidio, spaCy and tldextract are imported through importlib (typed Any) so that this file
 type-checks (mypy strict) in the project venv, where they are absent.
 
-Engine: one `AnalyzerEngine` (supported_languages=["en"], Presidio's default recognizer
-registry for English, all default recognizers), whose spaCy NLP engine is configured from
-Presidio's own `conf/default.yaml` with only the model swapped: `en_core_web_lg` (Presidio's
-default, not on PyPI) -> the `en_core_web_sm` mirror the venv installs, loaded by its package
-name. Presidio would try `spacy download` for a model that is not installed; the harness
-refuses instead. Presidio's EmailRecognizer validates domains with tldextract, which by default
+Engine: one `AnalyzerEngine` for every language of `spacy_models` (en, fr, de, es), configured
+with what Presidio has for each (:func:`registry_configuration`):
+
+- NLP: a spaCy pipeline per language, Presidio's own NER mapping (`conf/default.yaml`). A
+  language whose model is null (no spaCy 3.8 pipeline on PyPI: German, Spanish) gets a blank
+  spaCy pipeline whose lemma is the lower-cased token, so Presidio's pattern recognizers and
+  their context words work there but its NER finds no PERSON or LOCATION.
+- Recognizers: Presidio's `conf/default_recognizers.yaml` for these languages (the
+  language-agnostic ones, e-mail, phone, IBAN, IP, ..., run in every language), plus what it
+  ships disabled or English-only that covers our types in our languages: the credit-card
+  recognizer for French and German (its default languages are en, es, it, pl), the German
+  recognizers for tax id, identity card, passport and social security number, the Spanish
+  passport, the UK National Insurance number and passport; context words in French, German
+  and Spanish for phone numbers and cards (Presidio scores a bare phone number 0.4, below
+  the threshold, and raises it only next to a context word); phone numbers parsed for the
+  European regions of the set as well as Presidio's defaults. France has no recognizer of its
+  own in Presidio (no NIR); nor have the Netherlands (BSN).
+
+Presidio would try `spacy download` for a model that is not installed; the harness refuses
+instead. Presidio's EmailRecognizer validates domains with tldextract, which by default
 fetches the Public Suffix List from the internet on first use (and caches it in ~/.cache); the
 harness points tldextract at the snapshot it ships instead, so runs are offline and repeatable.
 
-Latency cases: per latency text, a warm-up, then `calls` calls of
+Latency cases: per latency text (English), a warm-up, then `calls` calls of
 `analyze(text=..., language="en")` at concurrency 1 (Presidio's defaults: every entity, no
 score threshold): one case per text, `p50_ms`/`p99_ms` per call, `rps` = calls / wall time.
 
-Quality case "pii_quality": `analyze(text=..., language="en", score_threshold=T)` once per
-labelled text (T = config `score_threshold`, 0.5 by default: Presidio's own scores are
-confidences where pattern-only hits of weak recognizers sit below 0.5 and validated or
-context-confirmed hits above it; note that a bare phone number scores 0.4 and only passes with a
-context word such as "phone" nearby, and US_PASSPORT never reaches 0.5 at all, 0.45 at most
-even with context). The case's `p50_ms`/`p99_ms` are per text, `rps` = texts / wall time, and
-`findings` maps each text id to its findings as OUR types:
+Quality case "pii_quality": `analyze(text=..., language=<the text's language>,
+score_threshold=T)` once per labelled text (T = config `score_threshold`, 0.5 by default:
+Presidio's own scores are confidences where pattern-only hits of weak recognizers sit below
+0.5 and validated or context-confirmed hits above it; note that a bare phone number scores 0.4
+and only passes with a context word nearby, and US_PASSPORT never reaches 0.5 at all, 0.45 at
+most even with context). A text in a language the engine lacks is analysed as English. The
+case's `p50_ms`/`p99_ms` are per text, `rps` = texts / wall time, and `findings` maps each
+text id to its findings as OUR types:
   EMAIL_ADDRESS                           -> pii.email
   PHONE_NUMBER, ZA_MOBILE/TELEPHONE_NUMBER -> pii.phone
   CREDIT_CARD                             -> pii.credit_card
   IBAN_CODE                               -> pii.iban
   IP_ADDRESS                              -> pii.ip_address
   national identifiers (NATIONAL_ID below: US_SSN, US_ITIN, UK_NHS, UK_NINO, ES_NIF, ES_NIE,
-    IT_FISCAL_CODE, IT_IDENTITY_CARD, PL_PESEL, ...)            -> pii.national_id
+    DE_TAX_ID, DE_ID_CARD, DE_SOCIAL_SECURITY, IT_FISCAL_CODE, PL_PESEL, ...) -> pii.national_id
   passports (US_PASSPORT, UK_PASSPORT, ES/IT/IN/KR/PH/DE/ZA_PASSPORT) -> pii.passport
   LOCATION                                -> pii.address
   PERSON                                  -> pii.person
@@ -44,10 +59,9 @@ named outside an address is a false positive). Every other Presidio type has no 
 and is dropped (counted in `dropped_types`): DATE_TIME, NRP (nationality/religion/political
 group), URL, ORGANIZATION (ignored by Presidio's default config anyway), CRYPTO, MAC_ADDRESS,
 UUID, MEDICAL_LICENSE, US_BANK_NUMBER, US_DRIVER_LICENSE and the other licences, vehicle
-registrations, company and tax numbers of companies, postcodes. Of the recognizers above only
-those Presidio enables for English by default run (e.g. US_SSN, US_ITIN, UK_NHS, US_PASSPORT;
-ES_NIF or IT_FISCAL_CODE are registered for es/it only): the case lists them in
-`presidio_entities`. `below_threshold_types` counts, per Presidio type, what an extra untimed
+registrations, company and tax numbers of companies, postcodes. The case lists, per language,
+the entities the engine can find (`presidio_entities`) and the spaCy pipeline it used
+(`spacy_models`). `below_threshold_types` counts, per Presidio type, what an extra untimed
 pass with no threshold found under T, to show what the threshold cost.
 
 Offsets: Presidio's `start`/`end` are indices into the Python `str` it was given (regex spans
@@ -63,6 +77,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from importlib.metadata import version as dist_version
@@ -70,8 +85,34 @@ from pathlib import Path
 from typing import Any
 
 SYSTEM = "presidio"
-LANGUAGE = "en"
+LATENCY_LANGUAGE = "en"
 WARMUP_CALLS = 5
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "IL", "IN", "CA", "BR", "ES", "IT", "NL", "AT", "CH",
+                 "BE", "IE", "PT")  # fmt: skip
+"""Presidio's default regions (US, GB, DE, FR, IL, IN, CA, BR) and the other European ones
+whose numbers the labelled set holds."""
+CONTEXT: dict[str, dict[str, list[str]]] = {
+    # Presidio ships English (and, for cards, Spanish) context words only.
+    "PhoneRecognizer": {
+        "fr": ["téléphone", "telephone", "tél", "tel", "portable", "mobile", "numéro", "appeler",
+               "joindre", "standard"],
+        "de": ["telefon", "tel", "handy", "mobil", "mobilnummer", "nummer", "rufnummer",
+               "anrufen", "erreichen", "zentrale"],
+        "es": ["teléfono", "telefono", "tel", "móvil", "movil", "número", "llamar", "llamen",
+               "recepción"],
+    },
+    "CreditCardRecognizer": {
+        "fr": ["carte", "crédit", "credit", "cb", "visa", "mastercard", "amex", "paiement"],
+        "de": ["karte", "kreditkarte", "visa", "mastercard", "amex", "zahlung", "bezahlen"],
+    },
+}  # fmt: skip
+ENABLE: dict[str, list[str]] = {
+    # Recognizers Presidio ships disabled (or for other languages) that cover our types.
+    "en": ["UkNinoRecognizer", "UkPassportRecognizer"],
+    "de": ["DeTaxIdRecognizer", "DeIdCardRecognizer", "DePassportRecognizer",
+           "DeSocialSecurityRecognizer"],
+    "es": ["EsPassportRecognizer"],
+}  # fmt: skip
 
 NATIONAL_ID = {
     "US_SSN",
@@ -147,38 +188,107 @@ def offline_tldextract() -> None:
     tld.TLD_EXTRACTOR = tld.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
 
-def build_analyzer(model: str) -> Any:
-    """AnalyzerEngine for English: Presidio's default NLP config with `model` as the model."""
+def registry_configuration(languages: Sequence[str]) -> dict[str, Any]:
+    """Presidio's default recognizer configuration for ``languages``, with the additions the
+    module docstring lists (context words, phone regions, recognizers enabled)."""
+    presidio: Any = importlib.import_module("presidio_analyzer")
+    yaml: Any = importlib.import_module("yaml")
+    conf_dir = Path(presidio.__file__).parent / "conf"
+    conf: dict[str, Any] = yaml.safe_load((conf_dir / "default_recognizers.yaml").read_text())
+    conf["supported_languages"] = list(languages)
+    recognizers: list[dict[str, Any]] = []
+    for rec in conf["recognizers"]:
+        name = rec["name"]
+        langs = [
+            lang if isinstance(lang, dict) else {"language": lang}
+            for lang in rec.get("supported_languages") or []
+        ]
+        extra = CONTEXT.get(name, {})
+        enabled_for = [lang for lang, names in ENABLE.items() if name in names]
+        if enabled_for:
+            rec = {**rec, "enabled": True}
+            langs = [{"language": lang} for lang in enabled_for]
+        if name == "PhoneRecognizer":
+            rec = {**rec, "supported_regions": list(PHONE_REGIONS)}
+            langs = [{"language": "en"}]  # its own default context (English)
+        if extra or name == "PhoneRecognizer":
+            have = {lang["language"] for lang in langs}
+            langs += [{"language": lang, "context": words} for lang, words in extra.items()
+                      if lang not in have]  # fmt: skip
+        if langs:
+            rec = {**rec, "supported_languages": langs}
+        recognizers.append(rec)
+    conf["recognizers"] = recognizers
+    return conf
+
+
+def blank_pipeline(lang: str) -> Any:
+    """A spaCy pipeline with no model: tokenizer, and the lower-cased token as its lemma (so
+    that Presidio's context words match)."""
+    spacy: Any = importlib.import_module("spacy")
+    language: Any = importlib.import_module("spacy.language")
+    name = "llmops_lower_lemma"
+    if name not in language.Language.factories:
+
+        def lower_lemma(doc: Any) -> Any:
+            for token in doc:
+                token.lemma_ = token.lower_
+            return doc
+
+        language.Language.component(name, func=lower_lemma)
+    nlp = spacy.blank(lang)
+    nlp.add_pipe(name)
+    return nlp
+
+
+def build_analyzer(models: dict[str, str | None]) -> Any:
+    """AnalyzerEngine for ``models``' languages (see the module docstring)."""
+    spacy: Any = importlib.import_module("spacy")
     spacy_util: Any = importlib.import_module("spacy.util")
-    if not spacy_util.is_package(model):
-        raise RuntimeError(f"spaCy model package {model!r} is not installed in this venv")
     presidio: Any = importlib.import_module("presidio_analyzer")
     nlp_engine_mod: Any = importlib.import_module("presidio_analyzer.nlp_engine")
+    registry_mod: Any = importlib.import_module("presidio_analyzer.recognizer_registry")
     yaml: Any = importlib.import_module("yaml")
     conf_file = Path(presidio.__file__).parent / "conf" / "default.yaml"
-    nlp_conf: dict[str, Any] = (
-        yaml.safe_load(conf_file.read_text()) if conf_file.exists() else {}
-    ) or {}
-    nlp_conf["nlp_engine_name"] = "spacy"
-    nlp_conf["models"] = [{"lang_code": LANGUAGE, "model_name": model}]
-    provider = nlp_engine_mod.NlpEngineProvider(nlp_configuration=nlp_conf)
+    nlp_conf: dict[str, Any] = (yaml.safe_load(conf_file.read_text()) if conf_file.exists()
+                                else {}) or {}  # fmt: skip
+    pipelines: dict[str, Any] = {}
+    for lang, model in models.items():
+        if model is None:
+            pipelines[lang] = blank_pipeline(lang)
+        elif not spacy_util.is_package(model):
+            raise RuntimeError(f"spaCy model package {model!r} is not installed in this venv")
+        else:
+            pipelines[lang] = spacy.load(model)
+    engine = nlp_engine_mod.SpacyNlpEngine(
+        models=[{"lang_code": lang, "model_name": model or f"blank:{lang}"}
+                for lang, model in models.items()],
+        ner_model_configuration=nlp_engine_mod.NerModelConfiguration(
+            **nlp_conf.get("ner_model_configuration", {})
+        ),
+    )  # fmt: skip
+    engine.nlp = pipelines  # loaded above: Presidio would otherwise spacy.load each name
+    languages = list(models)
+    registry = registry_mod.RecognizerRegistryProvider(
+        registry_configuration=registry_configuration(languages), nlp_engine=engine
+    ).create_recognizer_registry()
     return presidio.AnalyzerEngine(
-        nlp_engine=provider.create_engine(), supported_languages=[LANGUAGE]
+        nlp_engine=engine, registry=registry, supported_languages=languages
     )
 
 
 def latency_case(
-    analyzer: Any, case: str, text: str, calls: int, versions: dict[str, str]
+    analyzer: Any, case: str, text: str, calls: int, versions: dict[str, Any]
 ) -> dict[str, Any]:
     for _ in range(WARMUP_CALLS):
-        analyzer.analyze(text=text, language=LANGUAGE)
+        analyzer.analyze(text=text, language=LATENCY_LANGUAGE)
     latencies = [0.0] * calls
     findings = 0
     perf = time.perf_counter
     started = perf()
     for i in range(calls):
         t0 = perf()
-        results = analyzer.analyze(text=text, language=LANGUAGE)
+        results = analyzer.analyze(text=text, language=LATENCY_LANGUAGE)
         latencies[i] = perf() - t0
         findings += len(results)
     wall = perf() - started
@@ -203,8 +313,13 @@ def quality_case(
     analyzer: Any,
     labelled: list[dict[str, Any]],
     threshold: float,
-    versions: dict[str, str],
+    versions: dict[str, Any],
+    languages: Sequence[str],
 ) -> dict[str, Any]:
+    def lang(item: dict[str, Any]) -> str:
+        code = str(item.get("lang", ""))
+        return code if code in languages else LATENCY_LANGUAGE
+
     findings: dict[str, list[dict[str, Any]]] = {}
     presidio_types: Counter[str] = Counter()
     dropped: Counter[str] = Counter()
@@ -214,7 +329,7 @@ def quality_case(
     for item in labelled:
         text: str = item["text"]
         t0 = perf()
-        results = analyzer.analyze(text=text, language=LANGUAGE, score_threshold=threshold)
+        results = analyzer.analyze(text=text, language=lang(item), score_threshold=threshold)
         latencies.append(perf() - t0)
         mapped: list[dict[str, Any]] = []
         for r in results:
@@ -237,7 +352,7 @@ def quality_case(
     # Untimed diagnostics: what Presidio found below the threshold, per type.
     below: Counter[str] = Counter()
     for item in labelled:
-        for r in analyzer.analyze(text=item["text"], language=LANGUAGE, score_threshold=0.0):
+        for r in analyzer.analyze(text=item["text"], language=lang(item), score_threshold=0.0):
             if float(r.score) < threshold:
                 below[str(r.entity_type)] += 1
     labelled_types = Counter(str(s["type"]) for item in labelled for s in item.get("spans", []))
@@ -266,43 +381,52 @@ def run(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     texts = json.loads(Path(cfg["texts_path"]).read_text(encoding="utf-8"))
     calls = max(1, int(cfg["calls"]))
     threshold = float(cfg.get("score_threshold", 0.5))
-    model = str(cfg["spacy_model"])
+    models: dict[str, str | None] = dict(cfg["spacy_models"])
     latency_texts: dict[str, str] = texts.get("latency_texts") or {}
     labelled: list[dict[str, Any]] = texts.get("labelled") or []
     if not latency_texts and not labelled:
         raise RuntimeError(f"{cfg['texts_path']}: no latency_texts and no labelled texts")
 
-    # Presidio logs each recognizer it skips for other languages at WARNING: keep errors only.
+    # Presidio logs each recognizer it skips for other languages at WARNING: keep errors only;
+    # and it warns that it adds the NLP recognizer we leave it to add.
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NLP recognizer", category=UserWarning)
     offline_tldextract()
     started = time.perf_counter()
-    analyzer = build_analyzer(model)
+    analyzer = build_analyzer(models)
     spacy: Any = importlib.import_module("spacy")
-    versions = {
+    pipelines = {
+        lang: f"{model}=={dist_version(model)}" if model else "blank (tokenizer only, no NER)"
+        for lang, model in models.items()
+    }
+    versions: dict[str, Any] = {
         "presidio_version": dist_version("presidio-analyzer"),
         "spacy_version": str(spacy.__version__),
-        "spacy_model": f"{model}=={dist_version(model)}",
+        "spacy_models": pipelines,
     }
-    entities = sorted(analyzer.get_supported_entities(language=LANGUAGE))
+    entities = {lang: sorted(analyzer.get_supported_entities(language=lang)) for lang in models}
     log(
-        f"presidio-analyzer {versions['presidio_version']}, spacy {versions['spacy_version']}, "
-        f"{versions['spacy_model']}: engine built in {time.perf_counter() - started:.2f} s; "
-        f"entities: {', '.join(entities)}"
+        f"presidio-analyzer {versions['presidio_version']}, spacy {versions['spacy_version']}: "
+        f"engine built in {time.perf_counter() - started:.2f} s"
     )
-    unknown = [e for e in entities if e not in TYPE_MAP]
+    for lang, names in entities.items():
+        log(f"  {lang} ({pipelines[lang]}): {', '.join(names)}")
+    unknown = sorted({e for names in entities.values() for e in names if e not in TYPE_MAP})
     log(f"no counterpart in our types (dropped): {', '.join(unknown) or 'none'}")
 
     # Warm-up: the first analyze calls pay for lazy initialisation (spaCy, regex compiles).
     started = time.perf_counter()
-    for text in [*latency_texts.values(), *(item["text"] for item in labelled[:20])]:
-        analyzer.analyze(text=text, language=LANGUAGE)
+    for text in latency_texts.values():
+        analyzer.analyze(text=text, language=LATENCY_LANGUAGE)
+    for lang in models:
+        analyzer.analyze(text="warm-up text 0123", language=lang)
     log(f"warm-up in {time.perf_counter() - started:.2f} s")
 
     cases = [
         latency_case(analyzer, case, text, calls, versions) for case, text in latency_texts.items()
     ]
     if labelled:
-        quality = quality_case(analyzer, labelled, threshold, versions)
+        quality = quality_case(analyzer, labelled, threshold, versions, list(models))
         quality["presidio_entities"] = entities
         cases.append(quality)
     return cases

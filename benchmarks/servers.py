@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 HOST = "127.0.0.1"
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2
+from prometheus_client import CollectorRegistry
 
 from llmops.v1 import common_pb2, feature_pb2
+from services.feature.domain import FeatureMetrics, FeatureStore, OfflineBackend, now_us
+from services.feature.online import OnlineStore
+from services.feature.registry import Registry, fixed_registry
 
 T0_US = 1_790_000_000_000_000  # 2026-09-21, a fixed "now" for tests with a fake clock
 
@@ -90,3 +95,36 @@ def refs(*texts: str) -> feature_pb2.GetOnlineFeaturesRequest:
         view, _, name = text.partition(":")
         request.feature_refs.refs.add(feature_view=view, name=name)
     return request
+
+
+class NoOffline:
+    """An offline store for tests that must not reach one."""
+
+    async def write(self, *args: Any) -> int:
+        raise AssertionError("the offline store is not used here")
+
+    def latest(self, *args: Any) -> Any:
+        raise AssertionError("the offline store is not used here")
+
+    async def point_in_time(self, *args: Any) -> Any:
+        raise AssertionError("the offline store is not used here")
+
+
+def feature_store(
+    registry: Registry,
+    online: OnlineStore,
+    offline: OfflineBackend | None = None,
+    *,
+    namespace: str = "t",
+    metrics: CollectorRegistry | None = None,
+    clock_us: Callable[[], int] = now_us,
+) -> FeatureStore:
+    """The domain over ``registry`` (never reloaded) and the given stores."""
+    return FeatureStore(
+        fixed_registry(registry),
+        online,
+        offline or NoOffline(),
+        FeatureMetrics(metrics or CollectorRegistry()),
+        namespace=namespace,
+        clock_us=clock_us,
+    )

@@ -99,36 +99,6 @@ def key_text(entity: EntityDef, key: common_pb2.EntityKey, where: str) -> str:
     return ":".join(parts)
 
 
-def key_values(entity: EntityDef, text: str) -> list[common_pb2.Value]:
-    """Inverse of :func:`key_text` (for listings and materialization)."""
-    raw: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for ch in text:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ":":
-            raw.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    raw.append("".join(current))
-    out: list[common_pb2.Value] = []
-    for part, join in zip(raw, entity.join_keys, strict=True):
-        if join.type == "INT64":
-            out.append(common_pb2.Value(int64_value=int(part)))
-        elif join.type == "STRING":
-            out.append(common_pb2.Value(string_value=part))
-        elif join.type == "BYTES":
-            out.append(common_pb2.Value(bytes_value=bytes.fromhex(part)))
-        else:
-            out.append(common_pb2.Value(bool_value=part == "1"))
-    return out
-
-
 def check_value(feature: FeatureDef, value: common_pb2.Value, where: str) -> None:
     """Raise INVALID_ARGUMENT naming ``where`` unless ``value`` fits ``feature``'s type.
 
@@ -146,11 +116,6 @@ def check_value(feature: FeatureDef, value: common_pb2.Value, where: str) -> Non
             raise InvalidArgument(
                 where, f"{feature.name} is a FLOAT_VECTOR of {feature.dimension}, got {size}"
             )
-
-
-def key_record(namespace: str, entity: str, text: str) -> str:
-    """The online record (Redis key) of an entity key."""
-    return f"{namespace}:{entity}:{text}"
 
 
 def check_unique_fields(entity: str, fields: Sequence[tuple[str, bytes]]) -> None:

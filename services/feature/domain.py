@@ -1,71 +1,87 @@
-"""The feature store's behaviour, free of gRPC: online reads, pushes, freshness.
+"""The feature store's behaviour, free of gRPC: the registry in force, online reads, pushes,
+freshness, materialization and point-in-time retrieval.
+
+The servicer converts requests into the arguments here and the results (:mod:`model`) into
+responses; every decision is taken here: what a request names (checked against the
+registry), each value's status (TTL), which store a push goes to, materialization windows
+and watermarks. The stores sit behind protocols — :class:`~services.feature.online.
+OnlineStore` and :class:`OfflineBackend` — and never see this object.
 
 The online read is the hot path (a storefront ranking call makes one per request): the
-requested refs or feature service are resolved to a :class:`ReadPlan` once per registry
-revision and cached; a request then costs one key validation per entity, one pipelined
-round trip to the online store and one pass that parses the stored ``Value`` bytes straight
-into the response message (the domain builds the protobuf response itself: converting
-through intermediate objects costs more than the store round trip).
+requested refs or feature service resolve to a read plan once per registry
+(:mod:`plans`); a request then costs one key validation per entity, one pipelined round
+trip to the online store and one pass deciding each view's status per key. The values stay
+the stored bytes: the servicer writes them straight into the response's wire format
+(:mod:`wire`), which costs less than any intermediate object per value.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter
 
 from llmops.errors import InvalidArgument, NotFound
-from llmops.v1 import common_pb2, feature_pb2
+from llmops.v1 import common_pb2
+from llmops.yamlfiles import HotReload
 from services.feature import codec
+from services.feature.model import (
+    Cell,
+    EntitySource,
+    Freshness,
+    Historical,
+    HistoricalRow,
+    Materialized,
+    OnlineRows,
+    PointInTimeRow,
+    PushResult,
+    PushRow,
+    PushTarget,
+    ReadPlan,
+    RegistryReload,
+    RowInput,
+    Status,
+    ViewState,
+)
 from services.feature.online import OnlineStore, RecordWrite
-from services.feature.registry import Registry, ViewDef
+from services.feature.plans import PlanCache
+from services.feature.registry import EntityDef, FeatureDef, Registry, ServiceDef, ViewDef
+
+log = structlog.get_logger("llmops.feature")
 
 MAX_KEYS = 1000
 MAX_PUSH_ROWS = 10_000
-PRESENT = feature_pb2.FEATURE_STATUS_PRESENT
-NOT_FOUND = feature_pb2.FEATURE_STATUS_NOT_FOUND
-OUTSIDE_MAX_AGE = feature_pb2.FEATURE_STATUS_OUTSIDE_MAX_AGE
-_STATUS_NAMES: dict[int, str] = {
-    PRESENT: "PRESENT",
-    NOT_FOUND: "NOT_FOUND",
-    OUTSIDE_MAX_AGE: "OUTSIDE_MAX_AGE",
-}
+MAX_ENTITY_ROWS = 100_000
+PRESENT = Status.PRESENT
+NOT_FOUND = Status.NOT_FOUND
+OUTSIDE_MAX_AGE = Status.OUTSIDE_MAX_AGE
+_ABSENT: ViewState = (NOT_FOUND, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class ViewRead:
-    """One view's part of a plan: where its values go in the response row."""
+class OfflineBackend(Protocol):
+    """Where pushed rows are kept for training and backfills (offline.py: ClickHouse)."""
 
-    view: str
-    ttl_us: int
-    ts_index: int
-    """Position of the view's event-time field in the plan's field list."""
-    slots: tuple[tuple[int, int], ...]
-    """(response column, field-list position) per requested feature of the view."""
+    async def write(self, view: ViewDef, entity: EntityDef, rows: Sequence[PushRow]) -> int:
+        """Append validated rows; the number written."""
+        ...
 
+    def latest(
+        self, view: ViewDef, entity: EntityDef, start_us: int, end_us: int
+    ) -> AsyncIterator[list[PushRow]]:
+        """The latest row per key with an event time in [start_us, end_us), in chunks."""
+        ...
 
-@dataclass(frozen=True, slots=True)
-class PushRow:
-    """A validated row: key text (online record), event time µs, typed values, key proto."""
-
-    key_text: str
-    event_time_us: int
-    values: dict[str, common_pb2.Value]
-    key: common_pb2.EntityKey
-
-
-@dataclass(frozen=True, slots=True)
-class ReadPlan:
-    entity: str
-    refs: tuple[common_pb2.FeatureRef, ...]
-    fields: tuple[bytes, ...]
-    views: tuple[ViewRead, ...]
-    header: bytes
-    """The response's ``features`` field, serialized once."""
+    async def point_in_time(
+        self,
+        entity: EntityDef,
+        views: Sequence[tuple[ViewDef, Sequence[FeatureDef]]],
+        entities: EntitySource,
+    ) -> list[PointInTimeRow]:
+        """Per entity row, each view's newest row at or before the row's time."""
+        ...
 
 
 class FeatureMetrics:
@@ -88,266 +104,166 @@ class FeatureMetrics:
             ["feature_view"],
             registry=registry,
         )
-        self._children: dict[tuple[str, int], Any] = {}
+        self._children: dict[tuple[str, Status], Any] = {}
 
-    def count(self, view: str, status: int, n: int) -> None:
+    def count(self, view: str, status: Status, n: int) -> None:
         """Add ``n`` values of ``status`` (label children cached: no lookup per call)."""
         child = self._children.get((view, status))
         if child is None:
-            name = _STATUS_NAMES[status]
-            child = self._children[(view, status)] = self.values.labels(view, name)
+            child = self._children[(view, status)] = self.values.labels(view, status.name)
         child.inc(n)
-
-
-class RegistryHolder:
-    """The registry in force and the plans built from it (dropped when it changes)."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self._plans: dict[Any, ReadPlan] = {}
-
-    def swap(self, registry: Registry) -> Registry:
-        previous, self.registry = self.registry, registry
-        self._plans = {}
-        return previous
-
-    def plan_for_service(self, name: str) -> ReadPlan:
-        plan = self._plans.get(name)
-        if plan is None:
-            refs = self.registry.service(name).refs
-            plan = self._plans[name] = self._build(refs, "feature_service")
-        return plan
-
-    def plan_for_refs(self, refs: Sequence[common_pb2.FeatureRef]) -> ReadPlan:
-        key = tuple((r.feature_view, r.name) for r in refs)
-        plan = self._plans.get(key)
-        if plan is None:
-            if not key:
-                raise InvalidArgument("feature_refs", "name at least one feature")
-            plan = self._build(key, "feature_refs")
-            if len(self._plans) < 10_000:  # callers with ever-new ref lists stay bounded
-                self._plans[key] = plan
-        return plan
-
-    def _build(self, refs: Sequence[tuple[str, str]], where: str) -> ReadPlan:
-        reg = self.registry
-        by_view: dict[str, list[tuple[int, str]]] = {}
-        for i, (view_name, feature) in enumerate(refs):
-            try:
-                view = reg.view(view_name)
-                view.feature(feature)
-            except NotFound as exc:
-                raise NotFound(f"{where}[{i}]: {exc.message}") from None
-            if not view.online:
-                raise InvalidArgument(f"{where}[{i}]", f"feature view {view_name} is offline only")
-            by_view.setdefault(view_name, []).append((i, feature))
-        entities = {reg.views[v].entity for v in by_view}
-        if len(entities) != 1:
-            raise InvalidArgument(
-                where, f"views of several entities ({', '.join(sorted(entities))}) in one read"
-            )
-        fields: list[bytes] = []
-        views: list[ViewRead] = []
-        names: list[tuple[str, bytes]] = []
-        for view_name, wanted in by_view.items():
-            slots = []
-            for column, feature in wanted:
-                slots.append((column, len(fields)))
-                fields.append(codec.field_id(view_name, feature))
-                names.append((f"{view_name}:{feature}", fields[-1]))
-            ts_index = len(fields)
-            fields.append(codec.ts_field(view_name))
-            names.append((f"_ts:{view_name}", fields[-1]))
-            ttl_us = reg.views[view_name].ttl_s * 1_000_000
-            views.append(ViewRead(view_name, ttl_us, ts_index, tuple(slots)))
-        entity = next(iter(entities))
-        codec.check_unique_fields(entity, names)
-        ref_protos = tuple(common_pb2.FeatureRef(feature_view=v, name=f) for v, f in refs)
-        return ReadPlan(
-            entity=entity,
-            refs=ref_protos,
-            fields=tuple(fields),
-            views=tuple(views),
-            header=feature_pb2.GetOnlineFeaturesResponse(features=ref_protos).SerializeToString(),
-        )
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
 
 
-# The read path writes the response's wire format directly: the stored bytes *are* the
-# serialized ``Value`` messages, so a cell is ``value`` + ``status`` + ``event_time`` by
-# concatenation, and one C-level parse (``FromString``) yields the message. Building it
-# field by field through the Python API cost ~1.8 µs per value (1.9 ms for 50 x 20 values,
-# ``llmops bench features``); concatenation costs a fraction of that. Field numbers below
-# are FeatureValue's (value = 1, status = 2, event_time = 3), FeatureRow's (entity_key = 1,
-# values = 2) and GetOnlineFeaturesResponse's (features = 1, rows = 2); Timestamp's are
-# seconds = 1, nanos = 2. tests/integration/test_feature_online.py checks the result.
-
-
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SMALL_VARINTS = [_encode_varint(n) for n in range(16384)]
-
-
-def _varint(n: int) -> bytes:
-    return _SMALL_VARINTS[n] if n < 16384 else _encode_varint(n)
-
-
-def _status(status: int) -> bytes:
-    return b"\x10" + _varint(status)
-
-
-_NOT_FOUND_CELL = _status(NOT_FOUND)
-_PRESENT = _status(PRESENT)
-_OUTSIDE = _status(OUTSIDE_MAX_AGE)
-
-
-@functools.lru_cache(maxsize=65536)  # event times repeat: a view is pushed in batches
-def _event_time(ts_us: int) -> bytes:
-    """``event_time`` (field 3) holding a Timestamp of ``ts_us``."""
-    seconds, micros = divmod(ts_us, 1_000_000)
-    ts = b"\x08" + _encode_varint(seconds) if seconds else b""
-    if micros:
-        ts += b"\x10" + _varint(micros * 1000)
-    return b"\x1a" + _varint(len(ts)) + ts
-
-
-def _fill(
-    cells: list[bytes], vr: ViewRead, raw: list[Any], now: int, counts: dict[tuple[str, int], int]
-) -> None:
-    """Put one view's cells (serialized FeatureValues) into ``cells``; count statuses."""
-    ts_raw = raw[vr.ts_index]
-    if ts_raw is None:  # cells start as NOT_FOUND
-        key = (vr.view, NOT_FOUND)
-        counts[key] = counts.get(key, 0) + len(vr.slots)
-        return
-    ts = int(ts_raw)
-    stamp = _event_time(ts)
-    fresh = vr.ttl_us == 0 or now - ts <= vr.ttl_us
-    found = 0
-    if fresh:
-        tail = _PRESENT + stamp
-        small = _SMALL_VARINTS
-        for column, index in vr.slots:
-            blob = raw[index]
-            if blob is not None:
-                n = len(blob)
-                cells[column] = (
-                    b"\x0a" + (small[n] if n < 16384 else _encode_varint(n)) + blob + tail
-                )
-                found += 1
-    else:
-        outside = _OUTSIDE + stamp
-        for column, index in vr.slots:
-            if raw[index] is not None:
-                cells[column] = outside
-                found += 1
-    status = PRESENT if fresh else OUTSIDE_MAX_AGE
-    counts[(vr.view, status)] = counts.get((vr.view, status), 0) + found
-    if found < len(vr.slots):
-        key = (vr.view, NOT_FOUND)
-        counts[key] = counts.get(key, 0) + len(vr.slots) - found
-
-
 class FeatureStore:
-    """Online reads and pushes over an :class:`OnlineStore` (offline store: see offline.py)."""
+    """The feature service's domain over its registry, online store and offline store."""
 
     def __init__(
         self,
-        holder: RegistryHolder,
+        registry: HotReload[Registry],
         online: OnlineStore,
+        offline: OfflineBackend,
         metrics: FeatureMetrics,
         *,
         namespace: str,
         clock_us: Callable[[], int] = now_us,
     ) -> None:
-        self.holder = holder
+        self.registry = registry
         self.online = online
+        self.offline = offline
         self.metrics = metrics
         self.namespace = namespace
+        self.plans = PlanCache()
         self._clock_us = clock_us
 
-    # -- reads ----------------------------------------------------------------------------
+    # -- registry -------------------------------------------------------------------------
+
+    def views(self, entity: str = "") -> list[ViewDef]:
+        """Every view, or those of ``entity`` (NOT_FOUND if it does not exist), by name."""
+        reg = self.registry.current
+        if entity:
+            reg.entity(entity)
+        return [
+            reg.views[n] for n in sorted(reg.views) if not entity or reg.views[n].entity == entity
+        ]
+
+    def view(self, name: str) -> tuple[ViewDef, EntityDef]:
+        if not name:
+            raise InvalidArgument("name", "required")
+        reg = self.registry.current
+        view = reg.view(name)
+        return view, reg.entities[view.entity]
+
+    def services(self) -> list[ServiceDef]:
+        reg = self.registry.current
+        return [reg.services[n] for n in sorted(reg.services)]
+
+    async def reload_registry(self, *, dry_run: bool = False) -> RegistryReload:
+        """Load the registry files; swap them in if they validate, unless ``dry_run``.
+
+        Files that do not validate raise (INVALID_ARGUMENT naming file, object and field)
+        and the registry in force stays.
+        """
+        before = self.registry.current  # (a watch reload in between only skews the diff)
+        outcome = await self.registry.reload(dry_run=dry_run)
+        candidate = outcome.candidate
+        changed = before.changed_views(candidate)
+        if outcome.applied:
+            log.info("registry_changed_views", revision=outcome.revision, changed_views=changed)
+        return RegistryReload(
+            previous_revision=outcome.previous_revision,
+            revision=outcome.revision,
+            candidate_revision=outcome.candidate_revision,
+            feature_views=len(candidate.views),
+            feature_services=len(candidate.services),
+            entities=len(candidate.entities),
+            changed_views=changed,
+            applied=outcome.applied,
+        )
+
+    # -- online reads ---------------------------------------------------------------------
 
     def _plan(
-        self, which: str | None, service: str, refs: Sequence[common_pb2.FeatureRef]
+        self, reg: Registry, service: str | None, refs: tuple[tuple[str, str], ...] | None
     ) -> ReadPlan:
-        if which == "feature_service":
-            return self.holder.plan_for_service(service)
-        if which == "feature_refs":
-            return self.holder.plan_for_refs(refs)
+        if service is not None:
+            return self.plans.for_service(reg, service)
+        if refs is not None:
+            return self.plans.for_refs(reg, refs)
         raise InvalidArgument("features", "set feature_refs or feature_service")
 
-    async def get_online(
-        self, request: feature_pb2.GetOnlineFeaturesRequest
-    ) -> feature_pb2.GetOnlineFeaturesResponse:
-        plan = self._plan(
-            request.WhichOneof("features"), request.feature_service, request.feature_refs.refs
-        )
-        keys = request.entity_keys
+    async def read_online(
+        self,
+        service: str | None,
+        refs: tuple[tuple[str, str], ...] | None,
+        keys: Sequence[common_pb2.EntityKey],
+    ) -> OnlineRows:
+        """The features of a feature service (or of ``refs``: (view, feature) pairs) for
+        ``keys``, with each view's status per key."""
+        reg = self.registry.current
+        plan = self._plan(reg, service, refs)
         if not keys:
             raise InvalidArgument("entity_keys", "name at least one entity key")
         if len(keys) > MAX_KEYS:
             raise InvalidArgument("entity_keys", f"at most {MAX_KEYS} keys per call")
-        entity = self.holder.registry.entities[plan.entity]
+        entity = reg.entities[plan.entity]
         prefix = f"{self.namespace}:{plan.entity}:"
         records = [
             prefix + codec.key_text(entity, key, f"entity_keys[{i}]") for i, key in enumerate(keys)
         ]
-        raw_rows = await self.online.read(records, plan.fields)
+        stored = await self.online.read(records, plan.fields)
         now = self._clock_us()
-        counts: dict[tuple[str, int], int] = {}
-        parts = [plan.header]
-        for key, raw in zip(keys, raw_rows, strict=True):
-            cells = [_NOT_FOUND_CELL] * len(plan.refs)
+        counts: dict[tuple[str, Status], int] = {}
+        get = counts.get
+        states: list[list[ViewState]] = []
+        for raw in stored:
+            row: list[ViewState] = []
             for vr in plan.views:
-                _fill(cells, vr, raw, now, counts)
-            key_bytes = key.SerializeToString()
-            body = b"".join(
-                [b"\x0a", _varint(len(key_bytes)), key_bytes]
-                + [b"\x12" + _varint(len(c)) + c for c in cells]
-            )
-            parts += (b"\x12", _varint(len(body)), body)
+                width = len(vr.slots)
+                ts_raw = raw[vr.ts_index]
+                if ts_raw is None:
+                    row.append(_ABSENT)
+                    counts[(vr.view, NOT_FOUND)] = get((vr.view, NOT_FOUND), 0) + width
+                    continue
+                ts = int(ts_raw)
+                status = PRESENT if vr.ttl_us == 0 or now - ts <= vr.ttl_us else OUTSIDE_MAX_AGE
+                row.append((status, ts))
+                missing = raw[vr.ts_index - width : vr.ts_index].count(None)
+                counts[(vr.view, status)] = get((vr.view, status), 0) + width - missing
+                if missing:
+                    counts[(vr.view, NOT_FOUND)] = get((vr.view, NOT_FOUND), 0) + missing
+            states.append(row)
         for (view, status), n in counts.items():
             self.metrics.count(view, status, n)
-        return feature_pb2.GetOnlineFeaturesResponse.FromString(b"".join(parts))
+        return OnlineRows(plan, stored, states)
 
     # -- writes ---------------------------------------------------------------------------
 
     def validate_push(
-        self, request: feature_pb2.PushFeaturesRequest
+        self, view_name: str, rows: Sequence[RowInput], reg: Registry | None = None
     ) -> tuple[ViewDef, list[PushRow]]:
         """Check every row before anything is written."""
-        reg = self.holder.registry
+        reg = reg or self.registry.current
         try:
-            view = reg.view(request.feature_view)
+            view = reg.view(view_name)
         except NotFound:
-            raise NotFound(
-                f"feature_view: feature view {request.feature_view!r} does not exist"
-            ) from None
+            raise NotFound(f"feature_view: feature view {view_name!r} does not exist") from None
         entity = reg.entities[view.entity]
-        if not request.rows:
+        if not rows:
             raise InvalidArgument("rows", "push at least one row")
-        if len(request.rows) > MAX_PUSH_ROWS:
+        if len(rows) > MAX_PUSH_ROWS:
             raise InvalidArgument("rows", f"at most {MAX_PUSH_ROWS} rows per call")
-        rows = []
-        for i, row in enumerate(request.rows):
+        out = []
+        for i, row in enumerate(rows):
             where = f"rows[{i}]"
-            text = codec.key_text(entity, row.entity_key, f"{where}.entity_key")
-            if not row.HasField("event_time"):
+            text = codec.key_text(entity, row.key, f"{where}.entity_key")
+            if row.event_time_us is None:
                 raise InvalidArgument(f"{where}.event_time", "required")
             if not row.values:
                 raise InvalidArgument(f"{where}.values", "set at least one feature")
-            values: dict[str, common_pb2.Value] = {}
             for name, value in row.values.items():
                 feature = view.by_name.get(name)
                 if feature is None:
@@ -355,39 +271,55 @@ class FeatureStore:
                         f'{where}.values["{name}"]', f"{view.name} has no feature {name!r}"
                     )
                 codec.check_value(feature, value, f'{where}.values["{name}"]')
-                values[name] = value
-            ts = row.event_time.seconds * 1_000_000 + row.event_time.nanos // 1000
-            rows.append(PushRow(text, ts, values, row.entity_key))
-        return view, rows
+            out.append(PushRow(text, row.event_time_us, dict(row.values), row.key))
+        return view, out
 
-    def expire_s(self, view: ViewDef) -> int | None:
+    async def push(
+        self, view_name: str, rows: Sequence[RowInput], target: PushTarget
+    ) -> PushResult:
+        """Validate every row, then write them offline (the record of truth the online store
+        can be rebuilt from) and online (write-if-newer), as ``target`` says."""
+        reg = self.registry.current
+        view, valid = self.validate_push(view_name, rows, reg)
+        if target.online and not view.online:
+            raise InvalidArgument("target", f"feature view {view.name} is offline only")
+        offline = online = stale = 0
+        if target.offline:
+            offline = await self.offline.write(view, reg.entities[view.entity], valid)
+            self.metrics.pushed.labels(view.name, "offline").inc(offline)
+        if target.online:
+            online, stale = await self._write_online(reg, view, valid)
+        return PushResult(offline_rows=offline, online_rows=online, stale_rows=stale)
+
+    @staticmethod
+    def _expire_s(reg: Registry, view: ViewDef) -> int | None:
         """Expiry of an entity's record: the entity's online_ttl, else its longest view TTL
         (None when a view has no TTL: such records stay until deleted)."""
-        reg = self.holder.registry
         entity = reg.entities[view.entity]
         if entity.online_ttl_s is not None:
             return entity.online_ttl_s or None
         ttls = [v.ttl_s for v in reg.views.values() if v.entity == entity.name and v.online]
         return None if not ttls or 0 in ttls else max(ttls)
 
-    async def write_online(
-        self, view: ViewDef, rows: Sequence[tuple[str, int, dict[str, common_pb2.Value]]]
+    async def _write_online(
+        self, reg: Registry, view: ViewDef, rows: Sequence[PushRow]
     ) -> tuple[int, int]:
         """Write validated rows to the online store: (written, stale)."""
         prefix = f"{self.namespace}:{view.entity}:"
         ts_field = codec.ts_field(view.name)
-        expire = self.expire_s(view)
+        expire = self._expire_s(reg, view)
         writes = [
             RecordWrite(
-                record=prefix + text,
+                record=prefix + row.key_text,
                 ts_field=ts_field,
-                event_time_us=ts,
+                event_time_us=row.event_time_us,
                 values={
-                    codec.field_id(view.name, n): v.SerializeToString() for n, v in values.items()
+                    codec.field_id(view.name, n): v.SerializeToString()
+                    for n, v in row.values.items()
                 },
                 expire_s=expire,
             )
-            for text, ts, values in rows
+            for row in rows
         ]
         applied = await self.online.write(writes)
         written = sum(applied)
@@ -401,23 +333,145 @@ class FeatureStore:
             self.metrics.stale.labels(view.name).inc(len(writes) - written)
         return written, len(writes) - written
 
-    async def freshness(self, names: Sequence[str]) -> list[feature_pb2.ViewFreshness]:
-        reg = self.holder.registry
+    # -- freshness ------------------------------------------------------------------------
+
+    async def freshness(self, names: Sequence[str]) -> list[Freshness]:
+        """Per view (every online view when ``names`` is empty): watermarks, lag, staleness."""
+        reg = self.registry.current
         views = [reg.view(n) for n in names] or [v for v in reg.views.values() if v.online]
         metas = await self.online.read_meta([v.name for v in views])
         now = self._clock_us()
         out = []
         for view, meta in zip(views, metas, strict=True):
-            fresh = feature_pb2.ViewFreshness(feature_view=view.name)
-            fresh.ttl.FromSeconds(view.ttl_s)
-            if "materialized_until_us" in meta:
-                fresh.materialized_until.FromMicroseconds(meta["materialized_until_us"])
-            if "last_push_us" in meta:
-                fresh.last_push_time.FromMicroseconds(meta["last_push_us"])
-            if "newest_event_us" in meta:
-                newest = meta["newest_event_us"]
-                fresh.newest_event_time.FromMicroseconds(newest)
-                fresh.lag.FromMicroseconds(max(0, now - newest))
-                fresh.stale = view.ttl_s > 0 and now - newest > view.ttl_s * 1_000_000
-            out.append(fresh)
+            newest = meta.get("newest_event_us")
+            out.append(
+                Freshness(
+                    view=view.name,
+                    ttl_s=view.ttl_s,
+                    materialized_until_us=meta.get("materialized_until_us"),
+                    last_push_us=meta.get("last_push_us"),
+                    newest_event_us=newest,
+                    lag_us=None if newest is None else max(0, now - newest),
+                    stale=newest is not None
+                    and view.ttl_s > 0
+                    and now - newest > view.ttl_s * 1_000_000,
+                )
+            )
         return out
+
+    # -- offline --------------------------------------------------------------------------
+
+    async def materialize(
+        self, names: Sequence[str], start_us: int | None, end_us: int | None
+    ) -> list[Materialized]:
+        """Latest value per key in the window -> online store (write-if-newer), per view
+        (every online view when ``names`` is empty).
+
+        Without ``start_us`` a view resumes from its watermark (``materialized_until``),
+        which rises to the window's end once the view is done; without ``end_us`` the window
+        ends now. A cut-short run is safe to repeat (writes are idempotent).
+        """
+        reg = self.registry.current
+        names = list(names) or [n for n, v in reg.views.items() if v.online]
+        views = []
+        for i, name in enumerate(names):
+            try:
+                view = reg.view(name)
+            except NotFound as exc:
+                raise NotFound(f"feature_views[{i}]: {exc.message}") from None
+            if not view.online:
+                raise InvalidArgument(f"feature_views[{i}]", f"{name} is offline only")
+            views.append(view)
+        end = self._clock_us() if end_us is None else end_us
+        metas = await self.online.read_meta([v.name for v in views])
+        results = []
+        for view, meta in zip(views, metas, strict=True):
+            t0 = time.perf_counter()
+            start = meta.get("materialized_until_us", 0) if start_us is None else start_us
+            if start > end:
+                raise InvalidArgument("window", "start_time is after end_time")
+            written = 0
+            async for chunk in self.offline.latest(view, reg.entities[view.entity], start, end):
+                written += (await self._write_online(reg, view, chunk))[0]
+            await self.online.set_meta_max(view.name, {"materialized_until_us": end})
+            results.append(Materialized(view.name, written, end, time.perf_counter() - t0))
+            log.info("materialized", view=view.name, rows=written, start_us=start, end_us=end)
+        return results
+
+    async def historical(
+        self,
+        service: str | None,
+        refs: tuple[tuple[str, str], ...] | None,
+        entities: EntitySource | None,
+    ) -> Historical:
+        """Point-in-time retrieval: per entity row, each feature as it was at the row's time
+        (the newest offline value at or before it; OUTSIDE_MAX_AGE past the view's TTL)."""
+        reg = self.registry.current
+        wanted = self._historical_refs(reg, service, refs)
+        entity_names = {reg.views[v].entity for v, _ in wanted}
+        if len(entity_names) != 1:
+            raise InvalidArgument("features", "views of several entities in one retrieval")
+        entity = reg.entities[entity_names.pop()]
+        by_view: dict[str, list[int]] = {}
+        for column, (view_name, _) in enumerate(wanted):
+            by_view.setdefault(view_name, []).append(column)
+        views = [
+            (reg.views[v], [reg.views[v].by_name[wanted[c][1]] for c in columns])
+            for v, columns in by_view.items()
+        ]
+        found = await self.offline.point_in_time(entity, views, _entity_rows(entity, entities))
+        layout = [(view.ttl_s * 1_000_000, by_view[view.name]) for view, _ in views]
+        return Historical(wanted, [_as_of(row, layout, len(wanted)) for row in found])
+
+    @staticmethod
+    def _historical_refs(
+        reg: Registry, service: str | None, refs: tuple[tuple[str, str], ...] | None
+    ) -> tuple[tuple[str, str], ...]:
+        if service is not None:
+            return reg.service(service).refs
+        if not refs:
+            raise InvalidArgument("features", "set feature_refs or feature_service")
+        for i, (view, feature) in enumerate(refs):
+            try:
+                reg.view(view).feature(feature)
+            except NotFound as exc:
+                raise NotFound(f"feature_refs[{i}]: {exc.message}") from None
+        return refs
+
+
+def _entity_rows(entity: EntityDef, entities: EntitySource | None) -> EntitySource:
+    """Inline entity rows checked (keys of ``entity``, a time each); a table name as is."""
+    if isinstance(entities, str):
+        return entities
+    if not entities:
+        raise InvalidArgument("entities", "set entity_rows (at least one) or entity_table")
+    if len(entities) > MAX_ENTITY_ROWS:
+        raise InvalidArgument("entity_rows", f"at most {MAX_ENTITY_ROWS} rows inline")
+    for i, row in enumerate(entities):
+        codec.key_text(entity, row.key, f"entity_rows.rows[{i}].entity_key")
+        if row.event_time_us is None:
+            raise InvalidArgument(f"entity_rows.rows[{i}].event_time", "required")
+    return entities
+
+
+def _as_of(
+    row: PointInTimeRow, layout: Sequence[tuple[int, list[int]]], width: int
+) -> HistoricalRow:
+    """One retrieval row: each view's values PRESENT within its TTL (``layout``: per view,
+    TTL µs and the response columns of its features)."""
+    cells: list[Cell] = [_NO_CELL] * width
+    for found, (ttl_us, columns) in zip(row.views, layout, strict=True):
+        ts = found.event_time_us
+        if ts is None:
+            continue
+        if ttl_us and row.event_time_us - ts > ttl_us:
+            outside = Cell(OUTSIDE_MAX_AGE, None, ts)
+            for c in columns:
+                cells[c] = outside
+            continue
+        for c, value in zip(columns, found.values, strict=True):
+            cells[c] = Cell(PRESENT, value, ts)
+    return HistoricalRow(row.key, row.event_time_us, cells)
+
+
+_NO_CELL = Cell(NOT_FOUND, None, None)

@@ -7,42 +7,41 @@ Table shape (created by the service when missing; a pipeline may also fill it di
     ENGINE = ReplacingMergeTree(created_timestamp)
     PARTITION BY toYYYYMM(event_timestamp) ORDER BY (<join keys>, event_timestamp)
 
+This is a backend of the domain (:class:`services.feature.domain.OfflineBackend`): it
+stores and queries; the domain validates requests, decides statuses and writes what
+:meth:`OfflineStore.latest` yields to the online store (materialization).
+
 ReplacingMergeTree keyed by (key, event time): a row pushed again for the same key and time
 (a replayed stream) replaces the earlier one on merge, the latest push winning.
 
 Point-in-time retrieval is one ClickHouse query: the entity rows ASOF LEFT JOIN each view
 on the join keys and ``entity.event_timestamp >= view.event_timestamp`` (the newest value
-at or before the row's time: nothing from the future leaks in); a value older than the
-view's TTL at the row's time is reported OUTSIDE_MAX_AGE. Inline entity rows go to a
-temporary Memory table first. chdb and the server backend run the same SQL (ASOF JOIN
+at or before the row's time: nothing from the future leaks in); the domain then reports a
+value older than the view's TTL at the row's time as OUTSIDE_MAX_AGE. Inline entity rows go
+to a temporary Memory table first. chdb and the server backend run the same SQL (ASOF JOIN
 needs ClickHouse >= 19.x, so not Debian's 18.16).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-import structlog
 from google.protobuf import struct_pb2
 
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.sql import identifier
-from llmops.errors import InvalidArgument, NotFound
-from llmops.v1 import common_pb2, feature_pb2
+from llmops.errors import InvalidArgument
+from llmops.v1 import common_pb2
 from services.feature import codec
-from services.feature.domain import PushRow
+from services.feature.model import AsOf, EntitySource, PointInTimeRow, PushRow
 from services.feature.registry import EntityDef, FeatureDef, Registry, ViewDef
 
-log = structlog.get_logger("llmops.feature.offline")
-
-MAX_ENTITY_ROWS = 100_000
-STREAM_BATCH = 1000
+MATERIALIZE_CHUNK = 5000
 _SCALARS = {
     "INT64": "Int64",
     "DOUBLE": "Float64",
@@ -205,131 +204,51 @@ class OfflineStore:
             {"start": start_us, "end": end_us},
         )
 
-    async def materialize(
-        self, store: Any, request: feature_pb2.MaterializeRequest
-    ) -> list[feature_pb2.MaterializeResult]:
-        """Latest value per key in the window -> online store (write-if-newer), per view.
-
-        The watermark (``materialized_until``) rises to the window's end once a view is done,
-        so a run with no start resumes where the last one finished; a cut-short run is safe
-        to repeat (writes are idempotent).
-        """
-        reg: Registry = store.holder.registry
-        names = list(request.feature_views) or [n for n, v in reg.views.items() if v.online]
-        views = []
-        for i, name in enumerate(names):
-            try:
-                view = reg.view(name)
-            except NotFound as exc:
-                raise NotFound(f"feature_views[{i}]: {exc.message}") from None
-            if not view.online:
-                raise InvalidArgument(f"feature_views[{i}]", f"{name} is offline only")
-            views.append(view)
-        window = request.window
-        end_us = window.end_time.ToMicroseconds() if window.HasField("end_time") else _now_us()
-        metas = await store.online.read_meta([v.name for v in views])
-        results = []
-        for view, meta in zip(views, metas, strict=True):
-            t0 = time.perf_counter()
-            if window.HasField("start_time"):
-                start_us = window.start_time.ToMicroseconds()
-            else:
-                start_us = meta.get("materialized_until_us", 0)
-            if start_us > end_us:
-                raise InvalidArgument("window", "start_time is after end_time")
-            entity = reg.entities[view.entity]
-            rows = await asyncio.to_thread(self._latest, view, entity, start_us, end_us)
-            written = await self._write_online(store, view, entity, rows)
-            await store.online.set_meta_max(view.name, {"materialized_until_us": end_us})
-            result = feature_pb2.MaterializeResult(feature_view=view.name, rows_written=written)
-            result.watermark.FromMicroseconds(end_us)
-            result.duration.FromNanoseconds(int((time.perf_counter() - t0) * 1e9))
-            results.append(result)
-            log.info("materialized", view=view.name, rows=written, start_us=start_us, end_us=end_us)
-        return results
-
-    async def _write_online(
-        self, store: Any, view: ViewDef, entity: EntityDef, rows: list[dict[str, Any]]
-    ) -> int:
-        written = 0
-        for start in range(0, len(rows), 5000):
+    async def latest(
+        self, view: ViewDef, entity: EntityDef, start_us: int, end_us: int
+    ) -> AsyncIterator[list[PushRow]]:
+        """The latest row per key with an event time in [start_us, end_us), in chunks of
+        :data:`MATERIALIZE_CHUNK` rows (a feature that is null offline is left out)."""
+        rows = await asyncio.to_thread(self._latest, view, entity, start_us, end_us)
+        for start in range(0, len(rows), MATERIALIZE_CHUNK):
             chunk = []
-            for r in rows[start : start + 5000]:
-                key = common_pb2.EntityKey(entity=entity.name)
-                for join in entity.join_keys:
-                    raw = r[join.name]
-                    value = (
-                        common_pb2.Value(bytes_value=bytes.fromhex(raw))
-                        if join.type == "BYTES"
-                        else _value(raw, FeatureDef(join.name, join.type, None, "", {}))
-                    )
-                    key.columns.add(name=join.name, value=value)
-                text = codec.key_text(entity, key, "row")
+            for r in rows[start : start + MATERIALIZE_CHUNK]:
+                key = _entity_key(r, entity)
                 values = {
                     f.name: _value(r[f.name], f)
                     for f in view.features
                     if not (r[f.name] is None or r[f.name] == [])
                 }
                 if values:
-                    chunk.append((text, _us(r["event_timestamp"]), values))
-            n, _stale = await store.write_online(view, chunk)
-            written += n
-        return written
+                    text = codec.key_text(entity, key, "row")
+                    chunk.append(PushRow(text, _us(r["event_timestamp"]), values, key))
+            yield chunk
 
     # -- point in time ------------------------------------------------------------------------
 
-    async def historical(
-        self, holder: Any, request: feature_pb2.GetHistoricalFeaturesRequest
-    ) -> AsyncIterator[feature_pb2.GetHistoricalFeaturesResponse]:
-        reg: Registry = holder.registry
-        which = request.WhichOneof("features")
-        if which == "feature_service":
-            refs = list(reg.service(request.feature_service).refs)
-        elif which == "feature_refs" and request.feature_refs.refs:
-            refs = []
-            for i, r in enumerate(request.feature_refs.refs):
-                try:
-                    reg.view(r.feature_view).feature(r.name)
-                except NotFound as exc:
-                    raise NotFound(f"feature_refs[{i}]: {exc.message}") from None
-                refs.append((r.feature_view, r.name))
-        else:
-            raise InvalidArgument("features", "set feature_refs or feature_service")
-        entity_names = {reg.views[v].entity for v, _ in refs}
-        if len(entity_names) != 1:
-            raise InvalidArgument("features", "views of several entities in one retrieval")
-        entity = reg.entities[entity_names.pop()]
-        source = request.WhichOneof("entities")
-        rows = await asyncio.to_thread(self._historical, reg, entity, refs, request, source)
-        features = [common_pb2.FeatureRef(feature_view=v, name=f) for v, f in refs]
-        first = True
-        for start in range(0, max(len(rows), 1), STREAM_BATCH):
-            msg = feature_pb2.GetHistoricalFeaturesResponse(rows=rows[start : start + STREAM_BATCH])
-            if first:
-                msg.features.extend(features)
-                first = False
-            yield msg
+    async def point_in_time(
+        self,
+        entity: EntityDef,
+        views: Sequence[tuple[ViewDef, Sequence[FeatureDef]]],
+        entities: EntitySource,
+    ) -> list[PointInTimeRow]:
+        """Per entity row, each view's newest row at or before the entity row's time (ASOF
+        JOIN); ``entities`` are validated rows, or a table holding them."""
+        return await asyncio.to_thread(self._point_in_time, entity, views, entities)
 
-    def _entity_table(
-        self, entity: EntityDef, request: feature_pb2.GetHistoricalFeaturesRequest, source: Any
-    ) -> tuple[str, bool]:
+    def _entity_table(self, entity: EntityDef, entities: EntitySource) -> tuple[str, bool]:
         """(table holding the entity rows, whether it is a temporary one to drop)."""
-        if source == "entity_table":
-            return identifier(request.entity_table), False
-        if source != "entity_rows" or not request.entity_rows.rows:
-            raise InvalidArgument("entities", "set entity_rows (at least one) or entity_table")
-        rows = request.entity_rows.rows
-        if len(rows) > MAX_ENTITY_ROWS:
-            raise InvalidArgument("entity_rows", f"at most {MAX_ENTITY_ROWS} rows inline")
+        if isinstance(entities, str):
+            try:
+                return identifier(entities), False
+            except ValueError as exc:
+                raise InvalidArgument("entity_table", str(exc)) from None
         columns: dict[str, list[Any]] = {j.name: [] for j in entity.join_keys}
         columns["event_timestamp"] = []
-        for i, row in enumerate(rows):
-            codec.key_text(entity, row.entity_key, f"entity_rows.rows[{i}].entity_key")
-            if not row.HasField("event_time"):
-                raise InvalidArgument(f"entity_rows.rows[{i}].event_time", "required")
-            for c, join in zip(row.entity_key.columns, entity.join_keys, strict=True):
+        for row in entities:
+            for c, join in zip(row.key.columns, entity.join_keys, strict=True):
                 columns[join.name].append(_key_python(c.value))
-            columns["event_timestamp"].append(np.datetime64(row.event_time.ToMicroseconds(), "us"))
+            columns["event_timestamp"].append(np.datetime64(row.event_time_us, "us"))
         table = f"_pit_{uuid.uuid4().hex[:16]}"
         keys = ", ".join(f"{identifier(j.name)} {_KEY_TYPES[j.type]}" for j in entity.join_keys)
         self.store.execute(
@@ -342,31 +261,28 @@ class OfflineStore:
             raise
         return table, True
 
-    def _historical(
+    def _point_in_time(
         self,
-        reg: Registry,
         entity: EntityDef,
-        refs: list[tuple[str, str]],
-        request: feature_pb2.GetHistoricalFeaturesRequest,
-        source: Any,
-    ) -> list[feature_pb2.HistoricalRow]:
-        by_view: dict[str, list[int]] = {}
-        for i, (v, _f) in enumerate(refs):
-            by_view.setdefault(v, []).append(i)
-        for v in by_view:
-            self._ensure(reg.views[v], entity)
-        table, temporary = self._entity_table(entity, request, source)
+        views: Sequence[tuple[ViewDef, Sequence[FeatureDef]]],
+        entities: EntitySource,
+    ) -> list[PointInTimeRow]:
+        for view, _ in views:
+            self._ensure(view, entity)
+        table, temporary = self._entity_table(entity, entities)
         try:
             keys = [identifier(j.name) for j in entity.join_keys]
             select = [f"e.{k} AS {k}" for k in keys] + ["e.event_timestamp AS event_timestamp"]
             joins = []
-            for n, (v, columns) in enumerate(by_view.items()):
+            for n, (view, features) in enumerate(views):
                 alias = f"v{n}"
                 select.append(f"{alias}.event_timestamp AS ts_{n}")
-                select += [f"{alias}.{identifier(refs[c][1])} AS c{c}" for c in columns]
+                select += [
+                    f"{alias}.{identifier(f.name)} AS c{n}_{i}" for i, f in enumerate(features)
+                ]
                 on = " AND ".join(f"e.{k} = {alias}.{k}" for k in keys)
                 joins.append(
-                    f"ASOF LEFT JOIN {identifier(reg.views[v].source)} AS {alias} "
+                    f"ASOF LEFT JOIN {identifier(view.source)} AS {alias} "
                     f"ON {on} AND e.event_timestamp >= {alias}.event_timestamp"
                 )
             sql = (
@@ -377,51 +293,31 @@ class OfflineStore:
         finally:
             if temporary:
                 self.store.execute(f"DROP TABLE IF EXISTS {table}")
-        return [self._row(r, reg, entity, refs, by_view) for r in result]
-
-    @staticmethod
-    def _row(
-        r: dict[str, Any],
-        reg: Registry,
-        entity: EntityDef,
-        refs: list[tuple[str, str]],
-        by_view: dict[str, list[int]],
-    ) -> feature_pb2.HistoricalRow:
-        out = feature_pb2.HistoricalRow()
-        out.entity_key.entity = entity.name
-        for join in entity.join_keys:
-            raw = r[join.name]
-            if join.type == "BYTES":
-                value = common_pb2.Value(bytes_value=bytes.fromhex(raw))
-            else:
-                value = _value(raw, FeatureDef(join.name, join.type, None, "", {}))
-            out.entity_key.columns.add(name=join.name, value=value)
-        row_ts: datetime = r["event_timestamp"]
-        out.event_time.FromDatetime(row_ts)
-        row_us = _us(row_ts)
-        for _ in refs:
-            out.values.add()
-        for n, (v, columns) in enumerate(by_view.items()):
-            view = reg.views[v]
-            ts = r[f"ts_{n}"]
-            for c in columns:
-                fv = out.values[c]
+        out = []
+        for r in result:
+            found = []
+            for n, (_view, features) in enumerate(views):
+                ts = r[f"ts_{n}"]
                 if ts is None:
-                    fv.status = feature_pb2.FEATURE_STATUS_NOT_FOUND
-                    continue
-                ts_us = _us(ts)
-                fv.event_time.FromMicroseconds(ts_us)
-                if view.ttl_s and row_us - ts_us > view.ttl_s * 1_000_000:
-                    fv.status = feature_pb2.FEATURE_STATUS_OUTSIDE_MAX_AGE
-                    continue
-                fv.status = feature_pb2.FEATURE_STATUS_PRESENT
-                fv.value.CopyFrom(_value(r[f"c{c}"], view.by_name[refs[c][1]]))
+                    found.append(_NO_ROW)
+                else:
+                    values = [_value(r[f"c{n}_{i}"], f) for i, f in enumerate(features)]
+                    found.append(AsOf(_us(ts), values))
+            out.append(PointInTimeRow(_entity_key(r, entity), _us(r["event_timestamp"]), found))
         return out
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
+_NO_ROW = AsOf(None, ())
 
 
-def utc_from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, UTC)
+def _entity_key(row: dict[str, Any], entity: EntityDef) -> common_pb2.EntityKey:
+    """The entity key of an offline row (its join-key columns)."""
+    key = common_pb2.EntityKey(entity=entity.name)
+    for join in entity.join_keys:
+        raw = row[join.name]
+        if join.type == "BYTES":
+            value = common_pb2.Value(bytes_value=bytes.fromhex(raw))
+        else:
+            value = _value(raw, FeatureDef(join.name, join.type, None, "", {}))
+        key.columns.add(name=join.name, value=value)
+    return key

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from llmops.plugin import ServicePlugin
 from llmops.settings import Settings, by_mode
 
 _REPO_FEATURES = Path(__file__).resolve().parents[2] / "deploy" / "features"
+
+
+def _switch(value: object) -> object:
+    """YAML (a config file, an env value) reads a bare on/off as a boolean."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
 
 
 class FeatureSettings(Settings):
@@ -31,7 +41,7 @@ class FeatureSettings(Settings):
     reload_interval_s: float = Field(
         5.0, ge=0, description="Poll the registry files for changes this often; 0 = never."
     )
-    demo_data: Literal["auto", "on", "off"] = Field(
+    demo_data: Switch = Field(
         "auto",
         description="Seed the demo storefront's features into an empty store at start "
         "(auto = in embedded mode only).",

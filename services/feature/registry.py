@@ -3,8 +3,9 @@
 A registry is every ``*.yaml`` file of the configured paths (directories or files), loaded
 and validated together. Errors name the file, the object and the field, e.g.
 ``deploy/features/storefront.yaml: feature_views[property_stats].features[stars].type:
-unknown type 'INT' (one of INT64, DOUBLE, ...)``. A loaded :class:`Registry` is immutable;
-reloading builds a new one and swaps it in only if it validates (see ``RegistryHolder``).
+unknown type 'INT' (one of INT64, DOUBLE, ...)``. The files are read by the runtime's
+versioned-YAML loader (:mod:`llmops.yamlfiles`). A loaded :class:`Registry` is immutable;
+reloading builds a new one and swaps it in only if it validates (:func:`hot_registry`).
 
 File format (see deploy/features/README.md for the whole reference)::
 
@@ -29,16 +30,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from llmops.errors import InvalidArgument, NotFound
 from llmops.v1 import common_pb2
+from llmops.yamlfiles import HotReload, YamlFileError, load_yaml_files
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)?$")
@@ -55,7 +56,7 @@ KEY_TYPES = frozenset({"INT64", "STRING", "BYTES", "BOOL"})
 """Types a join key may have (scalar, with an exact text form)."""
 
 
-class RegistryError(InvalidArgument):
+class RegistryError(YamlFileError):
     """The registry files do not validate; ``field`` is ``file: path.to.field``."""
 
 
@@ -242,6 +243,11 @@ class Registry:
             raise NotFound(f"feature service {name!r} does not exist")
         return found
 
+    def changed_views(self, other: Registry) -> list[str]:
+        """Names of the views added, removed or redefined in ``other``, sorted."""
+        names = set(self.views) | set(other.views)
+        return sorted(n for n in names if _view_revision(self, n) != _view_revision(other, n))
+
     def resolve_ref(self, text: str) -> list[tuple[str, str]]:
         """``view:feature`` -> [(view, feature)]; ``view:*`` -> every feature of the view."""
         view_name, sep, feature = text.partition(":")
@@ -253,52 +259,15 @@ class Registry:
         return [(view.name, view.feature(feature).name)]
 
 
-def _describe(error: Mapping[str, Any], data: Any) -> str:
-    """A pydantic error location as ``feature_views[name].features[name].type``."""
-    parts: list[str] = []
-    node = data
-    for loc in error["loc"]:
-        if isinstance(loc, int):
-            item = node[loc] if isinstance(node, list) and loc < len(node) else None
-            label = item.get("name") if isinstance(item, dict) else None
-            parts[-1] += f"[{label}]" if isinstance(label, str) and label else f"[{loc}]"
-            node = item
-        else:
-            parts.append(str(loc))
-            node = node.get(loc) if isinstance(node, dict) else None
-    return ".".join(parts)
+def _view_revision(registry: Registry, name: str) -> str | None:
+    view = registry.views.get(name)
+    return None if view is None else view.revision
 
 
-def _parse_file(path: Path) -> _FileSpec:
-    label = str(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise RegistryError(label, f"not valid YAML: {exc}") from None
-    except OSError as exc:
-        raise RegistryError(label, f"cannot read: {exc.strerror}") from None
-    if not isinstance(data, dict):
-        raise RegistryError(label, "the top level must be a mapping")
-    try:
-        return _FileSpec.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = _describe(first, data) or "(top level)"
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise RegistryError(f"{label}: {where}", message) from None
-
-
-def registry_files(paths: Iterable[Path]) -> list[Path]:
-    """The ``*.yaml``/``*.yml`` files of ``paths`` (directories are not recursed), sorted."""
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml"))
-        elif p.exists():
-            files.append(p)
-        else:
-            raise RegistryError(str(p), "no such file or directory")
-    return files
+def _item_label(item: Mapping[str, Any]) -> str | None:
+    """List items are named by their ``name`` in error paths (``features[stars].type``)."""
+    name = item.get("name")
+    return name if isinstance(name, str) and name else None
 
 
 def _digest(*parts: Any) -> str:
@@ -307,15 +276,12 @@ def _digest(*parts: Any) -> str:
 
 def load_registry(paths: Sequence[Path]) -> Registry:
     """Load and validate every registry file under ``paths``; raises :class:`RegistryError`."""
-    files = registry_files(paths)
+    loaded = load_yaml_files(paths, _FileSpec, RegistryError, label=_item_label)
     entities: dict[str, EntityDef] = {}
     views: dict[str, ViewDef] = {}
     service_specs: list[tuple[str, _ServiceSpec]] = []
-    contents: list[tuple[str, str]] = []
-    for path in files:
-        label = str(path)
-        spec = _parse_file(path)
-        contents.append((path.name, path.read_text(encoding="utf-8")))
+    for file in loaded.files:
+        label, spec = file.label, file.spec
         for e in spec.entities:
             _unique(entities, e.name, label, "entities", "entity")
             keys = tuple(JoinKey(k.name, k.type, k.description) for k in e.join_keys)
@@ -338,7 +304,7 @@ def load_registry(paths: Sequence[Path]) -> Registry:
                 f"{view.file}: feature_views[{view.name}].features[{sorted(clash)[0]}]",
                 "has the name of a join key of its entity",
             )
-    draft = Registry(entities, views, {}, "", tuple(str(f) for f in files))
+    draft = Registry(entities, views, {}, "", loaded.sources)
     services: dict[str, ServiceDef] = {}
     for label, s in service_specs:
         _unique(services, s.name, label, "feature_services", "feature service")
@@ -355,8 +321,24 @@ def load_registry(paths: Sequence[Path]) -> Registry:
         services[s.name] = ServiceDef(
             s.name, tuple(refs), s.description, s.owner, dict(s.tags), label
         )
-    revision = _digest(*sorted(contents))
-    return Registry(entities, views, services, revision, draft.sources)
+    return Registry(entities, views, services, loaded.revision, loaded.sources)
+
+
+def hot_registry(paths: Sequence[Path]) -> HotReload[Registry]:
+    """The registry in force, loaded now (a bad registry raises), reloaded on request or by
+    its :meth:`~llmops.yamlfiles.HotReload.watch` task; a registry that does not validate is
+    never swapped in."""
+    files = list(paths)
+    return HotReload("feature_registry", lambda: load_registry(files), _revision)
+
+
+def fixed_registry(registry: Registry) -> HotReload[Registry]:
+    """A registry that reloads to itself (tests, tools working on one loaded registry)."""
+    return HotReload("feature_registry", lambda: registry, _revision)
+
+
+def _revision(registry: Registry) -> str:
+    return registry.revision
 
 
 def _unique(seen: Mapping[str, Any], name: str, label: str, section: str, what: str) -> None:

@@ -16,9 +16,8 @@ import structlog
 
 from llmops.demo import data
 from llmops.v1 import common_pb2
-from services.feature import codec
-from services.feature.domain import FeatureStore, PushRow
-from services.feature.offline import OfflineStore
+from services.feature.domain import FeatureStore
+from services.feature.model import PushTarget, RowInput
 
 log = structlog.get_logger("llmops.feature.seed")
 
@@ -29,14 +28,14 @@ DAY_US = 86_400 * 1_000_000
 
 def _rows(
     dataset: data.Dataset, view: str, key_of: Any, ts_us: int, convert: dict[str, Any]
-) -> list[tuple[common_pb2.EntityKey, int, dict[str, common_pb2.Value]]]:
+) -> list[RowInput]:
     columns = dataset[view]
     out = []
     for i, k in enumerate(dataset.keys):
         values = {}
         for name, col in columns.items():
             values[name] = convert[name](col[i]) if name in convert else data.to_value(col[i])
-        out.append((key_of(k), ts_us, values))
+        out.append(RowInput(key_of(k), ts_us, values))
     return out
 
 
@@ -46,13 +45,13 @@ def _timestamp(seconds: float) -> common_pb2.Value:
     return v
 
 
-async def seed_if_empty(store: FeatureStore, offline: OfflineStore) -> bool:
+async def seed_if_empty(store: FeatureStore) -> bool:
     """Write the demo data unless the online store already has ``property_stats``."""
-    (meta,) = await store.online.read_meta(["property_stats"])
-    if meta:
-        return False
+    if "property_stats" in store.registry.current.views:
+        (fresh,) = await store.freshness(["property_stats"])
+        if fresh.newest_event_us is not None or fresh.materialized_until_us is not None:
+            return False
     t0 = time.perf_counter()
-    reg = store.holder.registry
     now_us = time.time_ns() // 1000
     props = data.properties(PROPERTIES, seed=7)
     people = data.users(USERS, seed=11, now_s=now_us / 1e6)
@@ -67,7 +66,7 @@ async def seed_if_empty(store: FeatureStore, offline: OfflineStore) -> bool:
         key.columns.add(name="user_id", value=common_pb2.Value(string_value=uid))
         return key
 
-    batches: list[tuple[str, list[tuple[common_pb2.EntityKey, int, Any]]]] = []
+    batches: list[tuple[str, list[RowInput]]] = []
     for days_ago in range(6, -1, -1):  # a week of daily stats, drifting a little per day
         drift = data.properties(PROPERTIES, seed=7 + days_ago) if days_ago else props
         stats = _rows(drift, "property_stats", property_key, now_us - days_ago * DAY_US, {})
@@ -78,15 +77,10 @@ async def seed_if_empty(store: FeatureStore, offline: OfflineStore) -> bool:
         people, "user_profile", user_key, now_us - 3_600_000_000, {"last_search_at": _timestamp}
     )
     batches.append(("user_profile", profile))
-    for view_name, raw_rows in batches:
-        view = reg.views.get(view_name)
-        if view is None:  # the registry was edited: seed what still exists
+    for view_name, rows in batches:
+        if view_name not in store.registry.current.views:  # the registry was edited
             continue
-        entity = reg.entities[view.entity]
-        rows = [PushRow(codec.key_text(entity, k, "seed"), ts, v, k) for k, ts, v in raw_rows]
-        await offline.write(view, entity, rows)
-        online = [(r.key_text, r.event_time_us, r.values) for r in rows]
-        await store.write_online(view, online)
+        await store.push(view_name, rows, PushTarget.ONLINE_AND_OFFLINE)
     log.info(
         "demo_data_seeded",
         properties=PROPERTIES,

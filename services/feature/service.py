@@ -1,22 +1,18 @@
-"""Wiring of the feature service: registry, stores and servicers, built once at start."""
+"""Wiring of the feature service: registry, stores, domain and servicers, built once at
+start; the registry watch and the demo seeding run as runtime tasks."""
 
 from __future__ import annotations
-
-import structlog
 
 from llmops.scheduler import Background, Task
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import feature_pb2, feature_pb2_grpc
-from services.feature.domain import FeatureMetrics, FeatureStore, RegistryHolder
+from services.feature.domain import FeatureMetrics, FeatureStore
 from services.feature.offline import OfflineStore
 from services.feature.online import EmbeddedOnlineStore, OnlineStore, RedisOnlineStore
 from services.feature.plugin import FeatureSettings
-from services.feature.registry import load_registry
-from services.feature.reload import RegistryReloader
+from services.feature.registry import hot_registry
 from services.feature.seed import seed_if_empty
 from services.feature.servicer import FeatureAdminServicer, FeatureServicer
-
-log = structlog.get_logger("llmops.feature")
 
 
 def open_online_store(ctx: ServiceContext[FeatureSettings]) -> OnlineStore:
@@ -27,39 +23,30 @@ def open_online_store(ctx: ServiceContext[FeatureSettings]) -> OnlineStore:
 
 def create(ctx: ServiceContext[FeatureSettings]) -> ServiceDefinition:
     cfg = ctx.settings
-    holder = RegistryHolder(load_registry(cfg.registry))  # a bad registry stops start-up
+    registry = hot_registry(cfg.registry)  # a bad registry stops start-up
     online = open_online_store(ctx)
-    store = FeatureStore(holder, online, FeatureMetrics(ctx.metrics), namespace=cfg.namespace)
-    offline = OfflineStore(ctx.backends.clickhouse)
-    reloader = RegistryReloader(holder, list(cfg.registry), cfg.reload_interval_s)
+    offline = OfflineStore(ctx.backends.clickhouse)  # opened on the first offline call
+    store = FeatureStore(
+        registry, online, offline, FeatureMetrics(ctx.metrics), namespace=cfg.namespace
+    )
 
     async def seed() -> None:
-        await seed_if_empty(store, offline)
+        await seed_if_empty(store)
 
-    tasks: list[Task] = []
+    tasks: list[Task] = [registry.watch(cfg.registry, cfg.reload_interval_s)]
     if cfg.seeds_demo(ctx.mode):  # after SERVING: seeding must not delay the mesh's start
         tasks.append(Background("demo_data", seed))
 
-    async def on_start() -> None:
-        reloader.start()
-
     async def on_stop() -> None:
-        await reloader.stop()
         await online.close()
 
     return ServiceDefinition(
         bindings=[
+            binding(feature_pb2, feature_pb2_grpc, "FeatureService", FeatureServicer(store)),
             binding(
-                feature_pb2, feature_pb2_grpc, "FeatureService", FeatureServicer(store, offline)
-            ),
-            binding(
-                feature_pb2,
-                feature_pb2_grpc,
-                "FeatureAdminService",
-                FeatureAdminServicer(store, reloader),
+                feature_pb2, feature_pb2_grpc, "FeatureAdminService", FeatureAdminServicer(store)
             ),
         ],
         tasks=tasks,
-        on_start=[on_start],
         on_stop=[on_stop],
     )

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
 from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.errors import InvalidArgument, NotFound
 from llmops.v1 import feature_pb2
-from services.feature.domain import FeatureMetrics, FeatureStore, RegistryHolder
+from services.feature.model import PushTarget, RowInput
 from services.feature.offline import OfflineStore
-from services.feature.online import EmbeddedOnlineStore
+from services.feature.online import EmbeddedOnlineStore, OnlineStore
 from services.feature.registry import Registry, load_registry
-from tests.feature_support import push_request, python, refs, value
+from services.feature.servicer import FeatureServicer
+from tests.feature_support import feature_store, python, refs, value
 
 pytestmark = pytest.mark.infra
 
@@ -84,15 +84,11 @@ def truncate(off: OfflineStore) -> None:
 async def write(
     off: OfflineStore, registry: Registry, view: str, rows: list[tuple[int, int, dict[str, Any]]]
 ) -> None:
-    store = FeatureStore(
-        RegistryHolder(registry),
-        _NoOnline(),  # type: ignore[arg-type]
-        FeatureMetrics(CollectorRegistry()),
-        namespace="t",
-    )
-    request = push_request(view, [(item_key(k), ts, v) for k, ts, v in rows])
-    v, validated = store.validate_push(request)
-    await off.write(v, registry.entities["item"], validated)
+    """Push ``rows`` (key, event time, values) to the offline store only."""
+    store = feature_store(registry, _NoOnline(), off)  # type: ignore[arg-type]
+    inputs = [RowInput(item_key(k), ts, {n: value(x) for n, x in v.items()}) for k, ts, v in rows]
+    result = await store.push(view, inputs, PushTarget.OFFLINE)
+    assert (result.offline_rows, result.online_rows) == (len(rows), 0)
 
 
 class _NoOnline:
@@ -112,7 +108,8 @@ async def historical(
         row.event_time.FromMicroseconds(ts)
     out: list[feature_pb2.HistoricalRow] = []
     first = True
-    async for msg in off.historical(RegistryHolder(registry), request):
+    servicer = FeatureServicer(feature_store(registry, _NoOnline(), off))  # type: ignore[arg-type]
+    async for msg in servicer.GetHistoricalFeatures(request, None):
         assert bool(msg.features) is first  # features only in the first message
         first = False
         out.extend(msg.rows)
@@ -200,17 +197,19 @@ def test_bad_historical_requests(offline: OfflineStore, registry: Registry) -> N
 
 
 @pytest.fixture
-async def feature_store(registry: Registry, tmp_path: Path) -> AsyncIterator[FeatureStore]:
-    online = EmbeddedOnlineStore(tmp_path / "online.sqlite3")
-    yield FeatureStore(
-        RegistryHolder(registry), online, FeatureMetrics(CollectorRegistry()), namespace="m"
-    )
-    await online.close()
+async def online(tmp_path: Path) -> AsyncIterator[OnlineStore]:
+    store = EmbeddedOnlineStore(tmp_path / "online.sqlite3")
+    yield store
+    await store.close()
 
 
 async def test_materialize_loads_the_latest_value_per_key_incrementally(
-    offline: OfflineStore, registry: Registry, feature_store: FeatureStore
+    offline: OfflineStore, registry: Registry, online: OnlineStore
 ) -> None:
+    now = [BASE_US + 100 * SECOND]
+    servicer = FeatureServicer(
+        feature_store(registry, online, offline, namespace="m", clock_us=lambda: now[0])
+    )
     truncate(offline)
     await write(
         offline,
@@ -221,20 +220,21 @@ async def test_materialize_loads_the_latest_value_per_key_incrementally(
     request = feature_pb2.MaterializeRequest(feature_views=["item_stats"])
     request.window.start_time.FromMicroseconds(BASE_US - SECOND)
     request.window.end_time.FromMicroseconds(BASE_US + 60 * SECOND)
-    (result,) = await offline.materialize(feature_store, request)
+    (result,) = (await servicer.Materialize(request, None)).results
     assert result.rows_written == 2
     assert result.watermark.ToMicroseconds() == BASE_US + 60 * SECOND
     await write(offline, registry, "item_stats", [(1, BASE_US + 90 * SECOND, {"a": 3})])
     incremental = feature_pb2.MaterializeRequest(feature_views=["item_stats"])
     incremental.window.end_time.FromMicroseconds(BASE_US + 120 * SECOND)  # from the watermark
-    (result,) = await offline.materialize(feature_store, incremental)
+    (result,) = (await servicer.Materialize(incremental, None)).results
     assert result.rows_written == 1
-    feature_store._clock_us = lambda: BASE_US + 100 * SECOND
     read = refs("item_stats:a")
     read.entity_keys.extend([item_key(1), item_key(2)])
-    rows = (await feature_store.get_online(read)).rows
+    rows = (await servicer.GetOnlineFeatures(read, None)).rows
     assert [python(r.values[0].value) for r in rows] == [3, 5]
     with pytest.raises(NotFound, match=r"feature_views\[0\]"):
-        await offline.materialize(
-            feature_store, feature_pb2.MaterializeRequest(feature_views=["x"])
-        )
+        await servicer.Materialize(feature_pb2.MaterializeRequest(feature_views=["x"]), None)
+    later = feature_pb2.MaterializeRequest(feature_views=["item_stats"])
+    later.window.start_time.FromMicroseconds(BASE_US + 200 * SECOND)
+    with pytest.raises(InvalidArgument, match="start_time is after end_time"):
+        await servicer.Materialize(later, None)  # the window ends now (the clock)

@@ -1,8 +1,11 @@
-"""Admin RPCs of the feature service (servicer level) and registry hot reload."""
+"""Admin RPCs of the feature service (servicer level) and registry reload.
+
+tests/integration/test_feature_service.py runs the same through the service's real
+wiring (its create(), the runtime's watch task).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,11 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from llmops.errors import InvalidArgument, NotFound
 from llmops.v1 import common_pb2, feature_pb2
-from services.feature.domain import FeatureMetrics, FeatureStore, RegistryHolder
+from services.feature.domain import FeatureMetrics, FeatureStore
 from services.feature.online import EmbeddedOnlineStore
-from services.feature.registry import RegistryError, load_registry
-from services.feature.reload import RegistryReloader
+from services.feature.registry import RegistryError, hot_registry
 from services.feature.servicer import FeatureAdminServicer
+from tests.feature_support import NoOffline
 
 REPO_REGISTRY = Path(__file__).resolve().parents[2] / "deploy" / "features" / "storefront.yaml"
 
@@ -26,13 +29,20 @@ async def admin(tmp_path: Path) -> AsyncIterator[tuple[FeatureAdminServicer, Pat
     registry_dir = tmp_path / "registry"
     registry_dir.mkdir()
     shutil.copy(REPO_REGISTRY, registry_dir / "storefront.yaml")
-    holder = RegistryHolder(load_registry([registry_dir]))
     online = EmbeddedOnlineStore(tmp_path / "online.sqlite3")
-    store = FeatureStore(holder, online, FeatureMetrics(CollectorRegistry()), namespace="t")
-    reloader = RegistryReloader(holder, [registry_dir], interval_s=0.05)
-    yield FeatureAdminServicer(store, reloader), registry_dir / "storefront.yaml"
-    await reloader.stop()
+    store = FeatureStore(
+        hot_registry([registry_dir]),
+        online,
+        NoOffline(),
+        FeatureMetrics(CollectorRegistry()),
+        namespace="t",
+    )
+    yield FeatureAdminServicer(store), registry_dir / "storefront.yaml"
     await online.close()
+
+
+def in_force(servicer: FeatureAdminServicer) -> str:
+    return servicer.store.registry.current.revision
 
 
 async def test_list_and_get_views_and_services(
@@ -83,37 +93,38 @@ async def test_reload_swaps_only_a_valid_registry(
     admin: tuple[FeatureAdminServicer, Path],
 ) -> None:
     servicer, path = admin
-    before = servicer.registry.revision
+    before = in_force(servicer)
     text = path.read_text()
     path.write_text(text.replace("ttl: 1h", "ttl: 2h"))
     dry = await servicer.ReloadRegistry(feature_pb2.ReloadRegistryRequest(dry_run=True), None)
-    assert dry.revision == before and list(dry.changed_feature_views) == ["property_pricing"]
-    assert servicer.registry.revision == before
+    assert dry.previous_revision == before and dry.revision == before  # reported, not swapped
+    assert list(dry.changed_feature_views) == ["property_pricing"]
+    assert (dry.feature_view_count, dry.feature_service_count, dry.entity_count) == (4, 2, 2)
+    assert in_force(servicer) == before
+    assert servicer.store.registry.current.views["property_pricing"].ttl_s == 3600
     done = await servicer.ReloadRegistry(feature_pb2.ReloadRegistryRequest(), None)
     assert done.previous_revision == before and done.revision != before
-    assert servicer.registry.views["property_pricing"].ttl_s == 7200
-    assert done.feature_view_count == 4 and done.entity_count == 2
+    assert list(done.changed_feature_views) == ["property_pricing"]
+    assert (done.feature_view_count, done.feature_service_count, done.entity_count) == (4, 2, 2)
+    assert in_force(servicer) == done.revision
+    assert servicer.store.registry.current.views["property_pricing"].ttl_s == 7200
+    again = await servicer.ReloadRegistry(feature_pb2.ReloadRegistryRequest(), None)
+    assert again.previous_revision == again.revision == done.revision
+    assert list(again.changed_feature_views) == []
     path.write_text(text.replace("type: DOUBLE", "type: REAL", 1))
     with pytest.raises(RegistryError, match=r"storefront.yaml: feature_views\[property_stats\]"):
+        await servicer.ReloadRegistry(feature_pb2.ReloadRegistryRequest(dry_run=True), None)
+    with pytest.raises(RegistryError, match=r"storefront.yaml: feature_views\[property_stats\]"):
         await servicer.ReloadRegistry(feature_pb2.ReloadRegistryRequest(), None)
-    assert servicer.registry.revision == done.revision  # the valid registry stays in force
+    assert in_force(servicer) == done.revision  # the valid registry stays in force
 
 
-async def test_the_poller_picks_up_changes_and_survives_errors(
-    admin: tuple[FeatureAdminServicer, Path],
-) -> None:
+async def test_plans_follow_the_registry(admin: tuple[FeatureAdminServicer, Path]) -> None:
     servicer, path = admin
-    servicer.reloader.start()
-    text = path.read_text()
-    path.write_text(text.replace("ttl: 1h", "ttl: 3h"))
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if servicer.registry.views["property_pricing"].ttl_s == 3 * 3600:
-            break
-    assert servicer.registry.views["property_pricing"].ttl_s == 3 * 3600
-    good = servicer.registry.revision
-    path.write_text("feature_views: [")  # broken: logged, the registry stays
-    await asyncio.sleep(0.3)
-    assert servicer.registry.revision == good
-    plan = servicer.store.holder.plan_for_service("property_ranking_v1")
-    assert plan.views[2].ttl_us == 3 * 3600 * 1_000_000  # plans follow the registry
+    store = servicer.store
+    plan = store.plans.for_service(store.registry.current, "property_ranking_v1")
+    assert plan.views[2].ttl_us == 3600 * 1_000_000
+    path.write_text(path.read_text().replace("ttl: 1h", "ttl: 3h"))
+    await servicer.ReloadRegistry(feature_pb2.ReloadRegistryRequest(), None)
+    plan = store.plans.for_service(store.registry.current, "property_ranking_v1")
+    assert plan.views[2].ttl_us == 3 * 3600 * 1_000_000

@@ -1,11 +1,12 @@
 """PII detector: per-type positives and hard negatives, exact code-point offsets, overlap
-resolution, and precision/recall over the labelled set services/guardrail/data/pii.jsonl.
+resolution, and precision/recall on the labelled sets (services/guardrail/data/, whose
+README says how each split was written).
 
-About the labelled set: 249 hand-written storefront texts (reviews, booking questions, chats,
-property descriptions; about 62% English, the rest French, German, Spanish; a third without
-PII, many of them hard negatives). The same author wrote the detector and the texts, so the
-numbers are in-sample and optimistic; a second batch (ids from en-132, fr-027, de-027, es-028
-on) was written to stress formats the detector was not built around. Labelling conventions:
+The quality floors are on the held-out ``test`` split (147 storefront texts in English,
+French, German and Spanish, written after the detector and never used to tune it), set a
+little below what it measured. The ``dev`` split (249 texts) is what the detector was built
+on: it is only checked as a regression of the cases the detector was made for. Labelling
+conventions:
 
 - pii.person: a first name + surname, or a name after a cue ("my name is", "je m'appelle") or
   a title ("Mr", "Frau", "Sra."), the title itself excluded. A first name alone ("Maria at
@@ -21,20 +22,14 @@ on) was written to stress formats the detector was not built around. Labelling c
 from __future__ import annotations
 
 import itertools
-import json
 import timeit
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from services.guardrail.detectors.base import CheckContext, Detector, Finding
 from services.guardrail.detectors.pii import PII_TYPES, PiiDetector
-from services.guardrail.evaluation import score
-
-DATA = Path(__file__).resolve().parents[2] / "services" / "guardrail" / "data" / "pii.jsonl"
-LOCALES = {"en": "en-US", "fr": "fr-FR", "de": "de-DE", "es": "es-ES"}
+from services.guardrail.evaluation import evaluate_pii, load
 
 DETECTOR = PiiDetector()
 
@@ -463,7 +458,7 @@ def test_overlaps_keep_the_higher_score() -> None:
 
 def test_cost_for_one_kilobyte() -> None:
     # generous bound (the measured cost is ~0.05-0.45 ms on a 2-core dev machine)
-    texts = [json.loads(line)["text"] for line in DATA.read_text(encoding="utf-8").splitlines()]
+    texts = [row["text"] for row in load("pii", "dev")]
     kb = " ".join(texts)[:1024]
     ctx = CheckContext(locale="en-GB")
     per_call = min(timeit.repeat(lambda: DETECTOR.detect(kb, ctx), number=10, repeat=5)) / 10
@@ -471,38 +466,40 @@ def test_cost_for_one_kilobyte() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# precision / recall over the labelled set
+# precision / recall on the labelled sets
 
 
-# Floors from the measured values (a few points below, with one miss of slack for the small
-# types). pii.person is the weak one: names outside the embedded first-name list are missed and
-# brand names built from first names (Christian Dior, Hugo Boss) are found; its score is 0.6-0.7
-# so a policy can threshold it away.
-FLOORS: dict[str, tuple[float, float]] = {  # type: (precision, recall)
-    "pii.email": (0.95, 0.95),
-    "pii.phone": (0.92, 0.95),
-    "pii.credit_card": (0.92, 0.92),
-    "pii.iban": (0.92, 0.83),
-    "pii.ip_address": (0.90, 0.90),
-    "pii.national_id": (0.92, 0.92),
-    "pii.passport": (0.88, 0.88),
-    "pii.address": (0.93, 0.93),
-    "pii.person": (0.80, 0.85),
+# Test split, measured 2026-12-06 (overall P 0.945 / R 0.954 / F1 0.950, 104/6/5): floors about
+# one error below each measured value (per type: a type of n spans loses 1/n per miss).
+# pii.person is the weak type (0.839 / 0.897): names outside the embedded first-name list are
+# missed, brand names built from first names are found; its score is 0.6-0.7 so a policy can
+# threshold it away.
+TEST_FLOORS: dict[str, tuple[float, float]] = {  # type: (precision, recall); (spans)
+    "pii.email": (0.90, 0.90),  # 1.000 / 1.000 (10)
+    "pii.phone": (0.88, 0.93),  # 0.941 / 1.000 (16)
+    "pii.credit_card": (0.90, 0.90),  # 1.000 / 1.000 (10)
+    "pii.iban": (0.87, 0.87),  # 1.000 / 1.000 (8)
+    "pii.ip_address": (0.83, 0.83),  # 1.000 / 1.000 (6)
+    "pii.national_id": (0.88, 0.77),  # 1.000 / 0.889 (9)
+    "pii.passport": (0.83, 0.66),  # 1.000 / 0.833 (6)
+    "pii.address": (0.93, 0.93),  # 1.000 / 1.000 (15)
+    "pii.person": (0.80, 0.85),  # 0.839 / 0.897 (29)
 }
-OVERALL_F1_FLOOR = 0.93
+TEST_OVERALL_FLOOR = (0.92, 0.93, 0.92)  # precision, recall, F1
+TEST_LANGUAGE_F1_FLOORS = {"en": 0.89, "fr": 0.93, "de": 0.92, "es": 0.93}
+"""Measured F1 per language: en 0.921 (45 spans), fr 0.976 (20), de 0.955 (22), es 0.978 (22)."""
+DEV_F1_FLOOR = 0.95
+"""The dev split measures 0.964 (in-sample): a regression check, not a quality figure."""
 
 
-def load_rows() -> list[dict[str, Any]]:
-    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line]
-
-
-def test_labelled_set_is_well_formed() -> None:
-    rows = load_rows()
-    assert len(rows) >= 180
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_labelled_set_is_well_formed(split: str) -> None:
+    rows = load("pii", split)
+    assert len(rows) >= (180 if split == "dev" else 120)
     assert len({r["id"] for r in rows}) == len(rows)
     langs = Counter(r["lang"] for r in rows)
     assert set(langs) == {"en", "fr", "de", "es"}
-    assert 0.55 <= langs["en"] / len(rows) <= 0.65
+    assert min(langs.values()) >= 25
     clean = sum(1 for r in rows if not r["spans"])
     assert 0.28 <= clean / len(rows) <= 0.40
     for r in rows:
@@ -516,22 +513,31 @@ def test_labelled_set_is_well_formed() -> None:
             last_end = s["end"]
 
 
-def test_precision_recall_over_labelled_set() -> None:
-    """Scored with the bench's matcher (services.guardrail.evaluation): same type, and at
-    least half of a labelled span covered; each labelled span matched once."""
-    rows = load_rows()
-    found = {
-        str(row["id"]): [
-            (f.type, f.start, f.end)
-            for f in DETECTOR.detect(row["text"], CheckContext(locale=LOCALES[row["lang"]]))
-        ]
-        for row in rows
-    }
-    report = score(rows, found)
-    print("\n" + report.table())
-    for t, (p_floor, r_floor) in FLOORS.items():
-        c = report.by_type[t]
-        assert c.tp + c.fn >= 8, f"{t}: too few labelled spans to measure"
+def test_test_split_is_disjoint_from_dev() -> None:
+    dev = {r["text"] for r in load("pii", "dev")}
+    assert not [r["id"] for r in load("pii", "test") if r["text"] in dev]
+
+
+def test_precision_recall_on_the_test_split() -> None:
+    """Scored with the bench's matcher (services.guardrail.evaluation): same type, at least
+    half of a labelled span covered, each labelled span matched once, findings >= 0.5."""
+    result = evaluate_pii(DETECTOR, load("pii", "test"))
+    print("\n" + result.report.table("pii, test split"))
+    for t, (p_floor, r_floor) in TEST_FLOORS.items():
+        c = result.report.by_type[t]
+        assert c.tp + c.fn >= 6, f"{t}: too few labelled spans to measure"
         assert c.precision >= p_floor, f"{t} precision {c.precision:.3f} < {p_floor}"
         assert c.recall >= r_floor, f"{t} recall {c.recall:.3f} < {r_floor}"
-    assert report.overall.f1 >= OVERALL_F1_FLOOR
+    overall = result.report.overall
+    p_floor, r_floor, f1_floor = TEST_OVERALL_FLOOR
+    assert overall.precision >= p_floor and overall.recall >= r_floor and overall.f1 >= f1_floor
+    for lang, floor in TEST_LANGUAGE_F1_FLOORS.items():
+        f1 = result.by_lang[lang].overall.f1
+        print(f"{lang}: F1 {f1:.3f}")
+        assert f1 >= floor, f"{lang}: F1 {f1:.3f} < {floor}"
+
+
+def test_dev_split_regression() -> None:
+    """The rows the detector was tuned on: a drop here means a tuned-for case broke."""
+    result = evaluate_pii(DETECTOR, load("pii", "dev"))
+    assert result.report.overall.f1 >= DEV_F1_FLOOR, result.report.table("pii, dev split")
