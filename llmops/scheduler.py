@@ -35,6 +35,9 @@ Job = Callable[[], Awaitable[None]]
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
+FileStamp = tuple[tuple[str, int, int], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Periodic:
     """``run()`` every ``interval_s`` seconds, the first time one interval after start."""
@@ -62,11 +65,13 @@ class Watch:
     interval_s: float
     on_change: Job
     suffixes: tuple[str, ...] = YAML_SUFFIXES
+    baseline: FileStamp | None = None
+    """The files as they were when the service loaded them (taken *before* loading); a
+    change after that and before the task starts is then still seen. None: the files as
+    they are when the task starts."""
 
 
 Task = Periodic | Background | Watch
-
-FileStamp = tuple[tuple[str, int, int], ...]
 
 
 def file_stamp(paths: Iterable[Path], suffixes: tuple[str, ...] = YAML_SUFFIXES) -> FileStamp:
@@ -178,7 +183,9 @@ class Scheduler:
             await self.run_once(task.name, task.run)
 
     async def _watch(self, task: Watch) -> None:
-        last = await asyncio.to_thread(file_stamp, task.paths, task.suffixes)
+        last = task.baseline
+        if last is None:
+            last = await asyncio.to_thread(file_stamp, task.paths, task.suffixes)
         while True:
             await asyncio.sleep(task.interval_s)
             now = await asyncio.to_thread(file_stamp, task.paths, task.suffixes)

@@ -8,9 +8,9 @@ after start-up, and every field carries a ``description`` (the docs are built fr
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 T = TypeVar("T", bound=str)
 
@@ -26,3 +26,17 @@ def by_mode(value: T | Literal["auto"], mode: str, embedded: T, production: T) -
     if value != "auto":
         return value
     return embedded if mode == "embedded" else production
+
+
+def _on_off(value: object) -> object:
+    # YAML (a config file, an environment value) reads a bare on/off as a boolean.
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)]
+"""A feature that is ``on``, ``off``, or ``auto`` (decided by the mode, see :func:`switched_on`)."""
+
+
+def switched_on(value: str, auto: bool) -> bool:
+    """A :data:`Switch`'s state, where ``auto`` is decided by the caller (e.g. by the mode)."""
+    return value == "on" or (value == "auto" and auto)

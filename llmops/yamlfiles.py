@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmops.errors import InvalidArgument
-from llmops.scheduler import YAML_SUFFIXES, Watch
+from llmops.scheduler import YAML_SUFFIXES, FileStamp, Watch, file_stamp
 
 log = structlog.get_logger("llmops.yamlfiles")
 
@@ -164,6 +164,9 @@ class Reloaded(Generic[T]):
     """What one reload did. ``applied`` is False for a dry run or when nothing changed."""
 
     candidate: T
+    previous: T
+    """What was in force before the call (compare it with ``candidate``: another reload may
+    have swapped in the meantime, so never compare with ``HotReload.current``)."""
     previous_revision: str
     revision: str
     """The revision in force after the call (the previous one for a dry run)."""
@@ -175,14 +178,23 @@ class HotReload(Generic[T]):
     """The compiled configuration in force, replaced only by one that compiles.
 
     ``load`` reads and compiles the files (raising a :class:`YamlFileError` subclass);
-    ``revision`` tells a compiled object's revision. The first load happens here, so a bad
-    file stops start-up.
+    ``revision`` tells a compiled object's revision; ``watched`` are the paths ``load``
+    reads, stamped before each load so that :meth:`watch` misses no change made while or
+    after they were read. The first load happens here, so a bad file stops start-up.
     """
 
-    def __init__(self, kind: str, load: Callable[[], T], revision: Callable[[T], str]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        load: Callable[[], T],
+        revision: Callable[[T], str],
+        watched: Sequence[Path] = (),
+    ) -> None:
         self.kind = kind
         self._load = load
         self._revision = revision
+        self._watched = tuple(watched)
+        self._stamp: FileStamp = file_stamp(self._watched)
         self.current: T = load()
         self._lock = asyncio.Lock()
 
@@ -193,15 +205,19 @@ class HotReload(Generic[T]):
     async def reload(self, *, dry_run: bool = False) -> Reloaded[T]:
         """Load and compile the files (off the event loop); swap them in unless ``dry_run``."""
         async with self._lock:
+            stamp = await asyncio.to_thread(file_stamp, self._watched)
             candidate = await asyncio.to_thread(self._load)
-            previous = self.revision
+            before = self.current
+            previous = self._revision(before)
             fresh = self._revision(candidate)
             applied = not dry_run and fresh != previous
             if applied:
                 self.current = candidate
+                self._stamp = stamp
                 log.info(f"{self.kind}_reloaded", previous=previous, revision=fresh)
             return Reloaded(
                 candidate=candidate,
+                previous=before,
                 previous_revision=previous,
                 revision=self.revision,
                 candidate_revision=fresh,
@@ -215,4 +231,6 @@ class HotReload(Generic[T]):
         async def on_change() -> None:
             await self.reload()
 
-        return Watch(f"{self.kind}_reload", list(paths), interval_s, on_change)
+        paths = list(paths)
+        baseline = self._stamp if tuple(paths) == self._watched else None
+        return Watch(f"{self.kind}_reload", paths, interval_s, on_change, baseline=baseline)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from llmops.plugin import ServicePlugin
-from llmops.settings import Settings, by_mode
+from llmops.settings import Settings, Switch, by_mode, switched_on
 
 
 class ExperimentSettings(Settings):
@@ -34,23 +34,17 @@ class ExperimentSettings(Settings):
         description="Stop experiments past end_time and re-weight due bandits this often; "
         "0 = never.",
     )
-    demo_data: Literal["auto", "on", "off"] = Field(
+    demo_data: Switch = Field(
         "auto",
         description="Create the demo experiments in an empty store at start "
         "(auto = in embedded mode only).",
     )
 
-    @field_validator("demo_data", mode="before")
-    @classmethod
-    def _on_off(cls, value: object) -> object:
-        """YAML (a config file, an env value) reads bare on/off as booleans."""
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
-
     def store_backend(self, mode: str) -> Literal["file", "redis"]:
         return by_mode(self.store, mode, "file", "redis")
 
     def seeds_demo(self, mode: str) -> bool:
-        return self.demo_data == "on" or (self.demo_data == "auto" and mode == "embedded")
+        return switched_on(self.demo_data, auto=mode == "embedded")
 
 
 PLUGIN = ServicePlugin(

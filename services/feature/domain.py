@@ -167,10 +167,9 @@ class FeatureStore:
         Files that do not validate raise (INVALID_ARGUMENT naming file, object and field)
         and the registry in force stays.
         """
-        before = self.registry.current  # (a watch reload in between only skews the diff)
         outcome = await self.registry.reload(dry_run=dry_run)
         candidate = outcome.candidate
-        changed = before.changed_views(candidate)
+        changed = outcome.previous.changed_views(candidate)
         if outcome.applied:
             log.info("registry_changed_views", revision=outcome.revision, changed_views=changed)
         return RegistryReload(

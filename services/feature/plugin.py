@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
 from llmops.plugin import ServicePlugin
-from llmops.settings import Settings, by_mode
+from llmops.settings import Settings, Switch, by_mode, switched_on
 
 _REPO_FEATURES = Path(__file__).resolve().parents[2] / "deploy" / "features"
-
-
-def _switch(value: object) -> object:
-    """YAML (a config file, an env value) reads a bare on/off as a boolean."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return value
-
-
-Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
 
 
 class FeatureSettings(Settings):
@@ -51,7 +41,7 @@ class FeatureSettings(Settings):
         return by_mode(self.online_store, mode, "embedded", "redis")
 
     def seeds_demo(self, mode: str) -> bool:
-        return self.demo_data == "on" or (self.demo_data == "auto" and mode == "embedded")
+        return switched_on(self.demo_data, auto=mode == "embedded")
 
 
 PLUGIN = ServicePlugin(

@@ -329,7 +329,7 @@ def hot_registry(paths: Sequence[Path]) -> HotReload[Registry]:
     its :meth:`~llmops.yamlfiles.HotReload.watch` task; a registry that does not validate is
     never swapped in."""
     files = list(paths)
-    return HotReload("feature_registry", lambda: load_registry(files), _revision)
+    return HotReload("feature_registry", lambda: load_registry(files), _revision, watched=files)
 
 
 def fixed_registry(registry: Registry) -> HotReload[Registry]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,34 @@ def test_a_bad_file_at_start_up_raises(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", "items: 3\n")
     with pytest.raises(ThingError, match="items"):
         _reloader(tmp_path)
+
+
+async def test_watch_sees_a_change_made_after_loading_and_before_the_task_starts(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    from prometheus_client import CollectorRegistry
+
+    from llmops.scheduler import Scheduler
+
+    path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
+
+    def load() -> tuple[int, str]:
+        loaded = load_yaml_files([tmp_path], Doc, ThingError)
+        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
+
+    holder = HotReload("things", load, lambda c: c[1], watched=[tmp_path])
+    watch = holder.watch([tmp_path], 0.02)
+    write(path, "items: [{name: a, size: 7}]\n")  # the service is not serving yet
+    os.utime(path, ns=(1, 1))
+    scheduler = Scheduler("svc", CollectorRegistry())
+    scheduler.start([watch])
+    try:
+        async with asyncio.timeout(5):
+            while holder.current[0] != 7:  # noqa: ASYNC110  (nothing to wait on)
+                await asyncio.sleep(0.01)
+    finally:
+        await scheduler.stop()
+    outcome = await holder.reload(dry_run=True)
+    assert outcome.previous is holder.current
