@@ -126,14 +126,25 @@ def parse_yaml_file(
         raise error(where, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     if not isinstance(data, dict):
         raise error(where, "the top level must be a mapping")
+    return YamlFile(path, validate_document(data, model, where, error, label), data)
+
+
+def validate_document(
+    data: Mapping[str, Any],
+    model: type[M],
+    where: str,
+    error: type[YamlFileError] = YamlFileError,
+    label: Callable[[Mapping[str, Any]], str | None] = item_label,
+) -> M:
+    """``data`` (a parsed file, or a document sent inline, e.g. a candidate policy) validated
+    against ``model``; the first problem is ``error`` naming ``where`` and the field."""
     try:
-        spec = model.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = describe_location(first["loc"], data, label) or "(top level)"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise error(f"{where}: {field}", message) from None
-    return YamlFile(path, spec, data)
 
 
 def load_yaml_files(

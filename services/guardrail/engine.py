@@ -4,8 +4,8 @@ Pure computation (no I/O): :meth:`Engine.evaluate` takes a compiled policy and a
 returns a :class:`Decision`. Detectors run one after another in the calling thread: they
 are CPU-bound Python, so threads would not run them in parallel (the GIL), and for a 1 KB
 text all of them together cost well under a millisecond — less than handing work to a
-thread. The servicer moves texts above :data:`INLINE_LIMIT` to a bounded worker pool so a
-long text never blocks the event loop.
+thread. The domain (:mod:`services.guardrail.domain`) moves texts above
+:data:`INLINE_LIMIT` to a bounded worker pool so a long text never blocks the event loop.
 
 The policy's timeout bounds the detectors together: a detector that raises, or that would
 start after the budget is spent, counts as failed; FAIL_MODE_OPEN ignores it (the decision

@@ -2,27 +2,32 @@
 
 A policy is a list of checks; each check runs one detector and says what its findings mean:
 finding types it acts on (prefixes), a score threshold, an action (ALLOW / FLAG / REDACT /
-BLOCK), and for REDACT a replacement style, for BLOCK a user-safe message. Errors name the
-file, the policy and the field (``deploy/guardrails/storefront.yaml:
-policies[storefront-input@1].detectors[2].action: unknown action 'DROP'``).
+BLOCK), and for REDACT a replacement style, for BLOCK a user-safe message. Files are read by
+the runtime's versioned-YAML loader (:mod:`llmops.yamlfiles`); errors name the file, the
+policy and the field (``deploy/guardrails/storefront.yaml:
+policies[storefront-input@1].detectors[2].action: Input should be 'ALLOW', ...``).
+
+No protobuf here beyond the enum values of verdicts and directions: the servicer turns a
+:class:`CompiledPolicy` (its :class:`PolicySpec`) into a ``Policy`` message and a candidate
+``Policy`` message into the plain mapping :func:`compile_candidate` validates.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmops.errors import InvalidArgument, NotFound
-from llmops.v1 import common_pb2, guardrail_pb2
+from llmops.v1 import common_pb2
+from llmops.yamlfiles import YamlFileError, load_yaml_files, validate_document, yaml_files
 from services.guardrail.detectors.base import Detector
 
 VERDICTS: dict[str, int] = {
@@ -46,15 +51,26 @@ DETECTORS: dict[str, str] = {
 }
 """Detector name -> implementation (``module:Class``; constructed with the check's params)."""
 
+DETECTOR_CACHE_SIZE = 64
+"""Detectors kept for reuse, least recently used evicted first. A reload or a TestPolicy
+candidate reuses the detector of an equal (name, params) instead of building it again
+(building the PII or toxicity detector costs milliseconds to tens of milliseconds). The
+shipped policies use about ten distinct ones; a policy in force holds its own detectors, so
+an evicted one only costs a rebuild on the next reload. Bounded because every TestPolicy
+candidate with new params would otherwise add one for the life of the process."""
+
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _DURATION_MS = re.compile(r"^(\d+)\s*ms$")
 
 
-class PolicyError(InvalidArgument):
-    """The policy files do not validate; ``field`` is ``file: path.to.field``."""
+class PolicyError(YamlFileError):
+    """The policy files (or a candidate policy) do not validate; ``field`` is
+    ``file: path.to.field``."""
 
 
-class _Check(BaseModel):
+class CheckSpec(BaseModel):
+    """One check of a policy, as written in the file."""
+
     model_config = ConfigDict(extra="forbid")
     detector: str
     finding_types: list[str] = []
@@ -65,7 +81,9 @@ class _Check(BaseModel):
     params: dict[str, Any] = {}
 
 
-class _Policy(BaseModel):
+class PolicySpec(BaseModel):
+    """One policy version, as written in the file."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
     version: int = Field(ge=1)
@@ -73,13 +91,15 @@ class _Policy(BaseModel):
     directions: list[Literal["INPUT", "OUTPUT"]] = Field(min_length=1)
     fail_mode: Literal["OPEN", "CLOSED"] = "CLOSED"
     timeout: str = "50ms"
-    detectors: list[_Check] = Field(min_length=1)
+    detectors: list[CheckSpec] = Field(min_length=1)
 
 
-class _File(BaseModel):
+class PolicyFile(BaseModel):
+    """One policy file: default policy per direction, and policies."""
+
     model_config = ConfigDict(extra="forbid")
     defaults: dict[Literal["INPUT", "OUTPUT"], str] = {}
-    policies: list[_Policy] = []
+    policies: list[PolicySpec] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +127,8 @@ class CompiledPolicy:
     checks: tuple[Check, ...]
     detectors: tuple[Detector, ...]
     """Distinct detectors of the checks (each runs once per text)."""
-    proto: guardrail_pb2.Policy
+    spec: PolicySpec
+    """The policy as written (what ListPolicies and GetPolicy show)."""
     file: str
 
 
@@ -116,6 +137,7 @@ class PolicySet:
     policies: dict[str, dict[int, CompiledPolicy]]
     defaults: dict[int, str]
     revision: str
+    """Of the files the set was compiled from (:attr:`llmops.yamlfiles.YamlFiles.revision`)."""
     sources: tuple[str, ...] = field(default_factory=tuple)
 
     def get(self, name: str, version: int, direction: int) -> CompiledPolicy:
@@ -139,28 +161,57 @@ class PolicySet:
         return found
 
     def current(self) -> list[CompiledPolicy]:
+        """The current (highest) version of every policy, by name."""
         return [v[max(v)] for _, v in sorted(self.policies.items())]
 
 
-_DETECTOR_CACHE: dict[tuple[str, str], Detector] = {}
+class DetectorCache:
+    """Detectors by (name, params), at most ``size`` of them, least recently used evicted
+    first (:data:`DETECTOR_CACHE_SIZE`). Thread-safe: reloads compile in a worker thread
+    while TestPolicy compiles candidates on the event loop."""
+
+    def __init__(self, size: int = DETECTOR_CACHE_SIZE) -> None:
+        if size < 1:
+            raise ValueError("a detector cache holds at least one detector")
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], Detector] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, name: str, params: Mapping[str, Any], where: str) -> Detector:
+        """The detector ``name`` built with ``params``; PolicyError at ``where`` when the
+        name is unknown or the detector rejects its params."""
+        target = DETECTORS.get(name)
+        if target is None:
+            raise PolicyError(where, f"unknown detector {name!r} (one of {', '.join(DETECTORS)})")
+        key = (name, repr(sorted(params.items())))
+        with self._lock:
+            cached = self._items.get(key)
+            if cached is not None:
+                self._items.move_to_end(key)
+                return cached
+        detector = _build(target, params, where)  # outside the lock: building can be slow
+        with self._lock:
+            detector = self._items.setdefault(key, detector)  # a racing build wins once
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return detector
 
 
-def make_detector(name: str, params: Mapping[str, Any], where: str) -> Detector:
-    target = DETECTORS.get(name)
-    if target is None:
-        raise PolicyError(where, f"unknown detector {name!r} (one of {', '.join(DETECTORS)})")
-    key = (name, repr(sorted(params.items())))
-    cached = _DETECTOR_CACHE.get(key)
-    if cached is not None:
-        return cached
+def _build(target: str, params: Mapping[str, Any], where: str) -> Detector:
     module, _, cls = target.partition(":")
     factory: Callable[..., Detector] = getattr(importlib.import_module(module), cls)
     try:
-        detector = factory(**params) if params else factory()
+        return factory(**params) if params else factory()
     except (TypeError, ValueError) as exc:
         raise PolicyError(f"{where}.params", str(exc)) from None
-    _DETECTOR_CACHE[key] = detector
-    return detector
+
+
+DETECTOR_CACHE = DetectorCache()
+"""The process's detectors (policies of every reload and TestPolicy candidates)."""
 
 
 def _timeout_s(text: str, where: str) -> float:
@@ -170,50 +221,9 @@ def _timeout_s(text: str, where: str) -> float:
     return int(match.group(1)) / 1000
 
 
-def _proto(p: _Policy, timeout_s: float) -> guardrail_pb2.Policy:
-    out = guardrail_pb2.Policy(
-        name=p.name,
-        version=p.version,
-        description=p.description,
-        directions=[DIRECTIONS[d] for d in p.directions],
-        fail_mode=guardrail_pb2.FAIL_MODE_OPEN
-        if p.fail_mode == "OPEN"
-        else guardrail_pb2.FAIL_MODE_CLOSED,
-    )
-    out.timeout.FromMicroseconds(int(timeout_s * 1e6))
-    for c in p.detectors:
-        d = out.detectors.add(
-            detector=c.detector,
-            finding_types=c.finding_types,
-            threshold=c.threshold,
-            action=VERDICTS[c.action],
-        )
-        params = dict(c.params)
-        if c.action == "REDACT":
-            params["redact_style"] = c.redact_style
-        if c.block_message:
-            params["block_message"] = c.block_message
-        for k, v in params.items():
-            _set_value(d.params[k], v)
-    return out
-
-
-def _set_value(target: common_pb2.Value, v: Any) -> None:
-    if isinstance(v, bool):
-        target.bool_value = v
-    elif isinstance(v, int):
-        target.int64_value = v
-    elif isinstance(v, float):
-        target.double_value = v
-    elif isinstance(v, str):
-        target.string_value = v
-    elif isinstance(v, list) and all(isinstance(x, str) for x in v):
-        target.string_list_value.values.extend(v)
-    else:  # nested structures (a JSON schema) travel as their JSON text
-        target.string_value = json.dumps(v, sort_keys=True)
-
-
-def compile_policy(p: _Policy, label: str) -> CompiledPolicy:
+def compile_policy(
+    p: PolicySpec, label: str, cache: DetectorCache = DETECTOR_CACHE
+) -> CompiledPolicy:
     where = f"{label}: policies[{p.name}@{p.version}]"
     if not _NAME.match(p.name):
         raise PolicyError(f"{where}.name", f"{p.name!r} is not lower-kebab-case")
@@ -221,7 +231,7 @@ def compile_policy(p: _Policy, label: str) -> CompiledPolicy:
     checks: list[Check] = []
     detectors: dict[int, Detector] = {}
     for i, c in enumerate(p.detectors):
-        detector = make_detector(c.detector, c.params, f"{where}.detectors[{i}].detector")
+        detector = cache.get(c.detector, c.params, f"{where}.detectors[{i}].detector")
         detectors[id(detector)] = detector
         if c.action == "BLOCK" and not c.block_message:
             raise PolicyError(
@@ -245,101 +255,59 @@ def compile_policy(p: _Policy, label: str) -> CompiledPolicy:
         timeout_s=timeout_s,
         checks=tuple(checks),
         detectors=tuple(detectors.values()),
-        proto=_proto(p, timeout_s),
+        spec=p,
         file=label,
     )
 
 
-def _describe(error: Mapping[str, Any], data: Any) -> str:
-    parts: list[str] = []
-    node = data
-    for loc in error["loc"]:
-        if isinstance(loc, int):
-            item = node[loc] if isinstance(node, list) and loc < len(node) else None
-            label = None
-            if isinstance(item, dict) and isinstance(item.get("name"), str):
-                label = f"{item['name']}@{item.get('version', '?')}"
-            parts[-1] += f"[{label}]" if label else f"[{loc}]"
-            node = item
-        else:
-            parts.append(str(loc))
-            node = node.get(loc) if isinstance(node, dict) else None
-    return ".".join(parts)
+def policy_label(item: Mapping[str, Any]) -> str | None:
+    """A policy in error paths: ``name@version`` (``name@?`` before its version is known)."""
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    return f"{name}@{item.get('version', '?')}"
 
 
 def policy_files(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml"))
-        elif p.exists():
-            files.append(p)
-        else:
-            raise PolicyError(str(p), "no such file or directory")
-    return files
+    """The policy files of ``paths`` (directories: their ``*.yaml``/``*.yml``)."""
+    return yaml_files(paths, PolicyError)
 
 
 def load_policies(paths: Sequence[Path]) -> PolicySet:
+    """Read, validate and compile every policy file of ``paths``; PolicyError names the
+    file, policy and field of the first problem."""
+    loaded = load_yaml_files(paths, PolicyFile, PolicyError, label=policy_label)
     policies: dict[str, dict[int, CompiledPolicy]] = {}
     defaults: dict[int, str] = {}
-    digest = hashlib.sha256()
-    files = policy_files(paths)
-    for path in files:
-        label = str(path)
-        raw = path.read_text(encoding="utf-8")
-        digest.update(path.name.encode() + b"\0" + raw.encode())
-        try:
-            data = yaml.safe_load(raw) or {}
-        except yaml.YAMLError as exc:
-            raise PolicyError(label, f"not valid YAML: {exc}") from None
-        try:
-            spec = _File.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = _describe(first, data) or "(top level)"
-            message = str(first["msg"]).removeprefix("Value error, ")
-            raise PolicyError(f"{label}: {where}", message) from None
-        for p in spec.policies:
+    for file in loaded.files:
+        for p in file.spec.policies:
             versions = policies.setdefault(p.name, {})
             if p.version in versions:
                 raise PolicyError(
-                    f"{label}: policies[{p.name}@{p.version}]",
+                    f"{file.label}: policies[{p.name}@{p.version}]",
                     f"version {p.version} already defined in {versions[p.version].file}",
                 )
-            versions[p.version] = compile_policy(p, label)
-        for direction, name in spec.defaults.items():
+            versions[p.version] = compile_policy(p, file.label)
+        for direction, name in file.spec.defaults.items():
             defaults[DIRECTIONS[direction]] = name
     for name in defaults.values():
         if name not in policies:
             raise PolicyError("defaults", f"default policy {name!r} is not defined")
-    return PolicySet(policies, defaults, digest.hexdigest()[:12], tuple(str(f) for f in files))
+    return PolicySet(policies, defaults, loaded.revision, loaded.sources)
 
 
-def compile_candidate(candidate: guardrail_pb2.Policy) -> CompiledPolicy:
-    """A policy sent inline (TestPolicy) compiled like one read from a file."""
-    names = {v: k for k, v in DIRECTIONS.items()}
-    checks = []
-    for d in candidate.detectors:
-        params = {k: _python(v) for k, v in d.params.items()}
-        style = params.pop("redact_style", "placeholder")
-        message = params.pop("block_message", "")
-        action = common_pb2.Verdict.Name(d.action).removeprefix("VERDICT_")
-        checks.append(
-            _Check(detector=d.detector, finding_types=list(d.finding_types), threshold=d.threshold,
-                   action=action, redact_style=style, block_message=message, params=params)
-        )  # fmt: skip
-    spec = _Policy(
-        name=candidate.name or "candidate", version=candidate.version or 1,
-        directions=[names.get(d, "INPUT") for d in candidate.directions]
-        or ["INPUT", "OUTPUT"],
-        fail_mode="OPEN" if candidate.fail_mode == guardrail_pb2.FAIL_MODE_OPEN else "CLOSED",
-        detectors=checks,
-    )  # fmt: skip
+CANDIDATE_DEFAULTS: dict[str, Any] = {
+    "name": "candidate",
+    "version": 1,
+    "directions": ["INPUT", "OUTPUT"],
+}
+"""What a candidate policy that leaves them out is tested as."""
+
+
+def compile_candidate(data: Mapping[str, Any]) -> CompiledPolicy:
+    """A policy sent inline (TestPolicy), as the mapping a file would hold, validated and
+    compiled like one read from a file (errors are labelled ``candidate``); name, version
+    and directions default to :data:`CANDIDATE_DEFAULTS`."""
+    data = {**CANDIDATE_DEFAULTS, **data}
+    spec = validate_document(data, PolicySpec, "candidate", PolicyError, policy_label)
     return compile_policy(spec, "candidate")
-
-
-def _python(v: common_pb2.Value) -> Any:
-    kind = v.WhichOneof("kind")
-    if kind == "string_list_value":
-        return list(v.string_list_value.values)
-    return getattr(v, kind) if kind else None

@@ -395,7 +395,11 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     deadline = time.monotonic() + 60
     while True:  # seeding runs in the background after SERVING
         proc = _llmops(mesh, "demo")
-        if proc.returncode == 0 and "NOT_FOUND" not in proc.stdout:
+        if (
+            proc.returncode == 0
+            and "NOT_FOUND" not in proc.stdout
+            and "nothing is running" not in proc.stdout
+        ):
             break
         assert time.monotonic() < deadline, proc.stdout + proc.stderr
         time.sleep(1)
@@ -406,6 +410,11 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     assert "wifi" in proc.stdout  # amenities of the demo properties
     guard = proc.stdout.split("Guardrails")[1]
     assert "BLOCK" in guard and "[PII.EMAIL]" in guard and "ALLOW" in guard
+    # the demo experiments `llmops up` seeds, assigned to two demo shoppers
+    assigned = proc.stdout.split("Experiments (ExperimentService.Assign")[1]
+    demo = ("search-ranking-model", "property-summary-prompt", "review-digest")
+    assert any(name in assigned for name in demo), assigned
+    assert "nothing is running" not in assigned
 
 
 def test_materialize_cli_walks_slices(mesh: RunningMesh) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from llmops.errors import InvalidArgument, NotFound
 from llmops.v1 import common_pb2, guardrail_pb2
+from llmops.yamlfiles import HotReload
 from services.guardrail import policy as policy_mod
 from services.guardrail.detectors.base import CheckContext, Fact, Finding
 from services.guardrail.detectors.commerce import (
@@ -21,9 +22,10 @@ from services.guardrail.detectors.commerce import (
     JsonSchemaDetector,
     TopicDetector,
 )
+from services.guardrail.domain import Guardrail
 from services.guardrail.engine import Engine
 from services.guardrail.policy import PolicyError, load_policies
-from services.guardrail.servicer import GuardrailServicer, PolicyHolder
+from services.guardrail.servicer import GuardrailAdminServicer, GuardrailServicer
 
 POLICIES = """
 defaults: {OUTPUT: copy}
@@ -218,12 +220,27 @@ async def _stream(
     return [r async for r in servicer.CheckStream(requests(), None)]
 
 
+class Events:
+    """A stand-in for ``ctx.events`` that keeps what is published."""
+
+    def __init__(self) -> None:
+        self.published: list[Any] = []
+
+    def publish(self, envelope: Any) -> None:
+        self.published.append(envelope)
+
+
+def guardrail(paths: list[Path], events: Events) -> Guardrail:
+    policies = HotReload("policies", lambda: load_policies(paths), lambda p: p.revision)
+    return Guardrail(policies, Engine(b"k"), events, ThreadPoolExecutor(1))
+
+
 @pytest.fixture
-def servicer(policies: policy_mod.PolicySet) -> GuardrailServicer:
-    published: list[Any] = []
-    s = GuardrailServicer(PolicyHolder(policies), Engine(b"k"), published.append,
-                          ThreadPoolExecutor(1))  # fmt: skip
-    s.published = published  # type: ignore[attr-defined]
+def servicer(tmp_path: Path) -> GuardrailServicer:
+    (tmp_path / "p.yaml").write_text(POLICIES)
+    events = Events()
+    s = GuardrailServicer(guardrail([tmp_path], events))
+    s.published = events.published  # type: ignore[attr-defined]
     return s
 
 
@@ -290,11 +307,9 @@ REPO_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "guardrails"
 
 
 async def test_stream_redacts_pii_split_across_chunks() -> None:
-    published: list[Any] = []
-    servicer = GuardrailServicer(
-        PolicyHolder(load_policies([REPO_POLICIES])), Engine(b"k"), published.append,
-        ThreadPoolExecutor(1),
-    )  # fmt: skip
+    events = Events()
+    servicer = GuardrailServicer(guardrail([REPO_POLICIES], events))
+    published = events.published
     chunks = ["Questions? Write to jane.do", "e@example.com or call ", "+44 20 79",
               "46 0958 today. ", *["The rooms are bright and quiet. "] * 4]  # fmt: skip
     responses = await _stream(servicer, "storefront-output", chunks)
@@ -310,16 +325,9 @@ async def test_stream_redacts_pii_split_across_chunks() -> None:
 
 
 async def test_admin_lists_tests_and_reloads(tmp_path: Path) -> None:
-    from services.guardrail.servicer import GuardrailAdminServicer
-
     (tmp_path / "p.yaml").write_text(POLICIES)
-    holder = PolicyHolder(load_policies([tmp_path]))
-
-    async def reload(dry_run: bool) -> Any:
-        holder.policies = load_policies([tmp_path])
-        return guardrail_pb2.GuardrailAdminServiceReloadPoliciesResponse()
-
-    admin = GuardrailAdminServicer(holder, Engine(b"k"), reload)
+    domain = guardrail([tmp_path], Events())
+    admin = GuardrailAdminServicer(domain)
     listed = await admin.ListPolicies(guardrail_pb2.ListPoliciesRequest(), None)
     assert [(p.name, p.version) for p in listed.policies][:1] == [("copy", 2)]
     got = await admin.GetPolicy(guardrail_pb2.GetPolicyRequest(name="copy", version=1), None)
@@ -346,6 +354,6 @@ async def test_admin_lists_tests_and_reloads(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(POLICIES.replace("action: BLOCK", "action: DROP"))
     with pytest.raises(PolicyError, match="action"):
         await admin.ReloadPolicies(guardrail_pb2.GuardrailAdminServiceReloadPoliciesRequest(), None)
-    assert holder.policies.get("copy", 1, 0).version == 1  # the old policies stay in force
+    assert domain.policies.get("copy", 1, 0).version == 1  # the old policies stay in force
     with pytest.raises(InvalidArgument, match="name"):
         await admin.GetPolicy(guardrail_pb2.GetPolicyRequest(), None)

@@ -1,0 +1,329 @@
+"""The guardrail service's behaviour, free of gRPC: checks, streams, decision events, policy
+tests and reloads.
+
+The servicer converts protobuf requests into the dataclasses here (:class:`Subject`, chunks
+as ``str``, :class:`PolicyCase`) and the results (:class:`Checked`, :class:`StreamStep`,
+:class:`PolicyTestReport`, :class:`ReloadReport`) back into responses; everything that decides —
+limits, policy lookup, the worker pool, the stream's hold-back and final verdict, which
+decisions are recorded — happens here. Decision events are published through the service's
+event port (``ctx.events``).
+
+Limits are in UTF-8 bytes, as the contract states them: a ``Check`` text and the whole of a
+``CheckStream`` each carry at most :data:`MAX_TEXT_BYTES`. Offsets in findings stay code
+points (Python ``str`` indices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from llmops.errors import InvalidArgument, ResourceExhausted
+from llmops.events.ids import uuid7
+from llmops.v1 import common_pb2, events_pb2
+from llmops.yamlfiles import HotReload
+from services.guardrail.detectors.base import CheckContext, Fact
+from services.guardrail.engine import ALLOW, BLOCK, INLINE_LIMIT, Counted, Decision, Engine, worst
+from services.guardrail.policy import CompiledPolicy, PolicySet, compile_candidate
+from services.guardrail.stream import Release, StreamState
+
+MAX_TEXT_BYTES = 64 * 1024
+"""Most UTF-8 bytes of one ``Check`` text, and of all chunks of one ``CheckStream``."""
+POOL_SLOTS = 8
+"""Long texts (above :data:`~services.guardrail.engine.INLINE_LIMIT`) checked or waiting for
+a worker at once; one more is refused with RESOURCE_EXHAUSTED instead of queueing."""
+DIRECTION_NAMES: dict[int, str] = {
+    common_pb2.DIRECTION_INPUT: "INPUT",
+    common_pb2.DIRECTION_OUTPUT: "OUTPUT",
+}
+
+
+class EventPort(Protocol):
+    """Where decision events go: the service's ``ctx.events``
+    (:class:`llmops.events.port.ServiceEvents`)."""
+
+    def publish(self, envelope: events_pb2.EventEnvelope) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a check is about, besides its text: a ``CheckRequest`` or ``CheckStreamConfig``."""
+
+    direction: int
+    """``common_pb2.DIRECTION_INPUT`` or ``DIRECTION_OUTPUT``; anything else is refused."""
+    policy: str = ""
+    """Empty: the default policy of the direction."""
+    policy_version: int = 0
+    """0: the current version."""
+    request_id: str = ""
+    tenant: str = ""
+    market: str = ""
+    locale: str = ""
+    facts: tuple[Fact, ...] = ()
+    route: str = ""
+    task: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One decision: the policy that made it and its recorded event id ("" for a clean ALLOW)."""
+
+    policy: CompiledPolicy
+    decision: Decision
+    decision_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStep:
+    """One answer of a stream: text cleared since the previous one, and on the last one
+    (``summary`` set) the stream's whole decision."""
+
+    released_text: str
+    released_until: int
+    """Code points of the whole stream released so far."""
+    verdict: int
+    """Most severe verdict so far."""
+    findings: Sequence[Counted]
+    """New since the previous step, in stream offsets."""
+    summary: Checked | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyCase:
+    name: str
+    direction: int
+    text: str
+    facts: tuple[Fact, ...] = ()
+    expected_verdict: int = 0
+    """0 (unspecified): only report."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    name: str
+    decision: Decision
+    passed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTestReport:
+    results: tuple[CaseResult, ...]
+    failed_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What ``ReloadPolicies`` did (or, for a dry run, would do)."""
+
+    policy_count: int
+    """Policies (names) in the files just validated."""
+    changed_policies: tuple[str, ...]
+    """``name@version`` of every policy whose current version is new, other or edited;
+    ``name@0`` for a policy the files no longer define."""
+    previous_revision: str
+    revision: str
+    """In force after the call: equal to ``previous_revision`` for a dry run."""
+    candidate_revision: str
+    applied: bool
+
+
+def utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def finding_proto(c: Counted) -> common_pb2.GuardrailFinding:
+    f = c.finding
+    return common_pb2.GuardrailFinding(
+        type=f.type, detector=f.detector, span_start=f.start, span_end=f.end, score=f.score,
+        action=c.action, match_hash=c.match_hash,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def latencies(items: Sequence[tuple[str, int]]) -> list[common_pb2.StageLatency]:
+    return [common_pb2.StageLatency(stage=name, duration_us=us) for name, us in items]
+
+
+def decision_event(
+    subject: Subject, policy: CompiledPolicy, decision: Decision, streamed: bool
+) -> events_pb2.EventEnvelope:
+    """The GuardrailDecisionEvent of a decision: types, spans, scores, hashes; no text."""
+    event = events_pb2.GuardrailDecisionEvent(
+        event_id=uuid7(), request_id=subject.request_id, tenant=subject.tenant,
+        market=subject.market, direction=subject.direction,  # type: ignore[arg-type]
+        policy=policy.name, policy_version=policy.version,
+        verdict=decision.verdict,  # type: ignore[arg-type]
+        findings=[finding_proto(c) for c in decision.findings],
+        detector_latencies=latencies(decision.latencies_us), latency_us=decision.latency_us,
+        text_length=decision.text_length, route=subject.route, task=subject.task,
+        streamed=streamed, degraded=decision.degraded,
+    )  # fmt: skip
+    event.event_time.FromNanoseconds(time.time_ns())
+    return events_pb2.EventEnvelope(guardrail_decision=event)
+
+
+def changed_policies(before: PolicySet, after: PolicySet) -> tuple[str, ...]:
+    """``name@version`` of the current versions of ``after`` that differ from ``before``
+    (new policy, other version, or the same version edited); ``name@0`` for removed ones."""
+    old = {p.name: p for p in before.current()}
+    changed: list[str] = []
+    for p in after.current():
+        was = old.pop(p.name, None)
+        if was is None or was.version != p.version or was.spec != p.spec:
+            changed.append(f"{p.name}@{p.version}")
+    changed += [f"{name}@0" for name in old]
+    return tuple(sorted(changed))
+
+
+def _context(direction: int, locale: str, facts: Sequence[Fact]) -> CheckContext:
+    return CheckContext(
+        direction=DIRECTION_NAMES.get(direction, "INPUT"), locale=locale, facts=tuple(facts)
+    )
+
+
+class Guardrail:
+    """Checks texts and streams against the policies in force and records the decisions."""
+
+    def __init__(
+        self,
+        policies: HotReload[PolicySet],
+        engine: Engine,
+        events: EventPort,
+        pool: Executor,
+        pool_slots: int = POOL_SLOTS,
+    ) -> None:
+        self._policies = policies
+        self.engine = engine
+        self._events = events
+        self._pool = pool
+        self._slots = asyncio.Semaphore(pool_slots)
+
+    @property
+    def policies(self) -> PolicySet:
+        """The policy set in force."""
+        return self._policies.current
+
+    def policy(self, name: str, version: int, direction: int) -> CompiledPolicy:
+        """A policy for checking text of ``direction`` (the direction's default when
+        ``name`` is empty, the current version when ``version`` is 0)."""
+        if direction not in DIRECTION_NAMES:
+            raise InvalidArgument("direction", "INPUT or OUTPUT")
+        return self._policies.current.get(name, version, direction)
+
+    def stored_policy(self, name: str, version: int) -> CompiledPolicy:
+        """One version of a named policy (the current one when ``version`` is 0)."""
+        if not name:
+            raise InvalidArgument("name", "required")
+        return self._policies.current.get(name, version, 0)
+
+    async def check(self, subject: Subject, text: str) -> Checked:
+        if utf8_size(text) > MAX_TEXT_BYTES:
+            raise InvalidArgument("text", f"at most {MAX_TEXT_BYTES} bytes of UTF-8")
+        policy = self.policy(subject.policy, subject.policy_version, subject.direction)
+        ctx = _context(subject.direction, subject.locale, subject.facts)
+        decision = await self._evaluate(policy, text, ctx)
+        return Checked(policy, decision, self._record(subject, policy, decision, streamed=False))
+
+    async def _evaluate(self, policy: CompiledPolicy, text: str, ctx: CheckContext) -> Decision:
+        if len(text) <= INLINE_LIMIT:
+            return self.engine.evaluate(policy, text, ctx)
+        if self._slots.locked():  # every worker busy and more waiting: shed load
+            raise ResourceExhausted("guardrail worker pool is full (long texts); retry later")
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self.engine.evaluate, policy, text, ctx)
+
+    def _record(
+        self, subject: Subject, policy: CompiledPolicy, decision: Decision, streamed: bool
+    ) -> str:
+        """Publish the decision's event unless it is a clean ALLOW; its id ("" if none)."""
+        if decision.verdict == ALLOW and not decision.degraded:
+            return ""
+        envelope = decision_event(subject, policy, decision, streamed)
+        self._events.publish(envelope)
+        return envelope.guardrail_decision.event_id
+
+    async def check_stream(self, items: AsyncIterator[Subject | str]) -> AsyncIterator[StreamStep]:
+        """A stream: its :class:`Subject` first, then text chunks; answers as text clears
+        (:mod:`services.guardrail.stream`), a final step after the last chunk or at once on
+        BLOCK."""
+        subject = await anext(aiter(items), None)
+        if not isinstance(subject, Subject):
+            raise InvalidArgument("config", "the first message must carry the stream's config")
+        policy = self.policy(subject.policy, subject.policy_version, subject.direction)
+        state = StreamState(
+            self.engine, policy, _context(subject.direction, subject.locale, subject.facts)
+        )
+        verdict: int = ALLOW
+        size = 0
+        async for chunk in items:
+            if not isinstance(chunk, str):
+                raise InvalidArgument("config", "only the first message carries a config")
+            size += utf8_size(chunk)
+            if size > MAX_TEXT_BYTES:
+                raise InvalidArgument(
+                    "chunk", f"a stream carries at most {MAX_TEXT_BYTES} bytes of UTF-8"
+                )
+            release = state.push(chunk)
+            verdict = worst(verdict, release.decision.verdict)
+            if release.decision.verdict == BLOCK:
+                yield self._final(subject, state, release, verdict)
+                return
+            if release.text or release.findings:
+                yield StreamStep(release.text, release.until, verdict, release.findings)
+        release = state.finish()
+        yield self._final(subject, state, release, verdict=worst(verdict, release.decision.verdict))
+
+    def _final(
+        self, subject: Subject, state: StreamState, release: Release, verdict: int
+    ) -> StreamStep:
+        summary = Decision(
+            verdict=verdict, findings=state.counted, redacted_text="",
+            block_message=release.decision.block_message,
+            latencies_us=sorted(state.latencies.items()), degraded=state.degraded,
+            latency_us=state.latency_us, text_length=len(state.text),
+        )  # fmt: skip
+        decision_id = self._record(subject, state.policy, summary, streamed=True)
+        return StreamStep(
+            released_text=release.text if verdict != BLOCK else "",
+            released_until=state.released,
+            verdict=verdict,
+            findings=release.findings,
+            summary=Checked(state.policy, summary, decision_id),
+        )
+
+    def test_policy(
+        self, target: str | Mapping[str, Any] | None, version: int, cases: Sequence[PolicyCase]
+    ) -> PolicyTestReport:
+        """Run ``cases`` against a stored policy (by name) or a candidate (the mapping a
+        policy file would hold); no events are recorded."""
+        if isinstance(target, str):
+            policy = self.stored_policy(target, version)
+        elif target is not None:
+            policy = compile_candidate(target)
+        else:
+            raise InvalidArgument("target", "name a policy or send a candidate")
+        results = []
+        for case in cases:
+            ctx = _context(case.direction, "", case.facts)
+            decision = self.engine.evaluate(policy, case.text, ctx)
+            passed = not case.expected_verdict or decision.verdict == case.expected_verdict
+            results.append(CaseResult(case.name, decision, passed))
+        return PolicyTestReport(tuple(results), sum(not r.passed for r in results))
+
+    async def reload(self, dry_run: bool) -> ReloadReport:
+        """Validate the policy files and, unless ``dry_run``, put them in force. A file that
+        does not validate raises PolicyError and the policies in force stay."""
+        before = self._policies.current
+        result = await self._policies.reload(dry_run=dry_run)
+        return ReloadReport(
+            policy_count=len(result.candidate.policies),
+            changed_policies=changed_policies(before, result.candidate),
+            previous_revision=result.previous_revision,
+            revision=result.revision,
+            candidate_revision=result.candidate_revision,
+            applied=result.applied,
+        )
