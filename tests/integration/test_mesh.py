@@ -253,27 +253,28 @@ def test_second_mesh_on_same_state_dir_is_refused(mesh: RunningMesh, tmp_path: P
     assert "in use by another llmops process" in proc.stderr
 
 
+def _start_experiment(admin: Any, layer: str, exp_id: str) -> experiment_pb2.Experiment:
+    """Create ``layer`` and a 50/50 experiment ``exp_id`` on all of its traffic; start it."""
+    admin.CreateLayer(
+        experiment_pb2.CreateLayerRequest(layer=experiment_pb2.Layer(name=layer, unit_type="user")),
+        timeout=5,
+    )
+    exp = experiment_pb2.Experiment(id=exp_id, unit_type="user", layer=layer, traffic_bps=10_000)
+    exp.variants.add(key="control", weight=1, is_control=True)
+    exp.variants.add(key="treatment", weight=1)
+    created = admin.CreateExperiment(
+        experiment_pb2.CreateExperimentRequest(experiment=exp), timeout=5
+    ).experiment
+    admin.StartExperiment(
+        experiment_pb2.StartExperimentRequest(id=exp_id, version=created.version), timeout=5
+    )
+    return exp
+
+
 def test_experiment_service_assigns_over_grpc(mesh: RunningMesh) -> None:
     with grpc.insecure_channel(mesh.address("experiment")) as channel:
         admin = experiment_pb2_grpc.ExperimentAdminServiceStub(channel)
-        admin.CreateLayer(
-            experiment_pb2.CreateLayerRequest(
-                layer=experiment_pb2.Layer(name="mesh_test", unit_type="user")
-            ),
-            timeout=5,
-        )
-        exp = experiment_pb2.Experiment(
-            id="mesh-test", unit_type="user", layer="mesh_test", traffic_bps=10_000
-        )
-        exp.variants.add(key="control", weight=1, is_control=True)
-        exp.variants.add(key="treatment", weight=1)
-        created = admin.CreateExperiment(
-            experiment_pb2.CreateExperimentRequest(experiment=exp), timeout=5
-        ).experiment
-        admin.StartExperiment(
-            experiment_pb2.StartExperimentRequest(id="mesh-test", version=created.version),
-            timeout=5,
-        )
+        exp = _start_experiment(admin, "mesh_test", "mesh-test")
         stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
         got = stub.Assign(
             experiment_pb2.AssignRequest(unit_type="user", unit_id="u-42", layers=["mesh_test"]),
@@ -330,24 +331,8 @@ def test_events_emitted_by_the_services_arrive_in_clickhouse(mesh: RunningMesh) 
     """Exposures from Assign, a guardrail decision from Check and an audit record from an
     experiment change, each published by the service itself, are queryable in chdb."""
     with grpc.insecure_channel(mesh.address("experiment")) as channel:
-        admin = experiment_pb2_grpc.ExperimentAdminServiceStub(channel)
-        admin.CreateLayer(
-            experiment_pb2.CreateLayerRequest(
-                layer=experiment_pb2.Layer(name="e2e_layer", unit_type="user")
-            ),
-            timeout=5,
-        )
-        exp = experiment_pb2.Experiment(
-            id="e2e-events", unit_type="user", layer="e2e_layer", traffic_bps=10_000
-        )
-        exp.variants.add(key="control", weight=1, is_control=True)
-        exp.variants.add(key="treatment", weight=1)
-        created = admin.CreateExperiment(
-            experiment_pb2.CreateExperimentRequest(experiment=exp), timeout=5
-        ).experiment
-        admin.StartExperiment(
-            experiment_pb2.StartExperimentRequest(id="e2e-events", version=created.version),
-            timeout=5,
+        _start_experiment(
+            experiment_pb2_grpc.ExperimentAdminServiceStub(channel), "e2e_layer", "e2e-events"
         )
         stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
         exposure_ids = set()
