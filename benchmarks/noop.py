@@ -2,7 +2,8 @@
 
 Two servers run the *same* empty unary handler (bytes in, bytes out), each in its own process
 on uvloop: ``llmops`` behind the runtime's :class:`RuntimeInterceptor` (request id, deadline,
-error mapping, Prometheus metrics, a JSON access-log line per call written to a file), and
+error mapping, Prometheus metrics, a JSON access-log line per call written to a file),
+registered the way every service's handlers are (pre-wrapped, not grpc's interceptor hook), and
 ``grpc-bare`` with no interceptor at all. One client process drives both over loopback in
 interleaved rounds, so machine noise hits both alike. Cases: sequential calls
 (concurrency 1, where the p50 overhead is plainest) and concurrent calls.
@@ -11,6 +12,8 @@ interleaved rounds, so machine noise hits both alike. Cases: sequential calls
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,21 +41,29 @@ async def _serve(system: str, port: int) -> None:
     from prometheus_client import CollectorRegistry
 
     from llmops.logging import configure_logging
+    from llmops.server.access_log import AccessLog
     from llmops.server.interceptor import RpcMetrics, RuntimeInterceptor, ServerState
 
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
-    if system == "llmops":
-        configure_logging("info", "json")  # stderr: the parent points it at a file
-        interceptors.append(
-            RuntimeInterceptor("benchmarks.Noop", RpcMetrics(CollectorRegistry()), ServerState())
-        )
-    server = grpc.aio.server(interceptors=interceptors)
+    server = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(
         _noop, request_deserializer=_identity, response_serializer=_identity
     )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("benchmarks.Noop", {"Call": handler}),)
-    )
+    generic = grpc.method_handlers_generic_handler("benchmarks.Noop", {"Call": handler})
+    if system == "llmops":
+        configure_logging("info", "json")  # stderr: the parent points it at a file
+        access_log = AccessLog("json")  # as `llmops up` logs every RPC, on stderr
+        runtime = RuntimeInterceptor(
+            "benchmarks.Noop", RpcMetrics(CollectorRegistry()), ServerState(), access_log=access_log
+        )
+
+        def stop(*_: object) -> None:  # terminate(): write the buffered lines, then exit
+            access_log.close()
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        # the way GrpcService registers every service's handlers: pre-wrapped once
+        generic = runtime.wrap_generic_handler(generic)
+    server.add_generic_rpc_handlers((generic,))
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"READY {bound}", flush=True)

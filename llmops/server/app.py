@@ -35,6 +35,7 @@ from llmops.events.port import ServiceEvents
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.plugin import ServiceFactory, ServicePlugin
 from llmops.scheduler import Scheduler
+from llmops.server.access_log import AccessLog
 from llmops.server.context import (
     Binding,
     ServiceBackends,
@@ -176,8 +177,14 @@ class _WrappingRegistrar:
 class GrpcService:
     """One service's gRPC server, health, reflection and admin port."""
 
-    def __init__(self, definition: ServiceDefinition, ctx: ServiceContext[Any]) -> None:
+    def __init__(
+        self,
+        definition: ServiceDefinition,
+        ctx: ServiceContext[Any],
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.definition = definition
+        self.access_log = access_log
         self.ctx = ctx
         self.settings = ctx.service_config
         self.state = ServerState()
@@ -229,7 +236,7 @@ class GrpcService:
             self.grpc_service,
             RpcMetrics(self.registry),
             self.state,
-            access_log=server_cfg.access_log,
+            access_log=self.access_log,
         )
         server = grpc.aio.server(
             maximum_concurrent_rpcs=server_cfg.max_concurrent_rpcs,
@@ -344,13 +351,18 @@ async def serve(
     with Backends(config) as backends:
         services: list[GrpcService] = []
         clients = MeshClient(config)
+        access_log = (
+            AccessLog(config.logging.format)
+            if config.server.access_log and config.logging.level in ("debug", "info")
+            else None
+        )
         observability = _embedded_observability(config, backends)
         try:
             for name in names:
                 plugin = SERVICES[name]
                 ctx = build_context(plugin, config, backends, clients)
                 factory = factories.get(name) or plugin.load_factory()
-                services.append(GrpcService(factory(ctx), ctx))
+                services.append(GrpcService(factory(ctx), ctx, access_log))
             for svc in services:
                 await svc.start()
             log.info("mesh_ready", services=list(names), mode=config.mode.value)
@@ -364,6 +376,8 @@ async def serve(
                 return_exceptions=True,
             )
             await clients.close()
+            if access_log is not None:
+                await asyncio.to_thread(access_log.close)
             if observability is not None:
                 # Accepted events first reach the log, then the sinks take what they can.
                 await asyncio.to_thread(backends.flush_events)

@@ -12,7 +12,8 @@ One ``grpc.aio.ServerInterceptor`` does five jobs, each a small step of the same
    message; any other exception becomes INTERNAL naming only the request id;
 4. **metrics** — started/handled counters, a latency histogram and an in-flight gauge, labelled
    like go-grpc-prometheus (``grpc_service``, ``grpc_method``, ``grpc_code``);
-5. **access log** — one structured line per call.
+5. **access log** — one structured line per call (written off the request path by
+   :class:`~llmops.server.access_log.AccessLog`).
 
 They share one wrapper rather than five chained interceptors because each aio interceptor
 layer costs an extra coroutine hop per call. The runtime's servers go further and do not use
@@ -45,6 +46,7 @@ from llmops.callcontext import (
 )
 from llmops.errors import LLMOpsError
 from llmops.events.ids import uuid7
+from llmops.server.access_log import AccessLog
 
 _MAX_REQUEST_ID = 128
 
@@ -162,7 +164,7 @@ class RuntimeInterceptor(_ServerInterceptor):
         metrics: RpcMetrics,
         state: ServerState,
         *,
-        access_log: bool = True,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._service = service
         self._metrics = metrics
@@ -336,14 +338,9 @@ class RuntimeInterceptor(_ServerInterceptor):
         inst.in_flight.dec()
         inst.latency.observe(elapsed)
         inst.handled(code).inc()
-        if self._access_log:
-            self._log.info(
-                "rpc",
-                method=inst.method,
-                code=code,
-                latency_ms=round(elapsed * 1000, 3),
-                request_id=request_id_var.get(),
-                peer=context.peer(),
+        if self._access_log is not None:
+            self._access_log.record(
+                inst.method, code, elapsed, request_id_var.get(), context.peer()
             )
         try:
             request_id_var.reset(tokens[0])
