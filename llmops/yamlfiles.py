@@ -27,8 +27,11 @@ import structlog
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from llmops.errors import InvalidArgument
+from llmops.errors import InvalidArgument, ResourceExhausted
+from llmops.events.port import ServiceEvents
+from llmops.identity import current_identity, system
 from llmops.scheduler import YAML_SUFFIXES, FileStamp, Watch, file_stamp
+from llmops.v1 import events_pb2
 
 log = structlog.get_logger("llmops.yamlfiles")
 
@@ -192,6 +195,11 @@ class HotReload(Generic[T]):
     ``revision`` tells a compiled object's revision; ``watched`` are the paths ``load``
     reads, stamped before each load so that :meth:`watch` misses no change made while or
     after they were read. The first load happens here, so a bad file stops start-up.
+
+    With ``audit`` (the service's ``ctx.events``) every applied reload is an audit record
+    ``<resource_type>.reload`` (before/after revision; the actor is the caller of the
+    reload RPC, or ``system:<kind>`` for the file watch). A reload whose record cannot be
+    published is refused before anything is swapped (RESOURCE_EXHAUSTED).
     """
 
     def __init__(
@@ -200,8 +208,12 @@ class HotReload(Generic[T]):
         load: Callable[[], T],
         revision: Callable[[T], str],
         watched: Sequence[Path] = (),
+        audit: ServiceEvents | None = None,
+        resource_type: str = "",
     ) -> None:
         self.kind = kind
+        self._audit = audit
+        self._resource_type = resource_type or kind
         self._load = load
         self._revision = revision
         self._watched = tuple(watched)
@@ -223,9 +235,12 @@ class HotReload(Generic[T]):
             fresh = self._revision(candidate)
             applied = not dry_run and fresh != previous
             if applied:
+                record = self._audit_record(previous, fresh)
                 self.current = candidate
                 self._stamp = stamp
                 log.info(f"{self.kind}_reloaded", previous=previous, revision=fresh)
+                if record is not None and self._audit is not None:
+                    self._audit.publish(record)
             return Reloaded(
                 candidate=candidate,
                 previous=before,
@@ -234,6 +249,24 @@ class HotReload(Generic[T]):
                 candidate_revision=fresh,
                 applied=applied,
             )
+
+    def _audit_record(self, previous: str, fresh: str) -> events_pb2.EventEnvelope | None:
+        if self._audit is None:
+            return None
+        if not self._audit.has_room(1):
+            raise ResourceExhausted(
+                f"{self.kind} not reloaded: the event buffer has no room for its audit record; "
+                "retry later"
+            )
+        return self._audit.audit_event(
+            f"{self._resource_type}.reload",
+            self._resource_type,
+            self.kind,
+            version=fresh,
+            before={"revision": previous},
+            after={"revision": fresh},
+            actor=current_identity() or system(self.kind),
+        )
 
     def watch(self, paths: Sequence[Path], interval_s: float) -> Watch:
         """The runtime task that reloads when a file under ``paths`` changes; a file that

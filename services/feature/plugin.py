@@ -50,5 +50,5 @@ PLUGIN = ServicePlugin(
     summary="online and offline features",
     settings=FeatureSettings,
     settings_key="features",
-    backends=frozenset({"clickhouse", "redis", "state_dir"}),
+    backends=frozenset({"clickhouse", "events", "redis", "state_dir"}),
 )

@@ -38,6 +38,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from llmops.errors import InvalidArgument, NotFound
+from llmops.events.port import ServiceEvents
 from llmops.v1 import common_pb2
 from llmops.yamlfiles import HotReload, YamlFileError, load_yaml_files
 
@@ -324,12 +325,14 @@ def load_registry(paths: Sequence[Path]) -> Registry:
     return Registry(entities, views, services, loaded.revision, loaded.sources)
 
 
-def hot_registry(paths: Sequence[Path]) -> HotReload[Registry]:
+def hot_registry(paths: Sequence[Path], audit: ServiceEvents | None = None) -> HotReload[Registry]:
     """The registry in force, loaded now (a bad registry raises), reloaded on request or by
     its :meth:`~llmops.yamlfiles.HotReload.watch` task; a registry that does not validate is
     never swapped in."""
     files = list(paths)
-    return HotReload("feature_registry", lambda: load_registry(files), _revision, watched=files)
+    return HotReload(
+        "feature_registry", lambda: load_registry(files), _revision, watched=files, audit=audit
+    )
 
 
 def fixed_registry(registry: Registry) -> HotReload[Registry]:

@@ -23,7 +23,7 @@ def open_online_store(ctx: ServiceContext[FeatureSettings]) -> OnlineStore:
 
 def create(ctx: ServiceContext[FeatureSettings]) -> ServiceDefinition:
     cfg = ctx.settings
-    registry = hot_registry(cfg.registry)  # a bad registry stops start-up
+    registry = hot_registry(cfg.registry, audit=ctx.events)  # a bad registry stops start-up
     online = open_online_store(ctx)
     offline = OfflineStore(ctx.backends.clickhouse)  # opened on the first offline call
     store = FeatureStore(

@@ -34,7 +34,12 @@ def create(ctx: ServiceContext[GuardrailSettings]) -> ServiceDefinition:
     paths = list(cfg.policies)
     # The first load happens here: a bad policy file stops start-up.
     policies = HotReload[PolicySet](
-        "policies", lambda: load_policies(paths), _revision, watched=paths
+        "policies",
+        lambda: load_policies(paths),
+        _revision,
+        watched=paths,
+        audit=ctx.events,
+        resource_type="policy",
     )
     engine = Engine(hmac_key(cfg.hmac_key, ctx.backends.state_dir))
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="guardrail")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from llmops.errors import ResourceExhausted
 from llmops.yamlfiles import HotReload, YamlFileError, load_yaml_files
 
 
@@ -153,3 +155,51 @@ async def test_watch_sees_a_change_made_after_loading_and_before_the_task_starts
         await scheduler.stop()
     outcome = await holder.reload(dry_run=True)
     assert outcome.previous is holder.current
+
+
+class FakeEvents:
+    """Records what a reload publishes; ``room`` events fit in its buffer."""
+
+    def __init__(self, room: int) -> None:
+        from llmops.events.port import ServiceEvents
+
+        self.room = room
+        self.published: list[Any] = []
+        self.port = ServiceEvents("test.v1.Things", lambda: self)  # type: ignore[arg-type,return-value]
+
+    def has_room(self, count: int) -> bool:
+        return count <= self.room
+
+    def publish(self, envelope: Any) -> None:
+        self.published.append(envelope)
+
+
+async def test_an_applied_reload_is_audited_and_refused_when_it_cannot_be(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
+    events = FakeEvents(room=1)
+
+    def load() -> tuple[int, str]:
+        loaded = load_yaml_files([tmp_path], Doc, ThingError)
+        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
+
+    holder = HotReload("things", load, lambda c: c[1], audit=events.port, resource_type="thing")
+    first = holder.revision
+    write(path, "items: [{name: a, size: 2}]\n")
+    await holder.reload(dry_run=True)
+    assert events.published == []  # a dry run changes nothing, audits nothing
+    outcome = await holder.reload()
+    (record,) = [e.audit for e in events.published]
+    assert (record.action, record.resource.type, record.resource.name) == (
+        "thing.reload",
+        "thing",
+        "things",
+    )
+    assert record.actor.id == "system:things"  # outside an RPC: the file watch
+    assert record.before["revision"] == first and record.after["revision"] == outcome.revision
+    events.room = 0
+    write(path, "items: [{name: a, size: 3}]\n")
+    with pytest.raises(ResourceExhausted, match="audit record"):
+        await holder.reload()
+    assert holder.current[0] == 2  # not swapped: its record could not be published
