@@ -53,10 +53,6 @@ class Unavailable(LLMOpsError):
     code = "UNAVAILABLE"
 
 
-class DeadlineExceeded(LLMOpsError):
-    code = "DEADLINE_EXCEEDED"
-
-
 class NotImplementedYet(LLMOpsError):
     """An RPC of the v1 contract whose implementation has not landed; names what is missing."""
 
