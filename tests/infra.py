@@ -6,6 +6,7 @@ Session-scoped fixtures, each the address of a real server on 127.0.0.1:
     kafka_bootstrap   127.0.0.1:19092                              (LLMOPS_KAFKA_PORT)
     clickhouse_dsn    clickhouse://default@127.0.0.1:19000/default (LLMOPS_CLICKHOUSE_PORT)
     opa_url           http://127.0.0.1:18181                       (LLMOPS_OPA_PORT)
+    postgres_dsn      postgresql+psycopg://llmops@127.0.0.1:15432/llmops (LLMOPS_POSTGRES_PORT)
     chdb_session      a chdb ``session.Session`` on a temporary directory (in-process engine)
 
 A server already answering on its port is reused and left running. Otherwise the fixture runs
@@ -28,6 +29,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import struct
 import subprocess
 import sys
 import urllib.request
@@ -43,7 +45,9 @@ HOST = "127.0.0.1"
 INSTALL_CMD = "bash deploy/local/install.sh"
 
 START_TIMEOUT_S = 240
-SERVER_FIXTURES = frozenset({"redis_url", "kafka_bootstrap", "clickhouse_dsn", "opa_url"})
+SERVER_FIXTURES = frozenset(
+    {"redis_url", "kafka_bootstrap", "clickhouse_dsn", "opa_url", "postgres_dsn"}
+)
 
 
 def _port(env: str, default: int) -> int:
@@ -69,6 +73,10 @@ def clickhouse_http_port() -> int:
 
 def opa_port() -> int:
     return _port("LLMOPS_OPA_PORT", 18181)
+
+
+def postgres_port() -> int:
+    return _port("LLMOPS_POSTGRES_PORT", 15432)
 
 
 def infra_required() -> bool:
@@ -125,6 +133,32 @@ def probe_clickhouse() -> bool:
 def probe_opa() -> bool:
     res = _http_get(f"http://{HOST}:{opa_port()}/health")
     return res is not None and res[0] == 200
+
+
+def probe_postgres(user: str = "llmops", database: str = "llmops") -> bool:
+    """A v3 StartupMessage as ``user`` on ``database`` is answered by ReadyForQuery (trust auth).
+
+    An ErrorResponse (no such role/database) or a password request is "not ready".
+    """
+    params = f"user\0{user}\0database\0{database}\0\0".encode()
+    body = struct.pack("!i", 196608) + params  # protocol 3.0
+    try:
+        with socket.create_connection((HOST, postgres_port()), timeout=2.0) as s:
+            s.sendall(struct.pack("!i", len(body) + 4) + body)
+            rfile = s.makefile("rb")
+            while True:
+                header = rfile.read(5)
+                if len(header) < 5:
+                    return False
+                kind, size = header[:1], struct.unpack("!i", header[1:])[0]
+                payload = rfile.read(size - 4)
+                if kind == b"Z":
+                    s.sendall(b"X\0\0\0\4")  # Terminate
+                    return True
+                if kind == b"E" or (kind == b"R" and payload[:4] != b"\0\0\0\0"):
+                    return False
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +290,14 @@ def opa_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """SQLAlchemy URL of a PostgreSQL 15 server: role ``llmops`` (trust auth, CREATEDB, not a
+    superuser) owning database ``llmops``. psycopg takes it without the ``+psycopg`` suffix."""
+    with _server("postgres", probe_postgres):
+        yield f"postgresql+psycopg://llmops@{HOST}:{postgres_port()}/llmops"
+
+
+@pytest.fixture(scope="session")
 def chdb_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The in-process ClickHouse engine (modern DDL: TTL, codecs, Map, AggregatingMergeTree).
 
@@ -273,7 +315,8 @@ def chdb_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "infra: needs a real server started by deploy/local (Redis, Kafka, ClickHouse, OPA)",
+        "infra: needs a real server started by deploy/local"
+        " (Redis, Kafka, ClickHouse, PostgreSQL, OPA)",
     )
 
 

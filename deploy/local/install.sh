@@ -3,9 +3,11 @@
 # Debian 12 CI machine (run as root, or as a user with sudo). Each step prints what it does and
 # is skipped when its result is already present, so a warm run takes seconds.
 #
-#   apt      redis-server, clickhouse-server, clickhouse-client (Debian's 18.16), and Java 17 +
-#            Maven when missing. Services are NOT started by apt (a temporary policy-rc.d
-#            forbids it) and never needed: deploy/local starts its own processes.
+#   apt      redis-server, clickhouse-server, clickhouse-client (Debian's 18.16), postgresql-15 +
+#            postgresql-client-15, and Java 17 + Maven when missing. Services are NOT started by
+#            apt (a temporary policy-rc.d forbids it) and never needed: deploy/local starts its
+#            own processes (the postgresql-15 package still creates Debian's `main` cluster in
+#            /var/lib/postgresql/15/main; deploy/local/postgres.sh never uses it).
 #   kafka    Apache Kafka 4.4.0 jars + runtime deps from Maven Central into
 #            deploy/local/kafka/target/lib (cached in ~/.m2)
 #   opa      go install github.com/open-policy-agent/opa@v1.22.3   -> ~/go/bin/opa
@@ -35,10 +37,13 @@ install_apt() {
     command -v redis-server >/dev/null 2>&1 || want+=(redis-server)
     [[ -x /usr/bin/clickhouse-server || -x /usr/sbin/clickhouse-server ]] || want+=(clickhouse-server)
     command -v clickhouse-client >/dev/null 2>&1 || want+=(clickhouse-client)
+    # PostgreSQL by major version path (Debian's /usr/bin/psql is a wrapper for any version).
+    [[ -x /usr/lib/postgresql/15/bin/postgres ]] || want+=(postgresql-15)
+    [[ -x /usr/lib/postgresql/15/bin/psql ]] || want+=(postgresql-client-15)
     command -v java >/dev/null 2>&1 || want+=(openjdk-17-jre-headless)
     command -v mvn >/dev/null 2>&1 || want+=(maven)
     if ((${#want[@]} == 0)); then
-        log "apt: redis-server, clickhouse-server, clickhouse-client, java, mvn already installed"
+        log "apt: redis-server, clickhouse-server, clickhouse-client, postgresql-15, java, mvn already installed"
         step_time apt "$t0"
         return 0
     fi

@@ -111,11 +111,12 @@ def test_a_service_reaches_only_the_backends_it_declared(tmp_path: Path) -> None
     config = load_config(environ={"LLMOPS__STATE_DIR": str(tmp_path)})
     with Backends(config) as backends:
         clients = MeshClient(config)
-        governance = build_context(SERVICES["governance"], config, backends, clients)
+        inference = build_context(SERVICES["inference"], config, backends, clients)
+        assert not SERVICES["inference"].backends  # declares none (yet)
         with pytest.raises(FailedPrecondition, match="backend 'state_dir' without declaring"):
-            _ = governance.backends.state_dir
+            _ = inference.backends.state_dir
         with pytest.raises(FailedPrecondition, match="backend 'events' without declaring"):
-            governance.events.publish(events_pb2.EventEnvelope())
+            inference.events.publish(events_pb2.EventEnvelope())
         experiment = build_context(SERVICES["experiment"], config, backends, clients)
         assert experiment.backends.state_dir == tmp_path.resolve()
         assert experiment.backends.redis_url == config.backends.redis.url
