@@ -1,11 +1,62 @@
-"""The governance service's plug-in: metadata (no settings yet)."""
+"""The governance service's plug-in: its settings (config section ``governance``), metadata."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from llmops.plugin import ServicePlugin
+from llmops.settings import Settings, Switch, by_mode, switched_on
+
+
+class GovernanceSettings(Settings):
+    """The governance service: where the registry lives and which aliases serve traffic."""
+
+    store: Literal["auto", "sqlite", "postgres"] = Field(
+        "auto",
+        description="Registry store. sqlite = state_dir/governance/registry.sqlite3 (or the "
+        "file `dsn` names); postgres = the PostgreSQL database `dsn` names; auto = sqlite in "
+        "embedded mode, postgres in production mode.",
+    )
+    dsn: str = Field(
+        "",
+        description="SQLAlchemy URL of the registry database, e.g. "
+        "postgresql+psycopg://llmops@db:5432/llmops (required for postgres; for sqlite, "
+        "empty = the file in the state directory).",
+    )
+    pool_size: int = Field(
+        8, ge=1, le=200, description="Pooled PostgreSQL connections (also the worker threads)."
+    )
+    pool_max_overflow: int = Field(
+        4, ge=0, le=200, description="Extra PostgreSQL connections opened under bursts."
+    )
+    pool_timeout_s: float = Field(
+        10.0, gt=0, description="Wait this long for a pooled connection before UNAVAILABLE."
+    )
+    serving_aliases: list[str] = Field(
+        default_factory=lambda: ["champion", "production"],
+        description="Aliases that serve traffic: moving one needs an APPROVED version "
+        "approved by someone other than its registrant and, for models, a complete card.",
+    )
+    demo_data: Switch = Field(
+        "auto",
+        description="Register the demo storefront's datasets, models and prompts with their "
+        "lineage into an empty registry at start (auto = in embedded mode only).",
+    )
+
+    def store_backend(self, mode: str) -> Literal["sqlite", "postgres"]:
+        return by_mode(self.store, mode, "sqlite", "postgres")
+
+    def seeds_demo(self, mode: str) -> bool:
+        return switched_on(self.demo_data, auto=mode == "embedded")
+
 
 PLUGIN = ServicePlugin(
     name="governance",
     ports=(50057, 9157),
     summary="registry, policy, audit",
+    settings=GovernanceSettings,
+    settings_key="governance",
+    backends=frozenset({"events", "state_dir"}),
 )

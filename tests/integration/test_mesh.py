@@ -106,6 +106,13 @@ def test_status_table(mesh: RunningMesh) -> None:
 
 IMPLEMENTED = {"feature", "experiment", "guardrail"}
 """Services whose RPCs are built (the others answer UNIMPLEMENTED, naming their issue)."""
+BUILT_RPCS = {
+    "governance": {
+        "Register", "GetArtifact", "ListArtifacts", "SetAlias", "Transition", "AddLineage",
+        "GetLineage",
+    },
+}  # fmt: skip
+"""RPCs already built in services that are still partly pending (issue #11: the registry)."""
 
 
 def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
@@ -184,12 +191,14 @@ def test_every_pending_rpc_of_every_kind_says_what_is_missing(mesh: RunningMesh)
             for service in (entry.proto_service, entry.grpc_admin_service.split(".")[-1]):
                 descriptor = pb2.DESCRIPTOR.services_by_name[service]
                 for method in descriptor.methods:
+                    if method.name in BUILT_RPCS.get(name, set()):
+                        continue
                     with pytest.raises(grpc.RpcError) as err:
                         _call_empty(channel, f"/{descriptor.full_name}/{method.name}", method)
                     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED, method.full_name
                     assert f"{method.full_name} is not implemented yet" in err.value.details()
                     checked += 1
-    assert checked >= 30
+    assert checked >= 20  # embedding, inference, feedback, and governance's policy and audit RPCs
 
 
 def test_metrics_endpoint_counts_rpcs(mesh: RunningMesh) -> None:

@@ -1,0 +1,296 @@
+"""gRPC servicer of the governance registry: protobuf in, domain call, protobuf out.
+
+Nothing is decided here: requests become domain inputs (:mod:`services.governance.model`)
+and domain results become responses. The RPCs of later parts of issue #11 (policy
+decisions, the audit trail) answer UNIMPLEMENTED naming what is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from llmops.errors import NotImplementedYet
+from llmops.v1 import common_pb2, governance_pb2, governance_pb2_grpc
+from services.governance.model import (
+    AliasMove,
+    Artifact,
+    ArtifactQuery,
+    Change,
+    Decision,
+    Details,
+    Edge,
+    Node,
+    Ref,
+    Registration,
+    Version,
+    VersionQuery,
+)
+from services.governance.registry import Registry
+
+PENDING_POLICY = "policy decisions and bundles arrive with issue #11, point 2 (policy engine)"
+PENDING_AUDIT = "the hash-chained audit trail arrives with issue #11, point 3 (audit trail)"
+
+
+# -- requests -> domain -------------------------------------------------------------------
+
+
+def ref_of(ref: governance_pb2.ArtifactRef, where: str) -> Ref:
+    return Ref(ref.kind, ref.name, ref.version, ref.alias, where)
+
+
+def node_of(node: governance_pb2.LineageNode, where: str) -> Node:
+    which = node.WhichOneof("node")
+    if which == "artifact":
+        return Node(artifact=ref_of(node.artifact, f"{where}.artifact"))
+    if which == "route":
+        return Node(route=node.route)
+    if which == "uri":
+        return Node(uri=node.uri)
+    return Node()
+
+
+def edge_of(edge: governance_pb2.LineageEdge, where: str) -> Edge:
+    return Edge(
+        upstream=node_of(edge.upstream, f"{where}.upstream"),
+        downstream=node_of(edge.downstream, f"{where}.downstream"),
+        relation=edge.relation,
+    )
+
+
+def details_of(message: Any) -> Details | None:
+    which = message.WhichOneof("details")
+    return getattr(message, which) if which else None
+
+
+def registration(request: governance_pb2.RegisterRequest) -> Registration:
+    return Registration(
+        kind=request.kind,
+        name=request.name,
+        content_digest=request.content_digest,
+        uri=request.uri,
+        description=request.description,
+        owner=request.owner,
+        metadata=dict(request.metadata),
+        details=details_of(request),
+        lineage=tuple(edge_of(e, f"lineage[{i}]") for i, e in enumerate(request.lineage)),
+    )
+
+
+def change_of(context: common_pb2.RequestContext, reason: str = "") -> Change:
+    return Change(tenant=context.tenant, reason=reason)
+
+
+# -- domain -> responses ------------------------------------------------------------------
+
+
+def artifact_ref(ref: Ref) -> governance_pb2.ArtifactRef:
+    return governance_pb2.ArtifactRef(
+        kind=ref.kind,  # type: ignore[arg-type]
+        name=ref.name,
+        version=ref.version,
+        alias=ref.alias,
+    )
+
+
+def version_pb(version: Version) -> governance_pb2.ArtifactVersion:
+    out = governance_pb2.ArtifactVersion(
+        kind=version.kind,  # type: ignore[arg-type]
+        name=version.name,
+        version=version.version,
+        uri=version.uri,
+        content_digest=version.content_digest,
+        state=version.state,  # type: ignore[arg-type]
+        created_by=version.created_by,
+        aliases=version.aliases,
+    )
+    for key, value in version.metadata.items():
+        out.metadata[key].CopyFrom(value)
+    details = version.details
+    if isinstance(details, governance_pb2.ModelCard):
+        out.model_card.CopyFrom(details)
+    elif isinstance(details, governance_pb2.PromptTemplate):
+        out.prompt.CopyFrom(details)
+    elif isinstance(details, governance_pb2.DatasetInfo):
+        out.dataset.CopyFrom(details)
+    elif isinstance(details, governance_pb2.PolicyInfo):
+        out.policy.CopyFrom(details)
+    out.create_time.FromMicroseconds(version.create_time_us)
+    return out
+
+
+def artifact_pb(artifact: Artifact) -> governance_pb2.Artifact:
+    out = governance_pb2.Artifact(
+        kind=artifact.kind,  # type: ignore[arg-type]
+        name=artifact.name,
+        description=artifact.description,
+        owner=artifact.owner,
+        tags=artifact.tags,
+        latest_version=artifact.latest_version,
+        aliases=artifact.aliases,
+    )
+    out.create_time.FromMicroseconds(artifact.create_time_us)
+    return out
+
+
+def decision_pb(decision: Decision | None) -> governance_pb2.PolicyDecision | None:
+    if decision is None:
+        return None
+    out = governance_pb2.PolicyDecision(
+        decision_id=decision.decision_id,
+        path=decision.path,
+        bundle_revision=decision.bundle_revision,
+        allowed=decision.allowed,
+        reasons=decision.reasons,
+        latency_us=decision.latency_us,
+    )
+    out.input.update(decision.input)
+    out.result.CopyFrom(json_format.ParseDict(decision.result, struct_pb2.Value()))
+    out.decide_time.FromMicroseconds(decision.decide_time_us)
+    return out
+
+
+def node_pb(node: Node) -> governance_pb2.LineageNode:
+    if node.artifact is not None:
+        return governance_pb2.LineageNode(artifact=artifact_ref(node.artifact))
+    if node.route:
+        return governance_pb2.LineageNode(route=node.route)
+    return governance_pb2.LineageNode(uri=node.uri)
+
+
+def edge_pb(edge: Edge) -> governance_pb2.LineageEdge:
+    out = governance_pb2.LineageEdge(
+        upstream=node_pb(edge.upstream),
+        downstream=node_pb(edge.downstream),
+        relation=edge.relation,  # type: ignore[arg-type]
+        created_by=edge.created_by,
+    )
+    out.create_time.FromMicroseconds(edge.create_time_us)
+    return out
+
+
+def _pending(method: str, owner: str) -> NotImplementedYet:
+    return NotImplementedYet(
+        f"llmops.v1.GovernanceService.{method} is not implemented yet: {owner}"
+    )
+
+
+class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def Register(
+        self, request: governance_pb2.RegisterRequest, context: Any
+    ) -> governance_pb2.RegisterResponse:
+        done = await self.registry.register(registration(request), change_of(request.context))
+        return governance_pb2.RegisterResponse(
+            version=version_pb(done.version),
+            already_exists=done.already_exists,
+            decision=decision_pb(done.decision),
+            audit_event_id=done.audit_event_id,
+        )
+
+    async def GetArtifact(
+        self, request: governance_pb2.GetArtifactRequest, context: Any
+    ) -> governance_pb2.GetArtifactResponse:
+        artifact, version = await self.registry.get(ref_of(request.ref, "ref"))
+        return governance_pb2.GetArtifactResponse(
+            artifact=artifact_pb(artifact), version=version_pb(version)
+        )
+
+    async def ListArtifacts(
+        self, request: governance_pb2.ListArtifactsRequest, context: Any
+    ) -> governance_pb2.ListArtifactsResponse:
+        if request.name:
+            versions = await self.registry.list_versions(
+                VersionQuery(
+                    kind=request.kind,
+                    name=request.name,
+                    states=tuple(request.states),
+                    page_size=request.page_size,
+                    page_token=request.page_token,
+                )
+            )
+            return governance_pb2.ListArtifactsResponse(
+                versions=[version_pb(v) for v in versions.items],
+                next_page_token=versions.next_page_token,
+            )
+        artifacts = await self.registry.list_artifacts(
+            ArtifactQuery(
+                kind=request.kind,
+                name_prefix=request.name_prefix,
+                states=tuple(request.states),
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        )
+        return governance_pb2.ListArtifactsResponse(
+            artifacts=[artifact_pb(a) for a in artifacts.items],
+            next_page_token=artifacts.next_page_token,
+        )
+
+    async def SetAlias(
+        self, request: governance_pb2.SetAliasRequest, context: Any
+    ) -> governance_pb2.SetAliasResponse:
+        move = AliasMove(
+            kind=request.kind,
+            name=request.name,
+            alias=request.alias,
+            version=request.version,
+            expected_version=(
+                request.expected_version if request.HasField("expected_version") else None
+            ),
+        )
+        done = await self.registry.set_alias(move, change_of(request.context, request.reason))
+        return governance_pb2.SetAliasResponse(
+            previous_version=done.previous_version,
+            version=done.version,
+            decision=decision_pb(done.decision),
+            audit_event_id=done.audit_event_id,
+        )
+
+    async def Transition(
+        self, request: governance_pb2.TransitionRequest, context: Any
+    ) -> governance_pb2.TransitionResponse:
+        done = await self.registry.transition(
+            ref_of(request.ref, "ref"),
+            request.target_state,
+            change_of(request.context, request.reason),
+        )
+        return governance_pb2.TransitionResponse(
+            version=version_pb(done.version),
+            previous_state=done.previous_state,  # type: ignore[arg-type]
+            decision=decision_pb(done.decision),
+            audit_event_id=done.audit_event_id,
+        )
+
+    async def AddLineage(
+        self, request: governance_pb2.AddLineageRequest, context: Any
+    ) -> governance_pb2.AddLineageResponse:
+        edges = [edge_of(e, f"edges[{i}]") for i, e in enumerate(request.edges)]
+        added = await self.registry.add_lineage(edges, change_of(request.context))
+        return governance_pb2.AddLineageResponse(added_count=added)
+
+    async def GetLineage(
+        self, request: governance_pb2.GetLineageRequest, context: Any
+    ) -> governance_pb2.GetLineageResponse:
+        edges = await self.registry.lineage(
+            node_of(request.node, "node"), request.direction, request.depth
+        )
+        return governance_pb2.GetLineageResponse(edges=[edge_pb(e) for e in edges])
+
+    async def Evaluate(
+        self, request: governance_pb2.EvaluateRequest, context: Any
+    ) -> governance_pb2.EvaluateResponse:
+        raise _pending("Evaluate", PENDING_POLICY)
+
+    async def QueryAudit(
+        self, request: governance_pb2.QueryAuditRequest, context: Any
+    ) -> governance_pb2.QueryAuditResponse:
+        raise _pending("QueryAudit", PENDING_AUDIT)
+
+    async def VerifyAudit(
+        self, request: governance_pb2.VerifyAuditRequest, context: Any
+    ) -> governance_pb2.VerifyAuditResponse:
+        raise _pending("VerifyAudit", PENDING_AUDIT)

@@ -1,0 +1,504 @@
+"""The registry store on SQL: SQLite (embedded) and PostgreSQL (production), one code path.
+
+SQLAlchemy Core over the tables of :mod:`services.governance.schema`; the schema is
+brought up to date at start by the Alembic migrations shipped in ``migrations/`` (run
+programmatically on the store's own connection, no ``alembic.ini``). Transactions run on
+a small thread pool, never on the event loop: one thread for SQLite (it has one writer
+anyway; every transaction is ``BEGIN IMMEDIATE``, so two writers never deadlock on a lock
+upgrade), ``pool_size`` threads and pooled psycopg 3 connections for PostgreSQL (READ
+COMMITTED; compare-and-set updates and unique keys settle races, see
+:mod:`services.governance.store`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from llmops.errors import FailedPrecondition, LLMOpsError, Unavailable
+from services.governance import schema
+from services.governance.store import (
+    AliasEventRow,
+    ArtifactRow,
+    EdgeRow,
+    NameChangeRow,
+    RegistryTx,
+    RetryTransaction,
+    Side,
+    StateChangeRow,
+    VersionRow,
+)
+
+T = TypeVar("T")
+
+log = structlog.get_logger("llmops.governance")
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+WRITE_ATTEMPTS = 8
+_MIGRATION_LOCK = 0x6C6C6D6F7073  # "llmops": the advisory lock id of schema migrations
+
+
+class WriteConflict(LLMOpsError):
+    """Concurrent writes kept colliding on the same keys; retry later."""
+
+    code = "ABORTED"
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def migrate(connection: Connection) -> None:
+    """Upgrade the schema to the newest migration, inside ``connection``'s transaction."""
+    if connection.dialect.name == "postgresql":  # replicas starting together: one at a time
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        # let SQLAlchemy, not the driver, begin transactions (the driver would skip DDL)
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout_s: float) -> Engine:
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":  # the plain scheme means psycopg 3 here
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        return sa.create_engine(
+            parsed,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=timeout_s,
+            pool_pre_ping=True,
+        )
+    except ModuleNotFoundError as err:
+        raise FailedPrecondition(
+            f"governance.store=postgres needs psycopg 3: pip install 'llmops[postgres]' ({err})"
+        ) from err
+
+
+class SqlRegistryStore:
+    """:class:`~services.governance.store.RegistryStore` on SQLite or PostgreSQL."""
+
+    def __init__(self, engine: Engine, workers: int) -> None:
+        self.engine = engine
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="registry-db")
+
+    @classmethod
+    def sqlite(cls, path: Path) -> SqlRegistryStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(_sqlite_engine(sqlite_url(path)), workers=1)
+
+    @classmethod
+    def from_url(
+        cls, url: str, pool_size: int = 8, max_overflow: int = 4, timeout_s: float = 10.0
+    ) -> SqlRegistryStore:
+        if make_url(url).get_backend_name() == "sqlite":
+            return cls(_sqlite_engine(url), workers=1)
+        engine = _postgres_engine(url, pool_size, max_overflow, timeout_s)
+        return cls(engine, workers=pool_size)
+
+    @property
+    def description(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    async def open(self) -> None:
+        await self._run(self._migrate)
+
+    def _migrate(self) -> None:
+        with self.engine.begin() as conn:
+            migrate(conn)
+
+    async def read(self, work: Callable[[RegistryTx], T]) -> T:
+        def run() -> T:
+            with self.engine.begin() as conn:
+                return work(_Tx(conn))
+
+        return await self._run(run)
+
+    async def write(self, work: Callable[[RegistryTx], T]) -> T:
+        def run() -> T:
+            for attempt in range(1, WRITE_ATTEMPTS + 1):
+                if attempt > 1:  # spread the retries of writers that keep colliding
+                    time.sleep(random.uniform(0, 0.002 * attempt))
+                try:
+                    with self.engine.begin() as conn:
+                        return work(_Tx(conn))
+                except exc.IntegrityError as err:  # a concurrent write took the same key
+                    log.info("registry_write_retry", attempt=attempt, error=str(err.orig))
+                except RetryTransaction as err:  # a compare-and-set lost a race
+                    log.info("registry_write_retry", attempt=attempt, error=str(err))
+            raise WriteConflict(
+                f"registry write collided with concurrent writes {WRITE_ATTEMPTS} times; retry"
+            )
+
+        return await self._run(run)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as err:
+            raise Unavailable(f"registry database {self.description}: {err}") from err
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+
+def _artifact(row: sa.Row[Any]) -> ArtifactRow:
+    m = row._mapping
+    return ArtifactRow(
+        id=m["id"],
+        kind=m["kind"],
+        name=m["name"],
+        description=m["description"],
+        owner=m["owner"],
+        tags_json=m["tags"],
+        created_by=m["created_by"],
+        create_time_us=m["create_time_us"],
+        deleted=bool(m["deleted"]),
+    )
+
+
+def _version(row: sa.Row[Any]) -> VersionRow:
+    m = row._mapping
+    return VersionRow(
+        artifact_id=m["artifact_id"],
+        version=m["version"],
+        uri=m["uri"],
+        content_digest=m["content_digest"],
+        state=m["state"],
+        metadata_json=m["metadata"],
+        details_json=m["details"],
+        created_by=m["created_by"],
+        create_time_us=m["create_time_us"],
+    )
+
+
+def _edge(row: sa.Row[Any]) -> EdgeRow:
+    m = row._mapping
+    return EdgeRow(
+        upstream=m["upstream"],
+        downstream=m["downstream"],
+        relation=m["relation"],
+        created_by=m["created_by"],
+        create_time_us=m["create_time_us"],
+    )
+
+
+def escape_like(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class _Tx:
+    """:class:`~services.governance.store.RegistryTx` on one SQLAlchemy connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    # artifacts ----------------------------------------------------------------------------
+
+    def artifact(self, kind: str, name: str) -> ArtifactRow | None:
+        t = schema.artifacts
+        row = self.conn.execute(sa.select(t).where(t.c.kind == kind, t.c.name == name)).first()
+        return _artifact(row) if row is not None else None
+
+    def artifacts_by_id(self, ids: Collection[int]) -> dict[int, ArtifactRow]:
+        if not ids:
+            return {}
+        t = schema.artifacts
+        rows = self.conn.execute(sa.select(t).where(t.c.id.in_(list(ids))))
+        return {r.id: _artifact(r) for r in rows}
+
+    def insert_artifact(
+        self,
+        kind: str,
+        name: str,
+        description: str,
+        owner: str,
+        tags_json: str,
+        created_by: str,
+        time_us: int,
+    ) -> int:
+        result = self.conn.execute(
+            schema.artifacts.insert().values(
+                kind=kind,
+                name=name,
+                description=description,
+                owner=owner,
+                tags=tags_json,
+                created_by=created_by,
+                create_time_us=time_us,
+                deleted=False,
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def list_artifacts(
+        self, kind: str | None, name_prefix: str, offset: int, limit: int
+    ) -> list[ArtifactRow]:
+        t = schema.artifacts
+        query = sa.select(t).where(t.c.deleted == sa.false())
+        if kind is not None:
+            query = query.where(t.c.kind == kind)
+        if name_prefix:
+            query = query.where(t.c.name.like(escape_like(name_prefix) + "%", escape="\\"))
+        query = query.order_by(t.c.kind, t.c.name).offset(offset).limit(limit)
+        return [_artifact(r) for r in self.conn.execute(query)]
+
+    def rename_artifact(self, artifact_id: int, new_name: str) -> None:
+        t = schema.artifacts
+        self.conn.execute(t.update().where(t.c.id == artifact_id).values(name=new_name))
+
+    def mark_deleted(self, artifact_id: int) -> None:
+        t = schema.artifacts
+        self.conn.execute(t.update().where(t.c.id == artifact_id).values(deleted=True))
+
+    def insert_name_change(self, row: NameChangeRow) -> None:
+        self.conn.execute(
+            schema.name_changes.insert().values(
+                artifact_id=row.artifact_id,
+                old_name=row.old_name,
+                new_name=row.new_name,
+                actor=row.actor,
+                reason=row.reason,
+                time_us=row.time_us,
+            )
+        )
+
+    def name_changes(self, artifact_id: int) -> list[NameChangeRow]:
+        t = schema.name_changes
+        rows = self.conn.execute(
+            sa.select(t).where(t.c.artifact_id == artifact_id).order_by(t.c.id)
+        )
+        return [
+            NameChangeRow(r.artifact_id, r.old_name, r.new_name, r.actor, r.reason, r.time_us)
+            for r in rows
+        ]
+
+    # versions -----------------------------------------------------------------------------
+
+    def version(self, artifact_id: int, version: int, lock: bool = False) -> VersionRow | None:
+        t = schema.versions
+        query = sa.select(t).where(t.c.artifact_id == artifact_id, t.c.version == version)
+        if lock:
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        return _version(row) if row is not None else None
+
+    def version_by_digest(self, artifact_id: int, digest: str) -> VersionRow | None:
+        t = schema.versions
+        row = self.conn.execute(
+            sa.select(t).where(t.c.artifact_id == artifact_id, t.c.content_digest == digest)
+        ).first()
+        return _version(row) if row is not None else None
+
+    def latest_versions(self, artifact_ids: Collection[int]) -> dict[int, int]:
+        if not artifact_ids:
+            return {}
+        t = schema.versions
+        rows = self.conn.execute(
+            sa.select(t.c.artifact_id, sa.func.max(t.c.version))
+            .where(t.c.artifact_id.in_(list(artifact_ids)))
+            .group_by(t.c.artifact_id)
+        )
+        return {int(a): int(v) for a, v in rows}
+
+    def versions(
+        self, artifact_id: int, states: Collection[str], offset: int, limit: int
+    ) -> list[VersionRow]:
+        t = schema.versions
+        query = sa.select(t).where(t.c.artifact_id == artifact_id)
+        if states:
+            query = query.where(t.c.state.in_(list(states)))
+        query = query.order_by(t.c.version.desc()).offset(offset).limit(limit)
+        return [_version(r) for r in self.conn.execute(query)]
+
+    def insert_version(self, row: VersionRow) -> None:
+        self.conn.execute(
+            schema.versions.insert().values(
+                artifact_id=row.artifact_id,
+                version=row.version,
+                uri=row.uri,
+                content_digest=row.content_digest,
+                state=row.state,
+                metadata=row.metadata_json,
+                details=row.details_json,
+                created_by=row.created_by,
+                create_time_us=row.create_time_us,
+            )
+        )
+
+    def set_state(self, artifact_id: int, version: int, expected: str, state: str) -> bool:
+        t = schema.versions
+        result = self.conn.execute(
+            t.update()
+            .where(t.c.artifact_id == artifact_id, t.c.version == version, t.c.state == expected)
+            .values(state=state)
+        )
+        return result.rowcount == 1
+
+    def insert_state_change(self, row: StateChangeRow) -> None:
+        self.conn.execute(
+            schema.state_changes.insert().values(
+                artifact_id=row.artifact_id,
+                version=row.version,
+                previous_state=row.previous_state,
+                state=row.state,
+                actor=row.actor,
+                reason=row.reason,
+                time_us=row.time_us,
+            )
+        )
+
+    def state_changes(self, artifact_id: int, version: int) -> list[StateChangeRow]:
+        t = schema.state_changes
+        rows = self.conn.execute(
+            sa.select(t)
+            .where(t.c.artifact_id == artifact_id, t.c.version == version)
+            .order_by(t.c.id)
+        )
+        return [
+            StateChangeRow(
+                r.artifact_id, r.version, r.previous_state, r.state, r.actor, r.reason, r.time_us
+            )
+            for r in rows
+        ]
+
+    # aliases ------------------------------------------------------------------------------
+
+    def aliases(self, artifact_ids: Collection[int]) -> dict[int, dict[str, int]]:
+        if not artifact_ids:
+            return {}
+        t = schema.aliases
+        rows = self.conn.execute(
+            sa.select(t.c.artifact_id, t.c.alias, t.c.version)
+            .where(t.c.artifact_id.in_(list(artifact_ids)))
+            .order_by(t.c.artifact_id, t.c.alias)
+        )
+        found: dict[int, dict[str, int]] = {}
+        for artifact_id, alias, version in rows:
+            found.setdefault(int(artifact_id), {})[alias] = int(version)
+        return found
+
+    def move_alias(
+        self, artifact_id: int, alias: str, expected: int, version: int, time_us: int
+    ) -> bool:
+        t = schema.aliases
+        where = (t.c.artifact_id == artifact_id, t.c.alias == alias, t.c.version == expected)
+        if expected == 0:
+            if version == 0:  # removing an absent alias: true only while it stays absent
+                row = self.conn.execute(
+                    sa.select(t.c.version).where(t.c.artifact_id == artifact_id, t.c.alias == alias)
+                ).first()
+                return row is None
+            # a concurrent insert of the same alias raises IntegrityError: the write retries
+            self.conn.execute(
+                t.insert().values(
+                    artifact_id=artifact_id, alias=alias, version=version, update_time_us=time_us
+                )
+            )
+            return True
+        if version == 0:
+            return self.conn.execute(t.delete().where(*where)).rowcount == 1
+        result = self.conn.execute(
+            t.update().where(*where).values(version=version, update_time_us=time_us)
+        )
+        return result.rowcount == 1
+
+    def insert_alias_event(self, row: AliasEventRow) -> None:
+        self.conn.execute(
+            schema.alias_events.insert().values(
+                artifact_id=row.artifact_id,
+                alias=row.alias,
+                previous_version=row.previous_version,
+                version=row.version,
+                actor=row.actor,
+                reason=row.reason,
+                time_us=row.time_us,
+            )
+        )
+
+    def alias_events(
+        self, artifact_id: int, alias: str | None, until_us: int | None
+    ) -> list[AliasEventRow]:
+        t = schema.alias_events
+        query = sa.select(t).where(t.c.artifact_id == artifact_id)
+        if alias is not None:
+            query = query.where(t.c.alias == alias)
+        if until_us is not None:
+            query = query.where(t.c.time_us <= until_us)
+        rows = self.conn.execute(query.order_by(t.c.time_us, t.c.id))
+        return [
+            AliasEventRow(
+                r.artifact_id, r.alias, r.previous_version, r.version, r.actor, r.reason, r.time_us
+            )
+            for r in rows
+        ]
+
+    # lineage ------------------------------------------------------------------------------
+
+    def insert_edge(self, row: EdgeRow) -> bool:
+        t = schema.edges
+        exists = self.conn.execute(
+            sa.select(t.c.id).where(
+                t.c.upstream == row.upstream,
+                t.c.downstream == row.downstream,
+                t.c.relation == row.relation,
+            )
+        ).first()
+        if exists is not None:
+            return False
+        # a concurrent insert of the same edge raises IntegrityError: the write retries
+        self.conn.execute(
+            t.insert().values(
+                upstream=row.upstream,
+                downstream=row.downstream,
+                relation=row.relation,
+                created_by=row.created_by,
+                create_time_us=row.create_time_us,
+            )
+        )
+        return True
+
+    def edges(self, side: Side, keys: Iterable[str]) -> list[EdgeRow]:
+        wanted = sorted(set(keys))
+        if not wanted:
+            return []
+        t = schema.edges
+        column = t.c.upstream if side == "upstream" else t.c.downstream
+        rows = self.conn.execute(sa.select(t).where(column.in_(wanted)).order_by(t.c.id))
+        return [_edge(r) for r in rows]
