@@ -53,6 +53,25 @@ class Unavailable(LLMOpsError):
     code = "UNAVAILABLE"
 
 
+class Aborted(LLMOpsError):
+    """A concurrent change won (a compare-and-set failed): re-read and retry."""
+
+    code = "ABORTED"
+
+
+class PermissionDenied(LLMOpsError):
+    """Policy refused the action; the message carries the policy's reasons."""
+
+    code = "PERMISSION_DENIED"
+
+
+class AuditNotPublished(LLMOpsError):
+    """A change was stored but its audit record could not be published: the caller must not
+    take the call for a success (the record is in the service's log, ``audit_publish_failed``)."""
+
+    code = "DATA_LOSS"
+
+
 class NotImplementedYet(LLMOpsError):
     """An RPC of the v1 contract whose implementation has not landed; names what is missing."""
 

@@ -19,17 +19,18 @@ import structlog
 from google.protobuf import field_mask_pb2, json_format
 
 from llmops.errors import (
+    Aborted,
     AlreadyExists,
+    AuditNotPublished,
     FailedPrecondition,
     InvalidArgument,
-    LLMOpsError,
     ResourceExhausted,
 )
 from llmops.identity import Identity, system
 from llmops.v1 import events_pb2, experiment_pb2
 from services.experiment import model
 from services.experiment.catalog import Catalog
-from services.experiment.store import Aborted, layer_guard
+from services.experiment.store import layer_guard
 
 if TYPE_CHECKING:
     from llmops.events.port import ServiceEvents
@@ -48,13 +49,6 @@ _TRANSITIONS: dict[int, tuple[tuple[int, ...], str]] = {
     model.STOPPED: ((model.RUNNING,), "experiment.stop"),
     model.ARCHIVED: ((model.DRAFT, model.STOPPED), "experiment.archive"),
 }
-
-
-class AuditNotPublished(LLMOpsError):
-    """A change was stored but its audit record could not be published (the record is in
-    this service's log, ``audit_publish_failed``)."""
-
-    code = "DATA_LOSS"
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from llmops.errors import Aborted
 from llmops.scheduler import Periodic, Task
 from llmops.v1 import experiment_pb2
 from services.experiment import model, stats
 from services.experiment.catalog import Catalog
 from services.experiment.lifecycle import SYSTEM, Change, Lifecycle
-from services.experiment.store import Aborted
 
 log = structlog.get_logger("llmops.experiment")
 

@@ -21,14 +21,8 @@ from typing import Any, Protocol
 
 from google.protobuf import json_format
 
-from llmops.errors import LLMOpsError, Unavailable
+from llmops.errors import Aborted, Unavailable
 from llmops.v1 import experiment_pb2
-
-
-class Aborted(LLMOpsError):
-    """A concurrent change won: re-read and retry."""
-
-    code = "ABORTED"
 
 
 class StoredConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from llmops.errors import LLMOpsError
+from llmops.errors import PermissionDenied
 from llmops.identity import Identity
 from llmops.v1 import common_pb2, governance_pb2
 
@@ -85,27 +85,12 @@ def resource_type(kind: int) -> str:
     return kind_name(kind).lower()
 
 
-class Aborted(LLMOpsError):
-    """A concurrent change won (compare-and-set failed): re-read and retry."""
-
-    code = "ABORTED"
-
-
-class PermissionDenied(LLMOpsError):
+class PolicyDenied(PermissionDenied):
     """Policy refused the change; the message carries the policy's reasons and decision id."""
-
-    code = "PERMISSION_DENIED"
 
     def __init__(self, message: str, decision_id: str) -> None:
         super().__init__(message)
         self.decision_id = decision_id
-
-
-class AuditNotPublished(LLMOpsError):
-    """A change was stored but its audit record could not be published (the record is in
-    this service's log, ``audit_publish_failed``)."""
-
-    code = "DATA_LOSS"
 
 
 # -- refs and nodes -------------------------------------------------------------------------

@@ -27,20 +27,25 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import structlog
 from google.protobuf import json_format
 
-from llmops.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from llmops.errors import (
+    Aborted,
+    AuditNotPublished,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from llmops.identity import Identity, current_identity
 from llmops.v1 import common_pb2, events_pb2, governance_pb2
 from services.governance import guard as rules
 from services.governance import model, validation
 from services.governance.guard import ChangeGuard
 from services.governance.model import (
-    Aborted,
     AliasChange,
     AliasMove,
     AliasMoved,
     Artifact,
     ArtifactQuery,
-    AuditNotPublished,
     Change,
     Decision,
     Details,
@@ -48,7 +53,7 @@ from services.governance.model import (
     NameChange,
     Node,
     Page,
-    PermissionDenied,
+    PolicyDenied,
     Ref,
     Registered,
     Registration,
@@ -891,7 +896,7 @@ class Registry:
         event_id = self._publish(done.audit, change, actor) if done.audit is not None else ""
         if done.denied is not None:
             reasons = "; ".join(done.denied.reasons) or "denied"
-            raise PermissionDenied(
+            raise PolicyDenied(
                 f"policy {done.denied.path} denied: {done.denied_what}: {reasons} "
                 f"(decision_id={done.denied.decision_id})",
                 done.denied.decision_id,

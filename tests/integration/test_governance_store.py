@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from llmops.errors import Aborted
 from llmops.identity import Identity
 from llmops.v1 import events_pb2
 from services.governance import model, schema
@@ -271,7 +272,7 @@ async def test_concurrent_alias_moves_with_an_expected_version(store: SqlRegistr
             await registry.set_alias(
                 AliasMove(model.MODEL, "m", "champion", to, expected_version=1), _actor("u:b")
             )
-        except model.Aborted:
+        except Aborted:
             return "aborted"
         return "moved"
 

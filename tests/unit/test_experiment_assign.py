@@ -17,7 +17,9 @@ import pytest
 from scipy import stats as scipy_stats  # type: ignore[import-untyped]
 
 from llmops.errors import (
+    Aborted,
     AlreadyExists,
+    AuditNotPublished,
     FailedPrecondition,
     InvalidArgument,
     LLMOpsError,
@@ -29,11 +31,11 @@ from llmops.v1 import common_pb2, events_pb2, experiment_pb2
 from services.experiment import hashing, model
 from services.experiment.assignment import Assigner, AssignQuery
 from services.experiment.catalog import Catalog
-from services.experiment.lifecycle import AuditNotPublished, Change, Lifecycle
+from services.experiment.lifecycle import Change, Lifecycle
 from services.experiment.scheduling import Schedule
 from services.experiment.servicer import assign_query, assign_response
 from services.experiment.sticky import MemoryStickyStore
-from services.experiment.store import Aborted, FileConfigStore
+from services.experiment.store import FileConfigStore
 
 CTX = common_pb2.RequestContext(request_id="r-1", tenant="acme", user_id="ops-1")
 CHANGE = Change(tenant="acme")

@@ -13,20 +13,19 @@ from typing import Any
 
 import pytest
 
-from llmops.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from llmops.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from llmops.events.port import ServiceEvents
 from llmops.identity import Identity
 from llmops.v1 import events_pb2, governance_pb2
 from services.governance import model
 from services.governance.guard import BuiltinRules
 from services.governance.model import (
-    Aborted,
     AliasMove,
     ArtifactQuery,
     Change,
     Edge,
     Node,
-    PermissionDenied,
+    PolicyDenied,
     Ref,
     Registration,
     VersionQuery,
@@ -242,7 +241,7 @@ async def test_a_serving_alias_needs_an_approval_by_another_person(
 ) -> None:
     await register(registry, "self-approved", "w", details=complete_card())
     await registry.transition(Ref(MODEL, "self-approved", 1), model.APPROVED, ALICE)
-    with pytest.raises(PermissionDenied) as denied:
+    with pytest.raises(PolicyDenied) as denied:
         await registry.set_alias(AliasMove(MODEL, "self-approved", "champion", 1), ALICE)
     message = denied.value.message
     assert "approved by another person than its registrant 'user:alice'" in message
@@ -261,7 +260,7 @@ async def test_a_serving_model_needs_a_complete_card_and_its_training_data(
 ) -> None:
     await register(registry, "bare", "w", details=complete_card(evaluations=[], limitations=[]))
     await registry.transition(Ref(MODEL, "bare", 1), model.APPROVED, BOB)
-    with pytest.raises(PermissionDenied) as denied:
+    with pytest.raises(PolicyDenied) as denied:
         await registry.set_alias(AliasMove(MODEL, "bare", "production", 1), BOB)
     assert (
         "missing: model_card.limitations, model_card.evaluations, training data"
@@ -288,7 +287,7 @@ async def test_aliases_point_only_at_approved_versions(registry: Registry) -> No
 
 async def test_an_unacceptable_risk_model_is_refused(registry: Registry) -> None:
     card = complete_card(risk_tier=governance_pb2.RISK_TIER_UNACCEPTABLE)
-    with pytest.raises(PermissionDenied, match=r"Art\. 5"):
+    with pytest.raises(PolicyDenied, match=r"Art\. 5"):
         await register(registry, "social-scoring", "w", details=card)
     with pytest.raises(NotFound):
         await registry.get(Ref(MODEL, "social-scoring"))
