@@ -26,6 +26,9 @@ bash scripts/check_breaking.sh
 step "OPA policy unit tests"
 opa test deploy/opa/policies deploy/opa/tests
 
+step "compiled Wasm policy bundle in sync with deploy/opa/policies"
+bash scripts/check_opa_wasm.sh
+
 step "ruff"
 ruff check .
 ruff format --check .

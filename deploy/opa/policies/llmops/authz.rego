@@ -25,6 +25,9 @@ allow if {
 	count(deny) == 0
 }
 
+# METADATA
+# title: per-method authorisation
+# entrypoint: true
 decision := {
 	"allow": allow,
 	"reasons": sort(deny),
