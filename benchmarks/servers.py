@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,36 @@ def redis() -> Iterator[tuple[str, int]]:
     finally:
         if started:
             _script("redis", "stop", 60)
+
+
+def opa_url() -> str:
+    return f"http://{HOST}:{int(os.environ.get('LLMOPS_OPA_PORT') or 18181)}"
+
+
+def probe_opa(url: str) -> bool:
+    """GET /health answers 200."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+@contextmanager
+def opa() -> Iterator[str]:
+    """URL of an OPA server serving deploy/opa/policies: the deploy/local one (started here,
+    and stopped on exit, if it was not running)."""
+    url = opa_url()
+    started = False
+    if not probe_opa(url):
+        print(f"starting OPA at {url} (deploy/local/opa.sh)", file=sys.stderr)
+        _script("opa", "start", 120)
+        started = True
+    try:
+        yield url
+    finally:
+        if started:
+            _script("opa", "stop", 60)
 
 
 def free_port() -> int:

@@ -372,6 +372,13 @@ def bench_guardrail(quick: bool, calls: int | None) -> None:
     _bench_main("guardrail")(quick=quick, calls=calls)
 
 
+@bench.command("governance")
+@click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
+def bench_governance(quick: bool) -> None:
+    """Governance: policy decisions in-process (Rego as Wasm) vs the OPA server's REST API."""
+    _bench_main("governance")(quick=quick)
+
+
 @bench.command("clickhouse")
 @click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
 @click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")

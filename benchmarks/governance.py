@@ -1,7 +1,5 @@
-"""Policy decisions: the embedded Wasm engine in-process vs the OPA server's REST API, on the
-same policy (llmops/registry/alias/decision) and the same inputs.
-
-    .venv/bin/python scripts/bench_policy_engines.py [--quick]
+"""``llmops bench governance``: policy decisions, the embedded Wasm engine in-process vs the
+OPA server's REST API, on the same policy (llmops/registry/alias/decision) and the same inputs.
 
 Cases, each sequential from one caller after a warm-up (and OPA also with 16 concurrent
 requests, its best throughput from one Python process):
@@ -14,38 +12,33 @@ pooled aiohttp session of opa-python-client, POST /v1/data/...?provenance=true).
 
 The OPA server is the deploy/local one (LLMOPS_OPA_PORT, default 18181): reused when it
 answers, else started here and stopped at the end. Prints the BENCH.md JSON line last on
-stdout (target ``governance``); `llmops bench governance` is meant to take this over.
+stdout (target ``governance``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from functools import partial
 from typing import Any
 
+from benchmarks import servers
 from benchmarks.report import Case, emit
 from llmops.events.port import ServiceEvents
 from services.governance.policy_decisions import PolicyDecisions
 from services.governance.policy_opa import OpaConnection, OpaServerEngine
 from services.governance.policy_wasm import WasmPolicyEngine
 
-REPO = Path(__file__).resolve().parents[1]
 PATH = "llmops/registry/alias/decision"
-CARD = {
+CARD: dict[str, Any] = {
     "intended_use": "Summarize guest reviews on property pages",
     "risk_tier": "limited",
     "limitations": ["English and Dutch reviews only"],
     "evaluations": [{"metric": "rougeL", "value": 0.41}],
     "license": "Apache-2.0",
 }
-ALLOW = {
+ALLOW: dict[str, Any] = {
     "alias": "champion",
     "artifact": {
         "kind": "model",
@@ -58,7 +51,7 @@ ALLOW = {
     "approvals": [{"by": "user:bob"}],
     "markets": ["NL", "FR"],
 }
-DENY5 = {
+DENY5: dict[str, Any] = {
     **ALLOW,
     "artifact": {**ALLOW["artifact"], "card": {**CARD, "risk_tier": "high"}},
     "approvals": [{"by": "user:alice"}],
@@ -78,18 +71,6 @@ class ListEvents:
 
     def publish(self, envelope: Any) -> None:
         self.events.append(envelope)
-
-
-def opa_up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def opa_script(command: str) -> None:
-    subprocess.run(["bash", str(REPO / "deploy/local/opa.sh"), command], check=True, timeout=120)
 
 
 def sync_case(name: str, call: Callable[[], object], n: int) -> Case:
@@ -124,14 +105,13 @@ async def async_case(
     return Case(name, system, lat, clock() - start, concurrency)
 
 
-async def main(quick: bool) -> None:
+def main(*, quick: bool) -> None:
+    with servers.opa() as url:
+        asyncio.run(_run(url, quick))
+
+
+async def _run(url: str, quick: bool) -> None:
     n_wasm, n_opa = (5_000, 1_000) if quick else (50_000, 10_000)
-    url = f"http://127.0.0.1:{os.environ.get('LLMOPS_OPA_PORT') or 18181}"
-    started = False
-    if not opa_up(url):
-        print(f"starting OPA for the baseline ({url})", file=sys.stderr)
-        opa_script("start")
-        started = True
     connection = OpaConnection(url, timeout_s=5)
     try:
         wasm = WasmPolicyEngine()
@@ -144,12 +124,12 @@ async def main(quick: bool) -> None:
         cases: list[Case] = []
         for name, doc in INPUTS.items():
             assert (await opa.evaluate(PATH, doc)).result == wasm.evaluate_now(PATH, doc).result
-            cases.append(sync_case(name, lambda d=doc: wasm.evaluate_now(PATH, d), n_wasm))
+            cases.append(sync_case(name, partial(wasm.evaluate_now, PATH, doc), n_wasm))
             cases.append(
                 await async_case(
                     f"domain_{name.removeprefix('alias_')}",
                     "llmops",
-                    lambda d=doc: domain.evaluate(PATH, d),
+                    partial(domain.evaluate, PATH, doc),
                     n_wasm,
                     1,
                 )
@@ -159,15 +139,13 @@ async def main(quick: bool) -> None:
                     await async_case(
                         name,
                         "opa-rest",
-                        lambda d=doc: opa.evaluate(PATH, d),
+                        partial(opa.evaluate, PATH, doc),
                         n_opa,
                         concurrency,
                     )
                 )
     finally:
         await connection.close()
-        if started:
-            opa_script("stop")
     rows = [c.summary() for c in cases]
     ratios = {}
     for name in INPUTS:
@@ -175,9 +153,3 @@ async def main(quick: bool) -> None:
         best_opa = max(r["rps"] for r in rows if r["case"] == name and r["system"] == "opa-rest")
         ratios[f"{name}.rps.llmops/opa-rest"] = round(ours["rps"] / best_opa, 2)
     emit("governance", rows, ratios)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="reduced run, under 60 s")
-    asyncio.run(main(parser.parse_args().quick))
