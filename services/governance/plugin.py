@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -9,9 +10,14 @@ from pydantic import Field
 from llmops.plugin import ServicePlugin
 from llmops.settings import Settings, Switch, by_mode, switched_on
 
+_REPO_WASM_BUNDLE = (
+    Path(__file__).resolve().parents[2] / "deploy" / "opa" / "wasm" / "bundle.tar.gz"
+)
+
 
 class GovernanceSettings(Settings):
-    """The governance service: where the registry lives and which aliases serve traffic."""
+    """The governance service: where the registry lives, which aliases serve traffic, and
+    which policy engine decides."""
 
     store: Literal["auto", "sqlite", "postgres"] = Field(
         "auto",
@@ -36,8 +42,29 @@ class GovernanceSettings(Settings):
     )
     serving_aliases: list[str] = Field(
         default_factory=lambda: ["champion", "production"],
-        description="Aliases that serve traffic: moving one needs an APPROVED version "
-        "approved by someone other than its registrant and, for models, a complete card.",
+        description="Aliases that serve traffic for the built-in rules: moving one needs an "
+        "APPROVED version approved by someone other than its registrant and, for models, a "
+        "complete card. The Rego deploy gate (used whenever the policy engine runs) reads "
+        "its own list from the bundle's data.llmops.governance.serving_aliases.",
+    )
+    policy_engine: Literal["auto", "wasm", "opa"] = Field(
+        "auto",
+        description="Policy engine of Evaluate and the registry's deploy gates. wasm = the "
+        "compiled bundle `policy_bundle` evaluated in-process (no server); opa = the OPA "
+        "server at backends.opa.url (it must answer when the service starts); auto = wasm in "
+        "embedded mode, opa in production mode.",
+    )
+    policy_bundle: Path = Field(
+        default_factory=lambda: _REPO_WASM_BUNDLE,
+        description="The Wasm policy bundle (`opa build -t wasm`, scripts/build_opa_wasm.sh) "
+        "the wasm engine loads; default: this repository's deploy/opa/wasm/bundle.tar.gz.",
+    )
+    policy_reload_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="Reload the policies this often, 0 = never (ReloadPolicies still works): "
+        "wasm polls the bundle file and reloads when it changed; opa re-reads the server's "
+        "bundle revision and modules and swaps when they changed.",
     )
     demo_data: Switch = Field(
         "auto",
@@ -47,6 +74,9 @@ class GovernanceSettings(Settings):
 
     def store_backend(self, mode: str) -> Literal["sqlite", "postgres"]:
         return by_mode(self.store, mode, "sqlite", "postgres")
+
+    def policy_backend(self, mode: str) -> Literal["wasm", "opa"]:
+        return by_mode(self.policy_engine, mode, "wasm", "opa")
 
     def seeds_demo(self, mode: str) -> bool:
         return switched_on(self.demo_data, auto=mode == "embedded")
@@ -58,5 +88,5 @@ PLUGIN = ServicePlugin(
     summary="registry, policy, audit",
     settings=GovernanceSettings,
     settings_key="governance",
-    backends=frozenset({"events", "state_dir"}),
+    backends=frozenset({"events", "opa", "state_dir"}),
 )

@@ -39,7 +39,7 @@ from llmops.identity import Identity, current_identity
 from llmops.v1 import common_pb2, events_pb2, governance_pb2
 from services.governance import guard as rules
 from services.governance import model, validation
-from services.governance.guard import ChangeGuard
+from services.governance.guard import ChangeGuard, PolicyGate
 from services.governance.model import (
     AliasChange,
     AliasMove,
@@ -94,6 +94,9 @@ MOVES: dict[int, tuple[int, ...]] = {
 }
 """Lifecycle: state -> the states it may move to (governance.proto, VersionState)."""
 
+GATE_ATTEMPTS = 3
+"""Decisions of the policy gate per alias move before ABORTED (facts kept changing)."""
+
 DEFAULT_DEPTH, MAX_DEPTH = 3, 10
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 MAX_EDGES = 1000
@@ -129,6 +132,9 @@ class _Done(Generic[T]):
     audit: _Audit | None = None
     denied: Decision | None = None
     denied_what: str = ""
+    stale: bool = False
+    """The facts a decision made before the transaction depended on changed: nothing was
+    written; decide again."""
 
 
 # -- conversions between rows and domain objects ------------------------------------------
@@ -247,10 +253,15 @@ class Registry:
         events: ServiceEvents,
         guard: ChangeGuard,
         clock: Callable[[], float] = time.time,
+        *,
+        gate: PolicyGate | None = None,
     ) -> None:
         self.store = store
         self.events = events
         self.guard = guard
+        self.gate = gate
+        """Decides the changes it gates (:meth:`PolicyGate.gates`) before their transaction;
+        None: the guard decides everything (the built-in rules)."""
         self._clock = clock
 
     # -- writes ---------------------------------------------------------------------------
@@ -354,8 +365,8 @@ class Registry:
 
     async def set_alias(self, move: AliasMove, change: Change) -> AliasMoved:
         """Point ``alias`` at a version (0 removes it), compare-and-set on
-        ``expected_version``; aliases point only at APPROVED versions, and the guard
-        decides serving aliases."""
+        ``expected_version``; aliases point only at APPROVED versions, and the guard (or,
+        when one is configured, the policy gate) decides serving aliases."""
         validation.kind(move.kind, "kind")
         validation.name(move.name, "name")
         validation.alias(move.alias, "alias")
@@ -364,62 +375,143 @@ class Registry:
         if move.expected_version is not None and move.expected_version < 0:
             raise InvalidArgument("expected_version", "must be >= 0 (0 = must not exist)")
         actor = self._actor(change)
+        if move.version and self.gate is not None and self.gate.gates(rules.ALIAS):
+            return await self._set_alias_gated(move, change, actor)
         now = self._now_us()
-        label = f"alias {move.alias} of {model.resource_type(move.kind)} {move.name}"
 
         def work(tx: RegistryTx) -> _Done[AliasMoved]:
-            art = self._live(tx, move.kind, move.name, "name")
-            current = tx.aliases([art.id]).get(art.id, {}).get(move.alias, 0)
-            if move.expected_version is not None and move.expected_version != current:
-                raise Aborted(
-                    f"expected_version: {label} points at version {current or 'none'}, the "
-                    f"request expected {move.expected_version or 'none'} (re-read and retry)"
-                )
-            target, approvals = self._alias_target(tx, art, move) if move.version else ({}, [])
-            decision = self.guard.decide(
-                rules.ALIAS,
-                {
-                    "action": "alias.set" if move.version else "alias.remove",
-                    "actor": actor.principal,
-                    "alias": move.alias,
-                    "previous_version": current,
-                    "artifact": {"kind": art.kind.lower(), "name": art.name, **target},
-                    "approvals": approvals,
-                },
-            )
-            action = "alias.set" if move.version else "alias.remove"
-            if not decision.allowed:
-                what = f"move {label} to version {move.version}"
-                return self._denied(decision, what, action, move.kind, move.name, move.version)
-            if current == move.version:  # already there: nothing to change or audit
-                return _Done(AliasMoved(current, move.version, decision, ""))
-            if not tx.move_alias(art.id, move.alias, current, move.version, now):
-                if move.expected_version is not None:
-                    raise Aborted(f"expected_version: {label} moved concurrently (retry)")
-                raise RetryTransaction(f"{label} moved concurrently")
-            tx.insert_alias_event(
-                AliasEventRow(
-                    art.id, move.alias, current, move.version, actor.principal, change.reason, now
-                )
-            )
-            audit = _Audit(
-                action, model.resource_type(move.kind), move.name, move.version,
-                before={"alias": move.alias, "version": current},
-                after={"alias": move.alias, "version": move.version},
-                decision_id=decision.decision_id,
-            )  # fmt: skip
-            return _Done(AliasMoved(current, move.version, decision, ""), audit)
+            art, current, facts = self._alias_facts(tx, move, actor)
+            decision = self.guard.decide(rules.ALIAS, facts)
+            return self._move_alias(tx, art, move, change, actor, current, decision, now)
 
         done = await self._write(work, change, actor)
         assert done.value is not None
         return replace(done.value, audit_event_id=done.audit_event_id)
 
+    async def _set_alias_gated(
+        self, move: AliasMove, change: Change, actor: Identity
+    ) -> AliasMoved:
+        """The policy gate decides outside any transaction (it is async and may be a network
+        call): read the facts, decide, then apply in a write transaction only if the same
+        facts read there (the version row locked) are unchanged; otherwise decide again.
+        A denial writes nothing (it is audited and raised)."""
+        assert self.gate is not None
+        for _ in range(GATE_ATTEMPTS):
+            # room for the decision record, then for the change's audit record
+            if not self.events.has_room(2):
+                raise ResourceExhausted(
+                    "event buffer full: the policy decision and the audit record of this "
+                    "change cannot be published now; nothing was changed (retry later)"
+                )
+            _, current, facts = await self.store.read(
+                lambda tx: self._alias_facts(tx, move, actor, lock=False)
+            )
+            decision = await self.gate.decide(rules.ALIAS, facts, tenant=change.tenant)
+            if not decision.allowed:
+                what = f"move {self._alias_label(move)} to version {move.version}"
+                denied: _Done[AliasMoved] = self._denied(
+                    decision, what, "alias.set", move.kind, move.name, move.version
+                )
+                self._finish(denied, change, actor)  # audits the denial and raises it
+
+            now = self._now_us()
+
+            def work(
+                tx: RegistryTx,
+                facts: dict[str, Any] = facts,
+                decision: Decision = decision,
+                now: int = now,
+            ) -> _Done[AliasMoved]:
+                art, now_current, now_facts = self._alias_facts(tx, move, actor)
+                if now_facts != facts:
+                    return _Done(None, stale=True)
+                return self._move_alias(tx, art, move, change, actor, now_current, decision, now)
+
+            done = await self._write(work, change, actor)
+            if not done.stale:
+                assert done.value is not None
+                return replace(done.value, audit_event_id=done.audit_event_id)
+            log.info("alias_gate_redecide", alias=move.alias, name=move.name, previous=current)
+        raise Aborted(
+            f"{self._alias_label(move)} or its target version changed while the policy "
+            f"decided, {GATE_ATTEMPTS} times in a row; nothing was changed (retry)"
+        )
+
+    @staticmethod
+    def _alias_label(move: AliasMove) -> str:
+        return f"alias {move.alias} of {model.resource_type(move.kind)} {move.name}"
+
+    def _alias_facts(
+        self, tx: RegistryTx, move: AliasMove, actor: Identity, *, lock: bool = True
+    ) -> tuple[ArtifactRow, int, dict[str, Any]]:
+        """The artifact, the version the alias points at now (compare-and-set checked) and
+        the decision input of the move, from the registry's own records."""
+        label = self._alias_label(move)
+        art = self._live(tx, move.kind, move.name, "name")
+        current = tx.aliases([art.id]).get(art.id, {}).get(move.alias, 0)
+        if move.expected_version is not None and move.expected_version != current:
+            raise Aborted(
+                f"expected_version: {label} points at version {current or 'none'}, the "
+                f"request expected {move.expected_version or 'none'} (re-read and retry)"
+            )
+        target, approvals = (
+            self._alias_target(tx, art, move, lock=lock) if move.version else ({}, [])
+        )
+        return (
+            art,
+            current,
+            {
+                "action": "alias.set" if move.version else "alias.remove",
+                "actor": actor.principal,
+                "alias": move.alias,
+                "previous_version": current,
+                "artifact": {"kind": art.kind.lower(), "name": art.name, **target},
+                "approvals": approvals,
+            },
+        )
+
+    def _move_alias(
+        self,
+        tx: RegistryTx,
+        art: ArtifactRow,
+        move: AliasMove,
+        change: Change,
+        actor: Identity,
+        current: int,
+        decision: Decision,
+        now: int,
+    ) -> _Done[AliasMoved]:
+        """Apply a decided alias move (compare-and-set on ``current``) in ``tx``."""
+        label = self._alias_label(move)
+        action = "alias.set" if move.version else "alias.remove"
+        if not decision.allowed:
+            what = f"move {label} to version {move.version}"
+            return self._denied(decision, what, action, move.kind, move.name, move.version)
+        if current == move.version:  # already there: nothing to change or audit
+            return _Done(AliasMoved(current, move.version, decision, ""))
+        if not tx.move_alias(art.id, move.alias, current, move.version, now):
+            if move.expected_version is not None:
+                raise Aborted(f"expected_version: {label} moved concurrently (retry)")
+            raise RetryTransaction(f"{label} moved concurrently")
+        tx.insert_alias_event(
+            AliasEventRow(
+                art.id, move.alias, current, move.version, actor.principal, change.reason, now
+            )
+        )
+        audit = _Audit(
+            action, model.resource_type(move.kind), move.name, move.version,
+            before={"alias": move.alias, "version": current},
+            after={"alias": move.alias, "version": move.version},
+            decision_id=decision.decision_id,
+        )  # fmt: skip
+        return _Done(AliasMoved(current, move.version, decision, ""), audit)
+
     def _alias_target(
-        self, tx: RegistryTx, art: ArtifactRow, move: AliasMove
+        self, tx: RegistryTx, art: ArtifactRow, move: AliasMove, *, lock: bool = True
     ) -> tuple[dict[str, Any], list[dict[str, str]]]:
         """Facts about the version an alias moves to, and its approvals, for the guard
         (lifecycle checked first)."""
-        row = tx.version(art.id, move.version, lock=True)
+        row = tx.version(art.id, move.version, lock=lock)
         if row is None:
             raise NotFound(f"{art.kind.lower()} {art.name} has no version {move.version}")
         if row.state != model.state_name(model.APPROVED):
@@ -893,6 +985,10 @@ class Registry:
                 "nothing was changed (retry later)"
             )
         done = await self.store.write(work)
+        return self._finish(done, change, actor)
+
+    def _finish(self, done: _Done[T], change: Change, actor: Identity) -> _Published[T]:
+        """Publish ``done``'s audit record; raise its denial."""
         event_id = self._publish(done.audit, change, actor) if done.audit is not None else ""
         if done.denied is not None:
             reasons = "; ".join(done.denied.reasons) or "denied"
@@ -901,7 +997,7 @@ class Registry:
                 f"(decision_id={done.denied.decision_id})",
                 done.denied.decision_id,
             )
-        return _Published(done.value, event_id)
+        return _Published(done.value, event_id, done.stale)
 
     def _publish(self, audit: _Audit, change: Change, actor: Identity) -> str:
         envelope = self.events.audit_event(
@@ -938,3 +1034,4 @@ class Registry:
 class _Published(Generic[T]):
     value: T | None
     audit_event_id: str
+    stale: bool = False

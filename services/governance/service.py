@@ -1,18 +1,26 @@
-"""Wiring of the governance service: the registry store, the domain, servicers and tasks."""
+"""Wiring of the governance service: the registry store, the policy engine, the domain,
+servicers and tasks."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 
 from llmops.errors import FailedPrecondition
-from llmops.scheduler import Background, Task
-from llmops.server import ServiceContext, ServiceDefinition, binding, pending_binding
+from llmops.scheduler import Background, Periodic, Task
+from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import governance_pb2, governance_pb2_grpc
 from services.governance.demo import seed_if_empty
-from services.governance.guard import BuiltinRules
+from services.governance.guard import BuiltinRules, RegoGate
 from services.governance.plugin import GovernanceSettings
+from services.governance.policy_decisions import PolicyDecisions
+from services.governance.policy_engine import PolicyEngine
+from services.governance.policy_opa import OpaConnection, opa_engine_loader
+from services.governance.policy_wasm import WasmPolicyEngine
 from services.governance.registry import Registry
-from services.governance.servicer import PENDING_POLICY, GovernanceServicer
+from services.governance.servicer import GovernanceAdminServicer, GovernanceServicer
 from services.governance.store_sql import SqlRegistryStore
 
 log = structlog.get_logger("llmops.governance")
@@ -35,11 +43,52 @@ def open_store(ctx: ServiceContext[GovernanceSettings]) -> SqlRegistryStore:
     )
 
 
+def open_policies(ctx: ServiceContext[GovernanceSettings]) -> tuple[PolicyDecisions, list[Task]]:
+    """The policy decisions over the configured engine, and the task that reloads it.
+
+    The first load happens here, so a bundle that does not load (or an OPA server that does
+    not answer) stops start-up. wasm: the bundle file is watched and reloaded when it
+    changes; opa: the server's bundle is re-read periodically (its revision and module
+    digests decide whether the engine is swapped)."""
+    settings = ctx.settings
+    interval = settings.policy_reload_interval_s
+    load: Callable[[], PolicyEngine]
+    if settings.policy_backend(ctx.mode) == "wasm":
+        bundle: Path = settings.policy_bundle
+
+        def load() -> PolicyEngine:
+            return WasmPolicyEngine(bundle)
+
+        decisions = PolicyDecisions(load, ctx.events, watched=[bundle])
+        tasks: list[Task] = [decisions.watch(interval)] if interval > 0 else []
+    else:
+        load = opa_engine_loader(OpaConnection(ctx.backends.opa_url))
+        decisions = PolicyDecisions(load, ctx.events)
+
+        async def reload() -> None:
+            await decisions.reload()
+
+        tasks = [Periodic("policy_reload", interval, reload)] if interval > 0 else []
+    bundle_in_force = decisions.bundle()
+    log.info(
+        "policy_bundle_loaded",
+        engine=settings.policy_backend(ctx.mode),
+        revision=bundle_in_force.revision,
+        source=bundle_in_force.source,
+    )
+    return decisions, tasks
+
+
 def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
     settings = ctx.settings
     store = open_store(ctx)
-    registry = Registry(store, ctx.events, BuiltinRules(settings.serving_aliases))
-    tasks: list[Task] = []
+    decisions, tasks = open_policies(ctx)
+    registry = Registry(
+        store,
+        ctx.events,
+        BuiltinRules(settings.serving_aliases),
+        gate=RegoGate(decisions),
+    )
     if settings.seeds_demo(ctx.mode):  # after SERVING: seeding must not delay the start
 
         async def seed() -> None:
@@ -57,13 +106,16 @@ def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
                 governance_pb2,
                 governance_pb2_grpc,
                 "GovernanceService",
-                GovernanceServicer(registry),
+                GovernanceServicer(registry, decisions),
             ),
-            pending_binding(
-                governance_pb2, governance_pb2_grpc, "GovernanceAdminService", PENDING_POLICY
+            binding(
+                governance_pb2,
+                governance_pb2_grpc,
+                "GovernanceAdminService",
+                GovernanceAdminServicer(decisions),
             ),
         ],
         tasks=tasks,
         on_start=[start],
-        on_stop=[store.close],
+        on_stop=[store.close, decisions.close],
     )

@@ -1,8 +1,8 @@
 """gRPC servicer of the governance registry: protobuf in, domain call, protobuf out.
 
-Nothing is decided here: requests become domain inputs (:mod:`services.governance.model`)
-and domain results become responses. The RPCs of later parts of issue #11 (policy
-decisions, the audit trail) answer UNIMPLEMENTED naming what is missing.
+Nothing is decided here: requests become domain inputs (:mod:`services.governance.model`,
+:mod:`services.governance.policy_decisions`) and domain results become responses. The RPCs
+of the audit trail (a later part of issue #11) answer UNIMPLEMENTED naming what is missing.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from services.governance.model import (
     Version,
     VersionQuery,
 )
+from services.governance.policy_decisions import Decision as PolicyDecision
+from services.governance.policy_decisions import PolicyDecisions, PolicyReload
+from services.governance.policy_engine import PolicyBundle
 from services.governance.registry import Registry
 
-PENDING_POLICY = "policy decisions and bundles arrive with issue #11, point 2 (policy engine)"
 PENDING_AUDIT = "the hash-chained audit trail arrives with issue #11, point 3 (audit trail)"
 
 
@@ -151,6 +153,47 @@ def decision_pb(decision: Decision | None) -> governance_pb2.PolicyDecision | No
     return out
 
 
+def policy_decision_pb(decision: PolicyDecision) -> governance_pb2.PolicyDecision:
+    out = governance_pb2.PolicyDecision(
+        decision_id=decision.decision_id,
+        path=decision.path,
+        bundle_revision=decision.bundle_revision,
+        allowed=decision.allowed,
+        reasons=decision.reasons,
+        latency_us=decision.latency_us,
+    )
+    out.input.update(decision.input)
+    out.result.CopyFrom(json_format.ParseDict(decision.result, struct_pb2.Value()))
+    out.decide_time.FromNanoseconds(int(decision.decide_time * 1e9))
+    return out
+
+
+def reload_pb(
+    reload: PolicyReload,
+) -> governance_pb2.GovernanceAdminServiceReloadPoliciesResponse:
+    return governance_pb2.GovernanceAdminServiceReloadPoliciesResponse(
+        previous_revision=reload.previous_revision,
+        revision=reload.revision,
+        module_count=reload.module_count,
+    )
+
+
+def bundle_pb(bundle: PolicyBundle) -> governance_pb2.GetPolicyBundleResponse:
+    out = governance_pb2.GetPolicyBundleResponse(
+        revision=bundle.revision,
+        source=bundle.source,
+        modules=[
+            governance_pb2.PolicyModule(
+                path=m.path, package_name=m.package_name, sha256=m.sha256, source=m.source
+            )
+            for m in bundle.modules
+        ],
+        decision_paths=bundle.decision_paths,
+    )
+    out.load_time.FromNanoseconds(int(bundle.load_time * 1e9))
+    return out
+
+
 def node_pb(node: Node) -> governance_pb2.LineageNode:
     if node.artifact is not None:
         return governance_pb2.LineageNode(artifact=artifact_ref(node.artifact))
@@ -177,8 +220,9 @@ def _pending(method: str, owner: str) -> NotImplementedYet:
 
 
 class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, decisions: PolicyDecisions) -> None:
         self.registry = registry
+        self.decisions = decisions
 
     async def Register(
         self, request: governance_pb2.RegisterRequest, context: Any
@@ -283,7 +327,12 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     async def Evaluate(
         self, request: governance_pb2.EvaluateRequest, context: Any
     ) -> governance_pb2.EvaluateResponse:
-        raise _pending("Evaluate", PENDING_POLICY)
+        decided = await self.decisions.evaluate(
+            request.path,
+            json_format.MessageToDict(request.input) if request.HasField("input") else None,
+            tenant=request.context.tenant,
+        )
+        return governance_pb2.EvaluateResponse(decision=policy_decision_pb(decided))
 
     async def QueryAudit(
         self, request: governance_pb2.QueryAuditRequest, context: Any
@@ -294,3 +343,18 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
         self, request: governance_pb2.VerifyAuditRequest, context: Any
     ) -> governance_pb2.VerifyAuditResponse:
         raise _pending("VerifyAudit", PENDING_AUDIT)
+
+
+class GovernanceAdminServicer(governance_pb2_grpc.GovernanceAdminServiceServicer):
+    def __init__(self, decisions: PolicyDecisions) -> None:
+        self.decisions = decisions
+
+    async def ReloadPolicies(
+        self, request: governance_pb2.GovernanceAdminServiceReloadPoliciesRequest, context: Any
+    ) -> governance_pb2.GovernanceAdminServiceReloadPoliciesResponse:
+        return reload_pb(await self.decisions.reload(dry_run=request.dry_run))
+
+    async def GetPolicyBundle(
+        self, request: governance_pb2.GetPolicyBundleRequest, context: Any
+    ) -> governance_pb2.GetPolicyBundleResponse:
+        return bundle_pb(self.decisions.bundle(include_source=request.include_source))

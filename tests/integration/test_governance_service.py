@@ -1,13 +1,20 @@
 """The governance registry through its real wiring: ``services.governance.service:create``
 served in-process by ``llmops.server.serve`` (embedded SQLite in a tmp state directory, the
-local event log), called over gRPC. Status codes for bad input, the contract's response
-fields, audit records in the event log with the caller as the actor, the RPCs still
-pending, and the demo data ``llmops up`` registers."""
+local event log, the committed Wasm policy bundle), called over gRPC. Status codes for bad
+input, the contract's response fields, audit records in the event log with the caller as
+the actor, policy decisions (Evaluate, the Rego deploy gate of alias moves, their decision
+records), policy reloads and the bundle in force, the RPCs still pending, and the demo data
+``llmops up`` registers."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import json
+import re
+import shutil
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,11 +23,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
 
 from llmops.config import load_config
 from llmops.events.local_log import LocalLog
 from llmops.events.topics import KIND_TOPICS
-from llmops.v1 import events_pb2, governance_pb2, governance_pb2_grpc
+from llmops.v1 import common_pb2, events_pb2, governance_pb2, governance_pb2_grpc
+from services.governance.policy_wasm import DEFAULT_WASM_BUNDLE
+from tests.governance_policy_cases import ALIAS as ALIAS_GATE
+from tests.governance_policy_cases import DECISION_PATHS, promote
 from tests.support import mesh_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,6 +40,7 @@ MODEL = governance_pb2.ARTIFACT_KIND_MODEL
 DATASET = governance_pb2.ARTIFACT_KIND_DATASET
 APPROVED = governance_pb2.VERSION_STATE_APPROVED
 CALLER = "unauthenticated:127.0.0.1"
+UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
 def digest(content: str) -> str:
@@ -62,10 +74,18 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, demo_data: str) -> AsyncIterator[Served]:
+async def serving(
+    tmp_path: Path, demo_data: str, opa_url: str = "", **settings: str
+) -> AsyncIterator[Served]:
+    """The governance service; ``settings`` are governance settings (LLMOPS__GOVERNANCE__),
+    ``opa_url`` the OPA server's (backends.opa.url)."""
     from llmops.server import serve
 
     env, ports, _ = mesh_env(tmp_path)
+    for key, value in settings.items():
+        env[f"LLMOPS__GOVERNANCE__{key.upper()}"] = value
+    if opa_url:
+        env["LLMOPS__BACKENDS__OPA__URL"] = opa_url
     env["LLMOPS__SINK__EMBEDDED"] = "false"  # in-process: this pytest process's chdb is taken
     env["LLMOPS__EVENTS__BACKEND"] = "local"
     env["LLMOPS__EVENTS__LINGER_MS"] = "1"
@@ -171,11 +191,15 @@ async def test_registry_rpcs_status_codes_and_audit_records(served: Served) -> N
     )  # fmt: skip
     assert moved.previous_state == governance_pb2.VERSION_STATE_REGISTERED
     assert moved.version.state == APPROVED and moved.audit_event_id
-    # the same caller registered and approved: no serving alias (four eyes)
+    # the same caller registered and approved (four eyes), and the card has no licence: the
+    # Rego deploy gate refuses with its reasons
     details = await _fails(
         gov.SetAlias(governance_pb2.SetAliasRequest(
             kind=MODEL, name="summary-llm", alias="champion", version=1), timeout=5),
-        grpc.StatusCode.PERMISSION_DENIED, "approved by another person", "decision_id=",
+        grpc.StatusCode.PERMISSION_DENIED, f"policy {ALIAS_GATE} denied",
+        f'alias "champion" needs an approval by someone other than the registrant "{CALLER}"',
+        'model card field "license" is missing (required for alias "champion")',
+        "decision_id=",
     )  # fmt: skip
     canary = governance_pb2.SetAliasRequest(
         kind=MODEL, name="summary-llm", alias="canary", version=1, expected_version=0,
@@ -183,6 +207,7 @@ async def test_registry_rpcs_status_codes_and_audit_records(served: Served) -> N
     )  # fmt: skip
     set_ = await gov.SetAlias(canary, timeout=5)
     assert (set_.previous_version, set_.version) == (0, 1) and set_.decision.allowed
+    assert set_.decision.path == ALIAS_GATE and set_.decision.bundle_revision
     await _fails(gov.SetAlias(canary, timeout=5), grpc.StatusCode.ABORTED, "expected_version")
 
     got = await gov.GetArtifact(
@@ -224,17 +249,18 @@ async def test_registry_rpcs_status_codes_and_audit_records(served: Served) -> N
     assert lineage.edges[0].created_by == CALLER and lineage.edges[0].create_time.seconds > 0
     await _fails(gov.GetLineage(governance_pb2.GetLineageRequest(node=route, depth=11), timeout=5),
                  grpc.StatusCode.INVALID_ARGUMENT, "depth")  # fmt: skip
-    await _fails(
-        gov.Evaluate(governance_pb2.EvaluateRequest(path="x"), timeout=5),
-        grpc.StatusCode.UNIMPLEMENTED, "GovernanceService.Evaluate is not implemented yet",
-        "issue #11",
-    )  # fmt: skip
-    await _fails(
-        served.admin.GetPolicyBundle(governance_pb2.GetPolicyBundleRequest(), timeout=5),
-        grpc.StatusCode.UNIMPLEMENTED, "issue #11",
-    )  # fmt: skip
+    for method in ("QueryAudit", "VerifyAudit"):
+        await _fails(
+            getattr(gov, method)(getattr(governance_pb2, f"{method}Request")(), timeout=5),
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"GovernanceService.{method} is not implemented yet", "issue #11", "audit trail",
+        )  # fmt: skip
 
-    audits = sorted(served.audits(at_least=6), key=lambda a: a.event_id)  # UUIDv7: time order
+    found = served.audits(at_least=8)
+    # UUIDv7 ids order records across milliseconds only: a gate decision and the denial it
+    # caused can share one, so the decision records are matched by their decision id
+    decided = {a.policy_decision_id: a for a in found if a.action == "policy.decide"}
+    audits = sorted((a for a in found if a.action != "policy.decide"), key=lambda a: a.event_id)
     assert [(a.action, a.outcome) for a in audits] == [
         ("artifact.register", events_pb2.AUDIT_OUTCOME_SUCCESS),  # the dataset
         ("artifact.register", events_pb2.AUDIT_OUTCOME_SUCCESS),  # the model (not again)
@@ -243,12 +269,18 @@ async def test_registry_rpcs_status_codes_and_audit_records(served: Served) -> N
         ("alias.set", events_pb2.AUDIT_OUTCOME_SUCCESS),
         ("lineage.add", events_pb2.AUDIT_OUTCOME_SUCCESS),
     ]
-    assert {a.actor.id for a in audits} == {CALLER}
+    assert {a.actor.id for a in found} == {CALLER}
     assert audits[0].event_id == data.audit_event_id
     assert audits[1].event_id == registered.audit_event_id
     assert audits[2].reason == "looks good" and audits[2].after["state"] == "APPROVED"
     assert audits[3].policy_decision_id in details
     assert (audits[4].resource.type, audits[4].resource.name) == ("model", "summary-llm")
+    assert audits[4].policy_decision_id == set_.decision.decision_id
+    # the deploy gate's two decisions (the ABORTED canary move was not decided)
+    assert {k: (v.outcome, v.resource.type, v.resource.name) for k, v in decided.items()} == {
+        audits[3].policy_decision_id: (events_pb2.AUDIT_OUTCOME_DENIED, "policy", ALIAS_GATE),
+        audits[4].policy_decision_id: (events_pb2.AUDIT_OUTCOME_SUCCESS, "policy", ALIAS_GATE),
+    }
 
 
 async def test_demo_data_gives_the_storefront_a_lineage_once(tmp_path: Path) -> None:
@@ -284,6 +316,16 @@ async def test_demo_data_gives_the_storefront_a_lineage_once(tmp_path: Path) -> 
         )
         assert champion.version.version == 3
         assert champion.artifact.aliases == {"champion": 3, "challenger": 4}
+        # the demo models passed the Rego deploy gate (four eyes, complete cards): another
+        # serving alias is allowed by it too
+        production = await served.gov.SetAlias(
+            governance_pb2.SetAliasRequest(
+                kind=MODEL, name="ranker-lgbm", alias="production", version=1
+            ),
+            timeout=5,
+        )
+        assert production.decision.allowed and production.decision.path == ALIAS_GATE
+        assert production.decision.input["artifact"]["created_by"] == "system:governance-demo"
         count = len(
             (await served.gov.ListArtifacts(governance_pb2.ListArtifactsRequest())).artifacts
         )
@@ -292,3 +334,197 @@ async def test_demo_data_gives_the_storefront_a_lineage_once(tmp_path: Path) -> 
         assert await lineage(served) == first
         again = await served.gov.ListArtifacts(governance_pb2.ListArtifactsRequest(), timeout=5)
         assert len(again.artifacts) == count == 7
+
+
+# -- policy decisions ------------------------------------------------------------------------
+
+
+def struct(doc: dict[str, object]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(doc)
+    return out
+
+
+def with_revision(source: Path, target: Path, revision: str) -> None:
+    """``target``: the bundle ``source`` with its manifest's revision replaced (written to a
+    temporary file first, then renamed: a watcher never reads half a bundle)."""
+    with tarfile.open(source, "r:gz") as tar:
+        files = {
+            m.name: handle.read()
+            for m in tar.getmembers()
+            if (handle := tar.extractfile(m)) is not None
+        }
+    manifest_name = next(n for n in files if n.lstrip("/") == ".manifest")
+    manifest = json.loads(files[manifest_name])
+    manifest["revision"] = revision
+    files[manifest_name] = json.dumps(manifest).encode()
+    partial = target.with_suffix(".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for name, raw in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    partial.replace(target)
+
+
+async def test_evaluate_decides_records_and_names_malformed_fields(served: Served) -> None:
+    gov = served.gov
+    bundle = await served.admin.GetPolicyBundle(governance_pb2.GetPolicyBundleRequest(), timeout=5)
+    context = common_pb2.RequestContext(tenant="acme")
+    doc = promote(headers={"authorization": "Bearer s3cret"})
+    allowed = (
+        await gov.Evaluate(
+            governance_pb2.EvaluateRequest(context=context, path=ALIAS_GATE, input=struct(doc)),
+            timeout=5,
+        )
+    ).decision
+    assert UUID7.match(allowed.decision_id) and allowed.path == ALIAS_GATE
+    assert allowed.bundle_revision == bundle.revision and allowed.allowed
+    assert list(allowed.reasons) == [] and allowed.latency_us > 0
+    assert json_format.MessageToDict(allowed.result) == {
+        "allow": True, "reasons": [], "invalid": [],
+    }  # fmt: skip
+    recorded = json_format.MessageToDict(allowed.input)
+    assert recorded["headers"] == {} and recorded["alias"] == "champion"  # the secret is gone
+    assert recorded["artifact"]["version"] == 7
+    assert abs(allowed.decide_time.ToMicroseconds() / 1e6 - time.time()) < 60
+
+    denied = (
+        await gov.Evaluate(
+            governance_pb2.EvaluateRequest(
+                context=context, path=ALIAS_GATE, input=struct(promote(approvals=[]))
+            ),
+            timeout=5,
+        )
+    ).decision
+    assert not denied.allowed and list(denied.reasons) == [
+        'alias "champion" needs an approval by someone other than the registrant "user:alice"'
+    ]
+    assert json_format.MessageToDict(denied.result)["allow"] is False
+
+    await _fails(
+        gov.Evaluate(governance_pb2.EvaluateRequest(path=ALIAS_GATE, input=struct(
+            promote(artifact={"state": ""}))), timeout=5),
+        grpc.StatusCode.INVALID_ARGUMENT, "input.artifact.state",
+    )  # fmt: skip
+    await _fails(
+        gov.Evaluate(governance_pb2.EvaluateRequest(input=struct(promote())), timeout=5),
+        grpc.StatusCode.INVALID_ARGUMENT, "path",
+    )  # fmt: skip
+    await _fails(
+        gov.Evaluate(governance_pb2.EvaluateRequest(path="llmops/nope/decision"), timeout=5),
+        grpc.StatusCode.NOT_FOUND, "llmops/nope/decision", ALIAS_GATE,
+    )  # fmt: skip
+
+    decisions = {
+        a.policy_decision_id: a for a in served.audits(at_least=2) if a.action == "policy.decide"
+    }
+    assert {k: a.outcome for k, a in decisions.items()} == {
+        allowed.decision_id: events_pb2.AUDIT_OUTCOME_SUCCESS,
+        denied.decision_id: events_pb2.AUDIT_OUTCOME_DENIED,
+    }  # the malformed and unknown-path calls are not decisions
+    first = decisions[allowed.decision_id]
+    assert (first.resource.type, first.resource.name) == ("policy", ALIAS_GATE)
+    assert first.resource.version == bundle.revision and first.tenant == "acme"
+    assert first.actor.id == CALLER
+    after = json_format.MessageToDict(first.after)
+    assert after["redacted"] == ["input.headers.authorization"]
+    assert "s3cret" not in str(first)
+
+
+async def test_reload_policies_dry_run_then_real_and_the_bundle_in_force(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.tar.gz"
+    shutil.copy(DEFAULT_WASM_BUNDLE, path)
+    async with serving(
+        tmp_path, "off", policy_bundle=str(path), policy_reload_interval_s="0"
+    ) as served:
+        admin = served.admin
+        bundle = await admin.GetPolicyBundle(governance_pb2.GetPolicyBundleRequest(), timeout=5)
+        old = bundle.revision
+        assert old and bundle.source == path.resolve().as_uri()
+        assert bundle.load_time.seconds > 0
+        assert list(bundle.decision_paths) == sorted(DECISION_PATHS)
+        assert {m.package_name for m in bundle.modules} >= {"llmops.registry.alias"}
+        assert all(len(m.sha256) == 64 and m.source == "" for m in bundle.modules)
+        full = await admin.GetPolicyBundle(
+            governance_pb2.GetPolicyBundleRequest(include_source=True), timeout=5
+        )
+        assert all(m.source.lstrip().startswith(("#", "package")) for m in full.modules)
+        assert [m.sha256 for m in full.modules] == [m.sha256 for m in bundle.modules]
+
+        reload = governance_pb2.GovernanceAdminServiceReloadPoliciesRequest
+        unchanged = await admin.ReloadPolicies(reload(), timeout=10)
+        assert (unchanged.previous_revision, unchanged.revision) == (old, old)
+        assert unchanged.module_count == len(bundle.modules)
+
+        with_revision(DEFAULT_WASM_BUNDLE, path, "llmops-test-2")
+        dry = await admin.ReloadPolicies(reload(dry_run=True), timeout=10)
+        assert (dry.previous_revision, dry.revision) == (old, old)
+        assert dry.module_count == len(bundle.modules)
+        still = await admin.GetPolicyBundle(governance_pb2.GetPolicyBundleRequest(), timeout=5)
+        assert still.revision == old
+
+        real = await admin.ReloadPolicies(reload(), timeout=10)
+        assert (real.previous_revision, real.revision) == (old, "llmops-test-2")
+        assert real.module_count == len(bundle.modules)
+        now = await admin.GetPolicyBundle(governance_pb2.GetPolicyBundleRequest(), timeout=5)
+        assert now.revision == "llmops-test-2"
+        decided = await served.gov.Evaluate(
+            governance_pb2.EvaluateRequest(path=ALIAS_GATE, input=struct(promote())), timeout=5
+        )
+        assert decided.decision.bundle_revision == "llmops-test-2"
+
+        path.write_bytes(b"not a bundle")
+        for dry_run in (True, False):
+            await _fails(admin.ReloadPolicies(reload(dry_run=dry_run), timeout=10),
+                         grpc.StatusCode.INVALID_ARGUMENT, "bundle")  # fmt: skip
+        kept = await admin.GetPolicyBundle(governance_pb2.GetPolicyBundleRequest(), timeout=5)
+        assert kept.revision == "llmops-test-2"
+
+        [record] = [a for a in served.audits(at_least=2) if a.action == "policy.reload"]
+        assert record.actor.id == CALLER
+        assert record.before["revision"].startswith(old + "@")
+        assert record.after["revision"].startswith("llmops-test-2@")
+
+
+async def test_a_changed_bundle_file_is_reloaded_by_the_watch(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.tar.gz"
+    shutil.copy(DEFAULT_WASM_BUNDLE, path)
+    async with serving(
+        tmp_path, "off", policy_bundle=str(path), policy_reload_interval_s="0.1"
+    ) as served:
+        with_revision(DEFAULT_WASM_BUNDLE, path, "llmops-watched")
+        deadline = time.monotonic() + 20
+        request = governance_pb2.GetPolicyBundleRequest()
+        while (await served.admin.GetPolicyBundle(request, timeout=5)).revision != (
+            "llmops-watched"
+        ):
+            assert time.monotonic() < deadline, "the bundle watch did not reload"
+            await asyncio.sleep(0.1)
+        [record] = [a for a in served.audits(at_least=1) if a.action == "policy.reload"]
+        assert record.actor.id == "system:policy"
+
+
+@pytest.mark.infra
+async def test_on_the_opa_server_the_same_decisions_and_gate(tmp_path: Path, opa_url: str) -> None:
+    """Production's engine: the OPA server (deploy/local/opa.sh) behind the same RPCs."""
+    async with serving(
+        tmp_path, "off", opa_url, policy_engine="opa", policy_reload_interval_s="0"
+    ) as served:
+        bundle = await served.admin.GetPolicyBundle(
+            governance_pb2.GetPolicyBundleRequest(), timeout=5
+        )
+        assert bundle.source == opa_url and list(bundle.decision_paths) == sorted(DECISION_PATHS)
+        request = governance_pb2.EvaluateRequest(
+            path=ALIAS_GATE, input=struct(promote(approvals=[]))
+        )
+        denied = (await served.gov.Evaluate(request, timeout=5)).decision
+        assert not denied.allowed and denied.bundle_revision == bundle.revision
+        assert list(denied.reasons) == [
+            'alias "champion" needs an approval by someone other than the registrant "user:alice"'
+        ]
+        reloaded = await served.admin.ReloadPolicies(
+            governance_pb2.GovernanceAdminServiceReloadPoliciesRequest(dry_run=True), timeout=10
+        )
+        assert reloaded.revision == reloaded.previous_revision == bundle.revision
+        assert reloaded.module_count == len(bundle.modules)

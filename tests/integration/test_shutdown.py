@@ -72,15 +72,16 @@ async def test_sigterm_drains_in_flight_then_returns(tmp_path: Path) -> None:
 
 def test_standalone_service_exits_0_on_sigterm(tmp_path: Path) -> None:
     env, ports, admin_ports = mesh_env(tmp_path)
-    with running(["services.governance"], tmp_path, env) as (proc, log_path):
-        wait_serving(f"127.0.0.1:{ports['governance']}", "llmops.v1.GovernanceService", 30)
+    # a service needing no server in production mode (the others need Redis, PostgreSQL, ...)
+    with running(["services.inference"], tmp_path, env) as (proc, log_path):
+        wait_serving(f"127.0.0.1:{ports['inference']}", "llmops.v1.InferenceService", 30)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log_path.read_text()[-2000:]
     events = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
     started = [e for e in events if e.get("event") == "service_started"]
     assert [e["mode"] for e in started] == ["production"]
     assert any(e.get("event") == "service_stopped" for e in events)
-    assert port_is_free(ports["governance"]) and port_is_free(admin_ports["governance"])
+    assert port_is_free(ports["inference"]) and port_is_free(admin_ports["inference"])
 
 
 async def test_admin_drain_waits_for_in_flight_and_turns_health_off(tmp_path: Path) -> None:
