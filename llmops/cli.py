@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -229,6 +229,296 @@ def demo(config_path: Path | None) -> None:
         click.echo(asyncio.run(show(config)))
     except grpc.RpcError as exc:
         click.echo(f"llmops demo: {unavailable_hint(exc, config)}", err=True)
+        sys.exit(1)
+
+
+def _rpc(work: Coroutine[Any, Any, str]) -> None:
+    """Run one client call and print its text; a failure is one line
+    ``llmops: <STATUS>: <details>`` on stderr and exit 1."""
+    import grpc
+
+    try:
+        click.echo(asyncio.run(work))
+    except grpc.aio.AioRpcError as exc:
+        click.echo(f"llmops: {exc.code().name}: {exc.details()}", err=True)
+        sys.exit(1)
+    except LLMOpsError as exc:
+        click.echo(f"llmops: {exc.code}: {exc.message}", err=True)
+        sys.exit(1)
+
+
+_json_option = click.option("--json", "json_out", is_flag=True, help="Print the reply as JSON.")
+_kind_option = click.option(
+    "--kind",
+    type=click.Choice(["model", "prompt", "dataset", "policy"]),
+    default="model",
+    show_default=True,
+    help="Artifact kind (names are unique per kind).",
+)
+_reason_option = click.option("--reason", default="", help="Why (kept in the audit record).")
+
+
+@cli.group()
+def registry() -> None:
+    """The governance registry of a running mesh: models, prompts, datasets, policies.
+
+    Thin clients of GovernanceService (`llmops up` serves it); the service decides, validates
+    and audits. The caller is identified by its connection (no login yet).
+    """
+
+
+@registry.command("register")
+@click.argument("kind", type=click.Choice(["model", "prompt", "dataset", "policy"]))
+@click.argument("name")
+@_config_option
+@click.option("--uri", default="", help="Where the content lives, e.g. s3://models/x/7/.")
+@click.option("--digest", default=None, help="Content digest sha256:<hex> (or give --file).")
+@click.option(
+    "--file",
+    "file_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Compute --digest from this file's bytes.",
+)
+@click.option(
+    "--card",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML of the kind's facts: a model card for models (fields as in governance.proto, "
+    "e.g. risk_tier: limited), a prompt template, dataset info or policy info.",
+)
+@click.option("--description", default="", help="Used when this creates the artifact.")
+@click.option("--owner", default="", help="Used when this creates the artifact.")
+@click.option(
+    "--upstream",
+    multiple=True,
+    help="Lineage to the new version: RELATION=KIND/NAME[@VERSION], "
+    "e.g. trained_on=dataset/guest-reviews (repeatable).",
+)
+@click.option("--metadata", multiple=True, help="KEY=VALUE (repeatable).")
+@_json_option
+def registry_register(
+    kind: str,
+    name: str,
+    config_path: Path | None,
+    uri: str,
+    digest: str | None,
+    file_path: Path | None,
+    card: Path | None,
+    description: str,
+    owner: str,
+    upstream: tuple[str, ...],
+    metadata: tuple[str, ...],
+    json_out: bool,
+) -> None:
+    """Register a new immutable version of KIND NAME (idempotent on the content digest)."""
+    from llmops import governance_cli as g
+
+    if (digest is None) == (file_path is None):
+        raise click.UsageError("give exactly one of --digest and --file")
+    config = _load(config_path)
+    try:
+        content_digest = g.file_digest(file_path) if file_path is not None else digest or ""
+    except LLMOpsError as exc:
+        click.echo(f"llmops: {exc.code}: {exc.message}", err=True)
+        sys.exit(1)
+    args = g.RegisterArgs(
+        kind, name, uri, content_digest, description, owner, card, upstream, metadata
+    )
+    _rpc(g.register(config, args, json_out))
+
+
+@registry.command("list")
+@_config_option
+@click.option(
+    "--kind",
+    type=click.Choice(["model", "prompt", "dataset", "policy"]),
+    default=None,
+    help="Only this kind (default: all).",
+)
+@click.option("--prefix", default="", help="Only names starting with this.")
+@click.option("--page-size", default=50, show_default=True)
+@click.option("--page-token", default="", help="Continue from a previous page.")
+@_json_option
+def registry_list(
+    config_path: Path | None,
+    kind: str | None,
+    prefix: str,
+    page_size: int,
+    page_token: str,
+    json_out: bool,
+) -> None:
+    """List artifacts with their latest version and aliases, a page at a time."""
+    from llmops import governance_cli as g
+
+    _rpc(g.list_artifacts(_load(config_path), kind, prefix, page_size, page_token, json_out))
+
+
+@registry.command("show")
+@click.argument("name")
+@_config_option
+@_kind_option
+@click.option("--version", default=0, help="Show this version (default: the latest).")
+@click.option("--alias", default="", help="Show the version this alias points at.")
+@_json_option
+def registry_show(
+    name: str, config_path: Path | None, kind: str, version: int, alias: str, json_out: bool
+) -> None:
+    """Show an artifact: its aliases, every version, and one version's details."""
+    from llmops import governance_cli as g
+
+    _rpc(g.show(_load(config_path), kind, name, version, alias, json_out))
+
+
+@registry.command("alias")
+@click.argument("name")
+@click.argument("alias")
+@click.argument("version", type=int)
+@_config_option
+@_kind_option
+@click.option(
+    "--expected-version",
+    type=int,
+    default=None,
+    help="Move only if the alias points at this version now (0: must not exist); "
+    "ABORTED otherwise.",
+)
+@_reason_option
+@_json_option
+def registry_alias(
+    name: str,
+    alias: str,
+    version: int,
+    config_path: Path | None,
+    kind: str,
+    expected_version: int | None,
+    reason: str,
+    json_out: bool,
+) -> None:
+    """Point ALIAS of NAME at VERSION (0 removes it). The deploy gate decides: a refusal is
+    PERMISSION_DENIED with the policy's reasons."""
+    from llmops import governance_cli as g
+
+    _rpc(
+        g.set_alias(
+            _load(config_path), kind, name, alias, version, expected_version, reason, json_out
+        )
+    )
+
+
+@registry.command("history")
+@click.argument("name")
+@_config_option
+@_kind_option
+@_json_option
+def registry_history(name: str, config_path: Path | None, kind: str, json_out: bool) -> None:
+    """The versions of NAME, oldest first (state, creator, time), and its current aliases.
+
+    The registry keeps every alias move, but the v1 contract (governance.proto) has no RPC
+    that returns past moves: this shows the current aliases only.
+    """
+    from llmops import governance_cli as g
+
+    _rpc(g.history(_load(config_path), kind, name, json_out))
+
+
+@registry.command("approve")
+@click.argument("name")
+@click.argument("version", type=int)
+@_config_option
+@_kind_option
+@_reason_option
+@_json_option
+def registry_approve(
+    name: str, version: int, config_path: Path | None, kind: str, reason: str, json_out: bool
+) -> None:
+    """Approve VERSION of NAME (Transition to APPROVED). Serving aliases need an approval by
+    someone other than the registrant."""
+    from llmops import governance_cli as g
+
+    _rpc(g.approve(_load(config_path), kind, name, version, reason, json_out))
+
+
+@registry.command("lineage")
+@click.argument("name")
+@_config_option
+@click.option(
+    "--kind",
+    type=click.Choice(["model", "prompt", "dataset", "policy", "route", "uri"]),
+    default="model",
+    show_default=True,
+    help="What NAME is: an artifact kind, an inference route, or an external URI.",
+)
+@click.option("--version", default=0, help="Artifact version (default: the latest).")
+@click.option(
+    "--direction",
+    type=click.Choice(["upstream", "downstream", "both"]),
+    default="both",
+    show_default=True,
+)
+@click.option("--depth", default=3, show_default=True, help="Hops, 1 to 10.")
+@_json_option
+def registry_lineage(
+    name: str,
+    config_path: Path | None,
+    kind: str,
+    version: int,
+    direction: str,
+    depth: int,
+    json_out: bool,
+) -> None:
+    """The lineage of NAME as a tree: what it came from (upstream) and what uses it."""
+    from llmops import governance_cli as g
+
+    _rpc(g.lineage(_load(config_path), kind, name, version, direction, depth, json_out))
+
+
+@cli.group()
+def policy() -> None:
+    """Policy decisions of a running mesh (GovernanceService.Evaluate)."""
+
+
+@policy.command("eval")
+@click.argument("path")
+@_config_option
+@click.option(
+    "--input",
+    "input_text",
+    default="{}",
+    show_default=True,
+    help="Input document: a JSON object, or @FILE (JSON or YAML).",
+)
+@_json_option
+def policy_eval(path: str, config_path: Path | None, input_text: str, json_out: bool) -> None:
+    """Decide PATH (e.g. llmops/registry/alias/decision) on an input; prints the decision id,
+    bundle revision, result and latency. Every decision is recorded."""
+    from llmops import governance_cli as g
+
+    _rpc(g.evaluate(_load(config_path), path, input_text, json_out))
+
+
+@policy.command("test")
+@click.argument("cases_path", metavar="CASES", type=click.Path(dir_okay=False, path_type=Path))
+@_config_option
+@_json_option
+def policy_test(cases_path: Path, config_path: Path | None, json_out: bool) -> None:
+    """Run a YAML file of cases through Evaluate; exit 1 when one fails.
+
+    CASES is a list of {name, path, input, expect}; expect is true/false (allowed) or a
+    mapping of allowed, reasons (each must be given), result (equal) or error (a status
+    name, e.g. INVALID_ARGUMENT).
+    """
+    from llmops import governance_cli as g
+
+    config = _load(config_path)
+    outcomes: list[g.CaseOutcome] = []
+
+    async def work() -> str:
+        outcomes.extend(await g.run_cases(config, g.load_cases(cases_path)))
+        return g.report_cases(outcomes, json_out)
+
+    _rpc(work())
+    if not all(o.passed for o in outcomes):
         sys.exit(1)
 
 

@@ -294,7 +294,8 @@ RECENT_EVENTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         ("streamed", "streamed"),
     )),
     "audit": ("audit", (
-        ("event_time", "event_time"), ("request_id", "request_id"), ("tenant", "tenant"),
+        ("event_time", "event_time"), ("chain", "chain"), ("sequence", "sequence"),
+        ("request_id", "request_id"), ("tenant", "tenant"),
         ("actor_id", "actor_id"), ("actor_type", "actor_type"), ("action", "action"),
         ("resource_type", "resource_type"), ("resource_name", "resource_name"),
         ("resource_version", "resource_version"), ("outcome", "outcome"),

@@ -37,9 +37,11 @@ TOPIC_KINDS: dict[str, str] = {
     "llmops.feedback.v1": "feedback",
     "llmops.exposures.v1": "exposure",
     "llmops.guardrail-decisions.v1": "guardrail_decision",
-    "llmops.audit.v1": "audit",
+    "llmops.audit.chained.v1": "audit",
 }
-"""Topic -> the envelope oneof it carries (deploy/kafka/topics.yaml)."""
+"""Topic -> the envelope oneof it carries (deploy/kafka/topics.yaml). The ``audit`` table
+loads the chained trail the governance service's audit writer appends, not the raw
+``llmops.audit.v1`` topic producers publish to."""
 
 KIND_TABLES: dict[str, str] = {
     "prediction": "predictions",

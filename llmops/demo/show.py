@@ -10,12 +10,15 @@ import grpc
 
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig
+from llmops.governance_cli import lineage_of, lineage_tree
 from llmops.v1 import (
     common_pb2,
     experiment_pb2,
     experiment_pb2_grpc,
     feature_pb2,
     feature_pb2_grpc,
+    governance_pb2,
+    governance_pb2_grpc,
     guardrail_pb2,
     guardrail_pb2_grpc,
 )
@@ -136,6 +139,8 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         parts.append("Freshness (FeatureAdminService.GetFreshness)\n" + _table(rows))
         parts.append(await _guardrails(mesh))
         parts.append(await _experiments(mesh))
+        parts.append(await _lineage(mesh))
+        parts.append(await _audit(mesh))
         return "\n\n".join(parts)
 
 
@@ -186,6 +191,40 @@ async def _experiments(mesh: MeshClient) -> str:
     else:
         note = "nothing is running: `llmops up` starts demo experiments in an empty store"
     return f"Experiments (ExperimentService.Assign; {note})\n" + _table(rows)
+
+
+AUDIT_CHAIN = "tenant:default"
+"""The chain of records without a tenant, where the demo's registry changes land."""
+DEMO_ROUTE = "summary-small"
+"""The demo route whose lineage the demo shows (the governance service seeds it)."""
+
+
+async def _lineage(mesh: MeshClient) -> str:
+    """What the demo route serves and where it came from: dataset -> model -> prompt -> route,
+    walked upstream from the route by GetLineage."""
+    root, edges = await lineage_of(
+        mesh, governance_pb2.LineageNode(route=DEMO_ROUTE), "upstream", 4
+    )
+    title = f"Lineage (GovernanceService.GetLineage, route {DEMO_ROUTE}, upstream)"
+    if not edges:
+        return f"{title}\nnothing recorded yet: `llmops up` registers the demo artifacts"
+    return f"{title}\n{lineage_tree(root, edges, 'upstream')}"
+
+
+async def _audit(mesh: MeshClient) -> str:
+    """One line: does the default tenant's audit hash chain verify (VerifyAudit)?"""
+    title = f"Audit (GovernanceService.VerifyAudit, chain {AUDIT_CHAIN})"
+    try:
+        v = await mesh.stub(governance_pb2_grpc.GovernanceServiceStub).VerifyAudit(
+            governance_pb2.VerifyAuditRequest(chain=AUDIT_CHAIN)
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            raise
+        return f"{title}: not available ({exc.code().name}: {exc.details()})"
+    if v.valid:
+        return f"{title}: intact, {v.records_checked} records checked, head #{v.head_sequence}"
+    return f"{title}: BROKEN at #{v.first_invalid_sequence}: {v.message}"
 
 
 def unavailable_hint(exc: grpc.RpcError, config: MeshConfig) -> str:

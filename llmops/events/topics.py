@@ -27,6 +27,11 @@ KIND_TOPICS: Mapping[str, str] = {
 }
 """EventEnvelope ``event`` oneof field name -> topic."""
 
+AUDIT_CHAINED_TOPIC = "llmops.audit.chained.v1"
+"""The hash-chained audit trail: the governance service's audit writer (the chains' single
+writer) reads the raw audit topic, fills chain/sequence/prev_hash/hash and appends here;
+the ClickHouse sink loads this topic (not the raw one) into the ``audit`` table."""
+
 DLQ_TOPIC = "llmops.dlq.v1"
 """Records a sink could not decode or store, with the reason in headers."""
 
@@ -41,6 +46,7 @@ KIND_EVENTS: Mapping[str, str] = {
 
 LOCAL_PARTITIONS: Mapping[str, int] = {
     **{topic: 6 for topic in KIND_TOPICS.values()},
+    AUDIT_CHAINED_TOPIC: 6,
     DLQ_TOPIC: 6,
 }
 """Partitions of each topic in the embedded local log (the spec's ``local.max_partitions``)."""
@@ -51,6 +57,7 @@ RETENTION_MS: Mapping[str, int] = {
     "llmops.exposures.v1": 7 * 86_400_000,
     "llmops.guardrail-decisions.v1": 7 * 86_400_000,
     "llmops.audit.v1": 365 * 86_400_000,
+    AUDIT_CHAINED_TOPIC: 365 * 86_400_000,
     DLQ_TOPIC: 30 * 86_400_000,
 }
 """``retention.ms`` of each topic (ms), as in the spec; the local log's retention uses it."""
@@ -63,8 +70,11 @@ def event_key(envelope: events_pb2.EventEnvelope, kind: str) -> str:
     """The ordering key events.proto prescribes for ``kind`` (the envelope's set event).
 
     prediction, guardrail_decision: request_id; feedback: request_id, else unit_id;
-    exposure: unit_id; audit: chain. When that field is empty the event has no entity to keep
-    in order with, and its event_id is used, which spreads such events evenly.
+    exposure: unit_id; audit: chain, and before the audit writer assigned one, the chain it
+    will join (:func:`audit_chain`), so one chain's raw records stay in order on one
+    partition and re-chaining a replay is deterministic. When that field is empty the event
+    has no entity to keep in order with, and its event_id is used, which spreads such events
+    evenly.
     """
     if kind == "prediction":
         key = envelope.prediction.request_id
@@ -75,10 +85,16 @@ def event_key(envelope: events_pb2.EventEnvelope, kind: str) -> str:
     elif kind == "guardrail_decision":
         key = envelope.guardrail_decision.request_id
     elif kind == "audit":
-        key = envelope.audit.chain
+        key = envelope.audit.chain or audit_chain(envelope.audit.tenant)
     else:
         raise ValueError(f"unknown event kind {kind!r}")
     return key or str(getattr(envelope, kind).event_id)
+
+
+def audit_chain(tenant: str) -> str:
+    """The audit chain of a tenant's records: ``tenant:<tenant>`` (events.proto), with
+    ``default`` for records without a tenant."""
+    return f"tenant:{tenant or 'default'}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from llmops.backends import Backends
     from llmops.clickhouse.base import ClickHouseStore
     from llmops.clients import MeshClient
+    from llmops.events.base import EventLog
     from llmops.events.publisher import EventPublisher
 
 S = TypeVar("S", bound=Settings)
@@ -85,6 +86,12 @@ class ServiceBackends:
         publish through ``ctx.events``)."""
         self._check("events")
         return self._backends.publisher()
+
+    def event_log(self) -> EventLog:
+        """The process's event log itself, for services that consume topics (the governance
+        audit writer); producers publish through ``ctx.events``."""
+        self._check("events")
+        return self._backends.event_log()
 
     @property
     def redis_url(self) -> str:

@@ -72,6 +72,20 @@ class GovernanceSettings(Settings):
         "lineage into an empty registry at start (auto = in embedded mode only).",
     )
 
+    audit_writer: Switch = Field(
+        "on",
+        description="Run the audit writer, the single writer of the audit hash chains: it "
+        "reads the raw audit topic, chains the records and appends them to "
+        "llmops.audit.chained.v1 (which the sink loads into ClickHouse). Exactly one "
+        "governance replica may run it; a second one stops with ABORTED on its first append.",
+    )
+    audit_batch: int = Field(
+        5_000, ge=1, le=100_000, description="Raw audit records the writer chains per append."
+    )
+    audit_poll_timeout_s: float = Field(
+        0.2, gt=0, le=5, description="How long one poll of the raw audit topic waits."
+    )
+
     def store_backend(self, mode: str) -> Literal["sqlite", "postgres"]:
         return by_mode(self.store, mode, "sqlite", "postgres")
 
@@ -88,5 +102,5 @@ PLUGIN = ServicePlugin(
     summary="registry, policy, audit",
     settings=GovernanceSettings,
     settings_key="governance",
-    backends=frozenset({"events", "opa", "state_dir"}),
+    backends=frozenset({"clickhouse", "events", "opa", "state_dir"}),
 )

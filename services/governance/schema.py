@@ -125,3 +125,27 @@ edges = Table(
     UniqueConstraint("upstream", "downstream", "relation", name="uq_registry_lineage_edge"),
     Index("ix_registry_lineage_downstream", "downstream"),
 )
+
+audit_chain_heads = Table(
+    "audit_chain_heads",
+    metadata,
+    Column("chain", String(256), primary_key=True),
+    Column("sequence", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+"""The anchored head of each audit chain: moved by the audit writer (compare-and-set on
+``sequence``) after the chained records were appended, before the raw offsets are
+committed. VerifyAudit compares the stored records against it."""
+
+audit_writer_offsets = Table(
+    "audit_writer_offsets",
+    metadata,
+    Column("topic", String(256), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)
+"""The raw audit records the heads account for (next offset to read per partition),
+written in the heads' transaction: a crash between storing the heads and committing the
+consumer offsets must not chain those records twice."""

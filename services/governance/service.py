@@ -11,7 +11,11 @@ import structlog
 from llmops.errors import FailedPrecondition
 from llmops.scheduler import Background, Periodic, Task
 from llmops.server import ServiceContext, ServiceDefinition, binding
+from llmops.settings import switched_on
 from llmops.v1 import governance_pb2, governance_pb2_grpc
+from services.governance.audit_store import ClickHouseAuditRecords, SqlAnchorStore
+from services.governance.audit_trail import AuditTrail
+from services.governance.audit_writer import AuditWriter
 from services.governance.demo import seed_if_empty
 from services.governance.guard import BuiltinRules, RegoGate
 from services.governance.plugin import GovernanceSettings
@@ -95,6 +99,16 @@ def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
             await seed_if_empty(registry)
 
         tasks.append(Background("demo_data", seed))
+    anchors = SqlAnchorStore(store.engine)
+    audit = AuditTrail(ClickHouseAuditRecords(ctx.backends.clickhouse), anchors)
+    if switched_on(settings.audit_writer, auto=True):  # a task: starts after the migration
+        writer = AuditWriter(
+            ctx.backends.event_log(),
+            anchors,
+            batch=settings.audit_batch,
+            poll_timeout_s=settings.audit_poll_timeout_s,
+        )
+        tasks.append(writer.task())
 
     async def start() -> None:
         await store.open()
@@ -106,7 +120,7 @@ def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
                 governance_pb2,
                 governance_pb2_grpc,
                 "GovernanceService",
-                GovernanceServicer(registry, decisions),
+                GovernanceServicer(registry, decisions, audit),
             ),
             binding(
                 governance_pb2,

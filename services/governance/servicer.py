@@ -1,18 +1,19 @@
 """gRPC servicer of the governance registry: protobuf in, domain call, protobuf out.
 
 Nothing is decided here: requests become domain inputs (:mod:`services.governance.model`,
-:mod:`services.governance.policy_decisions`) and domain results become responses. The RPCs
-of the audit trail (a later part of issue #11) answer UNIMPLEMENTED naming what is missing.
+:mod:`services.governance.policy_decisions`, :mod:`services.governance.audit_trail`) and
+domain results become responses.
 """
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from llmops.errors import NotImplementedYet
 from llmops.v1 import common_pb2, governance_pb2, governance_pb2_grpc
+from services.governance.audit_trail import AuditQuery, AuditTrail, Verification
 from services.governance.model import (
     AliasMove,
     Artifact,
@@ -31,9 +32,6 @@ from services.governance.policy_decisions import Decision as PolicyDecision
 from services.governance.policy_decisions import PolicyDecisions, PolicyReload
 from services.governance.policy_engine import PolicyBundle
 from services.governance.registry import Registry
-
-PENDING_AUDIT = "the hash-chained audit trail arrives with issue #11, point 3 (audit trail)"
-
 
 # -- requests -> domain -------------------------------------------------------------------
 
@@ -213,16 +211,39 @@ def edge_pb(edge: Edge) -> governance_pb2.LineageEdge:
     return out
 
 
-def _pending(method: str, owner: str) -> NotImplementedYet:
-    return NotImplementedYet(
-        f"llmops.v1.GovernanceService.{method} is not implemented yet: {owner}"
+def audit_query(request: governance_pb2.QueryAuditRequest) -> AuditQuery:
+    window = request.window
+    return AuditQuery(
+        chain=request.chain,
+        start=window.start_time.ToDatetime(UTC) if window.HasField("start_time") else None,
+        end=window.end_time.ToDatetime(UTC) if window.HasField("end_time") else None,
+        actor_id=request.actor_id,
+        action_prefix=request.action_prefix,
+        resource_type=request.resource_type,
+        resource_name=request.resource_name,
+        page_size=request.page_size,
+        page_token=request.page_token,
+    )
+
+
+def verification_pb(v: Verification) -> governance_pb2.VerifyAuditResponse:
+    return governance_pb2.VerifyAuditResponse(
+        valid=v.valid,
+        records_checked=v.records_checked,
+        first_invalid_sequence=v.first_invalid_sequence,
+        expected_hash=v.expected_hash,
+        actual_hash=v.actual_hash,
+        head_sequence=v.head_sequence,
+        head_hash=v.head_hash,
+        message=v.message,
     )
 
 
 class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
-    def __init__(self, registry: Registry, decisions: PolicyDecisions) -> None:
+    def __init__(self, registry: Registry, decisions: PolicyDecisions, audit: AuditTrail) -> None:
         self.registry = registry
         self.decisions = decisions
+        self.audit = audit
 
     async def Register(
         self, request: governance_pb2.RegisterRequest, context: Any
@@ -337,12 +358,18 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     async def QueryAudit(
         self, request: governance_pb2.QueryAuditRequest, context: Any
     ) -> governance_pb2.QueryAuditResponse:
-        raise _pending("QueryAudit", PENDING_AUDIT)
+        page = await self.audit.query(audit_query(request))
+        return governance_pb2.QueryAuditResponse(
+            records=page.records, next_page_token=page.next_page_token
+        )
 
     async def VerifyAudit(
         self, request: governance_pb2.VerifyAuditRequest, context: Any
     ) -> governance_pb2.VerifyAuditResponse:
-        raise _pending("VerifyAudit", PENDING_AUDIT)
+        verified = await self.audit.verify(
+            request.chain, request.from_sequence, request.to_sequence
+        )
+        return verification_pb(verified)
 
 
 class GovernanceAdminServicer(governance_pb2_grpc.GovernanceAdminServiceServicer):

@@ -3,8 +3,8 @@ served in-process by ``llmops.server.serve`` (embedded SQLite in a tmp state dir
 local event log, the committed Wasm policy bundle), called over gRPC. Status codes for bad
 input, the contract's response fields, audit records in the event log with the caller as
 the actor, policy decisions (Evaluate, the Rego deploy gate of alias moves, their decision
-records), policy reloads and the bundle in force, the RPCs still pending, and the demo data
-``llmops up`` registers."""
+records), policy reloads and the bundle in force, the audit writer's chained records, and
+the demo data ``llmops up`` registers."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from google.protobuf import json_format, struct_pb2
 
 from llmops.config import load_config
 from llmops.events.local_log import LocalLog
-from llmops.events.topics import KIND_TOPICS
+from llmops.events.topics import AUDIT_CHAINED_TOPIC, KIND_TOPICS
 from llmops.v1 import common_pb2, events_pb2, governance_pb2, governance_pb2_grpc
+from services.governance.audit_chain import hash_of
 from services.governance.policy_wasm import DEFAULT_WASM_BUNDLE
 from tests.governance_policy_cases import ALIAS as ALIAS_GATE
 from tests.governance_policy_cases import DECISION_PATHS, promote
@@ -53,9 +54,11 @@ class Served:
     gov: governance_pb2_grpc.GovernanceServiceStub
     admin: governance_pb2_grpc.GovernanceAdminServiceStub
 
-    def audits(self, at_least: int) -> list[events_pb2.AuditEvent]:
+    def audits(
+        self, at_least: int, topic: str = KIND_TOPICS["audit"]
+    ) -> list[events_pb2.AuditEvent]:
         log = LocalLog(self.state_dir / "events")
-        consumer = log.consumer(f"test-governance-{time.monotonic_ns()}", [KIND_TOPICS["audit"]])
+        consumer = log.consumer(f"test-governance-{time.monotonic_ns()}", [topic])
         found: list[events_pb2.AuditEvent] = []
         deadline = time.monotonic() + 10
         try:
@@ -249,14 +252,23 @@ async def test_registry_rpcs_status_codes_and_audit_records(served: Served) -> N
     assert lineage.edges[0].created_by == CALLER and lineage.edges[0].create_time.seconds > 0
     await _fails(gov.GetLineage(governance_pb2.GetLineageRequest(node=route, depth=11), timeout=5),
                  grpc.StatusCode.INVALID_ARGUMENT, "depth")  # fmt: skip
-    for method in ("QueryAudit", "VerifyAudit"):
-        await _fails(
-            getattr(gov, method)(getattr(governance_pb2, f"{method}Request")(), timeout=5),
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"GovernanceService.{method} is not implemented yet", "issue #11", "audit trail",
-        )  # fmt: skip
+    await _fails(gov.VerifyAudit(governance_pb2.VerifyAuditRequest(), timeout=5),
+                 grpc.StatusCode.INVALID_ARGUMENT, "chain")  # fmt: skip
+    await _fails(
+        gov.QueryAudit(governance_pb2.QueryAuditRequest(page_token="nope"), timeout=5),
+        grpc.StatusCode.INVALID_ARGUMENT, "page_token",
+    )  # fmt: skip
 
     found = served.audits(at_least=8)
+    # the audit writer (a task of the service) chained every raw record, in one chain per
+    # tenant, sequence 1, 2, 3 ... with each hash recomputing from the record
+    chained = served.audits(at_least=len(found), topic=AUDIT_CHAINED_TOPIC)
+    assert {a.event_id for a in chained} == {a.event_id for a in found}
+    for chain in {a.chain for a in chained}:
+        links = sorted((a for a in chained if a.chain == chain), key=lambda a: a.sequence)
+        assert [a.sequence for a in links] == list(range(1, len(links) + 1))
+        assert all(a.hash == hash_of(a) for a in links)
+        assert [a.prev_hash for a in links] == ["0" * 64] + [a.hash for a in links[:-1]]
     # UUIDv7 ids order records across milliseconds only: a gate decision and the denial it
     # caused can share one, so the decision records are matched by their decision id
     decided = {a.policy_decision_id: a for a in found if a.action == "policy.decide"}

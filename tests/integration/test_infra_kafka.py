@@ -24,6 +24,7 @@ EXPECTED_TOPICS = {
     "llmops.exposures.v1",
     "llmops.guardrail-decisions.v1",
     "llmops.audit.v1",
+    "llmops.audit.chained.v1",
     "llmops.dlq.v1",
 }
 

@@ -1,0 +1,244 @@
+"""Where the audit chains are anchored: their heads (and the raw offsets those heads account
+for) in the registry database, and the chained records in ClickHouse.
+
+Two small protocols keep the audit domain off the storage details: :class:`AnchorStore`
+(the registry's SQL database, :class:`SqlAnchorStore`) and :class:`AuditRecords` (the
+``audit`` table, :class:`ClickHouseAuditRecords`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from llmops.clickhouse.base import ClickHouseStore
+from llmops.errors import Aborted
+from llmops.events.base import TopicPartition
+from services.governance import schema
+from services.governance.audit_chain import Head
+
+# -- anchors (registry database) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Anchors:
+    heads: dict[str, Head]
+    offsets: dict[TopicPartition, int]
+    """Next raw offset to read per partition, as of these heads."""
+
+
+class AnchorStore(Protocol):
+    """The chain heads and the raw offsets they account for; blocking (call from a thread)."""
+
+    def load(self) -> Anchors: ...
+
+    def head(self, chain: str) -> Head | None: ...
+
+    def advance(
+        self,
+        moved: Mapping[str, Head],
+        expected: Mapping[str, Head],
+        offsets: Mapping[TopicPartition, int],
+    ) -> None:
+        """Store the heads that moved (compare-and-set on each chain's ``expected`` head:
+        :class:`~llmops.errors.Aborted` when another writer moved one) and ``offsets``, in
+        one transaction."""
+        ...
+
+
+class SqlAnchorStore:
+    """:class:`AnchorStore` on the registry's SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def load(self) -> Anchors:
+        with self.engine.begin() as conn:
+            heads = {
+                row.chain: Head(int(row.sequence), row.hash)
+                for row in conn.execute(sa.select(schema.audit_chain_heads))
+            }
+            offsets = {
+                (row.topic, int(row.partition)): int(row.next_offset)
+                for row in conn.execute(sa.select(schema.audit_writer_offsets))
+            }
+        return Anchors(heads, offsets)
+
+    def head(self, chain: str) -> Head | None:
+        table = schema.audit_chain_heads
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(table).where(table.c.chain == chain)).first()
+        return Head(int(row.sequence), row.hash) if row is not None else None
+
+    def advance(
+        self,
+        moved: Mapping[str, Head],
+        expected: Mapping[str, Head],
+        offsets: Mapping[TopicPartition, int],
+    ) -> None:
+        now = time.time_ns() // 1000
+        with self.engine.begin() as conn:
+            for chain, head in sorted(moved.items()):
+                _move_head(conn, chain, head, expected.get(chain), now)
+            table = schema.audit_writer_offsets
+            for (topic, partition), offset in sorted(offsets.items()):
+                where = (table.c.topic == topic) & (table.c.partition == partition)
+                values = {"next_offset": offset, "updated_at_us": now}
+                if conn.execute(table.update().where(where).values(**values)).rowcount == 0:
+                    conn.execute(table.insert().values(topic=topic, partition=partition, **values))
+
+
+def _move_head(conn: Connection, chain: str, head: Head, expected: Head | None, now: int) -> None:
+    table = schema.audit_chain_heads
+    values = {"sequence": head.sequence, "hash": head.hash, "updated_at_us": now}
+    if expected is None or expected.sequence == 0:
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(chain=chain, **values))
+            return
+        except sa.exc.IntegrityError:
+            raise Aborted(
+                f"audit chain {chain} was started by another writer: only one audit writer "
+                "may run (governance.audit_writer)"
+            ) from None
+    where = (table.c.chain == chain) & (table.c.sequence == expected.sequence)
+    if conn.execute(table.update().where(where).values(**values)).rowcount != 1:
+        raise Aborted(
+            f"audit chain {chain} moved past sequence {expected.sequence} under this writer: "
+            "only one audit writer may run (governance.audit_writer)"
+        )
+
+
+# -- records (ClickHouse) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """QueryAudit's filters; ``after`` is the paging key (event time ms, chain, sequence)."""
+
+    chain: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    actor_id: str = ""
+    action_prefix: str = ""
+    resource_type: str = ""
+    resource_name: str = ""
+    after: tuple[int, str, int] | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """One row of a chain as VerifyAudit reads it: the columns it checks, the record bytes."""
+
+    sequence: int
+    hash: str
+    record: bytes
+
+
+class AuditRecords(Protocol):
+    """The stored chained records; blocking (call from a thread)."""
+
+    def query(self, where: AuditFilter) -> list[tuple[tuple[int, str, int], bytes]]:
+        """Up to ``where.limit`` records oldest first, each with its paging key."""
+        ...
+
+    def chain_range(self, chain: str, first: int, last: int, batch: int) -> Iterator[StoredRecord]:
+        """Records of ``chain`` with ``first <= sequence <= last`` in sequence order (more
+        than one per sequence when a row was inserted), read ``batch`` rows at a time."""
+        ...
+
+    def last_sequence(self, chain: str) -> int:
+        """The highest sequence stored for ``chain`` (0 when none)."""
+        ...
+
+
+def _decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return b""  # a tampered cell: the record fails its hash
+
+
+class ClickHouseAuditRecords:
+    """:class:`AuditRecords` on the ``audit`` table (read with FINAL: the replacing key
+    collapses replays; a row rewritten through the key wins, as a tamperer would make it)."""
+
+    def __init__(
+        self, store: ClickHouseStore | Callable[[], ClickHouseStore], table: str = "audit"
+    ) -> None:
+        self._store = store
+        self.table = table
+
+    @property
+    def store(self) -> ClickHouseStore:
+        """The store, opened on first use when given as a factory (the service does: chdb
+        is opened by the first RPC that reads the trail, not at start)."""
+        if callable(self._store):
+            self._store = self._store()
+        return self._store
+
+    def query(self, where: AuditFilter) -> list[tuple[tuple[int, str, int], bytes]]:
+        conds = ["chain != ''"]
+        params: dict[str, Any] = {"limit": where.limit}
+        if where.chain:
+            conds.append("chain = %(chain)s")
+            params["chain"] = where.chain
+        if where.start is not None:
+            conds.append("event_time >= %(start)s")
+            params["start"] = where.start
+        if where.end is not None:
+            conds.append("event_time < %(end)s")
+            params["end"] = where.end
+        for column in ("actor_id", "resource_type", "resource_name"):
+            if value := getattr(where, column):
+                conds.append(f"{column} = %({column})s")
+                params[column] = value
+        if where.action_prefix:
+            conds.append("startsWith(action, %(action_prefix)s)")
+            params["action_prefix"] = where.action_prefix
+        if where.after is not None:
+            conds.append(
+                "(toUnixTimestamp64Milli(event_time), chain, sequence) > (%(t)s, %(c)s, %(s)s)"
+            )
+            params.update(t=where.after[0], c=where.after[1], s=where.after[2])
+        rows = self.store.query(
+            f"SELECT toUnixTimestamp64Milli(event_time) AS t, chain, sequence, record "
+            f"FROM {self.table} FINAL WHERE {' AND '.join(conds)} "
+            "ORDER BY t, chain, sequence LIMIT %(limit)s",
+            params,
+        )
+        return [
+            ((int(r["t"]), str(r["chain"]), int(r["sequence"])), _decode(r["record"])) for r in rows
+        ]
+
+    def chain_range(self, chain: str, first: int, last: int, batch: int) -> Iterator[StoredRecord]:
+        after: tuple[int, str] = (first - 1, "ffffffff-ffff-ffff-ffff-ffffffffffff")
+        while True:
+            rows = self.store.query(
+                f"SELECT sequence, hash, record, toString(event_id) AS id FROM {self.table} "
+                "FINAL WHERE chain = %(chain)s AND sequence <= %(last)s "
+                "AND (sequence, toString(event_id)) > (%(seq)s, %(id)s) "
+                "ORDER BY sequence, id LIMIT %(batch)s",
+                {"chain": chain, "last": last, "seq": after[0], "id": after[1], "batch": batch},
+            )
+            for r in rows:
+                yield StoredRecord(int(r["sequence"]), str(r["hash"]), _decode(r["record"]))
+            if len(rows) < batch:
+                return
+            after = (int(rows[-1]["sequence"]), str(rows[-1]["id"]))
+
+    def last_sequence(self, chain: str) -> int:
+        rows = self.store.query(
+            f"SELECT max(sequence) AS s FROM {self.table} FINAL WHERE chain = %(chain)s",
+            {"chain": chain},
+        )
+        return int(rows[0]["s"]) if rows else 0
