@@ -7,6 +7,10 @@ requests, its best throughput from one Python process):
   alias_deny5  the same gate denying for 5 reasons (5 host ``sprintf`` calls from Wasm)
   domain_*     PolicyDecisions.evaluate over the Wasm engine: input checks, secrets
                stripped, UUIDv7, the AuditEvent built and buffered (into a list here)
+  evaluate_grpc, registry_read_*_grpc
+               Evaluate and GetArtifact through gRPC on a governance service of its own
+  verify_audit VerifyAudit's check of one chain (200k records; --quick 50k) stored in a chdb
+               database of the bench's own: ``records_per_s`` (best of 3)
 Systems: ``llmops`` (WasmPolicyEngine.evaluate_now), ``opa-rest`` (OpaServerEngine: the
 pooled aiohttp session of opa-python-client, POST /v1/data/...?provenance=true).
 
@@ -110,12 +114,27 @@ def main(*, quick: bool) -> None:
     with servers.opa() as url:
         cases, ratios = asyncio.run(_run(url, quick))
     cases += _grpc_cases(quick)
+    cases.append(_verify_case(50_000 if quick else 200_000))
     emit("governance", [c.summary() for c in cases], ratios)
 
 
 def _grpc_cases(quick: bool) -> list[Case]:
     """Evaluate and a registry read through gRPC on a governance service of its own
-    (embedded Wasm engine, SQLite registry with the demo artifacts), sequential."""
+    (embedded Wasm engine, the demo artifacts), sequential: on SQLite, then the read again
+    on PostgreSQL (a database of its own on the deploy/local server)."""
+    n = 2_000 if quick else 20_000
+    cases = _grpc_service({"LLMOPS__GOVERNANCE__STORE": "sqlite"}, n, evaluate=True, store="sqlite")
+    with servers.postgres() as dsn:
+        cases += _grpc_service(
+            {"LLMOPS__GOVERNANCE__STORE": "postgres", "LLMOPS__GOVERNANCE__DSN": dsn},
+            n,
+            evaluate=False,
+            store="postgres",
+        )
+    return cases
+
+
+def _grpc_service(env: dict[str, str], n: int, *, evaluate: bool, store: str) -> list[Case]:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="llmops-bench-governance-") as tmp:
@@ -126,20 +145,90 @@ def _grpc_cases(quick: bool) -> list[Case]:
                 {
                     "LLMOPS__STATE_DIR": tmp,
                     "LLMOPS__EVENTS__BACKEND": "local",
-                    "LLMOPS__GOVERNANCE__STORE": "sqlite",
                     "LLMOPS__GOVERNANCE__POLICY_ENGINE": "wasm",
                     "LLMOPS__GOVERNANCE__DEMO_DATA": "on",
+                    **env,
                 },
                 log,
             )
             try:
-                return asyncio.run(_grpc_run(address, 2_000 if quick else 20_000))
+                return asyncio.run(_grpc_run(address, n, evaluate=evaluate, store=store))
             finally:
                 proc.terminate()
                 proc.wait(30)
 
 
-async def _grpc_run(address: str, n: int) -> list[Case]:
+def _verify_case(n: int, runs: int = 3) -> Case:
+    """VerifyAudit (AuditTrail.verify) over one chain of ``n`` records chained by the audit
+    writer's code and loaded into the ``audit`` table of a chdb database of the bench's own;
+    the head anchored. ``records_per_s`` is the best of ``runs`` verifications."""
+    import tempfile
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from chdb import session as chdb_session
+
+    from llmops.clickhouse.chdb_store import ChdbStore
+    from llmops.clickhouse.migrations import apply_migrations
+    from llmops.clickhouse.rows import audit_columns
+    from llmops.events.topics import AUDIT_CHAINED_TOPIC
+    from llmops.v1 import events_pb2
+    from services.governance import audit_chain
+    from services.governance.audit_store import ClickHouseAuditRecords
+    from services.governance.audit_trail import AuditTrail
+
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    records = []
+    for i in range(n):
+        event = events_pb2.AuditEvent(
+            event_id=str(uuid.UUID(int=(0x0190B6A0 << 96) | (7 << 76) | (2 << 62) | i)),
+            tenant="bench",
+            action="artifact.register" if i % 3 else "alias.set",
+            resource=events_pb2.Resource(type="model", name=f"model-{i % 50}", version=str(i)),
+            outcome=events_pb2.AUDIT_OUTCOME_SUCCESS,
+            reason=f"change {i}",
+        )
+        event.event_time.FromMilliseconds(int(t0.timestamp() * 1000) + i)
+        event.actor.id = "user:alice"
+        records.append(event)
+    chained, heads = audit_chain.append(records, {})
+    chain = "tenant:bench"
+
+    class Anchored:
+        def head(self, name: str) -> audit_chain.Head | None:
+            return heads.get(name)
+
+    with tempfile.TemporaryDirectory(prefix="llmops-bench-audit-") as tmp:
+        session = chdb_session.Session(tmp)  # type: ignore[no-untyped-call]
+        try:
+            store = ChdbStore(session, database="bench_audit")
+            apply_migrations(store)
+            step = 50_000
+            for k in range(0, n, step):
+                items = [
+                    (AUDIT_CHAINED_TOPIC, 0, k + j, events_pb2.EventEnvelope(audit=r))
+                    for j, r in enumerate(chained[k : k + step])
+                ]
+                store.insert("audit", audit_columns(items))
+            trail = AuditTrail(ClickHouseAuditRecords(store), Anchored())  # type: ignore[arg-type]
+            lat = []
+            for _ in range(runs):
+                start = time.perf_counter()
+                result = asyncio.run(trail.verify(chain))
+                lat.append(time.perf_counter() - start)
+                assert result.valid and result.records_checked == n, result.message
+        finally:
+            session.cleanup()  # type: ignore[no-untyped-call]
+    return Case(
+        "verify_audit",
+        "llmops",
+        lat,
+        sum(lat),
+        extra={"records": n, "records_per_s": round(n / min(lat))},
+    )
+
+
+async def _grpc_run(address: str, n: int, *, evaluate: bool, store: str) -> list[Case]:
     import grpc
     from google.protobuf import struct_pb2
 
@@ -149,7 +238,7 @@ async def _grpc_run(address: str, n: int) -> list[Case]:
         stub = governance_pb2_grpc.GovernanceServiceStub(channel)
         document = struct_pb2.Struct()
         document.update(ALLOW)
-        evaluate = governance_pb2.EvaluateRequest(path=PATH, input=document)
+        evaluate_request = governance_pb2.EvaluateRequest(path=PATH, input=document)
         ref = governance_pb2.ArtifactRef(
             kind=governance_pb2.ARTIFACT_KIND_MODEL, name="property-summary-llm", alias="champion"
         )
@@ -163,18 +252,27 @@ async def _grpc_run(address: str, n: int) -> list[Case]:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
-        return [
+        cases = []
+        if evaluate:
+            cases.append(
+                await async_case(
+                    "evaluate_grpc",
+                    "llmops",
+                    partial(stub.Evaluate, evaluate_request, timeout=5),
+                    n,
+                    1,
+                )
+            )
+        cases.append(
             await async_case(
-                "evaluate_grpc", "llmops", partial(stub.Evaluate, evaluate, timeout=5), n, 1
-            ),
-            await async_case(
-                "registry_read_sqlite_grpc",
+                f"registry_read_{store}_grpc",
                 "llmops",
                 partial(stub.GetArtifact, read, timeout=5),
                 n,
                 1,
-            ),
-        ]
+            )
+        )
+        return cases
 
 
 async def _run(url: str, quick: bool) -> tuple[list[Case], dict[str, float]]:

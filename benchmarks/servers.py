@@ -137,6 +137,53 @@ def opa() -> Iterator[str]:
             _script("opa", "stop", 60)
 
 
+def postgres_port() -> int:
+    return int(os.environ.get("LLMOPS_POSTGRES_PORT") or 15432)
+
+
+def probe_postgres(port: int) -> bool:
+    """``SELECT 1`` answers as role ``llmops`` on database ``llmops`` (trust auth)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            host=HOST, port=port, user="llmops", dbname="llmops", connect_timeout=2
+        ) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """SQLAlchemy URL of a PostgreSQL database of its own (created here, dropped on exit) on
+    the deploy/local server (started here, and stopped on exit, if it was not running)."""
+    import uuid
+
+    import psycopg
+
+    port = postgres_port()
+    started = False
+    if not probe_postgres(port):
+        print(f"starting PostgreSQL on {HOST}:{port} (deploy/local/postgres.sh)", file=sys.stderr)
+        _script("postgres", "start", 180)
+        started = True
+    database = f"llmops_bench_{uuid.uuid4().hex[:8]}"
+    admin = {"host": HOST, "port": port, "user": "llmops", "dbname": "llmops", "autocommit": True}
+    try:
+        with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+            conn.execute(f"CREATE DATABASE {database}")
+        try:
+            yield f"postgresql+psycopg://llmops@{HOST}:{port}/{database}"
+        finally:
+            with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+                conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    finally:
+        if started:
+            _script("postgres", "stop", 120)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

@@ -170,6 +170,7 @@ LOG_KINDS = {
     "guardrail": "guardrail decisions",
     "audit": "audit records",
     "feedback": "feedback events",
+    "drift": "drift reports",
 }
 
 
@@ -214,6 +215,17 @@ def _logs_command(kind: str, what: str) -> click.Command:
 
 for _kind, _what in LOG_KINDS.items():
     _logs_command(_kind, _what)
+
+
+@cli.command("drift")
+@_config_option
+@click.option("--last", default="1d", show_default=True, help="Window: 30s, 5m, 2h, 1d.")
+@click.option("--limit", default=50, show_default=True, help="At most this many rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
+def drift(config_path: Path | None, last: str, limit: int, as_json: bool) -> None:
+    """The newest drift reports (PSI and KS per route, model and metric), newest first:
+    `llmops logs drift` with a one-day default window."""
+    _show_logs("drift", config_path, last, limit, as_json)
 
 
 @cli.command()
@@ -519,6 +531,65 @@ def policy_test(cases_path: Path, config_path: Path | None, json_out: bool) -> N
 
     _rpc(work())
     if not all(o.passed for o in outcomes):
+        sys.exit(1)
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit trail of a running mesh (QueryAudit, VerifyAudit)."""
+
+
+@audit.command("query")
+@_config_option
+@click.option("--chain", default="", help="Only this chain, e.g. tenant:default.")
+@click.option("--since", default="", help="Only the last 30m, 2h, 7d ... (default: all).")
+@click.option("--actor", default="", help="Only this actor id, e.g. user:alice.")
+@click.option("--action", default="", help="Only actions starting with this, e.g. alias.")
+@click.option("--resource", default="", help="Only this resource: TYPE or TYPE/NAME.")
+@click.option("--page-size", default=50, show_default=True)
+@click.option("--page-token", default="", help="Continue from a previous page.")
+@_json_option
+def audit_query(
+    config_path: Path | None,
+    chain: str,
+    since: str,
+    actor: str,
+    action: str,
+    resource: str,
+    page_size: int,
+    page_token: str,
+    json_out: bool,
+) -> None:
+    """Audit records oldest first, a page at a time."""
+    from llmops import governance_cli as g
+
+    args = g.AuditArgs(chain, since, actor, action, resource, page_size, page_token)
+    _rpc(g.audit_query(_load(config_path), args, json_out))
+
+
+@audit.command("verify")
+@click.argument("chain")
+@_config_option
+@click.option("--from", "first", default=0, show_default=True, help="First sequence (0 = 1).")
+@click.option("--to", "last", default=0, show_default=True, help="Last sequence (0 = head).")
+@_json_option
+def audit_verify(
+    config_path: Path | None, chain: str, first: int, last: int, json_out: bool
+) -> None:
+    """Recompute CHAIN's hashes (e.g. tenant:default) and report the first break; exit 1
+    when the chain is broken."""
+    from llmops import governance_cli as g
+
+    config = _load(config_path)
+    valid: list[bool] = []
+
+    async def work() -> str:
+        ok, text = await g.audit_verify(config, chain, first, last, json_out)
+        valid.append(ok)
+        return text
+
+    _rpc(work())
+    if not all(valid):
         sys.exit(1)
 
 

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig
 from llmops.errors import InvalidArgument
-from llmops.v1 import governance_pb2, governance_pb2_grpc
+from llmops.v1 import events_pb2, governance_pb2, governance_pb2_grpc
 
 KINDS = {
     "model": governance_pb2.ARTIFACT_KIND_MODEL,
@@ -686,3 +686,94 @@ def report_cases(outcomes: Sequence[CaseOutcome], json_out: bool) -> str:
     ]
     lines.append(f"{len(outcomes) - failed} passed, {failed} failed")
     return "\n".join(lines)
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditArgs:
+    chain: str = ""
+    since: str = ""
+    """A window ending now (``30m``, ``2h``, ``7d``); empty = no lower bound."""
+    actor: str = ""
+    action: str = ""
+    resource: str = ""
+    """``TYPE`` or ``TYPE/NAME``."""
+    page_size: int = 50
+    page_token: str = ""
+
+
+def audit_query_request(args: AuditArgs) -> governance_pb2.QueryAuditRequest:
+    from datetime import UTC, datetime
+
+    from llmops.logs import parse_window
+
+    resource_type, _, resource_name = args.resource.partition("/")
+    request = governance_pb2.QueryAuditRequest(
+        chain=args.chain,
+        actor_id=args.actor,
+        action_prefix=args.action,
+        resource_type=resource_type,
+        resource_name=resource_name,
+        page_size=args.page_size,
+        page_token=args.page_token,
+    )
+    if args.since:
+        try:
+            window = parse_window(args.since)
+        except ValueError as err:
+            raise InvalidArgument("since", str(err)) from None
+        request.window.start_time.FromDatetime(datetime.now(UTC) - window)
+    return request
+
+
+def audit_lines(reply: governance_pb2.QueryAuditResponse) -> str:
+    rows = [["TIME", "CHAIN", "SEQ", "ACTOR", "ACTION", "RESOURCE", "OUTCOME"]]
+    for r in reply.records:
+        resource = f"{r.resource.type}/{r.resource.name}"
+        if r.resource.version:
+            resource += f"@{r.resource.version}"
+        outcome = events_pb2.AuditOutcome.Name(r.outcome).removeprefix("AUDIT_OUTCOME_").lower()
+        rows.append(
+            [_time(r.event_time), r.chain, str(r.sequence), r.actor.id, r.action, resource,
+             outcome]
+        )  # fmt: skip
+    out = table(rows) if len(rows) > 1 else "no audit records"
+    if reply.next_page_token:
+        out += f"\nnext page: --page-token {reply.next_page_token}"
+    return out
+
+
+async def audit_query(config: MeshConfig, args: AuditArgs, json_out: bool) -> str:
+    request = audit_query_request(args)
+    async with MeshClient(config) as mesh:
+        reply = await _stub(mesh).QueryAudit(request)
+    return as_json(reply) if json_out else audit_lines(reply)
+
+
+def verification_text(chain: str, v: governance_pb2.VerifyAuditResponse) -> str:
+    lines = [
+        f"chain    {chain}",
+        f"valid    {'yes' if v.valid else 'NO'}",
+        f"checked  {v.records_checked} records",
+        f"head     {v.head_sequence} {v.head_hash or '-'}",
+    ]
+    if not v.valid:
+        lines += [
+            f"broken   at sequence {v.first_invalid_sequence}",
+            f"expected {v.expected_hash or '-'}",
+            f"actual   {v.actual_hash or '-'}",
+        ]
+    lines.append(f"message  {v.message}")
+    return "\n".join(lines)
+
+
+async def audit_verify(
+    config: MeshConfig, chain: str, first: int, last: int, json_out: bool
+) -> tuple[bool, str]:
+    """(valid, text) of VerifyAudit on ``chain`` from ``first`` to ``last`` (0 = 1 / head)."""
+    request = governance_pb2.VerifyAuditRequest(chain=chain, from_sequence=first, to_sequence=last)
+    async with MeshClient(config) as mesh:
+        reply = await _stub(mesh).VerifyAudit(request)
+    return reply.valid, as_json(reply) if json_out else verification_text(chain, reply)

@@ -47,6 +47,18 @@ class ClickHouseStore(Protocol):
         """Rows of a SELECT as dicts, in result order, values in Python types."""
         ...
 
+    def query_columns(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> dict[str, list[Any]]:
+        """The columns of a SELECT by name, each a list in result order: the bulk-read path
+        (no dict per row; VerifyAudit reads its batches this way). Numbers come as int/float,
+        ``String`` and ``FixedString`` as **bytes** (undecoded, as ClickHouse stores them).
+        Only those are portable: cast other types in SQL (the server backend refuses them
+        with :class:`ClickHouseQueryError`; chdb refuses arrays, maps and timestamps but
+        hands DateTime over as its epoch seconds, as Arrow carries it). An empty result has
+        every column, empty (``{}`` only if a backend sends no schema)."""
+        ...
+
     def insert(
         self,
         table: str,

@@ -304,6 +304,11 @@ RECENT_EVENTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         ("event_time", "event_time"), ("request_id", "request_id"), ("tenant", "tenant"),
         ("kind", "kind"), ("unit_id", "unit_id"),
     )),
+    "drift": ("drift_reports", (
+        ("event_time", "event_time"), ("route", "route"), ("model_name", "model_name"),
+        ("metric", "metric"), ("psi", "psi"), ("ks", "ks"), ("drifted", "drifted"),
+        ("n_ref", "n_ref"), ("n_latest", "n_latest"), ("latest_start", "latest_start"),
+    )),
 }  # fmt: skip
 """The other event kinds `llmops logs` shows (predictions: :func:`recent_predictions`)."""
 

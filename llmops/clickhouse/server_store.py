@@ -24,6 +24,7 @@ Failures:
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, tzinfo
@@ -60,6 +61,12 @@ TRANSIENT_CODES = frozenset(
         999,  # KEEPER_EXCEPTION
     }
 )
+
+
+_COLUMNAR_TYPES = re.compile(
+    r"^(LowCardinality\()?(U?Int\d+|Float\d+|Bool|String|FixedString\(\d+\))\)?$"
+)
+"""Column types :meth:`ServerStore.query_columns` returns (numbers, strings as bytes)."""
 
 
 class _NotSent(Exception):
@@ -148,6 +155,28 @@ class ServerStore:
         )
         zone = self._server_info()[1]
         return convert_rows([n for n, _ in types], [t for _, t in types], rows, zone)
+
+    def query_columns(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> dict[str, list[Any]]:
+        """clickhouse-driver's columnar result with ``strings_as_bytes`` (no decoding)."""
+        text = render(sql, params)
+        columns, types = self._retrying(
+            self._client,
+            lambda c: c.execute(
+                text, with_column_types=True, columnar=True, settings={"strings_as_bytes": True}
+            ),
+            idempotent=True,
+        )
+        out: dict[str, list[Any]] = {}
+        for (name, kind), values in zip(types, columns or [[] for _ in types], strict=True):
+            if not _COLUMNAR_TYPES.match(kind):
+                raise ClickHouseQueryError(
+                    f"query_columns reads numbers and strings only: column {name!r} is {kind} "
+                    "(cast it in SQL, e.g. toString)"
+                )
+            out[name] = list(values)
+        return out
 
     def insert(
         self,

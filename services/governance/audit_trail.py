@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,17 +24,18 @@ import orjson
 
 from llmops.errors import InvalidArgument
 from llmops.v1 import events_pb2
-from services.governance.audit_chain import GENESIS, Head, record_hash, split, split_parsed
+from services.governance.audit_chain import GENESIS, Head, split_parsed
 from services.governance.audit_store import (
     AnchorStore,
     AuditFilter,
     AuditRecords,
+    StoredBatch,
     StoredRecord,
 )
 
 MAX_PAGE = 1_000
 DEFAULT_PAGE = 100
-VERIFY_BATCH = 100_000
+VERIFY_BATCH = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +134,10 @@ class AuditTrail:
             raise InvalidArgument("from_sequence", "must not exceed to_sequence")
         prev: str | None = GENESIS
         if first > 1:  # the link into the range: the stored hash of the record before it
-            before = list(self.records.chain_range(chain, first - 1, first - 1, 2))
-            prev = before[0].hash if before else None  # outside the range: not checked
-        result = check(self.records.chain_range(chain, first, to, self.batch), first, to, prev)
+            before = list(self.records.chain_batches(chain, first - 1, first - 1, 1))
+            prev = _text(before[0].hashes[0]) if before else None  # none: not checked
+        with closing(prefetched(self.records.chain_batches(chain, first, to, self.batch))) as rows:
+            result = check_batches(rows, first, to, prev)
         out = Verification(
             valid=result.valid,
             records_checked=result.records_checked,
@@ -177,54 +182,93 @@ def check(rows: Iterable[StoredRecord], first: int, last: int, prev: str | None)
     """Walk ``rows`` (StoredRecords in sequence order) from ``first`` to ``last`` after a
     record whose hash is ``prev`` (None: unknown, the first record's prev_hash is taken as
     given); the first broken link ends the walk."""
+    return check_batches([StoredBatch.of(rows)], first, last, prev)
+
+
+_HASH_TAG = b"\x82\x01\x40"  # audit_chain's tail shape: ... prev_hash field, hash field
+_PREV_TAG = b"\x7a\x40"
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("ascii", "replace") if value is not None else ""
+
+
+def check_batches(
+    batches: Iterable[StoredBatch], first: int, last: int, prev: str | None
+) -> _Checked:
+    """:func:`check` over column-wise batches; hashes compared as ASCII bytes, the usual
+    record shape (:func:`~services.governance.audit_chain.split`) sliced inline, others
+    parsed. ~1 M records/s on one core (the SHA-256 is most of it)."""
     expected_seq = first
     checked = 0
-    for row in rows:
-        seq = row.sequence
-        if seq != expected_seq:
-            if seq < expected_seq:
+    link = prev.encode("ascii") if prev is not None else None
+    sha256 = hashlib.sha256
+    for batch in batches:
+        for seq, column, record in zip(batch.sequences, batch.hashes, batch.records, strict=True):
+            if seq != expected_seq:
+                if seq < expected_seq:
+                    return _Checked(
+                        False, checked, seq, _text(link), _text(column),
+                        f"sequence {seq} appears twice (a record was inserted)",
+                    )  # fmt: skip
+                missing = (
+                    f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}-{seq - 1}"
+                )
                 return _Checked(
-                    False, checked, seq, prev or "", row.hash,
-                    f"sequence {seq} appears twice (a record was inserted)",
+                    False, checked, expected_seq, "", "",
+                    f"sequence {missing} missing (a record was deleted)",
                 )  # fmt: skip
-            missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}-{seq - 1}"
-            return _Checked(
-                False, checked, expected_seq, "", "",
-                f"sequence {missing} missing (a record was deleted)",
-            )  # fmt: skip
-        parts = split(row.record)
-        if parts is None:
-            try:
-                parts = split_parsed(row.record)
-            except ValueError as err:
-                return _Checked(False, checked, seq, "", row.hash, f"record {seq}: {err}")
-        body, prev_hash, stored = parts
-        if prev is None:
-            prev = prev_hash
-        if stored != row.hash:
-            return _Checked(
-                False, checked, seq, stored, row.hash,
-                f"record {seq}: the hash column differs from the record's hash",
-            )  # fmt: skip
-        if prev_hash != prev:
-            return _Checked(
-                False, checked, seq, prev, prev_hash,
-                f"record {seq} does not link to record {seq - 1}: prev_hash differs "
-                "(records re-ordered or inserted)",
-            )  # fmt: skip
-        recomputed = record_hash(prev_hash, body)
-        if recomputed != stored:
-            return _Checked(
-                False, checked, seq, recomputed, stored,
-                f"record {seq} was modified: its hash does not recompute",
-            )  # fmt: skip
-        checked += 1
-        prev = stored
-        expected_seq += 1
+            if (
+                len(record) >= 133
+                and record[-67:-64] == _HASH_TAG
+                and record[-133:-131] == _PREV_TAG
+            ):
+                body = record[:-67]
+                prev_hash = record[-131:-67]
+                stored = record[-64:]
+            else:
+                try:
+                    body, parsed_prev, parsed_hash = split_parsed(record)
+                except ValueError as err:
+                    return _Checked(False, checked, seq, "", _text(column), f"record {seq}: {err}")
+                prev_hash = parsed_prev.encode("utf-8")
+                stored = parsed_hash.encode("utf-8")
+            if link is None:
+                link = prev_hash
+            if stored != column:
+                return _Checked(
+                    False, checked, seq, _text(stored), _text(column),
+                    f"record {seq}: the hash column differs from the record's hash",
+                )  # fmt: skip
+            if prev_hash != link:
+                return _Checked(
+                    False, checked, seq, _text(link), _text(prev_hash),
+                    f"record {seq} does not link to record {seq - 1}: prev_hash differs "
+                    "(records re-ordered or inserted)",
+                )  # fmt: skip
+            recomputed = sha256(prev_hash + body).hexdigest().encode()
+            if recomputed != stored:
+                return _Checked(
+                    False, checked, seq, _text(recomputed), _text(stored),
+                    f"record {seq} was modified: its hash does not recompute",
+                )  # fmt: skip
+            checked += 1
+            link = stored
+            expected_seq += 1
     if expected_seq <= last:
         missing = f"{expected_seq}" if expected_seq == last else f"{expected_seq}-{last}"
         return _Checked(
             False, checked, expected_seq, "", "",
-            f"sequence {missing} missing (records deleted)", prev or "",
+            f"sequence {missing} missing (records deleted)", _text(link),
         )  # fmt: skip
-    return _Checked(True, checked, message=f"{checked} records intact", last_hash=prev or "")
+    return _Checked(True, checked, message=f"{checked} records intact", last_hash=_text(link))
+
+
+def prefetched(batches: Iterator[StoredBatch]) -> Generator[StoredBatch, None, None]:
+    """``batches`` read one ahead on a thread of its own: the next batch is fetched (chdb and
+    the driver release the GIL while they read) while this one is checked."""
+    with ThreadPoolExecutor(1, thread_name_prefix="audit-verify") as pool:
+        pending = pool.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = pool.submit(next, batches, None)
+            yield batch

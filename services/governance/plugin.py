@@ -86,6 +86,46 @@ class GovernanceSettings(Settings):
         0.2, gt=0, le=5, description="How long one poll of the raw audit topic waits."
     )
 
+    drift_interval_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Run the drift job this often (PSI and KS per route, model and metric of "
+        "the prediction log, written to ClickHouse drift_reports); 0 = never.",
+    )
+    drift_reference_window_s: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="Length of the reference window, which ends where the latest window "
+        "starts (default 7 days).",
+    )
+    drift_latest_window_s: float = Field(
+        3600.0, gt=0, description="Length of the latest window, ending at the run's time."
+    )
+    drift_psi_threshold: float = Field(
+        0.25,
+        ge=0,
+        description="A PSI at or above this is drift (0.1-0.25 is usually read as a moderate "
+        "shift, above 0.25 as major); 0 = PSI never flags.",
+    )
+    drift_ks_threshold: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="A two-sample KS statistic at or above this is drift; 0 = KS never flags.",
+    )
+    drift_bins: int = Field(
+        10,
+        ge=2,
+        le=100,
+        description="PSI bins: edges at the reference window's quantiles 1/b .. (b-1)/b "
+        "(duplicate edges merged; ordinal metrics use one bin per category).",
+    )
+    drift_min_samples: int = Field(
+        100,
+        ge=1,
+        description="Skip a route/model whose reference or latest window has fewer rows.",
+    )
+
     def store_backend(self, mode: str) -> Literal["sqlite", "postgres"]:
         return by_mode(self.store, mode, "sqlite", "postgres")
 

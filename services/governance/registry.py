@@ -690,8 +690,20 @@ class Registry:
         validation.ref(ref)
 
         def work(tx: RegistryTx) -> tuple[Artifact, Version]:
-            art, row = self._resolve(tx, ref)
-            artifact = self._artifact_of(tx, art)
+            # _resolve + _artifact_of in 4 statements instead of up to 6 (the hot read)
+            art = self._live(tx, ref.kind, ref.name, f"{ref.where}.name")
+            aliases = tx.aliases([art.id]).get(art.id, {})
+            latest = tx.latest_versions([art.id]).get(art.id, 0)
+            label = f"{art.kind.lower()} {art.name}"
+            number = ref.version
+            if not number and ref.alias and ref.alias != model.LATEST:
+                number = aliases.get(ref.alias, 0)
+                if not number:
+                    raise NotFound(f"{ref.where}.alias: {label} has no alias {ref.alias!r}")
+            row = tx.version(art.id, number or latest)
+            if row is None:
+                raise NotFound(f"{ref.where}.version: {label} has no version {number or latest}")
+            artifact = _artifact(art, latest, aliases)
             return artifact, _version(art, row, artifact.aliases)
 
         return await self.store.read(work)

@@ -4,6 +4,7 @@ servicers and tasks."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -17,6 +18,8 @@ from services.governance.audit_store import ClickHouseAuditRecords, SqlAnchorSto
 from services.governance.audit_trail import AuditTrail
 from services.governance.audit_writer import AuditWriter
 from services.governance.demo import seed_if_empty
+from services.governance.drift import Thresholds
+from services.governance.drift_job import DriftConfig, DriftJob
 from services.governance.guard import BuiltinRules, RegoGate
 from services.governance.plugin import GovernanceSettings
 from services.governance.policy_decisions import PolicyDecisions
@@ -83,6 +86,19 @@ def open_policies(ctx: ServiceContext[GovernanceSettings]) -> tuple[PolicyDecisi
     return decisions, tasks
 
 
+def drift_job(ctx: ServiceContext[GovernanceSettings]) -> DriftJob:
+    """The drift job over the prediction log in ClickHouse (see drift_job.py)."""
+    settings = ctx.settings
+    config = DriftConfig(
+        reference_window=timedelta(seconds=settings.drift_reference_window_s),
+        latest_window=timedelta(seconds=settings.drift_latest_window_s),
+        thresholds=Thresholds(psi=settings.drift_psi_threshold, ks=settings.drift_ks_threshold),
+        bins=settings.drift_bins,
+        min_samples=settings.drift_min_samples,
+    )
+    return DriftJob(ctx.backends.clickhouse, ctx.events, config)
+
+
 def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
     settings = ctx.settings
     store = open_store(ctx)
@@ -109,6 +125,9 @@ def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
             poll_timeout_s=settings.audit_poll_timeout_s,
         )
         tasks.append(writer.task())
+
+    if settings.drift_interval_s > 0:
+        tasks.append(drift_job(ctx).task(settings.drift_interval_s))
 
     async def start() -> None:
         await store.open()

@@ -151,7 +151,53 @@ def decision_pb(decision: Decision | None) -> governance_pb2.PolicyDecision | No
     return out
 
 
-def policy_decision_pb(decision: PolicyDecision) -> governance_pb2.PolicyDecision:
+def plain(value: struct_pb2.Value) -> Any:
+    """A Struct ``Value`` as a plain JSON value (json_format.MessageToDict's result, ~1.5x
+    faster: Evaluate's input)."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {key: plain(child) for key, child in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [plain(child) for child in value.list_value.values]
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def plain_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return {key: plain(child) for key, child in struct.fields.items()}
+
+
+def set_value(out: struct_pb2.Value, value: Any) -> None:
+    """``out`` set to the JSON value ``value`` (json_format.ParseDict into a Value, without
+    its generic machinery)."""
+    if value is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        out.bool_value = value
+    elif isinstance(value, int | float):
+        out.number_value = value
+    elif isinstance(value, str):
+        out.string_value = value
+    elif isinstance(value, dict):
+        out.struct_value.SetInParent()  # set even when empty
+        out.struct_value.update(value)
+    elif isinstance(value, list):
+        out.list_value.SetInParent()
+        out.list_value.extend(value)
+    else:
+        out.CopyFrom(json_format.ParseDict(value, struct_pb2.Value()))  # its error
+
+
+def policy_decision_pb(
+    decision: PolicyDecision, request_input: struct_pb2.Struct | None = None
+) -> governance_pb2.PolicyDecision:
+    """``request_input``: the request's Struct, copied as the decision's input when nothing
+    was redacted from it (the same document: Struct numbers are doubles either way)."""
     out = governance_pb2.PolicyDecision(
         decision_id=decision.decision_id,
         path=decision.path,
@@ -160,8 +206,11 @@ def policy_decision_pb(decision: PolicyDecision) -> governance_pb2.PolicyDecisio
         reasons=decision.reasons,
         latency_us=decision.latency_us,
     )
-    out.input.update(decision.input)
-    out.result.CopyFrom(json_format.ParseDict(decision.result, struct_pb2.Value()))
+    if request_input is not None and not decision.redacted:
+        out.input.CopyFrom(request_input)
+    else:
+        out.input.update(decision.input)
+    set_value(out.result, decision.result)
     out.decide_time.FromNanoseconds(int(decision.decide_time * 1e9))
     return out
 
@@ -350,10 +399,14 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     ) -> governance_pb2.EvaluateResponse:
         decided = await self.decisions.evaluate(
             request.path,
-            json_format.MessageToDict(request.input) if request.HasField("input") else None,
+            plain_struct(request.input) if request.HasField("input") else None,
             tenant=request.context.tenant,
         )
-        return governance_pb2.EvaluateResponse(decision=policy_decision_pb(decided))
+        return governance_pb2.EvaluateResponse(
+            decision=policy_decision_pb(
+                decided, request.input if request.HasField("input") else None
+            )
+        )
 
     async def QueryAudit(
         self, request: governance_pb2.QueryAuditRequest, context: Any

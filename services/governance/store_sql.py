@@ -3,11 +3,12 @@
 SQLAlchemy Core over the tables of :mod:`services.governance.schema`; the schema is
 brought up to date at start by the Alembic migrations shipped in ``migrations/`` (run
 programmatically on the store's own connection, no ``alembic.ini``). Transactions run on
-a small thread pool, never on the event loop: one thread for SQLite (it has one writer
-anyway; every transaction is ``BEGIN IMMEDIATE``, so two writers never deadlock on a lock
-upgrade), ``pool_size`` threads and pooled psycopg 3 connections for PostgreSQL (READ
-COMMITTED; compare-and-set updates and unique keys settle races, see
-:mod:`services.governance.store`).
+a small thread pool, never on the event loop: one thread for SQLite writes (it has one
+writer anyway; every write transaction is ``BEGIN IMMEDIATE``, so two writers never
+deadlock on a lock upgrade) and two for its reads (deferred ``BEGIN`` on ``query_only``
+connections: a WAL snapshot that neither waits for the writer nor blocks it),
+``pool_size`` threads and pooled psycopg 3 connections for PostgreSQL (READ COMMITTED;
+compare-and-set updates and unique keys settle races, see :mod:`services.governance.store`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ log = structlog.get_logger("llmops.governance")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 WRITE_ATTEMPTS = 8
+SQLITE_READERS = 2
+"""Threads of SQLite's read path (WAL: readers run beside the one writer)."""
 _MIGRATION_LOCK = 0x6C6C6D6F7073  # "llmops": the advisory lock id of schema migrations
 
 
@@ -70,7 +73,10 @@ def migrate(connection: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, *, read_only: bool = False) -> Engine:
+    """A SQLite engine whose transactions begin ``IMMEDIATE`` (the write lock at once), or,
+    ``read_only``, deferred on ``query_only`` connections: in WAL mode such a read takes a
+    snapshot and neither waits for the writer nor holds it up."""
     engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -81,16 +87,26 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        if read_only:
+            cursor.execute("PRAGMA query_only=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
 
-def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout_s: float) -> Engine:
+def _postgres_engine(
+    url: str, pool_size: int, max_overflow: int, timeout_s: float, *, reads: bool = False
+) -> Engine:
+    """The pooled psycopg 3 engine; ``reads``: a pool of its own in autocommit (no BEGIN /
+    COMMIT, nothing to reset when a connection goes back: a read is 1 round trip per
+    statement plus the pre-ping)."""
+    options: dict[str, Any] = (
+        {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if reads else {}
+    )
     parsed = make_url(url)
     if parsed.drivername == "postgresql":  # the plain scheme means psycopg 3 here
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -101,6 +117,7 @@ def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout_s: flo
             max_overflow=max_overflow,
             pool_timeout=timeout_s,
             pool_pre_ping=True,
+            **options,
         )
     except ModuleNotFoundError as err:
         raise FailedPrecondition(
@@ -111,23 +128,47 @@ def _postgres_engine(url: str, pool_size: int, max_overflow: int, timeout_s: flo
 class SqlRegistryStore:
     """:class:`~services.governance.store.RegistryStore` on SQLite or PostgreSQL."""
 
-    def __init__(self, engine: Engine, workers: int) -> None:
+    def __init__(
+        self, engine: Engine, workers: int, read_engine: Engine | None = None, readers: int = 0
+    ) -> None:
+        """``read_engine``/``readers``: SQLite's read path, a deferred-``BEGIN`` engine on
+        threads of its own, so a read never queues behind a write (the registry's, or the
+        audit writer's anchors on the same file). Without them reads share ``engine`` and
+        its pool of threads (PostgreSQL: MVCC reads never wait for writers anyway; there
+        ``read_engine`` is a second pool, in autocommit)."""
         self.engine = engine
+        self.read_engine = read_engine or engine
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="registry-db")
+        self._readers = (
+            ThreadPoolExecutor(readers, thread_name_prefix="registry-db-read")
+            if read_engine is not None and readers
+            else self._executor
+        )
 
     @classmethod
     def sqlite(cls, path: Path) -> SqlRegistryStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return cls(_sqlite_engine(sqlite_url(path)), workers=1)
+        return cls._sqlite(sqlite_url(path))
+
+    @classmethod
+    def _sqlite(cls, url: str) -> SqlRegistryStore:
+        return cls(
+            _sqlite_engine(url), 1, _sqlite_engine(url, read_only=True), readers=SQLITE_READERS
+        )
 
     @classmethod
     def from_url(
         cls, url: str, pool_size: int = 8, max_overflow: int = 4, timeout_s: float = 10.0
     ) -> SqlRegistryStore:
         if make_url(url).get_backend_name() == "sqlite":
-            return cls(_sqlite_engine(url), workers=1)
+            if make_url(url).database in (None, "", ":memory:"):  # one connection's database
+                return cls(_sqlite_engine(url), workers=1)
+            return cls._sqlite(url)
         engine = _postgres_engine(url, pool_size, max_overflow, timeout_s)
-        return cls(engine, workers=pool_size)
+        # Reads in autocommit: under READ COMMITTED every statement takes its own snapshot
+        # anyway, so a read transaction only added round trips (BEGIN, COMMIT, the reset).
+        reads = _postgres_engine(url, pool_size, max_overflow, timeout_s, reads=True)
+        return cls(engine, workers=pool_size, read_engine=reads)
 
     @property
     def description(self) -> str:
@@ -142,10 +183,10 @@ class SqlRegistryStore:
 
     async def read(self, work: Callable[[RegistryTx], T]) -> T:
         def run() -> T:
-            with self.engine.begin() as conn:
+            with self.read_engine.begin() as conn:
                 return work(_Tx(conn))
 
-        return await self._run(run)
+        return await self._run(run, self._readers)
 
     async def write(self, work: Callable[[RegistryTx], T]) -> T:
         def run() -> T:
@@ -165,15 +206,41 @@ class SqlRegistryStore:
 
         return await self._run(run)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _run(self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            return await asyncio.get_running_loop().run_in_executor(executor or self._executor, fn)
         except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as err:
             raise Unavailable(f"registry database {self.description}: {err}") from err
 
     async def close(self) -> None:
+        if self._readers is not self._executor:
+            self._readers.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+
+# The statements of the hot reads (GetArtifact), built once: constructing a Core statement
+# per call was a third of a read's time.
+_A, _V, _AL = schema.artifacts, schema.versions, schema.aliases
+_ARTIFACT = sa.select(_A).where(
+    _A.c.kind == sa.bindparam("kind"), _A.c.name == sa.bindparam("name")
+)
+_VERSION = sa.select(_V).where(
+    _V.c.artifact_id == sa.bindparam("artifact_id"), _V.c.version == sa.bindparam("version")
+)
+_VERSION_FOR_UPDATE = _VERSION.with_for_update()
+_LATEST = (
+    sa.select(_V.c.artifact_id, sa.func.max(_V.c.version))
+    .where(_V.c.artifact_id.in_(sa.bindparam("ids", expanding=True)))
+    .group_by(_V.c.artifact_id)
+)
+_ALIASES = (
+    sa.select(_AL.c.artifact_id, _AL.c.alias, _AL.c.version)
+    .where(_AL.c.artifact_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_AL.c.artifact_id, _AL.c.alias)
+)
 
 
 def _artifact(row: sa.Row[Any]) -> ArtifactRow:
@@ -230,8 +297,7 @@ class _Tx:
     # artifacts ----------------------------------------------------------------------------
 
     def artifact(self, kind: str, name: str) -> ArtifactRow | None:
-        t = schema.artifacts
-        row = self.conn.execute(sa.select(t).where(t.c.kind == kind, t.c.name == name)).first()
+        row = self.conn.execute(_ARTIFACT, {"kind": kind, "name": name}).first()
         return _artifact(row) if row is not None else None
 
     def artifacts_by_id(self, ids: Collection[int]) -> dict[int, ArtifactRow]:
@@ -312,11 +378,8 @@ class _Tx:
     # versions -----------------------------------------------------------------------------
 
     def version(self, artifact_id: int, version: int, lock: bool = False) -> VersionRow | None:
-        t = schema.versions
-        query = sa.select(t).where(t.c.artifact_id == artifact_id, t.c.version == version)
-        if lock:
-            query = query.with_for_update()
-        row = self.conn.execute(query).first()
+        query = _VERSION_FOR_UPDATE if lock else _VERSION
+        row = self.conn.execute(query, {"artifact_id": artifact_id, "version": version}).first()
         return _version(row) if row is not None else None
 
     def version_by_digest(self, artifact_id: int, digest: str) -> VersionRow | None:
@@ -329,12 +392,7 @@ class _Tx:
     def latest_versions(self, artifact_ids: Collection[int]) -> dict[int, int]:
         if not artifact_ids:
             return {}
-        t = schema.versions
-        rows = self.conn.execute(
-            sa.select(t.c.artifact_id, sa.func.max(t.c.version))
-            .where(t.c.artifact_id.in_(list(artifact_ids)))
-            .group_by(t.c.artifact_id)
-        )
+        rows = self.conn.execute(_LATEST, {"ids": list(artifact_ids)})
         return {int(a): int(v) for a, v in rows}
 
     def versions(
@@ -403,12 +461,7 @@ class _Tx:
     def aliases(self, artifact_ids: Collection[int]) -> dict[int, dict[str, int]]:
         if not artifact_ids:
             return {}
-        t = schema.aliases
-        rows = self.conn.execute(
-            sa.select(t.c.artifact_id, t.c.alias, t.c.version)
-            .where(t.c.artifact_id.in_(list(artifact_ids)))
-            .order_by(t.c.artifact_id, t.c.alias)
-        )
+        rows = self.conn.execute(_ALIASES, {"ids": list(artifact_ids)})
         found: dict[int, dict[str, int]] = {}
         for artifact_id, alias, version in rows:
             found.setdefault(int(artifact_id), {})[alias] = int(version)

@@ -252,3 +252,38 @@ def test_policy_test_rejects_a_malformed_case_file(mesh: RunningMesh, tmp_path: 
     cases = tmp_path / "cases.yaml"
     cases.write_text(f"- path: {ACCESS}\n  input: {{}}\n")
     assert "cases[0].expect" in _fails(mesh, "INVALID_ARGUMENT", "policy", "test", str(cases))
+
+
+def test_audit_query_and_verify(mesh: RunningMesh) -> None:
+    # the demo registrations reach ClickHouse through the audit writer and the sink
+    deadline = time.monotonic() + 90
+    while True:
+        page = json.loads(
+            _ok(mesh, "audit", "query", "--chain", "tenant:default", "--page-size", "5", "--json")
+        )
+        if len(page.get("records", [])) == 5:
+            break
+        assert time.monotonic() < deadline, page
+        time.sleep(1)
+    sequences = [int(r["sequence"]) for r in page["records"]]
+    assert sequences == sorted(sequences) and page["next_page_token"]
+    text = _ok(mesh, "audit", "query", "--chain", "tenant:default", "--action", "artifact.")
+    assert text.splitlines()[0].split()[:3] == ["TIME", "CHAIN", "SEQ"]
+    assert "artifact.register" in text and "alias.set" not in text
+    assert "no audit records" in _ok(mesh, "audit", "query", "--actor", "user:nobody")
+
+    verified = _ok(mesh, "audit", "verify", "tenant:default", "--to", "5")
+    assert "valid    yes" in verified and "checked  5 records" in verified
+    reply = json.loads(_ok(mesh, "audit", "verify", "tenant:default", "--to", "5", "--json"))
+    assert reply["valid"] and int(reply["head_sequence"]) >= 5
+    deadline = time.monotonic() + 60
+    while True:  # the whole chain: its tail may still be on its way to ClickHouse
+        whole = _llmops(mesh, "audit", "verify", "tenant:default")
+        if whole.returncode == 0:
+            break
+        assert whole.returncode == 1 and "missing" in whole.stdout, whole.stdout + whole.stderr
+        assert time.monotonic() < deadline, whole.stdout
+        time.sleep(1)
+
+    assert "since" in _fails(mesh, "INVALID_ARGUMENT", "audit", "query", "--since", "5x")
+    assert "chain" in _fails(mesh, "INVALID_ARGUMENT", "audit", "verify", "")

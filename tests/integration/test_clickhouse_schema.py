@@ -34,7 +34,12 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
     s = ChdbStore(chdb_session, database="it_clickhouse_schema")
     s.execute("DROP DATABASE IF EXISTS it_clickhouse_schema")
     s = ChdbStore(chdb_session, database="it_clickhouse_schema")
-    assert apply_migrations(s) == ["0001_raw_tables", "0002_rollups", "0003_lean_predictions"]
+    assert apply_migrations(s) == [
+        "0001_raw_tables",
+        "0002_rollups",
+        "0003_lean_predictions",
+        "0004_drift",
+    ]
     chunks = synthetic.prediction_chunks(
         ROWS,
         15_000,
@@ -55,6 +60,7 @@ def test_migrations_are_idempotent_and_recorded(store: ChdbStore) -> None:
         (1, "raw_tables"),
         (2, "rollups"),
         (3, "lean_predictions"),
+        (4, "drift"),
     ]
     assert all(len(r["checksum"]) == 64 for r in recorded)
     tables = {
@@ -83,7 +89,7 @@ def test_changed_migration_is_refused(chdb_session: Any, tmp_path: Path) -> None
         shutil.copy(f, tmp_path / f.name)
     s = ChdbStore(chdb_session, database="it_clickhouse_migrations")
     try:
-        assert len(apply_migrations(s, tmp_path)) == 3
+        assert len(apply_migrations(s, tmp_path)) == 4
         first = tmp_path / "0001_raw_tables.sql"
         first.write_text(first.read_text() + "\n-- edited\n")
         with pytest.raises(MigrationChecksumMismatch, match="0001_raw_tables"):
