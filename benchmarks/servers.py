@@ -55,6 +55,21 @@ def _script(name: str, command: str, timeout_s: float) -> None:
 
 
 @contextmanager
+def _running(name: str, label: str, where: str, up: bool, start_s: float, stop_s: float
+             ) -> Iterator[None]:  # fmt: skip
+    """The deploy/local server ``name``: reused when ``up``, else started here and stopped
+    on exit."""
+    if not up:
+        print(f"starting {label} on {where} (deploy/local/{name}.sh)", file=sys.stderr)
+        _script(name, "start", start_s)
+    try:
+        yield
+    finally:
+        if not up:
+            _script(name, "stop", stop_s)
+
+
+@contextmanager
 def kafka() -> Iterator[str]:
     """Bootstrap address of a Kafka broker: ``LLMOPS_KAFKA_BOOTSTRAP`` if set, else the
     deploy/local broker (started here, and stopped on exit, if it was not running)."""
@@ -63,16 +78,8 @@ def kafka() -> Iterator[str]:
         yield configured
         return
     port = kafka_port()
-    started = False
-    if not probe_kafka(port):
-        print(f"starting Kafka on {HOST}:{port} (deploy/local/kafka.sh)", file=sys.stderr)
-        _script("kafka", "start", 240)
-        started = True
-    try:
+    with _running("kafka", "Kafka", f"{HOST}:{port}", probe_kafka(port), 240, 120):
         yield f"{HOST}:{port}"
-    finally:
-        if started:
-            _script("kafka", "stop", 120)
 
 
 def redis_port() -> int:
@@ -95,16 +102,8 @@ def redis() -> Iterator[tuple[str, int]]:
     """(host, port) of a Redis: the deploy/local one (started here, and stopped on exit, if
     it was not running)."""
     port = redis_port()
-    started = False
-    if not probe_redis(port):
-        print(f"starting Redis on {HOST}:{port} (deploy/local/redis.sh)", file=sys.stderr)
-        _script("redis", "start", 60)
-        started = True
-    try:
+    with _running("redis", "Redis", f"{HOST}:{port}", probe_redis(port), 60, 60):
         yield HOST, port
-    finally:
-        if started:
-            _script("redis", "stop", 60)
 
 
 def opa_url() -> str:
@@ -125,16 +124,8 @@ def opa() -> Iterator[str]:
     """URL of an OPA server serving deploy/opa/policies: the deploy/local one (started here,
     and stopped on exit, if it was not running)."""
     url = opa_url()
-    started = False
-    if not probe_opa(url):
-        print(f"starting OPA at {url} (deploy/local/opa.sh)", file=sys.stderr)
-        _script("opa", "start", 120)
-        started = True
-    try:
+    with _running("opa", "OPA", url, probe_opa(url), 120, 60):
         yield url
-    finally:
-        if started:
-            _script("opa", "stop", 60)
 
 
 def postgres_port() -> int:
@@ -164,14 +155,9 @@ def postgres() -> Iterator[str]:
     import psycopg
 
     port = postgres_port()
-    started = False
-    if not probe_postgres(port):
-        print(f"starting PostgreSQL on {HOST}:{port} (deploy/local/postgres.sh)", file=sys.stderr)
-        _script("postgres", "start", 180)
-        started = True
     database = f"llmops_bench_{uuid.uuid4().hex[:8]}"
     admin = {"host": HOST, "port": port, "user": "llmops", "dbname": "llmops", "autocommit": True}
-    try:
+    with _running("postgres", "PostgreSQL", f"{HOST}:{port}", probe_postgres(port), 180, 120):
         with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
             conn.execute(f"CREATE DATABASE {database}")
         try:
@@ -179,9 +165,6 @@ def postgres() -> Iterator[str]:
         finally:
             with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
                 conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    finally:
-        if started:
-            _script("postgres", "stop", 120)
 
 
 def free_port() -> int:

@@ -106,3 +106,33 @@ def running(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+@contextmanager
+def llmops_up(tmp: Path, within_s: float = 60) -> Iterator[RunningMesh]:
+    """`llmops up` as a newcomer runs it, in a subprocess, once every service is SERVING."""
+    env, ports, admin_ports = mesh_env(tmp)
+    with running(["llmops", "up"], tmp, env) as (proc, log_path):
+        mesh = RunningMesh(proc, env, ports, admin_ports, log_path)
+        start = time.monotonic()
+        try:
+            for name, entry in SERVICES.items():
+                wait_serving(
+                    mesh.address(name), entry.grpc_service, within_s - (time.monotonic() - start)
+                )
+        except TimeoutError:
+            raise AssertionError(
+                f"mesh did not come up within {within_s:.0f} s:\n{mesh.log()[-3000:]}"
+            ) from None
+        yield mesh
+
+
+def run_llmops(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
+    """One `llmops` CLI command against ``mesh`` (its config through the environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "llmops", *args],
+        env=mesh.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

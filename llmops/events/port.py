@@ -13,15 +13,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import struct_pb2
+import structlog
+from google.protobuf import json_format, struct_pb2
 
 from llmops.callcontext import current_request_id
+from llmops.errors import AuditNotPublished
 from llmops.events.ids import uuid7
 from llmops.identity import Identity, current_identity
 from llmops.v1 import events_pb2
 
 if TYPE_CHECKING:
     from llmops.events.publisher import EventPublisher
+
+log = structlog.get_logger("llmops.events")
 
 
 class ServiceEvents:
@@ -34,8 +38,15 @@ class ServiceEvents:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.service = service
-        self._publisher = publisher
+        self._open = publisher
+        self._opened: EventPublisher | None = None
         self._clock = clock
+
+    def _publisher(self) -> EventPublisher:
+        # Opened on first use (it starts the sender thread), then kept: no lock per event.
+        if self._opened is None:
+            self._opened = self._open()
+        return self._opened
 
     def publish(self, envelope: events_pb2.EventEnvelope) -> None:
         """Buffer one event; raises ResourceExhausted when the buffer is full."""
@@ -44,6 +55,21 @@ class ServiceEvents:
     def publish_all(self, envelopes: Sequence[events_pb2.EventEnvelope]) -> None:
         """Buffer every event or none (ResourceExhausted when they do not all fit)."""
         self._publisher().publish_all(envelopes)
+
+    def publish_audit(self, envelope: events_pb2.EventEnvelope, applied: str) -> None:
+        """Publish the audit record of an action already applied (``applied`` says so, e.g.
+        ``"experiment.start of x is stored (version 3)"``). On failure the whole record goes
+        to the service log (so it can be replayed) and :class:`AuditNotPublished` (DATA_LOSS)
+        tells the caller: the action must not look like a plain success."""
+        try:
+            self.publish(envelope)
+        except Exception as exc:
+            record = json_format.MessageToJson(envelope, indent=None)
+            log.error("audit_publish_failed", error=str(exc), record=record)
+            raise AuditNotPublished(
+                f"{applied} but its audit record could not be published ({exc}); the record "
+                "is in the service log"
+            ) from exc
 
     def has_room(self, count: int) -> bool:
         """Whether ``count`` events fit now: check it before a side effect that must be

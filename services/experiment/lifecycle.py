@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
-from google.protobuf import field_mask_pb2, json_format
+from google.protobuf import field_mask_pb2
 
 from llmops.errors import (
     Aborted,
@@ -275,18 +275,15 @@ class Lifecycle:
             raise failure
 
     def _publish(self, audit: events_pb2.EventEnvelope) -> AuditNotPublished | None:
-        """Publish the audit record of a stored change; on failure, log the whole record
-        (so it can be replayed) and return the error for the caller."""
+        """Publish the audit record of a stored change; a failure is returned (after the
+        snapshot refresh) rather than raised."""
+        event = audit.audit
+        applied = (
+            f"{event.action} of {event.resource.name} is stored "
+            f"(version {event.resource.version or '-'})"
+        )
         try:
-            self.events.publish(audit)
-        except Exception as exc:
-            record = json_format.MessageToJson(audit, indent=None)
-            log.error("audit_publish_failed", error=str(exc), record=record)
-            failure = AuditNotPublished(
-                f"{audit.audit.action} of {audit.audit.resource.name} is stored "
-                f"(version {audit.audit.resource.version or '-'}) but its audit record could "
-                f"not be published ({exc}); the record is in the service log"
-            )
-            failure.__cause__ = exc
+            self.events.publish_audit(audit, applied)
+        except AuditNotPublished as failure:
             return failure
         return None

@@ -29,7 +29,6 @@ from google.protobuf import json_format
 
 from llmops.errors import (
     Aborted,
-    AuditNotPublished,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -1025,20 +1024,14 @@ class Registry:
             actor=actor,
         )
         envelope.audit.policy_decision_id = audit.decision_id
-        try:
-            self.events.publish(envelope)
-        except Exception as exc:
-            record = json_format.MessageToJson(envelope, indent=None)
-            log.error("audit_publish_failed", error=str(exc), record=record)
-            done = (
-                "was denied"
-                if audit.outcome == events_pb2.AUDIT_OUTCOME_DENIED
-                else f"is stored (version {audit.version or '-'})"
-            )
-            raise AuditNotPublished(
-                f"{audit.action} of {audit.resource_type} {audit.name} {done} but its audit "
-                f"record could not be published ({exc}); the record is in the service log"
-            ) from exc
+        done = (
+            "was denied"
+            if audit.outcome == events_pb2.AUDIT_OUTCOME_DENIED
+            else f"is stored (version {audit.version or '-'})"
+        )
+        self.events.publish_audit(
+            envelope, f"{audit.action} of {audit.resource_type} {audit.name} {done}"
+        )
         return envelope.audit.event_id
 
 

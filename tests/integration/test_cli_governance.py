@@ -4,16 +4,13 @@ types them: each command's happy path and its typical error, one line on stderr.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from llmops.mesh import SERVICES
-from tests.support import RunningMesh, mesh_env, running, wait_serving
+from tests.support import RunningMesh, llmops_up, run_llmops
 
 CARD = """\
 intended_use: Rank search results for the CLI test
@@ -31,16 +28,7 @@ BLOCKED = 'model "review-sentiment-llm" may not be used in market "DE"'
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    tmp = tmp_path_factory.mktemp("mesh")
-    env, ports, admin_ports = mesh_env(tmp)
-    with running(["llmops", "up"], tmp, env) as (proc, log_path):
-        m = RunningMesh(proc, env, ports, admin_ports, log_path)
-        start = time.monotonic()
-        try:
-            for name, entry in SERVICES.items():
-                wait_serving(m.address(name), entry.grpc_service, 60 - (time.monotonic() - start))
-        except TimeoutError:
-            pytest.fail(f"mesh did not come up within 60 s:\n{m.log()[-3000:]}")
+    with llmops_up(tmp_path_factory.mktemp("mesh")) as m:
         deadline = time.monotonic() + 60
         while "governance_demo_data" not in m.log():  # seeded in the background
             assert time.monotonic() < deadline, m.log()[-3000:]
@@ -48,14 +36,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
         yield m
 
 
-def _llmops(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmops", *args],
-        env=mesh.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+_llmops = run_llmops
 
 
 def _ok(mesh: RunningMesh, *args: str) -> str:

@@ -32,21 +32,19 @@ from llmops.v1 import (
     guardrail_pb2_grpc,
 )
 from tests.feature_support import property_key, push_request, python, refs
-from tests.support import RunningMesh, mesh_env, port_is_free, running, wait_serving
+from tests.support import (
+    RunningMesh,
+    llmops_up,
+    mesh_env,
+    port_is_free,
+    run_llmops,
+    wait_serving,
+)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
-    tmp = tmp_path_factory.mktemp("mesh")
-    env, ports, admin_ports = mesh_env(tmp)
-    with running(["llmops", "up"], tmp, env) as (proc, log_path):
-        m = RunningMesh(proc, env, ports, admin_ports, log_path)
-        start = time.monotonic()
-        try:
-            for name, entry in SERVICES.items():
-                wait_serving(m.address(name), entry.grpc_service, 60 - (time.monotonic() - start))
-        except TimeoutError:
-            pytest.fail(f"mesh did not come up within 60 s:\n{m.log()[-3000:]}")
+    with llmops_up(tmp_path_factory.mktemp("mesh")) as m:
         yield m
 
 
@@ -74,14 +72,7 @@ def test_reflection_lists_every_service(mesh: RunningMesh) -> None:
         assert expected <= listed, (name, listed)
 
 
-def _llmops(mesh: RunningMesh, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmops", *args],
-        env=mesh.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+_llmops = run_llmops
 
 
 def test_status_json_shows_all_serving(mesh: RunningMesh) -> None:
