@@ -33,6 +33,13 @@ def fetch_recent(
     from the configured store."""
     from llmops.observability import recent_rows
 
+    if config.mode is Mode.EMBEDDED and not (config.state_dir / "chdb").is_dir():
+        # nothing to read, and opening the store would create an empty one here
+        raise Unavailable(
+            f"no embedded mesh data under {config.state_dir.resolve()}: run `llmops up` from "
+            "this directory first, or point LLMOPS__STATE_DIR (or --config) at the state_dir "
+            "of the running mesh"
+        )
     try:
         with Backends(config) as backends:
             return recent_rows(backends.clickhouse(), kind, window.total_seconds(), limit)

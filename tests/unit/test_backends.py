@@ -60,3 +60,15 @@ def test_chdb_session_is_shared_and_persistent(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == "3"
     assert (tmp_path / "chdb").is_dir()
+
+
+def test_logs_without_an_embedded_mesh_say_where_they_looked(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from llmops.errors import Unavailable
+    from llmops.logs import fetch_recent
+
+    config = load_config(environ={"LLMOPS__STATE_DIR": str(tmp_path / "state")})
+    with pytest.raises(Unavailable, match=r"no embedded mesh data under .*state: run `llmops up`"):
+        fetch_recent(config, "audit", timedelta(minutes=5), 10)
+    assert not (tmp_path / "state").exists()  # nothing created on the way
