@@ -11,6 +11,16 @@ requests, its best throughput from one Python process):
                Evaluate and GetArtifact through gRPC on a governance service of its own
   verify_audit VerifyAudit's check of one chain (200k records; --quick 50k) stored in a chdb
                database of the bench's own: ``records_per_s`` (best of 3)
+  audit_append_publish
+               producers' side of the audit trail: n audit records built by
+               ServiceEvents.audit_event and published through the mesh's EventPublisher
+               into the embedded event log (LocalLog, fsync on), timed until flush() says
+               every record is durable: ``records_per_s``; latency = one build + publish
+  audit_append_chain
+               the audit writer's side: AuditWriter steps over those raw records (poll,
+               chain with SHA-256, append to llmops.audit.chained.v1 durably, anchor the
+               heads in a SQLite registry store, commit): ``records_per_s``; latency = one
+               step (a batch of up to 5,000)
 Systems: ``llmops`` (WasmPolicyEngine.evaluate_now), ``opa-rest`` (OpaServerEngine: the
 pooled aiohttp session of opa-python-client, POST /v1/data/...?provenance=true).
 
@@ -115,6 +125,7 @@ def main(*, quick: bool) -> None:
         cases, ratios = asyncio.run(_run(url, quick))
     cases += _grpc_cases(quick)
     cases.append(_verify_case(50_000 if quick else 200_000))
+    cases += _audit_append_cases(50_000 if quick else 200_000)
     emit("governance", [c.summary() for c in cases], ratios)
 
 
@@ -226,6 +237,97 @@ def _verify_case(n: int, runs: int = 3) -> Case:
         sum(lat),
         extra={"records": n, "records_per_s": round(n / min(lat))},
     )
+
+
+def _audit_append_cases(n: int) -> list[Case]:
+    """Audit append into the event log, producer side and audit-writer side (see the module
+    docstring): the embedded default path (LocalLog with fsync, SQLite anchors), the
+    publisher's default batch and linger, one tenant (one chain)."""
+    import tempfile
+
+    from llmops.events.local_log import LocalLog
+    from llmops.events.publisher import EventPublisher
+    from llmops.events.topics import AUDIT_CHAINED_TOPIC, KIND_TOPICS
+    from llmops.identity import system
+    from services.governance.audit_store import SqlAnchorStore
+    from services.governance.audit_writer import AuditWriter
+    from services.governance.store_sql import SqlRegistryStore
+
+    actor = system("bench")
+    with tempfile.TemporaryDirectory(prefix="llmops-bench-audit-append-") as tmp:
+        log = LocalLog(Path(tmp) / "events", fsync=True)
+        publisher = EventPublisher(log, capacity=n + 1, producer="bench").start()
+        events = ServiceEvents("llmops.v1.GovernanceService", lambda: publisher)
+        lat: list[float] = []
+        clock = time.perf_counter
+        start = clock()
+        for i in range(n):
+            t = clock()
+            events.publish(
+                events.audit_event(
+                    "artifact.register",
+                    "model",
+                    f"model-{i % 50}",
+                    version=str(i),
+                    after={"digest": "sha256:" + "ab" * 32},
+                    reason="bench",
+                    tenant="bench",
+                    actor=actor,
+                )
+            )
+            lat.append(clock() - t)
+        assert publisher.flush(120), "the publisher did not deliver every record"
+        wall = clock() - start
+        publisher.close()
+        publish = Case(
+            "audit_append_publish",
+            "llmops",
+            lat,
+            wall,
+            extra={"records": n, "records_per_s": round(n / wall), "log": "local+fsync"},
+        )
+
+        store = SqlRegistryStore.sqlite(Path(tmp) / "registry.sqlite3")
+        asyncio.run(store.open())
+        writer = AuditWriter(log, SqlAnchorStore(store.engine), poll_timeout_s=0.05)
+        writer.open()
+        steps: list[float] = []
+        start = clock()
+        while writer.appended < n:
+            t = clock()
+            if writer.step() == 0 and clock() - start > 120:
+                raise AssertionError(f"the audit writer chained {writer.appended} of {n}")
+            steps.append(clock() - t)
+        wall = clock() - start
+        writer.close()
+        asyncio.run(store.close())
+        chained = sum(1 for _ in _count(log, AUDIT_CHAINED_TOPIC, n))
+        assert chained == n, f"{chained} chained records in the log, expected {n}"
+        assert KIND_TOPICS["audit"] != AUDIT_CHAINED_TOPIC
+        log.close()
+    chain = Case(
+        "audit_append_chain",
+        "llmops",
+        steps,
+        wall,
+        extra={"records": n, "records_per_s": round(n / wall), "log": "local+fsync"},
+    )
+    return [publish, chain]
+
+
+def _count(log: Any, topic: str, n: int) -> Any:
+    """The records of ``topic`` (read back, to check the bench wrote what it says)."""
+    consumer = log.consumer(f"bench-count-{time.monotonic_ns()}", [topic])
+    try:
+        seen = 0
+        while seen < n:
+            got = consumer.poll(10_000, 0.5)
+            if not got:
+                break
+            seen += len(got)
+            yield from got
+    finally:
+        consumer.close()
 
 
 async def _grpc_run(address: str, n: int, *, evaluate: bool, store: str) -> list[Case]:

@@ -422,16 +422,22 @@ def registry_alias(
 @click.argument("name")
 @_config_option
 @_kind_option
+@click.option("--alias", default="", help="Only the moves of this alias.")
+@click.option(
+    "--at",
+    default="",
+    help="Also say which version each alias pointed at then: an ISO 8601 time "
+    "(2026-12-01T09:00:00Z) or a window before now (2h, 7d).",
+)
 @_json_option
-def registry_history(name: str, config_path: Path | None, kind: str, json_out: bool) -> None:
-    """The versions of NAME, oldest first (state, creator, time), and its current aliases.
-
-    The registry keeps every alias move, but the v1 contract (governance.proto) has no RPC
-    that returns past moves: this shows the current aliases only.
-    """
+def registry_history(
+    name: str, config_path: Path | None, kind: str, alias: str, at: str, json_out: bool
+) -> None:
+    """The versions of NAME, oldest first, and every move of its aliases: who moved which
+    alias from which version to which, when and why (GetAliasHistory)."""
     from llmops import governance_cli as g
 
-    _rpc(g.history(_load(config_path), kind, name, json_out))
+    _rpc(g.history(_load(config_path), kind, name, alias, at, json_out))
 
 
 @registry.command("approve")
@@ -483,6 +489,31 @@ def registry_lineage(
     from llmops import governance_cli as g
 
     _rpc(g.lineage(_load(config_path), kind, name, version, direction, depth, json_out))
+
+
+@cli.command("compliance")
+@click.argument("subject", type=click.Choice(["model", "route"]))
+@click.argument("name")
+@_config_option
+@click.option("--version", default=0, help="Model version (default: the latest).")
+@click.option("--alias", default="", help="The model version this alias points at.")
+@_json_option
+def compliance(
+    subject: str,
+    name: str,
+    config_path: Path | None,
+    version: int,
+    alias: str,
+    json_out: bool,
+) -> None:
+    """The compliance report of a model version or of a route (every model serving it): risk
+    tier, model card completeness, approvals, alias history, logging retention in force,
+    last evaluation, drift, and findings (GetComplianceReport)."""
+    from llmops import governance_cli as g
+
+    if subject == "route" and (version or alias):
+        raise click.UsageError("--version and --alias are for a model")
+    _rpc(g.compliance(_load(config_path), subject, name, version, alias, json_out))
 
 
 @cli.group()

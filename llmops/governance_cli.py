@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -352,8 +353,43 @@ def _versions_table(versions: Iterable[governance_pb2.ArtifactVersion]) -> str:
     return table(rows)
 
 
-async def history(config: MeshConfig, kind: str, name: str, json_out: bool) -> str:
+def parse_at(text: str) -> datetime:
+    """``--at``: an ISO 8601 time (``2026-12-01T09:00:00Z``; UTC when it names no zone) or a
+    window before now (``2h``, ``7d``)."""
+    from llmops.logs import parse_window
+
+    try:
+        return datetime.now(UTC) - parse_window(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidArgument(
+            "at", f"{text!r} is neither an ISO 8601 time nor a window like 2h or 7d"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def alias_moves_table(changes: Iterable[governance_pb2.AliasChange]) -> str:
+    rows = [["WHEN", "ALIAS", "FROM", "TO", "BY", "REASON"]]
+    for c in changes:
+        rows.append(
+            [_time(c.change_time), c.alias,
+             f"v{c.previous_version}" if c.previous_version else "-",
+             f"v{c.version}" if c.version else "removed", c.actor_id, c.reason or "-"]
+        )  # fmt: skip
+    return table(rows) if len(rows) > 1 else "(no alias was ever set)"
+
+
+async def history(
+    config: MeshConfig, kind: str, name: str, alias: str, at: str, json_out: bool
+) -> str:
+    request = governance_pb2.GetAliasHistoryRequest(kind=KINDS[kind], name=name, alias=alias)
+    if at:
+        request.at_time.FromDatetime(parse_at(at))
     async with MeshClient(config) as mesh:
+        moves = await _stub(mesh).GetAliasHistory(request)
         got = await _stub(mesh).GetArtifact(
             governance_pb2.GetArtifactRequest(
                 ref=governance_pb2.ArtifactRef(kind=KINDS[kind], name=name)
@@ -365,19 +401,23 @@ async def history(config: MeshConfig, kind: str, name: str, json_out: bool) -> s
             {
                 "aliases": dict(got.artifact.aliases),
                 "versions": [json.loads(as_json(v)) for v in reversed(versions)],
-                "alias_history": None,
+                **json.loads(as_json(moves)),
             }
         )
     aliases = ", ".join(f"{k} -> v{v}" for k, v in sorted(got.artifact.aliases.items()))
-    return "\n".join(
-        [
-            f"{kind_name(got.artifact.kind)} {name}: versions, oldest first",
-            _versions_table(reversed(versions)),
-            f"aliases now: {aliases or 'none'}",
-            "(past alias moves are kept by the registry, but the v1 contract has no RPC that "
-            "returns them)",
-        ]
-    )
+    out = [
+        f"{kind_name(got.artifact.kind)} {name}: versions, oldest first",
+        _versions_table(reversed(versions)),
+        "",
+        "alias moves, oldest first" + (f" ({alias} only)" if alias else ""),
+        alias_moves_table(moves.changes),
+        "",
+        f"aliases now: {aliases or 'none'}",
+    ]
+    if at:
+        held = ", ".join(f"{k} -> v{v}" for k, v in sorted(moves.aliases_at.items()))
+        out.append(f"aliases at {_time(request.at_time)} UTC: {held or 'none'}")
+    return "\n".join(out)
 
 
 async def set_alias(
@@ -777,3 +817,102 @@ async def audit_verify(
     async with MeshClient(config) as mesh:
         reply = await _stub(mesh).VerifyAudit(request)
     return reply.valid, as_json(reply) if json_out else verification_text(chain, reply)
+
+
+# -- compliance --------------------------------------------------------------------------------
+
+
+async def compliance(
+    config: MeshConfig, subject: str, name: str, version: int, alias: str, json_out: bool
+) -> str:
+    if subject == "route":
+        request = governance_pb2.GetComplianceReportRequest(route=name)
+    else:
+        request = governance_pb2.GetComplianceReportRequest(
+            model=governance_pb2.ArtifactRef(
+                kind=governance_pb2.ARTIFACT_KIND_MODEL, name=name, version=version, alias=alias
+            )
+        )
+    async with MeshClient(config) as mesh:
+        reply = await _stub(mesh).GetComplianceReport(request)
+    return as_json(reply) if json_out else compliance_text(reply)
+
+
+def _risk(tier: int) -> str:
+    return _name(governance_pb2.RiskTier, tier, "RISK_TIER_").upper()
+
+
+def _drift_lines(drift: Iterable[governance_pb2.DriftStatus], indent: str = "  ") -> list[str]:
+    rows = [["ROUTE", "MODEL", "METRIC", "PSI", "KS", "DRIFTED", "REPORTED", "N REF/LATEST"]]
+    for d in drift:
+        rows.append(
+            [d.route, d.model_name, d.metric, f"{d.psi:.3f}", f"{d.ks:.3f}",
+             "YES" if d.drifted else "no", _time(d.report_time),
+             f"{d.reference_count}/{d.latest_count}"]
+        )  # fmt: skip
+    if len(rows) == 1:
+        return [indent + "none yet (the drift job reports once predictions are logged)"]
+    return [indent + line for line in table(rows).splitlines()]
+
+
+def _model_lines(m: governance_pb2.ModelCompliance) -> list[str]:
+    v = m.version
+    card = m.card
+    present = card.required_count - len(card.missing)
+    lines = [
+        f"model {v.name} v{v.version} ({state_name(v.state)})"
+        + (f", aliases: {', '.join(v.aliases)}" if v.aliases else ""),
+        f"  risk tier: {_risk(m.risk_tier)}"
+        + (f" - {v.model_card.risk_tier_rationale}" if v.model_card.risk_tier_rationale else ""),
+        f"  model card: {present}/{card.required_count} required fields"
+        + (" (complete)" if card.complete else f"; missing: {', '.join(card.missing)}"),
+        f"  registered by {v.created_by} at {_time(v.create_time)}; four eyes: "
+        + ("yes" if m.four_eyes else "NO"),
+    ]
+    lines.append("  lifecycle:")
+    for c in m.approvals:
+        before = state_name(c.previous_state) if c.previous_state else "-"
+        lines.append(
+            f"    {_time(c.change_time)}  {before} -> {state_name(c.state)}  by {c.actor_id}"
+            + (f"  ({c.reason})" if c.reason else "")
+        )
+    lines.append("  alias history:")
+    lines += ["    " + line for line in alias_moves_table(m.alias_history).splitlines()]
+    if m.last_evaluations:
+        lines.append("  last evaluation:")
+        for e in m.last_evaluations:
+            on = f" on {e.dataset.name}" if e.dataset.name else ""
+            at = f" at {_time(e.evaluate_time)}" if e.HasField("evaluate_time") else " (undated)"
+            lines.append(
+                f"    {e.metric} = {e.value:g}{on}{f' [{e.slice}]' if e.slice else ''}{at}"
+            )
+    else:
+        lines.append("  last evaluation: none on the card")
+    lines.append(f"  serving routes: {', '.join(m.routes) or 'none'}")
+    lines.append("  drift:")
+    lines += _drift_lines(m.drift, "    ")
+    lines.append("  findings:" + ("" if m.findings else " none"))
+    lines += [f"    - {f}" for f in m.findings]
+    return lines
+
+
+def compliance_text(r: governance_pb2.GetComplianceReportResponse) -> str:
+    title = f"route {r.route}" if r.route else "model"
+    lines = [f"compliance report: {title}   (generated {_time(r.generate_time)} UTC)"]
+    if r.route:
+        served = ", ".join(f"{kind_name(s.kind)} {s.name} v{s.version}" for s in r.served)
+        lines.append(f"served: {served or 'nothing registered'}")
+    for m in r.models:
+        lines += ["", *_model_lines(m)]
+    if r.route:
+        lines += ["", f"route {r.route} drift:", *_drift_lines(r.route_drift)]
+    rows = [["TABLE", "KEEPS", f"HIGH-RISK LOG (>= {r.minimum_retention_days} DAYS)", "PURPOSE"]]
+    for t in r.retention:
+        keeps = f"{t.ttl_days} days" if t.ttl_days else "no TTL"
+        required = ("ok" if t.meets_minimum else "too short") if t.required_log else "-"
+        rows.append([t.table, keeps, required, t.purpose])
+    lines += ["", "logging retention in force (ClickHouse TTLs):",
+              *("  " + line for line in table(rows).splitlines())]  # fmt: skip
+    lines += ["", "findings:" + ("" if r.findings else " none")]
+    lines += [f"  - {f}" for f in r.findings]
+    return "\n".join(lines)

@@ -140,6 +140,7 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         parts.append(await _guardrails(mesh))
         parts.append(await _experiments(mesh))
         parts.append(await _lineage(mesh))
+        parts.append(await _compliance(mesh))
         parts.append(await _audit(mesh))
         return "\n\n".join(parts)
 
@@ -209,6 +210,32 @@ async def _lineage(mesh: MeshClient) -> str:
     if not edges:
         return f"{title}\nnothing recorded yet: `llmops up` registers the demo artifacts"
     return f"{title}\n{lineage_tree(root, edges, 'upstream')}"
+
+
+async def _compliance(mesh: MeshClient) -> str:
+    """The compliance view of the demo route: one line per model behind it, and the log
+    retention in force (the full report: ``llmops compliance route summary-small``)."""
+    reply = await mesh.stub(governance_pb2_grpc.GovernanceServiceStub).GetComplianceReport(
+        governance_pb2.GetComplianceReportRequest(route=DEMO_ROUTE)
+    )
+    rows = [["model", "risk tier", "card", "four eyes", "last evaluation", "findings"]]
+    for m in reply.models:
+        card = f"{m.card.required_count - len(m.card.missing)}/{m.card.required_count}"
+        evals = ", ".join(f"{e.metric}={e.value:g}" for e in m.last_evaluations) or "-"
+        tier = governance_pb2.RiskTier.Name(m.risk_tier).removeprefix("RISK_TIER_")
+        rows.append([f"{m.version.name} v{m.version.version}", tier, card,
+                     "yes" if m.four_eyes else "NO", evals, str(len(m.findings))])  # fmt: skip
+    kept = ", ".join(
+        f"{r.table} {f'{r.ttl_days} d' if r.ttl_days else 'no TTL'}"
+        for r in reply.retention
+        if r.required_log
+    )
+    title = f"Compliance (GovernanceService.GetComplianceReport, route {DEMO_ROUTE})"
+    return (
+        f"{title}\n{_table(rows)}\nlog retention in force: {kept} "
+        f"(high-risk logs: >= {reply.minimum_retention_days} d); route findings: "
+        f"{len(reply.findings)}; full report: llmops compliance route {DEMO_ROUTE}"
+    )
 
 
 async def _audit(mesh: MeshClient) -> str:

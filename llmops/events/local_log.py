@@ -620,9 +620,13 @@ class LocalLog:
     def _by_partition(self, records: Sequence[Record]) -> dict[TopicPartition, list[Record]]:
         out: dict[TopicPartition, list[Record]] = {}
         counts: dict[str, int] = {}
+        hashed: dict[tuple[str, bytes], int] = {}  # murmur2 is pure Python: once per key
         for r in records:
             n = counts.get(r.topic) or counts.setdefault(r.topic, self._partition_count(r.topic))
-            out.setdefault((r.topic, partition_for(r.key, n)), []).append(r)
+            partition = hashed.get((r.topic, r.key))
+            if partition is None:
+                partition = hashed[(r.topic, r.key)] = partition_for(r.key, n)
+            out.setdefault((r.topic, partition), []).append(r)
         return out
 
     def _appender(self, tp: TopicPartition) -> _Appender:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format
 
 from llmops.callcontext import current_request_id
 from llmops.errors import AuditNotPublished
@@ -100,22 +100,34 @@ class ServiceEvents:
         record cannot be published must not look successful.
         """
         who = actor or current_identity()
-        event = events_pb2.AuditEvent(
-            event_id=uuid7(),
-            request_id=current_request_id() or "",
-            tenant=tenant,
-            actor=who.actor() if who is not None else events_pb2.Actor(id="unknown"),
-            action=action,
-            resource=events_pb2.Resource(
-                type=resource_type, name=name, version=version, service=self.service
-            ),
-            outcome=outcome,
-            reason=reason,
-        )
-        event.event_time.FromNanoseconds(int(self._clock() * 1e9))
+        # Built in place inside its envelope, field by field: nested messages passed to a
+        # constructor are copied (this halves the cost; the audit trail's append rate
+        # depends on it).
+        envelope = events_pb2.EventEnvelope()
+        event = envelope.audit
+        event.event_id = uuid7()
+        event.request_id = current_request_id() or ""
+        event.tenant = tenant
+        if who is not None:
+            actor_pb = event.actor
+            actor_pb.type = who.actor_type
+            actor_pb.id = who.principal
+            actor_pb.via = who.via
+        else:
+            event.actor.id = "unknown"
+        event.action = action
+        res = event.resource
+        res.type = resource_type
+        res.name = name
+        res.version = version
+        res.service = self.service
+        event.outcome = outcome
+        event.reason = reason
+        ns = int(self._clock() * 1e9)
+        event.event_time.seconds, event.event_time.nanos = divmod(ns, 1_000_000_000)
         for field, value in (("before", before), ("after", after)):
             if value is not None:
-                struct = struct_pb2.Struct()
-                struct.update(value)
-                getattr(event, field).CopyFrom(struct)
-        return events_pb2.EventEnvelope(audit=event)
+                getattr(event, field).update(value)
+                if not value:  # an empty mapping is still "set" (as CopyFrom made it)
+                    getattr(event, field).SetInParent()
+        return envelope

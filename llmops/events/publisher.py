@@ -232,7 +232,8 @@ class EventPublisher:
     def _prepare(self, envelope: events_pb2.EventEnvelope) -> tuple[Record, str]:
         kind = self._validate(envelope)
         if not envelope.HasField("publish_time"):
-            envelope.publish_time.FromNanoseconds(time.time_ns())
+            stamp = envelope.publish_time  # set directly: FromNanoseconds is pure Python
+            stamp.seconds, stamp.nanos = divmod(time.time_ns(), 1_000_000_000)
         if not envelope.key:
             envelope.key = event_key(envelope, kind)
         if self._producer and not envelope.producer:

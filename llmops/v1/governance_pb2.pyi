@@ -1575,3 +1575,438 @@ class GetPolicyBundleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPolicyBundleResponse: _TypeAlias = GetPolicyBundleResponse  # noqa: Y015
+
+@_typing.final
+class GetAliasHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    AT_TIME_FIELD_NUMBER: _builtins.int
+    kind: Global___ArtifactKind.ValueType
+    name: _builtins.str
+    alias: _builtins.str
+    """Keep the moves of this alias only; empty keeps every alias."""
+    @_builtins.property
+    def at_time(self) -> _timestamp_pb2.Timestamp:
+        """Also answer which version each alias pointed at at this time (aliases_at)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___ArtifactKind.ValueType = ...,
+        name: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        at_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at_time", b"at_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "at_time", b"at_time", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAliasHistoryRequest: _TypeAlias = GetAliasHistoryRequest  # noqa: Y015
+
+@_typing.final
+class AliasChange(_message.Message):
+    """One move of an alias."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIAS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    alias: _builtins.str
+    previous_version: _builtins.int
+    """Version it pointed at before (0 = the alias did not exist)."""
+    version: _builtins.int
+    """Version it points at after (0 = the alias was removed)."""
+    actor_id: _builtins.str
+    """Actor id that moved it."""
+    reason: _builtins.str
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        alias: _builtins.str = ...,
+        previous_version: _builtins.int = ...,
+        version: _builtins.int = ...,
+        actor_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "alias", b"alias", "change_time", b"change_time", "previous_version", b"previous_version", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AliasChange: _TypeAlias = AliasChange  # noqa: Y015
+
+@_typing.final
+class GetAliasHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AliasesAtEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    ALIASES_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AliasChange]:
+        """Oldest first."""
+
+    @_builtins.property
+    def aliases_at(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Only with at_time: alias -> version at that time, for the aliases that existed then."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___AliasChange] | None = ...,
+        aliases_at: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases_at", b"aliases_at", "changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAliasHistoryResponse: _TypeAlias = GetAliasHistoryResponse  # noqa: Y015
+
+@_typing.final
+class StateChange(_message.Message):
+    """One lifecycle move of a version (registration first)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    previous_state: Global___VersionState.ValueType
+    """UNSPECIFIED for the registration."""
+    state: Global___VersionState.ValueType
+    actor_id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        previous_state: Global___VersionState.ValueType = ...,
+        state: Global___VersionState.ValueType = ...,
+        actor_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "change_time", b"change_time", "previous_state", b"previous_state", "reason", b"reason", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateChange: _TypeAlias = StateChange  # noqa: Y015
+
+@_typing.final
+class CardCompleteness(_message.Message):
+    """Whether a model card holds what a complete card needs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    REQUIRED_COUNT_FIELD_NUMBER: _builtins.int
+    complete: _builtins.bool
+    """Every required field is present."""
+    required_count: _builtins.int
+    """Required fields checked."""
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required fields missing, e.g. "model_card.limitations", "training data (...)"."""
+
+    def __init__(
+        self,
+        *,
+        complete: _builtins.bool = ...,
+        missing: _abc.Iterable[_builtins.str] | None = ...,
+        required_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "missing", b"missing", "required_count", b"required_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CardCompleteness: _TypeAlias = CardCompleteness  # noqa: Y015
+
+@_typing.final
+class RetentionRule(_message.Message):
+    """How long one ClickHouse table keeps its rows, as the server reports it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TABLE_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    TTL_DAYS_FIELD_NUMBER: _builtins.int
+    REQUIRED_LOG_FIELD_NUMBER: _builtins.int
+    MEETS_MINIMUM_FIELD_NUMBER: _builtins.int
+    table: _builtins.str
+    purpose: _builtins.str
+    """What it holds, e.g. "prediction log", "audit trail"."""
+    ttl_days: _builtins.int
+    """Row TTL in days; 0 = no TTL (kept until deleted)."""
+    required_log: _builtins.bool
+    """The table is one of the automatic logs that EU AI Act Art. 19/26 ask high-risk systems
+    to keep for at least minimum_retention_days.
+    """
+    meets_minimum: _builtins.bool
+    """required_log and the TTL keeps at least minimum_retention_days (or has none)."""
+    def __init__(
+        self,
+        *,
+        table: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        ttl_days: _builtins.int = ...,
+        required_log: _builtins.bool = ...,
+        meets_minimum: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["meets_minimum", b"meets_minimum", "purpose", b"purpose", "required_log", b"required_log", "table", b"table", "ttl_days", b"ttl_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetentionRule: _TypeAlias = RetentionRule  # noqa: Y015
+
+@_typing.final
+class DriftStatus(_message.Message):
+    """The latest drift report of one metric of a route and model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    PSI_FIELD_NUMBER: _builtins.int
+    KS_FIELD_NUMBER: _builtins.int
+    DRIFTED_FIELD_NUMBER: _builtins.int
+    REPORT_TIME_FIELD_NUMBER: _builtins.int
+    REFERENCE_COUNT_FIELD_NUMBER: _builtins.int
+    LATEST_COUNT_FIELD_NUMBER: _builtins.int
+    route: _builtins.str
+    model_name: _builtins.str
+    metric: _builtins.str
+    """e.g. "completion_tokens", "guardrail_verdict"."""
+    psi: _builtins.float
+    ks: _builtins.float
+    drifted: _builtins.bool
+    reference_count: _builtins.int
+    """Rows in the reference and the latest window."""
+    latest_count: _builtins.int
+    @_builtins.property
+    def report_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        route: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        psi: _builtins.float = ...,
+        ks: _builtins.float = ...,
+        drifted: _builtins.bool = ...,
+        report_time: _timestamp_pb2.Timestamp | None = ...,
+        reference_count: _builtins.int = ...,
+        latest_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report_time", b"report_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drifted", b"drifted", "ks", b"ks", "latest_count", b"latest_count", "metric", b"metric", "model_name", b"model_name", "psi", b"psi", "reference_count", b"reference_count", "report_time", b"report_time", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftStatus: _TypeAlias = DriftStatus  # noqa: Y015
+
+@_typing.final
+class ModelCompliance(_message.Message):
+    """The compliance facts of one model version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    RISK_TIER_FIELD_NUMBER: _builtins.int
+    CARD_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    FOUR_EYES_FIELD_NUMBER: _builtins.int
+    ALIAS_HISTORY_FIELD_NUMBER: _builtins.int
+    LAST_EVALUATIONS_FIELD_NUMBER: _builtins.int
+    ROUTES_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    risk_tier: Global___RiskTier.ValueType
+    four_eyes: _builtins.bool
+    """Approved by someone other than its registrant."""
+    @_builtins.property
+    def version(self) -> Global___ArtifactVersion:
+        """The version reported on, with its card."""
+
+    @_builtins.property
+    def card(self) -> Global___CardCompleteness: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateChange]:
+        """Lifecycle moves of this version, registration first (who approved it, when, why)."""
+
+    @_builtins.property
+    def alias_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___AliasChange]:
+        """Every alias move of the artifact, oldest first."""
+
+    @_builtins.property
+    def last_evaluations(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvaluationResult]:
+        """The card's evaluation results with the latest evaluate_time (all of them when none
+        has a time).
+        """
+
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Routes that serve the version (lineage)."""
+
+    @_builtins.property
+    def drift(self) -> _containers.RepeatedCompositeFieldContainer[Global___DriftStatus]:
+        """Latest drift per route and metric of this model's predictions."""
+
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What an auditor would raise, one sentence each; empty when none."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___ArtifactVersion | None = ...,
+        risk_tier: Global___RiskTier.ValueType = ...,
+        card: Global___CardCompleteness | None = ...,
+        approvals: _abc.Iterable[Global___StateChange] | None = ...,
+        four_eyes: _builtins.bool = ...,
+        alias_history: _abc.Iterable[Global___AliasChange] | None = ...,
+        last_evaluations: _abc.Iterable[Global___EvaluationResult] | None = ...,
+        routes: _abc.Iterable[_builtins.str] | None = ...,
+        drift: _abc.Iterable[Global___DriftStatus] | None = ...,
+        findings: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card", b"card", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_history", b"alias_history", "approvals", b"approvals", "card", b"card", "drift", b"drift", "findings", b"findings", "four_eyes", b"four_eyes", "last_evaluations", b"last_evaluations", "risk_tier", b"risk_tier", "routes", b"routes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelCompliance: _TypeAlias = ModelCompliance  # noqa: Y015
+
+@_typing.final
+class GetComplianceReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    route: _builtins.str
+    """An inference route: every model version that serves it (lineage, up to 3 hops)."""
+    @_builtins.property
+    def model(self) -> Global___ArtifactRef:
+        """A model version (by version, alias, or the latest)."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ArtifactRef | None = ...,
+        route: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "route", b"route", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "route", b"route", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["model", "route"]  # noqa: Y015
+    _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
+
+Global___GetComplianceReportRequest: _TypeAlias = GetComplianceReportRequest  # noqa: Y015
+
+@_typing.final
+class GetComplianceReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    SERVED_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    MINIMUM_RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    ROUTE_DRIFT_FIELD_NUMBER: _builtins.int
+    FINDINGS_FIELD_NUMBER: _builtins.int
+    GENERATE_TIME_FIELD_NUMBER: _builtins.int
+    route: _builtins.str
+    """The route asked about (empty for a model)."""
+    minimum_retention_days: _builtins.int
+    @_builtins.property
+    def served(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactRef]:
+        """Artifacts served directly by the route (models and prompts; empty for a model)."""
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelCompliance]:
+        """One per model version reported on."""
+
+    @_builtins.property
+    def retention(self) -> _containers.RepeatedCompositeFieldContainer[Global___RetentionRule]:
+        """Retention of the mesh's ClickHouse tables now in force."""
+
+    @_builtins.property
+    def route_drift(self) -> _containers.RepeatedCompositeFieldContainer[Global___DriftStatus]:
+        """Latest drift of the route (only for a route)."""
+
+    @_builtins.property
+    def findings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Findings about the route or the retention in force (model findings are per model)."""
+
+    @_builtins.property
+    def generate_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        route: _builtins.str = ...,
+        served: _abc.Iterable[Global___ArtifactRef] | None = ...,
+        models: _abc.Iterable[Global___ModelCompliance] | None = ...,
+        retention: _abc.Iterable[Global___RetentionRule] | None = ...,
+        minimum_retention_days: _builtins.int = ...,
+        route_drift: _abc.Iterable[Global___DriftStatus] | None = ...,
+        findings: _abc.Iterable[_builtins.str] | None = ...,
+        generate_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generate_time", b"generate_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["findings", b"findings", "generate_time", b"generate_time", "minimum_retention_days", b"minimum_retention_days", "models", b"models", "retention", b"retention", "route", b"route", "route_drift", b"route_drift", "served", b"served"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetComplianceReportResponse: _TypeAlias = GetComplianceReportResponse  # noqa: Y015

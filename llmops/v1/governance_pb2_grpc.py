@@ -85,6 +85,16 @@ class GovernanceServiceStub:
                 request_serializer=llmops_dot_v1_dot_governance__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=llmops_dot_v1_dot_governance__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.GetAliasHistory = channel.unary_unary(
+                '/llmops.v1.GovernanceService/GetAliasHistory',
+                request_serializer=llmops_dot_v1_dot_governance__pb2.GetAliasHistoryRequest.SerializeToString,
+                response_deserializer=llmops_dot_v1_dot_governance__pb2.GetAliasHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetComplianceReport = channel.unary_unary(
+                '/llmops.v1.GovernanceService/GetComplianceReport',
+                request_serializer=llmops_dot_v1_dot_governance__pb2.GetComplianceReportRequest.SerializeToString,
+                response_deserializer=llmops_dot_v1_dot_governance__pb2.GetComplianceReportResponse.FromString,
+                _registered_method=True)
 
 
 class GovernanceServiceServicer:
@@ -167,6 +177,25 @@ class GovernanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAliasHistory(self, request, context):
+        """Every move of an artifact's aliases (who moved which alias from which version to which,
+        when, why), oldest first; with at_time also which version each alias pointed at then
+        ("which version was champion at time T" in one call). Deleted and renamed artifacts
+        keep their history: look them up by the name they had.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetComplianceReport(self, request, context):
+        """What an auditor asks about a model version or an inference route, in one report: risk
+        tier, model card completeness, approvals, alias history, the logging retention in force,
+        the last evaluation, the latest drift, and the open findings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GovernanceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +248,16 @@ def add_GovernanceServiceServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=llmops_dot_v1_dot_governance__pb2.VerifyAuditRequest.FromString,
                     response_serializer=llmops_dot_v1_dot_governance__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'GetAliasHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAliasHistory,
+                    request_deserializer=llmops_dot_v1_dot_governance__pb2.GetAliasHistoryRequest.FromString,
+                    response_serializer=llmops_dot_v1_dot_governance__pb2.GetAliasHistoryResponse.SerializeToString,
+            ),
+            'GetComplianceReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetComplianceReport,
+                    request_deserializer=llmops_dot_v1_dot_governance__pb2.GetComplianceReportRequest.FromString,
+                    response_serializer=llmops_dot_v1_dot_governance__pb2.GetComplianceReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -492,6 +531,60 @@ class GovernanceService:
             '/llmops.v1.GovernanceService/VerifyAudit',
             llmops_dot_v1_dot_governance__pb2.VerifyAuditRequest.SerializeToString,
             llmops_dot_v1_dot_governance__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAliasHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmops.v1.GovernanceService/GetAliasHistory',
+            llmops_dot_v1_dot_governance__pb2.GetAliasHistoryRequest.SerializeToString,
+            llmops_dot_v1_dot_governance__pb2.GetAliasHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetComplianceReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmops.v1.GovernanceService/GetComplianceReport',
+            llmops_dot_v1_dot_governance__pb2.GetComplianceReportRequest.SerializeToString,
+            llmops_dot_v1_dot_governance__pb2.GetComplianceReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

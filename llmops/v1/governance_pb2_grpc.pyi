@@ -71,6 +71,17 @@ class GovernanceServiceStub:
     """Recomputes the hash chain of an audit chain over a sequence range and reports the
     first break, if any.
     """
+    GetAliasHistory: _grpc.UnaryUnaryMultiCallable[_governance_pb2.GetAliasHistoryRequest, _governance_pb2.GetAliasHistoryResponse]
+    """Every move of an artifact's aliases (who moved which alias from which version to which,
+    when, why), oldest first; with at_time also which version each alias pointed at then
+    ("which version was champion at time T" in one call). Deleted and renamed artifacts
+    keep their history: look them up by the name they had.
+    """
+    GetComplianceReport: _grpc.UnaryUnaryMultiCallable[_governance_pb2.GetComplianceReportRequest, _governance_pb2.GetComplianceReportResponse]
+    """What an auditor asks about a model version or an inference route, in one report: risk
+    tier, model card completeness, approvals, alias history, the logging retention in force,
+    the last evaluation, the latest drift, and the open findings.
+    """
 
 @_typing.type_check_only
 class GovernanceServiceAsyncStub(GovernanceServiceStub):
@@ -107,6 +118,17 @@ class GovernanceServiceAsyncStub(GovernanceServiceStub):
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_governance_pb2.VerifyAuditRequest, _governance_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     """Recomputes the hash chain of an audit chain over a sequence range and reports the
     first break, if any.
+    """
+    GetAliasHistory: _aio.UnaryUnaryMultiCallable[_governance_pb2.GetAliasHistoryRequest, _governance_pb2.GetAliasHistoryResponse]  # type: ignore[assignment]
+    """Every move of an artifact's aliases (who moved which alias from which version to which,
+    when, why), oldest first; with at_time also which version each alias pointed at then
+    ("which version was champion at time T" in one call). Deleted and renamed artifacts
+    keep their history: look them up by the name they had.
+    """
+    GetComplianceReport: _aio.UnaryUnaryMultiCallable[_governance_pb2.GetComplianceReportRequest, _governance_pb2.GetComplianceReportResponse]  # type: ignore[assignment]
+    """What an auditor asks about a model version or an inference route, in one report: risk
+    tier, model card completeness, approvals, alias history, the logging retention in force,
+    the last evaluation, the latest drift, and the open findings.
     """
 
 class GovernanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -201,6 +223,29 @@ class GovernanceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_governance_pb2.VerifyAuditResponse, _abc.Awaitable[_governance_pb2.VerifyAuditResponse]]:
         """Recomputes the hash chain of an audit chain over a sequence range and reports the
         first break, if any.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAliasHistory(
+        self,
+        request: _governance_pb2.GetAliasHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_governance_pb2.GetAliasHistoryResponse, _abc.Awaitable[_governance_pb2.GetAliasHistoryResponse]]:
+        """Every move of an artifact's aliases (who moved which alias from which version to which,
+        when, why), oldest first; with at_time also which version each alias pointed at then
+        ("which version was champion at time T" in one call). Deleted and renamed artifacts
+        keep their history: look them up by the name they had.
+        """
+
+    @_abc_1.abstractmethod
+    def GetComplianceReport(
+        self,
+        request: _governance_pb2.GetComplianceReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_governance_pb2.GetComplianceReportResponse, _abc.Awaitable[_governance_pb2.GetComplianceReportResponse]]:
+        """What an auditor asks about a model version or an inference route, in one report: risk
+        tier, model card completeness, approvals, alias history, the logging retention in force,
+        the last evaluation, the latest drift, and the open findings.
         """
 
 def add_GovernanceServiceServicer_to_server(servicer: GovernanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

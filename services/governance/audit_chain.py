@@ -26,6 +26,7 @@ GENESIS = "0" * 64
 _HASH_TAG = b"\x82\x01\x40"  # field 16 (hash), length-delimited, 64 bytes
 _PREV_TAG = b"\x7a\x40"  # field 15 (prev_hash), length-delimited, 64 bytes
 _TAIL = len(_HASH_TAG) + 64
+assert max(f.number for f in events_pb2.AuditEvent.DESCRIPTOR.fields) == 16, "hash is last"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,27 +58,49 @@ def chain_of(record: events_pb2.AuditEvent) -> str:
     return record.chain or audit_chain(record.tenant)
 
 
-def append(
+def chain_in_place(
     records: Iterable[events_pb2.AuditEvent], heads: Mapping[str, Head]
-) -> tuple[list[events_pb2.AuditEvent], dict[str, Head]]:
-    """Chain ``records`` in their order after ``heads``; returns new chained copies (the
-    inputs are not modified) and the heads that moved. Chain fields the producer set
-    (sequence, prev_hash, hash) are overwritten: only the writer assigns them."""
+) -> tuple[list[tuple[str, bytes]], dict[str, Head]]:
+    """Chain ``records`` in their order after ``heads``, **modifying them** into the chained
+    records; returns each one's chain and stored serialization, and the heads that moved.
+    Chain fields the producer set (sequence, prev_hash, hash) are overwritten: only the
+    writer assigns them.
+
+    The stored serialization is the deterministic serialization with ``hash`` cleared (what
+    the hash covers) followed by the ``hash`` field: the same bytes as a deterministic
+    serialization of the chained record whenever it holds no unknown fields (hash, field
+    16, is the highest known field), and in any case a valid encoding of it that
+    :func:`split` reads back without parsing. One serialization per record: the audit
+    writer's append rate depends on it."""
     moved: dict[str, Head] = {}
-    out: list[events_pb2.AuditEvent] = []
+    out: list[tuple[str, bytes]] = []
     for record in records:
         chain = chain_of(record)
         head = moved.get(chain) or heads.get(chain) or EMPTY
-        chained = events_pb2.AuditEvent()
-        chained.CopyFrom(record)
-        chained.chain = chain
-        chained.sequence = head.sequence + 1
-        chained.prev_hash = head.hash
-        chained.ClearField("hash")
-        chained.hash = record_hash(head.hash, chained.SerializeToString(deterministic=True))
-        moved[chain] = Head(chained.sequence, chained.hash)
-        out.append(chained)
+        record.chain = chain
+        record.sequence = head.sequence + 1
+        record.prev_hash = head.hash
+        record.ClearField("hash")
+        body = record.SerializeToString(deterministic=True)
+        digest = record_hash(head.hash, body)
+        record.hash = digest
+        moved[chain] = Head(record.sequence, digest)
+        out.append((chain, body + _HASH_TAG + digest.encode("ascii")))
     return out, moved
+
+
+def append(
+    records: Iterable[events_pb2.AuditEvent], heads: Mapping[str, Head]
+) -> tuple[list[events_pb2.AuditEvent], dict[str, Head]]:
+    """:func:`chain_in_place` on copies: returns new chained records (the inputs are not
+    modified) and the heads that moved."""
+    copies = []
+    for record in records:
+        copy = events_pb2.AuditEvent()
+        copy.CopyFrom(record)
+        copies.append(copy)
+    _, moved = chain_in_place(copies, heads)
+    return copies, moved
 
 
 def split(record: bytes) -> tuple[bytes, str, str] | None:

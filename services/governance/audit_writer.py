@@ -7,7 +7,7 @@ dedicated thread:
    ``llmops-governance.audit-writer``, with a bounded wait;
 2. drop records the anchored heads already account for (offset below the stored next
    offset of their partition: a crash after step 4 and before step 5);
-3. chain them in log order after the anchored heads (:func:`audit_chain.append`) and append
+3. chain them in log order after the anchored heads (:func:`audit_chain.chain_in_place`) and append
    the chained envelopes to ``llmops.audit.chained.v1`` durably (``EventLog.send``);
 4. store the moved heads (compare-and-set) and the next raw offsets in one transaction of the
    registry database;
@@ -93,7 +93,7 @@ class AuditWriter:
                 self.skipped += 1
                 continue
             events.append(event)
-        chained, moved = audit_chain.append(events, self._heads)
+        chained, moved = audit_chain.chain_in_place(events, self._heads)
         if chained:
             self._log.send(_records(self.target, chained), self.send_timeout_s)
         self._anchors.advance(moved, self._heads, next_offsets)
@@ -156,11 +156,32 @@ def _audit_event(record: ConsumedRecord) -> events_pb2.AuditEvent | None:
     return envelope.audit
 
 
-def _records(topic: str, chained: Sequence[events_pb2.AuditEvent]) -> list[Record]:
-    out = []
-    for event in chained:
-        envelope = events_pb2.EventEnvelope(key=event.chain, audit=event)
-        out.append(
-            Record(topic, event.chain.encode(), envelope.SerializeToString(deterministic=True))
-        )
-    return out
+def _records(topic: str, chained: Sequence[tuple[str, bytes]]) -> list[Record]:
+    """The chained records as ``EventEnvelope(key=chain, audit=record)`` bytes (the same for
+    the same input: a replay writes identical records)."""
+    return [
+        Record(topic, key := chain.encode(), envelope_bytes(key, stored))
+        for chain, stored in chained
+    ]
+
+
+_KEY_TAG = b"\x1a"  # EventEnvelope.key: field 3, length-delimited
+_AUDIT_TAG = b"\x72"  # EventEnvelope.audit: field 14, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def envelope_bytes(key: bytes, audit: bytes) -> bytes:
+    """An ``EventEnvelope`` with ``key`` and the serialized AuditEvent ``audit``, built
+    without parsing ``audit`` into a message again: their two length-delimited fields in
+    number order, which is ``EventEnvelope(key=..., audit=...).SerializeToString(
+    deterministic=True)`` when ``audit`` is the record's deterministic serialization (a unit
+    test checks it against protobuf)."""
+    return b"".join((_KEY_TAG, _varint(len(key)), key, _AUDIT_TAG, _varint(len(audit)), audit))

@@ -20,6 +20,7 @@ import hashlib
 from dataclasses import dataclass
 
 import structlog
+from google.protobuf import timestamp_pb2
 
 from llmops.identity import system
 from llmops.v1 import common_pb2, governance_pb2
@@ -39,6 +40,7 @@ from services.governance.registry import Registry
 log = structlog.get_logger("llmops.governance")
 
 REGISTRANT = system("governance-demo")
+EVALUATED = timestamp_pb2.Timestamp(seconds=1_793_577_600)  # 2026-11-02 00:00 UTC
 REVIEWER = system("governance-demo-review")
 T = common_pb2.ValueType
 
@@ -82,6 +84,7 @@ def _card(
                 metric=metric,
                 value=value,
                 dataset=governance_pb2.ArtifactRef(kind=model.DATASET, name=dataset),
+                evaluate_time=EVALUATED,
             )
         ],
         human_oversight_contact="content-ml-oncall@example.com",

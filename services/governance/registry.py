@@ -749,6 +749,8 @@ class Registry:
         from which version to which, when and why."""
         validation.kind(kind, "kind")
         validation.name(name, "name")
+        if alias is not None:
+            validation.alias(alias, "alias")
 
         def work(tx: RegistryTx) -> list[AliasChange]:
             art = self._any(tx, kind, name)

@@ -17,6 +17,7 @@ from llmops.v1 import governance_pb2, governance_pb2_grpc
 from services.governance.audit_store import ClickHouseAuditRecords, SqlAnchorStore
 from services.governance.audit_trail import AuditTrail
 from services.governance.audit_writer import AuditWriter
+from services.governance.compliance import ClickHouseComplianceLogs, Compliance
 from services.governance.demo import seed_if_empty
 from services.governance.drift import Thresholds
 from services.governance.drift_job import DriftConfig, DriftJob
@@ -139,7 +140,12 @@ def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
                 governance_pb2,
                 governance_pb2_grpc,
                 "GovernanceService",
-                GovernanceServicer(registry, decisions, audit),
+                GovernanceServicer(
+                    registry,
+                    decisions,
+                    audit,
+                    Compliance(registry, ClickHouseComplianceLogs(ctx.backends.clickhouse)),
+                ),
             ),
             binding(
                 governance_pb2,

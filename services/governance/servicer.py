@@ -12,9 +12,19 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from llmops.errors import InvalidArgument
 from llmops.v1 import common_pb2, governance_pb2, governance_pb2_grpc
 from services.governance.audit_trail import AuditQuery, AuditTrail, Verification
+from services.governance.compliance import (
+    Compliance,
+    ComplianceReport,
+    DriftStatus,
+    ModelReport,
+    Retention,
+    aliases_at,
+)
 from services.governance.model import (
+    AliasChange,
     AliasMove,
     Artifact,
     ArtifactQuery,
@@ -25,6 +35,7 @@ from services.governance.model import (
     Node,
     Ref,
     Registration,
+    StateChange,
     Version,
     VersionQuery,
 )
@@ -288,11 +299,98 @@ def verification_pb(v: Verification) -> governance_pb2.VerifyAuditResponse:
     )
 
 
+def alias_change_pb(change: AliasChange) -> governance_pb2.AliasChange:
+    out = governance_pb2.AliasChange(
+        alias=change.alias,
+        previous_version=change.previous_version,
+        version=change.version,
+        actor_id=change.actor,
+        reason=change.reason,
+    )
+    out.change_time.FromMicroseconds(change.time_us)
+    return out
+
+
+def state_change_pb(change: StateChange) -> governance_pb2.StateChange:
+    out = governance_pb2.StateChange(
+        version=change.version,
+        previous_state=change.previous_state,  # type: ignore[arg-type]
+        state=change.state,  # type: ignore[arg-type]
+        actor_id=change.actor,
+        reason=change.reason,
+    )
+    out.change_time.FromMicroseconds(change.time_us)
+    return out
+
+
+def retention_pb(r: Retention) -> governance_pb2.RetentionRule:
+    return governance_pb2.RetentionRule(
+        table=r.table,
+        purpose=r.purpose,
+        ttl_days=r.ttl_days,
+        required_log=r.required_log,
+        meets_minimum=r.meets_minimum,
+    )
+
+
+def drift_pb(d: DriftStatus) -> governance_pb2.DriftStatus:
+    out = governance_pb2.DriftStatus(
+        route=d.route,
+        model_name=d.model_name,
+        metric=d.metric,
+        psi=d.psi,
+        ks=d.ks,
+        drifted=d.drifted,
+        reference_count=d.reference_count,
+        latest_count=d.latest_count,
+    )
+    out.report_time.FromMicroseconds(d.report_time_us)
+    return out
+
+
+def model_compliance_pb(m: ModelReport) -> governance_pb2.ModelCompliance:
+    return governance_pb2.ModelCompliance(
+        version=version_pb(m.version),
+        risk_tier=m.risk_tier,  # type: ignore[arg-type]
+        card=governance_pb2.CardCompleteness(
+            complete=not m.card_missing, missing=m.card_missing, required_count=m.card_required
+        ),
+        approvals=[state_change_pb(c) for c in m.approvals],
+        four_eyes=m.four_eyes,
+        alias_history=[alias_change_pb(c) for c in m.alias_history],
+        last_evaluations=m.last_evaluations,
+        routes=m.routes,
+        drift=[drift_pb(d) for d in m.drift],
+        findings=m.findings,
+    )
+
+
+def compliance_pb(report: ComplianceReport) -> governance_pb2.GetComplianceReportResponse:
+    out = governance_pb2.GetComplianceReportResponse(
+        route=report.route,
+        served=[artifact_ref(r) for r in report.served],
+        models=[model_compliance_pb(m) for m in report.models],
+        retention=[retention_pb(r) for r in report.retention],
+        minimum_retention_days=report.minimum_retention_days,
+        route_drift=[drift_pb(d) for d in report.route_drift],
+        findings=report.findings,
+    )
+    out.generate_time.FromMicroseconds(report.generate_time_us)
+    return out
+
+
 class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
-    def __init__(self, registry: Registry, decisions: PolicyDecisions, audit: AuditTrail) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        decisions: PolicyDecisions,
+        audit: AuditTrail,
+        compliance: Compliance,
+    ) -> None:
         self.registry = registry
         self.decisions = decisions
         self.audit = audit
+        self.compliance = compliance
 
     async def Register(
         self, request: governance_pb2.RegisterRequest, context: Any
@@ -423,6 +521,29 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             request.chain, request.from_sequence, request.to_sequence
         )
         return verification_pb(verified)
+
+    async def GetAliasHistory(
+        self, request: governance_pb2.GetAliasHistoryRequest, context: Any
+    ) -> governance_pb2.GetAliasHistoryResponse:
+        changes = await self.registry.alias_history(
+            request.kind, request.name, request.alias or None
+        )
+        out = governance_pb2.GetAliasHistoryResponse(changes=[alias_change_pb(c) for c in changes])
+        if request.HasField("at_time"):
+            out.aliases_at.update(aliases_at(changes, request.at_time.ToMicroseconds()))
+        return out
+
+    async def GetComplianceReport(
+        self, request: governance_pb2.GetComplianceReportRequest, context: Any
+    ) -> governance_pb2.GetComplianceReportResponse:
+        which = request.WhichOneof("subject")
+        if which == "model":
+            report = await self.compliance.for_model(ref_of(request.model, "model"))
+        elif which == "route":
+            report = await self.compliance.for_route(request.route)
+        else:
+            raise InvalidArgument("subject", "set model or route")
+        return compliance_pb(report)
 
 
 class GovernanceAdminServicer(governance_pb2_grpc.GovernanceAdminServiceServicer):

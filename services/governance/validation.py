@@ -244,10 +244,17 @@ def node(value: Node | None, where: str) -> Node:
     if value.artifact is not None:
         ref(value.artifact)
     elif value.route:
-        if not ROUTE.match(value.route):
-            raise InvalidArgument(f"{where}.route", f"{value.route[:40]!r} is not a route name")
+        route(value.route, f"{where}.route")
     else:
         uri(value.uri, f"{where}.uri", required=True)
+    return value
+
+
+def route(value: str, where: str) -> str:
+    if not value:
+        raise InvalidArgument(where, "required")
+    if not ROUTE.match(value):
+        raise InvalidArgument(where, f"{value[:40]!r} is not a route name")
     return value
 
 

@@ -118,14 +118,61 @@ def test_show_unknown_is_not_found(mesh: RunningMesh) -> None:
     assert "no-such-model" in _fails(mesh, "NOT_FOUND", "registry", "show", "no-such-model")
 
 
-def test_history_shows_versions_and_says_what_the_contract_lacks(mesh: RunningMesh) -> None:
+def test_history_shows_versions_and_every_alias_move(mesh: RunningMesh) -> None:
     out = _ok(mesh, "registry", "history", "property-summary", "--kind", "prompt")
     lines = out.splitlines()
     assert lines[2].startswith("v1 ") and lines[5].startswith("v4 ")  # oldest first
+    moves = [
+        line for line in lines if "system:governance-demo-review" in line and " -> " not in line
+    ]
+    assert any(" champion " in m and " v3 " in m for m in moves), out
+    assert any(" challenger " in m and " v4 " in m for m in moves), out
     assert "aliases now: challenger -> v4, champion -> v3" in out
-    assert "no RPC" in out
-    assert "no RPC that returns past moves" in _ok(mesh, "registry", "history", "--help")
+    # which version was champion at a time: before the demo ran, none; now, v3
+    before = _ok(mesh, "registry", "history", "property-summary", "--kind", "prompt",
+                 "--alias", "champion", "--at", "2020-01-01T00:00:00Z")  # fmt: skip
+    assert "aliases at 2020-01-01 00:00:00 UTC: none" in before
+    assert "challenger" not in before.split("alias moves")[1].split("aliases now")[0]
+    now = json.loads(_ok(mesh, "registry", "history", "property-summary", "--kind", "prompt",
+                         "--at", "0s", "--json"))  # fmt: skip
+    assert now["aliases_at"] == {"challenger": "4", "champion": "3"}  # int64 as JSON strings
+    assert [c["alias"] for c in now["changes"]] == ["champion", "challenger"]
     _fails(mesh, "NOT_FOUND", "registry", "history", "no-such-model")
+    _fails(mesh, "INVALID_ARGUMENT", "registry", "history", "ranker-lgbm", "--at", "someday")
+    _fails(mesh, "INVALID_ARGUMENT", "registry", "history", "ranker-lgbm", "--alias", "Bad Alias")
+
+
+def test_compliance_report_of_a_route_and_a_model(mesh: RunningMesh) -> None:
+    out = _ok(mesh, "compliance", "route", "summary-small")
+    assert out.startswith("compliance report: route summary-small")
+    assert "model property-summary-llm v1 (approved), aliases: champion" in out
+    assert "risk tier: LIMITED" in out
+    assert "model card: 7/7 required fields (complete)" in out
+    assert "four eyes: yes" in out
+    assert "rougeL = 0.38 on summary-eval-set at 2026-11-02 00:00:00" in out
+    assert "serving routes: summary-small" in out
+    assert "predictions" in out and "90 days" in out and "audit" in out and "no TTL" in out
+
+    doc = json.loads(_ok(mesh, "compliance", "model", "ranker-lgbm", "--alias", "champion",
+                         "--json"))  # fmt: skip
+    (m,) = doc["models"]
+    assert m["version"]["name"] == "ranker-lgbm" and m["risk_tier"] == "RISK_TIER_LIMITED"
+    assert m["card"]["complete"] and m["four_eyes"]
+    assert [a["state"] for a in m["approvals"]] == ["VERSION_STATE_REGISTERED",
+                                                    "VERSION_STATE_APPROVED"]  # fmt: skip
+    assert m["approvals"][1]["actor_id"] == "system:governance-demo-review"
+    assert m["alias_history"][0]["alias"] == "champion"
+    assert m["routes"] == ["rank-lgbm-v3"]
+    assert "findings" not in m  # none for a demo model
+    retention = {r["table"]: r for r in doc["retention"]}
+    assert retention["audit"]["meets_minimum"] and retention["audit"]["required_log"]
+    assert retention["predictions"]["ttl_days"] == 90
+    assert doc["minimum_retention_days"] == 180
+
+    _fails(mesh, "NOT_FOUND", "compliance", "model", "no-such-model")
+    _fails(mesh, "INVALID_ARGUMENT", "compliance", "route", "Not A Route")
+    proc = _llmops(mesh, "compliance", "route", "summary-small", "--version", "2")
+    assert proc.returncode == 2 and "--version and --alias are for a model" in proc.stderr
 
 
 def test_approve_then_alias_moves_and_the_gate_refuses_self_approval(

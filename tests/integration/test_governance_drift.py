@@ -238,3 +238,46 @@ async def test_too_few_samples_are_skipped(store: ChdbStore) -> None:
         min_samples=2000,
     )
     assert await DriftJob(lambda: store, Recorder().port, config).run_once(NOW) == []
+
+
+async def test_the_compliance_view_reads_retention_in_force_and_latest_drift(
+    store: ChdbStore,
+) -> None:
+    from services.governance.compliance import (
+        LOG_TABLES,
+        MINIMUM_RETENTION_DAYS,
+        ClickHouseComplianceLogs,
+    )
+
+    logs = ClickHouseComplianceLogs(lambda: store)
+    kept = {r.table: r for r in logs.retention()}
+    assert set(kept) == set(LOG_TABLES) and all(r.found for r in kept.values())
+    assert (kept["predictions"].ttl_days, kept["predictions"].meets_minimum) == (90, False)
+    assert (kept["audit"].ttl_days, kept["audit"].meets_minimum) == (0, True)  # no TTL
+    assert kept["drift_reports"].ttl_days == 400
+    assert (
+        kept["prediction_payloads"].ttl_days == 7 and not kept["prediction_payloads"].required_log
+    )
+    # the TTL in force is read from the server, not from the migration files
+    store.execute("ALTER TABLE audit MODIFY TTL toDateTime(event_time) + INTERVAL 30 DAY")
+    store.execute("ALTER TABLE predictions MODIFY TTL toDateTime(event_time) + INTERVAL 6 MONTH")
+    kept = {r.table: r for r in logs.retention()}
+    assert (kept["audit"].ttl_days, kept["audit"].meets_minimum) == (30, False)
+    assert kept["predictions"].ttl_days == MINIMUM_RETENTION_DAYS
+
+    rng = np.random.default_rng(26)
+    load(store, rng, "summary", "llm-small", latest_tokens=180, latest_block_share=0.3)
+    await DriftJob(lambda: store, Recorder().port, CONFIG).run_once(NOW - timedelta(hours=2))
+    await DriftJob(lambda: store, Recorder().port, CONFIG).run_once(NOW)
+    latest = {d.metric: d for d in logs.latest_drift(route="summary")}
+    assert set(latest) == {m.name for m in METRICS}
+    tokens = latest["completion_tokens"]
+    assert tokens.drifted and tokens.model_name == "llm-small"
+    assert tokens.report_time_us >= int((NOW - timedelta(minutes=1)).timestamp() * 1e6)
+    (row,) = store.query(
+        "SELECT argMax(psi, event_time) AS psi FROM drift_reports "
+        "WHERE route = 'summary' AND metric = 'completion_tokens'"
+    )
+    assert tokens.psi == pytest.approx(row["psi"])
+    assert logs.latest_drift(model_name="llm-small") == list(latest.values())
+    assert logs.latest_drift(route="no-such-route") == []

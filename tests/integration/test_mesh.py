@@ -97,17 +97,8 @@ def test_status_table(mesh: RunningMesh) -> None:
     assert all(" SERVING " in line for line in lines[1:])
 
 
-IMPLEMENTED = {"feature", "experiment", "guardrail"}
+IMPLEMENTED = {"feature", "experiment", "guardrail", "governance"}
 """Services whose RPCs are built (the others answer UNIMPLEMENTED, naming their issue)."""
-BUILT_RPCS = {
-    "governance": {
-        "Register", "GetArtifact", "ListArtifacts", "SetAlias", "Transition", "AddLineage",
-        "GetLineage", "Evaluate", "ReloadPolicies", "GetPolicyBundle", "QueryAudit",
-        "VerifyAudit",
-    },
-}  # fmt: skip
-"""RPCs already built in services whose plug-in is listed as pending (issue #11: the
-registry, policy decisions and the audit trail are built)."""
 
 
 def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
@@ -186,8 +177,6 @@ def test_every_pending_rpc_of_every_kind_says_what_is_missing(mesh: RunningMesh)
             for service in (entry.proto_service, entry.grpc_admin_service.split(".")[-1]):
                 descriptor = pb2.DESCRIPTOR.services_by_name[service]
                 for method in descriptor.methods:
-                    if method.name in BUILT_RPCS.get(name, set()):
-                        continue
                     with pytest.raises(grpc.RpcError) as err:
                         _call_empty(channel, f"/{descriptor.full_name}/{method.name}", method)
                     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED, method.full_name
@@ -428,6 +417,9 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     assert "served_by  prompt property-summary v3" in lineage
     assert "derived_from  model property-summary-llm v1" in lineage
     assert "trained_on  dataset guest-reviews v1" in lineage
+    compliance = proc.stdout.split("Compliance (GovernanceService.GetComplianceReport")[1]
+    assert "property-summary-llm v1  LIMITED" in compliance
+    assert "7/7" in compliance and "audit no TTL" in compliance
     assert "Audit (GovernanceService.VerifyAudit, chain tenant:default): " in proc.stdout
 
 

@@ -130,6 +130,8 @@ EXPECTED_SERVICES: dict[tuple[ModuleType, ModuleType, str], list[str]] = {
         "Evaluate",
         "QueryAudit",
         "VerifyAudit",
+        "GetAliasHistory",
+        "GetComplianceReport",
     ],
     (governance_pb2, governance_pb2_grpc, "GovernanceAdminService"): [
         "ReloadPolicies",

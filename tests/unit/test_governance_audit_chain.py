@@ -17,7 +17,7 @@ from services.governance import audit_chain
 from services.governance.audit_chain import GENESIS, Head
 from services.governance.audit_store import SqlAnchorStore, StoredRecord
 from services.governance.audit_trail import check
-from services.governance.audit_writer import AuditWriter
+from services.governance.audit_writer import AuditWriter, envelope_bytes
 from services.governance.store_sql import SqlRegistryStore
 
 RAW = KIND_TOPICS["audit"]
@@ -97,6 +97,33 @@ def stored(records: list[events_pb2.AuditEvent]) -> list[StoredRecord]:
     return [
         StoredRecord(r.sequence, r.hash, r.SerializeToString(deterministic=True)) for r in records
     ]
+
+
+def test_the_writers_stored_bytes_are_the_deterministic_serialization() -> None:
+    """chain_in_place's one-serialization bytes and the writer's hand-built envelope equal
+    what protobuf's deterministic serialization gives (no unknown fields), and a record
+    with unknown fields (a newer producer) still stores a verifiable encoding."""
+    records = [event(i, tenant="acme" if i % 2 else "zeta", reason="r" * (i * 40))
+               for i in range(1, 8)]  # fmt: skip
+    copies, heads_copy = audit_chain.append(records, {"tenant:acme": Head(3, "a" * 64)})
+    stored, heads = audit_chain.chain_in_place(records, {"tenant:acme": Head(3, "a" * 64)})
+    assert heads == heads_copy
+    for (chain, data), copy, record in zip(stored, copies, records, strict=True):
+        assert record == copy  # modified in place into the chained record
+        assert data == copy.SerializeToString(deterministic=True)
+        assert chain == copy.chain
+        envelope = events_pb2.EventEnvelope(key=chain, audit=copy)
+        assert envelope_bytes(chain.encode(), data) == envelope.SerializeToString(
+            deterministic=True
+        )
+    # an unknown field (number 99) from a newer producer
+    newer = event(9).SerializeToString() + b"\x9a\x06\x03new"
+    parsed = events_pb2.AuditEvent.FromString(newer)
+    ((_, data),), _ = audit_chain.chain_in_place([parsed], {})
+    assert audit_chain.split(data) is None  # not the usual tail: VerifyAudit parses it
+    body, prev_hash, stored_hash = audit_chain.split_parsed(data)
+    assert b"new" in body and prev_hash == GENESIS
+    assert audit_chain.record_hash(prev_hash, body) == stored_hash == parsed.hash
 
 
 def test_check_reports_the_first_broken_link() -> None:
