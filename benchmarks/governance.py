@@ -8,9 +8,13 @@ requests, its best throughput from one Python process):
   domain_*     PolicyDecisions.evaluate over the Wasm engine: input checks, secrets
                stripped, UUIDv7, the AuditEvent built and buffered (into a list here)
   evaluate_grpc, registry_read_*_grpc
-               Evaluate and GetArtifact through gRPC on a governance service of its own
+               Evaluate and GetArtifact through gRPC on a governance service of its own,
+               interleaved with noop_grpc_bare (an empty RPC of a bare grpc.aio server: the
+               floor of loopback and the Python gRPC stack on this machine)
   verify_audit VerifyAudit's check of one chain (200k records; --quick 50k) stored in a chdb
-               database of the bench's own: ``records_per_s`` (best of 3)
+               database of the bench's own: ``records_per_s`` (best of 3); checked inside
+               ClickHouse (the default), and as ``verify_audit_readback`` every record read
+               back and recomputed in Python (governance.audit_verify_in_store: false)
   audit_append_publish
                producers' side of the audit trail: n audit records built by
                ServiceEvents.audit_event and published through the mesh's EventPublisher
@@ -32,6 +36,7 @@ stdout (target ``governance``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -124,7 +129,7 @@ def main(*, quick: bool) -> None:
     with servers.opa() as url:
         cases, ratios = asyncio.run(_run(url, quick))
     cases += _grpc_cases(quick)
-    cases.append(_verify_case(50_000 if quick else 200_000))
+    cases += _verify_cases(50_000 if quick else 200_000)
     cases += _audit_append_cases(50_000 if quick else 200_000)
     emit("governance", [c.summary() for c in cases], ratios)
 
@@ -148,6 +153,8 @@ def _grpc_cases(quick: bool) -> list[Case]:
 def _grpc_service(env: dict[str, str], n: int, *, evaluate: bool, store: str) -> list[Case]:
     import tempfile
 
+    import uvloop
+
     with tempfile.TemporaryDirectory(prefix="llmops-bench-governance-") as tmp:
         log_path = Path(tmp) / "service.log"
         with log_path.open("wb") as log:
@@ -163,13 +170,13 @@ def _grpc_service(env: dict[str, str], n: int, *, evaluate: bool, store: str) ->
                 log,
             )
             try:
-                return asyncio.run(_grpc_run(address, n, evaluate=evaluate, store=store))
+                return uvloop.run(_grpc_run(address, n, evaluate=evaluate, store=store))
             finally:
                 proc.terminate()
                 proc.wait(30)
 
 
-def _verify_case(n: int, runs: int = 3) -> Case:
+def _verify_cases(n: int, runs: int = 3) -> list[Case]:
     """VerifyAudit (AuditTrail.verify) over one chain of ``n`` records chained by the audit
     writer's code and loaded into the ``audit`` table of a chdb database of the bench's own;
     the head anchored. ``records_per_s`` is the best of ``runs`` verifications."""
@@ -221,22 +228,20 @@ def _verify_case(n: int, runs: int = 3) -> Case:
                     for j, r in enumerate(chained[k : k + step])
                 ]
                 store.insert("audit", audit_columns(items))
-            trail = AuditTrail(ClickHouseAuditRecords(store), Anchored())  # type: ignore[arg-type]
-            lat = []
-            for _ in range(runs):
-                start = time.perf_counter()
-                result = asyncio.run(trail.verify(chain))
-                lat.append(time.perf_counter() - start)
-                assert result.valid and result.records_checked == n, result.message
+            cases = []
+            for name, in_store in (("verify_audit", True), ("verify_audit_readback", False)):
+                trail = AuditTrail(ClickHouseAuditRecords(store), Anchored(), in_store=in_store)  # type: ignore[arg-type]
+                lat = []
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    result = asyncio.run(trail.verify(chain))
+                    lat.append(time.perf_counter() - start)
+                    assert result.valid and result.records_checked == n, result.message
+                extra = {"records": n, "records_per_s": round(n / min(lat))}
+                cases.append(Case(name, "llmops", lat, sum(lat), extra=extra))
         finally:
             session.cleanup()  # type: ignore[no-untyped-call]
-    return Case(
-        "verify_audit",
-        "llmops",
-        lat,
-        sum(lat),
-        extra={"records": n, "records_per_s": round(n / min(lat))},
-    )
+    return cases
 
 
 def _audit_append_cases(n: int) -> list[Case]:
@@ -331,50 +336,86 @@ def _count(log: Any, topic: str, n: int) -> Any:
 
 
 async def _grpc_run(address: str, n: int, *, evaluate: bool, store: str) -> list[Case]:
+    """Sequential calls from one client on uvloop, in 10 interleaved rounds with the same
+    number of calls to a bare grpc.aio server's empty unary RPC (``benchmarks.noop``'s
+    ``grpc-bare``, its own process): the floor that loopback, the Python gRPC stack and the
+    client put under every number on this machine, measured beside them."""
+    import subprocess
+    import tempfile
+
     import grpc
     from google.protobuf import struct_pb2
 
+    from benchmarks.noop import METHOD, _identity, _start_server
     from llmops.v1 import governance_pb2, governance_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = governance_pb2_grpc.GovernanceServiceStub(channel)
-        document = struct_pb2.Struct()
-        document.update(ALLOW)
-        evaluate_request = governance_pb2.EvaluateRequest(path=PATH, input=document)
-        ref = governance_pb2.ArtifactRef(
-            kind=governance_pb2.ARTIFACT_KIND_MODEL, name="property-summary-llm", alias="champion"
-        )
-        read = governance_pb2.GetArtifactRequest(ref=ref)
-        deadline = time.monotonic() + 60
-        while True:  # the demo artifacts are seeded in the background after SERVING
-            try:
-                await stub.GetArtifact(read, timeout=5)
-                break
-            except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-        cases = []
-        if evaluate:
-            cases.append(
-                await async_case(
-                    "evaluate_grpc",
-                    "llmops",
-                    partial(stub.Evaluate, evaluate_request, timeout=5),
-                    n,
-                    1,
+    with tempfile.TemporaryFile("w+") as bare_log:
+        bare, bare_port = _start_server("grpc-bare", bare_log)
+        try:
+            async with (
+                grpc.aio.insecure_channel(address) as channel,
+                grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}") as bare_channel,
+            ):
+                stub = governance_pb2_grpc.GovernanceServiceStub(channel)
+                document = struct_pb2.Struct()
+                document.update(ALLOW)
+                evaluate_request = governance_pb2.EvaluateRequest(path=PATH, input=document)
+                ref = governance_pb2.ArtifactRef(
+                    kind=governance_pb2.ARTIFACT_KIND_MODEL,
+                    name="property-summary-llm",
+                    alias="champion",
                 )
-            )
-        cases.append(
-            await async_case(
-                f"registry_read_{store}_grpc",
-                "llmops",
-                partial(stub.GetArtifact, read, timeout=5),
-                n,
-                1,
-            )
-        )
-        return cases
+                read = governance_pb2.GetArtifactRequest(ref=ref)
+                deadline = time.monotonic() + 60
+                while True:  # the demo artifacts are seeded in the background after SERVING
+                    try:
+                        await stub.GetArtifact(read, timeout=5)
+                        break
+                    except grpc.aio.AioRpcError:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
+                noop = bare_channel.unary_unary(
+                    METHOD, request_serializer=_identity, response_deserializer=_identity
+                )
+                calls: dict[tuple[str, str], Callable[[], Awaitable[object]]] = {
+                    ("noop_grpc_bare", "grpc-bare"): partial(noop, b"", timeout=5),
+                    (f"registry_read_{store}_grpc", "llmops"): partial(
+                        stub.GetArtifact, read, timeout=5
+                    ),
+                }
+                if evaluate:
+                    calls[("evaluate_grpc", "llmops")] = partial(
+                        stub.Evaluate, evaluate_request, timeout=5
+                    )
+                return await _interleaved(calls, n, rounds=10)
+        finally:
+            bare.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                bare.wait(10)
+
+
+async def _interleaved(
+    calls: dict[tuple[str, str], Callable[[], Awaitable[object]]], n: int, rounds: int
+) -> list[Case]:
+    """``n`` sequential calls of each, in ``rounds`` rounds that alternate their order, after
+    a warm-up of each; one Case per call."""
+    cases = {key: Case(key[0], key[1], []) for key in calls}
+    for call in calls.values():
+        for _ in range(min(n // 10, 500)):
+            await call()
+    clock = time.perf_counter
+    order = list(calls)
+    for r in range(rounds):
+        for key in order if r % 2 == 0 else order[::-1]:
+            call, case = calls[key], cases[key]
+            start = clock()
+            for _ in range(n // rounds):
+                t = clock()
+                await call()
+                case.latencies_s.append(clock() - t)
+            case.wall_s += clock() - start
+    return list(cases.values())
 
 
 async def _run(url: str, quick: bool) -> tuple[list[Case], dict[str, float]]:

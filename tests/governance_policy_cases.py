@@ -5,9 +5,10 @@ started by ``deploy/local/opa.sh``, asserting identical answers.
 
 Expected results were produced by ``opa eval`` over ``deploy/opa/policies`` and reviewed.
 Some cases exist for the engines rather than the rules: ``alias_quoting`` and
-``alias_small_float`` exercise the host ``sprintf`` (Go's ``%q`` escaping of non-ASCII,
-tab, no-break space; ``%v`` of floats in exponent form), the malformed ones the rules that
-read undefined fields.
+``alias_small_float`` exercise ``json.marshal`` compiled into the Wasm module against Go's
+(escaping of non-ASCII, tab, no-break space; floats in exponent form), ``data_quoting`` the
+host ``sprintf`` (Go's ``%q`` escaping, ``%v`` of an array holding floats), the malformed
+ones the rules that read undefined fields.
 """
 
 from __future__ import annotations
@@ -122,10 +123,7 @@ CASES: tuple[Case, ...] = (
         promote({"state": "rejected", "name": 'résumé "llm"\t\u00a0✓', "version": 1234567.5}),
         _result(
             False,
-            [
-                'version 1.2345675e+06 of "résumé \\"llm\\"\\t\\u00a0✓" is "rejected": '
-                + _NOT_APPROVED
-            ],
+            ['version 1234567.5 of "résumé \\"llm\\"\\t\u00a0✓" is "rejected": ' + _NOT_APPROVED],
         ),
     ),
     Case(
@@ -233,6 +231,24 @@ CASES: tuple[Case, ...] = (
             [
                 f'dataset "{_REVIEWS}" may not be used for "analytics" '
                 '(allowed: ["training", "evaluation"])'
+            ],
+        ),
+    ),
+    Case(
+        "data_quoting",
+        DATA_USE,
+        {
+            "purpose": "analytics",
+            "dataset": {
+                "name": 'résumé "llm"\t\u00a0✓',
+                "allowed_purposes": ["training", 1234567.5, 0.00001],
+            },
+        },
+        _result(
+            False,
+            [
+                'dataset "résumé \\"llm\\"\\t\\u00a0✓" may not be used for "analytics" '
+                '(allowed: ["training", 1234567.5, 1e-05])'
             ],
         ),
     ),

@@ -17,13 +17,16 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from llmops.clickhouse.base import ClickHouseStore
+from llmops.clickhouse.base import ClickHouseQueryError, ClickHouseStore
 from llmops.errors import Aborted
 from llmops.events.base import TopicPartition
 from services.governance import schema
 from services.governance.audit_chain import Head
+
+log = structlog.get_logger("llmops.governance")
 
 # -- anchors (registry database) ----------------------------------------------------------
 
@@ -167,6 +170,20 @@ class StoredBatch:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RangeSummary:
+    """What the store computed itself over a sequence range of a chain: the rows, their
+    first and last sequence, how many rows fail a check, the first row's prev_hash and the
+    last row's hash (as in the record bytes)."""
+
+    rows: int
+    first_sequence: int
+    last_sequence: int
+    failing: int
+    first_prev_hash: str
+    last_hash: str
+
+
 class AuditRecords(Protocol):
     """The stored chained records; blocking (call from a thread)."""
 
@@ -182,6 +199,13 @@ class AuditRecords(Protocol):
 
     def last_sequence(self, chain: str) -> int:
         """The highest sequence stored for ``chain`` (0 when none)."""
+        ...
+
+    def summarize(self, chain: str, first: int, last: int) -> RangeSummary | None:
+        """Check ``first..last`` of ``chain`` inside the store when it can (None: it cannot,
+        read the records instead). A row fails when it has not the usual record shape, its
+        hash column differs from the record's hash, its hash does not recompute, or it does
+        not follow the previous row (next sequence, prev_hash = that row's hash)."""
         ...
 
 
@@ -201,6 +225,7 @@ class ClickHouseAuditRecords:
     ) -> None:
         self._store = store
         self.table = table
+        self._summaries = True  # until the server says it cannot
 
     @property
     def store(self) -> ClickHouseStore:
@@ -260,9 +285,81 @@ class ClickHouseAuditRecords:
             if cols and cols["sequence"]:
                 yield StoredBatch(cols["sequence"], cols["hash"], cols["record"])
 
+    def summarize(self, chain: str, first: int, last: int) -> RangeSummary | None:
+        """In ClickHouse: SHA-256 over the decoded record bytes and the links to the previous
+        row (a window over the range in sequence order), one row back. The usual record
+        shape (audit_chain.split: prev_hash then hash as the last two fields) is required of
+        every row; a range with any other row is read and checked in Python instead."""
+        if not self._summaries:
+            return None
+        try:
+            rows = self.store.query(
+                _SUMMARY_SQL.format(table=self.table),
+                {"chain": chain, "low": first, "high": last},
+            )
+        except ClickHouseQueryError as err:  # a server without window functions (< 21.x)
+            log.warning("audit_summary_unsupported", error=str(err)[:300])
+            self._summaries = False
+            return None
+        if not rows or not rows[0]["n"]:
+            return RangeSummary(0, 0, 0, 0, "", "")
+        r = rows[0]
+        return RangeSummary(
+            int(r["n"]),
+            int(r["first_seq"]),
+            int(r["last_seq"]),
+            int(r["bad"]),
+            _ascii(r["first_prev"]),
+            _ascii(r["last_hash"]),
+        )
+
     def last_sequence(self, chain: str) -> int:
         rows = self.store.query(
             f"SELECT max(sequence) AS s FROM {self.table} FINAL WHERE chain = %(chain)s",
             {"chain": chain},
         )
         return int(rows[0]["s"]) if rows else 0
+
+
+def _ascii(value: str | bytes) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+# VerifyAudit's check of a range inside ClickHouse (see ClickHouseAuditRecords.summarize).
+# Offsets from the record's end: the hash field's tag (3 bytes) and value (64), the
+# prev_hash field's tag (2) and value (64): audit_chain's _HASH_TAG and _PREV_TAG.
+_SUMMARY_SQL = r"""
+SELECT
+    count() AS n,
+    min(sequence) AS first_seq,
+    max(sequence) AS last_seq,
+    countIf(NOT row_ok) AS bad,
+    argMin(prev_in, (sequence, event_id)) AS first_prev,
+    argMax(hash_in, (sequence, event_id)) AS last_hash
+FROM
+(
+    SELECT
+        sequence,
+        event_id,
+        length(r) AS len,
+        substring(r, len - 130, 64) AS prev_in,
+        substring(r, len - 63, 64) AS hash_in,
+        lagInFrame(hash_in, 1, '') OVER w AS prev_row_hash,
+        lagInFrame(sequence, 1, 0) OVER w AS prev_row_seq,
+        len >= 133
+            AND substring(r, len - 66, 3) = '\x82\x01\x40'
+            AND substring(r, len - 132, 2) = '\x7a\x40'
+            AND hash_in = hash
+            AND lower(hex(SHA256(concat(prev_in, substring(r, 1, len - 67))))) = hash_in
+            AND (row_number() OVER w = 1
+                 OR (prev_row_seq + 1 = sequence AND prev_row_hash = prev_in)) AS row_ok
+    FROM
+    (
+        SELECT sequence, event_id, hash, tryBase64Decode(record) AS r
+        FROM {table} FINAL
+        WHERE chain = %(chain)s AND sequence BETWEEN %(low)s AND %(high)s
+    )
+    WINDOW w AS (ORDER BY sequence, event_id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+)
+SETTINGS max_threads = 2
+"""

@@ -54,6 +54,7 @@ class AuditWriter:
         group: str = GROUP,
         batch: int = 5_000,
         poll_timeout_s: float = 0.2,
+        linger_s: float = 0.0,
         send_timeout_s: float = 30.0,
     ) -> None:
         self._log = event_log
@@ -63,6 +64,7 @@ class AuditWriter:
         self.group = group
         self.batch = batch
         self.poll_timeout_s = poll_timeout_s
+        self.linger_s = linger_s
         self.send_timeout_s = send_timeout_s
         self._consumer: LogConsumer | None = None
         self._heads: dict[str, Head] = {}
@@ -130,7 +132,10 @@ class AuditWriter:
                 await loop.run_in_executor(pool, self.open)
                 log.info("audit_writer_started", source=self.source, target=self.target)
                 while True:
-                    await loop.run_in_executor(pool, self.step)
+                    chained = await loop.run_in_executor(pool, self.step)
+                    if chained < self.batch and self.linger_s > 0:
+                        # let records gather: one append per linger, not one per record
+                        await asyncio.sleep(self.linger_s)
             finally:
                 closing = loop.run_in_executor(pool, self.close)
                 await asyncio.shield(closing)

@@ -85,6 +85,25 @@ class GovernanceSettings(Settings):
     audit_poll_timeout_s: float = Field(
         0.2, gt=0, le=5, description="How long one poll of the raw audit topic waits."
     )
+    audit_verify_in_store: bool = Field(
+        True,
+        description="VerifyAudit recomputes the hashes and links inside ClickHouse (SHA256 "
+        "and window functions over the stored bytes, ~1 M records/s) and reads back only a "
+        "range that shows a break, to explain it. false: read every record and recompute "
+        "here (~400k records/s), trusting nothing of the ClickHouse server but the bytes it "
+        "returns. Either way a modified, deleted, inserted or re-ordered row is detected; the "
+        "difference is whether a compromised ClickHouse server *process* could also lie "
+        "about the check.",
+    )
+    audit_linger_s: float = Field(
+        0.25,
+        ge=0,
+        le=10,
+        description="After an append of less than a full batch, wait this long before the "
+        "next poll, so records are chained in batches (each append costs fsyncs and a "
+        "registry transaction, on the cores that serve RPCs) instead of one by one: how long "
+        "a record may wait to be chained, not to be durable (the raw record is).",
+    )
 
     drift_interval_s: float = Field(
         3600.0,

@@ -18,6 +18,7 @@ Lineage edges point at artifacts by their internal id, so a rename keeps the lin
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Collection
@@ -154,7 +155,11 @@ def _detail_kind(details: Details) -> int:
     raise TypeError(type(details))
 
 
+@functools.lru_cache(maxsize=4096)
 def _load_details(text: str) -> Details | None:
+    """The stored details, parsed. Cached on the text (versions are immutable, and
+    json_format parsing a model card is most of a registry read's CPU): the message is
+    shared, so callers copy it before changing it (version_pb does)."""
     for field_name, body in json.loads(text).items():
         return json_format.ParseDict(body, _DETAIL_TYPES[field_name]())
     return None
@@ -166,7 +171,15 @@ def _dump_metadata(values: dict[str, common_pb2.Value]) -> str:
 
 
 def _load_metadata(text: str) -> dict[str, common_pb2.Value]:
-    return {k: json_format.ParseDict(v, common_pb2.Value()) for k, v in json.loads(text).items()}
+    return dict(_parsed_metadata(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_metadata(text: str) -> tuple[tuple[str, common_pb2.Value], ...]:
+    """Cached like :func:`_load_details` (the Values are shared: copy before changing)."""
+    return tuple(
+        (k, json_format.ParseDict(v, common_pb2.Value())) for k, v in json.loads(text).items()
+    )
 
 
 def _card_facts(details: Details | None) -> dict[str, Any]:

@@ -117,13 +117,18 @@ def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
 
         tasks.append(Background("demo_data", seed))
     anchors = SqlAnchorStore(store.engine)
-    audit = AuditTrail(ClickHouseAuditRecords(ctx.backends.clickhouse), anchors)
+    audit = AuditTrail(
+        ClickHouseAuditRecords(ctx.backends.clickhouse),
+        anchors,
+        in_store=settings.audit_verify_in_store,
+    )
     if switched_on(settings.audit_writer, auto=True):  # a task: starts after the migration
         writer = AuditWriter(
             ctx.backends.event_log(),
             anchors,
             batch=settings.audit_batch,
             poll_timeout_s=settings.audit_poll_timeout_s,
+            linger_s=settings.audit_linger_s,
         )
         tasks.append(writer.task())
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from llmops.clickhouse.base import ClickHouseQueryError
 from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.clickhouse.migrations import apply_migrations
 from llmops.clickhouse.queries import recent_events
@@ -103,10 +104,15 @@ def trail(tmp_path: Path, store: ChdbStore) -> Iterator[tuple[AuditTrail, ChdbSt
     yield AuditTrail(ClickHouseAuditRecords(store), anchors, batch=37), store
 
 
+@pytest.mark.parametrize("summary_batch", [200_000, 13], ids=["one_range", "ranges_of_13"])
 async def test_verify_detects_an_edited_and_a_deleted_row(
-    trail: tuple[AuditTrail, ChdbStore],
+    trail: tuple[AuditTrail, ChdbStore], summary_batch: int
 ) -> None:
+    # one range checked in ClickHouse, or many: clean ranges pass there, a broken one is
+    # read back and checked here, which explains the break
     domain, store = trail
+    domain.summary_batch = summary_batch
+    records = ClickHouseAuditRecords(store)
     ok = await domain.verify("tenant:acme")
     assert (ok.valid, ok.records_checked, ok.head_sequence) == (True, 150, 150), ok.message
     assert (await domain.verify("tenant:globex")).records_checked == 50
@@ -128,6 +134,13 @@ async def test_verify_detects_an_edited_and_a_deleted_row(
     # ... and delete record 90
     store.execute("DELETE FROM audit WHERE chain = 'tenant:acme' AND sequence = 90")
 
+    # the in-store check flags both (and only the ranges they are in)
+    assert records.summarize("tenant:acme", 1, 10).failing > 0  # type: ignore[union-attr]
+    hole = records.summarize("tenant:acme", 85, 95)
+    assert hole is not None and hole.rows == 10 and hole.failing > 0  # 91 does not follow 89
+    clean = records.summarize("tenant:acme", 91, 150)
+    assert clean is not None and (clean.rows, clean.failing) == (60, 0)
+
     edited = await domain.verify("tenant:acme")
     assert (edited.valid, edited.first_invalid_sequence) == (False, 5), edited.message
     assert edited.actual_hash == original.hash and edited.expected_hash != original.hash
@@ -144,6 +157,7 @@ async def test_verify_detects_an_edited_and_a_deleted_row(
     rehashed.hash = ""
     rehashed.hash = hash_of(rehashed)
     store.insert("audit", audit_columns([(AUDIT_CHAINED_TOPIC, 0, 10**9 + 1, _env(rehashed))]))
+    assert records.summarize("tenant:acme", 1, 20).failing > 0  # type: ignore[union-attr]
     relinked = await domain.verify("tenant:acme", 1, 20)
     assert (relinked.valid, relinked.first_invalid_sequence) == (False, 6), relinked.message
     assert "prev_hash" in relinked.message
@@ -190,3 +204,32 @@ async def test_query_audit_filters_and_pages(trail: tuple[AuditTrail, ChdbStore]
             break
     assert [len(p) for p in pages] == [7] * 7 + [1]
     assert [r.sequence for p in pages for r in p] == list(range(1, 51))
+
+
+async def test_a_store_without_the_in_store_check_is_read_back(
+    trail: tuple[AuditTrail, ChdbStore],
+) -> None:
+    """ClickHouse 18.16 (deploy/local's server) has no window functions: the summary query
+    fails once, and every range is read and checked in Python instead."""
+    _, store = trail
+
+    class NoWindows:
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        def query(self, sql: str, params: object = None) -> object:
+            if "lagInFrame" in sql:
+                raise ClickHouseQueryError("Code: 46. Unknown function lagInFrame", 46)
+            return store.query(sql, params)  # type: ignore[arg-type]
+
+    records = ClickHouseAuditRecords(NoWindows())  # type: ignore[arg-type]
+    old_style = AuditTrail(records, _anchors_of(trail), batch=37, summary_batch=20)
+    checked = await old_style.verify("tenant:acme")
+    assert (checked.valid, checked.records_checked) == (True, 150), checked.message
+    assert records.summarize("tenant:acme", 1, 10) is None  # not asked again
+
+
+def _anchors_of(trail: tuple[AuditTrail, ChdbStore]) -> SqlAnchorStore:
+    anchors = trail[0].anchors
+    assert isinstance(anchors, SqlAnchorStore)
+    return anchors

@@ -54,9 +54,14 @@ class Served:
     gov: governance_pb2_grpc.GovernanceServiceStub
     admin: governance_pb2_grpc.GovernanceAdminServiceStub
 
-    def audits(
+    async def audits(
         self, at_least: int, topic: str = KIND_TOPICS["audit"]
     ) -> list[events_pb2.AuditEvent]:
+        """At least ``at_least`` records of ``topic`` (or what came within 10 s), read on a
+        thread: the service runs on this event loop (its audit writer too)."""
+        return await asyncio.to_thread(self._audits, at_least, topic)
+
+    def _audits(self, at_least: int, topic: str) -> list[events_pb2.AuditEvent]:
         log = LocalLog(self.state_dir / "events")
         consumer = log.consumer(f"test-governance-{time.monotonic_ns()}", [topic])
         found: list[events_pb2.AuditEvent] = []
@@ -259,10 +264,10 @@ async def test_registry_rpcs_status_codes_and_audit_records(served: Served) -> N
         grpc.StatusCode.INVALID_ARGUMENT, "page_token",
     )  # fmt: skip
 
-    found = served.audits(at_least=8)
+    found = await served.audits(at_least=8)
     # the audit writer (a task of the service) chained every raw record, in one chain per
     # tenant, sequence 1, 2, 3 ... with each hash recomputing from the record
-    chained = served.audits(at_least=len(found), topic=AUDIT_CHAINED_TOPIC)
+    chained = await served.audits(at_least=len(found), topic=AUDIT_CHAINED_TOPIC)
     assert {a.event_id for a in chained} == {a.event_id for a in found}
     for chain in {a.chain for a in chained}:
         links = sorted((a for a in chained if a.chain == chain), key=lambda a: a.sequence)
@@ -429,7 +434,9 @@ async def test_evaluate_decides_records_and_names_malformed_fields(served: Serve
     )  # fmt: skip
 
     decisions = {
-        a.policy_decision_id: a for a in served.audits(at_least=2) if a.action == "policy.decide"
+        a.policy_decision_id: a
+        for a in await served.audits(at_least=2)
+        if a.action == "policy.decide"
     }
     assert {k: a.outcome for k, a in decisions.items()} == {
         allowed.decision_id: events_pb2.AUDIT_OUTCOME_SUCCESS,
@@ -493,7 +500,7 @@ async def test_reload_policies_dry_run_then_real_and_the_bundle_in_force(tmp_pat
         kept = await admin.GetPolicyBundle(governance_pb2.GetPolicyBundleRequest(), timeout=5)
         assert kept.revision == "llmops-test-2"
 
-        [record] = [a for a in served.audits(at_least=2) if a.action == "policy.reload"]
+        [record] = [a for a in await served.audits(at_least=2) if a.action == "policy.reload"]
         assert record.actor.id == CALLER
         assert record.before["revision"].startswith(old + "@")
         assert record.after["revision"].startswith("llmops-test-2@")
@@ -513,7 +520,7 @@ async def test_a_changed_bundle_file_is_reloaded_by_the_watch(tmp_path: Path) ->
         ):
             assert time.monotonic() < deadline, "the bundle watch did not reload"
             await asyncio.sleep(0.1)
-        [record] = [a for a in served.audits(at_least=1) if a.action == "policy.reload"]
+        [record] = [a for a in await served.audits(at_least=1) if a.action == "policy.reload"]
         assert record.actor.id == "system:policy"
 
 

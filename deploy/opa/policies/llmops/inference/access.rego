@@ -31,20 +31,24 @@ model := object.get(input, "model", {})
 
 tier := object.get(model, "risk_tier", "")
 
-deny contains sprintf("unknown market %q", [input.market]) if {
+# Per request on the inference path: reasons use concat and json.marshal (compiled into the
+# Wasm module), not sprintf (a call back into the host per reason); see registry/alias.rego.
+q(s) := json.marshal(s)
+
+deny contains concat("", ["unknown market ", q(input.market)]) if {
 	not cfg.markets[input.market]
 }
 
-deny contains sprintf("model %q may not be used in market %q", [model.name, input.market]) if {
+deny contains concat("", ["model ", q(model.name), " may not be used in market ", q(input.market)]) if {
 	model.name in cfg.markets[input.market].blocked_models
 }
 
-deny contains sprintf("model %q has risk tier %q, above %q allowed in market %q", [model.name, tier, limit, input.market]) if {
+deny contains concat("", ["model ", q(model.name), " has risk tier ", q(tier), ", above ", q(limit), " allowed in market ", q(input.market)]) if {
 	limit := cfg.markets[input.market].max_risk_tier
 	tier_rank[tier] > tier_rank[limit]
 }
 
-deny contains sprintf("model %q has no known risk tier (%q)", [model.name, tier]) if {
+deny contains concat("", ["model ", q(model.name), " has no known risk tier (", q(tier), ")"]) if {
 	not tier_rank[tier]
 }
 
