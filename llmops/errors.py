@@ -9,14 +9,23 @@ from __future__ import annotations
 
 
 class LLMOpsError(Exception):
-    """Base of all errors a domain may raise on purpose."""
+    """Base of all errors a domain may raise on purpose.
+
+    Besides the message, an error may say *why* in machine-readable form: ``reason`` (a stable
+    UPPER_SNAKE_CASE word), ``field`` (the offending request field) and ``metadata`` (e.g.
+    ``decision_id``). The interceptor sends them as an ``llmops.v1.ErrorDetail`` in the
+    call's rich status (``google.rpc.Status`` details, the ``grpc-status-details-bin``
+    trailer) whenever one is set; never put secrets or raw PII in them."""
 
     code: str = "UNKNOWN"
     """Name of the grpc.StatusCode this error maps to."""
+    reason: str = ""
+    field: str = ""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, metadata: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
 
 
 class InvalidArgument(LLMOpsError):

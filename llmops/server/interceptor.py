@@ -36,6 +36,10 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import structlog
+from google.protobuf import any_pb2
+
+# googleapis-common-protos ships .pyi files but no py.typed marker
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmops.callcontext import (
@@ -47,8 +51,28 @@ from llmops.callcontext import (
 from llmops.errors import LLMOpsError
 from llmops.events.ids import uuid7
 from llmops.server.access_log import AccessLog
+from llmops.v1 import common_pb2
 
 _MAX_REQUEST_ID = 128
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _status_details(code: grpc.StatusCode, exc: LLMOpsError) -> tuple[tuple[str, str | bytes], ...]:
+    """The trailers of a failure that says why: the request id again (abort's trailers
+    replace the ones set at the start) and ``google.rpc.Status`` with one
+    ``llmops.v1.ErrorDetail`` (what grpcio-status's ``rpc_status.from_call`` reads)."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        common_pb2.ErrorDetail(
+            reason=exc.reason, message=exc.message, field=exc.field, metadata=exc.metadata
+        )
+    )
+    status = status_pb2.Status(code=code.value[0], message=exc.message, details=[detail])
+    return (
+        (REQUEST_ID_KEY, request_id_var.get() or ""),
+        (_STATUS_DETAILS_KEY, status.SerializeToString()),
+    )
+
 
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -299,7 +323,10 @@ class RuntimeInterceptor(_ServerInterceptor):
     async def _fail(self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         """Turn ``exc`` into a status on ``context``; return the status code's name."""
         if isinstance(exc, LLMOpsError):
-            await context.abort(_STATUS_BY_NAME.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message)
+            code = _STATUS_BY_NAME.get(exc.code, grpc.StatusCode.UNKNOWN)
+            if exc.reason or exc.field or exc.metadata:
+                await context.abort(code, exc.message, _status_details(code, exc))
+            await context.abort(code, exc.message)
         if isinstance(exc, _Draining):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{self._service} is draining")
         if isinstance(exc, TimeoutError):  # a handler's own asyncio timeout

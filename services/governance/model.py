@@ -88,8 +88,10 @@ def resource_type(kind: int) -> str:
 class PolicyDenied(PermissionDenied):
     """Policy refused the change; the message carries the policy's reasons and decision id."""
 
+    reason = "POLICY_DENIED"
+
     def __init__(self, message: str, decision_id: str) -> None:
-        super().__init__(message)
+        super().__init__(message, metadata={"decision_id": decision_id})
         self.decision_id = decision_id
 
 

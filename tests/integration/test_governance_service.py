@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
+from grpc_status import rpc_status
 
 from llmops.config import load_config
 from llmops.events.local_log import LocalLog
@@ -201,14 +202,25 @@ async def test_registry_rpcs_status_codes_and_audit_records(served: Served) -> N
     assert moved.version.state == APPROVED and moved.audit_event_id
     # the same caller registered and approved (four eyes), and the card has no licence: the
     # Rego deploy gate refuses with its reasons
-    details = await _fails(
-        gov.SetAlias(governance_pb2.SetAliasRequest(
-            kind=MODEL, name="summary-llm", alias="champion", version=1), timeout=5),
-        grpc.StatusCode.PERMISSION_DENIED, f"policy {ALIAS_GATE} denied",
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await gov.SetAlias(governance_pb2.SetAliasRequest(
+            kind=MODEL, name="summary-llm", alias="champion", version=1), timeout=5)  # fmt: skip
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    details = denied.value.details() or ""
+    for needle in (
+        f"policy {ALIAS_GATE} denied",
         f'alias "champion" needs an approval by someone other than the registrant "{CALLER}"',
         'model card field "license" is missing (required for alias "champion")',
         "decision_id=",
-    )  # fmt: skip
+    ):
+        assert needle in details
+    # the rich status carries the decision id as an llmops.v1.ErrorDetail (the contract's)
+    status = rpc_status.from_call(denied.value)  # type: ignore[arg-type]
+    assert status is not None
+    detail = common_pb2.ErrorDetail()
+    assert status.details[0].Unpack(detail) and detail.reason == "POLICY_DENIED"
+    assert UUID7.match(detail.metadata["decision_id"])
+    assert f"decision_id={detail.metadata['decision_id']}" in details
     canary = governance_pb2.SetAliasRequest(
         kind=MODEL, name="summary-llm", alias="canary", version=1, expected_version=0,
         reason="canary",

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
 from llmops.callcontext import REQUEST_ID_KEY, current_request_id, remaining_time
@@ -18,6 +19,7 @@ from llmops.server.interceptor import (
     RuntimeInterceptor,
     ServerState,
 )
+from llmops.v1 import common_pb2
 
 SERVICE = "test.v1.Probe"
 
@@ -171,6 +173,31 @@ async def test_domain_errors_map_to_precise_codes(
     assert err.value.code() is code
     assert err.value.details() == text
     assert await probe.settled(method, code.name, 1) == 1
+
+
+def error_detail(err: grpc.aio.AioRpcError) -> common_pb2.ErrorDetail | None:
+    """The llmops.v1.ErrorDetail of a failed call's rich status, as grpcio-status reads it."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    if status is None:
+        return None
+    assert status.code == err.code().value[0] and status.message == err.details()
+    (packed,) = status.details
+    detail = common_pb2.ErrorDetail()
+    assert packed.Unpack(detail)
+    return detail
+
+
+async def test_a_failure_that_says_why_carries_an_error_detail(probe: Harness) -> None:
+    call = probe.unary("Invalid")(b"", metadata=((REQUEST_ID_KEY, "req-why"),))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    detail = error_detail(err.value)
+    assert detail is not None
+    assert (detail.field, detail.message) == ("entities[0].key", err.value.details())
+    assert (REQUEST_ID_KEY, "req-why") in tuple(err.value.trailing_metadata() or ())
+    with pytest.raises(grpc.aio.AioRpcError) as plain:
+        await probe.unary("Missing")(b"")
+    assert error_detail(plain.value) is None  # nothing machine-readable to add
 
 
 async def test_unexpected_errors_hide_internals(probe: Harness) -> None:
