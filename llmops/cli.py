@@ -771,6 +771,13 @@ def bench_governance(quick: bool) -> None:
     _bench_main("governance")(quick=quick)
 
 
+@bench.command("embedding")
+@click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
+def bench_embedding(quick: bool) -> None:
+    """Embedding: Embed through gRPC vs the same model in-process (onnxruntime)."""
+    _bench_main("embedding")(quick=quick)
+
+
 @bench.command("clickhouse")
 @click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
 @click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")

