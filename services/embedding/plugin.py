@@ -39,6 +39,11 @@ class EmbeddingSettings(Settings):
         description="Texts waiting for a forward pass, at most; beyond it RESOURCE_EXHAUSTED.",
     )
     max_texts_per_call: int = Field(256, ge=1, le=256, description="Texts per Embed call.")
+    fsync: bool = Field(
+        True,
+        description="fsync the collections' write-ahead log before acknowledging a change "
+        "(off: faster, but a crash may lose the last acknowledged changes).",
+    )
     over_token_limit: Literal["truncate", "reject"] = Field(
         "truncate",
         description="A text longer than the model's token limit (256 word pieces): cut it and "

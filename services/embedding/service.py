@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import structlog
 
 from llmops.errors import FailedPrecondition
-from llmops.server import ServiceContext, ServiceDefinition, binding, pending_binding
+from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.batcher import MicroBatcher
 from services.embedding.embeddings import Embeddings
 from services.embedding.encoder import Encoded, Encoder, ModelInfo, OnnxEncoder, warm_up
 from services.embedding.plugin import EmbeddingSettings
-from services.embedding.servicer import PENDING, EmbeddingServicer
+from services.embedding.servicer import EmbeddingAdminServicer, EmbeddingServicer
+from services.embedding.store import CollectionStore
+from services.embedding.vectors import VectorMetrics, Vectors
 
 log = structlog.get_logger("llmops.embedding")
 
@@ -61,12 +64,33 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
         max_texts=settings.max_texts_per_call,
         over_token_limit=settings.over_token_limit,
     )
+    store = CollectionStore(ctx.backends.state_dir / "embedding", fsync=settings.fsync)
+    vectors = Vectors(store, embeddings, ctx.events, VectorMetrics(ctx.metrics))
+
+    async def start() -> None:
+        # the latest snapshots, then the write-ahead log: every acknowledged change is back
+        await asyncio.to_thread(store.open)
+
+    async def stop() -> None:
+        await batcher.close()
+        store.close()
+
+    version = settings.model_version
     return ServiceDefinition(
         bindings=[
             binding(
-                embedding_pb2, embedding_pb2_grpc, "EmbeddingService", EmbeddingServicer(embeddings)
+                embedding_pb2,
+                embedding_pb2_grpc,
+                "EmbeddingService",
+                EmbeddingServicer(embeddings, vectors),
             ),
-            pending_binding(embedding_pb2, embedding_pb2_grpc, "EmbeddingAdminService", PENDING),
+            binding(
+                embedding_pb2,
+                embedding_pb2_grpc,
+                "EmbeddingAdminService",
+                EmbeddingAdminServicer(vectors, version),
+            ),
         ],
-        on_stop=[batcher.close],
+        on_start=[start],
+        on_stop=[stop],
     )

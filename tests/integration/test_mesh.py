@@ -20,8 +20,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.v1 import (
     common_pb2,
-    embedding_pb2,
-    embedding_pb2_grpc,
     experiment_pb2,
     experiment_pb2_grpc,
     feature_pb2,
@@ -30,6 +28,8 @@ from llmops.v1 import (
     governance_pb2_grpc,
     guardrail_pb2,
     guardrail_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
 )
 from tests.feature_support import property_key, push_request, python, refs
 from tests.support import (
@@ -97,20 +97,18 @@ def test_status_table(mesh: RunningMesh) -> None:
     assert all(" SERVING " in line for line in lines[1:])
 
 
-IMPLEMENTED = {"feature", "experiment", "guardrail", "governance"}
+IMPLEMENTED = {"feature", "experiment", "guardrail", "governance", "embedding"}
 """Services whose RPCs are built (the others answer UNIMPLEMENTED, naming their issue)."""
-BUILT_RPCS = {"embedding": {"Embed"}}
-"""RPCs already built in services still in progress (issue #12: Embed)."""
 
 
 def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
-    with grpc.insecure_channel(mesh.address("embedding")) as channel:
-        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+    with grpc.insecure_channel(mesh.address("inference")) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.Search(embedding_pb2.SearchRequest(), timeout=5)
+            stub.Generate(inference_pb2.GenerateRequest(), timeout=5)
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "llmops.v1.EmbeddingService.Search" in err.value.details()
-    assert "issue #12" in err.value.details()
+    assert "llmops.v1.InferenceService.Generate" in err.value.details()
+    assert "issue #13" in err.value.details()
 
 
 def test_feature_service_serves_pushed_features_over_grpc(mesh: RunningMesh) -> None:
@@ -179,18 +177,16 @@ def test_every_pending_rpc_of_every_kind_says_what_is_missing(mesh: RunningMesh)
             for service in (entry.proto_service, entry.grpc_admin_service.split(".")[-1]):
                 descriptor = pb2.DESCRIPTOR.services_by_name[service]
                 for method in descriptor.methods:
-                    if method.name in BUILT_RPCS.get(name, set()):
-                        continue
                     with pytest.raises(grpc.RpcError) as err:
                         _call_empty(channel, f"/{descriptor.full_name}/{method.name}", method)
                     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED, method.full_name
                     assert f"{method.full_name} is not implemented yet" in err.value.details()
                     checked += 1
-    assert checked >= 20  # embedding, inference, feedback
+    assert checked >= 10  # inference, feedback
 
 
 def test_metrics_endpoint_counts_rpcs(mesh: RunningMesh) -> None:
-    url = f"http://127.0.0.1:{mesh.admin_ports['embedding']}/metrics"
+    url = f"http://127.0.0.1:{mesh.admin_ports['inference']}/metrics"
     with urllib.request.urlopen(url, timeout=5) as reply:
         body = reply.read().decode()
     assert 'grpc_code="UNIMPLEMENTED"' in body
