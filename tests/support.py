@@ -112,6 +112,9 @@ def running(
 def llmops_up(tmp: Path, within_s: float = 60) -> Iterator[RunningMesh]:
     """`llmops up` as a newcomer runs it, in a subprocess, once every service is SERVING."""
     env, ports, admin_ports = mesh_env(tmp)
+    # a small demo collection: embedding 500 listings costs ~10 s of CPU that the other
+    # services' tests (50 ms guardrail budgets) would share on 2 cores
+    env["LLMOPS__EMBEDDING__DEMO_PROPERTIES"] = "80"
     with running(["llmops", "up"], tmp, env) as (proc, log_path):
         mesh = RunningMesh(proc, env, ports, admin_ports, log_path)
         start = time.monotonic()

@@ -109,6 +109,51 @@ def properties(n: int, seed: int = 7) -> Dataset:
     )
 
 
+COASTAL = frozenset({
+    "Barcelona", "Lisbon", "Nice", "Porto", "Athens", "Dubai", "Dublin", "Copenhagen", "Venice",
+    "Istanbul", "Bangkok", "Tokyo", "Seville",
+})  # fmt: skip
+_VIBES = ("quiet", "lively", "family-friendly", "romantic", "stylish", "cosy", "modern",
+          "traditional", "spacious", "budget-friendly")  # fmt: skip
+_SPOTS = ("the old town", "the main square", "the train station", "the museum quarter",
+          "the river", "a large park", "the shopping street", "the cathedral")  # fmt: skip
+_AMENITY_TEXT = {
+    "wifi": "free wifi", "parking": "free parking", "pool": "a swimming pool",
+    "breakfast": "breakfast included", "gym": "a fitness room", "spa": "a spa",
+    "air_conditioning": "air conditioning", "pet_friendly": "pets welcome",
+    "kitchen": "a fully equipped kitchen", "airport_shuttle": "an airport shuttle",
+    "restaurant": "an on-site restaurant", "bar": "a bar",
+}  # fmt: skip
+
+
+def descriptions(props: Dataset, seed: int = 13) -> list[str]:
+    """A listing text per property (15-50 words), consistent with its features: type,
+    stars, city, amenities, review score; near the beach only in coastal cities. Used by the
+    embedding service's demo collection (semantic search in ``llmops demo``)."""
+    rng = np.random.default_rng(seed)
+    content, stats = props["property_content"], props["property_stats"]
+    out = []
+    for i in range(len(props.keys)):
+        city, kind = content["city"][i], content["property_type"][i].replace("_", " ")
+        amenities = [_AMENITY_TEXT[a] for a in content["amenities"][i]][:4]
+        vibe = _VIBES[int(rng.integers(len(_VIBES)))]
+        spot = _SPOTS[int(rng.integers(len(_SPOTS)))]
+        near = (
+            "steps from the beach"
+            if city in COASTAL and rng.random() < 0.5
+            else f"{int(rng.integers(2, 25))} minutes' walk from {spot}"
+        )
+        stars = int(stats["stars"][i])
+        text = (
+            f"{vibe.capitalize()} {stars}-star {kind} in {city}, {near}. "
+            + (f"Offers {', '.join(amenities[:-1])} and {amenities[-1]}. " if len(amenities) > 1
+               else f"Offers {amenities[0]}. " if amenities else "")
+            + f"Guests rate it {stats['review_score'][i]} out of 10."
+        )  # fmt: skip
+        out.append(text)
+    return out
+
+
 def _rank_in_city(city: np.ndarray, price: np.ndarray) -> np.ndarray:
     """1 = cheapest property of its city."""
     order = np.lexsort((price, city))

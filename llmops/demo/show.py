@@ -13,6 +13,8 @@ from llmops.config import MeshConfig
 from llmops.governance_cli import lineage_of, lineage_tree
 from llmops.v1 import (
     common_pb2,
+    embedding_pb2,
+    embedding_pb2_grpc,
     experiment_pb2,
     experiment_pb2_grpc,
     feature_pb2,
@@ -139,6 +141,7 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         parts.append("Freshness (FeatureAdminService.GetFreshness)\n" + _table(rows))
         parts.append(await _guardrails(mesh))
         parts.append(await _experiments(mesh))
+        parts.append(await _semantic_search(mesh))
         parts.append(await _lineage(mesh))
         parts.append(await _compliance(mesh))
         parts.append(await _audit(mesh))
@@ -192,6 +195,69 @@ async def _experiments(mesh: MeshClient) -> str:
     else:
         note = "nothing is running: `llmops up` starts demo experiments in an empty store"
     return f"Experiments (ExperimentService.Assign; {note})\n" + _table(rows)
+
+
+DEMO_COLLECTION = "property_descriptions"
+DEMO_QUERY = "quiet place with a pool close to the beach"
+DEMO_CITIES = ("Barcelona", "Lisbon", "Nice")
+DEMO_MAX_PRICE = 250.0
+
+
+def _condition(field: str, op: Any, value: common_pb2.Value) -> common_pb2.Filter:
+    return common_pb2.Filter(
+        condition=common_pb2.FieldCondition(field=field, operator=op, value=value)
+    )
+
+
+async def _semantic_search(mesh: MeshClient) -> str:
+    """A text query over the demo listings with a metadata filter (city, price)."""
+    op = common_pb2.FieldCondition
+    where = common_pb2.Filter(
+        all_of=common_pb2.FilterList(
+            filters=[
+                common_pb2.Filter(
+                    any_of=common_pb2.FilterList(
+                        filters=[
+                            _condition("city", op.OPERATOR_EQ, common_pb2.Value(string_value=c))
+                            for c in DEMO_CITIES
+                        ]
+                    )
+                ),
+                _condition(
+                    "price_tonight", op.OPERATOR_LTE, common_pb2.Value(double_value=DEMO_MAX_PRICE)
+                ),
+            ]
+        )
+    )
+    title = (
+        f"Semantic search (EmbeddingService.Search, collection {DEMO_COLLECTION}): "
+        f'"{DEMO_QUERY}" in {", ".join(DEMO_CITIES)}, at most {DEMO_MAX_PRICE:.0f} EUR tonight'
+    )
+    try:
+        reply = await mesh.stub(embedding_pb2_grpc.EmbeddingServiceStub).Search(
+            embedding_pb2.SearchRequest(
+                collection=DEMO_COLLECTION, text=DEMO_QUERY, k=3, filter=where,
+                include_metadata=True,
+            )
+        )  # fmt: skip
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            raise
+        hint = (
+            "`llmops up` embeds the demo listings after start: try again in a few seconds"
+            if exc.code() is grpc.StatusCode.NOT_FOUND
+            else f"{exc.code().name}: {exc.details()}"
+        )
+        return f"{title}\nnot available yet ({hint})"
+    rows = [["listing", "city", "type", "stars", "price", "score"]]
+    for hit in reply.hits:
+        m = hit.metadata
+        rows.append([
+            hit.id, m["city"].string_value, m["property_type"].string_value,
+            str(m["stars"].int64_value), f"{m['price_tonight'].double_value:.0f}",
+            f"{hit.score:.3f}",
+        ])  # fmt: skip
+    return f"{title}\n{_table(rows)}"
 
 
 AUDIT_CHAIN = "tenant:default"

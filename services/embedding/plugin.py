@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from llmops.plugin import ServicePlugin
-from llmops.settings import Settings
+from llmops.settings import Settings, Switch, switched_on
 
 
 class EmbeddingSettings(Settings):
@@ -44,12 +44,23 @@ class EmbeddingSettings(Settings):
         description="fsync the collections' write-ahead log before acknowledging a change "
         "(off: faster, but a crash may lose the last acknowledged changes).",
     )
+    demo_data: Switch = Field(
+        "auto",
+        description="Embed the demo storefront's property descriptions into the collection "
+        "property_descriptions at start when it does not exist (auto: embedded mode only).",
+    )
+    demo_properties: int = Field(
+        500, ge=1, le=100_000, description="How many demo properties the demo collection holds."
+    )
     over_token_limit: Literal["truncate", "reject"] = Field(
         "truncate",
         description="A text longer than the model's token limit (256 word pieces): cut it and "
         "report its index in EmbedResponse.truncated, or refuse the call (INVALID_ARGUMENT "
         "naming the text).",
     )
+
+    def seeds_demo(self, mode: str) -> bool:
+        return switched_on(self.demo_data, auto=mode == "embedded")
 
 
 PLUGIN = ServicePlugin(

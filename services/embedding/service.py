@@ -8,9 +8,11 @@ from collections.abc import Sequence
 import structlog
 
 from llmops.errors import FailedPrecondition
+from llmops.scheduler import Background, Task
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.batcher import MicroBatcher
+from services.embedding.demo import seed_if_absent
 from services.embedding.embeddings import Embeddings
 from services.embedding.encoder import Encoded, Encoder, ModelInfo, OnnxEncoder, warm_up
 from services.embedding.plugin import EmbeddingSettings
@@ -75,6 +77,13 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
         await batcher.close()
         store.close()
 
+    tasks: list[Task] = []
+    if settings.seeds_demo(ctx.mode):  # after SERVING: embedding must not delay the start
+
+        async def seed() -> None:
+            await seed_if_absent(vectors, settings.demo_properties)
+
+        tasks.append(Background("demo_data", seed))
     version = settings.model_version
     return ServiceDefinition(
         bindings=[
@@ -91,6 +100,7 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
                 EmbeddingAdminServicer(vectors, version),
             ),
         ],
+        tasks=tasks,
         on_start=[start],
         on_stop=[stop],
     )

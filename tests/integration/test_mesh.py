@@ -396,6 +396,7 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
             and "NOT_FOUND" not in proc.stdout
             and "nothing is running" not in proc.stdout
             and "nothing recorded yet" not in proc.stdout
+            and "not available yet" not in proc.stdout
         ):
             break
         assert time.monotonic() < deadline, proc.stdout + proc.stderr
@@ -417,6 +418,10 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     assert "served_by  prompt property-summary v3" in lineage
     assert "derived_from  model property-summary-llm v1" in lineage
     assert "trained_on  dataset guest-reviews v1" in lineage
+    # the demo listings, embedded by the embedding service after start: a filtered search
+    search = proc.stdout.split("Semantic search (EmbeddingService.Search")[1].split("\n\n")[0]
+    rows = search.splitlines()[2:]
+    assert rows and all(r.split()[1] in {"Barcelona", "Lisbon", "Nice"} for r in rows), search
     compliance = proc.stdout.split("Compliance (GovernanceService.GetComplianceReport")[1]
     assert "property-summary-llm v1  LIMITED" in compliance
     assert "7/7" in compliance and "audit no TTL" in compliance
