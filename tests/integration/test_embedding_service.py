@@ -40,6 +40,7 @@ async def stubs(
     env, ports, _ = mesh_env(tmp_path)
     env["LLMOPS__EVENTS__BACKEND"] = "local"
     env["LLMOPS__SINK__EMBEDDED"] = "false"
+    env["LLMOPS__EMBEDDING__DEMO_DATA"] = "off"
     config = load_config(environ=env)
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(serve(config, ["embedding"], ready=ready, stop=stop))
