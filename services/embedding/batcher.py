@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from llmops.errors import FailedPrecondition, ResourceExhausted
-from services.embedding.encoder import Encoded, Encoder, l2_normalize
+from services.embedding.encoder import AsyncEncoder, Encoded, Encoder, l2_normalize
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: Encoder | AsyncEncoder,
         *,
         max_batch: int = 64,
         max_wait_s: float = 0.002,
@@ -119,7 +119,10 @@ class MicroBatcher:
             texts = [t for w in batch for t in w.texts]
             started = time.perf_counter()
             try:
-                out = await loop.run_in_executor(self._pool, self._encode, texts)
+                if isinstance(self.encoder, AsyncEncoder):  # a network call: awaited here
+                    out = await self.encoder.aencode(texts, normalize=False)
+                else:  # a CPU-bound forward pass: on the encoder's own thread
+                    out = await loop.run_in_executor(self._pool, self._encode, texts)
             except Exception as exc:  # each caller sees the failure of its batch
                 for w in batch:
                     if not w.future.done():
@@ -132,6 +135,7 @@ class MicroBatcher:
             self._deliver(batch, out, started)
 
     def _encode(self, texts: list[str]) -> Encoded:
+        assert not isinstance(self.encoder, AsyncEncoder)
         return self.encoder.encode(texts, normalize=False)
 
     def _deliver(self, batch: list[_Waiting], out: Encoded, started: float) -> None:

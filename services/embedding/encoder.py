@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import structlog
@@ -209,3 +209,119 @@ def warm_up(encoder: Encoder) -> float:
     start = time.perf_counter()
     encoder.encode(["warm up"], normalize=True)
     return time.perf_counter() - start
+
+
+@runtime_checkable
+class AsyncEncoder(Protocol):
+    """An encoder whose model runs elsewhere (a network call): awaited on the event loop."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    async def aencode(self, texts: Sequence[str], *, normalize: bool) -> Encoded: ...
+
+
+class TritonEncoder:
+    """The production encoder: the transformer served by Triton Inference Server, called
+    through tritonclient's gRPC **aio** client; tokenising and pooling stay here (the same
+    code as the embedded encoder, so both give the same vectors for the same model).
+
+    The Triton model (``deploy/triton/all-minilm-l6-v2/config.pbtxt``: the same ONNX file
+    on Triton's onnxruntime backend, dynamic batching) takes ``input_ids``,
+    ``attention_mask``, ``token_type_ids`` (INT64, [batch, sequence]) and returns
+    ``last_hidden_state`` (FP32, [batch, sequence, dimension]). A failed call is
+    ``UNAVAILABLE`` (the server is down or timed out) or ``FAILED_PRECONDITION`` (the model
+    is not ready or its tensors differ).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str = "all-minilm-l6-v2",
+        model_version: str = "",
+        name: str = "all-minilm-l6-v2",
+        version: int = 1,
+        dimension: int = 384,
+        timeout_s: float = 10.0,
+        client: Any = None,
+        tokenizer: WordPieceTokenizer | None = None,
+    ) -> None:
+        self.url = url
+        self.model = model
+        self.model_version = model_version
+        self.timeout_s = timeout_s
+        self._tokenize = tokenizer or WordPieceTokenizer()
+        if client is None:
+            try:
+                import tritonclient.grpc.aio as triton  # type: ignore[import-untyped]
+            except ImportError:
+                raise FailedPrecondition(
+                    "embedding.encoder is triton but tritonclient is not installed: "
+                    "bash scripts/install.sh '.[triton]'"
+                ) from None
+            client = triton.InferenceServerClient(url=url)
+        self._client = client
+        self._info = ModelInfo(name, version, dimension, self._tokenize.max_tokens, "triton")
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    async def ready(self) -> bool:
+        """Whether Triton says the model is ready (the service's health can use it)."""
+        try:
+            return bool(await self._client.is_model_ready(self.model, self.model_version))
+        except Exception:  # any transport error: not ready
+            return False
+
+    async def aencode(self, texts: Sequence[str], *, normalize: bool) -> Encoded:
+        import asyncio
+
+        from llmops.errors import Unavailable
+
+        if not texts:
+            return Encoded(np.zeros((0, self._info.dimension), np.float32), [], [])
+        tokens = await asyncio.to_thread(self._tokenize, texts)
+        inputs = []
+        for name_, array in tokens.feeds().items():
+            tensor = _triton_input(name_, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        try:
+            result = await self._client.infer(
+                self.model,
+                inputs,
+                model_version=self.model_version,
+                outputs=[_triton_output("last_hidden_state")],
+                client_timeout=self.timeout_s,
+            )
+        except Exception as exc:  # tritonclient raises InferenceServerException
+            status = str(getattr(exc, "status", lambda: "")() or "")
+            message = f"triton {self.url} model {self.model}: {exc}"
+            if "UNAVAILABLE" in status or "DEADLINE" in status or "unavailable" in str(exc):
+                raise Unavailable(message) from exc
+            raise FailedPrecondition(message) from exc
+        hidden = result.as_numpy("last_hidden_state")
+        if hidden is None or hidden.shape[:2] != tokens.ids.shape:
+            got = None if hidden is None else hidden.shape
+            raise FailedPrecondition(
+                f"triton model {self.model} returned last_hidden_state {got}, expected "
+                f"[{tokens.ids.shape[0]}, {tokens.ids.shape[1]}, {self._info.dimension}]"
+            )
+        return pooled(hidden, tokens, normalize)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _triton_input(name: str, shape: list[int], datatype: str) -> Any:
+    import tritonclient.grpc.aio as triton
+
+    return triton.InferInput(name, shape, datatype)
+
+
+def _triton_output(name: str) -> Any:
+    import tritonclient.grpc.aio as triton
+
+    return triton.InferRequestedOutput(name)

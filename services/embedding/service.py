@@ -14,7 +14,15 @@ from llmops.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.batcher import MicroBatcher
 from services.embedding.demo import seed_if_absent
 from services.embedding.embeddings import Embeddings
-from services.embedding.encoder import Encoded, Encoder, ModelInfo, OnnxEncoder, warm_up
+from services.embedding.encoder import (
+    AsyncEncoder,
+    Encoded,
+    Encoder,
+    ModelInfo,
+    OnnxEncoder,
+    TritonEncoder,
+    warm_up,
+)
 from services.embedding.plugin import EmbeddingSettings
 from services.embedding.servicer import EmbeddingAdminServicer, EmbeddingServicer
 from services.embedding.store import CollectionStore
@@ -39,8 +47,20 @@ class MissingEncoder:
         raise FailedPrecondition(self.problem.message)
 
 
-def open_encoder(settings: EmbeddingSettings) -> Encoder:
+def open_encoder(settings: EmbeddingSettings) -> Encoder | AsyncEncoder:
+    """The configured encoder; one that cannot be opened (a model package or the Triton
+    client missing) becomes a :class:`MissingEncoder`, so the service still starts."""
     try:
+        if settings.encoder == "triton":
+            log.info("embedding_encoder", runtime="triton", url=settings.triton_url,
+                     model=settings.triton_model)  # fmt: skip
+            return TritonEncoder(
+                settings.triton_url,
+                model=settings.triton_model,
+                name=settings.model_name,
+                version=settings.model_version,
+                timeout_s=settings.triton_timeout_s,
+            )
         encoder = OnnxEncoder(
             name=settings.model_name,
             version=settings.model_version,
@@ -55,8 +75,9 @@ def open_encoder(settings: EmbeddingSettings) -> Encoder:
 
 def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
     settings = ctx.settings
+    encoder = open_encoder(settings)
     batcher = MicroBatcher(
-        open_encoder(settings),
+        encoder,
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_ms / 1000,
         max_pending=settings.max_pending_texts,
@@ -75,6 +96,8 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
 
     async def stop() -> None:
         await batcher.close()
+        if isinstance(encoder, TritonEncoder):
+            await encoder.close()
         store.close()
 
     tasks: list[Task] = []
