@@ -175,6 +175,8 @@ class VectorCollection:
         self._metadata: dict[int, dict[str, Any]] = {}
         self._meta_index = MetadataIndex(spec.metadata_schema)
         self._next_id = 0
+        self._journal: list[tuple[str, Any, Any]] | None = None
+        """Writes made while ``rebuild_online`` builds (None when none runs)."""
 
     @property
     def item_count(self) -> int:
@@ -283,10 +285,14 @@ class VectorCollection:
             new = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
             # Add before removing: if FAISS fails here, the collection is unchanged.
             self._index.add(x, new)
+            if self._journal is not None:  # an online rebuild is running: replay it there
+                self._journal.append(("add", x, new))
             self._next_id += n
             old = [self._int_of[s] for s in ids if s in self._int_of]
             if old:
                 self._index.remove(np.array(old, dtype=np.int64))
+                if self._journal is not None:
+                    self._journal.append(("remove", np.array(old, dtype=np.int64), None))
                 for int_id in old:
                     self._forget(int_id)
             for s, int_id, meta in zip(ids, new.tolist(), metas, strict=True):
@@ -336,6 +342,8 @@ class VectorCollection:
         if not len(int_ids):
             return 0
         self._index.remove(int_ids)
+        if self._journal is not None:
+            self._journal.append(("remove", int_ids, None))
         for int_id in int_ids.tolist():
             self._forget(int_id)
         return len(int_ids)
@@ -354,6 +362,37 @@ class VectorCollection:
             )
         with self.lock:
             return self._delete_ints(where.matching_ids(self._meta_index))
+
+    def rebuild_online(self) -> bool:
+        """Compact the index without stopping searches or writes for the build: copy the
+        live vectors under the lock, build a fresh index outside it, then — under the lock
+        again — apply the writes made meanwhile (journalled in order; int ids are never
+        reused, so order is all that matters) and swap the fresh index in. Searches see the
+        old index (tombstones excluded) until the swap, the fresh one after: never a deleted
+        id. Returns False when a rebuild is already running."""
+        with self.lock:
+            if self._journal is not None:
+                return False
+            ids, vectors = self._index.live_contents()
+            self._journal = []
+        try:
+            fresh = VectorIndex(
+                self.spec.dimension, self.spec.metric, self.spec.index_kind, self.spec.index_params
+            )
+            fresh.add_prepared(vectors, ids)  # the slow part, outside the lock
+        except BaseException:
+            with self.lock:
+                self._journal = None
+            raise
+        with self.lock:
+            for op, arg, new_ids in self._journal:
+                if op == "add":
+                    fresh.add(arg, new_ids)
+                else:
+                    fresh.remove(arg)
+            self._index = fresh
+            self._journal = None
+        return True
 
     def rebuild(self) -> None:
         """Rebuild the index from the live vectors (HNSW: drops tombstones). Holds the lock."""

@@ -334,12 +334,13 @@ class VectorIndex:
         ids, vectors = self.live_contents()
         fresh = VectorIndex(self.dimension, self.metric, self.kind, self.params)
         # The vectors come out of the index already normalised: add them as they are.
-        fresh._add_prepared(vectors, ids)
+        fresh.add_prepared(vectors, ids)
         self._index = fresh._index
         self._tombstones = set()
         self._live_selector = None
 
-    def _add_prepared(self, vectors: Floats, ids: Ids) -> None:
+    def add_prepared(self, vectors: Floats, ids: Ids) -> None:
+        """Add vectors read out of an index of this collection (already normalised)."""
         if not len(ids):
             return
         if self._staging and len(ids) >= train_size(self.params["nlist"]):

@@ -54,6 +54,16 @@ class EmbeddingSettings(Settings):
         description="fsync the collections' write-ahead log before acknowledging a change "
         "(off: faster, but a crash may lose the last acknowledged changes).",
     )
+    rebuild_tombstone_ratio: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Rebuild an HNSW collection in the background once this share of its "
+        "index is tombstones (deleted or overwritten vectors HNSW cannot remove).",
+    )
+    rebuild_check_interval_s: float = Field(
+        60.0, ge=0, description="How often to look for collections to rebuild; 0 = never."
+    )
     demo_data: Switch = Field(
         "auto",
         description="Embed the demo storefront's property descriptions into the collection "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import structlog
 
-from llmops.errors import FailedPrecondition
-from llmops.scheduler import Background, Task
+from llmops.errors import FailedPrecondition, NotFound
+from llmops.scheduler import Background, Periodic, Task
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.batcher import MicroBatcher
@@ -73,6 +74,29 @@ def open_encoder(settings: EmbeddingSettings) -> Encoder | AsyncEncoder:
     return encoder
 
 
+async def rebuild_worn(store: CollectionStore, ratio: float) -> list[str]:
+    """Rebuild, one at a time and in the background, every HNSW collection whose index is
+    at least ``ratio`` tombstones; returns their names."""
+    rebuilt = []
+    for name in store.names():
+        try:
+            collection = store.get(name)
+        except NotFound:  # dropped meanwhile
+            continue
+        if collection.spec.index_kind != "hnsw":
+            continue
+        stats = collection.stats()
+        if stats.tombstone_ratio < ratio:
+            continue
+        start = time.perf_counter()
+        if await asyncio.to_thread(collection.rebuild_online):
+            rebuilt.append(name)
+            took = round(time.perf_counter() - start, 2)
+            log.info("embedding_hnsw_rebuilt", collection=name, items=stats.item_count,
+                     tombstones=stats.deleted_count, seconds=took)  # fmt: skip
+    return rebuilt
+
+
 def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
     settings = ctx.settings
     encoder = open_encoder(settings)
@@ -101,6 +125,12 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
         store.close()
 
     tasks: list[Task] = []
+    if settings.rebuild_check_interval_s > 0:
+
+        async def compact() -> None:
+            await rebuild_worn(store, settings.rebuild_tombstone_ratio)
+
+        tasks.append(Periodic("hnsw_rebuild", settings.rebuild_check_interval_s, compact))
     if settings.seeds_demo(ctx.mode):  # after SERVING: embedding must not delay the start
 
         async def seed() -> None:

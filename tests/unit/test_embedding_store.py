@@ -224,3 +224,56 @@ def test_every_acknowledged_upsert_survives_kill_9(tmp_path: Path) -> None:
     assert len(got) == (acknowledged + 1) * 10  # nothing acknowledged is lost
     assert collection.item_count in ((acknowledged + 1) * 10, (acknowledged + 2) * 10)
     store.close()
+
+
+async def test_an_online_rebuild_keeps_serving_and_loses_no_write(tmp_path: Path) -> None:
+    """HNSW deletes are tombstones: the background rebuild compacts them while searches and
+    writes go on; writes made during the build are in the swapped-in index, and no search
+    ever returns a deleted id."""
+    import threading
+
+    from services.embedding.service import rebuild_worn
+
+    store = opened(tmp_path)
+    store.create(spec(kind="hnsw"))
+    x = vectors(1_500, 6)
+    store.upsert("places", [f"p{i}" for i in range(1000)], x[:1000], [meta(i) for i in range(1000)])
+    deleted = {f"p{i}" for i in range(0, 1000, 3)}
+    store.delete_ids("places", sorted(deleted))
+    collection = store.get("places")
+    assert collection.stats().tombstone_ratio > 0.3
+
+    stop = threading.Event()
+    seen_deleted: list[str] = []
+    kept = {f"p{i}" for i in range(1000)} - deleted
+
+    def search_and_write() -> None:
+        i = 1000
+        while not stop.is_set():
+            for hit in store.search("places", x[i % 1000], 10, None, {}, False, False, None):
+                if hit.id in deleted:
+                    seen_deleted.append(hit.id)
+            if i < 1_500:  # writes during the build
+                store.upsert("places", [f"p{i}"], x[i : i + 1], [meta(i)])
+                kept.add(f"p{i}")
+                if i % 5 == 0:
+                    store.delete_ids("places", [f"p{i}"])
+                    deleted.add(f"p{i}")
+                    kept.discard(f"p{i}")
+            i += 1
+
+    worker = threading.Thread(target=search_and_write)
+    worker.start()
+    try:
+        rebuilt = await rebuild_worn(store, 0.2)
+    finally:
+        stop.set()
+        worker.join(10)
+    assert rebuilt == ["places"]
+    assert not seen_deleted
+    assert {item.id for item in collection.get(sorted(kept))} == kept  # no write was lost
+    assert collection.item_count == len(kept) and len(kept) > 666  # writes came in meanwhile
+    assert collection.stats().tombstone_ratio < 0.1
+    for i in (1, 2, 4, 5):  # live items are still found by their own vector
+        assert top_ids(store, x[i], 1) == [f"p{i}"]
+    store.close()
