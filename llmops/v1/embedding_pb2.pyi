@@ -449,21 +449,27 @@ class UpsertResponse(_message.Message):
 
     UPSERTED_COUNT_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     upserted_count: _builtins.int
     """Items written (inserted or replaced)."""
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """Embedding usage for items given as text."""
 
+    @_builtins.property
+    def truncated(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Indices (into items) of the items whose text was cut at the model's token limit."""
+
     def __init__(
         self,
         *,
         upserted_count: _builtins.int = ...,
         usage: _common_pb2.Usage | None = ...,
+        truncated: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["upserted_count", b"upserted_count", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["truncated", b"truncated", "upserted_count", b"upserted_count", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,6 +642,9 @@ class SearchResponse(_message.Message):
 
     HITS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """The query text was cut at the model's token limit before embedding."""
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
         """At most k hits, best (highest score) first."""
@@ -649,10 +658,11 @@ class SearchResponse(_message.Message):
         *,
         hits: _abc.Iterable[Global___SearchHit] | None = ...,
         usage: _common_pb2.Usage | None = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "truncated", b"truncated", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -184,6 +184,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         return embedding_pb2.UpsertResponse(
             upserted_count=done.count,
             usage=common_pb2.Usage(prompt_tokens=done.prompt_tokens, total_time_ms=done.embed_ms),
+            truncated=done.truncated,
         )
 
     async def Delete(
@@ -202,7 +203,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self, request: embedding_pb2.SearchRequest, context: Any
     ) -> embedding_pb2.SearchResponse:
         which = request.WhichOneof("query")
-        hits, tokens = await self.vectors.search(
+        hits, tokens, cut = await self.vectors.search(
             request.collection,
             vector=list(request.vector.values) if which == "vector" else None,
             text=request.text if which == "text" else None,
@@ -217,6 +218,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         return embedding_pb2.SearchResponse(
             hits=[hit_pb(h, schema) for h in hits],
             usage=common_pb2.Usage(prompt_tokens=tokens),
+            truncated=cut,
         )
 
 

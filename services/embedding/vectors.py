@@ -38,6 +38,8 @@ class Upserted:
     count: int
     prompt_tokens: int
     embed_ms: float
+    truncated: list[int]
+    """Indices of the items whose text was cut at the token limit."""
 
 
 class VectorMetrics:
@@ -142,7 +144,7 @@ class Vectors:
         spec = collection.spec
         texts = [(i, it.text) for i, it in enumerate(items) if it.text is not None]
         vectors = np.zeros((len(items), spec.dimension), dtype=np.float32)
-        tokens, embed_ms = 0, 0.0
+        tokens, embed_ms, truncated = 0, 0.0, []
         if texts:
             if not spec.embedding_model:
                 raise InvalidArgument(
@@ -156,6 +158,7 @@ class Vectors:
             for row, (i, _) in enumerate(texts):
                 vectors[i] = result.vectors[row]
             tokens, embed_ms = result.prompt_tokens, result.total_ms
+            truncated = [texts[row][0] for row in result.truncated]
         for i, it in enumerate(items):
             if it.vector is not None:
                 if len(it.vector) != spec.dimension:
@@ -170,7 +173,7 @@ class Vectors:
             self.store.upsert, name, [it.id for it in items], vectors, [it.metadata for it in items]
         )
         self.metrics.items.labels(name, "upsert").inc(count)
-        return Upserted(count, tokens, embed_ms)
+        return Upserted(count, tokens, embed_ms, truncated)
 
     async def delete_ids(self, name: str, ids: Sequence[str]) -> int:
         deleted = await asyncio.to_thread(self.store.delete_ids, name, ids)
@@ -194,10 +197,10 @@ class Vectors:
         include_metadata: bool,
         include_vectors: bool,
         min_score: float | None,
-    ) -> tuple[list[Hit], int]:
-        """Hits best first, and the prompt tokens a text query used."""
+    ) -> tuple[list[Hit], int, bool]:
+        """Hits best first, the prompt tokens a text query used, whether it was cut."""
         collection = self.store.get(name)
-        tokens = 0
+        tokens, cut = 0, False
         if text is not None:
             if not collection.spec.embedding_model:
                 raise InvalidArgument(
@@ -205,7 +208,7 @@ class Vectors:
                 )
             result = await self.embeddings.embed(EmbedCall(texts=[text], normalize=True), "text")
             query = result.vectors[0]
-            tokens = result.prompt_tokens
+            tokens, cut = result.prompt_tokens, bool(result.truncated)
         elif vector is not None:
             query = np.asarray(vector, dtype=np.float32)
         else:
@@ -215,7 +218,7 @@ class Vectors:
             include_vectors, min_score,
         )  # fmt: skip
         self.metrics.searches.labels(name, "text" if text is not None else "vector").inc()
-        return hits, tokens
+        return hits, tokens, cut
 
     # -- audit ---------------------------------------------------------------------------
 

@@ -184,7 +184,24 @@ async def test_collections_by_text_with_filters_snapshots_and_restore(
     up = await stub.Upsert(
         embedding_pb2.UpsertRequest(collection="places", items=items), timeout=30
     )
-    assert up.upserted_count == 5 and up.usage.prompt_tokens > 0
+    assert up.upserted_count == 5 and up.usage.prompt_tokens > 0 and not up.truncated
+    long = await stub.Upsert(
+        embedding_pb2.UpsertRequest(collection="places", items=[
+            embedding_pb2.Item(id="short", text="a room"),
+            embedding_pb2.Item(id="long", text="lovely room " * 300)]),
+        timeout=30,
+    )  # fmt: skip
+    assert list(long.truncated) == [1]  # cut at the token limit, and said so
+    cut = await stub.Search(
+        embedding_pb2.SearchRequest(collection="places", text="sea " * 400, k=1), timeout=30
+    )
+    assert cut.truncated
+    await stub.Delete(
+        embedding_pb2.DeleteRequest(
+            collection="places", ids=embedding_pb2.IdList(ids=["short", "long"])
+        ),
+        timeout=10,
+    )
 
     beach = await stub.Search(
         embedding_pb2.SearchRequest(collection="places", text="hotel by the sea", k=2), timeout=30
