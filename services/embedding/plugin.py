@@ -54,6 +54,19 @@ class EmbeddingSettings(Settings):
         description="fsync the collections' write-ahead log before acknowledging a change "
         "(off: faster, but a crash may lose the last acknowledged changes).",
     )
+    milvus_collections: list[str] = Field(
+        default_factory=list,
+        description="Collections that live in Milvus instead of this replica's memory (names; "
+        '"*" = all): for collections beyond one replica (README: sizing).',
+    )
+    milvus_uri: str = Field(
+        "",
+        description="Milvus for those collections: http(s)://host:19530, or a milvus-lite "
+        "file ending in .db; empty = <state_dir>/embedding/milvus.db (milvus-lite, in-process).",
+    )
+    milvus_token: str = Field(
+        "", description="Milvus credentials (user:password or an API key); never logged."
+    )
     rebuild_tombstone_ratio: float = Field(
         0.2,
         gt=0,

@@ -13,6 +13,7 @@ from llmops.scheduler import Background, Periodic, Task
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.batcher import MicroBatcher
+from services.embedding.collection import VectorCollection
 from services.embedding.demo import seed_if_absent
 from services.embedding.embeddings import Embeddings
 from services.embedding.encoder import (
@@ -24,6 +25,7 @@ from services.embedding.encoder import (
     TritonEncoder,
     warm_up,
 )
+from services.embedding.milvus import connect, embedded_uri
 from services.embedding.plugin import EmbeddingSettings
 from services.embedding.servicer import EmbeddingAdminServicer, EmbeddingServicer
 from services.embedding.store import CollectionStore
@@ -83,8 +85,8 @@ async def rebuild_worn(store: CollectionStore, ratio: float) -> list[str]:
             collection = store.get(name)
         except NotFound:  # dropped meanwhile
             continue
-        if collection.spec.index_kind != "hnsw":
-            continue
+        if not isinstance(collection, VectorCollection) or collection.spec.index_kind != "hnsw":
+            continue  # Milvus compacts its own segments
         stats = collection.stats()
         if stats.tombstone_ratio < ratio:
             continue
@@ -111,7 +113,18 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
         max_texts=settings.max_texts_per_call,
         over_token_limit=settings.over_token_limit,
     )
-    store = CollectionStore(ctx.backends.state_dir / "embedding", fsync=settings.fsync)
+    milvus_uri = settings.milvus_uri or embedded_uri(ctx.backends.state_dir)
+    selected = frozenset(settings.milvus_collections)
+
+    def open_milvus() -> object:
+        return connect(milvus_uri, token=settings.milvus_token)
+
+    store = CollectionStore(
+        ctx.backends.state_dir / "embedding",
+        fsync=settings.fsync,
+        milvus=open_milvus,
+        in_milvus=lambda name: "*" in selected or name in selected,
+    )
     vectors = Vectors(store, embeddings, ctx.events, VectorMetrics(ctx.metrics))
 
     async def start() -> None:

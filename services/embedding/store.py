@@ -11,7 +11,13 @@ logged with their vectors (texts are embedded before, so a replay needs no model
 ``snapshot(name)`` exports the collection at a log position under its lock (a consistent
 point) and writes it with ``snapshots.py`` (an atomic, checksummed archive). ``open()`` loads
 each collection's latest snapshot, then replays the log, skipping the records a snapshot
-already holds. The log is not compacted yet: restart time grows with it (replay reads
+already holds.
+
+Collections selected for **Milvus** (``in_milvus``) live there: Milvus keeps their items
+durably, so only their creation and drop go through the log (a replayed creation reopens the
+Milvus collection); their upserts and deletes are applied directly, their filters compiled
+to Milvus expressions, and snapshots/restores are Milvus's own backups (FAILED_PRECONDITION
+here). The log is not compacted yet: restart time grows with it (replay reads
 ~0.7 M records/s), snapshots bound the work of rebuilding indexes, not the reading.
 """
 
@@ -21,7 +27,7 @@ import json
 import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ from services.embedding.collection import (
     validate_spec,
 )
 from services.embedding.filters import compile_filter
+from services.embedding.milvus import MilvusCollection
 from services.embedding.snapshots import SnapshotInfo, SnapshotStore
 from services.embedding.wal import WriteAheadLog
 
@@ -48,9 +55,13 @@ _CREATE, _UPSERT, _DELETE_IDS, _DELETE_FILTER, _DROP, _RESTORE = b"C", b"U", b"I
 _HEADER = struct.Struct("<I")  # length of an upsert record's JSON header
 
 
+Collection = VectorCollection | MilvusCollection
+"""A collection in this replica's memory (FAISS) or in Milvus (same methods)."""
+
+
 @dataclass
 class _Entry:
-    collection: VectorCollection
+    collection: Collection
     create_time: float
     update_time: float
     snapshot_sequence: int = 0
@@ -90,10 +101,23 @@ def _spec_of(data: bytes) -> tuple[CollectionSpec, float]:
 class CollectionStore:
     """The service's collections (see the module docstring). Blocking: call from threads."""
 
-    def __init__(self, root: Path, *, fsync: bool = True, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        clock: Any = time.time,
+        milvus: Callable[[], Any] | None = None,
+        in_milvus: Callable[[str], bool] = lambda name: False,
+    ) -> None:
+        """``milvus`` opens the Milvus client (on first use); ``in_milvus`` says which
+        collections live there (embedding.milvus_collections)."""
         self.root = root
         self.fsync = fsync
         self._clock = clock
+        self._milvus_open = milvus
+        self._milvus: Any = None
+        self.in_milvus = in_milvus
         self._wal: WriteAheadLog | None = None
         self.snapshots = SnapshotStore(root / "snapshots", fsync=fsync)
         self._entries: dict[str, _Entry] = {}
@@ -133,6 +157,14 @@ class CollectionStore:
             self._wal.close()
             self._wal = None
 
+    def milvus_client(self) -> Any:
+        """The Milvus client, opened on first use (only collections that live there need it)."""
+        if self._milvus is None:
+            if self._milvus_open is None:
+                raise FailedPrecondition("no Milvus is configured (embedding.milvus_uri)")
+            self._milvus = self._milvus_open()
+        return self._milvus
+
     @property
     def wal(self) -> WriteAheadLog:
         if self._wal is None:
@@ -141,7 +173,7 @@ class CollectionStore:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, name: str, where: str = "collection") -> VectorCollection:
+    def get(self, name: str, where: str = "collection") -> Collection:
         entry = self._entries.get(name)
         if entry is None:
             raise NotFound(f"{where}: no collection {name!r}")
@@ -175,6 +207,10 @@ class CollectionStore:
         min_score: float | None,
     ) -> list[Hit]:
         collection = self.get(name)
+        if isinstance(collection, MilvusCollection):  # compiled to a Milvus expression there
+            return collection.search(
+                query, k, filter, params, include_metadata, include_vectors, min_score
+            )
         compiled = (
             compile_filter(filter, collection.spec.metadata_schema) if filter is not None else None
         )
@@ -215,13 +251,19 @@ class CollectionStore:
         record = _UPSERT + _HEADER.pack(len(header)) + header + vectors.tobytes()
         with self._write:
             collection = self.get(name)
+            if isinstance(collection, MilvusCollection):  # Milvus keeps it durably itself
+                written = collection.upsert(ids, vectors, metadata)
+                self._entries[name].update_time = self._clock()
+                return written
             with collection.lock:
                 collection.check_upsert(ids, vectors, metadata)
                 return int(self._log_and_apply(record))
 
     def delete_ids(self, name: str, ids: Sequence[str]) -> int:
         with self._write:
-            self.get(name)
+            collection = self.get(name)
+            if isinstance(collection, MilvusCollection):
+                return collection.delete_ids(ids)
             payload = json.dumps({"c": name, "ids": list(ids)}).encode()
             return int(self._log_and_apply(_DELETE_IDS + payload))
 
@@ -233,6 +275,8 @@ class CollectionStore:
                 raise InvalidArgument(
                     "filter", "must not be empty (DropCollection deletes a whole collection)"
                 )
+            if isinstance(collection, MilvusCollection):
+                return collection.delete_where(filter)
             name_bytes = name.encode()
             payload = _HEADER.pack(len(name_bytes)) + name_bytes + filter.SerializeToString()
             return int(self._log_and_apply(_DELETE_FILTER + payload))
@@ -253,7 +297,7 @@ class CollectionStore:
             entry = self._entries.get(name)
             if entry is None:
                 raise NotFound(f"collection: no collection {name!r}")
-            files = entry.collection.export_state()
+            files = entry.collection.export_state()  # Milvus: FAILED_PRECONDITION, its backups
             files["spec.json"] = _spec_json(entry.collection.spec, entry.create_time)
             sequence = self.wal.last_sequence
             count = entry.collection.item_count
@@ -267,6 +311,10 @@ class CollectionStore:
     ) -> CollectionInfo:
         info, _ = self.snapshots.load(snapshot_id)  # NotFound / integrity checked first
         target = name or info.collection
+        if self.in_milvus(target):
+            raise FailedPrecondition(
+                f"collection: {target!r} lives in Milvus; restore it from a Milvus backup"
+            )
         with self._write:
             if target in self._entries and not overwrite:
                 raise AlreadyExists(f"collection: collection {target!r} exists (set overwrite)")
@@ -293,7 +341,12 @@ class CollectionStore:
             spec, create_time = _spec_of(body)
             if replaying and self._held(spec.name, sequence):
                 return False
-            self._entries[spec.name] = _Entry(VectorCollection(spec), create_time, create_time)
+            collection: Collection = (
+                MilvusCollection.open(spec, self.milvus_client())  # created, or reopened
+                if self.in_milvus(spec.name)
+                else VectorCollection(spec)
+            )
+            self._entries[spec.name] = _Entry(collection, create_time, create_time)
             return True
         if kind == _UPSERT:
             (size,) = _HEADER.unpack_from(body)
@@ -332,7 +385,10 @@ class CollectionStore:
             if replaying and name not in self._entries:
                 return False
             dropped = self._entries.pop(name)
-            return dropped.collection.item_count if result else True
+            count = dropped.collection.item_count
+            if isinstance(dropped.collection, MilvusCollection):
+                dropped.collection.drop()
+            return count if result else True
         if kind == _RESTORE:
             doc = json.loads(body)
             if replaying and self._held(doc["c"], sequence):

@@ -277,3 +277,49 @@ async def test_an_online_rebuild_keeps_serving_and_loses_no_write(tmp_path: Path
     for i in (1, 2, 4, 5):  # live items are still found by their own vector
         assert top_ids(store, x[i], 1) == [f"p{i}"]
     store.close()
+
+
+def test_a_collection_in_milvus_keeps_its_items_there(tmp_path: Path) -> None:
+    """Selected collections live in Milvus (milvus-lite here, the real pymilvus client):
+    only their creation and drop are logged, items survive a restart in Milvus, filters and
+    searches go there, snapshots are Milvus's own business."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+    from llmops.errors import FailedPrecondition
+    from services.embedding.milvus import MilvusCollection, connect
+
+    def open_store() -> CollectionStore:
+        store = CollectionStore(
+            tmp_path / "state",
+            milvus=lambda: connect(str(tmp_path / "milvus.db")),
+            in_milvus=lambda name: name == "big",
+        )
+        store.open()
+        return store
+
+    store = open_store()
+    store.create(spec("big"))
+    store.create(spec("small"))
+    assert isinstance(store.get("big"), MilvusCollection)
+    x = vectors(200, 7)
+    assert (
+        store.upsert("big", [f"b{i}" for i in range(200)], x, [meta(i) for i in range(200)]) == 200
+    )
+    assert store.delete_where("big", city("Rome")) == 67
+    hits = store.search("big", x[0], 5, city("Paris"), {}, True, False, None)
+    assert hits and all(h.metadata is not None and h.metadata["city"] == "Paris" for h in hits)
+    assert store.wal.last_sequence == 2  # the two creations: Milvus keeps the items
+    with pytest.raises(FailedPrecondition):
+        store.snapshot("big")
+    store.close()
+
+    again = open_store()
+    assert again.info("big").item_count == 200 - 67
+    assert [h.id for h in again.search("big", x[0], 5, city("Paris"), {}, False, False, None)] == [
+        h.id for h in hits
+    ]
+    assert again.drop("big") == 133
+    again.close()
+    third = open_store()
+    assert third.names() == ["small"]
+    assert not third.milvus_client().has_collection("big")
+    third.close()
