@@ -1,6 +1,6 @@
-"""``llmops bench embedding``: the Embed path, the service against the raw model runtime.
+"""``llmops bench embedding``: the Embed path, and vector search against vector databases.
 
-Cases, on storefront-like texts (synthetic property descriptions, 15-40 words):
+Embed cases, on storefront-like texts (synthetic property descriptions, 15-40 words):
   embed_batch32   texts/s of sequential calls of 32 texts: ``onnxruntime`` = the same
                   encoder (tokenizer + int8 ONNX + mean pooling) called in-process, ``llmops``
                   = Embed through gRPC on an embedding service of its own (a process, the same
@@ -8,17 +8,77 @@ Cases, on storefront-like texts (synthetic property descriptions, 15-40 words):
   embed_single    one short query per call, sequential: p50/p99 through gRPC vs in-process
   embed_c16       16 concurrent callers of one short text each through gRPC: the
                   micro-batcher's effect (texts/s, mean texts per forward pass)
+
+Search cases (issue #12), on N storefront texts embedded by the model itself, not random
+vectors (N = 100,000; ``--quick``: 10,000), 384-d, L2-normalised. The queries are the vectors
+of the next 1,000 (quick: 300) texts of the same generator, held out of the collection; the
+ground truth is their exact top-10 by inner product (numpy), and, for the filtered case, the
+exact top-10 among the items of the query's city. The vectors are embedded once, in-process,
+with the project's encoder and cached under ``.llmops/bench/embedding-vectors/`` (keyed by
+model, seed and count; a longer cache serves a shorter run, a shorter one is extended):
+**the first full run spends several minutes embedding** (~160-500 texts/s on 2 cores: ~10
+min for 101,000 texts), the first quick run about a minute; later runs load the ``.npy``.
+``--quick`` takes ~80-110 s once the vectors are cached and the baseline venvs exist (Embed
+cases ~20 s, llmops search cases ~15-25 s, the three baselines ~40 s): over BENCH.md's 60 s,
+because every system loads 10,000 vectors and milvus-lite answers in ~6 ms a call. The first
+quick run adds ~1 min of embedding and ~1 min of venv installs.
+
+  upsert_b1000     Upsert of the N vectors through gRPC in calls of 1,000 into an HNSW
+                   collection (cosine, m 32, ef_construction 64, metadata field city), with
+                   durability on (the write-ahead log is fsync'd before each acknowledgement;
+                   the state dir is under ``.llmops/bench/``, on disk, not a tmpfs): items/s
+  search_k10       Search k=10 by vector through gRPC, one call at a time, at the smallest
+                   ``ef_search`` of a ladder whose recall@10 over all queries is >= 0.95 (each
+                   rung's recall in ``recall_ladder``): p50/p99, rps, recall_at_10
+  search_k10_city  the same with the filter city == the query's city (1 of 8 cities, ~12.5 %
+                   of the items; at most 4,096 matches are searched exactly, more go through
+                   HNSW with an id selector: ``filter_path``), recall against the exact
+                   filtered top-10
+  hnsw_build       in-process ``VectorCollection`` on the same vectors (no gRPC, no log): the
+                   time to build the HNSW index of N items by upserts of 1,000 (the case's
+                   latency), then ``rebuild()`` after deleting 10 % (``rebuild_s``)
+  restart          the service process stopped and started again on the same state dir, timed
+                   until a Search answers (health is polled every 0.2 s): from a Snapshot plus
+                   a log tail of one 1,000-item upsert (the case's latency), and from the log
+                   alone (``log_only_s``, measured before the snapshot exists); the recall after
+                   the restart is checked (``recall_after_restart``)
+
+The baselines run on the same vectors, queries and ground truth, each from a venv of its own
+(:mod:`benchmarks.vector_baselines`, harness ``vector_baselines_harness.py``), HNSW with M 32 /
+ef_construction 64 and tuned on the same ef ladder to recall@10 >= 0.95, the same number of
+sequential searches: ``milvus-lite`` (pymilvus ``MilvusClient`` on a local ``.db``: milvus-lite
+3 serves it from a gRPC server on a thread of the harness process), ``chromadb``
+(``PersistentClient``, its Rust core in-process) and ``usearch`` (in-process). Ours goes
+through gRPC to another process that shares the same 2 cores with the caller; theirs run in
+the caller's process. A baseline that cannot be installed or fails is reported as skipped on
+stderr and has no case (never made-up numbers). Their inserts keep each system's default
+durability (``durability`` in their upsert case: usearch is in memory, milvus-lite does not
+fsync its WAL per write, chromadb's per-write fsync is not verified). Ratios:
+``search_k10.rps.llmops/<system>``, ``search_k10_city.rps.llmops/<system>`` (milvus-lite,
+chromadb: usearch has no metadata filter), ``upsert_b1000.items_per_s.llmops/<system>`` (theirs
+including the time to make the items searchable through the index, ``ready_s``) and
+``search_k10.recall_at_10.llmops-<system>`` (recall difference at the chosen ef's).
+
 Prints the BENCH.md JSON line last on stdout (target ``embedding``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import os
 import random
+import re
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from benchmarks import servers
 from benchmarks.report import Case, emit
@@ -33,9 +93,40 @@ FEATURES = [
 ]  # fmt: skip
 NEAR = ["the old town", "the beach", "the central station", "the museum quarter", "the river"]
 
+Floats = npt.NDArray[np.float32]
+Ints = npt.NDArray[np.int64]
+
+BENCH_DIR = servers.REPO_ROOT / ".llmops" / "bench"
+VECTOR_CACHE = BENCH_DIR / "embedding-vectors"
+CORPUS_SEED = 7
+EMBED_CHUNK = 4096
+"""Texts embedded per step; each step is sorted by length so batches pad little."""
+EMBED_BATCH = 64
+CHECKPOINT_S = 60.0
+"""A long embedding run writes its cache at least this often, so an interrupted one resumes."""
+
+COLLECTION = "bench_search"
+K = 10
+TARGET_RECALL = 0.95
+EF_LADDER = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+"""ef_search values tried in order (every system the same), until recall@10 >= 0.95."""
+HNSW_M = 32
+EF_CONSTRUCTION = 64
+UPSERT_BATCH = 1000
+EXACT_FILTER_MAX = 4096
+"""The service's default ``exact_filter_max`` (collection.EXACT_FILTER_MAX), for the label."""
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
 
 def storefront_texts(n: int, seed: int = 7) -> list[str]:
-    """Property descriptions of 15-40 words, varied enough to embed apart."""
+    """Property descriptions of 15-40 words, varied enough to embed apart.
+
+    Deterministic per seed, and a prefix-stable stream: ``storefront_texts(m)`` is the first
+    m texts of ``storefront_texts(n)`` for m <= n (the vector cache relies on it).
+    """
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -49,20 +140,44 @@ def storefront_texts(n: int, seed: int = 7) -> list[str]:
     return out
 
 
+def city_of(text: str) -> int:
+    """Index in CITIES of the city a storefront text names ("<Kind> in <City>, ...")."""
+    return CITIES.index(text.split(" in ", 1)[1].split(",", 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Embed cases
+
+
 def main(*, quick: bool) -> None:
     from services.embedding.encoder import OnnxEncoder
+
+    encoder = OnnxEncoder(intra_op_threads=2)
+    started = time.monotonic()
+    cases, ratios = _embed_cases(encoder, quick=quick)
+    _log(f"embed cases done in {time.monotonic() - started:.0f} s")
+    search_cases, search_ratios = search_benchmark(encoder, quick=quick)
+    emit("embedding", cases + search_cases, {**ratios, **search_ratios})
+
+
+def _service_env(state_dir: Path) -> dict[str, str]:
+    return {
+        "LLMOPS__STATE_DIR": str(state_dir),
+        "LLMOPS__EVENTS__BACKEND": "local",
+        # the demo collection would be embedded in the background, competing for the cores
+        "LLMOPS__EMBEDDING__DEMO_DATA": "off",
+    }
+
+
+def _embed_cases(encoder: Any, *, quick: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    import uvloop
 
     texts = storefront_texts(2_000)
     batches = 20 if quick else 120
     singles = 300 if quick else 3_000
-    encoder = OnnxEncoder(intra_op_threads=2)
-    import uvloop
-
     with tempfile.TemporaryDirectory(prefix="llmops-bench-embedding-") as tmp:
         log = (Path(tmp) / "service.log").open("wb")
-        proc, address = servers.start_service(
-            "embedding", {"LLMOPS__STATE_DIR": tmp, "LLMOPS__EVENTS__BACKEND": "local"}, log
-        )
+        proc, address = servers.start_service("embedding", _service_env(Path(tmp)), log)
         try:
             cases = uvloop.run(_run(address, encoder, texts, batches, singles))
         finally:
@@ -75,7 +190,7 @@ def main(*, quick: bool) -> None:
             by[("embed_batch32", "llmops")] / by[("embed_batch32", "onnxruntime")], 3
         ),
     }
-    emit("embedding", cases, ratios)
+    return cases, ratios
 
 
 async def _run(
@@ -174,3 +289,549 @@ async def _concurrent(stub: object, queries: list[str], workers: int, n: int) ->
     case.wall_s = time.perf_counter() - start
     case.extra["texts_per_s"] = round(len(case.latencies_s) / case.wall_s, 1)
     return case
+
+
+# ---------------------------------------------------------------------------------------------
+# Search data: cached vectors, exact ground truth, recall
+
+
+def model_key(encoder: Any) -> str:
+    """Names the model that made the vectors (name, version, weights' SHA-256 prefix)."""
+    from services.embedding.encoder import MODEL_PACKAGE
+
+    info = encoder.info
+    sha = str(getattr(importlib.import_module(MODEL_PACKAGE), "SHA256", ""))[:12]
+    return f"{info.name}-v{info.version}" + (f"-{sha}" if sha else "")
+
+
+def _embed_sorted(encoder: Any, texts: Sequence[str], dimension: int) -> Floats:
+    """Vectors of ``texts`` in their order, embedded in batches of similar length."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.empty((len(texts), dimension), dtype=np.float32)
+    for start in range(0, len(order), EMBED_BATCH):
+        rows = order[start : start + EMBED_BATCH]
+        out[rows] = encoder.encode([texts[i] for i in rows], normalize=True).vectors
+    return out
+
+
+def _save_atomic(path: Path, array: Floats) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def cached_vectors(
+    encoder: Any, count: int, seed: int = CORPUS_SEED, cache_dir: Path = VECTOR_CACHE
+) -> Floats:
+    """The normalised vectors of ``storefront_texts(count, seed)``, from the cache or embedded.
+
+    The cache holds one ``<model>-seed<seed>-n<count>.npy`` per model and seed, the longest
+    prefix embedded so far: a shorter run slices it, a longer one embeds only the missing
+    texts, checkpointing every minute so an interrupted run resumes.
+    """
+    key = model_key(encoder)
+    dimension = int(encoder.info.dimension)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"{re.escape(key)}-seed{seed}-n(\d+)\.npy")
+    found = [(int(m.group(1)), p) for p in cache_dir.iterdir() if (m := pattern.fullmatch(p.name))]
+    have, path = max(found, default=(0, None))
+    if path is not None and have >= count:
+        _log(f"search: {count:,} cached vectors from {path}")
+        return np.ascontiguousarray(np.load(path, mmap_mode="r")[:count], dtype=np.float32)
+    parts = [np.load(path).astype(np.float32)] if path is not None else []
+    texts = storefront_texts(count, seed)
+    _log(
+        f"search: embedding texts {have:,}..{count:,} with {key} in-process (one-time; cached "
+        f"under {cache_dir}; ~160-500 texts/s on 2 cores)"
+    )
+    started = last_save = time.monotonic()
+    done = have
+    for start in range(have, count, EMBED_CHUNK):
+        chunk = texts[start : min(start + EMBED_CHUNK, count)]
+        parts.append(_embed_sorted(encoder, chunk, dimension))
+        done = start + len(chunk)
+        elapsed = time.monotonic() - started
+        rate = (done - have) / elapsed
+        _log(
+            f"search: embedded {done:,}/{count:,} ({rate:.0f} texts/s, "
+            f"~{(count - done) / rate:.0f} s left)"
+        )
+        if time.monotonic() - last_save >= CHECKPOINT_S or done == count:
+            vectors = np.concatenate(parts).astype(np.float32)
+            parts = [vectors]
+            new_path = cache_dir / f"{key}-seed{seed}-n{done}.npy"
+            _save_atomic(new_path, vectors)
+            for old in cache_dir.glob(f"{key}-seed{seed}-n*.npy"):
+                if old != new_path:
+                    old.unlink(missing_ok=True)
+            last_save = time.monotonic()
+    return np.ascontiguousarray(parts[0][:count], dtype=np.float32)
+
+
+def exact_top_k(corpus: Floats, queries: Floats, k: int, chunk: int = 256) -> Ints:
+    """Row i: the indices (into ``corpus``) of the k largest inner products with query i,
+    best first."""
+    k = min(k, len(corpus))
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for s in range(0, len(queries), chunk):
+        scores = queries[s : s + chunk] @ corpus.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        out[s : s + chunk] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def exact_top_k_within(corpus: Floats, queries: Floats, k: int, groups: Ints, wanted: Ints
+                       ) -> Ints:  # fmt: skip
+    """Like ``exact_top_k`` but query i ranks only the items whose group is ``wanted[i]``."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for g in np.unique(wanted).tolist():
+        members = np.flatnonzero(groups == g)
+        rows = np.flatnonzero(wanted == g)
+        out[rows] = members[exact_top_k(corpus[members], queries[rows], k)]
+    return out
+
+
+def recall_at_k(found: Sequence[Sequence[int]], truth: npt.NDArray[np.integer[Any]]) -> float:
+    """Mean over queries of |found[i][:k] & truth[i]| / k, k = truth's row length."""
+    if len(found) != len(truth):
+        raise ValueError(f"{len(found)} result lists for {len(truth)} queries")
+    if not len(truth):
+        return 0.0
+    k = int(truth.shape[1])
+    hits = sum(len(set(list(f)[:k]) & set(t)) for f, t in zip(found, truth.tolist(), strict=True))
+    return float(hits / (k * len(truth)))
+
+
+@dataclass(frozen=True)
+class SearchData:
+    """The vectors, their cities and the exact answers every system is scored against."""
+
+    corpus: Floats
+    queries: Floats
+    cities: Ints
+    """Per corpus item, its index in CITIES."""
+    query_cities: Ints
+    truth: Ints
+    """Exact top-K (corpus indices) per query."""
+    city_truth: Ints
+    """Exact top-K among the items of the query's city."""
+
+
+def search_data(encoder: Any, n: int, n_queries: int) -> SearchData:
+    """N corpus vectors and the next ``n_queries`` texts' vectors as held-out queries."""
+    vectors = cached_vectors(encoder, n + n_queries)
+    cities = np.array([city_of(t) for t in storefront_texts(n + n_queries)], dtype=np.int64)
+    corpus, queries = vectors[:n], vectors[n:]
+    started = time.perf_counter()
+    truth = exact_top_k(corpus, queries, K)
+    city_truth = exact_top_k_within(corpus, queries, K, cities[:n], cities[n:])
+    _log(f"search: exact top-{K} of {n_queries:,} queries in {time.perf_counter() - started:.1f} s")
+    return SearchData(corpus, queries, cities[:n], cities[n:], truth, city_truth)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one search benchmark run."""
+
+    n: int
+    queries: int
+    calls: int
+    """Timed sequential searches per system (cycling over the queries)."""
+
+
+FULL = Plan(n=100_000, queries=1_000, calls=5_000)
+QUICK = Plan(n=10_000, queries=300, calls=1_000)
+
+
+def single_case(case: str, system: str, seconds: float, **extra: Any) -> dict[str, Any]:
+    """A BENCH case dict of one timed operation (n 1: p50 = p99 = the time)."""
+    ms = round(seconds * 1000, 4)
+    return {"case": case, "system": system, "p50_ms": ms, "p99_ms": ms,
+            "rps": round(1 / seconds, 4) if seconds > 0 else 0.0, "n": 1, "concurrency": 1,
+            **extra}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# llmops: the embedding service through gRPC
+
+
+def _collection_request() -> Any:
+    from llmops.v1 import common_pb2, embedding_pb2
+
+    collection = embedding_pb2.Collection(
+        name=COLLECTION,
+        dimension=384,
+        metric=embedding_pb2.DISTANCE_METRIC_COSINE,
+        index_kind=embedding_pb2.INDEX_KIND_HNSW,
+        metadata_schema={"city": common_pb2.VALUE_TYPE_STRING},
+    )
+    for key, value in (("m", HNSW_M), ("ef_construction", EF_CONSTRUCTION), ("ef_search", 64)):
+        collection.index_params[key].int64_value = value
+    return embedding_pb2.CreateCollectionRequest(collection=collection)
+
+
+def _upsert_request(data: SearchData, start: int, stop: int) -> Any:
+    from llmops.v1 import common_pb2, embedding_pb2
+
+    request = embedding_pb2.UpsertRequest(collection=COLLECTION)
+    for i, row in zip(range(start, stop), data.corpus[start:stop].tolist(), strict=True):
+        item = request.items.add(id=str(i))
+        item.vector.values.extend(row)
+        item.metadata["city"].CopyFrom(common_pb2.Value(string_value=CITIES[data.cities[i]]))
+    return request
+
+
+def _search_requests(data: SearchData, ef: int, *, by_city: bool) -> list[Any]:
+    from llmops.v1 import common_pb2, embedding_pb2
+
+    out = []
+    for i, row in enumerate(data.queries.tolist()):
+        request = embedding_pb2.SearchRequest(collection=COLLECTION, k=K)
+        request.vector.values.extend(row)
+        request.search_params["ef_search"].int64_value = ef
+        if by_city:
+            request.filter.condition.CopyFrom(
+                common_pb2.FieldCondition(
+                    field="city",
+                    operator=common_pb2.FieldCondition.OPERATOR_EQ,
+                    value=common_pb2.Value(string_value=CITIES[data.query_cities[i]]),
+                )
+            )
+        out.append(request)
+    return out
+
+
+async def _ladder(
+    search: Callable[[int, int], Awaitable[list[int]]], truth: Ints
+) -> tuple[int, float, dict[str, float]]:
+    """The first ef of EF_LADDER whose recall@K over all queries reaches TARGET_RECALL (else
+    the last), its recall, and every rung's recall. ``search(ef, i)`` answers query i."""
+    rungs: dict[str, float] = {}
+    recall = 0.0
+    for ef in EF_LADDER:
+        found = [await search(ef, i) for i in range(len(truth))]
+        recall = recall_at_k(found, truth)
+        rungs[str(ef)] = round(recall, 4)
+        if recall >= TARGET_RECALL:
+            return ef, recall, rungs
+    return EF_LADDER[-1], recall, rungs
+
+
+async def _llmops_search(address: str, data: SearchData, plan: Plan) -> list[dict[str, Any]]:
+    """Create, load and search the collection through gRPC; the BENCH case dicts."""
+    import grpc
+
+    from llmops.v1 import embedding_pb2_grpc
+
+    out = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        await stub.CreateCollection(_collection_request(), timeout=30)
+        upsert = Case("upsert_b1000", "llmops")
+        for start in range(0, len(data.corpus), UPSERT_BATCH):
+            request = _upsert_request(data, start, min(start + UPSERT_BATCH, len(data.corpus)))
+            t0 = time.perf_counter()
+            reply = await stub.Upsert(request, timeout=120)
+            upsert.latencies_s.append(time.perf_counter() - t0)
+            assert reply.upserted_count == len(request.items), reply
+        # wall = time spent in the calls (building the requests is the client's work)
+        upsert.wall_s = sum(upsert.latencies_s)
+        upsert.extra.update(
+            items_per_s=round(len(data.corpus) / upsert.wall_s, 1),
+            batch=UPSERT_BATCH,
+            durability="WAL fsync before each ack (embedding.fsync: true)",
+        )
+        out.append(upsert.summary())
+        _log(f"llmops: upserted {len(data.corpus):,} items, {upsert.extra['items_per_s']} items/s")
+        for by_city in (False, True):
+            out.append(await _search_case(stub, data, plan, by_city=by_city))
+    return out
+
+
+async def _search_case(stub: Any, data: SearchData, plan: Plan, *, by_city: bool
+                       ) -> dict[str, Any]:  # fmt: skip
+    """Warm-up, the ef ladder, then ``plan.calls`` sequential searches at the chosen ef."""
+    name = "search_k10_city" if by_city else "search_k10"
+    truth = data.city_truth if by_city else data.truth
+    requests: dict[int, list[Any]] = {}
+
+    async def search(ef: int, i: int) -> list[int]:
+        if ef not in requests:
+            requests[ef] = _search_requests(data, ef, by_city=by_city)
+        reply = await stub.Search(requests[ef][i], timeout=10)
+        return [int(h.id) for h in reply.hits]
+
+    for i in range(min(200, len(truth))):  # warm-up
+        await search(64, i)
+    ef, recall, rungs = await _ladder(search, truth)
+    case = Case(name, "llmops")
+    chosen = requests[ef]
+    perf = time.perf_counter
+    start = perf()
+    for i in range(plan.calls):
+        t0 = perf()
+        await stub.Search(chosen[i % len(chosen)], timeout=10)
+        case.latencies_s.append(perf() - t0)
+    case.wall_s = perf() - start
+    case.extra.update(recall_at_10=round(recall, 4), ef_search=ef, recall_ladder=rungs, k=K,
+                      items=len(data.corpus), via="gRPC")  # fmt: skip
+    if by_city:
+        matches = float(np.bincount(data.cities, minlength=len(CITIES)).mean())
+        case.extra["matching_items_mean"] = round(matches, 1)
+        case.extra["filter_path"] = (
+            "exact over the matches" if matches <= EXACT_FILTER_MAX else "HNSW+id selector"
+        )
+    _log(f"llmops: {name} ef_search {ef} recall@{K} {recall:.4f} ladder {rungs}")
+    return case.summary()
+
+
+async def _snapshot_and_tail(address: str, data: SearchData) -> tuple[float, int]:
+    """Snapshot the collection, then upsert a tail the restart must replay from the log:
+    (snapshot seconds, snapshot bytes)."""
+    import grpc
+
+    from llmops.v1 import embedding_pb2, embedding_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        admin = embedding_pb2_grpc.EmbeddingAdminServiceStub(channel)
+        t0 = time.perf_counter()
+        reply = await admin.Snapshot(embedding_pb2.SnapshotRequest(collection=COLLECTION),
+                                     timeout=600)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        # the same ids and vectors again: one log record past the snapshot, same answers
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        await stub.Upsert(_upsert_request(data, 0, min(UPSERT_BATCH, len(data.corpus))),
+                          timeout=120)  # fmt: skip
+    return seconds, int(reply.snapshot.size_bytes)
+
+
+async def _recall_now(address: str, data: SearchData, ef: int) -> float:
+    import grpc
+
+    from llmops.v1 import embedding_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        found = []
+        for request in _search_requests(data, ef, by_city=False):
+            reply = await stub.Search(request, timeout=10)
+            found.append([int(h.id) for h in reply.hits])
+    return recall_at_k(found, data.truth)
+
+
+def _start_until_search(env: dict[str, str], log: Any, probe: Any) -> tuple[Any, str, float]:
+    """Start the service and Search until one answers: (process, address, seconds)."""
+    import grpc
+
+    from llmops.v1 import embedding_pb2_grpc
+
+    t0 = time.perf_counter()
+    proc, address = servers.start_service("embedding", env, log)
+    with grpc.insecure_channel(address) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        while True:
+            try:
+                stub.Search(probe, timeout=30)
+                break
+            except grpc.RpcError:
+                if time.perf_counter() - t0 > 600:
+                    proc.kill()
+                    raise
+                time.sleep(0.01)
+    return proc, address, time.perf_counter() - t0
+
+
+def _stop(proc: Any) -> None:
+    """Stop a service process this bench started: SIGTERM (a clean close), then SIGKILL."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
+def llmops_cases(data: SearchData, plan: Plan) -> list[dict[str, Any]]:
+    """upsert, search, filtered search and the two restarts, on a service process."""
+    import uvloop
+
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    # under .llmops/bench, on disk: a tmpfs /tmp would make fsync free
+    with tempfile.TemporaryDirectory(prefix="search-llmops-", dir=BENCH_DIR) as tmp:
+        env = {**_service_env(Path(tmp) / "state"), "LLMOPS__EMBEDDING__FSYNC": "true"}
+        with (Path(tmp) / "service.log").open("wb") as log:
+            t0 = time.perf_counter()
+            proc, address = servers.start_service("embedding", env, log)
+            empty_start_s = time.perf_counter() - t0
+            procs = [proc]  # the restarts replace it; whichever runs last is stopped
+            try:
+                cases = uvloop.run(_llmops_search(address, data, plan))
+                ef = next(c["ef_search"] for c in cases if c["case"] == "search_k10")
+                restart = _restarts(env, log, data, ef, procs)
+            finally:
+                _stop(procs[-1])
+    if restart is not None:
+        restart["empty_start_s"] = round(empty_start_s, 3)
+        cases.append(restart)
+    return cases
+
+
+def _restarts(
+    env: dict[str, str], log: Any, data: SearchData, ef: int, procs: list[Any]
+) -> dict[str, Any] | None:
+    """The restart case: from the log alone, then from a snapshot plus a log tail.
+
+    A restart that fails (the service does not come back) is reported on stderr and gives no
+    case, so that the other cases still come out. ``procs[-1]`` is the running process.
+    """
+    import grpc
+    import uvloop
+
+    probe = _search_requests(data, 64, by_city=False)[0]
+    try:
+        _log("llmops: restart from the log alone ...")
+        _stop(procs[-1])
+        proc, address, log_only_s = _start_until_search(env, log, probe)
+        procs.append(proc)
+        snapshot_s, snapshot_bytes = uvloop.run(_snapshot_and_tail(address, data))
+        _log("llmops: restart from the snapshot + log ...")
+        _stop(proc)
+        proc, address, restart_s = _start_until_search(env, log, probe)
+        procs.append(proc)
+        recall = uvloop.run(_recall_now(address, data, ef))
+    except (RuntimeError, grpc.RpcError) as exc:
+        _log(f"llmops: restart FAILED, no restart case: {exc}")
+        return None
+    _log(
+        f"llmops: restart {restart_s:.2f} s from snapshot + log, {log_only_s:.2f} s from the "
+        f"log alone; snapshot {snapshot_s:.2f} s, recall after restart {recall:.4f}"
+    )
+    return single_case(
+        "restart",
+        "llmops",
+        restart_s,
+        items=len(data.corpus),
+        **{"from": "snapshot + log tail of 1 upsert of 1,000 items"},
+        log_only_s=round(log_only_s, 3),
+        snapshot_s=round(snapshot_s, 3),
+        snapshot_bytes=snapshot_bytes,
+        recall_after_restart=round(recall, 4),
+    )
+
+
+def rebuild_case(data: SearchData) -> dict[str, Any]:
+    """HNSW build of N items and rebuild after deleting 10 %, in-process (no gRPC, no log)."""
+    from llmops.v1 import common_pb2
+    from services.embedding.collection import CollectionSpec, VectorCollection
+
+    spec = CollectionSpec(
+        name="bench_rebuild",
+        dimension=data.corpus.shape[1],
+        metric="cosine",
+        index_kind="hnsw",
+        index_params={"m": HNSW_M, "ef_construction": EF_CONSTRUCTION, "ef_search": 64},
+        metadata_schema={"city": int(common_pb2.VALUE_TYPE_STRING)},
+    )
+    collection = VectorCollection(spec)
+    n = len(data.corpus)
+    ids = [str(i) for i in range(n)]
+    metas = [{"city": CITIES[c]} for c in data.cities.tolist()]
+    t0 = time.perf_counter()
+    for s in range(0, n, UPSERT_BATCH):
+        e = min(s + UPSERT_BATCH, n)
+        collection.upsert(ids[s:e], data.corpus[s:e], metas[s:e])
+    build_s = time.perf_counter() - t0
+    gone = random.Random(11).sample(ids, n // 10)
+    collection.delete_ids(gone)
+    t0 = time.perf_counter()
+    collection.rebuild()
+    rebuild_s = time.perf_counter() - t0
+    _log(f"llmops: HNSW build of {n:,} items {build_s:.2f} s, rebuild of {n - len(gone):,} "
+         f"after deleting 10 % {rebuild_s:.2f} s")  # fmt: skip
+    return single_case("hnsw_build", "llmops", build_s, items=n,
+                       build_items_per_s=round(n / build_s, 1), rebuild_s=round(rebuild_s, 3),
+                       rebuild_items=n - len(gone), via="in-process VectorCollection")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines and the whole search benchmark
+
+
+def baseline_cases(data: SearchData, plan: Plan, work: Path) -> list[dict[str, Any]]:
+    """Each baseline's cases (a failing one is logged as skipped and has none)."""
+    from benchmarks.vector_baselines import BASELINES
+
+    for name, array in (("corpus", data.corpus), ("queries", data.queries),
+                        ("cities", data.cities), ("query_cities", data.query_cities),
+                        ("truth", data.truth), ("city_truth", data.city_truth)):  # fmt: skip
+        np.save(work / f"{name}.npy", array)
+    config = {
+        "data_dir": str(work),
+        "k": K,
+        "calls": plan.calls,
+        "ef_ladder": list(EF_LADDER),
+        "target_recall": TARGET_RECALL,
+        "m": HNSW_M,
+        "ef_construction": EF_CONSTRUCTION,
+        "batch": UPSERT_BATCH,
+        "cities": CITIES,
+    }
+    out: list[dict[str, Any]] = []
+    for baseline in BASELINES:
+        _log(f"{baseline.name} (its own venv) ...")
+        system_dir = work / baseline.name
+        system_dir.mkdir()
+        try:
+            out += baseline.run({**config, "system": baseline.name,
+                                 "work_dir": str(system_dir)}, _log)  # fmt: skip
+        except RuntimeError as exc:
+            _log(f"{baseline.name}: SKIPPED: {exc}")
+    return out
+
+
+def search_ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
+    """llmops against each baseline: search rps, upsert items/s, recall difference."""
+    by = {(c["case"], c["system"]): c for c in cases}
+    ratios: dict[str, float] = {}
+    others = sorted({c["system"] for c in cases} - {"llmops"})
+    for system in others:
+        ours, theirs = by.get(("search_k10", "llmops")), by.get(("search_k10", system))
+        if ours and theirs and theirs.get("rps"):
+            ratios[f"search_k10.rps.llmops/{system}"] = round(ours["rps"] / theirs["rps"], 3)
+            ratios[f"search_k10.recall_at_10.llmops-{system}"] = round(
+                ours["recall_at_10"] - theirs["recall_at_10"], 4
+            )
+        ours, theirs = by.get(("search_k10_city", "llmops")), by.get(("search_k10_city", system))
+        if ours and theirs and theirs.get("rps"):
+            ratios[f"search_k10_city.rps.llmops/{system}"] = round(ours["rps"] / theirs["rps"], 3)
+        ours, theirs = by.get(("upsert_b1000", "llmops")), by.get(("upsert_b1000", system))
+        # theirs until searchable through the index (milvus-lite indexes at flush), as ours is
+        # at each acknowledgement
+        their_rate = theirs.get("items_per_s_incl_ready") if theirs else None
+        if ours and their_rate:
+            ratios[f"upsert_b1000.items_per_s.llmops/{system}"] = round(
+                ours["items_per_s"] / their_rate, 3
+            )
+    return ratios
+
+
+def search_benchmark(encoder: Any, *, quick: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The search cases of llmops and the baselines, and their ratios."""
+    plan = QUICK if quick else FULL
+    _log(f"search: {plan.n:,} items, {plan.queries:,} held-out queries, {plan.calls:,} calls")
+    started = time.monotonic()
+    data = search_data(encoder, plan.n, plan.queries)
+    _log(f"search: data ready after {time.monotonic() - started:.0f} s")
+    cases = llmops_cases(data, plan)
+    cases.append(rebuild_case(data))
+    _log(f"search: llmops done after {time.monotonic() - started:.0f} s")
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="search-baselines-", dir=BENCH_DIR) as work:
+        cases += baseline_cases(data, plan, Path(work))
+    _log(f"search: baselines done after {time.monotonic() - started:.0f} s")
+    return cases, search_ratios(cases)

@@ -72,7 +72,7 @@ MAX_UPSERT_ITEMS: Final = 1000
 MAX_K: Final = 1000
 MAX_ID_BYTES: Final = 256
 MAX_DIMENSION: Final = 16_384
-EXACT_FILTER_MAX: Final = 4096
+EXACT_FILTER_MAX: Final = 512
 """A filter matching at most this many items is searched exactly over just those vectors."""
 MAX_WIDEN_RETRIES: Final = 3
 STATE_FORMAT: Final = b"1"

@@ -78,6 +78,11 @@ Floats = npt.NDArray[np.float32]
 Ids = npt.NDArray[np.int64]
 
 
+def set_faiss_threads(threads: int) -> None:
+    """FAISS's OpenMP threads for this process (searches and builds alike)."""
+    faiss.omp_set_num_threads(threads)
+
+
 def train_size(nlist: int) -> int:
     """Vectors an IVF index stages (served exactly) before it trains on them."""
     return max(8 * nlist, 256)

@@ -25,6 +25,7 @@ from services.embedding.encoder import (
     TritonEncoder,
     warm_up,
 )
+from services.embedding.index import set_faiss_threads
 from services.embedding.milvus import connect, embedded_uri
 from services.embedding.plugin import EmbeddingSettings
 from services.embedding.servicer import EmbeddingAdminServicer, EmbeddingServicer
@@ -101,6 +102,7 @@ async def rebuild_worn(store: CollectionStore, ratio: float) -> list[str]:
 
 def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
     settings = ctx.settings
+    set_faiss_threads(settings.faiss_threads)
     encoder = open_encoder(settings)
     batcher = MicroBatcher(
         encoder,
