@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
-from llmops.errors import InvalidArgument
+from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.port import ServiceEvents
 from llmops.v1 import common_pb2
 from services.embedding.collection import CollectionSpec, CollectionStats, Hit
@@ -224,8 +224,6 @@ class Vectors:
 
     def _room(self) -> None:
         if not self.events.has_room(1):
-            from llmops.errors import ResourceExhausted
-
             raise ResourceExhausted("the event buffer has no room for the audit record; retry")
 
     def _audit(
