@@ -116,6 +116,88 @@ def validate_spec(spec: CollectionSpec) -> None:
     validate_schema(spec.metadata_schema)
 
 
+# --------------------------------------------------------------------------------------------
+# Item and query checks, shared by every collection backend (FAISS here, Milvus in milvus.py):
+# the same rules and the same messages whatever holds the collection.
+
+
+def check_ids(ids: Sequence[str]) -> None:
+    """Non-empty UTF-8 ids of at most ``MAX_ID_BYTES``, unique in the request."""
+    first: dict[str, int] = {}
+    for i, item_id in enumerate(ids):
+        path = f"items[{i}].id"
+        if not isinstance(item_id, str) or not item_id:
+            raise InvalidArgument(path, "must be a non-empty string")
+        try:
+            size = len(item_id.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidArgument(path, "must be valid UTF-8") from None
+        if size > MAX_ID_BYTES:
+            raise InvalidArgument(path, f"is {size} bytes, at most {MAX_ID_BYTES}")
+        if item_id in first:
+            raise InvalidArgument(path, f"duplicates items[{first[item_id]}].id")
+        first[item_id] = i
+
+
+def bad_norms(x: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """Rows that cosine cannot normalise in float32 (a norm that is 0 or overflows)."""
+    with np.errstate(over="ignore", under="ignore"):
+        sq = np.einsum("ij,ij->i", x, x)
+    bad: npt.NDArray[np.bool_] = ~np.isfinite(sq) | (sq <= 0)
+    return bad
+
+
+def check_vectors(spec: CollectionSpec, vectors: Any, n: int) -> npt.NDArray[np.float32]:
+    """``n`` finite vectors of the collection's dimension (non-zero for cosine), as an
+    (n, d) float32 array; an (n, d) array or a sequence of n vectors is accepted."""
+    d = spec.dimension
+    if isinstance(vectors, np.ndarray) and vectors.ndim == 2:
+        if vectors.shape[0] != n:
+            raise InvalidArgument("items", f"{n} ids but {vectors.shape[0]} vectors")
+        if vectors.shape[1] != d and n:
+            raise InvalidArgument(
+                "items[0].vector", f"has {vectors.shape[1]} dimensions, the collection {d}"
+            )
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+    else:
+        rows = [np.asarray(v, dtype=np.float32) for v in vectors]
+        if len(rows) != n:
+            raise InvalidArgument("items", f"{n} ids but {len(rows)} vectors")
+        for i, row in enumerate(rows):
+            if row.ndim != 1 or row.shape[0] != d:
+                got = row.shape[0] if row.ndim == 1 else f"shape {row.shape}"
+                raise InvalidArgument(
+                    f"items[{i}].vector", f"has {got} dimensions, the collection {d}"
+                )
+        x = np.stack(rows) if rows else np.zeros((0, d), dtype=np.float32)
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise InvalidArgument(f"items[{i}].vector", "must be finite (no NaN or infinity)")
+    if spec.metric == "cosine":
+        bad = bad_norms(x)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidArgument(
+                f"items[{i}].vector", "a zero (or out of range) vector has no direction"
+            )
+    return x
+
+
+def check_query(spec: CollectionSpec, query: Any) -> npt.NDArray[np.float32]:
+    """A finite query vector of the collection's dimension (non-zero for cosine)."""
+    q = np.asarray(query, dtype=np.float32)
+    d = spec.dimension
+    if q.ndim != 1 or q.shape[0] != d:
+        got = q.shape[0] if q.ndim == 1 else f"shape {q.shape}"
+        raise InvalidArgument("vector", f"has {got} dimensions, the collection {d}")
+    if not np.isfinite(q).all():
+        raise InvalidArgument("vector", "must be finite (no NaN or infinity)")
+    if spec.metric == "cosine" and bad_norms(q[None, :])[0]:
+        raise InvalidArgument("vector", "a zero (or out of range) vector has no direction")
+    return q
+
+
 @dataclass(frozen=True, slots=True)
 class Hit:
     """One search result; ``metadata`` / ``vector`` are set only when asked for."""
@@ -187,80 +269,6 @@ class VectorCollection:
         return self.item_count
 
     # ----------------------------------------------------------------------------------------
-    # Validation (no state read beyond the immutable spec)
-
-    def _check_vectors(self, vectors: Any, n: int) -> npt.NDArray[np.float32]:
-        d = self.spec.dimension
-        if isinstance(vectors, np.ndarray) and vectors.ndim == 2:
-            if vectors.shape[0] != n:
-                raise InvalidArgument("items", f"{n} ids but {vectors.shape[0]} vectors")
-            if vectors.shape[1] != d and n:
-                raise InvalidArgument(
-                    "items[0].vector", f"has {vectors.shape[1]} dimensions, the collection {d}"
-                )
-            x = np.ascontiguousarray(vectors, dtype=np.float32)
-        else:
-            rows = [np.asarray(v, dtype=np.float32) for v in vectors]
-            if len(rows) != n:
-                raise InvalidArgument("items", f"{n} ids but {len(rows)} vectors")
-            for i, row in enumerate(rows):
-                if row.ndim != 1 or row.shape[0] != d:
-                    got = row.shape[0] if row.ndim == 1 else f"shape {row.shape}"
-                    raise InvalidArgument(
-                        f"items[{i}].vector", f"has {got} dimensions, the collection {d}"
-                    )
-            x = np.stack(rows) if rows else np.zeros((0, d), dtype=np.float32)
-        finite = np.isfinite(x).all(axis=1)
-        if not finite.all():
-            i = int(np.argmin(finite))
-            raise InvalidArgument(f"items[{i}].vector", "must be finite (no NaN or infinity)")
-        if self.spec.metric == "cosine":
-            bad = self._bad_norms(x)
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise InvalidArgument(
-                    f"items[{i}].vector", "a zero (or out of range) vector has no direction"
-                )
-        return x
-
-    @staticmethod
-    def _bad_norms(x: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-        # Cosine normalises in float32: a norm that is 0 or overflows cannot be normalised.
-        with np.errstate(over="ignore", under="ignore"):
-            sq = np.einsum("ij,ij->i", x, x)
-        bad: npt.NDArray[np.bool_] = ~np.isfinite(sq) | (sq <= 0)
-        return bad
-
-    def _check_query(self, query: Any) -> npt.NDArray[np.float32]:
-        q = np.asarray(query, dtype=np.float32)
-        d = self.spec.dimension
-        if q.ndim != 1 or q.shape[0] != d:
-            got = q.shape[0] if q.ndim == 1 else f"shape {q.shape}"
-            raise InvalidArgument("vector", f"has {got} dimensions, the collection {d}")
-        if not np.isfinite(q).all():
-            raise InvalidArgument("vector", "must be finite (no NaN or infinity)")
-        if self.spec.metric == "cosine" and self._bad_norms(q[None, :])[0]:
-            raise InvalidArgument("vector", "a zero (or out of range) vector has no direction")
-        return q
-
-    @staticmethod
-    def _check_ids(ids: Sequence[str]) -> None:
-        first: dict[str, int] = {}
-        for i, item_id in enumerate(ids):
-            path = f"items[{i}].id"
-            if not isinstance(item_id, str) or not item_id:
-                raise InvalidArgument(path, "must be a non-empty string")
-            try:
-                size = len(item_id.encode("utf-8"))
-            except UnicodeEncodeError:
-                raise InvalidArgument(path, "must be valid UTF-8") from None
-            if size > MAX_ID_BYTES:
-                raise InvalidArgument(path, f"is {size} bytes, at most {MAX_ID_BYTES}")
-            if item_id in first:
-                raise InvalidArgument(path, f"duplicates items[{first[item_id]}].id")
-            first[item_id] = i
-
-    # ----------------------------------------------------------------------------------------
     # Writes
 
     def upsert(
@@ -323,8 +331,8 @@ class VectorCollection:
             raise InvalidArgument("items", f"at most {MAX_UPSERT_ITEMS} items per call, got {n}")
         if len(metadata) != n:
             raise InvalidArgument("items", f"{n} ids but {len(metadata)} metadata maps")
-        self._check_ids(ids)
-        x = self._check_vectors(vectors, n)
+        check_ids(ids)
+        x = check_vectors(self.spec, vectors, n)
         schema = self.spec.metadata_schema
         metas = [
             validate_metadata(m, schema, f"items[{i}].metadata") for i, m in enumerate(metadata)
@@ -419,7 +427,7 @@ class VectorCollection:
         """
         if not 1 <= k <= MAX_K:
             raise InvalidArgument("k", f"must be in [1, {MAX_K}], got {k}")
-        q = self._check_query(query)
+        q = check_query(self.spec, query)
         sp = validate_search_params(self.spec.index_kind, params or {})
         with self.lock:
             if not self._str_of:

@@ -134,7 +134,7 @@ def _op_name(op: int) -> str:
     return _Op.Operator.Name(op).removeprefix("OPERATOR_")  # type: ignore[arg-type]
 
 
-def _key_path(where: str, key: str) -> str:
+def key_path(where: str, key: str) -> str:
     """``where["key"]``: the request path of one map entry (the key JSON-quoted)."""
     return f"{where}[{json.dumps(key, ensure_ascii=False)}]"
 
@@ -149,7 +149,7 @@ def validate_schema(
     """Check a metadata schema (non-empty field names, supported types); return a copy."""
     out: dict[str, int] = {}
     for name, value_type in schema.items():
-        path = _key_path(where, name)
+        path = key_path(where, name)
         if not name:
             raise InvalidArgument(path, "field name must not be empty")
         if len(name.encode("utf-8", "surrogatepass")) > MAX_FIELD_NAME_BYTES:
@@ -183,7 +183,7 @@ def values_to_metadata(values: Mapping[str, common_pb2.Value], where: str) -> di
 
     ``where`` is the map's request path, e.g. ``items[3].metadata``.
     """
-    return {key: value_to_python(v, _key_path(where, key)) for key, v in values.items()}
+    return {key: value_to_python(v, key_path(where, key)) for key, v in values.items()}
 
 
 def python_to_value(x: Any, value_type: int | None = None) -> common_pb2.Value:
@@ -263,7 +263,7 @@ def validate_metadata(
     """
     out: dict[str, Any] = {}
     for key, x in metadata.items():
-        path = _key_path(where, key if isinstance(key, str) else repr(key))
+        path = key_path(where, key if isinstance(key, str) else repr(key))
         if not isinstance(key, str) or not key:
             raise InvalidArgument(path, "metadata keys must be non-empty strings")
         if len(key.encode("utf-8", "surrogatepass")) > MAX_FIELD_NAME_BYTES:

@@ -127,9 +127,12 @@ from services.embedding.collection import (
     CollectionStats,
     Hit,
     StoredItem,
+    check_ids,
+    check_query,
+    check_vectors,
     validate_spec,
 )
-from services.embedding.filters import CompiledFilter, validate_metadata
+from services.embedding.filters import CompiledFilter, key_path, validate_metadata
 from services.embedding.index import validate_index_params, validate_search_params
 from services.embedding.milvus_filters import (
     EXTRA_FIELD,
@@ -242,93 +245,11 @@ def _call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise FailedPrecondition(f"Milvus refused {what}: {_message(e)}") from None
 
 
-# --------------------------------------------------------------------------------------------
-# Validation: the same rules and messages as VectorCollection's (collection.py), which keeps
-# them private; tests/unit/test_embedding_milvus.py checks both refuse the same inputs alike.
-
-
-def _check_ids(ids: Sequence[str]) -> None:
-    first: dict[str, int] = {}
-    for i, item_id in enumerate(ids):
-        path = f"items[{i}].id"
-        if not isinstance(item_id, str) or not item_id:
-            raise InvalidArgument(path, "must be a non-empty string")
-        try:
-            size = len(item_id.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise InvalidArgument(path, "must be valid UTF-8") from None
-        if size > MAX_ID_BYTES:
-            raise InvalidArgument(path, f"is {size} bytes, at most {MAX_ID_BYTES}")
-        if item_id in first:
-            raise InvalidArgument(path, f"duplicates items[{first[item_id]}].id")
-        first[item_id] = i
-
-
-def _bad_norms(x: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    # Cosine normalises in float32: a norm that is 0 or overflows cannot be normalised.
-    with np.errstate(over="ignore", under="ignore"):
-        sq = np.einsum("ij,ij->i", x, x)
-    bad: npt.NDArray[np.bool_] = ~np.isfinite(sq) | (sq <= 0)
-    return bad
-
-
-def _check_vectors(spec: CollectionSpec, vectors: Any, n: int) -> npt.NDArray[np.float32]:
-    d = spec.dimension
-    if isinstance(vectors, np.ndarray) and vectors.ndim == 2:
-        if vectors.shape[0] != n:
-            raise InvalidArgument("items", f"{n} ids but {vectors.shape[0]} vectors")
-        if vectors.shape[1] != d and n:
-            raise InvalidArgument(
-                "items[0].vector", f"has {vectors.shape[1]} dimensions, the collection {d}"
-            )
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-    else:
-        rows = [np.asarray(v, dtype=np.float32) for v in vectors]
-        if len(rows) != n:
-            raise InvalidArgument("items", f"{n} ids but {len(rows)} vectors")
-        for i, row in enumerate(rows):
-            if row.ndim != 1 or row.shape[0] != d:
-                got = row.shape[0] if row.ndim == 1 else f"shape {row.shape}"
-                raise InvalidArgument(
-                    f"items[{i}].vector", f"has {got} dimensions, the collection {d}"
-                )
-        x = np.stack(rows) if rows else np.zeros((0, d), dtype=np.float32)
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        raise InvalidArgument(f"items[{i}].vector", "must be finite (no NaN or infinity)")
-    if spec.metric == "cosine":
-        bad = _bad_norms(x)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise InvalidArgument(
-                f"items[{i}].vector", "a zero (or out of range) vector has no direction"
-            )
-    return x
-
-
-def _check_query(spec: CollectionSpec, query: Any) -> npt.NDArray[np.float32]:
-    q = np.asarray(query, dtype=np.float32)
-    d = spec.dimension
-    if q.ndim != 1 or q.shape[0] != d:
-        got = q.shape[0] if q.ndim == 1 else f"shape {q.shape}"
-        raise InvalidArgument("vector", f"has {got} dimensions, the collection {d}")
-    if not np.isfinite(q).all():
-        raise InvalidArgument("vector", "must be finite (no NaN or infinity)")
-    if spec.metric == "cosine" and _bad_norms(q[None, :])[0]:
-        raise InvalidArgument("vector", "a zero (or out of range) vector has no direction")
-    return q
-
-
 def _normalized(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Rows scaled to unit L2 norm in float32 (as FAISS's ``normalize_L2`` does)."""
     norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float32))
     out: npt.NDArray[np.float32] = (x / norms[:, None]).astype(np.float32, copy=False)
     return out
-
-
-def _key_path(where: str, key: str) -> str:
-    return f"{where}[{json.dumps(key, ensure_ascii=False)}]"
 
 
 def _not_finite(x: Any) -> bool:
@@ -341,7 +262,7 @@ def _check_milvus_metadata(meta: Mapping[str, Any], layout: MilvusLayout, where:
     """What Milvus cannot store of an item's (schema-valid) metadata (module doc)."""
     extra: dict[str, Any] = {}
     for key, x in meta.items():
-        path = _key_path(where, key)
+        path = key_path(where, key)
         if _not_finite(x):
             raise InvalidArgument(path, "must be finite: Milvus stores no NaN or infinity")
         if key not in layout.schema:
@@ -591,8 +512,8 @@ class MilvusCollection:
             raise InvalidArgument("items", f"at most {MAX_UPSERT_ITEMS} items per call, got {n}")
         if len(metadata) != n:
             raise InvalidArgument("items", f"{n} ids but {len(metadata)} metadata maps")
-        _check_ids(ids)
-        x = _check_vectors(self.spec, vectors, n)
+        check_ids(ids)
+        x = check_vectors(self.spec, vectors, n)
         schema = self.spec.metadata_schema
         metas = []
         for i, m in enumerate(metadata):
@@ -707,7 +628,7 @@ class MilvusCollection:
         """
         if not 1 <= k <= MAX_K:
             raise InvalidArgument("k", f"must be in [1, {MAX_K}], got {k}")
-        q = _check_query(self.spec, query)
+        q = check_query(self.spec, query)
         sp = validate_search_params(self.spec.index_kind, params or {})
         compiled = self._compile(filter)
         if compiled.matches_none:
