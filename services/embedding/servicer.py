@@ -232,14 +232,16 @@ class EmbeddingAdminServicer(embedding_pb2_grpc.EmbeddingAdminServiceServicer):
     ) -> embedding_pb2.ListCollectionsResponse:
         names, token = paginate(self.vectors.names(), request.page_size, request.page_token)
         return embedding_pb2.ListCollectionsResponse(
-            collections=[collection_pb(self.vectors.info(n), self.model_version) for n in names],
+            collections=[
+                collection_pb(info, self.model_version) for info in await self.vectors.infos(names)
+            ],
             next_page_token=token,
         )
 
     async def GetCollection(
         self, request: embedding_pb2.GetCollectionRequest, context: Any
     ) -> embedding_pb2.GetCollectionResponse:
-        info, stats, snapshot = self.vectors.stats(request.name)
+        info, stats, snapshot = await self.vectors.stats(request.name)
         out = embedding_pb2.GetCollectionResponse(
             collection=collection_pb(info, self.model_version),
             stats=embedding_pb2.IndexStats(

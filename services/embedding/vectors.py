@@ -127,15 +127,20 @@ class Vectors:
         })  # fmt: skip
         return info
 
-    def info(self, name: str) -> CollectionInfo:
-        return self.store.info(name)
+    async def infos(self, names: Sequence[str]) -> list[CollectionInfo]:
+        """Off the event loop: an item count waits for the collection's lock, which a
+        snapshot export or a rebuild may hold for seconds."""
+        return await asyncio.to_thread(lambda: [self.store.info(n) for n in names])
 
     def names(self) -> list[str]:
         return self.store.names()
 
-    def stats(self, name: str) -> tuple[CollectionInfo, CollectionStats, SnapshotInfo | None]:
-        stats, snapshot = self.store.stats(name)
-        return self.store.info(name), stats, snapshot
+    async def stats(self, name: str) -> tuple[CollectionInfo, CollectionStats, SnapshotInfo | None]:
+        def read() -> tuple[CollectionInfo, CollectionStats, SnapshotInfo | None]:
+            stats, snapshot = self.store.stats(name)
+            return self.store.info(name), stats, snapshot
+
+        return await asyncio.to_thread(read)
 
     # -- items ---------------------------------------------------------------------------
 
