@@ -84,6 +84,28 @@ class EmbeddingSettings(Settings):
     rebuild_check_interval_s: float = Field(
         60.0, ge=0, description="How often to look for collections to rebuild; 0 = never."
     )
+    checkpoint_wal_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Checkpoint the collections once their write-ahead log has grown by this "
+        "many bytes: snapshot what changed, delete the log the snapshots hold (restart reads "
+        "less); 0 = never (the log grows until a restart must read all of it).",
+    )
+    checkpoint_keep: int = Field(
+        2,
+        ge=1,
+        description="Checkpoint snapshots kept per collection (older ones are deleted; those a "
+        "client asked for with Snapshot never are).",
+    )
+    wal_segment_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=4096,
+        description="Size at which the write-ahead log starts a new segment file; a checkpoint "
+        "deletes whole segments, so smaller ones free the disk sooner (more files).",
+    )
+    checkpoint_check_interval_s: float = Field(
+        30.0, ge=0, description="How often to look at the log's growth; 0 = never checkpoint."
+    )
     demo_data: Switch = Field(
         "auto",
         description="Embed the demo storefront's property descriptions into the collection "

@@ -126,6 +126,7 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
         fsync=settings.fsync,
         milvus=open_milvus,
         in_milvus=lambda name: "*" in selected or name in selected,
+        wal_segment_bytes=settings.wal_segment_bytes,
     )
     vectors = Vectors(store, embeddings, ctx.events, VectorMetrics(ctx.metrics))
 
@@ -146,6 +147,14 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
             await rebuild_worn(store, settings.rebuild_tombstone_ratio)
 
         tasks.append(Periodic("hnsw_rebuild", settings.rebuild_check_interval_s, compact))
+    if settings.checkpoint_check_interval_s > 0 and settings.checkpoint_wal_bytes > 0:
+
+        async def checkpoint() -> None:
+            await vectors.checkpoint_if_grown(
+                settings.checkpoint_wal_bytes, keep=settings.checkpoint_keep
+            )
+
+        tasks.append(Periodic("wal_checkpoint", settings.checkpoint_check_interval_s, checkpoint))
     if settings.seeds_demo(ctx.mode):  # after SERVING: embedding must not delay the start
 
         async def seed() -> None:

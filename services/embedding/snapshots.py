@@ -29,7 +29,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -42,6 +42,7 @@ from llmops.events.ids import uuid7
 log = structlog.get_logger("llmops.embedding")
 
 MANIFEST = "manifest.json"
+ORIGINS = frozenset({"request", "checkpoint"})
 _COLLECTION = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 _ARCHIVE = re.compile(r"^([0-9a-f-]{36})\.tar$")
@@ -66,6 +67,9 @@ class SnapshotInfo:
     """Epoch seconds."""
     wal_sequence: int
     """The last write-ahead log record the snapshot includes."""
+    origin: str = "request"
+    """Who asked for it: ``request`` (the Snapshot RPC; never deleted by the service) or
+    ``checkpoint`` (the service's own, to shorten the log; only the newest few are kept)."""
 
 
 def validate_collection(name: str) -> str:
@@ -171,11 +175,19 @@ class SnapshotStore:
     # -- API --------------------------------------------------------------------------------
 
     def write(
-        self, collection: str, files: dict[str, bytes], *, wal_sequence: int, item_count: int
+        self,
+        collection: str,
+        files: dict[str, bytes],
+        *,
+        wal_sequence: int,
+        item_count: int,
+        origin: str = "request",
     ) -> SnapshotInfo:
         """Store ``files`` as a new snapshot of ``collection`` covering the WAL up to
         ``wal_sequence``; returns its info once it is durable."""
         validate_collection(collection)
+        if origin not in ORIGINS:
+            raise InvalidArgument("origin", f"{origin[:40]!r} is not one of {sorted(ORIGINS)}")
         for name in files:
             if name == MANIFEST or not _MEMBER.match(name):
                 raise InvalidArgument(
@@ -191,6 +203,7 @@ class SnapshotStore:
             "wal_sequence": wal_sequence,
             "item_count": item_count,
             "create_time": create_time,
+            "origin": origin,
             "files": {
                 name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
                 for name, data in sorted(files.items())
@@ -221,6 +234,7 @@ class SnapshotStore:
             sha256=sha,
             create_time=create_time,
             wal_sequence=wal_sequence,
+            origin=origin,
         )
 
     @staticmethod
@@ -320,10 +334,12 @@ class SnapshotStore:
         item_count = manifest.get("item_count")
         wal_sequence = manifest.get("wal_sequence")
         create_time = manifest.get("create_time")
+        origin = manifest.get("origin", "request")  # written before checkpoints existed
         if not (
             isinstance(item_count, int)
             and isinstance(wal_sequence, int)
             and isinstance(create_time, int | float)
+            and origin in ORIGINS
         ):
             raise FailedPrecondition(f"snapshot {snapshot_id}: malformed manifest")
         return SnapshotInfo(
@@ -335,6 +351,7 @@ class SnapshotStore:
             sha256=sha,
             create_time=float(create_time),
             wal_sequence=wal_sequence,
+            origin=str(origin),
         )
 
     def _locate(self, snapshot_id: str) -> str:
@@ -436,7 +453,10 @@ class SnapshotStore:
         were deleted."""
         if keep < 0:
             raise InvalidArgument("keep", f"must be >= 0, got {keep}")
-        doomed = self.list(collection)[keep:]
+        return self.delete(collection, self.list(collection)[keep:])
+
+    def delete(self, collection: str, doomed: Sequence[SnapshotInfo]) -> int:
+        """Delete the snapshots ``doomed`` of ``collection``; returns how many."""
         if not doomed:
             return 0
         with self._dir(collection) as dir_fd:

@@ -17,13 +17,30 @@ Collections selected for **Milvus** (``in_milvus``) live there: Milvus keeps the
 durably, so only their creation and drop go through the log (a replayed creation reopens the
 Milvus collection); their upserts and deletes are applied directly, their filters compiled
 to Milvus expressions, and snapshots/restores are Milvus's own backups (FAILED_PRECONDITION
-here). The log is not compacted yet: restart time grows with it (replay reads
-~0.7 M records/s), snapshots bound the work of rebuilding indexes, not the reading.
+here).
+
+**Checkpoints** keep the log short: ``checkpoint()`` snapshots every collection changed since
+its last snapshot (origin ``checkpoint``), re-logs the creation of the Milvus collections, and
+deletes the log segments no collection needs any more — each collection needs the log from
+just after its latest snapshot, or from its create/restore record when it has none. Two
+things make old records safe to delete:
+
+- **floors** (``floors.json``, written atomically before a drop or restore is acknowledged,
+  and again after a replay): a drop or a restore of ``name`` at sequence s makes every older
+  snapshot of ``name`` stale. ``open()`` loads only a snapshot taken at or after its name's
+  floor, so a dropped collection is not resurrected from its snapshots once the drop record
+  is gone, and a restored one is not loaded from what it was before.
+- **pins**: a collection restored from a snapshot and not snapshotted since is rebuilt by
+  replaying its restore record, so that snapshot is kept whatever its age.
+
+Checkpoint snapshots beyond the newest ``keep`` of each collection are deleted; snapshots a
+client asked for (``Snapshot``) are never deleted by the service.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
 import time
@@ -46,7 +63,7 @@ from services.embedding.collection import (
 )
 from services.embedding.filters import compile_filter
 from services.embedding.milvus import MilvusCollection
-from services.embedding.snapshots import SnapshotInfo, SnapshotStore
+from services.embedding.snapshots import SnapshotInfo, SnapshotStore, validate_collection
 from services.embedding.wal import WriteAheadLog
 
 log = structlog.get_logger("llmops.embedding")
@@ -64,9 +81,16 @@ class _Entry:
     collection: Collection
     create_time: float
     update_time: float
+    log_from: int
+    """The first log record this collection needs to be rebuilt: just after its latest
+    snapshot, or its create/restore record when it has none (checkpoints keep it)."""
     snapshot_sequence: int = 0
     """The log position the loaded snapshot holds (records up to it are skipped on replay)."""
     last_snapshot: SnapshotInfo | None = None
+    pinned_snapshot: str | None = None
+    """The snapshot a restore record of this collection loads, until a newer snapshot."""
+    last_change: int = 0
+    """The sequence of the last record that changed it (or of the snapshot it came from)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +110,23 @@ class Recovery:
     records_skipped: int = 0
     seconds: float = 0.0
     collections: dict[str, int] = field(default_factory=dict)
+    wal_first_sequence: int = 0
+    snapshots_stale: int = 0
+    """Snapshots not loaded: older than a drop or restore of their collection (its floor)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What one ``checkpoint()`` did."""
+
+    snapshots_written: int
+    milvus_reanchored: int
+    segments_deleted: int
+    snapshots_deleted: int
+    wal_first_sequence: int
+    """The first record the log still holds (it needs nothing before it)."""
+    wal_bytes: int
+    seconds: float
 
 
 def _spec_json(spec: CollectionSpec, create_time: float) -> bytes:
@@ -109,6 +150,7 @@ class CollectionStore:
         clock: Any = time.time,
         milvus: Callable[[], Any] | None = None,
         in_milvus: Callable[[str], bool] = lambda name: False,
+        wal_segment_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         """``milvus`` opens the Milvus client (on first use); ``in_milvus`` says which
         collections live there (embedding.milvus_collections)."""
@@ -118,9 +160,12 @@ class CollectionStore:
         self._milvus_open = milvus
         self._milvus: Any = None
         self.in_milvus = in_milvus
+        self.wal_segment_bytes = wal_segment_bytes
         self._wal: WriteAheadLog | None = None
         self.snapshots = SnapshotStore(root / "snapshots", fsync=fsync)
         self._entries: dict[str, _Entry] = {}
+        self._floors: dict[str, int] = {}
+        self._wal_bytes_checkpointed = 0
         self._write = threading.Lock()
         self.recovery = Recovery()
 
@@ -129,28 +174,78 @@ class CollectionStore:
     def open(self) -> Recovery:
         """Load the latest snapshots, then replay the log (see the module docstring)."""
         start = time.perf_counter()
-        loaded = 0
+        self._floors = self._read_floors()
+        loaded = stale = 0
+        best: dict[str, SnapshotInfo] = {}
         for info in self.snapshots.list():
-            if info.collection in self._entries:
-                continue  # newest first: an older snapshot of a loaded collection
-            self._load_snapshot(info, info.collection)
+            if info.wal_sequence < self._floors.get(info.collection, 0):
+                stale += 1  # taken before a drop or restore of its name
+                continue
+            held = best.get(info.collection)
+            if held is None or (info.wal_sequence, info.create_time) > (
+                held.wal_sequence,
+                held.create_time,
+            ):
+                best[info.collection] = info
+        for name, info in sorted(best.items()):
+            self._load_snapshot(info, name)
             loaded += 1
-        self._wal = WriteAheadLog(self.root / "wal", fsync=self.fsync)
+        self._wal = WriteAheadLog(
+            self.root / "wal", fsync=self.fsync, segment_bytes=self.wal_segment_bytes
+        )
+        floors = dict(self._floors)
         replayed = skipped = 0
-        for sequence, record in self._wal.replay():
+        # From the oldest record kept: checkpoints deleted only what the snapshots hold.
+        for sequence, record in self._wal.replay(after=self._wal.first_sequence - 1):
             if self._apply(record, sequence, replaying=True):
                 replayed += 1
             else:
                 skipped += 1
+        if self._floors != floors:  # a drop or restore whose floor a crash did not write
+            self._write_floors()
         self.recovery = Recovery(
             snapshots_loaded=loaded,
             records_replayed=replayed,
             records_skipped=skipped,
             seconds=time.perf_counter() - start,
             collections={n: e.collection.item_count for n, e in self._entries.items()},
+            wal_first_sequence=self._wal.first_sequence,
+            snapshots_stale=stale,
         )
         log.info("embedding_collections_recovered", **asdict(self.recovery))
         return self.recovery
+
+    def _read_floors(self) -> dict[str, int]:
+        path = self.root / "floors.json"
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise FailedPrecondition(f"{path}: unreadable ({exc})") from None
+        if not isinstance(doc, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in doc.items()
+        ):
+            raise FailedPrecondition(f"{path}: not a map of collection names to sequences")
+        return doc
+
+    def _write_floors(self) -> None:
+        """floors.json, atomically (temporary file, fsync, rename, directory fsync)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "floors.json"
+        tmp = path.with_name(f".floors.json.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(json.dumps(self._floors, sort_keys=True).encode())
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if self.fsync:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def close(self) -> None:
         if self._wal is not None:
@@ -290,7 +385,7 @@ class CollectionStore:
                 raise NotFound(f"name: no collection {name!r}")
             return int(self._log_and_apply(_DROP + name.encode()))
 
-    def snapshot(self, name: str) -> SnapshotInfo:
+    def snapshot(self, name: str, *, origin: str = "request") -> SnapshotInfo:
         """A consistent snapshot: exported under the write lock at the current log position,
         written to the snapshot store outside it."""
         with self._write:
@@ -301,25 +396,35 @@ class CollectionStore:
             files["spec.json"] = _spec_json(entry.collection.spec, entry.create_time)
             sequence = self.wal.last_sequence
             count = entry.collection.item_count
-        info = self.snapshots.write(name, files, wal_sequence=sequence, item_count=count)
-        entry.last_snapshot = info
+        info = self.snapshots.write(
+            name, files, wal_sequence=sequence, item_count=count, origin=origin
+        )
+        with self._write:
+            if self._entries.get(name) is entry:  # not dropped or restored over meanwhile
+                entry.last_snapshot = info
+                entry.log_from = max(entry.log_from, sequence + 1)
+                entry.pinned_snapshot = None
         log.info("embedding_snapshot_written", collection=name, items=count, uri=info.uri)
         return info
 
     def restore(
         self, snapshot_id: str, name: str = "", *, overwrite: bool = False
     ) -> CollectionInfo:
-        info, _ = self.snapshots.load(snapshot_id)  # NotFound / integrity checked first
-        target = name or info.collection
-        if self.in_milvus(target):
-            raise FailedPrecondition(
-                f"collection: {target!r} lives in Milvus; restore it from a Milvus backup"
-            )
+        if name:
+            validate_collection(name)
         with self._write:
+            # Loaded under the lock (NotFound / integrity checked before anything is logged):
+            # a checkpoint's clean-up cannot delete it between the check and the record.
+            loaded = self.snapshots.load(snapshot_id)
+            target = name or loaded[0].collection
+            if self.in_milvus(target):
+                raise FailedPrecondition(
+                    f"collection: {target!r} lives in Milvus; restore it from a Milvus backup"
+                )
             if target in self._entries and not overwrite:
                 raise AlreadyExists(f"collection: collection {target!r} exists (set overwrite)")
             payload = json.dumps({"s": snapshot_id, "c": target}).encode()
-            self._log_and_apply(_RESTORE + payload)
+            self._log_and_apply(_RESTORE + payload, loaded)
         return self.info(target)
 
     def restore_uri(self, uri: str, name: str = "", *, overwrite: bool = False) -> CollectionInfo:
@@ -327,26 +432,119 @@ class CollectionStore:
         info, _ = self.snapshots.load_uri(uri)
         return self.restore(info.snapshot_id, name, overwrite=overwrite)
 
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint(self, *, keep: int = 2) -> Checkpoint:
+        """Snapshot what changed, then delete the log segments and the checkpoint snapshots
+        (beyond the newest ``keep`` of each collection) that nothing needs any more (see the
+        module docstring). Writes are blocked only while each collection is exported and
+        while the log is cut, as by ``snapshot``."""
+        if keep < 1:
+            raise InvalidArgument("keep", f"must be >= 1, got {keep}")
+        start = time.perf_counter()
+        wal = self.wal
+        written = 0
+        for name in self.names():
+            entry = self._entries.get(name)
+            if entry is None or isinstance(entry.collection, MilvusCollection):
+                continue  # dropped meanwhile; Milvus keeps its items itself
+            if entry.last_change < entry.log_from:
+                continue  # unchanged since its last snapshot
+            try:
+                self.snapshot(name, origin="checkpoint")
+            except NotFound:
+                continue
+            written += 1
+        with self._write:
+            faiss = [
+                e for e in self._entries.values() if not isinstance(e.collection, MilvusCollection)
+            ]
+            for entry in faiss:
+                if entry.last_change < entry.log_from:  # its snapshot holds all it needs
+                    entry.log_from = wal.last_sequence + 1
+            faiss_from = min((e.log_from for e in faiss), default=wal.last_sequence + 1)
+            reanchored = 0
+            for entry in self._entries.values():
+                if isinstance(entry.collection, MilvusCollection) and entry.log_from < faiss_from:
+                    # Its create record is all the log holds of it: log it again, later.
+                    spec = _spec_json(entry.collection.spec, entry.create_time)
+                    entry.log_from = wal.append([_CREATE + spec])
+                    reanchored += 1
+            # The floors must be durable before the drop/restore records that set them go.
+            self._write_floors()
+            cut = min((e.log_from for e in self._entries.values()), default=wal.last_sequence + 1)
+            segments = wal.truncate_before(cut - 1)
+            pinned = {e.pinned_snapshot for e in self._entries.values() if e.pinned_snapshot}
+            pruned = self._prune_checkpoint_snapshots(keep, pinned)
+            result = Checkpoint(
+                snapshots_written=written,
+                milvus_reanchored=reanchored,
+                segments_deleted=segments,
+                snapshots_deleted=pruned,
+                wal_first_sequence=wal.first_sequence,
+                wal_bytes=wal.size_bytes,
+                seconds=time.perf_counter() - start,
+            )
+        self._wal_bytes_checkpointed = result.wal_bytes
+        log.info("embedding_checkpoint", **asdict(result))
+        return result
+
+    def wal_growth(self) -> int:
+        """Bytes the log has grown by since the last checkpoint (all of it before the first)."""
+        return self.wal.size_bytes - self._wal_bytes_checkpointed
+
+    def _prune_checkpoint_snapshots(self, keep: int, pinned: set[str]) -> int:
+        """Delete checkpoint snapshots beyond the newest ``keep`` per collection, except the
+        pinned ones. The snapshot ``open()`` would load is the newest of its collection, so it
+        is always kept (``keep >= 1``)."""
+        by_collection: dict[str, list[SnapshotInfo]] = {}
+        for info in self.snapshots.list():
+            if info.origin == "checkpoint":
+                by_collection.setdefault(info.collection, []).append(info)
+        deleted = 0
+        for collection, infos in by_collection.items():
+            infos.sort(key=lambda i: (i.wal_sequence, i.create_time), reverse=True)
+            doomed = [i for i in infos[keep:] if i.snapshot_id not in pinned]
+            deleted += self.snapshots.delete(collection, doomed)
+        return deleted
+
     # -- the log --------------------------------------------------------------------------
 
-    def _log_and_apply(self, record: bytes) -> Any:
+    def _log_and_apply(
+        self, record: bytes, loaded: tuple[SnapshotInfo, dict[str, bytes]] | None = None
+    ) -> Any:
         sequence = self.wal.append([record])  # durable before it is applied and acknowledged
-        return self._apply(record, sequence, replaying=False, result=True)
+        return self._apply(record, sequence, replaying=False, result=True, loaded=loaded)
 
-    def _apply(self, record: bytes, sequence: int, *, replaying: bool, result: bool = False) -> Any:
-        """Apply one log record; on replay, returns whether it was applied (not skipped)."""
+    def _apply(
+        self,
+        record: bytes,
+        sequence: int,
+        *,
+        replaying: bool,
+        result: bool = False,
+        loaded: tuple[SnapshotInfo, dict[str, bytes]] | None = None,
+    ) -> Any:
+        """Apply one log record; on replay, returns whether it was applied (not skipped).
+        ``loaded``: a restore record's snapshot, already read."""
         kind, body = record[:1], record[1:]
         now = self._clock()
         if kind == _CREATE:
             spec, create_time = _spec_of(body)
             if replaying and self._held(spec.name, sequence):
                 return False
+            present = self._entries.get(spec.name)
+            if present is not None and isinstance(present.collection, MilvusCollection):
+                present.log_from = sequence  # a checkpoint re-logged a Milvus collection
+                return True
             collection: Collection = (
                 MilvusCollection.open(spec, self.milvus_client())  # created, or reopened
                 if self.in_milvus(spec.name)
                 else VectorCollection(spec)
             )
-            self._entries[spec.name] = _Entry(collection, create_time, create_time)
+            self._entries[spec.name] = _Entry(
+                collection, create_time, create_time, sequence, last_change=sequence
+            )
             return True
         if kind == _UPSERT:
             (size,) = _HEADER.unpack_from(body)
@@ -358,6 +556,7 @@ class CollectionStore:
             entry = self._entries[name]
             written = entry.collection.upsert(ids, vectors, header["m"])
             entry.update_time = now
+            entry.last_change = sequence
             return written if result else True
         if kind == _DELETE_IDS:
             doc = json.loads(body)
@@ -366,6 +565,7 @@ class CollectionStore:
             entry = self._entries[doc["c"]]
             deleted = entry.collection.delete_ids(doc["ids"])
             entry.update_time = now
+            entry.last_change = sequence
             return deleted if result else True
         if kind == _DELETE_FILTER:
             (size,) = _HEADER.unpack_from(body)
@@ -379,11 +579,13 @@ class CollectionStore:
             )
             deleted = entry.collection.delete_where(compiled)
             entry.update_time = now
+            entry.last_change = sequence
             return deleted if result else True
         if kind == _DROP:
             name = body.decode()
-            if replaying and name not in self._entries:
+            if replaying and (name not in self._entries or self._held(name, sequence)):
                 return False
+            self._set_floor(name, sequence, persist=not replaying)
             dropped = self._entries.pop(name)
             count = dropped.collection.item_count
             if isinstance(dropped.collection, MilvusCollection):
@@ -393,25 +595,50 @@ class CollectionStore:
             doc = json.loads(body)
             if replaying and self._held(doc["c"], sequence):
                 return False
-            snapshot_info, _ = self.snapshots.load(doc["s"])
-            self._load_snapshot(snapshot_info, doc["c"], at_sequence=sequence)
+            snapshot_info, files = loaded or self.snapshots.load(doc["s"])
+            self._load_snapshot(snapshot_info, doc["c"], at_sequence=sequence, files=files)
+            self._set_floor(doc["c"], sequence, persist=not replaying)
             return True
         raise FailedPrecondition(f"write-ahead log record {sequence}: unknown kind {kind!r}")
 
     def _held(self, name: str, sequence: int) -> bool:
-        """On replay: the record is already in the loaded snapshot of ``name``."""
+        """On replay: the record is already in the loaded snapshot of ``name``, or it is older
+        than the last drop/restore of ``name`` (its floor) and so superseded by it."""
+        if sequence < self._floors.get(name, 0):
+            return True
         entry = self._entries.get(name)
         return entry is not None and sequence <= entry.snapshot_sequence
 
-    def _load_snapshot(self, info: SnapshotInfo, name: str, at_sequence: int = 0) -> None:
-        _, files = self.snapshots.load(info.snapshot_id)
+    def _set_floor(self, name: str, sequence: int, *, persist: bool) -> None:
+        """Snapshots of ``name`` older than ``sequence`` are stale (a drop or restore)."""
+        self._floors[name] = max(self._floors.get(name, 0), sequence)
+        if persist:  # before the change is acknowledged (open() rewrites it after a crash)
+            self._write_floors()
+
+    def _load_snapshot(
+        self,
+        info: SnapshotInfo,
+        name: str,
+        at_sequence: int = 0,
+        files: dict[str, bytes] | None = None,
+    ) -> None:
+        if files is None:
+            _, files = self.snapshots.load(info.snapshot_id)
         spec, create_time = _spec_of(files["spec.json"])
         spec = replace(spec, name=name)
         state = {k: v for k, v in files.items() if k != "spec.json"}
         collection = VectorCollection.from_state(spec, state)
-        # A restore logged at `at_sequence` holds nothing of the records before it; a snapshot
-        # loaded at start holds the records up to its own position.
+        # A restore logged at `at_sequence` holds nothing of the records before it (and is
+        # rebuilt from that record: its snapshot stays pinned); a snapshot loaded at start
+        # holds the records up to its own position.
         held = at_sequence or info.wal_sequence
         self._entries[name] = _Entry(
-            collection, create_time, self._clock(), snapshot_sequence=held, last_snapshot=info
+            collection,
+            create_time,
+            self._clock(),
+            log_from=at_sequence or info.wal_sequence + 1,
+            snapshot_sequence=held,
+            last_snapshot=info,
+            pinned_snapshot=info.snapshot_id if at_sequence else None,
+            last_change=held,
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.port import ServiceEvents
@@ -20,7 +20,7 @@ from llmops.v1 import common_pb2
 from services.embedding.collection import CollectionSpec, CollectionStats, Hit
 from services.embedding.embeddings import EmbedCall, Embeddings
 from services.embedding.snapshots import SnapshotInfo
-from services.embedding.store import CollectionInfo, CollectionStore
+from services.embedding.store import Checkpoint, CollectionInfo, CollectionStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,16 @@ class VectorMetrics:
             "llmops_embedding_searches_total",
             "Searches by collection and query kind (vector or text).",
             ["collection", "query"],
+            registry=registry,
+        )
+        self.checkpoints = Counter(
+            "llmops_embedding_checkpoints_total",
+            "Checkpoints of the collections (snapshots written, then the log cut).",
+            registry=registry,
+        )
+        self.wal_bytes = Gauge(
+            "llmops_embedding_wal_bytes",
+            "Bytes in the collections' write-ahead log (what a restart reads).",
             registry=registry,
         )
 
@@ -110,6 +120,17 @@ class Vectors:
             "snapshot_id": info.snapshot_id, "item_count": info.item_count, "sha256": info.sha256,
         })  # fmt: skip
         return info
+
+    async def checkpoint_if_grown(self, wal_bytes: int, *, keep: int) -> Checkpoint | None:
+        """A checkpoint once the log has grown by ``wal_bytes`` since the last one (or since
+        start); the service's own, so not audited (it changes no collection)."""
+        grown = await asyncio.to_thread(self.store.wal_growth)
+        done = None
+        if grown >= wal_bytes:
+            done = await asyncio.to_thread(self.store.checkpoint, keep=keep)
+            self.metrics.checkpoints.inc()
+        self.metrics.wal_bytes.set(await asyncio.to_thread(lambda: self.store.wal.size_bytes))
+        return done
 
     async def restore(
         self, snapshot_id: str, uri: str, name: str, *, overwrite: bool

@@ -22,7 +22,8 @@ frame that is followed by a valid one is *not* what a crash leaves behind: it is
 acknowledged data, and opening (or replaying) raises FailedPrecondition instead of dropping it.
 
 The log rolls to a new segment once the active one reaches ``segment_bytes`` (a batch is never
-split); ``truncate_before`` deletes whole segments a snapshot covers. The active segment is
+split); ``truncate_before`` deletes whole segments snapshots cover (the collection store's
+checkpoint decides up to where). The active segment is
 never deleted, so the numbering survives even when every record has been truncated.
 """
 
@@ -243,6 +244,16 @@ class WriteAheadLog:
     def first_sequence(self) -> int:
         """Lowest sequence still on disk (or that the next append gets, when none is)."""
         return self._bases[0]
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk in all segments (what a checkpoint would let go of, and more)."""
+        with self._lock:
+            total = self._pos
+            for base in self._bases[:-1]:
+                with contextlib.suppress(FileNotFoundError):
+                    total += self._segment_path(base).stat().st_size
+            return total
 
     def append(self, records: Sequence[bytes]) -> int:
         """Append ``records`` in order (one write; synced when ``fsync``) and return the last

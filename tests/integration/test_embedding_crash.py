@@ -1,6 +1,7 @@
 """kill -9 of the embedding service during a stream of upserts through gRPC: every upsert
 the service acknowledged is there after a restart on the same state directory (the
-write-ahead log is fsync'd before an acknowledgement), and the collection still answers."""
+write-ahead log is fsync'd before an acknowledgement), and the collection still answers —
+also while checkpoints snapshot the collection and cut the log every few milliseconds."""
 
 from __future__ import annotations
 
@@ -22,7 +23,14 @@ pytestmark = pytest.mark.timeout(180)
 DIM = 32
 
 
-def start(state: Path, port: int) -> subprocess.Popen[bytes]:
+CHECKPOINTING = {
+    "LLMOPS__EMBEDDING__CHECKPOINT_WAL_BYTES": "1",
+    "LLMOPS__EMBEDDING__CHECKPOINT_CHECK_INTERVAL_S": "0.05",
+    "LLMOPS__EMBEDDING__WAL_SEGMENT_BYTES": "16384",
+}
+
+
+def start(state: Path, port: int, extra: dict[str, str]) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS__")}
     env.update(
         {
@@ -32,6 +40,7 @@ def start(state: Path, port: int) -> subprocess.Popen[bytes]:
             "LLMOPS__SERVICES__EMBEDDING__ADMIN_PORT": "0",
             "LLMOPS__EMBEDDING__DEMO_DATA": "off",
             "LLMOPS__LOGGING__LEVEL": "warning",
+            **extra,
         }
     )
     proc = subprocess.Popen(
@@ -66,15 +75,17 @@ async def stream_upserts(
             except grpc.aio.AioRpcError:
                 return  # the process died mid-call: this batch was not acknowledged
             acked.append(i)
-            if len(acked) == 20:
+            if len(acked) == 150:
                 flowing.set()
             i += 1
 
 
-async def test_acknowledged_upserts_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["log-only", "checkpointing"])
+async def test_acknowledged_upserts_survive_kill_9(tmp_path: Path, checkpoints: bool) -> None:
     (port,) = free_ports(1)
     address = f"127.0.0.1:{port}"
-    proc = start(tmp_path, port)
+    extra = CHECKPOINTING if checkpoints else {}
+    proc = start(tmp_path, port, extra)
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             await embedding_pb2_grpc.EmbeddingServiceStub(channel).CreateCollection(
@@ -91,7 +102,7 @@ async def test_acknowledged_upserts_survive_kill_9(tmp_path: Path) -> None:
         acked: list[int] = []
         stop, flowing = asyncio.Event(), asyncio.Event()
         writer = asyncio.create_task(stream_upserts(address, acked, stop, flowing))
-        await asyncio.wait_for(flowing.wait(), 30)  # a stream of acknowledged upserts
+        await asyncio.wait_for(flowing.wait(), 60)  # a stream of acknowledged upserts
         os.kill(proc.pid, signal.SIGKILL)  # mid-stream, no warning
         proc.wait(10)
         stop.set()
@@ -99,9 +110,15 @@ async def test_acknowledged_upserts_survive_kill_9(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert len(acked) >= 20
+    assert len(acked) >= 150
+    segments = sorted((tmp_path / "embedding" / "wal").glob("*.wal"))
+    if checkpoints:  # the log was cut (its first segment is gone) and snapshots were written
+        assert segments[0].name != f"{1:020d}.wal"
+        assert list((tmp_path / "embedding" / "snapshots" / "stream").glob("*.tar"))
+    else:
+        assert segments[0].name == f"{1:020d}.wal"
 
-    proc = start(tmp_path, port)
+    proc = start(tmp_path, port, extra)
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             admin = embedding_pb2_grpc.EmbeddingAdminServiceStub(channel)
