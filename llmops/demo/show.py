@@ -23,6 +23,8 @@ from llmops.v1 import (
     governance_pb2_grpc,
     guardrail_pb2,
     guardrail_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
 )
 
 PROPERTY_IDS = (1, 2, 3, 42, 1337)
@@ -142,6 +144,7 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         parts.append(await _guardrails(mesh))
         parts.append(await _experiments(mesh))
         parts.append(await _semantic_search(mesh))
+        parts.append(await _generation(mesh))
         parts.append(await _lineage(mesh))
         parts.append(await _compliance(mesh))
         parts.append(await _audit(mesh))
@@ -258,6 +261,46 @@ async def _semantic_search(mesh: MeshClient) -> str:
             f"{hit.score:.3f}",
         ])  # fmt: skip
     return f"{title}\n{_table(rows)}"
+
+
+GENERATE_ROUTE = "chat-small"
+GENERATE_QUESTION = "In one sentence: what should a family pack for a beach holiday in Lisbon?"
+
+
+async def _generation(mesh: MeshClient) -> str:
+    """One Generate on the embedded CPU model (SmolLM2-135M through llama.cpp), with what the
+    prediction log records of it: model version, tokens, time to first token, cost."""
+    title = f'Generation (InferenceService.Generate, route {GENERATE_ROUTE}): "{GENERATE_QUESTION}"'
+    try:
+        reply = await mesh.stub(inference_pb2_grpc.InferenceServiceStub).Generate(
+            inference_pb2.GenerateRequest(
+                route=GENERATE_ROUTE,
+                messages=inference_pb2.ChatMessageList(
+                    messages=[
+                        inference_pb2.ChatMessage(
+                            role=inference_pb2.CHAT_ROLE_USER, content=GENERATE_QUESTION
+                        )
+                    ]
+                ),
+                sampling=inference_pb2.SamplingParams(max_tokens=48),
+                context=common_pb2.RequestContext(tenant="demo", client_name="llmops-demo"),
+            ),
+            timeout=60,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is grpc.StatusCode.UNAVAILABLE and "route" not in (exc.details() or ""):
+            raise
+        return f"{title}\nnot available ({exc.code().name}: {exc.details()})"
+    u = reply.usage
+    version = f"v{reply.model.version}" if reply.model.version else f"@{reply.model.alias}"
+    facts = (
+        f"model {reply.model.name} {version} · {u.prompt_tokens} prompt + {u.completion_tokens} "
+        f"completion tokens · first token {u.time_to_first_token_ms:.0f} ms · "
+        f"{u.time_per_output_token_ms:.0f} ms/token · cost {u.cost.nanos / 1e9:.8f} "
+        f"{u.cost.currency_code} · finish {inference_pb2.FinishReason.Name(reply.finish_reason)}"
+    )
+    text = " ".join(reply.text.split())
+    return f"{title}\n  {text}\n  ({facts}; logged as a prediction, request {reply.request_id})"
 
 
 AUDIT_CHAIN = "tenant:default"

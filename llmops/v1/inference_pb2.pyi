@@ -96,6 +96,8 @@ class _ModelBackendEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelBac
     """Triton Inference Server over gRPC (e.g. the TRT-LLM ensemble)."""
     MODEL_BACKEND_LOCAL: _ModelBackend.ValueType  # 3
     """A small model on CPU in-process (ONNX Runtime / transformers), the embedded default."""
+    MODEL_BACKEND_OPENAI_COMPATIBLE: _ModelBackend.ValueType  # 4
+    """Any OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp server, hosted APIs)."""
 
 class ModelBackend(_ModelBackend, metaclass=_ModelBackendEnumTypeWrapper):
     """Kind of serving backend."""
@@ -107,6 +109,8 @@ MODEL_BACKEND_TRITON: ModelBackend.ValueType  # 2
 """Triton Inference Server over gRPC (e.g. the TRT-LLM ensemble)."""
 MODEL_BACKEND_LOCAL: ModelBackend.ValueType  # 3
 """A small model on CPU in-process (ONNX Runtime / transformers), the embedded default."""
+MODEL_BACKEND_OPENAI_COMPATIBLE: ModelBackend.ValueType  # 4
+"""Any OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp server, hosted APIs)."""
 Global___ModelBackend: _TypeAlias = ModelBackend  # noqa: Y015
 
 class _ModelState:

@@ -1,7 +1,59 @@
-"""The inference service's plug-in: metadata (no settings yet)."""
+"""The inference service's plug-in: its settings (config section ``inference``) and metadata."""
 
 from __future__ import annotations
 
-from llmops.plugin import ServicePlugin
+from pathlib import Path
 
-PLUGIN = ServicePlugin(name="inference", ports=(50053, 9153), summary="LLM generation, task runs")
+from pydantic import Field
+
+from llmops.plugin import ServicePlugin
+from llmops.settings import Settings, Switch, switched_on
+
+_REPO_ROUTES = Path(__file__).resolve().parents[2] / "deploy" / "inference"
+
+
+class InferenceSettings(Settings):
+    """The inference service: route files, defaults, what is loaded at start."""
+
+    routes: list[Path] = Field(
+        default_factory=lambda: [_REPO_ROUTES],
+        description="Route YAML files or directories of them (deploy/inference/README.md).",
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="Poll the route files for changes this often; 0 = never."
+    )
+    default_max_tokens: int = Field(
+        256,
+        ge=1,
+        le=32_768,
+        description="max_tokens when neither the request nor the route sets it.",
+    )
+    alias_cache_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a model alias resolved through governance (e.g. champion -> 7) "
+        "is reused before it is resolved again.",
+    )
+    preload: Switch = Field(
+        "auto",
+        description="Load in-process models (llama_cpp) at start instead of on first use "
+        "(auto: on).",
+    )
+    log_payloads: bool = Field(
+        False,
+        description="Put prompts and outputs into prediction events (PredictionEvent.inputs / "
+        "output); off by default: they may hold personal data.",
+    )
+
+    def preloads(self) -> bool:
+        return switched_on(self.preload, auto=True)
+
+
+PLUGIN = ServicePlugin(
+    name="inference",
+    ports=(50053, 9153),
+    summary="LLM generation, task runs",
+    settings=InferenceSettings,
+    settings_key="inference",
+    backends=frozenset({"events", "state_dir"}),
+)

@@ -1,14 +1,85 @@
-"""Wiring of the inference service: the servicers it registers with the shared runtime."""
+"""Wiring of the inference service: routes in force (hot reload), engines, the generation
+domain and the servicers."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
 
-from llmops.server import ServiceContext, ServiceDefinition, pending_definition
-from llmops.v1 import inference_pb2, inference_pb2_grpc
+import structlog
 
-PENDING = "LLM routes, generation and task runs arrive with issue #13 (Inference service)"
+from llmops.server import ServiceContext, ServiceDefinition, binding
+from llmops.v1 import governance_pb2_grpc, inference_pb2, inference_pb2_grpc
+from llmops.yamlfiles import HotReload
+from services.inference.admin import RouteAdmin
+from services.inference.engines.llama_cpp import LlamaCppEngine
+from services.inference.engines.registry import EngineRegistry
+from services.inference.generation import Generation
+from services.inference.metrics import InferenceMetrics
+from services.inference.models import ModelVersions
+from services.inference.plugin import InferenceSettings
+from services.inference.routes import RouteTable, load_routes
+from services.inference.servicer import InferenceAdminServicer, InferenceServicer
+
+log = structlog.get_logger("llmops.inference")
 
 
-def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
-    return pending_definition(inference_pb2, inference_pb2_grpc, ctx.plugin, PENDING)
+def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
+    settings = ctx.settings
+    paths = list(settings.routes)
+    # The first load happens here: a bad routes file stops start-up.
+    routes = HotReload[RouteTable](
+        "routes",
+        lambda: load_routes(paths),
+        lambda table: table.revision,
+        watched=paths,
+        audit=ctx.events,
+        resource_type="route",
+    )
+    engines = EngineRegistry()
+    engines.update(routes.current.engines)
+    try:
+        governance = ctx.clients.stub(governance_pb2_grpc.GovernanceServiceStub).GetArtifact
+    except KeyError:  # no governance service in this mesh: versions come from pins only
+        governance = None
+    versions = ModelVersions(governance, settings.alias_cache_s)
+    generation = Generation(
+        routes,
+        engines,
+        versions,
+        ctx.events,
+        InferenceMetrics(ctx.metrics),
+        default_max_tokens=settings.default_max_tokens,
+        log_payloads=settings.log_payloads,
+    )
+    admin = RouteAdmin(routes, engines, versions)
+
+    async def preload() -> None:
+        if not settings.preloads():
+            return
+        for name, _, engine in engines.items():
+            if isinstance(engine, LlamaCppEngine):
+                try:
+                    await asyncio.to_thread(engine.load)
+                except Exception as exc:  # the route answers UNAVAILABLE and says why
+                    log.error("engine_load_failed", engine=name, error=str(exc))
+
+    async def close() -> None:
+        await asyncio.gather(*(engine.close() for _, _, engine in engines.items()))
+
+    watch = routes.watch(paths, settings.reload_interval_s)
+    return ServiceDefinition(
+        bindings=[
+            binding(
+                inference_pb2, inference_pb2_grpc, "InferenceService", InferenceServicer(generation)
+            ),
+            binding(
+                inference_pb2,
+                inference_pb2_grpc,
+                "InferenceAdminService",
+                InferenceAdminServicer(admin),
+            ),
+        ],
+        tasks=[watch],
+        on_start=[preload],
+        on_stop=[close],
+    )

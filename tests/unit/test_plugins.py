@@ -112,11 +112,12 @@ def test_a_service_reaches_only_the_backends_it_declared(tmp_path: Path) -> None
     with Backends(config) as backends:
         clients = MeshClient(config)
         inference = build_context(SERVICES["inference"], config, backends, clients)
-        assert not SERVICES["inference"].backends  # declares none (yet)
+        assert SERVICES["inference"].backends == {"events", "state_dir"}
+        with pytest.raises(FailedPrecondition, match="backend 'redis' without declaring"):
+            _ = inference.backends.redis_url
+        feedback = build_context(SERVICES["feedback"], config, backends, clients)
         with pytest.raises(FailedPrecondition, match="backend 'state_dir' without declaring"):
-            _ = inference.backends.state_dir
-        with pytest.raises(FailedPrecondition, match="backend 'events' without declaring"):
-            inference.events.publish(events_pb2.EventEnvelope())
+            _ = feedback.backends.state_dir
         experiment = build_context(SERVICES["experiment"], config, backends, clients)
         assert experiment.backends.state_dir == tmp_path.resolve()
         assert experiment.backends.redis_url == config.backends.redis.url

@@ -1,0 +1,464 @@
+"""Generate and GenerateStream: a route's targets in fallback order, each behind its
+concurrency limit, with usage, cost and one prediction event per call.
+
+Pure of gRPC: the servicer turns the contract's messages into a :class:`GenerateCall` and the
+results back. For each call:
+
+1. the route is looked up (NOT_FOUND) and the request's sampling validated and resolved over
+   the route's defaults (INVALID_ARGUMENT naming ``sampling.<field>``);
+2. a prediction event must fit in the event buffer *before* the model runs (otherwise
+   RESOURCE_EXHAUSTED at once: a prediction that cannot be logged is not served);
+3. targets are tried in order: each attempt waits for a slot of its target (queue time),
+   runs within ``min(target timeout, what is left of the caller's deadline)``, and a target
+   that is down, overloaded or too slow (UNAVAILABLE, RESOURCE_EXHAUSTED) hands over to the
+   next; a request no target can serve (INVALID_ARGUMENT, e.g. over the context window)
+   fails at once. A stream falls back only until its first token was sent;
+4. every outcome — success or error — is one PredictionEvent with its status code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from llmops.callcontext import current_request_id, remaining_time
+from llmops.errors import InvalidArgument, LLMOpsError, ResourceExhausted, Unavailable
+from llmops.events.ids import uuid7
+from llmops.events.port import ServiceEvents
+from llmops.v1 import common_pb2, events_pb2, inference_pb2
+from llmops.yamlfiles import HotReload
+from services.inference.engine import ChatTurn, Completion, EngineRequest, Finish, Sampling
+from services.inference.engines.registry import EngineRegistry
+from services.inference.limits import TargetLimiter
+from services.inference.metrics import InferenceMetrics
+from services.inference.models import ModelVersions
+from services.inference.routes import RouteSpec, RouteTable, SamplingSpec, TargetSpec
+
+log = structlog.get_logger("llmops.inference")
+
+FINISH: dict[Finish, int] = {
+    "end_of_sequence": inference_pb2.FINISH_REASON_END_OF_SEQUENCE,
+    "stop_sequence": inference_pb2.FINISH_REASON_STOP_SEQUENCE,
+    "length": inference_pb2.FINISH_REASON_LENGTH,
+    "timeout": inference_pb2.FINISH_REASON_TIMEOUT,
+    "cancelled": inference_pb2.FINISH_REASON_CANCELLED,
+}
+FALLBACK_ON = (Unavailable, ResourceExhausted)
+_CODES = (
+    "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS "
+    "PERMISSION_DENIED RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE "
+    "UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED"
+)
+STATUS_NUMBER = {name: number for number, name in enumerate(_CODES.split(" "))}
+"""gRPC status names to their numbers (PredictionEvent.status_code), without importing grpc."""
+MAX_PROMPT_CHARS = 1_000_000
+MAX_MESSAGES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateCall:
+    route: str
+    prompt: str | None = None
+    messages: tuple[ChatTurn, ...] | None = None
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+    """The request's sampling fields that were set (names as in SamplingParams)."""
+    context: common_pb2.RequestContext = field(default_factory=common_pb2.RequestContext)
+    response_schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    text: str
+    finish: Finish
+    usage: common_pb2.Usage
+    model: common_pb2.ModelRef
+    target_index: int
+    request_id: str
+    stages: tuple[common_pb2.StageLatency, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """First item of a stream: who serves it."""
+
+    model: common_pb2.ModelRef
+    target_index: int
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamText:
+    text: str
+
+
+StreamItem = StreamStart | StreamText | Generated
+"""A stream yields one StreamStart, StreamTexts, then the Generated summary (text empty)."""
+
+
+def validate_sampling(fields: Mapping[str, Any]) -> SamplingSpec:
+    """The request's sampling, checked like a route's (INVALID_ARGUMENT naming the field)."""
+    data = dict(fields)
+    beam = data.pop("beam_width", None)
+    data.pop("length_penalty", None)
+    if beam is not None and beam != 1:
+        raise InvalidArgument(
+            "sampling.beam_width", f"{beam}: beam search is not supported by these backends"
+        )
+    if "stop_words" in data:
+        data["stop"] = list(data.pop("stop_words"))
+        for i, word in enumerate(data["stop"]):
+            if not word or len(word) > 128:
+                raise InvalidArgument(f"sampling.stop_words[{i}]", "must be 1-128 characters")
+    try:
+        return SamplingSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "sampling"
+        name = "stop_words" if name == "stop" else name
+        raise InvalidArgument(f"sampling.{name}", str(first["msg"])) from None
+
+
+def _check_input(call: GenerateCall) -> None:
+    if call.prompt is None and call.messages is None:
+        raise InvalidArgument("input", "set prompt or messages")
+    if call.prompt is not None:
+        if not call.prompt.strip():
+            raise InvalidArgument("prompt", "must not be empty")
+        if len(call.prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument("prompt", f"longer than {MAX_PROMPT_CHARS} characters")
+    if call.messages is not None:
+        if not call.messages:
+            raise InvalidArgument("messages", "must hold at least one message")
+        if len(call.messages) > MAX_MESSAGES:
+            raise InvalidArgument("messages", f"more than {MAX_MESSAGES} messages")
+        if sum(len(m.content) for m in call.messages) > MAX_PROMPT_CHARS:
+            raise InvalidArgument("messages", f"longer than {MAX_PROMPT_CHARS} characters")
+
+
+def cost(usage: common_pb2.Usage, target: TargetSpec) -> common_pb2.Money:
+    price = target.price_per_million
+    amount = (usage.prompt_tokens * price.prompt + usage.completion_tokens * price.completion) / 1e6
+    units = int(amount)
+    return common_pb2.Money(
+        currency_code=price.currency, units=units, nanos=round((amount - units) * 1e9)
+    )
+
+
+def _exhausted(route: RouteSpec, last: LLMOpsError | None) -> LLMOpsError:
+    """Every target failed: RESOURCE_EXHAUSTED when the last was shedding (back off), else
+    UNAVAILABLE."""
+    message = f"route {route.name}: every target failed; the last: {last}"
+    if isinstance(last, ResourceExhausted):
+        return ResourceExhausted(message)
+    return Unavailable(message)
+
+
+class _Clock:
+    """Stage timings relative to the start of the call."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.stages: list[common_pb2.StageLatency] = []
+
+    def us(self, t: float) -> int:
+        return int((t - self.start) * 1e6)
+
+    def stage(self, name: str, began: float, ended: float | None = None) -> None:
+        ended = time.perf_counter() if ended is None else ended
+        self.stages.append(
+            common_pb2.StageLatency(
+                stage=name, duration_us=int((ended - began) * 1e6), start_offset_us=self.us(began)
+            )
+        )
+
+
+class Generation:
+    """The Generate / GenerateStream domain (see the module docstring)."""
+
+    def __init__(
+        self,
+        routes: HotReload[RouteTable],
+        engines: EngineRegistry,
+        versions: ModelVersions,
+        events: ServiceEvents,
+        metrics: InferenceMetrics,
+        *,
+        default_max_tokens: int = 256,
+        log_payloads: bool = False,
+    ) -> None:
+        self.routes = routes
+        self.engines = engines
+        self.versions = versions
+        self.events = events
+        self.metrics = metrics
+        self.base_sampling = Sampling(max_tokens=default_max_tokens)
+        self.log_payloads = log_payloads
+        self._limiters: dict[tuple[str, int, str], TargetLimiter] = {}
+
+    def limiter(self, route: RouteSpec, index: int) -> TargetLimiter:
+        target = route.targets[index]
+        key = (route.name, index, repr(target))
+        found = self._limiters.get(key)
+        if found is None:
+            found = self._limiters[key] = TargetLimiter(
+                f"route {route.name} target {index} ({target.model})",
+                target.max_concurrency,
+                target.max_queue,
+            )
+        return found
+
+    def _prepare(self, call: GenerateCall) -> tuple[RouteTable, RouteSpec, Sampling, str]:
+        table = self.routes.current  # one table for the whole call, whatever reloads meanwhile
+        route = table.route(call.route)
+        _check_input(call)
+        sampling = validate_sampling(call.sampling).resolve(
+            route.sampling.resolve(self.base_sampling)
+        )
+        if not self.events.has_room(1):
+            raise ResourceExhausted(
+                "the prediction log's buffer is full: not served, as its prediction could not be "
+                "logged; retry later"
+            )
+        request_id = call.context.request_id or current_request_id() or uuid7()
+        return table, route, sampling, request_id
+
+    def _request(
+        self, call: GenerateCall, target: TargetSpec, sampling: Sampling, request_id: str
+    ) -> EngineRequest:
+        budget = remaining_time()
+        timeout = target.timeout_s if budget is None else max(0.0, min(target.timeout_s, budget))
+        return EngineRequest(
+            model=target.served_model or target.model,
+            sampling=sampling,
+            messages=call.messages,
+            prompt=call.prompt,
+            json_schema=call.response_schema,
+            timeout_s=timeout,
+            request_id=request_id,
+        )
+
+    # -- unary ------------------------------------------------------------------------------
+
+    async def generate(self, call: GenerateCall) -> Generated:
+        clock = _Clock()
+        route: RouteSpec | None = None
+        request_id = call.context.request_id or ""
+        model = common_pb2.ModelRef()
+        try:
+            table, route, sampling, request_id = self._prepare(call)
+            last: LLMOpsError | None = None
+            for index, target in enumerate(route.targets):
+                model = await self.versions.ref(target.model, target.version, target.alias)
+                engine = self.engines.get(target.engine, table.engines[target.engine])
+                try:
+                    async with self.limiter(route, index).slot() as queued:
+                        began = time.perf_counter()
+                        completion = await engine.generate(
+                            self._request(call, target, sampling, request_id)
+                        )
+                        clock.stage("model", began)
+                except FALLBACK_ON as exc:
+                    last = exc
+                    self.metrics.fallbacks.labels(route.name, str(index)).inc()
+                    log.warning(
+                        "route_target_failed", route=route.name, target=index, error=str(exc)
+                    )
+                    continue
+                usage = self._usage(completion, queued, target)
+                result = Generated(
+                    text=completion.text,
+                    finish=completion.finish,
+                    usage=usage,
+                    model=model,
+                    target_index=index,
+                    request_id=request_id,
+                    stages=tuple(clock.stages),
+                )
+                self._record(call, route, result, clock, "OK")
+                return result
+            raise _exhausted(route, last) from last
+        except LLMOpsError as exc:
+            self._record_error(call, route, model, request_id, clock, exc)
+            raise
+
+    # -- streaming --------------------------------------------------------------------------
+
+    async def stream(self, call: GenerateCall) -> AsyncIterator[StreamItem]:
+        clock = _Clock()
+        route: RouteSpec | None = None
+        request_id = call.context.request_id or ""
+        model = common_pb2.ModelRef()
+        try:
+            table, route, sampling, request_id = self._prepare(call)
+            last: LLMOpsError | None = None
+            for index, target in enumerate(route.targets):
+                model = await self.versions.ref(target.model, target.version, target.alias)
+                engine = self.engines.get(target.engine, table.engines[target.engine])
+                sent = False
+                try:
+                    async with self.limiter(route, index).slot() as queued:
+                        began = time.perf_counter()
+                        first: float | None = None
+                        parts: list[str] = []
+                        final = None
+                        async for delta in engine.stream(
+                            self._request(call, target, sampling, request_id)
+                        ):
+                            if delta.text:
+                                if not sent:
+                                    first = time.perf_counter()
+                                    yield StreamStart(model, index, request_id)
+                                    sent = True
+                                parts.append(delta.text)
+                                yield StreamText(delta.text)
+                            if delta.finish is not None:
+                                final = delta
+                        ended = time.perf_counter()
+                        clock.stage("model", began, ended)
+                except FALLBACK_ON as exc:
+                    if sent:
+                        raise  # text already went out: no silent switch to another model
+                    last = exc
+                    self.metrics.fallbacks.labels(route.name, str(index)).inc()
+                    log.warning(
+                        "route_target_failed", route=route.name, target=index, error=str(exc)
+                    )
+                    continue
+                if not sent:
+                    yield StreamStart(model, index, request_id)
+                total = ended - began
+                completion = Completion(
+                    text="".join(parts),
+                    finish=final.finish if final and final.finish else "end_of_sequence",
+                    prompt_tokens=final.prompt_tokens if final else 0,
+                    completion_tokens=final.completion_tokens if final else len(parts),
+                    time_to_first_token_s=(first - began) if first is not None else total,
+                    total_s=total,
+                )
+                usage = self._usage(completion, queued, target)
+                result = Generated(
+                    text="",
+                    finish=completion.finish,
+                    usage=usage,
+                    model=model,
+                    target_index=index,
+                    request_id=request_id,
+                    stages=tuple(clock.stages),
+                )
+                self._record(call, route, result, clock, "OK", completion.text)
+                yield result
+                return
+            raise _exhausted(route, last) from last
+        except LLMOpsError as exc:
+            self._record_error(call, route, model, request_id, clock, exc)
+            raise
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def _usage(self, c: Completion, queued_s: float, target: TargetSpec) -> common_pb2.Usage:
+        tpot = (
+            (c.total_s - c.time_to_first_token_s) / (c.completion_tokens - 1)
+            if c.completion_tokens > 1
+            else 0.0
+        )
+        usage = common_pb2.Usage(
+            prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens,
+            time_to_first_token_ms=c.time_to_first_token_s * 1e3,
+            time_per_output_token_ms=tpot * 1e3,
+            queue_time_ms=queued_s * 1e3,
+            total_time_ms=(c.total_s + queued_s) * 1e3,
+            cached_prompt_tokens=c.cached_prompt_tokens,
+        )
+        usage.cost.CopyFrom(cost(usage, target))
+        return usage
+
+    def _record(
+        self,
+        call: GenerateCall,
+        route: RouteSpec,
+        result: Generated,
+        clock: _Clock,
+        code: str,
+        text: str | None = None,
+    ) -> None:
+        m = self.metrics
+        u = result.usage
+        labels = (route.name, result.model.name)
+        m.requests.labels(route.name, code).inc()
+        m.ttft.labels(*labels).observe(u.time_to_first_token_ms / 1e3)
+        if u.completion_tokens > 1:
+            m.tpot.labels(*labels).observe(u.time_per_output_token_ms / 1e3)
+        m.queue.labels(*labels).observe(u.queue_time_ms / 1e3)
+        m.tokens.labels(route.name, "prompt").inc(u.prompt_tokens)
+        m.tokens.labels(route.name, "completion").inc(u.completion_tokens)
+        event = self._event(call, route.name, result.model, result.request_id, clock, code)
+        event.finish_reason = FINISH[result.finish]  # type: ignore[assignment]
+        event.route_target_index = result.target_index
+        event.usage.CopyFrom(u)
+        if self.log_payloads:
+            event.output.string_value = result.text if text is None else text
+        self._publish(event)
+
+    def _record_error(
+        self,
+        call: GenerateCall,
+        route: RouteSpec | None,
+        model: common_pb2.ModelRef,
+        request_id: str,
+        clock: _Clock,
+        exc: LLMOpsError,
+    ) -> None:
+        name = route.name if route is not None else call.route[:128]
+        self.metrics.requests.labels(name if route is not None else "", exc.code).inc()
+        if isinstance(exc, ResourceExhausted) and "prediction log" in str(exc):
+            return  # nothing can be logged: the buffer is full
+        event = self._event(call, name, model, request_id or uuid7(), clock, exc.code)
+        event.error_reason = exc.reason or exc.code
+        self._publish(event)
+
+    def _event(
+        self,
+        call: GenerateCall,
+        route: str,
+        model: common_pb2.ModelRef,
+        request_id: str,
+        clock: _Clock,
+        code: str,
+    ) -> events_pb2.PredictionEvent:
+        ctx = call.context
+        event = events_pb2.PredictionEvent(
+            event_id=uuid7(),
+            request_id=request_id,
+            tenant=ctx.tenant,
+            market=ctx.market,
+            route=route,
+            model_name=model.name,
+            model_version=model.version,
+            total_latency_us=clock.us(time.perf_counter()),
+            status_code=STATUS_NUMBER.get(code, 2),
+            locale=ctx.locale,
+            device=ctx.device,
+            user_id=ctx.user_id,
+            session_id=ctx.session_id,
+            client_name=ctx.client_name,
+        )
+        event.event_time.GetCurrentTime()
+        event.stages.extend(clock.stages)
+        if self.log_payloads and call.prompt is not None:
+            event.inputs["prompt"].string_value = call.prompt
+        return event
+
+    def _publish(self, event: events_pb2.PredictionEvent) -> None:
+        envelope = events_pb2.EventEnvelope()
+        envelope.prediction.CopyFrom(event)
+        try:
+            self.events.publish(envelope)
+        except LLMOpsError as exc:  # room was checked before the model ran; a race lost it
+            log.error("prediction_not_logged", event_id=event.event_id, error=str(exc))
+            self.metrics.unlogged.inc()
