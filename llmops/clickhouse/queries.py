@@ -246,7 +246,8 @@ def guardrail_stats(
 
 
 RECENT_COLUMNS = (
-    "event_time", "request_id", "tenant", "route", "model_name", "model_version", "variant",
+    "event_time", "request_id", "tenant", "task", "route", "model_name", "model_version",
+    "variant",
     "status_code", "total_latency_ms", "prompt_tokens", "completion_tokens", "cost",
     "cache_hit", "guardrail_verdict",
 )  # fmt: skip
@@ -265,7 +266,7 @@ def recent_predictions(
     Reads raw rows: bounded by ``limit`` and by the window's day partitions."""
     start = datetime.now(UTC) - since if isinstance(since, timedelta) else since
     sql = (
-        "SELECT event_time, request_id, tenant, route, model_name, model_version, variant, "
+        "SELECT event_time, request_id, tenant, task, route, model_name, model_version, variant, "
         "status_code, total_latency_us / 1000 AS total_latency_ms, prompt_tokens, "
         "completion_tokens, cost_nanos / 1e9 AS cost, cache_hit, guardrail_verdict "
         "FROM predictions WHERE event_time >= %(start)s"

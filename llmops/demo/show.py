@@ -10,6 +10,7 @@ import grpc
 
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig
+from llmops.demo import data
 from llmops.governance_cli import lineage_of, lineage_tree
 from llmops.v1 import (
     common_pb2,
@@ -145,6 +146,7 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         parts.append(await _experiments(mesh))
         parts.append(await _semantic_search(mesh))
         parts.append(await _generation(mesh))
+        parts.append(await _tasks(mesh))
         parts.append(await _lineage(mesh))
         parts.append(await _compliance(mesh))
         parts.append(await _audit(mesh))
@@ -301,6 +303,79 @@ async def _generation(mesh: MeshClient) -> str:
     )
     text = " ".join(reply.text.split())
     return f"{title}\n  {text}\n  ({facts}; logged as a prediction, request {reply.request_id})"
+
+
+def _task_inputs() -> list[tuple[str, dict[str, common_pb2.Value]]]:
+    """One run of each storefront task (deploy/tasks/storefront.yaml) on demo property 1;
+    the summary's reviews carry a planted indirect injection, for the input guardrail."""
+    props = data.properties(1)
+    reviews = data.reviews(props, 0)
+
+    def s(text: str) -> common_pb2.Value:
+        return common_pb2.Value(string_value=text)
+
+    def texts(items: list[str]) -> common_pb2.Value:
+        value = common_pb2.Value()
+        value.string_list_value.values.extend(items)
+        return value
+
+    name = s("Casa Azul")
+    return [
+        ("query_intent", {"query": s("family hotel with a pool near the beach in Lisbon")}),
+        ("review_topics", {"property_name": name, "reviews": texts(reviews)}),
+        ("property_highlights", {"property_id": common_pb2.Value(int64_value=1),
+                                 "property_name": name}),
+        ("property_summary", {"property_id": common_pb2.Value(int64_value=1),
+                              "property_name": name,
+                              "reviews": texts([*reviews, data.INJECTED_REVIEW])}),
+        ("review_translation", {"review": s(reviews[0]), "target_language": s("Dutch")}),
+        ("search_suggestions", {"query": s("quiet apartment near the beach")}),
+    ]  # fmt: skip
+
+
+def _output(reply: inference_pb2.RunResponse) -> str:
+    if reply.finish_reason == inference_pb2.FINISH_REASON_CONTENT_FILTER:
+        blocked = [
+            f"{g.policy}: {', '.join(g.finding_types)}"
+            for g in reply.guardrails
+            if g.verdict == common_pb2.VERDICT_BLOCK
+        ]
+        return f"BLOCKED ({'; '.join(blocked)}): {reply.block_message}"
+    if not reply.HasField("output"):
+        return "-"
+    return " ".join(_text(reply.output).split())[:160]
+
+
+async def _tasks(mesh: MeshClient) -> str:
+    """Each storefront task once (InferenceService.Run): output, variant, stage timings."""
+    stub = mesh.stub(inference_pb2_grpc.InferenceServiceStub)
+    lines = ["Tasks (InferenceService.Run, one run each; stage times in ms)"]
+    for task, inputs in _task_inputs():
+        try:
+            reply = await stub.Run(
+                inference_pb2.RunRequest(
+                    task=task,
+                    inputs=inputs,
+                    context=common_pb2.RequestContext(
+                        tenant="demo", user_id=USER_IDS[0], session_id="demo-session",
+                        client_name="llmops-demo",
+                    ),
+                ),
+                timeout=90,
+            )  # fmt: skip
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE and "step" not in (exc.details() or ""):
+                raise
+            lines.append(f"  {task}: {exc.code().name}: {exc.details()}")
+            continue
+        variant = f"{reply.experiment_id}/{reply.variant}" if reply.variant else "-"
+        stages = " ".join(f"{st.stage} {st.duration_us / 1000:.0f}" for st in reply.stages)
+        marker = " [AI-generated]" if reply.ai_generated else ""
+        lines.append(f"  {task}{marker}: {_output(reply)}")
+        lines.append(
+            f"      variant {variant} · {stages} · overhead {reply.overhead_us / 1000:.1f}"
+        )
+    return "\n".join(lines)
 
 
 AUDIT_CHAIN = "tenant:default"

@@ -28,7 +28,10 @@ SCHEMA = {
     "stars": T.VALUE_TYPE_INT64,
     "review_score": T.VALUE_TYPE_DOUBLE,
     "price_tonight": T.VALUE_TYPE_DOUBLE,
+    "text": T.VALUE_TYPE_STRING,
 }
+"""Filterable metadata, and the listing ``text`` itself: a vector index keeps no text, and
+retrieval for grounding (task runs) needs the passage back."""
 BATCH = 100
 
 
@@ -69,6 +72,7 @@ async def seed_if_absent(vectors: Vectors, count: int) -> bool:
                 "stars": int(stats["stars"][i]),
                 "review_score": float(stats["review_score"][i]),
                 "price_tonight": float(price[i]),
+                "text": texts[i],
             },
         )
         for i, key in enumerate(props.keys)

@@ -28,6 +28,16 @@ LAYERS = (
         unit_type="user",
         description="What the property page shows beside the photos.",
     ),
+    experiment_pb2.Layer(
+        name="search_box",
+        unit_type="session",
+        description="How the search box reads and completes what shoppers type.",
+    ),
+    experiment_pb2.Layer(
+        name="content_tools",
+        unit_type="user",
+        description="Generated content beside reviews and facts (highlights, translations).",
+    ),
 )
 
 
@@ -143,6 +153,61 @@ EXPERIMENTS = (
 )
 
 
+def _double(value: float) -> common_pb2.Value:
+    return common_pb2.Value(double_value=value)
+
+
+TASK_EXPERIMENTS = (
+    experiment_pb2.Experiment(
+        id="query-intent-prompt",
+        description="Does a few-shot intent prompt route more searches to a clicked result?",
+        owner="search-team", unit_type="session", layer="search_box", traffic_bps=5_000,
+        metrics=["click"],
+        variants=[
+            _variant("zero_shot", 50, "query-intent v1, zero-shot", route="chat-small",
+                     prompt=("query-intent", 1), control=True),
+            _variant("few_shot", 50, "query-intent v2, two examples", route="chat-small",
+                     prompt=("query-intent", 2)),
+        ],
+    ),
+    experiment_pb2.Experiment(
+        id="search-suggestions-k",
+        description="Three or five listing suggestions under the search box?",
+        owner="search-team", unit_type="session", layer="search_box", traffic_bps=5_000,
+        metrics=["suggestion_click"],
+        variants=[
+            _variant("three", 50, "3 suggestions", params={"k": _int(3)}, control=True),
+            _variant("five", 50, "5 suggestions", params={"k": _int(5)}),
+        ],
+    ),
+    experiment_pb2.Experiment(
+        id="property-highlights-count",
+        description="Three or five generated highlights on the property page?",
+        owner="content-team", unit_type="user", layer="content_tools", traffic_bps=5_000,
+        metrics=["highlight_click", "booking"],
+        variants=[
+            _variant("three", 50, "3 highlights", route="summary-small",
+                     params={"max_highlights": _int(3)}, control=True),
+            _variant("five", 50, "5 highlights", route="summary-small",
+                     params={"max_highlights": _int(5)}),
+        ],
+    ),
+    experiment_pb2.Experiment(
+        id="review-translation-sampling",
+        description="Greedy or lightly sampled review translations?",
+        owner="content-team", unit_type="user", layer="content_tools", traffic_bps=5_000,
+        metrics=["translation_helpful"],
+        variants=[
+            _variant("greedy", 50, "temperature 0", route="chat-small",
+                     params={"temperature": _double(0.0)}, control=True),
+            _variant("sampled", 50, "temperature 0.3, seed 7", route="chat-small",
+                     params={"temperature": _double(0.3), "seed": _int(7)}),
+        ],
+    ),
+)  # fmt: skip
+"""One per storefront task of the inference service (deploy/tasks/storefront.yaml)."""
+
+
 async def seed_if_empty(catalog: Catalog, lifecycle: Lifecycle) -> bool:
     """Create and start the demo layers and experiments if the store holds nothing; True
     when it seeded."""
@@ -153,12 +218,12 @@ async def seed_if_empty(catalog: Catalog, lifecycle: Lifecycle) -> bool:
     change = Change(reason="demo data (experiments.demo_data)", actor=SYSTEM)
     for layer in LAYERS:
         await lifecycle.create_layer(layer, change)
-    for exp in EXPERIMENTS:
+    for exp in (*EXPERIMENTS, *TASK_EXPERIMENTS):
         created = await lifecycle.create(exp, change)
         await lifecycle.transition(created.id, created.version, model.RUNNING, change)
     log.info(
         "demo_experiments_seeded",
         layers=[layer.name for layer in LAYERS],
-        experiments=[exp.id for exp in EXPERIMENTS],
+        experiments=[exp.id for exp in (*EXPERIMENTS, *TASK_EXPERIMENTS)],
     )
     return True

@@ -95,12 +95,60 @@ def _card(
     )
 
 
-def _prompt(template: str) -> governance_pb2.PromptTemplate:
+def _prompt(
+    template: str,
+    variables: dict[str, int] | None = None,
+    models: tuple[str, ...] = ("property-summary-llm",),
+) -> governance_pb2.PromptTemplate:
     return governance_pb2.PromptTemplate(
         template=template,
-        variables={"property_name": T.VALUE_TYPE_STRING, "reviews": T.VALUE_TYPE_STRING_LIST},
-        model_names=["property-summary-llm"],
+        variables=variables  # type: ignore[arg-type]
+        or {"property_name": T.VALUE_TYPE_STRING, "reviews": T.VALUE_TYPE_STRING_LIST},
+        model_names=list(models),
     )
+
+
+SMALL = ("smollm2-135m-instruct",)
+INTENTS = "beach, city, family, business, romantic, budget, luxury, other"
+QUERY_INTENT = (
+    "Classify this travel search query. Answer with one word from: " + INTENTS + ".\n"
+    "Query: {{ query }}\nIntent:"
+)
+QUERY_INTENT_FEW_SHOT = (
+    "Classify travel search queries. Answer with one word from: " + INTENTS + ".\n"
+    "Query: hotel by the sea in Nice\nIntent: beach\n"
+    "Query: cheap hostel Berlin\nIntent: budget\n"
+    "Query: {{ query }}\nIntent:"
+)
+TASK_PROMPTS: tuple[_Item, ...] = (
+    *(
+        _Item(model.PROMPT, "query-intent", "", "Search-box query intent (task query_intent).",
+              "search-team", _prompt(text, {"query": T.VALUE_TYPE_STRING}, SMALL), (),
+              aliases)
+        for text, aliases in ((QUERY_INTENT, ("champion",)),
+                              (QUERY_INTENT_FEW_SHOT, ("challenger",)))
+    ),
+    _Item(model.PROMPT, "review-digest", "", "What guests like most (task review_topics).",
+          "content-team",
+          _prompt("What do guests like most about {{ property_name }}? Reviews:\n"
+                  "{% for r in reviews %}- {{ r }}\n{% endfor %}", None, SMALL),
+          (), ("champion",)),
+    _Item(model.PROMPT, "property-highlights", "", "JSON highlights (task property_highlights).",
+          "content-team",
+          _prompt('Write {{ params.max_highlights | default(3) }} short highlights of '
+                  '{{ property_name }} as JSON {"highlights": [...]}, using only these facts:\n'
+                  "{% for k, v in features.items() %}- {{ k | replace('_', ' ') }}: {{ v }}\n"
+                  "{% endfor %}", {"property_name": T.VALUE_TYPE_STRING}, SMALL),
+          (), ("champion",)),
+    _Item(model.PROMPT, "review-translation", "", "Review translation (task review_translation).",
+          "content-team",
+          _prompt("Translate this hotel review into {{ target_language }}. Answer with the "
+                  "translation only.\n\n{{ review }}",
+                  {"review": T.VALUE_TYPE_STRING, "target_language": T.VALUE_TYPE_STRING},
+                  SMALL),
+          (), ("champion",)),
+)  # fmt: skip
+"""The prompts of the storefront tasks (deploy/tasks/storefront.yaml), versioned here."""
 
 
 def _dataset(rows: int, produced_by: str, **schema: int) -> governance_pb2.DatasetInfo:
@@ -139,6 +187,7 @@ ITEMS: tuple[_Item, ...] = (
                 "rougeL", 0.38, "summary-eval-set"),
           (_from(model.DATASET, "guest-reviews", model.TRAINED_ON),
            _from(model.DATASET, "summary-eval-set", model.EVALUATED_ON)), ("champion",)),
+    *TASK_PROMPTS,
     *(
         _Item(model.PROMPT, "property-summary", "", "Property page review summary.",
               "content-team", _prompt(SUMMARY + text),

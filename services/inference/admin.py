@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2
 from llmops.errors import InvalidArgument
 from llmops.v1 import common_pb2, inference_pb2
 from llmops.yamlfiles import HotReload
+from services.inference.config import Serving
 from services.inference.engines.registry import EngineRegistry
 from services.inference.models import ModelVersions
 from services.inference.routes import RouteTable
@@ -31,20 +32,26 @@ class ReloadReport:
     previous_revision: str
     revision: str
     route_count: int
+    task_count: int
     changed: list[str]
 
 
 class RouteAdmin:
     def __init__(
-        self, routes: HotReload[RouteTable], engines: EngineRegistry, versions: ModelVersions
+        self, serving: HotReload[Serving], engines: EngineRegistry, versions: ModelVersions
     ) -> None:
-        self.routes = routes
+        self.serving = serving
         self.engines = engines
         self.versions = versions
 
     @property
     def table(self) -> RouteTable:
-        return self.routes.current
+        return self.serving.current.routes
+
+    @property
+    def revision(self) -> str:
+        """Of the routes and tasks in force together (what ReloadRoutes reports)."""
+        return self.serving.current.revision
 
     @staticmethod
     def page(items: Sequence[T], size: int, token: str) -> tuple[list[T], str]:
@@ -62,14 +69,15 @@ class RouteAdmin:
         return list(items[start:end]), str(end) if end < len(items) else ""
 
     async def reload(self, *, dry_run: bool) -> ReloadReport:
-        done = await self.routes.reload(dry_run=dry_run)
+        done = await self.serving.reload(dry_run=dry_run)
         if done.applied:
-            await self.apply(done.candidate)
+            await self.apply(done.candidate.routes)
         return ReloadReport(
             previous_revision=done.previous_revision,
             revision=done.revision,
-            route_count=len(done.candidate.routes),
-            changed=done.candidate.changed(done.previous),
+            route_count=len(done.candidate.routes.routes),
+            task_count=len(done.candidate.tasks.tasks),
+            changed=done.candidate.routes.changed(done.previous.routes),
         )
 
     async def apply(self, table: RouteTable) -> None:

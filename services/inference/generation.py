@@ -32,6 +32,7 @@ from llmops.events.ids import uuid7
 from llmops.events.port import ServiceEvents
 from llmops.v1 import common_pb2, events_pb2, inference_pb2
 from llmops.yamlfiles import HotReload
+from services.inference.config import Serving
 from services.inference.engine import ChatTurn, Completion, EngineRequest, Finish, Sampling
 from services.inference.engines.registry import EngineRegistry
 from services.inference.limits import TargetLimiter
@@ -69,6 +70,8 @@ class GenerateCall:
     """The request's sampling fields that were set (names as in SamplingParams)."""
     context: common_pb2.RequestContext = field(default_factory=common_pb2.RequestContext)
     response_schema: Mapping[str, Any] | None = None
+    logged: bool = True
+    """One PredictionEvent for the call; False when a task run logs its own (the model step)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +185,7 @@ class Generation:
 
     def __init__(
         self,
-        routes: HotReload[RouteTable],
+        serving: HotReload[Serving],
         engines: EngineRegistry,
         versions: ModelVersions,
         events: ServiceEvents,
@@ -191,7 +194,7 @@ class Generation:
         default_max_tokens: int = 256,
         log_payloads: bool = False,
     ) -> None:
-        self.routes = routes
+        self.serving = serving
         self.engines = engines
         self.versions = versions
         self.events = events
@@ -213,13 +216,13 @@ class Generation:
         return found
 
     def _prepare(self, call: GenerateCall) -> tuple[RouteTable, RouteSpec, Sampling, str]:
-        table = self.routes.current  # one table for the whole call, whatever reloads meanwhile
+        table = self.serving.current.routes  # one table for the call, whatever reloads meanwhile
         route = table.route(call.route)
         _check_input(call)
         sampling = validate_sampling(call.sampling).resolve(
             route.sampling.resolve(self.base_sampling)
         )
-        if not self.events.has_room(1):
+        if call.logged and not self.events.has_room(1):
             raise ResourceExhausted(
                 "the prediction log's buffer is full: not served, as its prediction could not be "
                 "logged; retry later"
@@ -397,6 +400,8 @@ class Generation:
         m.queue.labels(*labels).observe(u.queue_time_ms / 1e3)
         m.tokens.labels(route.name, "prompt").inc(u.prompt_tokens)
         m.tokens.labels(route.name, "completion").inc(u.completion_tokens)
+        if not call.logged:
+            return
         event = self._event(call, route.name, result.model, result.request_id, clock, code)
         event.finish_reason = FINISH[result.finish]  # type: ignore[assignment]
         event.route_target_index = result.target_index
@@ -416,8 +421,8 @@ class Generation:
     ) -> None:
         name = route.name if route is not None else call.route[:128]
         self.metrics.requests.labels(name if route is not None else "", exc.code).inc()
-        if isinstance(exc, ResourceExhausted) and "prediction log" in str(exc):
-            return  # nothing can be logged: the buffer is full
+        if not call.logged or (isinstance(exc, ResourceExhausted) and "prediction log" in str(exc)):
+            return  # the task run logs it; or nothing can be logged: the buffer is full
         event = self._event(call, name, model, request_id or uuid7(), clock, exc.code)
         event.error_reason = exc.reason or exc.code
         self._publish(event)

@@ -10,6 +10,7 @@ from llmops.plugin import ServicePlugin
 from llmops.settings import Settings, Switch, switched_on
 
 _REPO_ROUTES = Path(__file__).resolve().parents[2] / "deploy" / "inference"
+_REPO_TASKS = Path(__file__).resolve().parents[2] / "deploy" / "tasks"
 
 
 class InferenceSettings(Settings):
@@ -19,8 +20,12 @@ class InferenceSettings(Settings):
         default_factory=lambda: [_REPO_ROUTES],
         description="Route YAML files or directories of them (deploy/inference/README.md).",
     )
+    tasks: list[Path] = Field(
+        default_factory=lambda: [_REPO_TASKS],
+        description="Task YAML files or directories of them (deploy/tasks/README.md).",
+    )
     reload_interval_s: float = Field(
-        5.0, ge=0, description="Poll the route files for changes this often; 0 = never."
+        5.0, ge=0, description="Poll the route and task files for changes; 0 = never."
     )
     default_max_tokens: int = Field(
         256,
@@ -39,6 +44,17 @@ class InferenceSettings(Settings):
         description="Load in-process models (llama_cpp) at start instead of on first use "
         "(auto: on).",
     )
+    prompt_cache_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a prompt template fetched by alias from the registry is reused "
+        "(pinned versions are immutable: kept).",
+    )
+    allow_debug: Switch = Field(
+        "auto",
+        description="Honour RunRequest.debug (the rendered prompt and intermediate values in "
+        "the response; auto: embedded mode only).",
+    )
     log_payloads: bool = Field(
         False,
         description="Put prompts and outputs into prediction events (PredictionEvent.inputs / "
@@ -47,6 +63,9 @@ class InferenceSettings(Settings):
 
     def preloads(self) -> bool:
         return switched_on(self.preload, auto=True)
+
+    def debug_allowed(self, mode: str) -> bool:
+        return switched_on(self.allow_debug, auto=mode == "embedded")
 
 
 PLUGIN = ServicePlugin(

@@ -11,13 +11,15 @@ from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import governance_pb2_grpc, inference_pb2, inference_pb2_grpc
 from llmops.yamlfiles import HotReload
 from services.inference.admin import RouteAdmin
+from services.inference.config import Serving, load_serving
 from services.inference.engines.llama_cpp import LlamaCppEngine
 from services.inference.engines.registry import EngineRegistry
 from services.inference.generation import Generation
 from services.inference.metrics import InferenceMetrics
 from services.inference.models import ModelVersions
+from services.inference.pipeline import Pipeline
 from services.inference.plugin import InferenceSettings
-from services.inference.routes import RouteTable, load_routes
+from services.inference.ports import GrpcPorts
 from services.inference.servicer import InferenceAdminServicer, InferenceServicer
 
 log = structlog.get_logger("llmops.inference")
@@ -25,25 +27,26 @@ log = structlog.get_logger("llmops.inference")
 
 def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
     settings = ctx.settings
-    paths = list(settings.routes)
-    # The first load happens here: a bad routes file stops start-up.
-    routes = HotReload[RouteTable](
+    route_paths, task_paths = list(settings.routes), list(settings.tasks)
+    paths = route_paths + task_paths
+    # The first load happens here: a bad routes or tasks file stops start-up.
+    serving = HotReload[Serving](
         "routes",
-        lambda: load_routes(paths),
-        lambda table: table.revision,
+        lambda: load_serving(route_paths, task_paths),
+        lambda s: s.revision,
         watched=paths,
         audit=ctx.events,
         resource_type="route",
     )
     engines = EngineRegistry()
-    engines.update(routes.current.engines)
+    engines.update(serving.current.routes.engines)
     try:
         governance = ctx.clients.stub(governance_pb2_grpc.GovernanceServiceStub).GetArtifact
     except KeyError:  # no governance service in this mesh: versions come from pins only
         governance = None
     versions = ModelVersions(governance, settings.alias_cache_s)
     generation = Generation(
-        routes,
+        serving,
         engines,
         versions,
         ctx.events,
@@ -51,7 +54,15 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
         default_max_tokens=settings.default_max_tokens,
         log_payloads=settings.log_payloads,
     )
-    admin = RouteAdmin(routes, engines, versions)
+    admin = RouteAdmin(serving, engines, versions)
+    pipeline = Pipeline(
+        serving,
+        generation,
+        GrpcPorts(ctx.clients.stub),
+        ctx.events,
+        prompt_cache_s=settings.prompt_cache_s,
+        allow_debug=settings.debug_allowed(ctx.mode),
+    )
 
     async def preload() -> None:
         if not settings.preloads():
@@ -66,11 +77,14 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
     async def close() -> None:
         await asyncio.gather(*(engine.close() for _, _, engine in engines.items()))
 
-    watch = routes.watch(paths, settings.reload_interval_s)
+    watch = serving.watch(paths, settings.reload_interval_s)
     return ServiceDefinition(
         bindings=[
             binding(
-                inference_pb2, inference_pb2_grpc, "InferenceService", InferenceServicer(generation)
+                inference_pb2,
+                inference_pb2_grpc,
+                "InferenceService",
+                InferenceServicer(generation, pipeline),
             ),
             binding(
                 inference_pb2,

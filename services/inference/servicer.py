@@ -5,6 +5,7 @@ Nothing here decides: requests become :class:`GenerateCall`\\ s, results become 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.inference.generation import (
     StreamStart,
     StreamText,
 )
+from services.inference.pipeline import Pipeline, RunCall
 from services.inference.routes import SamplingSpec
 
 ROLES: dict[int, Role] = {
@@ -87,8 +89,9 @@ def generate_call(
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, generation: Generation) -> None:
+    def __init__(self, generation: Generation, pipeline: Pipeline) -> None:
         self.generation = generation
+        self.pipeline = pipeline
 
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: Any
@@ -102,6 +105,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             route_target_index=r.target_index,
             stages=r.stages,
             request_id=r.request_id,
+            ai_generated=True,
         )
 
     async def GenerateStream(
@@ -126,10 +130,42 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Run(
         self, request: inference_pb2.RunRequest, context: Any
     ) -> inference_pb2.RunResponse:
-        raise NotImplementedYet(
-            "Run: task pipelines arrive in the next part of issue #13; Generate and "
-            "GenerateStream serve routes now"
+        r = await self.pipeline.run(
+            RunCall(
+                task=request.task,
+                inputs=dict(request.inputs),
+                context=request.context,
+                debug=request.debug,
+            )
         )
+        state = r.state
+        out = inference_pb2.RunResponse(
+            task=r.task,
+            experiment_id=state.variant.experiment_id if state.variant else "",
+            variant=state.variant.variant if state.variant else "",
+            model=state.model,
+            route=state.route,
+            guardrails=state.guardrails,
+            stages=r.stages,
+            total_latency_us=r.total_us,
+            overhead_us=max(0, r.total_us - state.model_us),
+            usage=state.usage,
+            finish_reason=state.finish,  # type: ignore[arg-type]
+            feature_vector_hash=r.feature_vector_hash,
+            prediction_id=r.prediction_id,
+            request_id=r.request_id,
+            ai_generated=r.output is not None and bool(state.model.name),
+            block_message=state.blocked or "",
+        )
+        if state.prompt is not None:
+            out.prompt.name, out.prompt.version = state.prompt.name, state.prompt.version
+        if r.output is not None:
+            out.output.CopyFrom(r.output)
+        if r.structured is not None:
+            out.structured_output.update(r.structured)
+        if r.debug is not None:
+            out.debug.update(json.loads(json.dumps(r.debug, default=str)))
+        return out
 
 
 def _last_chunk(index: int, r: Generated) -> inference_pb2.GenerateStreamResponse:
@@ -161,7 +197,7 @@ class InferenceAdminServicer(inference_pb2_grpc.InferenceAdminServiceServicer):
             input_policy=spec.input_policy,
             output_policy=spec.output_policy,
             cache_ttl=_duration(spec.cache_ttl_s),
-            revision=table.revision,
+            revision=self.admin.revision,
         )
         for t in spec.targets:
             engine = table.engines[t.engine]
@@ -208,6 +244,7 @@ class InferenceAdminServicer(inference_pb2_grpc.InferenceAdminServiceServicer):
             previous_revision=r.previous_revision,
             revision=r.revision,
             route_count=r.route_count,
+            task_count=r.task_count,
             changed_routes=r.changed,
         )
 

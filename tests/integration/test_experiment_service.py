@@ -150,30 +150,38 @@ def ab(
 
 async def test_demo_experiments_are_seeded_into_an_empty_store(tmp_path: Path) -> None:
     async with serving(tmp_path) as served:  # embedded mode: demo_data auto = on
+        everything = len(demo.EXPERIMENTS) + len(demo.TASK_EXPERIMENTS)
 
         async def running() -> list[experiment_pb2.Experiment]:
             reply = await served.admin.ListExperiments(
                 experiment_pb2.ListExperimentsRequest(statuses=[model.RUNNING])
             )
-            return list(reply.experiments)
+            # the seeding is done once every demo experiment runs
+            return list(reply.experiments) if len(reply.experiments) == everything else []
 
         seeded = await eventually(running, "the demo experiments")
-        assert {e.id for e in seeded} == {e.id for e in demo.EXPERIMENTS}
+        assert {e.id for e in seeded} == {e.id for e in (*demo.EXPERIMENTS, *demo.TASK_EXPERIMENTS)}
         layers = await served.admin.ListLayers(experiment_pb2.ListLayersRequest())
-        assert [layer.name for layer in layers.layers] == ["property_page", "search_ranking"]
+        assert [layer.name for layer in layers.layers] == [
+            "content_tools", "property_page", "search_box", "search_ranking",
+        ]  # fmt: skip
         for user in ("u-000001", "u-000002"):
             reply = await served.public.Assign(
                 experiment_pb2.AssignRequest(unit_type="user", unit_id=user, skip_exposure=True)
             )
-            # property_page is shared 60/40 by two experiments: every shopper is in one
+            # property_page is shared 60/40 by two experiments, content_tools 50/50: every
+            # shopper is in one of each (search_box assigns sessions, not users)
             assert sorted(a.layer for a in reply.assignments) == [
+                "content_tools",
                 "property_page",
                 "search_ranking",
             ]
             ranking = next(a for a in reply.assignments if a.layer == "search_ranking")
             assert ranking.payload.model_route.startswith("rank-")
     audits = [e.audit for e in served.events("audit")]
-    assert len(audits) == len(demo.LAYERS) + 2 * len(demo.EXPERIMENTS)
+    assert len(audits) == len(demo.LAYERS) + 2 * (
+        len(demo.EXPERIMENTS) + len(demo.TASK_EXPERIMENTS)
+    )
     assert {a.actor.id for a in audits} == {"system:experiments"}
     assert {a.actor.type for a in audits} == {events_pb2.ACTOR_TYPE_SYSTEM}
 

@@ -105,6 +105,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[Served]:
     env["LLMOPS__EVENTS__LINGER_MS"] = "1"
     env["LLMOPS__INFERENCE__ROUTES"] = json.dumps([str(routes)])
     env["LLMOPS__INFERENCE__RELOAD_INTERVAL_S"] = "0"
+    env["LLMOPS__INFERENCE__TASKS"] = "[]"  # the repo tasks name routes this test lacks
     config = load_config(environ=env)
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(serve(config, ["inference"], ready=ready, stop=stop))

@@ -111,12 +111,32 @@ def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
     assert "llmops.v1.FeedbackService.Submit" in err.value.details()
     assert "issue #14" in err.value.details()
+
+
+def test_a_task_run_reports_bad_input_precisely_and_is_logged(mesh: RunningMesh) -> None:
     with grpc.insecure_channel(mesh.address("inference")) as channel:
-        inference = inference_pb2_grpc.InferenceServiceStub(channel)
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            inference.Run(inference_pb2.RunRequest(task="property_summary"), timeout=5)
-    assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED  # Generate is built, Run not yet
-    assert "task pipelines" in err.value.details()
+            stub.Run(inference_pb2.RunRequest(task="nope"), timeout=10)
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND
+        assert "no task 'nope'" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Run(inference_pb2.RunRequest(task="review_translation"), timeout=10)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("inputs.review: required")
+        query = common_pb2.Value(string_value="romantic weekend in Paris")
+        reply = stub.Run(
+            inference_pb2.RunRequest(
+                task="search_suggestions",
+                inputs={"query": query, "city": common_pb2.Value(string_value="Paris")},
+                context=common_pb2.RequestContext(session_id="s-42"),
+            ),
+            timeout=30,
+        )
+    listed = list(reply.output.string_list_value.values)
+    assert listed and all(x.startswith("property-") for x in listed)
+    assert [s.stage for s in reply.stages][-2:] == ["retrieval", "postprocess"]
+    assert reply.prediction_id and not reply.ai_generated  # retrieval only, no model
 
 
 def test_feature_service_serves_pushed_features_over_grpc(mesh: RunningMesh) -> None:
@@ -233,10 +253,11 @@ def test_events_reach_chdb_and_llmops_logs_within_seconds(mesh: RunningMesh) -> 
         proc = _llmops(mesh, "logs", "predictions", "--last", "5m", "--limit", "50", "--json")
         assert proc.returncode == 0, proc.stderr
         rows = json.loads(proc.stdout)["rows"]
-        if len(rows) >= 20:
+        if set(sent) <= {r["request_id"] for r in rows}:
             break
         time.sleep(0.5)
-    assert sorted(r["request_id"] for r in rows) == sorted(sent)
+    # every one of ours (other tests' task runs are predictions too)
+    assert set(sent) <= {r["request_id"] for r in rows}
     print(f"\nevents queryable {time.monotonic() - start:.2f}s after publish")
     table = _llmops(mesh, "logs", "predictions", "--last", "5m")
     assert table.returncode == 0
@@ -435,6 +456,14 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     gen = gen.split("\n\n")[0]
     assert "model smollm2-135m-instruct" in gen and "completion tokens" in gen, gen
     assert "logged as a prediction" in gen and "FINISH_REASON_" in gen
+    # each storefront task once through every service: output, variant, stage timings; the
+    # review with a planted injection is stopped before the model reads it
+    tasks = proc.stdout.split("Tasks (InferenceService.Run")[1].split("\n\n")[0]
+    for task in ("query_intent", "review_topics", "property_highlights", "review_translation"):
+        assert f"  {task} [AI-generated]: " in tasks, tasks
+    assert "  search_suggestions: [property-" in tasks, tasks
+    assert "  property_summary: BLOCKED (storefront-input: prompt_injection" in tasks, tasks
+    assert "variant query-intent-prompt/" in tasks and "model " in tasks
     compliance = proc.stdout.split("Compliance (GovernanceService.GetComplianceReport")[1]
     assert "property-summary-llm v1  LIMITED" in compliance
     assert "7/7" in compliance and "audit no TTL" in compliance

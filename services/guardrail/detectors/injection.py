@@ -562,6 +562,12 @@ _PATTERNS: tuple[Phrase, ...] = (
     _p(IGNORE, 0.95, "",
        r"<\|(?:im_start|im_end|system|endoftext|eot_id|start_header_id|end_header_id)\|>"
        r"|\[/?inst\]|<</?sys>>", "<|>|[inst]|[/inst]|<<sys>>|<</sys>>"),
+    # markup that closes the data an application wrapped (a review, a document) and opens
+    # instructions: an indirect injection planted in retrieved or user-written content
+    _p(IGNORE, 0.9, "",
+       r"</?(?:instructions?|system|system_prompt|prompt|task|assistant|admin|im_start)"
+       r"(?:[\t\x20][^<>]{0,40})?>", "<instruction|<system|<prompt|<task|<assistant|<admin"
+       "|</instruction|</system|</prompt|</task|</assistant|</admin|<im_start"),
     _p(IGNORE, 0.85, "override|overwrite|replace|update|change|modify|reset|disable"
        "|deactivate|remove|lift|turn|switch|bypass|circumvent",
        r"\b(?:override|overwrite|replace|update|change|modify|reset|disable|deactivate"

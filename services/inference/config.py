@@ -1,0 +1,39 @@
+"""What the inference service serves: routes and tasks, loaded and reloaded together (a
+task's model step must name a route of the same revision)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.inference.routes import RouteError, RouteTable, load_routes
+from services.inference.tasks import ModelStep, TaskError, TaskTable, load_tasks
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    routes: RouteTable
+    tasks: TaskTable
+
+    @property
+    def revision(self) -> str:
+        both = f"{self.routes.revision}:{self.tasks.revision}".encode()
+        return hashlib.sha256(both).hexdigest()[:12]
+
+
+def load_serving(route_paths: Sequence[Path], task_paths: Sequence[Path]) -> Serving:
+    routes = load_routes(route_paths)
+    tasks = load_tasks(task_paths) if task_paths else TaskTable({}, "")
+    for task in tasks.tasks.values():
+        for i, step in enumerate(task.spec.steps):
+            if isinstance(step.settings, ModelStep) and step.settings.route not in routes.routes:
+                raise TaskError(
+                    f"{task.source}: tasks[{task.spec.name}].steps[{i}].model.route",
+                    f"no route {step.settings.route!r} (routes: {sorted(routes.routes)})",
+                )
+    return Serving(routes, tasks)
+
+
+__all__ = ["RouteError", "Serving", "TaskError", "load_serving"]
