@@ -18,31 +18,50 @@ results back. For each call:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
+import jinja2
 import structlog
 from pydantic import ValidationError
 
 from llmops.callcontext import current_request_id, remaining_time
-from llmops.errors import InvalidArgument, LLMOpsError, ResourceExhausted, Unavailable
+from llmops.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LLMOpsError,
+    ResourceExhausted,
+    Unavailable,
+)
 from llmops.events.ids import uuid7
 from llmops.events.port import ServiceEvents
 from llmops.v1 import common_pb2, events_pb2, inference_pb2
 from llmops.yamlfiles import HotReload
 from services.inference.config import Serving
-from services.inference.engine import ChatTurn, Completion, EngineRequest, Finish, Sampling
+from services.inference.engine import (
+    ChatTurn,
+    Completion,
+    Delta,
+    EngineRequest,
+    Finish,
+    Sampling,
+)
 from services.inference.engines.registry import EngineRegistry
 from services.inference.limits import TargetLimiter
 from services.inference.metrics import InferenceMetrics
 from services.inference.models import ModelVersions
+from services.inference.ports import MeshPorts, Released, StreamCheck
 from services.inference.routes import RouteSpec, RouteTable, SamplingSpec, TargetSpec
+from services.inference.tasks import TEMPLATES
 
 log = structlog.get_logger("llmops.inference")
 
-FINISH: dict[Finish, int] = {
+FINISH: dict[str, int] = {
+    "content_filter": inference_pb2.FINISH_REASON_CONTENT_FILTER,
     "end_of_sequence": inference_pb2.FINISH_REASON_END_OF_SEQUENCE,
     "stop_sequence": inference_pb2.FINISH_REASON_STOP_SEQUENCE,
     "length": inference_pb2.FINISH_REASON_LENGTH,
@@ -57,6 +76,7 @@ _CODES = (
 )
 STATUS_NUMBER = {name: number for number, name in enumerate(_CODES.split(" "))}
 """gRPC status names to their numbers (PredictionEvent.status_code), without importing grpc."""
+TEMPLATE_CACHE_S = 30.0
 MAX_PROMPT_CHARS = 1_000_000
 MAX_MESSAGES = 256
 
@@ -72,17 +92,31 @@ class GenerateCall:
     response_schema: Mapping[str, Any] | None = None
     logged: bool = True
     """One PredictionEvent for the call; False when a task run logs its own (the model step)."""
+    guarded: bool = True
+    """Apply the route's (or these) guardrail policies; False for a task's model step (the
+    task checks its inputs and output itself)."""
+    input_policy: str = ""
+    output_policy: str = ""
+    """GuardrailOptions: empty takes the route's policy."""
+    template: tuple[str, int, str] | None = None
+    """A registered prompt template (name, version, alias), rendered with ``variables`` into
+    the user message."""
+    variables: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Generated:
     text: str
-    finish: Finish
+    finish: Finish | Literal["content_filter"]
     usage: common_pb2.Usage
     model: common_pb2.ModelRef
     target_index: int
     request_id: str
     stages: tuple[common_pb2.StageLatency, ...]
+    guardrails: tuple[common_pb2.GuardrailSummary, ...] = ()
+    block_message: str = ""
+    retract: bool = False
+    """A stream whose output a guardrail blocked after text went out: discard it all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +161,8 @@ def validate_sampling(fields: Mapping[str, Any]) -> SamplingSpec:
 
 
 def _check_input(call: GenerateCall) -> None:
+    if call.template is not None:
+        return  # rendered from the registry, checked after rendering
     if call.prompt is None and call.messages is None:
         raise InvalidArgument("input", "set prompt or messages")
     if call.prompt is not None:
@@ -193,7 +229,9 @@ class Generation:
         *,
         default_max_tokens: int = 256,
         log_payloads: bool = False,
+        guard: MeshPorts | None = None,
     ) -> None:
+        """``guard``: the guardrail service (None: no policies are applied)."""
         self.serving = serving
         self.engines = engines
         self.versions = versions
@@ -201,6 +239,8 @@ class Generation:
         self.metrics = metrics
         self.base_sampling = Sampling(max_tokens=default_max_tokens)
         self.log_payloads = log_payloads
+        self.guard = guard
+        self._templates: dict[tuple[str, int, str], tuple[int, jinja2.Template, float]] = {}
         self._limiters: dict[tuple[str, int, str], TargetLimiter] = {}
 
     def limiter(self, route: RouteSpec, index: int) -> TargetLimiter:
@@ -245,6 +285,134 @@ class Generation:
             request_id=request_id,
         )
 
+    # -- registered templates ---------------------------------------------------------------
+
+    async def _render_template(self, call: GenerateCall) -> GenerateCall:
+        """A prompt_template call as a chat call: the registry's template (cached 30 s when
+        named by alias, for good when pinned) rendered in the sandbox with ``variables``."""
+        if call.template is None:
+            return call
+        if self.guard is None:
+            raise FailedPrecondition("prompt_template: no governance registry is reachable")
+        name, version, alias = call.template
+        key = (name, version, "" if version else alias or "champion")
+        cached = self._templates.get(key)
+        now = time.monotonic()
+        if cached is None or (not version and now - cached[2] > TEMPLATE_CACHE_S):
+            prompt = await self.guard.prompt(
+                name, version, alias or "champion", self._check_budget()
+            )
+            try:
+                compiled = TEMPLATES.from_string(prompt.template)
+            except jinja2.TemplateSyntaxError as exc:
+                raise FailedPrecondition(
+                    f"prompt_template: {name} v{prompt.version} does not compile: {exc.message}"
+                ) from None
+            cached = self._templates[key] = (prompt.version, compiled, now)
+        try:
+            text = cached[1].render(dict(call.variables)).strip()
+        except jinja2.UndefinedError as exc:
+            raise InvalidArgument("variables", f"{name} v{cached[0]} needs {exc.message}") from None
+        except jinja2.exceptions.SecurityError as exc:
+            raise InvalidArgument("variables", f"not allowed by the sandbox: {exc}") from None
+        if not text:
+            raise InvalidArgument("variables", f"{name} v{cached[0]} renders to nothing")
+        return replace(call, template=None, messages=(ChatTurn("user", text),))
+
+    # -- guardrails -------------------------------------------------------------------------
+
+    def _policies(self, call: GenerateCall, route: RouteSpec) -> tuple[str, str]:
+        if not call.guarded or self.guard is None:
+            return "", ""
+        return call.input_policy or route.input_policy, call.output_policy or route.output_policy
+
+    @staticmethod
+    def _check_budget() -> float:
+        left = remaining_time()
+        return 5.0 if left is None else max(0.01, min(5.0, left))
+
+    async def _guard_input(
+        self, call: GenerateCall, policy: str, route: RouteSpec, clock: _Clock
+    ) -> tuple[GenerateCall, list[common_pb2.GuardrailSummary], str | None]:
+        """The call with redacted input, the checks' summaries, and the block message when
+        one blocked. Every user message is checked (system prompts are the caller's own)."""
+        assert self.guard is not None
+        began = time.perf_counter()
+        if call.prompt is not None:
+            texts = [call.prompt]
+        else:
+            texts = [t.content for t in call.messages or () if t.role == "user"]
+        budget = self._check_budget()
+        verdicts = await asyncio.gather(*(
+            self.guard.check(call.context, common_pb2.DIRECTION_INPUT, policy, text, (),
+                             route.name, "", budget)
+            for text in texts
+        ))  # fmt: skip
+        clock.stage("guardrail_input", began)
+        summaries = [v.summary for v in verdicts]
+        blocked = next((v for v in verdicts if v.verdict == common_pb2.VERDICT_BLOCK), None)
+        if blocked is not None:
+            return call, summaries, blocked.block_message or "blocked by the input guardrail"
+        redacted = iter(v.text for v in verdicts)
+        if call.prompt is not None:
+            call = replace(call, prompt=next(redacted))
+        else:
+            turns = tuple(
+                ChatTurn(t.role, next(redacted)) if t.role == "user" else t
+                for t in call.messages or ()
+            )
+            call = replace(call, messages=turns)
+        return call, summaries, None
+
+    def _blocked(
+        self, route: RouteSpec, request_id: str, clock: _Clock,
+        summaries: list[common_pb2.GuardrailSummary], message: str, model: common_pb2.ModelRef,
+    ) -> Generated:  # fmt: skip
+        return Generated(
+            text="", finish="content_filter", usage=common_pb2.Usage(), model=model,
+            target_index=0, request_id=request_id, stages=tuple(clock.stages),
+            guardrails=tuple(summaries), block_message=message,
+        )  # fmt: skip
+
+    async def _guarded(
+        self, deltas: AsyncIterator[Delta], checker: StreamCheck, outcome: list[Released]
+    ) -> AsyncIterator[Delta]:
+        """``deltas`` through a streaming check: the released text, then the engine's final
+        delta. A BLOCK stops generating (the engine's stream is closed); ``outcome`` gets the
+        check's final answer."""
+        final: list[Delta] = []
+
+        async def pump() -> None:
+            try:
+                async for d in deltas:
+                    if d.text:
+                        await checker.write(d.text)
+                    if d.finish is not None:
+                        final.append(d)
+            finally:
+                await checker.done()
+
+        task = asyncio.create_task(pump())
+        try:
+            async for released in checker.released():
+                if released.text:
+                    yield Delta(released.text)
+                if released.final:
+                    outcome.append(released)
+                    break
+            if outcome and outcome[0].verdict == common_pb2.VERDICT_BLOCK:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LLMOpsError):
+                    await task
+            else:
+                await task  # the engine's own failure, if any
+        finally:
+            if not task.done():
+                task.cancel()
+                checker.cancel()
+        last = final[0] if final else Delta("", finish="cancelled")
+        yield last
+
     # -- unary ------------------------------------------------------------------------------
 
     async def generate(self, call: GenerateCall) -> Generated:
@@ -254,6 +422,17 @@ class Generation:
         model = common_pb2.ModelRef()
         try:
             table, route, sampling, request_id = self._prepare(call)
+            call = await self._render_template(call)
+            input_policy, output_policy = self._policies(call, route)
+            summaries: list[common_pb2.GuardrailSummary] = []
+            if input_policy:
+                call, summaries, blocked = await self._guard_input(call, input_policy, route, clock)
+                if blocked is not None:
+                    first = route.targets[0]
+                    model = await self.versions.ref(first.model, first.version, first.alias)
+                    result = self._blocked(route, request_id, clock, summaries, blocked, model)
+                    self._record(call, route, result, clock, "OK")
+                    return result
             last: LLMOpsError | None = None
             for index, target in enumerate(route.targets):
                 model = await self.versions.ref(target.model, target.version, target.alias)
@@ -273,14 +452,29 @@ class Generation:
                     )
                     continue
                 usage = self._usage(completion, queued, target)
+                text, finish, block = completion.text, completion.finish, ""
+                if output_policy and self.guard is not None:
+                    began = time.perf_counter()
+                    verdict = await self.guard.check(
+                        call.context, common_pb2.DIRECTION_OUTPUT, output_policy, text, (),
+                        route.name, "", self._check_budget(),
+                    )  # fmt: skip
+                    clock.stage("guardrail_output", began)
+                    summaries.append(verdict.summary)
+                    if verdict.verdict == common_pb2.VERDICT_BLOCK:
+                        text, block = "", verdict.block_message or "blocked by the output guardrail"
+                    else:
+                        text = verdict.text
                 result = Generated(
-                    text=completion.text,
-                    finish=completion.finish,
+                    text=text,
+                    finish="content_filter" if block else finish,
                     usage=usage,
                     model=model,
                     target_index=index,
                     request_id=request_id,
                     stages=tuple(clock.stages),
+                    guardrails=tuple(summaries),
+                    block_message=block,
                 )
                 self._record(call, route, result, clock, "OK")
                 return result
@@ -298,20 +492,38 @@ class Generation:
         model = common_pb2.ModelRef()
         try:
             table, route, sampling, request_id = self._prepare(call)
+            call = await self._render_template(call)
+            input_policy, output_policy = self._policies(call, route)
+            summaries: list[common_pb2.GuardrailSummary] = []
+            if input_policy:
+                call, summaries, blocked = await self._guard_input(call, input_policy, route, clock)
+                if blocked is not None:
+                    head = route.targets[0]
+                    model = await self.versions.ref(head.model, head.version, head.alias)
+                    yield StreamStart(model, 0, request_id)
+                    result = self._blocked(route, request_id, clock, summaries, blocked, model)
+                    self._record(call, route, result, clock, "OK")
+                    yield result
+                    return
             last: LLMOpsError | None = None
             for index, target in enumerate(route.targets):
                 model = await self.versions.ref(target.model, target.version, target.alias)
                 engine = self.engines.get(target.engine, table.engines[target.engine])
                 sent = False
+                outcome: list[Released] = []
                 try:
                     async with self.limiter(route, index).slot() as queued:
                         began = time.perf_counter()
                         first: float | None = None
                         parts: list[str] = []
                         final = None
-                        async for delta in engine.stream(
-                            self._request(call, target, sampling, request_id)
-                        ):
+                        source = engine.stream(self._request(call, target, sampling, request_id))
+                        if output_policy and self.guard is not None:
+                            checker = await self.guard.stream_check(
+                                call.context, output_policy, route.name
+                            )
+                            source = self._guarded(source, checker, outcome)
+                        async for delta in source:
                             if delta.text:
                                 if not sent:
                                     first = time.perf_counter()
@@ -334,6 +546,12 @@ class Generation:
                     continue
                 if not sent:
                     yield StreamStart(model, index, request_id)
+                block = ""
+                if outcome:
+                    if outcome[0].summary is not None:
+                        summaries.append(outcome[0].summary)
+                    if outcome[0].verdict == common_pb2.VERDICT_BLOCK:
+                        block = outcome[0].block_message or "blocked by the output guardrail"
                 total = ended - began
                 completion = Completion(
                     text="".join(parts),
@@ -346,14 +564,17 @@ class Generation:
                 usage = self._usage(completion, queued, target)
                 result = Generated(
                     text="",
-                    finish=completion.finish,
+                    finish="content_filter" if block else completion.finish,
                     usage=usage,
                     model=model,
                     target_index=index,
                     request_id=request_id,
                     stages=tuple(clock.stages),
+                    guardrails=tuple(summaries),
+                    block_message=block,
+                    retract=bool(block) and sent,
                 )
-                self._record(call, route, result, clock, "OK", completion.text)
+                self._record(call, route, result, clock, "OK", "" if block else completion.text)
                 yield result
                 return
             raise _exhausted(route, last) from last
@@ -406,6 +627,7 @@ class Generation:
         event.finish_reason = FINISH[result.finish]  # type: ignore[assignment]
         event.route_target_index = result.target_index
         event.usage.CopyFrom(u)
+        event.guardrails.extend(result.guardrails)
         if self.log_payloads:
             event.output.string_value = result.text if text is None else text
         self._publish(event)

@@ -527,7 +527,7 @@ class Pipeline:
         result = await self.generation.generate(
             GenerateCall(
                 route=route, messages=state.messages, sampling=sampling, context=ctx,
-                response_schema=s.json_schema, logged=False,
+                response_schema=s.json_schema, logged=False, guarded=False,
             )
         )  # fmt: skip
         state.model_us = int((time.perf_counter() - began) * 1e6)

@@ -8,7 +8,8 @@ text and metadata, a guardrail decision with its verdict, text and summary.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -66,6 +67,30 @@ class Verdict:
     summary: common_pb2.GuardrailSummary
 
 
+@dataclass(frozen=True, slots=True)
+class Released:
+    """One answer of a streaming check: text cleared for the client; the last one also says
+    how it ended."""
+
+    text: str
+    final: bool = False
+    verdict: int = 0
+    block_message: str = ""
+    summary: common_pb2.GuardrailSummary | None = None
+
+
+class StreamCheck(Protocol):
+    """An open streaming check (GuardrailService.CheckStream)."""
+
+    async def write(self, chunk: str) -> None: ...
+
+    async def done(self) -> None: ...
+
+    def released(self) -> AsyncIterator[Released]: ...
+
+    def cancel(self) -> None: ...
+
+
 class MeshPorts(Protocol):
     async def assign(
         self, context: common_pb2.RequestContext, unit_type: str, unit_id: str,
@@ -88,6 +113,10 @@ class MeshPorts(Protocol):
         self, context: common_pb2.RequestContext, direction: int, policy: str, text: str,
         facts: Sequence[tuple[str, str]], route: str, task: str, timeout_s: float,
     ) -> Verdict: ...  # fmt: skip
+
+    async def stream_check(
+        self, context: common_pb2.RequestContext, policy: str, route: str
+    ) -> StreamCheck: ...
 
 
 def python_value(v: common_pb2.Value) -> Any:
@@ -250,3 +279,51 @@ class GrpcPorts:
         )
         redacted = reply.redacted_text if reply.verdict == common_pb2.VERDICT_REDACT else text
         return Verdict(reply.verdict, redacted, reply.block_message, summary)
+
+    async def stream_check(
+        self, context: common_pb2.RequestContext, policy: str, route: str
+    ) -> StreamCheck:
+        call = self._stub(guardrail_pb2_grpc.GuardrailServiceStub).CheckStream()
+        config = guardrail_pb2.CheckStreamConfig(
+            context=context, direction=common_pb2.DIRECTION_OUTPUT, policy=policy, route=route
+        )
+        try:
+            await call.write(guardrail_pb2.CheckStreamRequest(config=config))
+        except grpc.aio.AioRpcError as exc:
+            raise _mapped(exc, "guardrail stream") from None
+        return _GrpcStreamCheck(call)
+
+
+class _GrpcStreamCheck:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    async def write(self, chunk: str) -> None:
+        try:
+            await self._call.write(guardrail_pb2.CheckStreamRequest(chunk=chunk))
+        except grpc.aio.AioRpcError as exc:
+            raise _mapped(exc, "guardrail stream") from None
+        except grpc.aio.UsageError:  # the server ended the stream (a BLOCK): stop writing
+            return
+
+    async def done(self) -> None:
+        with contextlib.suppress(grpc.aio.UsageError):
+            await self._call.done_writing()
+
+    async def released(self) -> AsyncIterator[Released]:
+        try:
+            async for r in self._call:
+                summary = None
+                if r.final:
+                    summary = common_pb2.GuardrailSummary(
+                        direction=common_pb2.DIRECTION_OUTPUT, policy=r.policy,
+                        policy_version=r.policy_version, verdict=r.verdict,
+                        finding_types=sorted({f.type for f in r.findings}),
+                        latency_us=r.latency_us, decision_id=r.decision_id,
+                    )  # fmt: skip
+                yield Released(r.released_text, r.final, r.verdict, r.block_message, summary)
+        except grpc.aio.AioRpcError as exc:
+            raise _mapped(exc, "guardrail stream") from None
+
+    def cancel(self) -> None:
+        self._call.cancel()

@@ -45,6 +45,7 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
     except KeyError:  # no governance service in this mesh: versions come from pins only
         governance = None
     versions = ModelVersions(governance, settings.alias_cache_s)
+    ports = GrpcPorts(ctx.clients.stub)
     generation = Generation(
         serving,
         engines,
@@ -53,12 +54,13 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
         InferenceMetrics(ctx.metrics),
         default_max_tokens=settings.default_max_tokens,
         log_payloads=settings.log_payloads,
+        guard=ports,
     )
     admin = RouteAdmin(serving, engines, versions)
     pipeline = Pipeline(
         serving,
         generation,
-        GrpcPorts(ctx.clients.stub),
+        ports,
         ctx.events,
         prompt_cache_s=settings.prompt_cache_s,
         allow_debug=settings.debug_allowed(ctx.mode),

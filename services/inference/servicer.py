@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 
-from llmops.errors import InvalidArgument, NotImplementedYet, PermissionDenied
+from llmops.errors import InvalidArgument, PermissionDenied
 from llmops.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from services.inference.admin import BACKENDS, RouteAdmin
 from services.inference.engine import ChatTurn, Role
@@ -23,7 +23,7 @@ from services.inference.generation import (
     StreamStart,
     StreamText,
 )
-from services.inference.pipeline import Pipeline, RunCall
+from services.inference.pipeline import Pipeline, RunCall, python
 from services.inference.routes import SamplingSpec
 
 ROLES: dict[int, Role] = {
@@ -60,11 +60,6 @@ def generate_call(
 ) -> GenerateCall:
     kind = m.WhichOneof("input")
     messages: tuple[ChatTurn, ...] | None = None
-    if kind == "prompt_template":
-        raise NotImplementedYet(
-            "prompt_template: registered templates arrive with the task pipeline (issue #13, "
-            "Run); send prompt or messages"
-        )
     if kind == "messages":
         turns = []
         for i, message in enumerate(m.messages.messages):
@@ -78,13 +73,23 @@ def generate_call(
         raise PermissionDenied(
             "guardrails.skip: not allowed for this caller (no governance policy grants it)"
         )
+    template = None
+    if kind == "prompt_template":
+        ref = m.prompt_template
+        if not ref.name:
+            raise InvalidArgument("prompt_template.name", "required")
+        template = (ref.name, int(ref.version), ref.alias)
     return GenerateCall(
         route=m.route,
+        template=template,
+        variables={k: python(v) for k, v in m.variables.items()},
         prompt=m.prompt if kind == "prompt" else None,
         messages=messages,
         sampling=sampling_fields(m.sampling),
         context=m.context,
         response_schema=schema,
+        input_policy=m.guardrails.input_policy,
+        output_policy=m.guardrails.output_policy,
     )
 
 
@@ -106,6 +111,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             stages=r.stages,
             request_id=r.request_id,
             ai_generated=True,
+            guardrails=r.guardrails,
+            block_message=r.block_message,
         )
 
     async def GenerateStream(
@@ -174,6 +181,9 @@ def _last_chunk(index: int, r: Generated) -> inference_pb2.GenerateStreamRespons
         finish_reason=FINISH[r.finish],  # type: ignore[arg-type]
         usage=r.usage,
         stages=r.stages,
+        guardrails=r.guardrails,
+        retract=r.retract,
+        block_message=r.block_message,
     )
 
 
