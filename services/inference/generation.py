@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import jinja2
@@ -46,6 +47,7 @@ from services.inference.engine import (
     ChatTurn,
     Completion,
     Delta,
+    Engine,
     EngineRequest,
     Finish,
     Sampling,
@@ -55,7 +57,23 @@ from services.inference.limits import TargetLimiter
 from services.inference.metrics import InferenceMetrics
 from services.inference.models import ModelVersions
 from services.inference.ports import MeshPorts, Released, StreamCheck
+from services.inference.resilience import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    CircuitBreaker,
+    CircuitOpen,
+    RetryBudget,
+)
 from services.inference.routes import RouteSpec, RouteTable, SamplingSpec, TargetSpec
+from services.inference.state import (
+    NANOS,
+    Budgets,
+    Limit,
+    Reservation,
+    ResponseCache,
+    cache_key,
+)
 from services.inference.tasks import TEMPLATES
 
 log = structlog.get_logger("llmops.inference")
@@ -77,6 +95,7 @@ _CODES = (
 STATUS_NUMBER = {name: number for number, name in enumerate(_CODES.split(" "))}
 """gRPC status names to their numbers (PredictionEvent.status_code), without importing grpc."""
 TEMPLATE_CACHE_S = 30.0
+BREAKER_STATES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 MAX_PROMPT_CHARS = 1_000_000
 MAX_MESSAGES = 256
 
@@ -98,6 +117,8 @@ class GenerateCall:
     input_policy: str = ""
     output_policy: str = ""
     """GuardrailOptions: empty takes the route's policy."""
+    skip_cache: bool = False
+    """Read nothing from the response cache (the result is still written to it)."""
     template: tuple[str, int, str] | None = None
     """A registered prompt template (name, version, alias), rendered with ``variables`` into
     the user message."""
@@ -117,6 +138,7 @@ class Generated:
     block_message: str = ""
     retract: bool = False
     """A stream whose output a guardrail blocked after text went out: discard it all."""
+    cache_hit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +252,10 @@ class Generation:
         default_max_tokens: int = 256,
         log_payloads: bool = False,
         guard: MeshPorts | None = None,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 10.0,
+        cache: ResponseCache | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         """``guard``: the guardrail service (None: no policies are applied)."""
         self.serving = serving
@@ -241,6 +267,12 @@ class Generation:
         self.log_payloads = log_payloads
         self.guard = guard
         self._templates: dict[tuple[str, int, str], tuple[int, jinja2.Template, float]] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._retry_budgets: dict[str, RetryBudget] = {}
+        self.breaker_failures = breaker_failures
+        self.cache = cache
+        self.budgets = budgets
+        self.breaker_cooldown_s = breaker_cooldown_s
         self._limiters: dict[tuple[str, int, str], TargetLimiter] = {}
 
     def limiter(self, route: RouteSpec, index: int) -> TargetLimiter:
@@ -284,6 +316,143 @@ class Generation:
             timeout_s=timeout,
             request_id=request_id,
         )
+
+    # -- resilience -------------------------------------------------------------------------
+
+    def breaker(self, engine: str) -> CircuitBreaker:
+        found = self._breakers.get(engine)
+        if found is None:
+            found = self._breakers[engine] = CircuitBreaker(
+                engine, self.breaker_failures, self.breaker_cooldown_s
+            )
+        return found
+
+    def _observe(self, breaker: CircuitBreaker) -> None:
+        self.metrics.breaker.labels(breaker.name).set(BREAKER_STATES[breaker.state])
+
+    async def _call_target(
+        self, route: RouteSpec, index: int, engine: Engine, request: EngineRequest,
+        clock: _Clock,
+    ) -> tuple[Completion, float]:  # fmt: skip
+        """One target, behind its breaker and its limit; an UNAVAILABLE is retried once when
+        the route's retry budget and the deadline allow."""
+        breaker = self.breaker(route.targets[index].engine)
+        retries = self._retry_budgets.setdefault(route.name, RetryBudget())
+        attempt = 0
+        while True:
+            breaker.before()
+            try:
+                async with self.limiter(route, index).slot() as queued:
+                    began = time.perf_counter()
+                    completion = await engine.generate(request)
+                    clock.stage("model", began)
+            except CircuitOpen:
+                raise
+            except Unavailable:
+                breaker.failure()
+                self._observe(breaker)
+                left = remaining_time()
+                if attempt == 0 and (left is None or left > 0.05) and retries.spend():
+                    attempt += 1
+                    self.metrics.retries.labels(route.name).inc()
+                    continue
+                raise
+            except BaseException:
+                breaker.release()  # overload, a bad request, the caller left: not the backend
+                raise
+            breaker.success()
+            self._observe(breaker)
+            retries.earn()
+            return completion, queued
+
+    # -- cache and budgets ------------------------------------------------------------------
+
+    async def _cache_key(
+        self, call: GenerateCall, route: RouteSpec, sampling: Sampling, output_policy: str
+    ) -> str | None:
+        """The response cache key, or None when the route does not cache or the call is not
+        deterministic (sampled without a seed)."""
+        if self.cache is None or route.cache_ttl_s <= 0:
+            return None
+        if sampling.temperature > 0 and sampling.seed is None:
+            return None
+        head = route.targets[0]
+        ref = await self.versions.ref(head.model, head.version, head.alias)
+        return cache_key({
+            "route": route.name, "targets": [repr(t) for t in route.targets],
+            "version": ref.version, "prompt": call.prompt,
+            "messages": [(t.role, t.content) for t in call.messages or ()],
+            "sampling": asdict(sampling), "schema": call.response_schema, "out": output_policy,
+        })  # fmt: skip
+
+    async def _cached(
+        self, key: str | None, call: GenerateCall, route: RouteSpec, request_id: str,
+        clock: _Clock, summaries: list[common_pb2.GuardrailSummary],
+    ) -> Generated | None:  # fmt: skip
+        if key is None or self.cache is None:
+            return None
+        if call.skip_cache:
+            self.metrics.cache.labels(route.name, "skip").inc()
+            return None
+        began = time.perf_counter()
+        raw = await self.cache.get(key)
+        clock.stage("cache", began)
+        self.metrics.cache.labels(route.name, "hit" if raw else "miss").inc()
+        if raw is None:
+            return None
+        doc = json.loads(raw)
+        usage = common_pb2.Usage(
+            prompt_tokens=doc["prompt_tokens"], completion_tokens=doc["completion_tokens"]
+        )
+        usage.cost.currency_code = doc["currency"]  # nothing was spent on a model
+        return Generated(
+            text=doc["text"], finish=doc["finish"], usage=usage,
+            model=common_pb2.ModelRef(name=doc["model"], version=doc["version"],
+                                      alias=doc["alias"]),
+            target_index=doc["target"], request_id=request_id, stages=tuple(clock.stages),
+            guardrails=tuple(summaries), cache_hit=True,
+        )  # fmt: skip
+
+    async def _store(self, key: str | None, route: RouteSpec, result: Generated, text: str) -> None:
+        if key is None or self.cache is None or result.block_message:
+            return
+        if result.finish not in ("end_of_sequence", "stop_sequence", "length"):
+            return  # a cut-short answer (timeout, cancelled) is not the answer
+        u = result.usage
+        doc = {
+            "text": text, "finish": result.finish, "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens, "currency": u.cost.currency_code,
+            "model": result.model.name, "version": result.model.version,
+            "alias": result.model.alias, "target": result.target_index,
+        }  # fmt: skip
+        await self.cache.put(key, json.dumps(doc).encode(), route.cache_ttl_s)
+
+    async def _reserve(
+        self, table: RouteTable, route: RouteSpec, call: GenerateCall, sampling: Sampling
+    ) -> Reservation | None:
+        """The call's worst case held against its tenant's daily budget (RESOURCE_EXHAUSTED
+        when it does not fit): prompt tokens estimated at 4 characters each, plus max_tokens,
+        at the dearest target's prices."""
+        tenant = call.context.tenant
+        spec = table.budget(tenant)
+        if self.budgets is None or spec is None:
+            return None
+        chars = len(call.prompt or "") + sum(len(t.content) for t in call.messages or ())
+        prompt_tokens = chars // 4 + 1
+        tokens = prompt_tokens + sampling.max_tokens
+        cost = max(
+            (t.price_per_million.prompt * prompt_tokens
+             + t.price_per_million.completion * sampling.max_tokens) / 1e6
+            for t in route.targets
+        )  # fmt: skip
+        limit = Limit(spec.tokens_per_day, int(spec.cost_per_day * NANOS))
+        return await self.budgets.reserve(tenant or "*", limit, tokens, int(cost * NANOS))
+
+    async def _settle(self, reservation: Reservation | None, usage: common_pb2.Usage) -> None:
+        if reservation is None or self.budgets is None:
+            return
+        spent = usage.prompt_tokens + usage.completion_tokens
+        await self.budgets.settle(reservation, spent, usage.cost.units * NANOS + usage.cost.nanos)
 
     # -- registered templates ---------------------------------------------------------------
 
@@ -433,55 +602,74 @@ class Generation:
                     result = self._blocked(route, request_id, clock, summaries, blocked, model)
                     self._record(call, route, result, clock, "OK")
                     return result
-            last: LLMOpsError | None = None
-            for index, target in enumerate(route.targets):
-                model = await self.versions.ref(target.model, target.version, target.alias)
-                engine = self.engines.get(target.engine, table.engines[target.engine])
-                try:
-                    async with self.limiter(route, index).slot() as queued:
-                        began = time.perf_counter()
-                        completion = await engine.generate(
-                            self._request(call, target, sampling, request_id)
-                        )
-                        clock.stage("model", began)
-                except FALLBACK_ON as exc:
-                    last = exc
-                    self.metrics.fallbacks.labels(route.name, str(index)).inc()
-                    log.warning(
-                        "route_target_failed", route=route.name, target=index, error=str(exc)
-                    )
-                    continue
-                usage = self._usage(completion, queued, target)
-                text, finish, block = completion.text, completion.finish, ""
-                if output_policy and self.guard is not None:
-                    began = time.perf_counter()
-                    verdict = await self.guard.check(
-                        call.context, common_pb2.DIRECTION_OUTPUT, output_policy, text, (),
-                        route.name, "", self._check_budget(),
-                    )  # fmt: skip
-                    clock.stage("guardrail_output", began)
-                    summaries.append(verdict.summary)
-                    if verdict.verdict == common_pb2.VERDICT_BLOCK:
-                        text, block = "", verdict.block_message or "blocked by the output guardrail"
-                    else:
-                        text = verdict.text
-                result = Generated(
-                    text=text,
-                    finish="content_filter" if block else finish,
-                    usage=usage,
-                    model=model,
-                    target_index=index,
-                    request_id=request_id,
-                    stages=tuple(clock.stages),
-                    guardrails=tuple(summaries),
-                    block_message=block,
+            key = await self._cache_key(call, route, sampling, output_policy)
+            hit = await self._cached(key, call, route, request_id, clock, summaries)
+            if hit is not None:
+                self._record(call, route, hit, clock, "OK")
+                return hit
+            reservation = await self._reserve(table, route, call, sampling)
+            try:
+                result = await self._generate_targets(
+                    call, table, route, sampling, request_id, clock, summaries, output_policy
                 )
-                self._record(call, route, result, clock, "OK")
-                return result
-            raise _exhausted(route, last) from last
+            except BaseException:
+                await self._settle(reservation, common_pb2.Usage())
+                raise
+            await self._settle(reservation, result.usage)
+            await self._store(key, route, result, result.text)
+            self._record(call, route, result, clock, "OK")
+            return result
         except LLMOpsError as exc:
             self._record_error(call, route, model, request_id, clock, exc)
             raise
+
+    async def _generate_targets(
+        self, call: GenerateCall, table: RouteTable, route: RouteSpec, sampling: Sampling,
+        request_id: str, clock: _Clock, summaries: list[common_pb2.GuardrailSummary],
+        output_policy: str,
+    ) -> Generated:  # fmt: skip
+        """The route's targets in order until one answers (its output checked)."""
+        last: LLMOpsError | None = None
+        for index, target in enumerate(route.targets):
+            model = await self.versions.ref(target.model, target.version, target.alias)
+            engine = self.engines.get(target.engine, table.engines[target.engine])
+            try:
+                completion, queued = await self._call_target(
+                    route, index, engine, self._request(call, target, sampling, request_id),
+                    clock,
+                )  # fmt: skip
+            except FALLBACK_ON as exc:
+                last = exc
+                self.metrics.fallbacks.labels(route.name, str(index)).inc()
+                log.warning("route_target_failed", route=route.name, target=index, error=str(exc))
+                continue
+            usage = self._usage(completion, queued, target)
+            text, finish, block = completion.text, completion.finish, ""
+            if output_policy and self.guard is not None:
+                began = time.perf_counter()
+                verdict = await self.guard.check(
+                    call.context, common_pb2.DIRECTION_OUTPUT, output_policy, text, (),
+                    route.name, "", self._check_budget(),
+                )  # fmt: skip
+                clock.stage("guardrail_output", began)
+                summaries.append(verdict.summary)
+                if verdict.verdict == common_pb2.VERDICT_BLOCK:
+                    text, block = "", verdict.block_message or "blocked by the output guardrail"
+                else:
+                    text = verdict.text
+            result = Generated(
+                text=text,
+                finish="content_filter" if block else finish,
+                usage=usage,
+                model=model,
+                target_index=index,
+                request_id=request_id,
+                stages=tuple(clock.stages),
+                guardrails=tuple(summaries),
+                block_message=block,
+            )
+            return result
+        raise _exhausted(route, last) from last
 
     # -- streaming --------------------------------------------------------------------------
 
@@ -490,6 +678,8 @@ class Generation:
         route: RouteSpec | None = None
         request_id = call.context.request_id or ""
         model = common_pb2.ModelRef()
+        reservation: Reservation | None = None
+        settled = False
         try:
             table, route, sampling, request_id = self._prepare(call)
             call = await self._render_template(call)
@@ -505,13 +695,24 @@ class Generation:
                     self._record(call, route, result, clock, "OK")
                     yield result
                     return
+            key = await self._cache_key(call, route, sampling, output_policy)
+            hit = await self._cached(key, call, route, request_id, clock, summaries)
+            if hit is not None:
+                yield StreamStart(hit.model, hit.target_index, request_id)
+                yield StreamText(hit.text)
+                self._record(call, route, hit, clock, "OK")
+                yield replace(hit, text="")
+                return
+            reservation = await self._reserve(table, route, call, sampling)
             last: LLMOpsError | None = None
             for index, target in enumerate(route.targets):
                 model = await self.versions.ref(target.model, target.version, target.alias)
                 engine = self.engines.get(target.engine, table.engines[target.engine])
                 sent = False
                 outcome: list[Released] = []
+                breaker = self.breaker(target.engine)
                 try:
+                    breaker.before()
                     async with self.limiter(route, index).slot() as queued:
                         began = time.perf_counter()
                         first: float | None = None
@@ -536,6 +737,11 @@ class Generation:
                         ended = time.perf_counter()
                         clock.stage("model", began, ended)
                 except FALLBACK_ON as exc:
+                    if isinstance(exc, Unavailable) and not isinstance(exc, CircuitOpen):
+                        breaker.failure()
+                        self._observe(breaker)
+                    else:
+                        breaker.release()
                     if sent:
                         raise  # text already went out: no silent switch to another model
                     last = exc
@@ -544,6 +750,11 @@ class Generation:
                         "route_target_failed", route=route.name, target=index, error=str(exc)
                     )
                     continue
+                except BaseException:
+                    breaker.release()
+                    raise
+                breaker.success()
+                self._observe(breaker)
                 if not sent:
                     yield StreamStart(model, index, request_id)
                 block = ""
@@ -574,6 +785,10 @@ class Generation:
                     block_message=block,
                     retract=bool(block) and sent,
                 )
+                await self._settle(reservation, usage)
+                settled = True
+                await self._store(key, route, replace(result, block_message=block),
+                                  completion.text)  # fmt: skip
                 self._record(call, route, result, clock, "OK", "" if block else completion.text)
                 yield result
                 return
@@ -581,6 +796,9 @@ class Generation:
         except LLMOpsError as exc:
             self._record_error(call, route, model, request_id, clock, exc)
             raise
+        finally:
+            if not settled:  # failed, or the client went away: release what was held
+                await self._settle(reservation, common_pb2.Usage())
 
     # -- accounting -------------------------------------------------------------------------
 
@@ -628,6 +846,7 @@ class Generation:
         event.route_target_index = result.target_index
         event.usage.CopyFrom(u)
         event.guardrails.extend(result.guardrails)
+        event.cache_hit = result.cache_hit
         if self.log_payloads:
             event.output.string_value = result.text if text is None else text
         self._publish(event)

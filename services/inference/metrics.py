@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _PER_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32)
@@ -47,6 +47,24 @@ class InferenceMetrics:
             "llmops_inference_fallbacks_total",
             "Route targets that failed over to the next (by route and failed target index).",
             ["route", "target"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "llmops_inference_retries_total",
+            "Target calls retried after UNAVAILABLE (within the route's retry budget).",
+            ["route"],
+            registry=registry,
+        )
+        self.breaker = Gauge(
+            "llmops_inference_breaker_state",
+            "Circuit breaker of each engine: 0 closed, 1 half-open, 2 open.",
+            ["engine"],
+            registry=registry,
+        )
+        self.cache = Counter(
+            "llmops_inference_cache_total",
+            "Response cache lookups by route and outcome (hit, miss, skip).",
+            ["route", "outcome"],
             registry=registry,
         )
         self.unlogged = Counter(

@@ -76,6 +76,7 @@ class RunCall:
     inputs: Mapping[str, common_pb2.Value]
     context: common_pb2.RequestContext = field(default_factory=common_pb2.RequestContext)
     debug: bool = False
+    skip_cache: bool = False
 
 
 @dataclass
@@ -103,6 +104,7 @@ class _State:
     skipped: list[str] = field(default_factory=list)
     model_us: int = 0
     target_index: int = 0
+    cache_hit: bool = False
 
     def values(self) -> dict[str, Any]:
         """What templates see: the inputs by name, and features, passages, params."""
@@ -419,7 +421,7 @@ class Pipeline:
         elif isinstance(s, GuardrailInputStep):
             await self._guard_input(task, s, state, ctx, budget)
         elif isinstance(s, ModelStep):
-            await self._model(task, s, state, ctx)
+            await self._model(task, s, state, call)
         elif isinstance(s, GuardrailOutputStep):
             await self._guard_output(task, s, state, ctx, budget)
         elif isinstance(s, PostprocessStep) and s.output == "passages":
@@ -509,9 +511,8 @@ class Pipeline:
         if redacted and state.prompt_template is not None:
             self._render(state)  # the model sees the redacted texts only
 
-    async def _model(
-        self, task: CompiledTask, s: ModelStep, state: _State, ctx: common_pb2.RequestContext
-    ) -> None:
+    async def _model(self, task: CompiledTask, s: ModelStep, state: _State, call: RunCall) -> None:
+        ctx = call.context
         variant = state.variant
         route = variant.route if variant is not None and variant.route else s.route
         if route not in self.serving.current.routes.routes:
@@ -528,6 +529,7 @@ class Pipeline:
             GenerateCall(
                 route=route, messages=state.messages, sampling=sampling, context=ctx,
                 response_schema=s.json_schema, logged=False, guarded=False,
+                skip_cache=call.skip_cache,
             )
         )  # fmt: skip
         state.model_us = int((time.perf_counter() - began) * 1e6)
@@ -537,6 +539,7 @@ class Pipeline:
         state.text = result.text
         state.finish = FINISH[result.finish]
         state.target_index = result.target_index
+        state.cache_hit = result.cache_hit
 
     async def _guard_output(
         self, task: CompiledTask, s: GuardrailOutputStep, state: _State,
@@ -583,6 +586,7 @@ class Pipeline:
             model_version=state.model.version,
             experiment_id=state.variant.experiment_id if state.variant else "",
             variant=state.variant.variant if state.variant else "",
+            cache_hit=state.cache_hit,
             total_latency_us=int((time.perf_counter() - start) * 1e6),
             status_code=STATUS_NUMBER.get(code, 2),
             usage=state.usage,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
 from llmops.plugin import ServicePlugin
-from llmops.settings import Settings, Switch, switched_on
+from llmops.settings import Settings, Switch, by_mode, switched_on
 
 _REPO_ROUTES = Path(__file__).resolve().parents[2] / "deploy" / "inference"
 _REPO_TASKS = Path(__file__).resolve().parents[2] / "deploy" / "tasks"
@@ -55,6 +56,20 @@ class InferenceSettings(Settings):
         description="Honour RunRequest.debug (the rendered prompt and intermediate values in "
         "the response; auto: embedded mode only).",
     )
+    state: Literal["auto", "memory", "redis"] = Field(
+        "auto",
+        description="Where the response cache and the tenant budgets live: memory (one "
+        "process) or redis (shared by replicas; backends.redis); auto: by mode.",
+    )
+    cache_max_entries: int = Field(
+        10_000, ge=1, description="Entries of the in-process response cache (LRU)."
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failures that open an engine's circuit breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="How long an open breaker refuses calls before a trial call."
+    )
     log_payloads: bool = Field(
         False,
         description="Put prompts and outputs into prediction events (PredictionEvent.inputs / "
@@ -63,6 +78,9 @@ class InferenceSettings(Settings):
 
     def preloads(self) -> bool:
         return switched_on(self.preload, auto=True)
+
+    def state_backend(self, mode: str) -> Literal["memory", "redis"]:
+        return by_mode(self.state, mode, "memory", "redis")
 
     def debug_allowed(self, mode: str) -> bool:
         return switched_on(self.allow_debug, auto=mode == "embedded")
@@ -74,5 +92,5 @@ PLUGIN = ServicePlugin(
     summary="LLM generation, task runs",
     settings=InferenceSettings,
     settings_key="inference",
-    backends=frozenset({"events", "state_dir"}),
+    backends=frozenset({"events", "state_dir", "redis"}),
 )

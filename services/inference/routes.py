@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,9 +147,19 @@ class RouteSpec(_Strict):
         return self
 
 
+class BudgetSpec(_Strict):
+    """A tenant's daily (UTC) limits; 0 = none."""
+
+    tokens_per_day: int = Field(0, ge=0)
+    cost_per_day: float = Field(0.0, ge=0)
+    """In the accounting currency (the targets' price currency)."""
+
+
 class RoutesFile(_Strict):
     engines: dict[str, EngineSpec] = Field(default_factory=dict)
     routes: list[RouteSpec] = Field(default_factory=list)
+    budgets: dict[str, BudgetSpec] = Field(default_factory=dict)
+    """Tenant -> daily limits; ``"*"`` applies to tenants without their own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +170,10 @@ class RouteTable:
     engines: dict[str, EngineSpec]
     revision: str
     sources: tuple[str, ...] = ()
+    budgets: dict[str, BudgetSpec] = field(default_factory=dict)
+
+    def budget(self, tenant: str) -> BudgetSpec | None:
+        return self.budgets.get(tenant) or self.budgets.get("*")
 
     def route(self, name: str, field: str = "route") -> RouteSpec:
         found = self.routes.get(name)
@@ -179,6 +193,12 @@ def load_routes(paths: Sequence[Path]) -> RouteTable:
     loaded = load_yaml_files(paths, RoutesFile, RouteError)
     engines: dict[str, tuple[EngineSpec, str]] = {}
     routes: dict[str, tuple[RouteSpec, str]] = {}
+    budgets: dict[str, BudgetSpec] = {}
+    for file in loaded.files:
+        for tenant, limits in file.spec.budgets.items():
+            if tenant in budgets:
+                raise RouteError(f"{file.label}: budgets.{tenant}", "already defined")
+            budgets[tenant] = limits
     for file in loaded.files:
         for name, engine in file.spec.engines.items():
             if not _NAME.match(name):
@@ -205,4 +225,5 @@ def load_routes(paths: Sequence[Path]) -> RouteTable:
         engines={n: e for n, (e, _) in sorted(engines.items())},
         revision=loaded.revision,
         sources=loaded.sources,
+        budgets=budgets,
     )

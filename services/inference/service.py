@@ -21,6 +21,13 @@ from services.inference.pipeline import Pipeline
 from services.inference.plugin import InferenceSettings
 from services.inference.ports import GrpcPorts
 from services.inference.servicer import InferenceAdminServicer, InferenceServicer
+from services.inference.state import (
+    Budgets,
+    MemoryBudgets,
+    MemoryCache,
+    RedisState,
+    ResponseCache,
+)
 
 log = structlog.get_logger("llmops.inference")
 
@@ -46,6 +53,14 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
         governance = None
     versions = ModelVersions(governance, settings.alias_cache_s)
     ports = GrpcPorts(ctx.clients.stub)
+    cache: ResponseCache
+    budgets: Budgets
+    redis_state: RedisState | None = None
+    if settings.state_backend(ctx.mode) == "redis":
+        redis_state = RedisState(ctx.backends.redis_url)
+        cache = budgets = redis_state
+    else:
+        cache, budgets = MemoryCache(settings.cache_max_entries), MemoryBudgets()
     generation = Generation(
         serving,
         engines,
@@ -55,6 +70,10 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
         default_max_tokens=settings.default_max_tokens,
         log_payloads=settings.log_payloads,
         guard=ports,
+        breaker_failures=settings.breaker_failures,
+        breaker_cooldown_s=settings.breaker_cooldown_s,
+        cache=cache,
+        budgets=budgets,
     )
     admin = RouteAdmin(serving, engines, versions)
     pipeline = Pipeline(
@@ -78,6 +97,8 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
 
     async def close() -> None:
         await asyncio.gather(*(engine.close() for _, _, engine in engines.items()))
+        if redis_state is not None:
+            await redis_state.close()
 
     watch = serving.watch(paths, settings.reload_interval_s)
     return ServiceDefinition(

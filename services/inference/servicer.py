@@ -88,6 +88,7 @@ def generate_call(
         sampling=sampling_fields(m.sampling),
         context=m.context,
         response_schema=schema,
+        skip_cache=m.skip_cache,
         input_policy=m.guardrails.input_policy,
         output_policy=m.guardrails.output_policy,
     )
@@ -113,6 +114,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             ai_generated=True,
             guardrails=r.guardrails,
             block_message=r.block_message,
+            cache_hit=r.cache_hit,
         )
 
     async def GenerateStream(
@@ -143,6 +145,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 inputs=dict(request.inputs),
                 context=request.context,
                 debug=request.debug,
+                skip_cache=request.skip_cache,
             )
         )
         state = r.state
@@ -157,6 +160,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             total_latency_us=r.total_us,
             overhead_us=max(0, r.total_us - state.model_us),
             usage=state.usage,
+            cache_hit=state.cache_hit,
             finish_reason=state.finish,  # type: ignore[arg-type]
             feature_vector_hash=r.feature_vector_hash,
             prediction_id=r.prediction_id,

@@ -131,6 +131,18 @@ class Events:
         return True
 
 
+OPEN_ENGINES: list[EngineRegistry] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_engines() -> AsyncIterator[None]:
+    """Close the HTTP sessions of the engines a test built."""
+    yield
+    while OPEN_ENGINES:
+        for _, _, engine in OPEN_ENGINES.pop().items():
+            await engine.close()
+
+
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = await start_upstream(reply_tokens=6)
@@ -150,6 +162,7 @@ def build(tmp_path: Path, url: str, tasks: str = TASKS) -> tuple[Pipeline, Ports
     )
     engines = EngineRegistry()
     engines.update(serving.current.routes.engines)
+    OPEN_ENGINES.append(engines)
     events = Events()
     port = ServiceEvents("inference", lambda: events)  # type: ignore[arg-type, return-value]
     generation = Generation(

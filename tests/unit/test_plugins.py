@@ -112,9 +112,9 @@ def test_a_service_reaches_only_the_backends_it_declared(tmp_path: Path) -> None
     with Backends(config) as backends:
         clients = MeshClient(config)
         inference = build_context(SERVICES["inference"], config, backends, clients)
-        assert SERVICES["inference"].backends == {"events", "state_dir"}
-        with pytest.raises(FailedPrecondition, match="backend 'redis' without declaring"):
-            _ = inference.backends.redis_url
+        assert SERVICES["inference"].backends == {"events", "state_dir", "redis"}
+        with pytest.raises(FailedPrecondition, match="backend 'clickhouse' without declaring"):
+            inference.backends.clickhouse()
         feedback = build_context(SERVICES["feedback"], config, backends, clients)
         with pytest.raises(FailedPrecondition, match="backend 'state_dir' without declaring"):
             _ = feedback.backends.state_dir
