@@ -11,17 +11,27 @@ Embed cases, on storefront-like texts (synthetic property descriptions, 15-40 wo
 
 Search cases (issue #12), on N storefront texts embedded by the model itself, not random
 vectors (N = 100,000; ``--quick``: 10,000), 384-d, L2-normalised. The queries are the vectors
-of the next 1,000 (quick: 300) texts of the same generator, held out of the collection; the
+of the next 1,000 (quick: 150) texts of the same generator, held out of the collection; the
 ground truth is their exact top-10 by inner product (numpy), and, for the filtered case, the
 exact top-10 among the items of the query's city. The vectors are embedded once, in-process,
 with the project's encoder and cached under ``.llmops/bench/embedding-vectors/`` (keyed by
 model, seed and count; a longer cache serves a shorter run, a shorter one is extended):
 **the first full run spends several minutes embedding** (~160-500 texts/s on 2 cores: ~10
 min for 101,000 texts), the first quick run about a minute; later runs load the ``.npy``.
-``--quick`` takes ~80-110 s once the vectors are cached and the baseline venvs exist (Embed
-cases ~20 s, llmops search cases ~15-25 s, the three baselines ~40 s): over BENCH.md's 60 s,
-because every system loads 10,000 vectors and milvus-lite answers in ~6 ms a call. The first
-quick run adds ~1 min of embedding and ~1 min of venv installs.
+
+``--quick`` (measured on this 2-core box, vectors cached, venvs present): ~44 s when the box is
+otherwise idle, of which the Embed cases ~8 s, the llmops search cases ~11 s (the two restarts
+~4.5 s of it), milvus-lite ~10 s (it answers in ~6 ms a call, and its first searches after
+loading are slower still), chromadb ~6 s, chromadb-server ~8 s, usearch ~1 s; with another
+CPU-bound process on the box it has taken ~61 s (the Embed cases alone 19 s). Quick shrinks
+the counts, not the cases: 8 Embed batches of 32 (full 120) and 200 single texts (full 3,000),
+150 held-out queries (full 1,000), a warm-up of 20 searches (full 200), and every timed
+search phase stops after 1,000 calls or 0.75 s, whichever comes first (``n`` in the case; the
+full run always makes its 5,000 calls), so the slow systems' quick p99 rests on ~100-150
+calls. The first quick run adds ~1 min of embedding and ~1 min of venv installs. The full run
+takes ~30 min, most of it milvus-lite (~40 ms a search at 100k: ~14 min) and the chromadb
+filtered searches (~48 ms: ~5 min each). The systems run one after the other, never side by
+side: on 2 cores a second one would take CPU from the one being timed.
 
   upsert_b1000     Upsert of the N vectors through gRPC in calls of 1,000 into an HNSW
                    collection (cosine, m 32, ef_construction 64, metadata field city), with
@@ -30,10 +40,22 @@ quick run adds ~1 min of embedding and ~1 min of venv installs.
   search_k10       Search k=10 by vector through gRPC, one call at a time, at the smallest
                    ``ef_search`` of a ladder whose recall@10 over all queries is >= 0.95 (each
                    rung's recall in ``recall_ladder``): p50/p99, rps, recall_at_10
-  search_k10_city  the same with the filter city == the query's city (1 of 8 cities, ~12.5 %
-                   of the items; at most 4,096 matches are searched exactly, more go through
-                   HNSW with an id selector: ``filter_path``), recall against the exact
-                   filtered top-10
+  search_k10_c8    the same searches at the same ``ef_search`` with 8 in flight: 8 coroutines
+                   of the bench's asyncio gRPC client (uvloop, one channel), each sending its
+                   next Search when the last one is answered; rps = calls / wall time, p50/p99
+                   per call as the caller saw it, ``concurrency`` 8. Measured on this box:
+                   at 8 in flight the client takes ~0.3 of a core (~230 us of CPU a call) and
+                   the service ~1.1 cores (~750 us a call), so the 2 cores are not saturated:
+                   the service's request path (not the collection's search: ~60 us at 10k
+                   items, ~110 us at 100k, in-process) bounds it at ~1,400-1,500 rps
+  search_k10_city  search_k10 with the filter city == the query's city (1 of 8 cities, ~12.5 %
+                   of the items; at most ``collection.EXACT_FILTER_MAX`` (512) matches are
+                   searched exactly, more, as here, go through HNSW with an id selector:
+                   ``filter_path``), recall against the exact filtered top-10. NB: on these
+                   texts the unfiltered top-10 already lies in the query's city (all of it at
+                   10k and at 100k: the city is in the text), so the filter never removes a
+                   true neighbour and this case measures the filter's cost, not its effect on
+                   recall
   hnsw_build       in-process ``VectorCollection`` on the same vectors (no gRPC, no log): the
                    time to build the HNSW index of N items by upserts of 1,000 (the case's
                    latency), then ``rebuild()`` after deleting 10 % (``rebuild_s``)
@@ -46,18 +68,23 @@ quick run adds ~1 min of embedding and ~1 min of venv installs.
 The baselines run on the same vectors, queries and ground truth, each from a venv of its own
 (:mod:`benchmarks.vector_baselines`, harness ``vector_baselines_harness.py``), HNSW with M 32 /
 ef_construction 64 and tuned on the same ef ladder to recall@10 >= 0.95, the same number of
-sequential searches: ``milvus-lite`` (pymilvus ``MilvusClient`` on a local ``.db``: milvus-lite
-3 serves it from a gRPC server on a thread of the harness process), ``chromadb``
-(``PersistentClient``, its Rust core in-process) and ``usearch`` (in-process). Ours goes
-through gRPC to another process that shares the same 2 cores with the caller; theirs run in
-the caller's process. A baseline that cannot be installed or fails is reported as skipped on
+searches (the concurrent case from 8 threads of the harness at the ef the ladder chose):
+``milvus-lite`` (pymilvus ``MilvusClient`` on a local ``.db``: milvus-lite 3 serves it from a
+gRPC server on a thread of the harness process), ``chromadb`` (``PersistentClient``, its Rust
+core in-process), ``chromadb-server`` (the like-for-like: ``chromadb.HttpClient`` over HTTP to
+the ``chroma run`` server that chromadb's pip package ships, a process of its own on loopback
+started and stopped by the harness, in the chromadb venv) and ``usearch`` (in-process). Ours
+goes through gRPC to another process that shares the same 2 cores with the caller; so does
+chromadb-server's HTTP; the others run in the caller's process. A baseline that cannot be
+installed or fails (the chromadb server not starting included) is reported as skipped on
 stderr and has no case (never made-up numbers). Their inserts keep each system's default
 durability (``durability`` in their upsert case: usearch is in memory, milvus-lite does not
 fsync its WAL per write, chromadb's per-write fsync is not verified). Ratios:
-``search_k10.rps.llmops/<system>``, ``search_k10_city.rps.llmops/<system>`` (milvus-lite,
-chromadb: usearch has no metadata filter), ``upsert_b1000.items_per_s.llmops/<system>`` (theirs
-including the time to make the items searchable through the index, ``ready_s``) and
-``search_k10.recall_at_10.llmops-<system>`` (recall difference at the chosen ef's).
+``search_k10.rps.llmops/<system>``, ``search_k10_c8.rps.llmops/<system>``,
+``search_k10_city.rps.llmops/<system>`` (not usearch: it has no metadata filter),
+``upsert_b1000.items_per_s.llmops/<system>`` (theirs including the time to make the items
+searchable through the index, ``ready_s``) and ``search_k10.recall_at_10.llmops-<system>``
+(recall difference at the chosen ef's; the concurrent case runs at the same ef, so the same).
 
 Prints the BENCH.md JSON line last on stdout (target ``embedding``).
 """
@@ -66,6 +93,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import os
 import random
 import re
@@ -113,8 +141,9 @@ EF_LADDER = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 HNSW_M = 32
 EF_CONSTRUCTION = 64
 UPSERT_BATCH = 1000
-EXACT_FILTER_MAX = 4096
-"""The service's default ``exact_filter_max`` (collection.EXACT_FILTER_MAX), for the label."""
+CONCURRENCY = 8
+"""Searches in flight in the concurrent case (``search_k10_c8``), every system the same."""
+CONCURRENT_CASE = f"search_k10_c{CONCURRENCY}"
 
 
 def _log(message: str) -> None:
@@ -155,7 +184,7 @@ def main(*, quick: bool) -> None:
     encoder = OnnxEncoder(intra_op_threads=2)
     started = time.monotonic()
     cases, ratios = _embed_cases(encoder, quick=quick)
-    _log(f"embed cases done in {time.monotonic() - started:.0f} s")
+    _log(f"embed cases done in {time.monotonic() - started:.1f} s")
     search_cases, search_ratios = search_benchmark(encoder, quick=quick)
     emit("embedding", cases + search_cases, {**ratios, **search_ratios})
 
@@ -173,13 +202,13 @@ def _embed_cases(encoder: Any, *, quick: bool) -> tuple[list[dict[str, Any]], di
     import uvloop
 
     texts = storefront_texts(2_000)
-    batches = 20 if quick else 120
-    singles = 300 if quick else 3_000
+    plan = QUICK if quick else FULL
+    batches, warmup, singles = plan.embed_batches, plan.embed_warmup, plan.embed_singles
     with tempfile.TemporaryDirectory(prefix="llmops-bench-embedding-") as tmp:
         log = (Path(tmp) / "service.log").open("wb")
         proc, address = servers.start_service("embedding", _service_env(Path(tmp)), log)
         try:
-            cases = uvloop.run(_run(address, encoder, texts, batches, singles))
+            cases = uvloop.run(_run(address, encoder, texts, batches, singles, warmup))
         finally:
             proc.terminate()
             proc.wait(30)
@@ -194,7 +223,7 @@ def _embed_cases(encoder: Any, *, quick: bool) -> tuple[list[dict[str, Any]], di
 
 
 async def _run(
-    address: str, encoder: object, texts: list[str], batches: int, singles: int
+    address: str, encoder: object, texts: list[str], batches: int, singles: int, warmup: int
 ) -> list[dict[str, object]]:
     import grpc
 
@@ -225,7 +254,7 @@ async def _run(
                 timeout=30,
             )
 
-        for i in range(5):  # warm-up: connections, onnxruntime's first runs
+        for i in range(warmup):  # warm-up: connections, onnxruntime's first runs
             raw_batch(i)
             await grpc_batch(i)
         batch_raw, batch_grpc = (
@@ -438,11 +467,25 @@ class Plan:
     n: int
     queries: int
     calls: int
-    """Timed sequential searches per system (cycling over the queries)."""
+    """Timed searches per system and case (cycling over the queries)."""
+    warmup: int
+    """Searches before the ef ladder (and, in the harness, half as many again after it)."""
+    max_s: float | None
+    """A timed search phase stops after ``calls`` or this many seconds, whichever comes first
+    (``n`` in the case says how many ran); None: always ``calls``."""
+    embed_batches: int
+    """Timed Embed calls of 32 texts per system (embed_batch32)."""
+    embed_warmup: int
+    """Untimed Embed calls of 32 texts per system before embed_batch32."""
+    embed_singles: int
+    """Timed Embed calls of one short text per system (embed_single; embed_c16 makes as
+    many, less the remainder of dividing them among its 16 callers)."""
 
 
-FULL = Plan(n=100_000, queries=1_000, calls=5_000)
-QUICK = Plan(n=10_000, queries=300, calls=1_000)
+FULL = Plan(n=100_000, queries=1_000, calls=5_000, warmup=200, max_s=None, embed_batches=120,
+            embed_warmup=5, embed_singles=3_000)  # fmt: skip
+QUICK = Plan(n=10_000, queries=150, calls=1_000, warmup=20, max_s=0.75, embed_batches=8,
+             embed_warmup=2, embed_singles=200)  # fmt: skip
 
 
 def single_case(case: str, system: str, seconds: float, **extra: Any) -> dict[str, Any]:
@@ -546,14 +589,18 @@ async def _llmops_search(address: str, data: SearchData, plan: Plan) -> list[dic
         out.append(upsert.summary())
         _log(f"llmops: upserted {len(data.corpus):,} items, {upsert.extra['items_per_s']} items/s")
         for by_city in (False, True):
-            out.append(await _search_case(stub, data, plan, by_city=by_city))
+            out += await _search_cases(stub, data, plan, by_city=by_city)
     return out
 
 
-async def _search_case(stub: Any, data: SearchData, plan: Plan, *, by_city: bool
-                       ) -> dict[str, Any]:  # fmt: skip
-    """Warm-up, the ef ladder, then ``plan.calls`` sequential searches at the chosen ef."""
+async def _search_cases(stub: Any, data: SearchData, plan: Plan, *, by_city: bool
+                        ) -> list[dict[str, Any]]:  # fmt: skip
+    """Warm-up, the ef ladder, then ``plan.calls`` sequential searches at the chosen ef (at
+    most ``plan.max_s``); unfiltered, then as many again from CONCURRENCY callers at once."""
+    from services.embedding.collection import EXACT_FILTER_MAX
+
     name = "search_k10_city" if by_city else "search_k10"
+    phase = time.perf_counter()
     truth = data.city_truth if by_city else data.truth
     requests: dict[int, list[Any]] = {}
 
@@ -563,28 +610,68 @@ async def _search_case(stub: Any, data: SearchData, plan: Plan, *, by_city: bool
         reply = await stub.Search(requests[ef][i], timeout=10)
         return [int(h.id) for h in reply.hits]
 
-    for i in range(min(200, len(truth))):  # warm-up
+    for i in range(min(plan.warmup, len(truth))):  # warm-up
         await search(64, i)
     ef, recall, rungs = await _ladder(search, truth)
+    tuned = time.perf_counter()
     case = Case(name, "llmops")
     chosen = requests[ef]
     perf = time.perf_counter
     start = perf()
+    deadline = start + plan.max_s if plan.max_s else float("inf")
     for i in range(plan.calls):
         t0 = perf()
         await stub.Search(chosen[i % len(chosen)], timeout=10)
-        case.latencies_s.append(perf() - t0)
+        t1 = perf()
+        case.latencies_s.append(t1 - t0)
+        if t1 >= deadline:
+            break
     case.wall_s = perf() - start
-    case.extra.update(recall_at_10=round(recall, 4), ef_search=ef, recall_ladder=rungs, k=K,
-                      items=len(data.corpus), via="gRPC")  # fmt: skip
+    common = dict(recall_at_10=round(recall, 4), ef_search=ef, k=K, items=len(data.corpus),
+                  via="gRPC")  # fmt: skip
+    case.extra.update(recall_ladder=rungs, **common)
     if by_city:
         matches = float(np.bincount(data.cities, minlength=len(CITIES)).mean())
         case.extra["matching_items_mean"] = round(matches, 1)
         case.extra["filter_path"] = (
             "exact over the matches" if matches <= EXACT_FILTER_MAX else "HNSW+id selector"
         )
-    _log(f"llmops: {name} ef_search {ef} recall@{K} {recall:.4f} ladder {rungs}")
-    return case.summary()
+    _log(f"llmops: {name} ef_search {ef} recall@{K} {recall:.4f} ladder {rungs}; warm-up + "
+         f"ladder {tuned - phase:.2f} s, {len(case.latencies_s)} calls "
+         f"{case.wall_s:.2f} s")  # fmt: skip
+    out = [case.summary()]
+    if not by_city:
+        await _concurrent_search(stub, chosen, CONCURRENCY * 4, None)  # warm-up
+        concurrent = await _concurrent_search(stub, chosen, plan.calls, plan.max_s)
+        concurrent.extra.update(common)
+        _log(f"llmops: {concurrent.case} {len(concurrent.latencies_s)} calls "
+             f"{concurrent.wall_s:.2f} s")  # fmt: skip
+        out.append(concurrent.summary())
+    return out
+
+
+async def _concurrent_search(stub: Any, requests: list[Any], calls: int, max_s: float | None
+                             ) -> Case:  # fmt: skip
+    """``calls`` searches (or until ``max_s``) from CONCURRENCY coroutines on one channel,
+    each sending the next request when its last one is answered: CONCURRENCY in flight."""
+    case = Case(CONCURRENT_CASE, "llmops", concurrency=CONCURRENCY)
+    counter = itertools.count()
+    perf = time.perf_counter
+    start = perf()
+    deadline = start + max_s if max_s else float("inf")
+
+    async def caller() -> None:
+        while (i := next(counter)) < calls:
+            t0 = perf()
+            await stub.Search(requests[i % len(requests)], timeout=10)
+            t1 = perf()
+            case.latencies_s.append(t1 - t0)
+            if t1 >= deadline:
+                break
+
+    await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+    case.wall_s = perf() - start
+    return case
 
 
 async def _snapshot_and_tail(address: str, data: SearchData) -> tuple[float, int]:
@@ -764,7 +851,7 @@ def rebuild_case(data: SearchData) -> dict[str, Any]:
 
 def baseline_cases(data: SearchData, plan: Plan, work: Path) -> list[dict[str, Any]]:
     """Each baseline's cases (a failing one is logged as skipped and has none)."""
-    from benchmarks.vector_baselines import BASELINES
+    from benchmarks.vector_baselines import SYSTEMS
 
     for name, array in (("corpus", data.corpus), ("queries", data.queries),
                         ("cities", data.cities), ("query_cities", data.query_cities),
@@ -774,6 +861,9 @@ def baseline_cases(data: SearchData, plan: Plan, work: Path) -> list[dict[str, A
         "data_dir": str(work),
         "k": K,
         "calls": plan.calls,
+        "max_s": plan.max_s,
+        "warmup": plan.warmup,
+        "concurrency": CONCURRENCY,
         "ef_ladder": list(EF_LADDER),
         "target_recall": TARGET_RECALL,
         "m": HNSW_M,
@@ -782,15 +872,16 @@ def baseline_cases(data: SearchData, plan: Plan, work: Path) -> list[dict[str, A
         "cities": CITIES,
     }
     out: list[dict[str, Any]] = []
-    for baseline in BASELINES:
-        _log(f"{baseline.name} (its own venv) ...")
-        system_dir = work / baseline.name
+    for system, baseline in SYSTEMS:
+        _log(f"{system} (venv {baseline.venv.name}) ...")
+        started = time.monotonic()
+        system_dir = work / system
         system_dir.mkdir()
         try:
-            out += baseline.run({**config, "system": baseline.name,
-                                 "work_dir": str(system_dir)}, _log)  # fmt: skip
+            out += baseline.run({**config, "system": system, "work_dir": str(system_dir)}, _log)
         except RuntimeError as exc:
-            _log(f"{baseline.name}: SKIPPED: {exc}")
+            _log(f"{system}: SKIPPED: {exc}")
+        _log(f"{system}: {time.monotonic() - started:.1f} s")
     return out
 
 
@@ -799,6 +890,7 @@ def search_ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
     by = {(c["case"], c["system"]): c for c in cases}
     ratios: dict[str, float] = {}
     others = sorted({c["system"] for c in cases} - {"llmops"})
+    concurrent = CONCURRENT_CASE
     for system in others:
         ours, theirs = by.get(("search_k10", "llmops")), by.get(("search_k10", system))
         if ours and theirs and theirs.get("rps"):
@@ -806,6 +898,9 @@ def search_ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
             ratios[f"search_k10.recall_at_10.llmops-{system}"] = round(
                 ours["recall_at_10"] - theirs["recall_at_10"], 4
             )
+        ours, theirs = by.get((concurrent, "llmops")), by.get((concurrent, system))
+        if ours and theirs and theirs.get("rps"):
+            ratios[f"{concurrent}.rps.llmops/{system}"] = round(ours["rps"] / theirs["rps"], 3)
         ours, theirs = by.get(("search_k10_city", "llmops")), by.get(("search_k10_city", system))
         if ours and theirs and theirs.get("rps"):
             ratios[f"search_k10_city.rps.llmops/{system}"] = round(ours["rps"] / theirs["rps"], 3)
@@ -823,15 +918,18 @@ def search_ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
 def search_benchmark(encoder: Any, *, quick: bool) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The search cases of llmops and the baselines, and their ratios."""
     plan = QUICK if quick else FULL
-    _log(f"search: {plan.n:,} items, {plan.queries:,} held-out queries, {plan.calls:,} calls")
+    cap = f" or {plan.max_s:g} s" if plan.max_s else ""
+    _log(f"search: {plan.n:,} items, {plan.queries:,} held-out queries, {plan.calls:,} calls"
+         f"{cap} per case, {CONCURRENCY} in flight in {CONCURRENT_CASE}")  # fmt: skip
     started = time.monotonic()
     data = search_data(encoder, plan.n, plan.queries)
     _log(f"search: data ready after {time.monotonic() - started:.0f} s")
     cases = llmops_cases(data, plan)
+    _log(f"search: llmops service cases done after {time.monotonic() - started:.1f} s")
     cases.append(rebuild_case(data))
-    _log(f"search: llmops done after {time.monotonic() - started:.0f} s")
+    _log(f"search: llmops done after {time.monotonic() - started:.1f} s")
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="search-baselines-", dir=BENCH_DIR) as work:
         cases += baseline_cases(data, plan, Path(work))
-    _log(f"search: baselines done after {time.monotonic() - started:.0f} s")
+    _log(f"search: baselines done after {time.monotonic() - started:.1f} s")
     return cases, search_ratios(cases)

@@ -1,5 +1,5 @@
-"""Vector databases beside the search cases of `llmops bench embedding`: milvus-lite, chromadb,
-usearch.
+"""Vector databases beside the search cases of `llmops bench embedding`: milvus-lite, chromadb
+(in-process, and its own server through HTTP), usearch.
 
 Each runs from a venv of its own (:mod:`benchmarks.baseline`) with one exactly pinned
 release, and `vector_baselines_harness.py` measures it there on the bench's vectors (config
@@ -53,3 +53,13 @@ USEARCH = Baseline(
     run_timeout_s=3600,
 )
 BASELINES = (MILVUS_LITE, CHROMADB, USEARCH)
+"""The venvs."""
+SYSTEMS: tuple[tuple[str, Baseline], ...] = (
+    ("milvus-lite", MILVUS_LITE),
+    ("chromadb", CHROMADB),
+    ("chromadb-server", CHROMADB),
+    ("usearch", USEARCH),
+)
+"""The systems measured, in order, and the venv each runs in (config ``system`` of the
+harness): ``chromadb-server`` is chromadb's own server (``chroma run``, shipped in the same
+pip package) started by the harness in the chromadb venv, with ``chromadb.HttpClient``."""
