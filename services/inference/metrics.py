@@ -67,6 +67,19 @@ class InferenceMetrics:
             ["route", "outcome"],
             registry=registry,
         )
+        self.runs = Counter(
+            "llmops_inference_runs_total",
+            "Task runs by task and outcome (a gRPC status, or CONTENT_FILTER when blocked).",
+            ["task", "outcome"],
+            registry=registry,
+        )
+        self.stage = Histogram(
+            "llmops_inference_stage_seconds",
+            "Time in each step of a task run.",
+            ["task", "stage"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
         self.unlogged = Counter(
             "llmops_inference_predictions_unlogged_total",
             "Predictions served whose event could not be buffered (should stay 0).",

@@ -44,6 +44,7 @@ from llmops.yamlfiles import HotReload
 from services.inference.config import Serving
 from services.inference.engine import ChatTurn
 from services.inference.generation import FINISH, STATUS_NUMBER, GenerateCall, Generation
+from services.inference.metrics import InferenceMetrics
 from services.inference.ports import MeshPorts, Passage, Prompt, Variant
 from services.inference.tasks import (
     TEMPLATES,
@@ -264,6 +265,7 @@ class Pipeline:
         *,
         prompt_cache_s: float = 30.0,
         allow_debug: bool = False,
+        metrics: InferenceMetrics | None = None,
     ) -> None:
         self.serving = serving
         self.generation = generation
@@ -271,6 +273,7 @@ class Pipeline:
         self.events = events
         self.prompt_cache_s = prompt_cache_s
         self.allow_debug = allow_debug
+        self.metrics = metrics
         self._prompts: dict[tuple[str, int, str], tuple[Prompt, jinja2.Template, float]] = {}
 
     async def run(self, call: RunCall) -> RunResult:
@@ -311,9 +314,11 @@ class Pipeline:
             self._log(
                 call, task, state, stages, start, request_id, exc.code, exc.reason or exc.code
             )
+            self._count(task, stages, exc.code)
             raise
         total_us = int((time.perf_counter() - start) * 1e6)
         prediction_id = self._log(call, task, state, stages, start, request_id, "OK", "")
+        self._count(task, stages, "CONTENT_FILTER" if state.blocked is not None else "OK")
         debug = None
         if call.debug:
             debug = {
@@ -335,6 +340,16 @@ class Pipeline:
             feature_vector_hash=feature_vector_hash(state.features),
             debug=debug,
         )
+
+    def _count(
+        self, task: CompiledTask | None, stages: list[common_pb2.StageLatency], outcome: str
+    ) -> None:
+        if self.metrics is None or task is None:  # an unknown task name is not a label
+            return
+        name = task.spec.name
+        self.metrics.runs.labels(name, outcome).inc()
+        for stage in stages:
+            self.metrics.stage.labels(name, stage.stage).observe(stage.duration_us / 1e6)
 
     @staticmethod
     def _budget(remaining: list[StepSpec], deadline: float) -> float:

@@ -61,12 +61,13 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
         cache = budgets = redis_state
     else:
         cache, budgets = MemoryCache(settings.cache_max_entries), MemoryBudgets()
+    metrics = InferenceMetrics(ctx.metrics)
     generation = Generation(
         serving,
         engines,
         versions,
         ctx.events,
-        InferenceMetrics(ctx.metrics),
+        metrics,
         default_max_tokens=settings.default_max_tokens,
         log_payloads=settings.log_payloads,
         guard=ports,
@@ -83,6 +84,7 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
         ctx.events,
         prompt_cache_s=settings.prompt_cache_s,
         allow_debug=settings.debug_allowed(ctx.mode),
+        metrics=metrics,
     )
 
     async def preload() -> None:

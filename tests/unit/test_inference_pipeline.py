@@ -194,7 +194,19 @@ def call(**inputs: Any) -> RunCall:
 
 async def test_a_run_goes_through_every_step_in_order(tmp_path: Path, upstream: Upstream) -> None:
     pipeline, ports, events = build(tmp_path, upstream.base_url)
+    registry = CollectorRegistry()
+    pipeline.metrics = InferenceMetrics(registry)
     result = await pipeline.run(call())
+    runs = registry.get_sample_value(
+        "llmops_inference_runs_total", {"task": "summary", "outcome": "OK"}
+    )
+    assert runs == 1
+    assert (
+        registry.get_sample_value(
+            "llmops_inference_stage_seconds_count", {"task": "summary", "stage": "model"}
+        )
+        == 1
+    )
     assert [s.stage for s in result.stages] == [
         "experiment", "features", "retrieval", "prompt", "guardrail_input", "model",
         "guardrail_output", "postprocess",
