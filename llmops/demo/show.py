@@ -319,6 +319,11 @@ def _task_inputs() -> list[tuple[str, dict[str, common_pb2.Value]]]:
         value.string_list_value.values.extend(items)
         return value
 
+    def ids(items: range) -> common_pb2.Value:
+        value = common_pb2.Value()
+        value.int64_list_value.values.extend(items)
+        return value
+
     name = s("Casa Azul")
     return [
         ("query_intent", {"query": s("family hotel with a pool near the beach in Lisbon")}),
@@ -330,6 +335,7 @@ def _task_inputs() -> list[tuple[str, dict[str, common_pb2.Value]]]:
                               "reviews": texts([*reviews, data.INJECTED_REVIEW])}),
         ("review_translation", {"review": s(reviews[0]), "target_language": s("Dutch")}),
         ("search_suggestions", {"query": s("quiet apartment near the beach")}),
+        ("property_ranking", {"candidates": ids(range(1, 31))}),
     ]  # fmt: skip
 
 

@@ -185,6 +185,30 @@ SMALL_MODEL: tuple[_Item, ...] = (
 )  # fmt: skip
 """The model the embedded routes serve (deploy/inference/storefront.yaml), with its evaluation."""
 
+RANKER_CARD = json.loads(
+    (Path(__file__).resolve().parents[2] / "models/property-ranker/model.json").read_text()
+)
+"""What scripts/train_ranker.py wrote: features, training, test metrics beside baselines."""
+_RANKER_TEST = RANKER_CARD["metrics"]["test"]
+RANKER: tuple[_Item, ...] = (
+    _Item(model.DATASET, "demo-search-pages", "repo://scripts/train_ranker.py",
+          "Synthetic search pages of the demo marketplace with a simulated booking label "
+          "(scripts/train_ranker.py: the generative story is in its docstring).", "search-team",
+          _dataset(RANKER_CARD["training"]["total"]["rows"],
+                   "scripts/train_ranker.py", property_id=T.VALUE_TYPE_INT64,
+                   booked=T.VALUE_TYPE_BOOL)),
+    _Item(model.MODEL, "property-ranker", "repo://models/property-ranker/model.onnx",
+          "Gradient-boosted trees ranking a search page by booking likelihood (ONNX, "
+          "onnxruntime).", "search-team",
+          _card("Order a search page's candidates by booking likelihood.",
+                ["trained on synthetic pages", "stars unconstrained (shopper preferences)",
+                 "ordering by review score: NDCG@10 "
+                 f"{_RANKER_TEST['baselines']['review_score']['ndcg@10']:.2f} on the same split"],
+                "ndcg@10", _RANKER_TEST["model"]["ndcg@10"], "demo-search-pages"),
+          (_from(model.DATASET, "demo-search-pages", model.TRAINED_ON),), ("champion",)),
+)  # fmt: skip
+"""The ranker of route rank-gbdt-v1 (task property_ranking), with its test-split metrics."""
+
 
 SUMMARY = "Summarize the guest reviews of {{ property_name }}"
 ITEMS: tuple[_Item, ...] = (
@@ -219,6 +243,7 @@ ITEMS: tuple[_Item, ...] = (
           (_from(model.DATASET, "guest-reviews", model.TRAINED_ON),
            _from(model.DATASET, "summary-eval-set", model.EVALUATED_ON)), ("champion",)),
     *SMALL_MODEL,
+    *RANKER,
     *TASK_PROMPTS,
     *(
         _Item(model.PROMPT, "property-summary", "", "Property page review summary.",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.inference.routes import RouteError, RouteTable, load_routes
-from services.inference.tasks import ModelStep, TaskError, TaskTable, load_tasks
+from services.inference.tasks import ModelStep, RankStep, TaskError, TaskTable, load_tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +28,21 @@ def load_serving(route_paths: Sequence[Path], task_paths: Sequence[Path]) -> Ser
     tasks = load_tasks(task_paths) if task_paths else TaskTable({}, "")
     for task in tasks.tasks.values():
         for i, step in enumerate(task.spec.steps):
-            if isinstance(step.settings, ModelStep) and step.settings.route not in routes.routes:
+            s = step.settings
+            if not isinstance(s, ModelStep | RankStep):
+                continue
+            where = f"{task.source}: tasks[{task.spec.name}].steps[{i}].{step.kind}.route"
+            route = routes.routes.get(s.route)
+            if route is None:
+                raise TaskError(where, f"no route {s.route!r} (routes: {sorted(routes.routes)})")
+            ranks = routes.engines[route.targets[0].engine].backend == "onnx"
+            if ranks != isinstance(s, RankStep):
                 raise TaskError(
-                    f"{task.source}: tasks[{task.spec.name}].steps[{i}].model.route",
-                    f"no route {step.settings.route!r} (routes: {sorted(routes.routes)})",
-                )
+                    where,
+                    f"route {s.route!r} "
+                    + ("scores candidates: use it in a rank step" if ranks
+                       else "generates text: a rank step needs an onnx route"),
+                )  # fmt: skip
     return Serving(routes, tasks)
 
 

@@ -57,6 +57,7 @@ from services.inference.tasks import (
     ModelStep,
     PostprocessStep,
     PromptStep,
+    RankStep,
     RetrievalStep,
     StepSpec,
 )
@@ -106,6 +107,8 @@ class _State:
     model_us: int = 0
     target_index: int = 0
     cache_hit: bool = False
+    generative: bool = False
+    """A model step wrote the output (EU AI Act Art. 50 marker); a ranking is not text."""
 
     def values(self) -> dict[str, Any]:
         """What templates see: the inputs by name, and features, passages, params."""
@@ -154,20 +157,21 @@ def check_inputs(
     expected = {
         "string": "string_value", "int": "int64_value", "double": "double_value",
         "bool": "bool_value", "string_list": "string_list_value",
+        "int_list": "int64_list_value",
     }  # fmt: skip
     for name, spec in specs.items():
         value = given.get(name)
         if value is None or value.WhichOneof("kind") is None:
             if spec.required:
                 raise InvalidArgument(f"inputs.{name}", f"required ({spec.type})")
-            out[name] = [] if spec.type == "string_list" else None
+            out[name] = [] if spec.type.endswith("_list") else None
             continue
         kind = value.WhichOneof("kind")
         if kind != expected[spec.type] and not (spec.type == "double" and kind == "int64_value"):
             raise InvalidArgument(f"inputs.{name}", f"must be {spec.type}, got {kind}")
         v = python(value)
         items = v if spec.type == "string_list" else [v] if spec.type == "string" else []
-        if spec.type == "string_list" and len(items) > spec.max_items:
+        if spec.type.endswith("_list") and len(v) > spec.max_items:
             raise InvalidArgument(f"inputs.{name}", f"more than {spec.max_items} items")
         for i, item in enumerate(items):
             at = f"inputs.{name}" + (f"[{i}]" if spec.type == "string_list" else "")
@@ -439,6 +443,8 @@ class Pipeline:
             await self._model(task, s, state, call)
         elif isinstance(s, GuardrailOutputStep):
             await self._guard_output(task, s, state, ctx, budget)
+        elif isinstance(s, RankStep):
+            await self._rank(s, state, budget)
         elif isinstance(s, PostprocessStep) and s.output == "passages":
             seen: dict[str, None] = {}
             for p in state.passages:
@@ -555,6 +561,34 @@ class Pipeline:
         state.finish = FINISH[result.finish]
         state.target_index = result.target_index
         state.cache_hit = result.cache_hit
+        state.generative = True
+
+    async def _rank(self, s: RankStep, state: _State, budget: float) -> None:
+        ids: list[int] = list(state.inputs.get(s.candidates) or [])
+        table = self.serving.current.routes
+        variant = state.variant
+        name = s.route
+        if variant is not None and variant.route in table.routes:
+            head = table.routes[variant.route].targets[0]
+            if table.engines[head.engine].backend == "onnx":
+                name = variant.route  # the experiment picks the ranker
+        target = table.routes[name].targets[0]
+        ranker = self.generation.engines.ranker(target.engine, table.engines[target.engine])
+        state.route = name
+        state.model = await self.generation.versions.ref(target.model, target.version, target.alias)
+        state.output = common_pb2.Value()
+        if not ids:
+            state.structured = {"ranking": []}
+            return
+        keys = [common_pb2.Value(int64_value=i) for i in ids]
+        rows = await self.ports.features_batch(s.service, s.entity, s.key, keys, budget)
+        began = time.perf_counter()
+        scores = await ranker.score_async(rows)
+        state.model_us = int((time.perf_counter() - began) * 1e6)
+        ranked = sorted(zip(ids, scores, strict=True), key=lambda p: -p[1])[: s.top_k]
+        state.output.int64_list_value.values.extend(i for i, _ in ranked)
+        state.structured = {"ranking": [{"id": i, "score": round(x, 6)} for i, x in ranked]}
+        state.features = {str(i): row for i, row in zip(ids, rows, strict=True)}
 
     async def _guard_output(
         self, task: CompiledTask, s: GuardrailOutputStep, state: _State,

@@ -102,6 +102,11 @@ class MeshPorts(Protocol):
         timeout_s: float,
     ) -> dict[str, Any]: ...  # fmt: skip
 
+    async def features_batch(
+        self, service: str, entity: str, key: str, values: Sequence[common_pb2.Value],
+        timeout_s: float,
+    ) -> list[dict[str, Any]]: ...  # fmt: skip
+
     async def search(
         self, collection: str, text: str, k: int, equals: Mapping[str, str], text_field: str,
         timeout_s: float,
@@ -202,6 +207,30 @@ class GrpcPorts:
             if fv.status == feature_pb2.FEATURE_STATUS_PRESENT:
                 out[ref.name] = python_value(fv.value)
         return out
+
+    async def features_batch(
+        self, service: str, entity: str, key: str, values: Sequence[common_pb2.Value],
+        timeout_s: float,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """One row of ``view:name`` features per key value, in ONE call (a ranking page)."""
+        request = feature_pb2.GetOnlineFeaturesRequest(feature_service=service)
+        for value in values:
+            request.entity_keys.add(entity=entity).columns.add(name=key, value=value)
+        try:
+            reply = await self._stub(feature_pb2_grpc.FeatureServiceStub).GetOnlineFeatures(
+                request, timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _mapped(exc, "features") from None
+        refs = [f"{r.feature_view}:{r.name}" for r in reply.features]
+        return [
+            {
+                ref: python_value(fv.value)
+                for ref, fv in zip(refs, row.values, strict=False)
+                if fv.status == feature_pb2.FEATURE_STATUS_PRESENT
+            }
+            for row in reply.rows
+        ]
 
     async def search(
         self, collection: str, text: str, k: int, equals: Mapping[str, str], text_field: str,

@@ -26,7 +26,8 @@ from llmops.yamlfiles import YamlFileError, load_yaml_files
 from services.inference.engine import Sampling
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-Backend = Literal["llama_cpp", "openai", "triton", "trtllm"]
+Backend = Literal["llama_cpp", "openai", "triton", "trtllm", "onnx"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class RouteError(YamlFileError):
@@ -82,6 +83,10 @@ class EngineSpec(_Strict):
     max_connections: int = Field(64, ge=1, le=10_000)
     # trtllm
     engine_dir: str = ""
+    # onnx (tabular models: rankers)
+    model_dir: str = ""
+    """A directory with model.onnx and model.json; relative paths are from the repository."""
+    intra_op_threads: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _per_backend(self) -> EngineSpec:
@@ -93,6 +98,8 @@ class EngineSpec(_Strict):
             raise ValueError("base_url must start with http:// or https://")
         if self.backend == "trtllm" and not self.engine_dir:
             raise ValueError("a trtllm engine needs engine_dir")
+        if self.backend == "onnx" and not self.model_dir:
+            raise ValueError("an onnx engine needs model_dir (model.onnx + model.json)")
         if self.api_key_env and not re.match(r"^[A-Z_][A-Z0-9_]*$", self.api_key_env):
             raise ValueError("api_key_env must name an environment variable (A-Z, 0-9, _)")
         return self

@@ -165,7 +165,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             feature_vector_hash=r.feature_vector_hash,
             prediction_id=r.prediction_id,
             request_id=r.request_id,
-            ai_generated=r.output is not None and bool(state.model.name),
+            ai_generated=r.output is not None and state.generative,
             block_message=state.blocked or "",
         )
         if state.prompt is not None:

@@ -52,11 +52,11 @@ from services.inference.routes import SamplingSpec
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 STEP_KINDS = (
     "experiment", "features", "retrieval", "prompt", "guardrail_input", "model",
-    "guardrail_output", "postprocess",
+    "guardrail_output", "postprocess", "rank",
 )  # fmt: skip
 OnFailure = Literal["skip", "fail", "fallback"]
 CONTEXT_KEYS = ("context.user_id", "context.session_id")
-InputType = Literal["string", "int", "double", "bool", "string_list"]
+InputType = Literal["string", "int", "double", "bool", "string_list", "int_list"]
 
 TEMPLATES = ImmutableSandboxedEnvironment(
     undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
@@ -162,6 +162,21 @@ class PostprocessStep(_Strict):
     max_items: int = Field(10, ge=1, le=100)
 
 
+class RankStep(_Strict):
+    """Score a page of candidates with a tabular model: their features in ONE batched
+    ``GetOnlineFeatures`` call, ONE model run, the ids back in score order."""
+
+    route: str
+    """A route whose first target is an ``onnx`` engine (a variant's route wins)."""
+    candidates: str
+    """The ``int_list`` input holding the candidate ids."""
+    service: str
+    """The feature service the model reads."""
+    entity: str
+    key: str
+    top_k: int = Field(10, ge=1, le=1000)
+
+
 class StepSpec(_Strict):
     experiment: ExperimentStep | None = None
     features: FeaturesStep | None = None
@@ -171,6 +186,7 @@ class StepSpec(_Strict):
     model: ModelStep | None = None
     guardrail_output: GuardrailOutputStep | None = None
     postprocess: PostprocessStep | None = None
+    rank: RankStep | None = None
     timeout_ms: int = Field(1000, ge=1, le=600_000)
     on_failure: OnFailure = "fail"
     fallback: dict[str, Any] = Field(default_factory=dict)
@@ -218,7 +234,7 @@ class TaskSpec(_Strict):
         for kind in set(kinds):
             if kinds.count(kind) > 1:
                 raise ValueError(f"step {kind!r} appears twice")
-        if "postprocess" in kinds and "model" not in kinds:
+        if "postprocess" in kinds and "model" not in kinds and "rank" not in kinds:
             post = self.steps[kinds.index("postprocess")].settings
             if post.output != "passages":
                 raise ValueError("without a model step the only output is passages")
@@ -286,6 +302,10 @@ def compile_task(spec: TaskSpec, label: str) -> CompiledTask:
                     raise TaskError(f"{at}", f"no input {name!r} (declared: {sorted(spec.inputs)})")
         elif isinstance(s, PostprocessStep) and s.output == "label" and not s.labels:
             raise TaskError(f"{at}.labels", "a label output needs its labels")
+        elif isinstance(s, RankStep):
+            given = spec.inputs.get(s.candidates)
+            if given is None or given.type != "int_list":
+                raise TaskError(f"{at}.candidates", f"{s.candidates!r} is not an int_list input")
     return CompiledTask(spec, templates, label)
 
 

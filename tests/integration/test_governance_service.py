@@ -362,7 +362,7 @@ async def test_demo_data_gives_the_storefront_a_lineage_once(tmp_path: Path) -> 
         await asyncio.sleep(0.5)
         assert await lineage(served) == first
         again = await served.gov.ListArtifacts(governance_pb2.ListArtifactsRequest(), timeout=5)
-        assert len(again.artifacts) == count == 14  # 7 + 4 task prompts + the CPU model, 2 datasets
+        assert len(again.artifacts) == count == 16  # 7, 4 task prompts, 2 models, 3 datasets
 
 
 # -- policy decisions ------------------------------------------------------------------------

@@ -527,6 +527,7 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     for task in ("query_intent", "review_topics", "property_highlights", "review_translation"):
         assert f"  {task} [AI-generated]: " in tasks, tasks
     assert "  search_suggestions: [property-" in tasks, tasks
+    assert "  property_ranking: [" in tasks and "variant search-ranking-model/" in tasks, tasks
     assert "  property_summary: BLOCKED (storefront-input: prompt_injection" in tasks, tasks
     assert "variant query-intent-prompt/" in tasks and "model " in tasks
     compliance = proc.stdout.split("Compliance (GovernanceService.GetComplianceReport")[1]

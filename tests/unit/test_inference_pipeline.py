@@ -100,6 +100,17 @@ class Ports:
         await self._enter("features", value.int64_value)
         return {"city": "Lisbon", "stars": 4}
 
+    async def features_batch(self, service: str, entity: str, key: str,
+                             values: Sequence[common_pb2.Value],
+                             timeout_s: float) -> list[dict[str, Any]]:  # fmt: skip
+        await self._enter("features_batch", [v.int64_value for v in values])
+        # better-reviewed properties for higher ids, the rest equal
+        return [
+            {"property_stats:review_score": 5.0 + v.int64_value / 2,
+             "property_stats:review_count": 40 * v.int64_value}
+            for v in values
+        ]  # fmt: skip
+
     async def search(self, collection: str, text: str, k: int, equals: Mapping[str, str],
                      text_field: str, timeout_s: float) -> list[Passage]:  # fmt: skip
         await self._enter("search", (text, dict(equals)))
@@ -342,3 +353,61 @@ def test_outputs_are_parsed_as_the_task_declares() -> None:
     assert doc == {"highlights": ["pool"]} and json.loads(value_.string_value) == doc
     with pytest.raises(InvalidArgument, match="schema"):
         parse_output('{"other": 1}', as_json)
+
+
+RANKING_ROUTES = """
+engines:
+  ranker: {backend: onnx, model_dir: models/property-ranker}
+routes:
+  - name: rank
+    targets: [{model: property-ranker, version: 1, engine: ranker}]
+"""
+RANKING_TASKS = """
+tasks:
+  - name: ranking
+    inputs:
+      candidates: {type: int_list, max_items: 50}
+    steps:
+      - rank: {route: rank, candidates: candidates, service: property_ranking_v1,
+               entity: property, key: property_id, top_k: 3}
+"""
+
+
+async def test_a_rank_step_scores_a_page_in_one_feature_call_and_one_model_run(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "routes" / "r.yaml").write_text(RANKING_ROUTES)
+    (tmp_path / "tasks" / "t.yaml").write_text(RANKING_TASKS)
+    serving = HotReload[Serving](
+        "routes",
+        lambda: load_serving([tmp_path / "routes"], [tmp_path / "tasks"]),
+        lambda s: s.revision,
+    )
+    events = Events()
+    port = ServiceEvents("inference", lambda: events)  # type: ignore[arg-type, return-value]
+    generation = Generation(
+        serving, EngineRegistry(), ModelVersions(None, 30), port,
+        InferenceMetrics(CollectorRegistry()),
+    )  # fmt: skip
+    ports = Ports()
+    pipeline = Pipeline(serving, generation, ports, port)
+    page = [4, 9, 1, 7, 2]
+    result = await pipeline.run(RunCall("ranking", {"candidates": value_ids(page)}))
+    assert [k for k, _ in ports.calls] == ["features_batch"]  # one call for the whole page
+    assert ports.calls[0][1] == page
+    ranked = list(result.output.int64_list_value.values) if result.output else []
+    assert ranked == [9, 7, 4]  # the better-reviewed first, top_k 3
+    scores = [r["score"] for r in (result.structured or {})["ranking"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= x <= 1 for x in scores)
+    assert (result.state.model.name, result.state.route) == ("property-ranker", "rank")
+    assert not result.state.generative  # not AI-generated text
+    empty = await pipeline.run(RunCall("ranking", {"candidates": value_ids([])}))
+    assert empty.structured == {"ranking": []} and len(ports.calls) == 1
+
+
+def value_ids(ids: list[int]) -> common_pb2.Value:
+    v = common_pb2.Value()
+    v.int64_list_value.values.extend(ids)
+    return v

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import structlog
 
 from llmops.errors import FailedPrecondition, Unavailable
 from services.inference.engine import Completion, Delta, Engine, EngineHealth, EngineRequest
-from services.inference.routes import EngineSpec
+from services.inference.engines.onnx_ranker import OnnxRanker
+from services.inference.routes import REPO_ROOT, EngineSpec
 
 log = structlog.get_logger("llmops.inference")
 
@@ -43,6 +45,11 @@ def build_engine(name: str, spec: EngineSpec) -> Engine:
             api_key=os.environ.get(spec.api_key_env, "") if spec.api_key_env else "",
             max_connections=spec.max_connections,
         )
+    if spec.backend == "onnx":
+        raise FailedPrecondition(
+            f"engine {name}: an onnx engine scores candidates (a task's rank step), it does "
+            "not generate text"
+        )
     raise FailedPrecondition(
         f"engine {name}: the {spec.backend} backend is not available in this build "
         "(services/inference/README.md: backends)"
@@ -55,6 +62,7 @@ class EngineRegistry:
     def __init__(self) -> None:
         self._engines: dict[str, tuple[EngineSpec, Engine]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._rankers: dict[str, tuple[EngineSpec, OnnxRanker]] = {}
 
     def get(self, name: str, spec: EngineSpec) -> Engine:
         """The instance for ``spec``: built on first use and whenever the spec changed (a
@@ -78,6 +86,22 @@ class EngineRegistry:
             log.warning("engine_unavailable", engine=name, reason=str(exc))
             return _Unavailable(name, spec, str(exc))
 
+    def ranker(self, name: str, spec: EngineSpec) -> OnnxRanker:
+        """The tabular model of an ``onnx`` engine, loaded on first use (and again when its
+        spec changes)."""
+        if spec.backend != "onnx":
+            raise FailedPrecondition(f"engine {name!r} is a {spec.backend} engine, not a ranker")
+        current = self._rankers.get(name)
+        if current is not None and current[0] == spec:
+            return current[1]
+        path = Path(spec.model_dir)
+        ranker = OnnxRanker(
+            path if path.is_absolute() else REPO_ROOT / path,
+            intra_op_threads=spec.intra_op_threads,
+        )
+        self._rankers[name] = (spec, ranker)
+        return ranker
+
     def items(self) -> list[tuple[str, EngineSpec, Engine]]:
         return [(n, s, e) for n, (s, e) in sorted(self._engines.items())]
 
@@ -87,6 +111,8 @@ class EngineRegistry:
         retired: list[Engine] = []
         fresh: dict[str, tuple[EngineSpec, Engine]] = {}
         for name, spec in specs.items():
+            if spec.backend == "onnx":
+                continue  # rankers load on first use (self.ranker)
             current = self._engines.get(name)
             if current is not None and current[0] == spec:
                 fresh[name] = current
