@@ -7,23 +7,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import structlog
 from google.protobuf import timestamp_pb2
 
-from llmops.errors import InvalidArgument
+from llmops.errors import InvalidArgument, LLMOpsError
 from llmops.v1 import common_pb2, inference_pb2
 from llmops.yamlfiles import HotReload
 from services.inference.config import Serving
 from services.inference.engines.registry import EngineRegistry
 from services.inference.models import ModelVersions
-from services.inference.routes import RouteTable
+from services.inference.routes import EngineSpec, RouteTable
 
 T = TypeVar("T")
+log = structlog.get_logger("llmops.inference")
 MAX_PAGE = 1000
 BACKENDS = {
     "llama_cpp": inference_pb2.MODEL_BACKEND_LOCAL,
     "openai": inference_pb2.MODEL_BACKEND_OPENAI_COMPATIBLE,
     "triton": inference_pb2.MODEL_BACKEND_TRITON,
     "trtllm": inference_pb2.MODEL_BACKEND_TENSORRT_LLM,
+    "onnx": inference_pb2.MODEL_BACKEND_LOCAL,  # ONNX Runtime in-process
 }
 
 
@@ -85,6 +88,15 @@ class RouteAdmin:
         retired = self.engines.update(table.engines)
         await asyncio.gather(*(engine.close() for engine in retired))
 
+    def _ranker_state(self, name: str, spec: EngineSpec) -> inference_pb2.ModelState.ValueType:
+        """An onnx engine's model loads on first use: loading it here says whether it can."""
+        try:
+            self.engines.ranker(name, spec)
+        except LLMOpsError as exc:
+            log.warning("ranker_unavailable", engine=name, reason=str(exc))
+            return inference_pb2.MODEL_STATE_UNAVAILABLE
+        return inference_pb2.MODEL_STATE_READY
+
     async def models(self) -> list[inference_pb2.ModelInfo]:
         """One entry per (engine, model) a route targets, with the engine's health."""
         table = self.table
@@ -113,7 +125,9 @@ class RouteAdmin:
                         None,
                     )
                     ref = await self.versions.ref(t.model, t.version, t.alias)
-                    if health is None or not health.ready:
+                    if spec.backend == "onnx":
+                        state = self._ranker_state(t.engine, spec)
+                    elif health is None or not health.ready:
                         state = (
                             inference_pb2.MODEL_STATE_UNAVAILABLE
                             if spec.backend != "llama_cpp"

@@ -204,6 +204,20 @@ def test_generation_is_guarded_by_the_routes_policies(mesh: RunningMesh) -> None
     assert "".join(c.delta for c in chunks) and not last.retract
 
 
+def test_the_inference_admin_lists_routes_and_models_with_their_state(mesh: RunningMesh) -> None:
+    with grpc.insecure_channel(mesh.address("inference")) as channel:
+        admin = inference_pb2_grpc.InferenceAdminServiceStub(channel)
+        routes = admin.ListRoutes(inference_pb2.ListRoutesRequest(), timeout=10).routes
+        models = admin.ListModels(inference_pb2.ListModelsRequest(), timeout=30).models
+    assert {r.name for r in routes} == {"chat-small", "summary-small", "rank-gbdt-v1"}
+    by_name = {m.model.name: m for m in models}
+    ranker, small = by_name["property-ranker"], by_name["smollm2-135m-instruct"]
+    assert ranker.state == small.state == inference_pb2.MODEL_STATE_READY
+    assert ranker.backend == small.backend == inference_pb2.MODEL_BACKEND_LOCAL
+    assert sorted(small.routes) == ["chat-small", "summary-small"]
+    assert small.model.alias == "champion" and small.precision == "q4_1"
+
+
 def test_feature_service_serves_pushed_features_over_grpc(mesh: RunningMesh) -> None:
     with grpc.insecure_channel(mesh.address("feature")) as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
