@@ -45,6 +45,10 @@ def build_engine(name: str, spec: EngineSpec) -> Engine:
             api_key=os.environ.get(spec.api_key_env, "") if spec.api_key_env else "",
             max_connections=spec.max_connections,
         )
+    if spec.backend == "triton":
+        from services.inference.engines.triton_llm import TritonLLMEngine
+
+        return TritonLLMEngine(spec.base_url)
     if spec.backend == "onnx":
         raise FailedPrecondition(
             f"engine {name}: an onnx engine scores candidates (a task's rank step), it does "
