@@ -49,6 +49,10 @@ def build_engine(name: str, spec: EngineSpec) -> Engine:
         from services.inference.engines.triton_llm import TritonLLMEngine
 
         return TritonLLMEngine(spec.base_url)
+    if spec.backend == "trtllm":
+        from services.inference.engines.trtllm import TrtLlmEngine
+
+        return TrtLlmEngine(name, spec.engine_dir)
     if spec.backend == "onnx":
         raise FailedPrecondition(
             f"engine {name}: an onnx engine scores candidates (a task's rank step), it does "
