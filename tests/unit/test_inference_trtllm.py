@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from llmops.errors import FailedPrecondition
+from llmops.errors import Unavailable
 from services.inference.engine import ChatTurn, EngineRequest, Sampling
 from services.inference.engines.trtllm import TrtLlmEngine
 
@@ -119,5 +119,5 @@ async def test_a_stop_string_aborts_the_request(fake_module: types.ModuleType) -
 async def test_without_the_module_it_says_so() -> None:
     sys.modules.pop("tensorrt_llm", None)
     engine = TrtLlmEngine("gpu", "/engines/llama-8b")
-    with pytest.raises(FailedPrecondition, match="tensorrt_llm is not installed"):
+    with pytest.raises(Unavailable, match="tensorrt_llm is not installed"):
         await engine.generate(request())

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llmops.errors import FailedPrecondition
+from llmops.errors import Unavailable
 from services.inference.engine import (
     Completion,
     Delta,
@@ -54,7 +54,7 @@ class TrtLlmEngine:
             try:
                 module = importlib.import_module("tensorrt_llm")
             except ImportError:
-                raise FailedPrecondition(
+                raise Unavailable(  # a route's fallback serves instead
                     f"engine {self.name}: tensorrt_llm is not installed (GPU hosts only)"
                 ) from None
             self._module = module
