@@ -778,6 +778,13 @@ def bench_embedding(quick: bool) -> None:
     _bench_main("embedding")(quick=quick)
 
 
+@bench.command("inference")
+@click.option("--quick", is_flag=True, help="Reduced run, under 60 s (once LiteLLM's venv exists).")
+def bench_inference(quick: bool) -> None:
+    """Inference: Generate/Run overhead vs the LiteLLM proxy, CPU streaming vs llama.cpp."""
+    _bench_main("inference")(quick=quick)
+
+
 @bench.command("clickhouse")
 @click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
 @click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")
