@@ -219,6 +219,29 @@ def _exhausted(route: RouteSpec, last: LLMOpsError | None) -> LLMOpsError:
     return Unavailable(message)
 
 
+MAX_CUTS = 4
+KEEP = 0.6
+"""A prompt over the context window keeps its last 60% per cut (at most MAX_CUTS cuts)."""
+
+
+def truncated(request: EngineRequest) -> EngineRequest:
+    """The request with its oldest content cut: the oldest non-system turn of a chat (the
+    last user turn's start when it is the only one left), or a raw prompt's start."""
+    if request.messages is None:
+        text = request.prompt or ""
+        return replace(request, prompt=text[len(text) - int(len(text) * KEEP) :])
+    turns = list(request.messages)
+    others = [i for i, t in enumerate(turns) if t.role != "system"]
+    if len(others) > 1:
+        del turns[others[0]]
+    elif others:
+        last = turns[others[0]]
+        turns[others[0]] = ChatTurn(
+            last.role, last.content[len(last.content) - int(len(last.content) * KEEP) :]
+        )
+    return replace(request, messages=tuple(turns))
+
+
 class _Clock:
     """Stage timings relative to the start of the call."""
 
@@ -338,7 +361,7 @@ class Generation:
         the route's retry budget and the deadline allow."""
         breaker = self.breaker(route.targets[index].engine)
         retries = self._retry_budgets.setdefault(route.name, RetryBudget())
-        attempt = 0
+        attempt = cuts = 0
         while True:
             breaker.before()
             try:
@@ -347,6 +370,14 @@ class Generation:
                     completion = await engine.generate(request)
                     clock.stage("model", began)
             except CircuitOpen:
+                raise
+            except InvalidArgument as exc:
+                breaker.release()
+                if route.truncate_prompt and exc.field == "prompt" and cuts < MAX_CUTS:
+                    cuts += 1  # over the context window: cut from the start and try again
+                    request = truncated(request)
+                    log.info("prompt_truncated", route=route.name, cuts=cuts)
+                    continue
                 raise
             except Unavailable:
                 breaker.failure()

@@ -59,6 +59,11 @@ routes:
   - name: all-down
     targets:
       - {{model: big-model, version: 4, engine: down, timeout_s: 2}}
+  - name: truncating
+    targets:
+      - {{model: smollm2-135m-instruct, version: 1, engine: cpu}}
+    sampling: {{max_tokens: 4}}
+    truncate_prompt: true
 """
 USER = inference_pb2.CHAT_ROLE_USER
 
@@ -236,7 +241,9 @@ async def test_bad_input_gets_a_precise_status_and_is_logged(
 
 async def test_admin_lists_routes_and_models_and_reloads(served: Served) -> None:
     listed = await served.admin.ListRoutes(inference_pb2.ListRoutesRequest(), timeout=10)
-    assert [r.name for r in listed.routes] == ["all-down", "chat-small", "remote", "with-fallback"]
+    assert [r.name for r in listed.routes] == [
+        "all-down", "chat-small", "remote", "truncating", "with-fallback",
+    ]  # fmt: skip
     route = (await served.admin.GetRoute(inference_pb2.GetRouteRequest(name="chat-small"))).route
     assert route.default_sampling.max_tokens == 16
     assert route.targets[0].backend == inference_pb2.MODEL_BACKEND_LOCAL
@@ -244,7 +251,7 @@ async def test_admin_lists_routes_and_models_and_reloads(served: Served) -> None
     models = (await served.admin.ListModels(inference_pb2.ListModelsRequest(), timeout=30)).models
     local = next(m for m in models if m.model.name == "smollm2-135m-instruct")
     assert local.state == inference_pb2.MODEL_STATE_READY and local.precision == "q4_1"
-    assert sorted(local.routes) == ["chat-small", "with-fallback"]
+    assert sorted(local.routes) == ["chat-small", "truncating", "with-fallback"]
     down = next(m for m in models if m.model.name == "big-model")
     assert down.backend == inference_pb2.MODEL_BACKEND_OPENAI_COMPATIBLE
     assert down.state == inference_pb2.MODEL_STATE_UNAVAILABLE
@@ -254,7 +261,7 @@ async def test_admin_lists_routes_and_models_and_reloads(served: Served) -> None
     dry = await served.admin.ReloadRoutes(inference_pb2.ReloadRoutesRequest(dry_run=True))
     assert list(dry.changed_routes) == ["chat-small"] and dry.revision == dry.previous_revision
     real = await served.admin.ReloadRoutes(inference_pb2.ReloadRoutesRequest())
-    assert real.revision != real.previous_revision and real.route_count == 4
+    assert real.revision != real.previous_revision and real.route_count == 5
     reply = await served.stub.Generate(chat("chat-small", "Hi"), timeout=60)
     assert reply.usage.completion_tokens <= 12
 
@@ -265,3 +272,13 @@ async def test_admin_lists_routes_and_models_and_reloads(served: Served) -> None
     assert "no engine 'gone'" in (caught.value.details() or "")
     still = await served.admin.GetRoute(inference_pb2.GetRouteRequest(name="chat-small"))
     assert still.route.revision == real.revision  # the old table stays in force
+
+
+async def test_a_route_that_truncates_cuts_a_prompt_over_the_context_window(
+    served: Served,
+) -> None:
+    long = "beach " * 4000  # ~4,000 tokens; each of the 2 sequences has 1,024
+    reply = await served.stub.Generate(
+        inference_pb2.GenerateRequest(route="truncating", prompt=long), timeout=60
+    )
+    assert reply.usage.prompt_tokens < 1024 and reply.usage.completion_tokens >= 1
