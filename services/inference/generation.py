@@ -296,19 +296,26 @@ class Generation:
         self.cache = cache
         self.budgets = budgets
         self.breaker_cooldown_s = breaker_cooldown_s
-        self._limiters: dict[tuple[str, int, str], TargetLimiter] = {}
+        self._limiters: dict[tuple[str, int], tuple[TargetSpec, TargetLimiter]] = {}
 
     def limiter(self, route: RouteSpec, index: int) -> TargetLimiter:
+        """The target's limiter; a reload that changes the target gets a new one (compared by
+        identity: the table's specs are immutable, and hashing them per call is costly)."""
         target = route.targets[index]
-        key = (route.name, index, repr(target))
+        key = (route.name, index)
         found = self._limiters.get(key)
-        if found is None:
-            found = self._limiters[key] = TargetLimiter(
+        if found is None or found[0] is not target:
+            if found is not None and found[0] == target:
+                self._limiters[key] = (target, found[1])  # reloaded, unchanged: keep its state
+                return found[1]
+            limiter = TargetLimiter(
                 f"route {route.name} target {index} ({target.model})",
                 target.max_concurrency,
                 target.max_queue,
             )
-        return found
+            self._limiters[key] = (target, limiter)
+            return limiter
+        return found[1]
 
     def _prepare(self, call: GenerateCall) -> tuple[RouteTable, RouteSpec, Sampling, str]:
         table = self.serving.current.routes  # one table for the call, whatever reloads meanwhile
