@@ -403,6 +403,28 @@ class Generation:
             retries.earn()
             return completion, queued
 
+    async def _fitted(
+        self, engine: Engine, request: EngineRequest, route: RouteSpec
+    ) -> AsyncIterator[Delta]:
+        """``engine.stream``, cutting the prompt and trying again when the route truncates and
+        the engine refused it as over the context window (before any text: safe to retry)."""
+        cuts = 0
+        while True:
+            produced = False
+            try:
+                async for delta in engine.stream(request):
+                    produced = True
+                    yield delta
+                return
+            except InvalidArgument as exc:
+                if produced or not route.truncate_prompt or exc.field != "prompt":
+                    raise
+                if cuts >= MAX_CUTS:
+                    raise
+                cuts += 1
+                request = truncated(request)
+                log.info("prompt_truncated", route=route.name, cuts=cuts)
+
     # -- cache and budgets ------------------------------------------------------------------
 
     async def _cache_key(
@@ -756,7 +778,9 @@ class Generation:
                         first: float | None = None
                         parts: list[str] = []
                         final = None
-                        source = engine.stream(self._request(call, target, sampling, request_id))
+                        source = self._fitted(
+                            engine, self._request(call, target, sampling, request_id), route
+                        )
                         if output_policy and self.guard is not None:
                             checker = await self.guard.stream_check(
                                 call.context, output_policy, route.name

@@ -282,3 +282,10 @@ async def test_a_route_that_truncates_cuts_a_prompt_over_the_context_window(
         inference_pb2.GenerateRequest(route="truncating", prompt=long), timeout=60
     )
     assert reply.usage.prompt_tokens < 1024 and reply.usage.completion_tokens >= 1
+    chunks = [
+        c
+        async for c in served.stub.GenerateStream(
+            inference_pb2.GenerateStreamRequest(route="truncating", prompt=long), timeout=60
+        )
+    ]
+    assert chunks[-1].usage.prompt_tokens < 1024 and chunks[-1].finish_reason
