@@ -56,6 +56,11 @@ class EmbeddingSettings(Settings):
         description="Texts waiting for a forward pass, at most; beyond it RESOURCE_EXHAUSTED.",
     )
     max_texts_per_call: int = Field(256, ge=1, le=256, description="Texts per Embed call.")
+    query_cache_entries: int = Field(
+        4096,
+        ge=0,
+        description="Search text queries whose embedding is kept for reuse (LRU); 0 = none.",
+    )
     fsync: bool = Field(
         True,
         description="fsync the collections' write-ahead log before acknowledging a change "

@@ -128,7 +128,13 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
         in_milvus=lambda name: "*" in selected or name in selected,
         wal_segment_bytes=settings.wal_segment_bytes,
     )
-    vectors = Vectors(store, embeddings, ctx.events, VectorMetrics(ctx.metrics))
+    vectors = Vectors(
+        store,
+        embeddings,
+        ctx.events,
+        VectorMetrics(ctx.metrics),
+        query_cache_entries=settings.query_cache_entries,
+    )
 
     async def start() -> None:
         # the latest snapshots, then the write-ahead log: every acknowledged change is back

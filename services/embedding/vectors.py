@@ -7,6 +7,7 @@ Pure of gRPC: the servicer converts the contract's messages to these calls and b
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,12 @@ class VectorMetrics:
             "Checkpoints of the collections (snapshots written, then the log cut).",
             registry=registry,
         )
+        self.query_cache = Counter(
+            "llmops_embedding_query_cache_total",
+            "Text queries of Search by whether their embedding came from the cache.",
+            ["outcome"],
+            registry=registry,
+        )
         self.wal_bytes = Gauge(
             "llmops_embedding_wal_bytes",
             "Bytes in the collections' write-ahead log (what a restart reads).",
@@ -77,11 +84,34 @@ class Vectors:
         embeddings: Embeddings,
         events: ServiceEvents,
         metrics: VectorMetrics,
+        query_cache_entries: int = 4096,
     ) -> None:
+        """``query_cache_entries``: text queries whose embedding is kept (LRU; 0 = none).
+        Storefront queries repeat (a property page's name, popular searches) and the model
+        is fixed for the process, so a repeated query costs a lookup, not a forward pass."""
         self.store = store
         self.embeddings = embeddings
         self.events = events
         self.metrics = metrics
+        self.query_cache_entries = query_cache_entries
+        self._queries: OrderedDict[str, tuple[np.ndarray, int, bool]] = OrderedDict()
+
+    async def _embed_query(self, text: str) -> tuple[np.ndarray, int, bool]:
+        """A text query's vector, prompt tokens and whether it was cut: from the LRU when the
+        same text was embedded before (the served model never changes in a process)."""
+        cached = self._queries.get(text)
+        if cached is not None:
+            self._queries.move_to_end(text)
+            self.metrics.query_cache.labels("hit").inc()
+            return cached
+        result = await self.embeddings.embed(EmbedCall(texts=[text], normalize=True), "text")
+        entry = (result.vectors[0], result.prompt_tokens, bool(result.truncated))
+        if self.query_cache_entries:
+            self.metrics.query_cache.labels("miss").inc()
+            self._queries[text] = entry
+            while len(self._queries) > self.query_cache_entries:
+                self._queries.popitem(last=False)
+        return entry
 
     # -- collections ---------------------------------------------------------------------
 
@@ -232,9 +262,7 @@ class Vectors:
                 raise InvalidArgument(
                     "text", f"collection {name!r} has no embedding model: search by vector"
                 )
-            result = await self.embeddings.embed(EmbedCall(texts=[text], normalize=True), "text")
-            query = result.vectors[0]
-            tokens, cut = result.prompt_tokens, bool(result.truncated)
+            query, tokens, cut = await self._embed_query(text)
         elif vector is not None:
             query = np.asarray(vector, dtype=np.float32)
         else:

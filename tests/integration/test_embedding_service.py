@@ -196,6 +196,11 @@ async def test_collections_by_text_with_filters_snapshots_and_restore(
         embedding_pb2.SearchRequest(collection="places", text="sea " * 400, k=1), timeout=30
     )
     assert cut.truncated
+    again = await stub.Search(  # the same text: its embedding comes from the query cache
+        embedding_pb2.SearchRequest(collection="places", text="sea " * 400, k=1), timeout=30
+    )
+    assert again.truncated and [h.id for h in again.hits] == [h.id for h in cut.hits]
+    assert again.hits[0].score == pytest.approx(cut.hits[0].score)
     await stub.Delete(
         embedding_pb2.DeleteRequest(
             collection="places", ids=embedding_pb2.IdList(ids=["short", "long"])

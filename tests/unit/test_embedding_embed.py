@@ -7,14 +7,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from llmops.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from llmops.events.port import ServiceEvents
 from services.embedding.batcher import MicroBatcher
+from services.embedding.collection import CollectionSpec
 from services.embedding.embeddings import EmbedCall, Embeddings
 from services.embedding.encoder import Encoded, ModelInfo, l2_normalize, mean_pool
+from services.embedding.store import CollectionStore
+from services.embedding.vectors import VectorMetrics, Vectors
 
 DIM = 8
 
@@ -146,3 +152,41 @@ def test_mean_pool_ignores_padding() -> None:
     hidden = np.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]], dtype=np.float32)
     mask = np.array([[1, 1, 0]])
     np.testing.assert_allclose(mean_pool(hidden, mask), [[2.0, 3.0]])
+
+
+async def test_a_repeated_text_query_reuses_its_embedding(
+    fake: FakeEncoder, tmp_path: Path
+) -> None:
+    """Search by text keeps the query's vector (LRU): the second search of the same text makes
+    no forward pass; with the cache off every search does."""
+    for entries, passes in ((4096, 1), (0, 2)):
+        store = CollectionStore(tmp_path / f"s{entries}", fsync=False)
+        store.open()
+        registry = CollectorRegistry()
+        vectors = Vectors(
+            store, Embeddings(MicroBatcher(fake)), ServiceEvents("embedding", lambda: Events()),  # type: ignore[arg-type, return-value]
+            VectorMetrics(registry), query_cache_entries=entries,
+        )  # fmt: skip
+        spec = CollectionSpec(
+            name="places", dimension=DIM, metric="cosine", index_kind="flat", index_params={},
+            metadata_schema={}, embedding_model="fake-embedder",
+        )  # fmt: skip
+        await vectors.create(spec, if_not_exists=False)
+        fake.batches.clear()
+        for _ in range(2):
+            await vectors.search(
+                "places", vector=None, text="sea view", k=1, filter=None, params={},
+                include_metadata=False, include_vectors=False, min_score=None,
+            )  # fmt: skip
+        assert len(fake.batches) == passes
+        hits = registry.get_sample_value("llmops_embedding_query_cache_total", {"outcome": "hit"})
+        assert (hits or 0) == 2 - passes
+        store.close()
+
+
+class Events:
+    def publish(self, envelope: object) -> None:
+        return None
+
+    def has_room(self, count: int) -> bool:
+        return True
