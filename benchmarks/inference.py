@@ -27,7 +27,11 @@ Three groups of cases (output per ../shared/BENCH.md, target ``inference``):
   cannot be paired). At 8 and 32 in flight the latencies include queueing for the shared
   cores, so the overhead there is mostly the system's CPU cost per call times the queue.
 
-``run_property_summary_c1`` / ``_c8``, ``run_query_intent_c1`` / ``_c8`` — a whole ``Run``.
+``run_property_summary_c1`` / ``_c8``, ``run_property_summary_cold_c1`` / ``_c8``,
+``run_query_intent_c1`` / ``_c8`` — a whole ``Run``. ``property_summary`` repeats one property
+page (its retrieval query is then served from the embedding service's query cache, as a
+popular page's would be); ``property_summary_cold`` names a new property every run, so every
+retrieval embeds its query.
   The mesh in embedded mode as one process (``python -m llmops up``, 80 demo properties)
   with a routes directory whose ``chat-small`` and ``summary-small`` target the same upstream
   (so the model step is instant); the repo's tasks (``deploy/tasks/storefront.yaml``) run
@@ -71,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -112,6 +117,8 @@ GEN_SYSTEMS = ("upstream-direct", "llmops", "litellm")
 DIRECT = "upstream-direct"
 LLAMA_DIRECT = "llama-cpp-direct"
 RUN_CONCURRENCY = 8
+COLD_RUNS = 5_000
+"""Distinct property names of the cold property_summary case (more than its runs + warm-ups)."""
 
 PROMPTS = (
     "Suggest a quiet hotel near the beach in Lisbon.",
@@ -945,7 +952,26 @@ def _run_requests() -> dict[str, list[Any]]:
         )
         for i in range(12)
     ]
-    return {"property_summary": summary, "query_intent": intent}
+    # A new property name for every run: the retrieval query misses the embedding service's
+    # query cache each time (the "warm" case above repeats one property page).
+    cold = [
+        inference_pb2.RunRequest(
+            task="property_summary",
+            inputs={
+                "property_id": common_pb2.Value(int64_value=1),
+                "property_name": s(f"Casa Azul {i}"),
+                "reviews": reviews,
+            },
+            context=common_pb2.RequestContext(
+                tenant="demo",
+                user_id=DEMO_USERS[i % len(DEMO_USERS)],
+                session_id=f"bench-{i}",
+                client_name="llmops-bench",
+            ),
+        )
+        for i in range(COLD_RUNS)
+    ]
+    return {"property_summary": summary, "property_summary_cold": cold, "query_intent": intent}
 
 
 def stage_p50s(replies: Sequence[Any]) -> dict[str, float]:
@@ -992,6 +1018,7 @@ async def run_cases(address: str, plan: Plan) -> list[dict[str, Any]]:
 
     requests = _run_requests()
     out: list[dict[str, Any]] = []
+    fresh = itertools.count()  # the cold case never repeats a request, across its phases
     async with grpc.aio.insecure_channel(address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         for task, reqs in requests.items():
@@ -999,8 +1026,14 @@ async def run_cases(address: str, plan: Plan) -> list[dict[str, Any]]:
                 name = f"run_{task}_c{concurrency}"
                 replies: list[Any] = []
 
-                async def call(i: int, reqs: list[Any] = reqs, keep: list[Any] = replies) -> None:
-                    reply = await stub.Run(reqs[i % len(reqs)], timeout=CALL_TIMEOUT_S)
+                async def call(
+                    i: int,
+                    reqs: list[Any] = reqs,
+                    keep: list[Any] = replies,
+                    cold: bool = (task.endswith("_cold")),
+                ) -> None:
+                    n = next(fresh) if cold else i
+                    reply = await stub.Run(reqs[n % len(reqs)], timeout=CALL_TIMEOUT_S)
                     keep.append(reply)
 
                 await drive(call, plan.run_warmup, concurrency, 20.0, Case(name, "warmup"))
