@@ -291,6 +291,8 @@ class Generation:
         self.guard = guard
         self._templates: dict[tuple[str, int, str], tuple[int, jinja2.Template, float]] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._route_sampling: dict[str, tuple[RouteSpec, Sampling]] = {}
+        self._series: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._retry_budgets: dict[str, RetryBudget] = {}
         self.breaker_failures = breaker_failures
         self.cache = cache
@@ -321,8 +323,12 @@ class Generation:
         table = self.serving.current.routes  # one table for the call, whatever reloads meanwhile
         route = table.route(call.route)
         _check_input(call)
-        sampling = validate_sampling(call.sampling).resolve(
-            route.sampling.resolve(self.base_sampling)
+        defaults = self._route_sampling.get(route.name)
+        if defaults is None or defaults[0] is not route:  # new table: resolve once
+            defaults = (route, route.sampling.resolve(self.base_sampling))
+            self._route_sampling[route.name] = defaults
+        sampling = (
+            validate_sampling(call.sampling).resolve(defaults[1]) if call.sampling else defaults[1]
         )
         if call.logged and not self.events.has_room(1):
             raise ResourceExhausted(
@@ -891,16 +897,24 @@ class Generation:
         code: str,
         text: str | None = None,
     ) -> None:
-        m = self.metrics
         u = result.usage
-        labels = (route.name, result.model.name)
-        m.requests.labels(route.name, code).inc()
-        m.ttft.labels(*labels).observe(u.time_to_first_token_ms / 1e3)
+        key = (route.name, result.model.name, code)
+        series = self._series.get(key)
+        if series is None:  # labelled children looked up once per (route, model, status)
+            m, labels = self.metrics, (route.name, result.model.name)
+            series = self._series[key] = (
+                m.requests.labels(route.name, code), m.ttft.labels(*labels),
+                m.tpot.labels(*labels), m.queue.labels(*labels),
+                m.tokens.labels(route.name, "prompt"), m.tokens.labels(route.name, "completion"),
+            )  # fmt: skip
+        requests, ttft, tpot, queue, prompt_tokens, completion_tokens = series
+        requests.inc()
+        ttft.observe(u.time_to_first_token_ms / 1e3)
         if u.completion_tokens > 1:
-            m.tpot.labels(*labels).observe(u.time_per_output_token_ms / 1e3)
-        m.queue.labels(*labels).observe(u.queue_time_ms / 1e3)
-        m.tokens.labels(route.name, "prompt").inc(u.prompt_tokens)
-        m.tokens.labels(route.name, "completion").inc(u.completion_tokens)
+            tpot.observe(u.time_per_output_token_ms / 1e3)
+        queue.observe(u.queue_time_ms / 1e3)
+        prompt_tokens.inc(u.prompt_tokens)
+        completion_tokens.inc(u.completion_tokens)
         if not call.logged:
             return
         event = self._event(call, route.name, result.model, result.request_id, clock, code)
