@@ -15,6 +15,7 @@ context window, fail at once).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -111,6 +112,31 @@ class EngineHealth:
     ready: bool
     detail: str = ""
     models: tuple[EngineModel, ...] = field(default_factory=tuple)
+
+
+async def collect(deltas: AsyncIterator[Delta]) -> Completion:
+    """A stream gathered into one completion, timing its first text (for the engines that
+    always stream internally: their unary generate is their stream, collected)."""
+    start = time.perf_counter()
+    first: float | None = None
+    parts: list[str] = []
+    last = Delta("")
+    async for delta in deltas:
+        if delta.text:
+            if first is None:
+                first = time.perf_counter() - start
+            parts.append(delta.text)
+        if delta.finish is not None:
+            last = delta
+    total = time.perf_counter() - start
+    return Completion(
+        text="".join(parts),
+        finish=last.finish or "end_of_sequence",
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        time_to_first_token_s=first if first is not None else total,
+        total_s=total,
+    )
 
 
 @runtime_checkable

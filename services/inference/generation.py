@@ -201,13 +201,17 @@ def _check_input(call: GenerateCall) -> None:
             raise InvalidArgument("messages", f"longer than {MAX_PROMPT_CHARS} characters")
 
 
+def money(amount: float, currency: str) -> common_pb2.Money:
+    units = int(amount)
+    return common_pb2.Money(
+        currency_code=currency, units=units, nanos=round((amount - units) * 1e9)
+    )
+
+
 def cost(usage: common_pb2.Usage, target: TargetSpec) -> common_pb2.Money:
     price = target.price_per_million
     amount = (usage.prompt_tokens * price.prompt + usage.completion_tokens * price.completion) / 1e6
-    units = int(amount)
-    return common_pb2.Money(
-        currency_code=price.currency, units=units, nanos=round((amount - units) * 1e9)
-    )
+    return money(amount, price.currency)
 
 
 def _exhausted(route: RouteSpec, last: LLMOpsError | None) -> LLMOpsError:
@@ -240,6 +244,18 @@ def truncated(request: EngineRequest) -> EngineRequest:
             last.role, last.content[len(last.content) - int(len(last.content) * KEEP) :]
         )
     return replace(request, messages=tuple(turns))
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    call: GenerateCall
+    """The call as the model will see it (template rendered, input redacted)."""
+    output_policy: str
+    summaries: list[common_pb2.GuardrailSummary]
+    key: str | None
+    """The response cache key (None: not cached)."""
+    early: Generated | None
+    """The result when the call ended before the model: blocked, or a cache hit."""
 
 
 class _Clock:
@@ -657,22 +673,11 @@ class Generation:
         model = common_pb2.ModelRef()
         try:
             table, route, sampling, request_id = self._prepare(call)
-            call = await self._render_template(call)
-            input_policy, output_policy = self._policies(call, route)
-            summaries: list[common_pb2.GuardrailSummary] = []
-            if input_policy:
-                call, summaries, blocked = await self._guard_input(call, input_policy, route, clock)
-                if blocked is not None:
-                    first = route.targets[0]
-                    model = await self.versions.ref(first.model, first.version, first.alias)
-                    result = self._blocked(route, request_id, clock, summaries, blocked, model)
-                    self._record(call, route, result, clock, "OK")
-                    return result
-            key = await self._cache_key(call, route, sampling, output_policy)
-            hit = await self._cached(key, call, route, request_id, clock, summaries)
-            if hit is not None:
-                self._record(call, route, hit, clock, "OK")
-                return hit
+            admitted = await self._admit(call, route, sampling, request_id, clock)
+            if admitted.early is not None:
+                return admitted.early
+            call, summaries, key = admitted.call, admitted.summaries, admitted.key
+            output_policy = admitted.output_policy
             reservation = await self._reserve(table, route, call, sampling)
             try:
                 result = await self._generate_targets(
@@ -688,6 +693,30 @@ class Generation:
         except LLMOpsError as exc:
             self._record_error(call, route, model, request_id, clock, exc)
             raise
+
+    async def _admit(
+        self, call: GenerateCall, route: RouteSpec, sampling: Sampling, request_id: str,
+        clock: _Clock,
+    ) -> _Admitted:  # fmt: skip
+        """What comes before the model, for unary and streamed calls alike: the registered
+        template rendered, the input guardrail (a BLOCK ends the call), the response cache
+        (a hit ends it). An ending result is recorded here."""
+        call = await self._render_template(call)
+        input_policy, output_policy = self._policies(call, route)
+        summaries: list[common_pb2.GuardrailSummary] = []
+        if input_policy:
+            call, summaries, blocked = await self._guard_input(call, input_policy, route, clock)
+            if blocked is not None:
+                head = route.targets[0]
+                model = await self.versions.ref(head.model, head.version, head.alias)
+                result = self._blocked(route, request_id, clock, summaries, blocked, model)
+                self._record(call, route, result, clock, "OK")
+                return _Admitted(call, output_policy, summaries, None, result)
+        key = await self._cache_key(call, route, sampling, output_policy)
+        hit = await self._cached(key, call, route, request_id, clock, summaries)
+        if hit is not None:
+            self._record(call, route, hit, clock, "OK")
+        return _Admitted(call, output_policy, summaries, key, hit)
 
     async def _generate_targets(
         self, call: GenerateCall, table: RouteTable, route: RouteSpec, sampling: Sampling,
@@ -748,27 +777,16 @@ class Generation:
         settled = False
         try:
             table, route, sampling, request_id = self._prepare(call)
-            call = await self._render_template(call)
-            input_policy, output_policy = self._policies(call, route)
-            summaries: list[common_pb2.GuardrailSummary] = []
-            if input_policy:
-                call, summaries, blocked = await self._guard_input(call, input_policy, route, clock)
-                if blocked is not None:
-                    head = route.targets[0]
-                    model = await self.versions.ref(head.model, head.version, head.alias)
-                    yield StreamStart(model, 0, request_id)
-                    result = self._blocked(route, request_id, clock, summaries, blocked, model)
-                    self._record(call, route, result, clock, "OK")
-                    yield result
-                    return
-            key = await self._cache_key(call, route, sampling, output_policy)
-            hit = await self._cached(key, call, route, request_id, clock, summaries)
-            if hit is not None:
-                yield StreamStart(hit.model, hit.target_index, request_id)
-                yield StreamText(hit.text)
-                self._record(call, route, hit, clock, "OK")
-                yield replace(hit, text="")
+            admitted = await self._admit(call, route, sampling, request_id, clock)
+            early = admitted.early
+            if early is not None:  # blocked at the input guardrail, or from the cache
+                yield StreamStart(early.model, early.target_index, request_id)
+                if early.text:
+                    yield StreamText(early.text)
+                yield replace(early, text="")
                 return
+            call, summaries, key = admitted.call, admitted.summaries, admitted.key
+            output_policy = admitted.output_policy
             reservation = await self._reserve(table, route, call, sampling)
             last: LLMOpsError | None = None
             for index, target in enumerate(route.targets):
@@ -925,7 +943,7 @@ class Generation:
         event.cache_hit = result.cache_hit
         if self.log_payloads:
             event.output.string_value = result.text if text is None else text
-        self._publish(event)
+        self.publish_prediction(event)
 
     def _record_error(
         self,
@@ -942,7 +960,7 @@ class Generation:
             return  # the task run logs it; or nothing can be logged: the buffer is full
         event = self._event(call, name, model, request_id or uuid7(), clock, exc.code)
         event.error_reason = exc.reason or exc.code
-        self._publish(event)
+        self.publish_prediction(event)
 
     def _event(
         self,
@@ -976,7 +994,8 @@ class Generation:
             event.inputs["prompt"].string_value = call.prompt
         return event
 
-    def _publish(self, event: events_pb2.PredictionEvent) -> None:
+    def publish_prediction(self, event: events_pb2.PredictionEvent) -> None:
+        """Buffer one prediction event (the task runs log theirs through here too)."""
         envelope = events_pb2.EventEnvelope()
         envelope.prediction.CopyFrom(event)
         try:

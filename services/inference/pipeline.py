@@ -45,7 +45,7 @@ from services.inference.config import Serving
 from services.inference.engine import ChatTurn
 from services.inference.generation import FINISH, STATUS_NUMBER, GenerateCall, Generation
 from services.inference.metrics import InferenceMetrics
-from services.inference.ports import MeshPorts, Passage, Prompt, Variant
+from services.inference.ports import MeshPorts, Passage, Prompt, Variant, python_value
 from services.inference.tasks import (
     TEMPLATES,
     CompiledTask,
@@ -136,14 +136,6 @@ class RunResult:
     debug: dict[str, Any] | None
 
 
-def python(value: common_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        return None
-    raw = getattr(value, kind)
-    return list(raw.values) if kind.endswith("_list_value") else raw
-
-
 def check_inputs(
     specs: Mapping[str, InputSpec], given: Mapping[str, common_pb2.Value]
 ) -> dict[str, Any]:
@@ -169,7 +161,7 @@ def check_inputs(
         kind = value.WhichOneof("kind")
         if kind != expected[spec.type] and not (spec.type == "double" and kind == "int64_value"):
             raise InvalidArgument(f"inputs.{name}", f"must be {spec.type}, got {kind}")
-        v = python(value)
+        v = python_value(value)
         items = v if spec.type == "string_list" else [v] if spec.type == "string" else []
         if spec.type.endswith("_list") and len(v) > spec.max_items:
             raise InvalidArgument(f"inputs.{name}", f"more than {spec.max_items} items")
@@ -659,12 +651,7 @@ class Pipeline:
                 event.inputs[name].CopyFrom(value)
             if state.output is not None:
                 event.output.CopyFrom(state.output)
-        envelope = events_pb2.EventEnvelope()
-        envelope.prediction.CopyFrom(event)
-        try:
-            self.events.publish(envelope)
-        except LLMOpsError as exc:
-            log.error("prediction_not_logged", event_id=event.event_id, error=str(exc))
+        self.generation.publish_prediction(event)
         return event.event_id
 
 

@@ -22,8 +22,10 @@ from services.inference.generation import (
     Generation,
     StreamStart,
     StreamText,
+    money,
 )
-from services.inference.pipeline import Pipeline, RunCall, python
+from services.inference.pipeline import Pipeline, RunCall
+from services.inference.ports import python_value
 from services.inference.routes import SamplingSpec
 
 ROLES: dict[int, Role] = {
@@ -82,7 +84,7 @@ def generate_call(
     return GenerateCall(
         route=m.route,
         template=template,
-        variables={k: python(v) for k, v in m.variables.items()},
+        variables={k: python_value(v) for k, v in m.variables.items()},
         prompt=m.prompt if kind == "prompt" else None,
         messages=messages,
         sampling=sampling_fields(m.sampling),
@@ -222,8 +224,8 @@ class InferenceAdminServicer(inference_pb2_grpc.InferenceAdminServiceServicer):
                     backend=BACKENDS[engine.backend],
                     endpoint=engine.base_url,
                     timeout=_duration(t.timeout_s),
-                    prompt_price_per_million=_money(price.prompt, price.currency),
-                    completion_price_per_million=_money(price.completion, price.currency),
+                    prompt_price_per_million=money(price.prompt, price.currency),
+                    completion_price_per_million=money(price.completion, price.currency),
                 )
             )
         return route
@@ -261,10 +263,3 @@ class InferenceAdminServicer(inference_pb2_grpc.InferenceAdminServiceServicer):
             task_count=r.task_count,
             changed_routes=r.changed,
         )
-
-
-def _money(amount: float, currency: str) -> common_pb2.Money:
-    units = int(amount)
-    return common_pb2.Money(
-        currency_code=currency, units=units, nanos=round((amount - units) * 1e9)
-    )

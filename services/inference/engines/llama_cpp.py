@@ -38,6 +38,7 @@ from services.inference.engine import (
     EngineModel,
     EngineRequest,
     Finish,
+    collect,
 )
 from services.inference.stops import StopMatcher
 
@@ -258,26 +259,7 @@ class LlamaCppEngine:
         )
 
     async def generate(self, request: EngineRequest) -> Completion:
-        start = time.perf_counter()
-        first: float | None = None
-        parts: list[str] = []
-        last = Delta("")
-        async for delta in self.stream(request):
-            if delta.text:
-                if first is None:
-                    first = time.perf_counter() - start
-                parts.append(delta.text)
-            if delta.finish is not None:
-                last = delta
-        total = time.perf_counter() - start
-        return Completion(
-            text="".join(parts),
-            finish=last.finish or "end_of_sequence",
-            prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
-            time_to_first_token_s=first if first is not None else total,
-            total_s=total,
-        )
+        return await collect(self.stream(request))
 
     async def count_tokens(self, model: str, text: str) -> int:
         """The prompt's token count, as llama.cpp counts it: xllamacpp exposes no tokenizer,

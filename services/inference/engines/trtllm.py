@@ -30,6 +30,7 @@ from services.inference.engine import (
     EngineModel,
     EngineRequest,
     Finish,
+    collect,
 )
 from services.inference.stops import StopMatcher
 
@@ -124,25 +125,7 @@ class TrtLlmEngine:
         )
 
     async def generate(self, request: EngineRequest) -> Completion:
-        start = time.perf_counter()
-        first: float | None = None
-        parts: list[str] = []
-        final = Delta("")
-        async for delta in self.stream(request):
-            if delta.text:
-                first = first if first is not None else time.perf_counter() - start
-                parts.append(delta.text)
-            if delta.finish is not None:
-                final = delta
-        total = time.perf_counter() - start
-        return Completion(
-            text="".join(parts),
-            finish=final.finish or "end_of_sequence",
-            prompt_tokens=final.prompt_tokens,
-            completion_tokens=final.completion_tokens,
-            time_to_first_token_s=first if first is not None else total,
-            total_s=total,
-        )
+        return await collect(self.stream(request))
 
     async def count_tokens(self, model: str, text: str) -> int:
         await asyncio.to_thread(self.load)
