@@ -14,19 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from benchmarks.openai_upstream import Upstream, start_upstream
-from llmops.events.port import ServiceEvents
-from llmops.v1 import common_pb2, events_pb2
-from llmops.yamlfiles import HotReload
-from services.inference.config import Serving, load_serving
+from llmops.v1 import common_pb2
 from services.inference.engine import ChatTurn
-from services.inference.engines.registry import EngineRegistry
 from services.inference.generation import GenerateCall, Generated, Generation, StreamText
-from services.inference.metrics import InferenceMetrics
-from services.inference.models import ModelVersions
 from services.inference.ports import Released, Verdict
+from tests.inference_support import (  # close_engines: an autouse fixture
+    Events,
+    close_engines,  # noqa: F401
+    generation,
+    serving,
+)
 
 ROUTES = """
 engines:
@@ -113,29 +112,6 @@ class Guard:
         return check
 
 
-class Events:
-    def __init__(self) -> None:
-        self.published: list[events_pb2.EventEnvelope] = []
-
-    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
-        self.published.append(envelope)
-
-    def has_room(self, count: int) -> bool:
-        return True
-
-
-OPEN_ENGINES: list[EngineRegistry] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_engines() -> AsyncIterator[None]:
-    """Close the HTTP sessions of the engines a test built."""
-    yield
-    while OPEN_ENGINES:
-        for _, _, engine in OPEN_ENGINES.pop().items():
-            await engine.close()
-
-
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = await start_upstream(reply_tokens=10, token_delay_s=0.01)
@@ -145,19 +121,8 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 def build(tmp_path: Path, url: str, guard: Guard) -> tuple[Generation, Events]:
     (tmp_path / "routes.yaml").write_text(ROUTES.format(url=url))
-    serving = HotReload[Serving](
-        "routes", lambda: load_serving([tmp_path / "routes.yaml"], []), lambda s: s.revision
-    )
-    engines = EngineRegistry()
-    engines.update(serving.current.routes.engines)
-    OPEN_ENGINES.append(engines)
-    events = Events()
-    port = ServiceEvents("inference", lambda: events)  # type: ignore[arg-type, return-value]
-    generation = Generation(
-        serving, engines, ModelVersions(None, 30), port, InferenceMetrics(CollectorRegistry()),
-        guard=guard,  # type: ignore[arg-type]
-    )  # fmt: skip
-    return generation, events
+    built, _, events = generation(serving([tmp_path / "routes.yaml"]), guard=guard)
+    return built, events
 
 
 def chat(*texts: str) -> GenerateCall:

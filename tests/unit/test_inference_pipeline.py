@@ -20,17 +20,17 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.openai_upstream import Upstream, start_upstream
 from llmops.errors import InvalidArgument, NotFound, Unavailable
-from llmops.events.port import ServiceEvents
-from llmops.v1 import common_pb2, events_pb2, inference_pb2
-from llmops.yamlfiles import HotReload
-from services.inference.config import Serving, load_serving
-from services.inference.engines.registry import EngineRegistry
-from services.inference.generation import Generation
+from llmops.v1 import common_pb2, inference_pb2
 from services.inference.metrics import InferenceMetrics
-from services.inference.models import ModelVersions
 from services.inference.pipeline import Pipeline, RunCall, parse_output
 from services.inference.ports import Passage, Prompt, Variant, Verdict
 from services.inference.tasks import PostprocessStep, TaskError
+from tests.inference_support import (  # close_engines: an autouse fixture
+    Events,
+    close_engines,  # noqa: F401
+    generation,
+    serving,
+)
 
 ROUTES = """
 engines:
@@ -131,29 +131,6 @@ class Ports:
         return Verdict(verdict, replacement, "Not allowed." if blocked else "", summary)
 
 
-class Events:
-    def __init__(self) -> None:
-        self.published: list[events_pb2.EventEnvelope] = []
-
-    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
-        self.published.append(envelope)
-
-    def has_room(self, count: int) -> bool:
-        return True
-
-
-OPEN_ENGINES: list[EngineRegistry] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_engines() -> AsyncIterator[None]:
-    """Close the HTTP sessions of the engines a test built."""
-    yield
-    while OPEN_ENGINES:
-        for _, _, engine in OPEN_ENGINES.pop().items():
-            await engine.close()
-
-
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = await start_upstream(reply_tokens=6)
@@ -166,21 +143,10 @@ def build(tmp_path: Path, url: str, tasks: str = TASKS) -> tuple[Pipeline, Ports
     (tmp_path / "tasks").mkdir(exist_ok=True)
     (tmp_path / "routes" / "r.yaml").write_text(ROUTES.format(url=url))
     (tmp_path / "tasks" / "t.yaml").write_text(tasks)
-    serving = HotReload[Serving](
-        "routes",
-        lambda: load_serving([tmp_path / "routes"], [tmp_path / "tasks"]),
-        lambda s: s.revision,
-    )
-    engines = EngineRegistry()
-    engines.update(serving.current.routes.engines)
-    OPEN_ENGINES.append(engines)
-    events = Events()
-    port = ServiceEvents("inference", lambda: events)  # type: ignore[arg-type, return-value]
-    generation = Generation(
-        serving, engines, ModelVersions(None, 30), port, InferenceMetrics(CollectorRegistry())
-    )
+    config = serving([tmp_path / "routes"], [tmp_path / "tasks"])
+    built, port, events = generation(config)
     ports = Ports()
-    return Pipeline(serving, generation, ports, port, allow_debug=True), ports, events
+    return Pipeline(config, built, ports, port, allow_debug=True), ports, events
 
 
 def value(x: Any) -> common_pb2.Value:
@@ -380,19 +346,10 @@ async def test_a_rank_step_scores_a_page_in_one_feature_call_and_one_model_run(
     (tmp_path / "tasks").mkdir()
     (tmp_path / "routes" / "r.yaml").write_text(RANKING_ROUTES)
     (tmp_path / "tasks" / "t.yaml").write_text(RANKING_TASKS)
-    serving = HotReload[Serving](
-        "routes",
-        lambda: load_serving([tmp_path / "routes"], [tmp_path / "tasks"]),
-        lambda s: s.revision,
-    )
-    events = Events()
-    port = ServiceEvents("inference", lambda: events)  # type: ignore[arg-type, return-value]
-    generation = Generation(
-        serving, EngineRegistry(), ModelVersions(None, 30), port,
-        InferenceMetrics(CollectorRegistry()),
-    )  # fmt: skip
+    config = serving([tmp_path / "routes"], [tmp_path / "tasks"])
+    built, port, _ = generation(config)
     ports = Ports()
-    pipeline = Pipeline(serving, generation, ports, port)
+    pipeline = Pipeline(config, built, ports, port)
     page = [4, 9, 1, 7, 2]
     result = await pipeline.run(RunCall("ranking", {"candidates": value_ids(page)}))
     assert [k for k, _ in ports.calls] == ["features_batch"]  # one call for the whole page

@@ -9,21 +9,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from benchmarks.openai_upstream import Upstream, start_upstream
 from llmops.errors import ResourceExhausted, Unavailable
-from llmops.events.port import ServiceEvents
-from llmops.v1 import common_pb2, events_pb2
-from llmops.yamlfiles import HotReload
-from services.inference.config import Serving, load_serving
+from llmops.v1 import common_pb2
 from services.inference.engine import ChatTurn
-from services.inference.engines.registry import EngineRegistry
 from services.inference.generation import GenerateCall, Generated, Generation, StreamText
-from services.inference.metrics import InferenceMetrics
-from services.inference.models import ModelVersions
 from services.inference.resilience import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RetryBudget
 from services.inference.state import Limit, MemoryBudgets, MemoryCache
+from tests.inference_support import (  # close_engines: an autouse fixture
+    Events,
+    close_engines,  # noqa: F401
+    generation,
+    serving,
+)
 
 ROUTES = """
 engines:
@@ -43,29 +42,6 @@ budgets:
 """
 
 
-class Events:
-    def __init__(self) -> None:
-        self.published: list[events_pb2.EventEnvelope] = []
-
-    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
-        self.published.append(envelope)
-
-    def has_room(self, count: int) -> bool:
-        return True
-
-
-OPEN_ENGINES: list[EngineRegistry] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_engines() -> AsyncIterator[None]:
-    """Close the HTTP sessions of the engines a test built."""
-    yield
-    while OPEN_ENGINES:
-        for _, _, engine in OPEN_ENGINES.pop().items():
-            await engine.close()
-
-
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = await start_upstream(reply_tokens=4)
@@ -75,19 +51,11 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 def build(tmp_path: Path, upstream: Upstream) -> tuple[Generation, Events]:
     (tmp_path / "routes.yaml").write_text(ROUTES.format(url=upstream.base_url))
-    serving = HotReload[Serving](
-        "routes", lambda: load_serving([tmp_path / "routes.yaml"], []), lambda s: s.revision
-    )
-    engines = EngineRegistry()
-    engines.update(serving.current.routes.engines)
-    OPEN_ENGINES.append(engines)
-    events = Events()
-    port = ServiceEvents("inference", lambda: events)  # type: ignore[arg-type, return-value]
-    generation = Generation(
-        serving, engines, ModelVersions(None, 30), port, InferenceMetrics(CollectorRegistry()),
-        breaker_failures=3, breaker_cooldown_s=60, cache=MemoryCache(), budgets=MemoryBudgets(),
+    built, _, events = generation(
+        serving([tmp_path / "routes.yaml"]), breaker_failures=3, breaker_cooldown_s=60,
+        cache=MemoryCache(), budgets=MemoryBudgets(),
     )  # fmt: skip
-    return generation, events
+    return built, events
 
 
 def fail_flaky(generation: Generation, status: str) -> None:
