@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -365,6 +366,7 @@ async def serve(
                 services.append(GrpcService(factory(ctx), ctx, access_log))
             for svc in services:
                 await svc.start()
+            freeze_startup_heap()
             log.info("mesh_ready", services=list(names), mode=config.mode.value)
             if ready is not None:
                 ready.set()
@@ -385,6 +387,18 @@ async def serve(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
+
+
+def freeze_startup_heap() -> None:
+    """Move everything allocated while starting (models, indexes, modules, protobuf
+    descriptors: a few hundred thousand objects) out of the cyclic collector's reach.
+
+    Otherwise every full collection walks that heap again: measured 110-220 ms pauses in the
+    whole mesh's process, each one a p99 spike of every call in flight. What a request
+    allocates is still collected as before.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _embedded_observability(config: MeshConfig, backends: Backends) -> Observability | None:

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from llmops.v1 import common_pb2 as llmops_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmops/v1/guardrail.proto\x12\tllmops.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16llmops/v1/common.proto\"0\n\x04\x46\x61\x63t\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"\xd6\x01\n\x0c\x43heckRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.llmops.v1.RequestContext\x12\'\n\tdirection\x18\x02 \x01(\x0e\x32\x14.llmops.v1.Direction\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x1e\n\x05\x66\x61\x63ts\x18\x06 \x03(\x0b\x32\x0f.llmops.v1.Fact\x12\r\n\x05route\x18\x07 \x01(\t\x12\x0c\n\x04task\x18\x08 \x01(\t\"\xa9\x02\n\rCheckResponse\x12#\n\x07verdict\x18\x01 \x01(\x0e\x32\x12.llmops.v1.Verdict\x12\x15\n\rredacted_text\x18\x02 \x01(\t\x12-\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1b.llmops.v1.GuardrailFinding\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x33\n\x12\x64\x65tector_latencies\x18\x06 \x03(\x0b\x32\x17.llmops.v1.StageLatency\x12\x12\n\nlatency_us\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x15\n\rblock_message\x18\n \x01(\t\"\xcd\x01\n\x11\x43heckStreamConfig\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.llmops.v1.RequestContext\x12\'\n\tdirection\x18\x02 \x01(\x0e\x32\x14.llmops.v1.Direction\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x1e\n\x05\x66\x61\x63ts\x18\x05 \x03(\x0b\x32\x0f.llmops.v1.Fact\x12\r\n\x05route\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\"`\n\x12\x43heckStreamRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.llmops.v1.CheckStreamConfigH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\tH\x00\x42\t\n\x07payload\"\xd6\x02\n\x13\x43heckStreamResponse\x12\x15\n\rreleased_text\x18\x01 \x01(\t\x12\x16\n\x0ereleased_until\x18\x02 \x01(\x03\x12#\n\x07verdict\x18\x03 \x01(\x0e\x32\x12.llmops.v1.Verdict\x12-\n\x08\x66indings\x18\x04 \x03(\x0b\x32\x1b.llmops.v1.GuardrailFinding\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\x12\x33\n\x12\x64\x65tector_latencies\x18\x08 \x03(\x0b\x32\x17.llmops.v1.StageLatency\x12\x12\n\nlatency_us\x18\t \x01(\x03\x12\x13\n\x0b\x64\x65\x63ision_id\x18\n \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x0b \x01(\x08\x12\x15\n\rblock_message\x18\x0c \x01(\t\"\xe8\x01\n\x0e\x44\x65tectorConfig\x12\x10\n\x08\x64\x65tector\x18\x01 \x01(\t\x12\x15\n\rfinding_types\x18\x02 \x03(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\"\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x12.llmops.v1.Verdict\x12\x35\n\x06params\x18\x05 \x03(\x0b\x32%.llmops.v1.DetectorConfig.ParamsEntry\x1a?\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.llmops.v1.Value:\x02\x38\x01\"\x99\x02\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12(\n\ndirections\x18\x04 \x03(\x0e\x32\x14.llmops.v1.Direction\x12,\n\tdetectors\x18\x05 \x03(\x0b\x32\x19.llmops.v1.DetectorConfig\x12&\n\tfail_mode\x18\x06 \x01(\x0e\x32\x13.llmops.v1.FailMode\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x14ListPoliciesResponse\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.llmops.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x10GetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"6\n\x11GetPolicyResponse\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.llmops.v1.Policy\"\xa3\x01\n\x0ePolicyTestCase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\tdirection\x18\x02 \x01(\x0e\x32\x14.llmops.v1.Direction\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x1e\n\x05\x66\x61\x63ts\x18\x04 \x03(\x0b\x32\x0f.llmops.v1.Fact\x12,\n\x10\x65xpected_verdict\x18\x05 \x01(\x0e\x32\x12.llmops.v1.Verdict\"\x99\x01\n\x11TestPolicyRequest\x12\x10\n\x06policy\x18\x01 \x01(\tH\x00\x12&\n\tcandidate\x18\x02 \x01(\x0b\x32\x11.llmops.v1.PolicyH\x00\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x03\x12(\n\x05\x63\x61ses\x18\x04 \x03(\x0b\x32\x19.llmops.v1.PolicyTestCaseB\x08\n\x06target\"\xaf\x01\n\x10PolicyTestResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x07verdict\x18\x02 \x01(\x0e\x32\x12.llmops.v1.Verdict\x12-\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1b.llmops.v1.GuardrailFinding\x12\x15\n\rredacted_text\x18\x04 \x01(\t\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x12\n\nlatency_us\x18\x06 \x01(\x03\"X\n\x12TestPolicyResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.llmops.v1.PolicyTestResult\x12\x14\n\x0c\x66\x61iled_count\x18\x02 \x01(\x05\"=\n*GuardrailAdminServiceReloadPoliciesRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\x8a\x01\n+GuardrailAdminServiceReloadPoliciesResponse\x12\x14\n\x0cpolicy_count\x18\x01 \x01(\x05\x12\x18\n\x10\x63hanged_policies\x18\x02 \x03(\t\x12\x19\n\x11previous_revision\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t*O\n\x08\x46\x61ilMode\x12\x19\n\x15\x46\x41IL_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46\x41IL_MODE_OPEN\x10\x01\x12\x14\n\x10\x46\x41IL_MODE_CLOSED\x10\x02\x32\xa0\x01\n\x10GuardrailService\x12:\n\x05\x43heck\x12\x17.llmops.v1.CheckRequest\x1a\x18.llmops.v1.CheckResponse\x12P\n\x0b\x43heckStream\x12\x1d.llmops.v1.CheckStreamRequest\x1a\x1e.llmops.v1.CheckStreamResponse(\x01\x30\x01\x32\xfc\x02\n\x15GuardrailAdminService\x12O\n\x0cListPolicies\x12\x1e.llmops.v1.ListPoliciesRequest\x1a\x1f.llmops.v1.ListPoliciesResponse\x12\x46\n\tGetPolicy\x12\x1b.llmops.v1.GetPolicyRequest\x1a\x1c.llmops.v1.GetPolicyResponse\x12I\n\nTestPolicy\x12\x1c.llmops.v1.TestPolicyRequest\x1a\x1d.llmops.v1.TestPolicyResponse\x12\x7f\n\x0eReloadPolicies\x12\x35.llmops.v1.GuardrailAdminServiceReloadPoliciesRequest\x1a\x36.llmops.v1.GuardrailAdminServiceReloadPoliciesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmops/v1/guardrail.proto\x12\tllmops.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16llmops/v1/common.proto\"0\n\x04\x46\x61\x63t\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"\xd6\x01\n\x0c\x43heckRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.llmops.v1.RequestContext\x12\'\n\tdirection\x18\x02 \x01(\x0e\x32\x14.llmops.v1.Direction\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x1e\n\x05\x66\x61\x63ts\x18\x06 \x03(\x0b\x32\x0f.llmops.v1.Fact\x12\r\n\x05route\x18\x07 \x01(\t\x12\x0c\n\x04task\x18\x08 \x01(\t\"\xa9\x02\n\rCheckResponse\x12#\n\x07verdict\x18\x01 \x01(\x0e\x32\x12.llmops.v1.Verdict\x12\x15\n\rredacted_text\x18\x02 \x01(\t\x12-\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1b.llmops.v1.GuardrailFinding\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x33\n\x12\x64\x65tector_latencies\x18\x06 \x03(\x0b\x32\x17.llmops.v1.StageLatency\x12\x12\n\nlatency_us\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x08 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x15\n\rblock_message\x18\n \x01(\t\"\xdc\x01\n\x11\x43heckBatchRequest\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.llmops.v1.RequestContext\x12\'\n\tdirection\x18\x02 \x01(\x0e\x32\x14.llmops.v1.Direction\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\r\n\x05texts\x18\x05 \x03(\t\x12\x1e\n\x05\x66\x61\x63ts\x18\x06 \x03(\x0b\x32\x0f.llmops.v1.Fact\x12\r\n\x05route\x18\x07 \x01(\t\x12\x0c\n\x04task\x18\x08 \x01(\t\"S\n\x12\x43heckBatchResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.llmops.v1.CheckResponse\x12\x12\n\nlatency_us\x18\x02 \x01(\x03\"\xcd\x01\n\x11\x43heckStreamConfig\x12*\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x19.llmops.v1.RequestContext\x12\'\n\tdirection\x18\x02 \x01(\x0e\x32\x14.llmops.v1.Direction\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x1e\n\x05\x66\x61\x63ts\x18\x05 \x03(\x0b\x32\x0f.llmops.v1.Fact\x12\r\n\x05route\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\"`\n\x12\x43heckStreamRequest\x12.\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1c.llmops.v1.CheckStreamConfigH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\tH\x00\x42\t\n\x07payload\"\xd6\x02\n\x13\x43heckStreamResponse\x12\x15\n\rreleased_text\x18\x01 \x01(\t\x12\x16\n\x0ereleased_until\x18\x02 \x01(\x03\x12#\n\x07verdict\x18\x03 \x01(\x0e\x32\x12.llmops.v1.Verdict\x12-\n\x08\x66indings\x18\x04 \x03(\x0b\x32\x1b.llmops.v1.GuardrailFinding\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x0e\n\x06policy\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\x12\x33\n\x12\x64\x65tector_latencies\x18\x08 \x03(\x0b\x32\x17.llmops.v1.StageLatency\x12\x12\n\nlatency_us\x18\t \x01(\x03\x12\x13\n\x0b\x64\x65\x63ision_id\x18\n \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x0b \x01(\x08\x12\x15\n\rblock_message\x18\x0c \x01(\t\"\xe8\x01\n\x0e\x44\x65tectorConfig\x12\x10\n\x08\x64\x65tector\x18\x01 \x01(\t\x12\x15\n\rfinding_types\x18\x02 \x03(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12\"\n\x06\x61\x63tion\x18\x04 \x01(\x0e\x32\x12.llmops.v1.Verdict\x12\x35\n\x06params\x18\x05 \x03(\x0b\x32%.llmops.v1.DetectorConfig.ParamsEntry\x1a?\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.llmops.v1.Value:\x02\x38\x01\"\x99\x02\n\x06Policy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12(\n\ndirections\x18\x04 \x03(\x0e\x32\x14.llmops.v1.Direction\x12,\n\tdetectors\x18\x05 \x03(\x0b\x32\x19.llmops.v1.DetectorConfig\x12&\n\tfail_mode\x18\x06 \x01(\x0e\x32\x13.llmops.v1.FailMode\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"<\n\x13ListPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"T\n\x14ListPoliciesResponse\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.llmops.v1.Policy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x10GetPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"6\n\x11GetPolicyResponse\x12!\n\x06policy\x18\x01 \x01(\x0b\x32\x11.llmops.v1.Policy\"\xa3\x01\n\x0ePolicyTestCase\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\tdirection\x18\x02 \x01(\x0e\x32\x14.llmops.v1.Direction\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x1e\n\x05\x66\x61\x63ts\x18\x04 \x03(\x0b\x32\x0f.llmops.v1.Fact\x12,\n\x10\x65xpected_verdict\x18\x05 \x01(\x0e\x32\x12.llmops.v1.Verdict\"\x99\x01\n\x11TestPolicyRequest\x12\x10\n\x06policy\x18\x01 \x01(\tH\x00\x12&\n\tcandidate\x18\x02 \x01(\x0b\x32\x11.llmops.v1.PolicyH\x00\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x03\x12(\n\x05\x63\x61ses\x18\x04 \x03(\x0b\x32\x19.llmops.v1.PolicyTestCaseB\x08\n\x06target\"\xaf\x01\n\x10PolicyTestResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x07verdict\x18\x02 \x01(\x0e\x32\x12.llmops.v1.Verdict\x12-\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1b.llmops.v1.GuardrailFinding\x12\x15\n\rredacted_text\x18\x04 \x01(\t\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x12\n\nlatency_us\x18\x06 \x01(\x03\"X\n\x12TestPolicyResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.llmops.v1.PolicyTestResult\x12\x14\n\x0c\x66\x61iled_count\x18\x02 \x01(\x05\"=\n*GuardrailAdminServiceReloadPoliciesRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\x8a\x01\n+GuardrailAdminServiceReloadPoliciesResponse\x12\x14\n\x0cpolicy_count\x18\x01 \x01(\x05\x12\x18\n\x10\x63hanged_policies\x18\x02 \x03(\t\x12\x19\n\x11previous_revision\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t*O\n\x08\x46\x61ilMode\x12\x19\n\x15\x46\x41IL_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46\x41IL_MODE_OPEN\x10\x01\x12\x14\n\x10\x46\x41IL_MODE_CLOSED\x10\x02\x32\xeb\x01\n\x10GuardrailService\x12:\n\x05\x43heck\x12\x17.llmops.v1.CheckRequest\x1a\x18.llmops.v1.CheckResponse\x12P\n\x0b\x43heckStream\x12\x1d.llmops.v1.CheckStreamRequest\x1a\x1e.llmops.v1.CheckStreamResponse(\x01\x30\x01\x12I\n\nCheckBatch\x12\x1c.llmops.v1.CheckBatchRequest\x1a\x1d.llmops.v1.CheckBatchResponse2\xfc\x02\n\x15GuardrailAdminService\x12O\n\x0cListPolicies\x12\x1e.llmops.v1.ListPoliciesRequest\x1a\x1f.llmops.v1.ListPoliciesResponse\x12\x46\n\tGetPolicy\x12\x1b.llmops.v1.GetPolicyRequest\x1a\x1c.llmops.v1.GetPolicyResponse\x12I\n\nTestPolicy\x12\x1c.llmops.v1.TestPolicyRequest\x1a\x1d.llmops.v1.TestPolicyResponse\x12\x7f\n\x0eReloadPolicies\x12\x35.llmops.v1.GuardrailAdminServiceReloadPoliciesRequest\x1a\x36.llmops.v1.GuardrailAdminServiceReloadPoliciesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,48 +36,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DETECTORCONFIG_PARAMSENTRY']._loaded_options = None
   _globals['_DETECTORCONFIG_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_FAILMODE']._serialized_start=2915
-  _globals['_FAILMODE']._serialized_end=2994
+  _globals['_FAILMODE']._serialized_start=3223
+  _globals['_FAILMODE']._serialized_end=3302
   _globals['_FACT']._serialized_start=129
   _globals['_FACT']._serialized_end=177
   _globals['_CHECKREQUEST']._serialized_start=180
   _globals['_CHECKREQUEST']._serialized_end=394
   _globals['_CHECKRESPONSE']._serialized_start=397
   _globals['_CHECKRESPONSE']._serialized_end=694
-  _globals['_CHECKSTREAMCONFIG']._serialized_start=697
-  _globals['_CHECKSTREAMCONFIG']._serialized_end=902
-  _globals['_CHECKSTREAMREQUEST']._serialized_start=904
-  _globals['_CHECKSTREAMREQUEST']._serialized_end=1000
-  _globals['_CHECKSTREAMRESPONSE']._serialized_start=1003
-  _globals['_CHECKSTREAMRESPONSE']._serialized_end=1345
-  _globals['_DETECTORCONFIG']._serialized_start=1348
-  _globals['_DETECTORCONFIG']._serialized_end=1580
-  _globals['_DETECTORCONFIG_PARAMSENTRY']._serialized_start=1517
-  _globals['_DETECTORCONFIG_PARAMSENTRY']._serialized_end=1580
-  _globals['_POLICY']._serialized_start=1583
-  _globals['_POLICY']._serialized_end=1864
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=1866
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=1926
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1928
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=2012
-  _globals['_GETPOLICYREQUEST']._serialized_start=2014
-  _globals['_GETPOLICYREQUEST']._serialized_end=2063
-  _globals['_GETPOLICYRESPONSE']._serialized_start=2065
-  _globals['_GETPOLICYRESPONSE']._serialized_end=2119
-  _globals['_POLICYTESTCASE']._serialized_start=2122
-  _globals['_POLICYTESTCASE']._serialized_end=2285
-  _globals['_TESTPOLICYREQUEST']._serialized_start=2288
-  _globals['_TESTPOLICYREQUEST']._serialized_end=2441
-  _globals['_POLICYTESTRESULT']._serialized_start=2444
-  _globals['_POLICYTESTRESULT']._serialized_end=2619
-  _globals['_TESTPOLICYRESPONSE']._serialized_start=2621
-  _globals['_TESTPOLICYRESPONSE']._serialized_end=2709
-  _globals['_GUARDRAILADMINSERVICERELOADPOLICIESREQUEST']._serialized_start=2711
-  _globals['_GUARDRAILADMINSERVICERELOADPOLICIESREQUEST']._serialized_end=2772
-  _globals['_GUARDRAILADMINSERVICERELOADPOLICIESRESPONSE']._serialized_start=2775
-  _globals['_GUARDRAILADMINSERVICERELOADPOLICIESRESPONSE']._serialized_end=2913
-  _globals['_GUARDRAILSERVICE']._serialized_start=2997
-  _globals['_GUARDRAILSERVICE']._serialized_end=3157
-  _globals['_GUARDRAILADMINSERVICE']._serialized_start=3160
-  _globals['_GUARDRAILADMINSERVICE']._serialized_end=3540
+  _globals['_CHECKBATCHREQUEST']._serialized_start=697
+  _globals['_CHECKBATCHREQUEST']._serialized_end=917
+  _globals['_CHECKBATCHRESPONSE']._serialized_start=919
+  _globals['_CHECKBATCHRESPONSE']._serialized_end=1002
+  _globals['_CHECKSTREAMCONFIG']._serialized_start=1005
+  _globals['_CHECKSTREAMCONFIG']._serialized_end=1210
+  _globals['_CHECKSTREAMREQUEST']._serialized_start=1212
+  _globals['_CHECKSTREAMREQUEST']._serialized_end=1308
+  _globals['_CHECKSTREAMRESPONSE']._serialized_start=1311
+  _globals['_CHECKSTREAMRESPONSE']._serialized_end=1653
+  _globals['_DETECTORCONFIG']._serialized_start=1656
+  _globals['_DETECTORCONFIG']._serialized_end=1888
+  _globals['_DETECTORCONFIG_PARAMSENTRY']._serialized_start=1825
+  _globals['_DETECTORCONFIG_PARAMSENTRY']._serialized_end=1888
+  _globals['_POLICY']._serialized_start=1891
+  _globals['_POLICY']._serialized_end=2172
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=2174
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=2234
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=2236
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=2320
+  _globals['_GETPOLICYREQUEST']._serialized_start=2322
+  _globals['_GETPOLICYREQUEST']._serialized_end=2371
+  _globals['_GETPOLICYRESPONSE']._serialized_start=2373
+  _globals['_GETPOLICYRESPONSE']._serialized_end=2427
+  _globals['_POLICYTESTCASE']._serialized_start=2430
+  _globals['_POLICYTESTCASE']._serialized_end=2593
+  _globals['_TESTPOLICYREQUEST']._serialized_start=2596
+  _globals['_TESTPOLICYREQUEST']._serialized_end=2749
+  _globals['_POLICYTESTRESULT']._serialized_start=2752
+  _globals['_POLICYTESTRESULT']._serialized_end=2927
+  _globals['_TESTPOLICYRESPONSE']._serialized_start=2929
+  _globals['_TESTPOLICYRESPONSE']._serialized_end=3017
+  _globals['_GUARDRAILADMINSERVICERELOADPOLICIESREQUEST']._serialized_start=3019
+  _globals['_GUARDRAILADMINSERVICERELOADPOLICIESREQUEST']._serialized_end=3080
+  _globals['_GUARDRAILADMINSERVICERELOADPOLICIESRESPONSE']._serialized_start=3083
+  _globals['_GUARDRAILADMINSERVICERELOADPOLICIESRESPONSE']._serialized_end=3221
+  _globals['_GUARDRAILSERVICE']._serialized_start=3305
+  _globals['_GUARDRAILSERVICE']._serialized_end=3540
+  _globals['_GUARDRAILADMINSERVICE']._serialized_start=3543
+  _globals['_GUARDRAILADMINSERVICE']._serialized_end=3923
 # @@protoc_insertion_point(module_scope)

@@ -193,6 +193,81 @@ class CheckResponse(_message.Message):
 Global___CheckResponse: _TypeAlias = CheckResponse  # noqa: Y015
 
 @_typing.final
+class CheckBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    FACTS_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    direction: _common_pb2.Direction.ValueType
+    policy: _builtins.str
+    """Policy name; empty uses the service default for the direction."""
+    policy_version: _builtins.int
+    """Policy version; 0 uses the current version."""
+    route: _builtins.str
+    task: _builtins.str
+    @_builtins.property
+    def context(self) -> _common_pb2.RequestContext: ...
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts to check, 1 to 256, each at most 64 KiB of UTF-8."""
+
+    @_builtins.property
+    def facts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Fact]:
+        """Facts for grounding detectors (output direction), shared by every text."""
+
+    def __init__(
+        self,
+        *,
+        context: _common_pb2.RequestContext | None = ...,
+        direction: _common_pb2.Direction.ValueType = ...,
+        policy: _builtins.str = ...,
+        policy_version: _builtins.int = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        facts: _abc.Iterable[Global___Fact] | None = ...,
+        route: _builtins.str = ...,
+        task: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "direction", b"direction", "facts", b"facts", "policy", b"policy", "policy_version", b"policy_version", "route", b"route", "task", b"task", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckBatchRequest: _TypeAlias = CheckBatchRequest  # noqa: Y015
+
+@_typing.final
+class CheckBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    LATENCY_US_FIELD_NUMBER: _builtins.int
+    latency_us: _builtins.int
+    """Wall time of the whole batch, in microseconds."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckResponse]:
+        """One result per text, in the order of CheckBatchRequest.texts."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CheckResponse] | None = ...,
+        latency_us: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latency_us", b"latency_us", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckBatchResponse: _TypeAlias = CheckBatchResponse  # noqa: Y015
+
+@_typing.final
 class CheckStreamConfig(_message.Message):
     """Configuration of a streaming check; the first CheckStreamRequest."""
 

@@ -45,6 +45,11 @@ class GuardrailServiceStub:
                 request_serializer=llmops_dot_v1_dot_guardrail__pb2.CheckStreamRequest.SerializeToString,
                 response_deserializer=llmops_dot_v1_dot_guardrail__pb2.CheckStreamResponse.FromString,
                 _registered_method=True)
+        self.CheckBatch = channel.unary_unary(
+                '/llmops.v1.GuardrailService/CheckBatch',
+                request_serializer=llmops_dot_v1_dot_guardrail__pb2.CheckBatchRequest.SerializeToString,
+                response_deserializer=llmops_dot_v1_dot_guardrail__pb2.CheckBatchResponse.FromString,
+                _registered_method=True)
 
 
 class GuardrailServiceServicer:
@@ -72,6 +77,17 @@ class GuardrailServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckBatch(self, request, context):
+        """Checks several texts of one subject under one policy in one call (a shopper's reviews
+        and the passages retrieved for a prompt): each text is decided, and recorded, exactly as
+        its own Check would be, and the results come back in the order of the texts.
+        INVALID_ARGUMENT naming `texts` (none, or more than 256) or `texts[i]` (over 64 KiB);
+        nothing is checked or recorded then. NOT_FOUND for an unknown policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GuardrailServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +100,11 @@ def add_GuardrailServiceServicer_to_server(servicer, server):
                     servicer.CheckStream,
                     request_deserializer=llmops_dot_v1_dot_guardrail__pb2.CheckStreamRequest.FromString,
                     response_serializer=llmops_dot_v1_dot_guardrail__pb2.CheckStreamResponse.SerializeToString,
+            ),
+            'CheckBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckBatch,
+                    request_deserializer=llmops_dot_v1_dot_guardrail__pb2.CheckBatchRequest.FromString,
+                    response_serializer=llmops_dot_v1_dot_guardrail__pb2.CheckBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +162,33 @@ class GuardrailService:
             '/llmops.v1.GuardrailService/CheckStream',
             llmops_dot_v1_dot_guardrail__pb2.CheckStreamRequest.SerializeToString,
             llmops_dot_v1_dot_guardrail__pb2.CheckStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmops.v1.GuardrailService/CheckBatch',
+            llmops_dot_v1_dot_guardrail__pb2.CheckBatchRequest.SerializeToString,
+            llmops_dot_v1_dot_guardrail__pb2.CheckBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,13 @@ class GuardrailServiceStub:
     final response after the half-close. On BLOCK the server sends a final response
     immediately and ends the stream; the caller should stop generating.
     """
+    CheckBatch: _grpc.UnaryUnaryMultiCallable[_guardrail_pb2.CheckBatchRequest, _guardrail_pb2.CheckBatchResponse]
+    """Checks several texts of one subject under one policy in one call (a shopper's reviews
+    and the passages retrieved for a prompt): each text is decided, and recorded, exactly as
+    its own Check would be, and the results come back in the order of the texts.
+    INVALID_ARGUMENT naming `texts` (none, or more than 256) or `texts[i]` (over 64 KiB);
+    nothing is checked or recorded then. NOT_FOUND for an unknown policy.
+    """
 
 @_typing.type_check_only
 class GuardrailServiceAsyncStub(GuardrailServiceStub):
@@ -70,6 +77,13 @@ class GuardrailServiceAsyncStub(GuardrailServiceStub):
     safe (it may hold back a short window so matches that span chunks are caught) and a
     final response after the half-close. On BLOCK the server sends a final response
     immediately and ends the stream; the caller should stop generating.
+    """
+    CheckBatch: _aio.UnaryUnaryMultiCallable[_guardrail_pb2.CheckBatchRequest, _guardrail_pb2.CheckBatchResponse]  # type: ignore[assignment]
+    """Checks several texts of one subject under one policy in one call (a shopper's reviews
+    and the passages retrieved for a prompt): each text is decided, and recorded, exactly as
+    its own Check would be, and the results come back in the order of the texts.
+    INVALID_ARGUMENT naming `texts` (none, or more than 256) or `texts[i]` (over 64 KiB);
+    nothing is checked or recorded then. NOT_FOUND for an unknown policy.
     """
 
 class GuardrailServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +112,19 @@ class GuardrailServiceServicer(metaclass=_abc_1.ABCMeta):
         safe (it may hold back a short window so matches that span chunks are caught) and a
         final response after the half-close. On BLOCK the server sends a final response
         immediately and ends the stream; the caller should stop generating.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckBatch(
+        self,
+        request: _guardrail_pb2.CheckBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_guardrail_pb2.CheckBatchResponse, _abc.Awaitable[_guardrail_pb2.CheckBatchResponse]]:
+        """Checks several texts of one subject under one policy in one call (a shopper's reviews
+        and the passages retrieved for a prompt): each text is decided, and recorded, exactly as
+        its own Check would be, and the results come back in the order of the texts.
+        INVALID_ARGUMENT naming `texts` (none, or more than 256) or `texts[i]` (over 64 KiB);
+        nothing is checked or recorded then. NOT_FOUND for an unknown policy.
         """
 
 def add_GuardrailServiceServicer_to_server(servicer: GuardrailServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

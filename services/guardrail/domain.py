@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.ids import uuid7
@@ -31,8 +31,12 @@ from services.guardrail.engine import ALLOW, BLOCK, INLINE_LIMIT, Counted, Decis
 from services.guardrail.policy import CompiledPolicy, PolicySet, compile_candidate
 from services.guardrail.stream import Release, StreamState
 
+T = TypeVar("T")
+
 MAX_TEXT_BYTES = 64 * 1024
 """Most UTF-8 bytes of one ``Check`` text, and of all chunks of one ``CheckStream``."""
+MAX_BATCH_TEXTS = 256
+"""Most texts of one ``CheckBatch``."""
 POOL_SLOTS = 8
 """Long texts (above :data:`~services.guardrail.engine.INLINE_LIMIT`) checked or waiting for
 a worker at once; one more is refused with RESOURCE_EXHAUSTED instead of queueing."""
@@ -227,14 +231,57 @@ class Guardrail:
         decision = await self._evaluate(policy, text, ctx)
         return Checked(policy, decision, self._record(subject, policy, decision, streamed=False))
 
+    async def check_batch(self, subject: Subject, texts: Sequence[str]) -> list[Checked]:
+        """Each text checked as :meth:`check` would, in order. Every text is validated
+        first and nothing is recorded until every decision is made, so a refused batch
+        leaves no trace. The short texts are decided on the event loop while their sum stays
+        within :data:`INLINE_LIMIT` (as one text of that size would); the others go to the
+        worker pool together."""
+        if not texts:
+            raise InvalidArgument("texts", "at least one text")
+        if len(texts) > MAX_BATCH_TEXTS:
+            raise InvalidArgument("texts", f"at most {MAX_BATCH_TEXTS} texts")
+        for i, text in enumerate(texts):
+            if utf8_size(text) > MAX_TEXT_BYTES:
+                raise InvalidArgument(f"texts[{i}]", f"at most {MAX_TEXT_BYTES} bytes of UTF-8")
+        policy = self.policy(subject.policy, subject.policy_version, subject.direction)
+        ctx = _context(subject.direction, subject.locale, subject.facts)
+        inline: list[int] = []
+        pooled: list[int] = []
+        inline_left = INLINE_LIMIT
+        for i, text in enumerate(texts):
+            if len(text) <= inline_left:
+                inline_left -= len(text)
+                inline.append(i)
+            else:
+                pooled.append(i)
+        decisions: dict[int, Decision] = {}
+        for i in inline:
+            decisions[i] = self.engine.evaluate(policy, texts[i], ctx)
+        if pooled:
+            # one job for all of them: one pool slot, whatever the batch's size
+            found = await self._pooled(
+                lambda: [self.engine.evaluate(policy, texts[i], ctx) for i in pooled]
+            )
+            decisions.update(zip(pooled, found, strict=True))
+        return [
+            Checked(policy, decisions[i], self._record(subject, policy, decisions[i], False))
+            for i in range(len(texts))
+        ]
+
     async def _evaluate(self, policy: CompiledPolicy, text: str, ctx: CheckContext) -> Decision:
         if len(text) <= INLINE_LIMIT:
             return self.engine.evaluate(policy, text, ctx)
+        return await self._pooled(lambda: self.engine.evaluate(policy, text, ctx))
+
+    async def _pooled(self, work: Callable[[], T]) -> T:
+        """``work`` on the worker pool, off the event loop (RESOURCE_EXHAUSTED when every
+        slot is taken)."""
         if self._slots.locked():  # every worker busy and more waiting: shed load
             raise ResourceExhausted("guardrail worker pool is full (long texts); retry later")
         async with self._slots:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self.engine.evaluate, policy, text, ctx)
+            return await loop.run_in_executor(self._pool, work)
 
     def _record(
         self, subject: Subject, policy: CompiledPolicy, decision: Decision, streamed: bool

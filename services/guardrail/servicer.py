@@ -6,6 +6,7 @@ Nothing here decides: requests become domain objects, domain results become resp
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -32,7 +33,11 @@ def _facts(facts: Iterable[guardrail_pb2.Fact]) -> tuple[Fact, ...]:
     return tuple(Fact(f.id, f.text, f.source) for f in facts)
 
 
-def _subject(m: guardrail_pb2.CheckRequest | guardrail_pb2.CheckStreamConfig) -> Subject:
+def _subject(
+    m: guardrail_pb2.CheckRequest
+    | guardrail_pb2.CheckStreamConfig
+    | guardrail_pb2.CheckBatchRequest,
+) -> Subject:
     """The request's subject; its request id is the caller's, else the one the runtime gave
     this RPC (common.proto: the first service that sees a request without one makes one)."""
     ctx = m.context
@@ -172,6 +177,16 @@ class GuardrailServicer(guardrail_pb2_grpc.GuardrailServiceServicer):
         self, request: guardrail_pb2.CheckRequest, context: Any
     ) -> guardrail_pb2.CheckResponse:
         return _check_response(await self.guardrail.check(_subject(request), request.text))
+
+    async def CheckBatch(
+        self, request: guardrail_pb2.CheckBatchRequest, context: Any
+    ) -> guardrail_pb2.CheckBatchResponse:
+        began = time.perf_counter()
+        checked = await self.guardrail.check_batch(_subject(request), request.texts)
+        return guardrail_pb2.CheckBatchResponse(
+            results=[_check_response(c) for c in checked],
+            latency_us=int((time.perf_counter() - began) * 1e6),
+        )
 
     async def CheckStream(
         self, request_iterator: AsyncIterator[guardrail_pb2.CheckStreamRequest], context: Any

@@ -293,15 +293,25 @@ class Pipeline:
             budget = remaining_time()
             deadline = time.monotonic() + (DEFAULT_RUN_BUDGET_S if budget is None else budget)
             steps = task.spec.steps
-            for i, step in enumerate(steps):
-                share = self._budget(steps[i:], deadline)
-                began = time.perf_counter()
-                try:
-                    await asyncio.wait_for(self._step(task, step, state, call, share), share)
-                except (LLMOpsError, TimeoutError) as exc:
-                    self._failed(step, exc, share, state)
-                finally:
-                    stages.append(_stage(step.kind, start, began))
+            i = 0
+            while i < len(steps):
+                group = concurrent_group(steps, i)
+                shares = [self._budget(steps[i:], deadline, step) for step in group]
+                if len(group) == 1:
+                    outcomes = [await self._timed(task, group[0], state, call, shares[0])]
+                else:
+                    outcomes = await asyncio.gather(*(
+                        self._timed(task, step, state, call, share)
+                        for step, share in zip(group, shares, strict=True)
+                    ))  # fmt: skip
+                for step, (began, ended, _) in zip(group, outcomes, strict=True):
+                    stages.append(_stage(step.kind, start, began, ended))
+                for step, share, (_, _, exc) in zip(group, shares, outcomes, strict=True):
+                    if exc is not None:
+                        self._failed(step, exc, share, state)
+                    if state.blocked is not None and step.kind == "guardrail_input":
+                        break  # as in order: what came after the block does not count
+                i += len(group)
                 if state.blocked is not None:
                     if state.finish == inference_pb2.FINISH_REASON_UNSPECIFIED:
                         state.finish = inference_pb2.FINISH_REASON_CONTENT_FILTER
@@ -348,11 +358,24 @@ class Pipeline:
             self.metrics.stage.labels(name, stage.stage).observe(stage.duration_us / 1e6)
 
     @staticmethod
-    def _budget(remaining: list[StepSpec], deadline: float) -> float:
+    def _budget(remaining: list[StepSpec], deadline: float, step: StepSpec) -> float:
+        """``step``'s time: its timeout, at most its share (by timeouts) of what is left of
+        the deadline over the ``remaining`` steps."""
         left = max(0.0, deadline - time.monotonic())
         total = sum(s.timeout_ms for s in remaining)
-        own = remaining[0].timeout_ms
+        own = step.timeout_ms
         return max(0.001, min(own / 1000, left * own / total))
+
+    async def _timed(
+        self, task: CompiledTask, step: StepSpec, state: _State, call: RunCall, budget: float
+    ) -> tuple[float, float, Exception | None]:
+        """One step within its budget: (began, ended, the failure or None)."""
+        began = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._step(task, step, state, call, budget), budget)
+        except (LLMOpsError, TimeoutError) as exc:
+            return began, time.perf_counter(), exc
+        return began, time.perf_counter(), None
 
     def _failed(self, step: StepSpec, exc: Exception, budget: float, state: _State) -> None:
         what = (
@@ -502,11 +525,10 @@ class Pipeline:
             subjects += [("passage", i, p.text) for i, p in enumerate(state.passages) if p.text]
         if not subjects:
             return
-        checks = await asyncio.gather(*(
-            self.ports.check(ctx, common_pb2.DIRECTION_INPUT, s.policy, text, (), "",
-                             task.spec.name, budget)
-            for _, _, text in subjects
-        ))  # fmt: skip
+        checks = await self.ports.check_batch(
+            ctx, common_pb2.DIRECTION_INPUT, s.policy, [text for _, _, text in subjects], "",
+            task.spec.name, budget,
+        )  # fmt: skip
         redacted = False
         for (name, index, _), verdict in zip(subjects, checks, strict=True):
             state.guardrails.append(verdict.summary)
@@ -655,8 +677,34 @@ class Pipeline:
         return event.event_id
 
 
-def _stage(name: str, start: float, began: float) -> common_pb2.StageLatency:
-    now = time.perf_counter()
+def _stage(name: str, start: float, began: float, ended: float) -> common_pb2.StageLatency:
     return common_pb2.StageLatency(
-        stage=name, duration_us=int((now - began) * 1e6), start_offset_us=int((began - start) * 1e6)
+        stage=name,
+        duration_us=int((ended - began) * 1e6),
+        start_offset_us=int((began - start) * 1e6),
     )
+
+
+def _needs_inputs_only(step: StepSpec) -> bool:
+    """A step that reads only the call (its inputs and context) and writes what no other such
+    step reads: the experiment, the feature reads, an input guardrail over the shopper's own
+    texts (not the retrieved passages)."""
+    s = step.settings
+    return isinstance(s, (ExperimentStep, FeaturesStep)) or (
+        isinstance(s, GuardrailInputStep) and not s.retrieved
+    )
+
+
+def concurrent_group(steps: list[StepSpec], i: int) -> list[StepSpec]:
+    """The steps that run together from ``steps[i]``: a run of consecutive steps that need
+    only the call's inputs (one hop's latency instead of several), else ``steps[i]`` alone.
+    At most one step of a kind per group: two input guardrails could both rewrite an input
+    (REDACT), two feature reads the same feature."""
+    group = [steps[i]]
+    if not _needs_inputs_only(steps[i]):
+        return group
+    for step in steps[i + 1 :]:
+        if not _needs_inputs_only(step) or step.kind in {s.kind for s in group}:
+            break
+        group.append(step)
+    return group

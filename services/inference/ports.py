@@ -119,6 +119,11 @@ class MeshPorts(Protocol):
         facts: Sequence[tuple[str, str]], route: str, task: str, timeout_s: float,
     ) -> Verdict: ...  # fmt: skip
 
+    async def check_batch(
+        self, context: common_pb2.RequestContext, direction: int, policy: str,
+        texts: Sequence[str], route: str, task: str, timeout_s: float,
+    ) -> list[Verdict]: ...  # fmt: skip
+
     async def stream_check(
         self, context: common_pb2.RequestContext, policy: str, route: str
     ) -> StreamCheck: ...
@@ -147,6 +152,20 @@ def _mapped(exc: grpc.aio.AioRpcError, what: str) -> Exception:
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return FailedPrecondition(detail)
     return Unavailable(detail)
+
+
+def _verdict(direction: int, text: str, reply: guardrail_pb2.CheckResponse) -> Verdict:
+    summary = common_pb2.GuardrailSummary(
+        direction=direction,  # type: ignore[arg-type]
+        policy=reply.policy,
+        policy_version=reply.policy_version,
+        verdict=reply.verdict,
+        finding_types=sorted({f.type for f in reply.findings}),
+        latency_us=reply.latency_us,
+        decision_id=reply.decision_id,
+    )
+    redacted = reply.redacted_text if reply.verdict == common_pb2.VERDICT_REDACT else text
+    return Verdict(reply.verdict, redacted, reply.block_message, summary)
 
 
 class GrpcPorts:
@@ -297,17 +316,28 @@ class GrpcPorts:
             )
         except grpc.aio.AioRpcError as exc:
             raise _mapped(exc, "guardrail") from None
-        summary = common_pb2.GuardrailSummary(
-            direction=direction,  # type: ignore[arg-type]
-            policy=reply.policy,
-            policy_version=reply.policy_version,
-            verdict=reply.verdict,
-            finding_types=sorted({f.type for f in reply.findings}),
-            latency_us=reply.latency_us,
-            decision_id=reply.decision_id,
-        )
-        redacted = reply.redacted_text if reply.verdict == common_pb2.VERDICT_REDACT else text
-        return Verdict(reply.verdict, redacted, reply.block_message, summary)
+        return _verdict(direction, text, reply)
+
+    async def check_batch(
+        self, context: common_pb2.RequestContext, direction: int, policy: str,
+        texts: Sequence[str], route: str, task: str, timeout_s: float,
+    ) -> list[Verdict]:  # fmt: skip
+        """Every text in one ``CheckBatch`` (one hop, whatever the count)."""
+        request = guardrail_pb2.CheckBatchRequest(
+            context=context, direction=direction, policy=policy, texts=texts,  # type: ignore[arg-type]
+            route=route, task=task,
+        )  # fmt: skip
+        try:
+            reply = await self._stub(guardrail_pb2_grpc.GuardrailServiceStub).CheckBatch(
+                request, timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _mapped(exc, "guardrail") from None
+        if len(reply.results) != len(texts):
+            raise Unavailable(
+                f"guardrail answered {len(reply.results)} results for {len(texts)} texts"
+            )
+        return [_verdict(direction, t, r) for t, r in zip(texts, reply.results, strict=True)]
 
     async def stream_check(
         self, context: common_pb2.RequestContext, policy: str, route: str

@@ -253,3 +253,25 @@ async def test_stream_limit_counts_utf8_bytes(served: Served) -> None:
         await stream([emoji] * 16 + ["!"])  # one byte over (16,385 code points)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "65536 bytes of UTF-8" in (info.value.details() or "")
+
+
+async def test_check_batch_over_grpc(served: Served) -> None:
+    def batch(texts: list[str], policy: str = "") -> guardrail_pb2.CheckBatchRequest:
+        return guardrail_pb2.CheckBatchRequest(direction=OUT, policy=policy, texts=texts)
+
+    reply = await served.check.CheckBatch(batch(["Fine.", "Cheaper than Expedia"]), timeout=5)
+    assert [r.verdict for r in reply.results] == [
+        common_pb2.VERDICT_ALLOW, common_pb2.VERDICT_REDACT,
+    ]  # fmt: skip
+    assert not reply.results[0].decision_id and reply.results[1].decision_id
+    assert reply.results[1].redacted_text != "Cheaper than Expedia" and reply.latency_us > 0
+    for request, code, detail in [
+        (batch([]), grpc.StatusCode.INVALID_ARGUMENT, "texts"),
+        (batch(["ok", "\N{GRINNING FACE}" * 16_385]), grpc.StatusCode.INVALID_ARGUMENT,
+         "texts[1]"),
+        (batch(["ok"], policy="no-such-policy"), grpc.StatusCode.NOT_FOUND, "no-such-policy"),
+    ]:  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await served.check.CheckBatch(request, timeout=5)
+        assert info.value.code() is code
+        assert detail in (info.value.details() or "")

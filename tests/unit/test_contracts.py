@@ -88,7 +88,7 @@ EXPECTED_SERVICES: dict[tuple[ModuleType, ModuleType, str], list[str]] = {
         "ListModels",
         "ReloadRoutes",
     ],
-    (guardrail_pb2, guardrail_pb2_grpc, "GuardrailService"): ["Check", "CheckStream"],
+    (guardrail_pb2, guardrail_pb2_grpc, "GuardrailService"): ["Check", "CheckStream", "CheckBatch"],
     (guardrail_pb2, guardrail_pb2_grpc, "GuardrailAdminService"): [
         "ListPolicies",
         "GetPolicy",

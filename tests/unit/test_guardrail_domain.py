@@ -212,3 +212,45 @@ def test_candidate_round_trips_through_the_contract(domain: Guardrail) -> None:
         domain.test_policy(None, 0, [])
     with pytest.raises(InvalidArgument, match="name"):
         domain.test_policy("", 0, [])
+
+
+async def test_check_batch_decides_each_text_as_check_does(domain: Guardrail) -> None:
+    events = domain._events
+    assert isinstance(events, Events)
+    long_text = "A quiet street. " * 400 + "Cheaper than Expedia."  # over INLINE_LIMIT: pooled
+    texts = ["Fine.", "Cheaper than Expedia.", long_text, "Also fine."]
+    checked = await domain.check_batch(Subject(OUT), texts)
+    singles = [await domain.check(Subject(OUT), t) for t in texts]
+    assert [c.decision.verdict for c in checked] == [c.decision.verdict for c in singles] == [
+        common_pb2.VERDICT_ALLOW, common_pb2.VERDICT_REDACT, common_pb2.VERDICT_REDACT,
+        common_pb2.VERDICT_ALLOW,
+    ]  # fmt: skip
+    assert [c.decision.redacted_text for c in checked] == [
+        c.decision.redacted_text for c in singles
+    ]
+    assert checked[2].decision.redacted_text.endswith("Cheaper than [COMMERCE.COMPETITOR].")
+    # recorded as single checks are: the two REDACTs, not the clean ALLOWs
+    assert [bool(c.decision_id) for c in checked] == [False, True, True, False]
+    assert len(events.published) == 4  # two from the batch, two from the single checks
+
+
+async def test_check_batch_refuses_before_checking_anything(tmp_path: Path) -> None:
+    # time to spare: a loaded box must not fail a check closed (BLOCK) on the 50 ms default
+    (tmp_path / "p.yaml").write_text(
+        POLICIES.replace("    detectors:", "    timeout: 5000ms\n    detectors:")
+    )
+    events = Events()
+    policies = HotReload("policies", lambda: load_policies([tmp_path]), _revision)
+    domain = Guardrail(policies, Engine(b"k"), events, ThreadPoolExecutor(1))
+    cases: list[tuple[list[str], str]] = [
+        ([], "texts"),
+        (["Expedia"] * 257, "texts"),
+        (["Expedia", AT_LIMIT["emoji"] + "b"], "texts[1]"),
+    ]
+    for texts, field in cases:
+        with pytest.raises(InvalidArgument) as info:
+            await domain.check_batch(Subject(OUT), texts)
+        assert info.value.field == field
+    assert events.published == []  # the REDACT of "Expedia" was never decided nor recorded
+    many = await domain.check_batch(Subject(OUT), ["Expedia " * 100] * 256)  # all but 5 pooled
+    assert len(many) == 256 and {c.decision.verdict for c in many} == {common_pb2.VERDICT_REDACT}

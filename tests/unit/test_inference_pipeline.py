@@ -22,9 +22,9 @@ from benchmarks.openai_upstream import Upstream, start_upstream
 from llmops.errors import InvalidArgument, NotFound, Unavailable
 from llmops.v1 import common_pb2, inference_pb2
 from services.inference.metrics import InferenceMetrics
-from services.inference.pipeline import Pipeline, RunCall, parse_output
+from services.inference.pipeline import Pipeline, RunCall, concurrent_group, parse_output
 from services.inference.ports import Passage, Prompt, Variant, Verdict
-from services.inference.tasks import PostprocessStep, TaskError
+from services.inference.tasks import PostprocessStep, StepSpec, TaskError
 from tests.inference_support import (  # close_engines: an autouse fixture
     Events,
     close_engines,  # noqa: F401
@@ -130,6 +130,12 @@ class Ports:
         blocked = verdict == common_pb2.VERDICT_BLOCK
         return Verdict(verdict, replacement, "Not allowed." if blocked else "", summary)
 
+    async def check_batch(self, context: Any, direction: int, policy: str, texts: Sequence[str],
+                          route: str, task: str, timeout_s: float) -> list[Verdict]:  # fmt: skip
+        await self._enter("check_batch", len(texts))
+        return [await self.check(context, direction, policy, t, (), route, task, timeout_s)
+                for t in texts]  # fmt: skip
+
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
@@ -189,7 +195,8 @@ async def test_a_run_goes_through_every_step_in_order(tmp_path: Path, upstream: 
         "guardrail_output", "postprocess",
     ]  # fmt: skip
     assert [k for k, _ in ports.calls] == [
-        "assign", "features", "search", "prompt", "check", "check", "check", "check",
+        "assign", "features", "search", "prompt", "check_batch", "check", "check", "check",
+        "check",
     ]  # fmt: skip
     assert ports.calls[2][1] == ("Lisbon", {"city": "Lisbon"})  # rendered from the features
     assert ports.calls[3][1] == ("p", 2, "champion")  # the variant picked prompt version 2
@@ -210,6 +217,47 @@ async def test_a_run_goes_through_every_step_in_order(tmp_path: Path, upstream: 
     assert event.status_code == 0 and event.feature_vector_hash == result.feature_vector_hash
     assert len(event.stages) == 8 and event.usage.completion_tokens == 5
     assert result.debug is not None and result.debug["retrieved_ids"] == ["l-1"]
+
+
+async def test_steps_that_need_only_the_inputs_run_together(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    pipeline, ports, _ = build(tmp_path, upstream.base_url)
+    ports.slow["assign"] = ports.slow["features"] = 0.03
+    result = await pipeline.run(call())
+    experiment, features, retrieval = result.stages[:3]
+    assert (experiment.stage, features.stage) == ("experiment", "features")
+    assert features.start_offset_us < experiment.start_offset_us + experiment.duration_us
+    assert experiment.duration_us >= 30_000 and features.duration_us >= 30_000
+    # retrieval reads the features (its query and filter): it starts after them
+    assert retrieval.start_offset_us >= features.start_offset_us + features.duration_us
+    assert result.state.skipped == [] and result.state.variant is not None
+    assert result.state.features == {"city": "Lisbon", "stars": 4}
+
+
+def test_concurrent_groups_hold_input_only_steps_of_distinct_kinds() -> None:
+    def step(kind: str, **settings: Any) -> StepSpec:
+        return StepSpec.model_validate({kind: settings, "timeout_ms": 10})
+
+    steps = [
+        step("experiment", id="e", unit="user"),
+        step("guardrail_input", check=["q"]),
+        step("features", lookups=[{"service": "s", "entity": "p", "key": "id", "input": "id"}]),
+        step("guardrail_input", check=["r"]),  # a second input guardrail: a new group
+        step("retrieval", collection="c", query="{{ q }}"),
+        step("guardrail_input", check=["r"], retrieved=True),  # reads the passages: alone
+        step("experiment", id="e2", unit="user"),
+        step("model", route="fast"),
+    ]
+    groups, i = [], 0
+    while i < len(steps):
+        group = concurrent_group(steps, i)
+        groups.append([s.kind for s in group])
+        i += len(group)
+    assert groups == [
+        ["experiment", "guardrail_input", "features"], ["guardrail_input"], ["retrieval"],
+        ["guardrail_input"], ["experiment"], ["model"],
+    ]  # fmt: skip
 
 
 async def test_failure_policies_skip_fallback_and_fail(tmp_path: Path, upstream: Upstream) -> None:
@@ -284,6 +332,7 @@ async def test_bad_inputs_name_the_field(
         ('{{ features.city }}"', "retrieval.query", "template syntax error"),
         ("input: property_id}", "steps[1].features", "no input 'property'"),
         ("route: fast}", "model.route", "no route"),
+        ("retrieved: true}", "tasks[summary]", "'guardrail_input' appears 3 times (at most 2)"),
     ],
 )
 def test_bad_task_files_name_the_file_and_field(
@@ -298,6 +347,10 @@ def test_bad_task_files_name_the_file_and_field(
         ),
         "input: property_id}": TASKS.replace("input: property_id}", "input: property}"),
         "route: fast}": TASKS.replace("route: fast}", "route: slow}"),
+        "retrieved: true}": TASKS.replace(
+            "      - guardrail_input: {check: [reviews], retrieved: true}\n",
+            "      - guardrail_input: {check: [reviews], retrieved: true}\n" * 3,
+        ),
     }[change]
     with pytest.raises(TaskError) as caught:
         build(tmp_path, "http://127.0.0.1:9/v1", bad)
