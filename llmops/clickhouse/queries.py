@@ -303,7 +303,9 @@ RECENT_EVENTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     )),
     "feedback": ("feedback", (
         ("event_time", "event_time"), ("request_id", "request_id"), ("tenant", "tenant"),
-        ("kind", "kind"), ("unit_id", "unit_id"),
+        ("kind", "kind"), ("name", "name"), ("unit_id", "unit_id"), ("event_id", "event_id"),
+        ("idempotency_key", "idempotency_key"), ("thumb", "thumb"), ("label", "label"),
+        ("label_note", "label_note"),
     )),
     "drift": ("drift_reports", (
         ("event_time", "event_time"), ("route", "route"), ("model_name", "model_name"),

@@ -251,6 +251,7 @@ def feedback_columns(items: Sequence[Item]) -> Columns:
         "received_time": _ms(ev, "received_time"),
         **_strings(ev, "event_id", "request_id", "tenant", "market", "unit_type", "unit_id"),
         "kind": _names(ev, "kind", _FEEDBACK_KIND),
+        "name": _get(fb, "name"),
         **_strings(fb, "idempotency_key", "task", "source", "annotator_id", "label_queue"),
         "thumb": [_THUMB[f.thumbs.thumb] if f.HasField("thumbs") else "" for f in fb],
         "rating": _ints(fb, "rating.value", np.int32),
@@ -267,6 +268,9 @@ def feedback_columns(items: Sequence[Item]) -> Columns:
         "value_nanos": _nanos(value),
         "value_currency": _get(value, "currency_code"),
         "dwell_ms": _ints(fb, "dwell.dwell_ms", np.int64),
+        "chosen_request_id": _get(fb, "preference.chosen_request_id"),
+        "rejected_request_id": _get(fb, "preference.rejected_request_id"),
+        "action": _get(fb, "interaction.action"),
         "attributes": [{k: value_json(v) for k, v in f.attributes.items()} for f in fb],
         **_position(items),
     }

@@ -20,6 +20,8 @@ from llmops.v1 import (
     experiment_pb2_grpc,
     feature_pb2,
     feature_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
     governance_pb2,
     governance_pb2_grpc,
     guardrail_pb2,
@@ -146,7 +148,9 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         parts.append(await _experiments(mesh))
         parts.append(await _semantic_search(mesh))
         parts.append(await _generation(mesh))
-        parts.append(await _tasks(mesh))
+        tasks, request_ids = await _tasks(mesh)
+        parts.append(tasks)
+        parts.append(await _feedback(mesh, request_ids))
         parts.append(await _lineage(mesh))
         parts.append(await _compliance(mesh))
         parts.append(await _audit(mesh))
@@ -352,10 +356,12 @@ def _output(reply: inference_pb2.RunResponse) -> str:
     return " ".join(_text(reply.output).split())[:160]
 
 
-async def _tasks(mesh: MeshClient) -> str:
-    """Each storefront task once (InferenceService.Run): output, variant, stage timings."""
+async def _tasks(mesh: MeshClient) -> tuple[str, dict[str, str]]:
+    """Each storefront task once (InferenceService.Run): output, variant, stage timings; and
+    the request id of each run (feedback refers to it)."""
     stub = mesh.stub(inference_pb2_grpc.InferenceServiceStub)
     lines = ["Tasks (InferenceService.Run, one run each; stage times in ms)"]
+    request_ids: dict[str, str] = {}
     for task, inputs in _task_inputs():
         try:
             reply = await stub.Run(
@@ -374,6 +380,7 @@ async def _tasks(mesh: MeshClient) -> str:
                 raise
             lines.append(f"  {task}: {exc.code().name}: {exc.details()}")
             continue
+        request_ids[task] = reply.request_id
         variant = f"{reply.experiment_id}/{reply.variant}" if reply.variant else "-"
         stages = " ".join(f"{st.stage} {st.duration_us / 1000:.0f}" for st in reply.stages)
         marker = " [AI-generated]" if reply.ai_generated else ""
@@ -381,6 +388,48 @@ async def _tasks(mesh: MeshClient) -> str:
         lines.append(
             f"      variant {variant} · {stages} · overhead {reply.overhead_us / 1000:.1f}"
         )
+    return "\n".join(lines), request_ids
+
+
+async def _feedback(mesh: MeshClient, request_ids: dict[str, str]) -> str:
+    """A shopper's feedback on the summary run (FeedbackService): a thumb, flipped, sent
+    twice; an annotator's label whose note holds an e-mail address; a rating out of range."""
+    request_id = request_ids.get("property_summary", "")
+    if not request_id:
+        return "Feedback (FeedbackService): skipped, the property_summary run did not answer"
+    stub = mesh.stub(feedback_pb2_grpc.FeedbackServiceStub)
+    ctx = common_pb2.RequestContext(tenant="demo", client_name="llmops-demo")
+    key = f"demo-thumb-{request_id}"
+
+    def thumbs(thumb: int) -> feedback_pb2.Feedback:
+        return feedback_pb2.Feedback(
+            idempotency_key=key, request_id=request_id, task="property_summary", source="web",
+            thumbs=feedback_pb2.Thumbs(thumb=thumb),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    lines = [f"Feedback (FeedbackService) on the property_summary run {request_id}"]
+    for label, thumb in (("thumb up", 1), ("flipped to down", 2), ("sent again", 2)):
+        r = await stub.Submit(feedback_pb2.SubmitRequest(context=ctx, feedback=thumbs(thumb)))
+        state = "duplicate" if r.duplicate else "replaced" if r.replaced else "accepted"
+        lines.append(f"  {label:<16} {state:<10} event {r.event_id}")
+    note = feedback_pb2.Feedback(
+        idempotency_key=f"demo-label-{request_id}", request_id=request_id, name="quality_label",
+        source="annotator", label=feedback_pb2.Label(
+            value="accurate", note="Checked with the owner, jane.doe@example.com"),
+    )  # fmt: skip
+    bad = feedback_pb2.Feedback(
+        idempotency_key=f"demo-rating-{request_id}", request_id=request_id,
+        rating=feedback_pb2.Rating(value=9, scale_max=5),
+    )  # fmt: skip
+    batch = await stub.SubmitBatch(
+        feedback_pb2.SubmitBatchRequest(context=ctx, feedback=[note, bad])
+    )
+    for what, result in zip(("label + note", "rating 9 of 5"), batch.results, strict=True):
+        if result.HasField("error"):
+            lines.append(f"  {what:<16} refused    {result.error.field}: {result.error.message}")
+        else:
+            lines.append(f"  {what:<16} accepted   event {result.event_id} (note stored redacted)")
+    lines.append("  `llmops logs feedback` shows them once the sink has loaded them")
     return "\n".join(lines)
 
 

@@ -56,6 +56,13 @@ class ServiceEvents:
         """Buffer every event or none (ResourceExhausted when they do not all fit)."""
         self._publisher().publish_all(envelopes)
 
+    async def publish_durable(
+        self, envelopes: Sequence[events_pb2.EventEnvelope], timeout_s: float
+    ) -> None:
+        """Buffer every event or none, then wait until all are in the log (durable).
+        ResourceExhausted: none accepted; TimeoutError: accepted, not yet durable."""
+        await self._publisher().publish_durable(envelopes, timeout_s)
+
     def publish_audit(self, envelope: events_pb2.EventEnvelope, applied: str) -> None:
         """Publish the audit record of an action already applied (``applied`` says so, e.g.
         ``"experiment.start of x is stored (version 3)"``). On failure the whole record goes

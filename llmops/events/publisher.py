@@ -23,6 +23,9 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import threading
 import time
 from collections import deque
@@ -148,6 +151,9 @@ class EventPublisher:
         self._done = 0  # events delivered, in acceptance order
         self._first_at = 0.0  # monotonic time the oldest buffered event was accepted
         self._flushing = 0  # flush() calls waiting: skip the linger
+        # publish_durable() calls waiting: (sequence, tie-breaker, loop, future), a min-heap
+        self._waiters: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
         self._state = "new"  # new -> running -> closing -> closed
         self._abandon = False
         self._thread: threading.Thread | None = None
@@ -224,6 +230,30 @@ class EventPublisher:
         if records:
             self._append_all(records)
 
+    async def publish_durable(
+        self, envelopes: Sequence[events_pb2.EventEnvelope], timeout_s: float
+    ) -> None:
+        """:meth:`publish_all`, then wait (without blocking the loop) until every one of
+        ``envelopes`` is appended to the log — durable in the log's sense (fsynced locally,
+        acknowledged by the Kafka brokers). Waiters make the sender skip its linger.
+
+        Raises what :meth:`publish_all` raises (nothing was accepted then), and
+        :class:`TimeoutError` after ``timeout_s``: the events *were* accepted and will still
+        be delivered (at-least-once), only not yet.
+        """
+        records = [self._prepare(envelope) for envelope in envelopes]
+        if not records:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        target = self._append_all(records)
+        with self._progress:
+            if self._done >= target:
+                return
+            heapq.heappush(self._waiters, (target, next(self._waiter_ids), loop, future))
+            self._work.notify()
+        await asyncio.wait_for(future, timeout_s)
+
     def has_room(self, count: int) -> bool:
         """Whether ``count`` more events fit in the buffer now (a hint: another caller may
         take the room first; :meth:`publish_all` is the atomic check)."""
@@ -278,7 +308,8 @@ class EventPublisher:
         self._published[kind].inc()
         self.metrics.depth.inc()
 
-    def _append_all(self, records: list[tuple[Record, str]]) -> None:
+    def _append_all(self, records: list[tuple[Record, str]]) -> int:
+        """Buffer ``records`` together; the sequence number of the last one."""
         with self._work:
             if self._state not in ("new", "running"):
                 raise FailedPrecondition("event publisher is closed")
@@ -297,11 +328,13 @@ class EventPublisher:
                 self._buffer.append(record)
             self._pending += len(records)
             self._accepted += len(records)
+            target = self._accepted
             if len(self._buffer) >= self._max_batch:
                 self._work.notify()
         for _, kind in records:
             self._published[kind].inc()
         self.metrics.depth.inc(len(records))
+        return target
 
     # -- flushing ----------------------------------------------------------------------------
 
@@ -346,7 +379,7 @@ class EventPublisher:
                     return None
                 if self._buffer:
                     wait = self._first_at + self._linger_s - time.monotonic()
-                    urgent = self._flushing or self._state != "running"
+                    urgent = self._flushing or self._waiters or self._state != "running"
                     if len(self._buffer) >= self._max_batch or urgent or wait <= 0:
                         return self._take()
                     self._work.wait(wait)
@@ -402,3 +435,12 @@ class EventPublisher:
             self._pending -= len(batch)
             self._done += len(batch)
             self._progress.notify_all()
+            while self._waiters and self._waiters[0][0] <= self._done:
+                _, _, loop, future = heapq.heappop(self._waiters)
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a waiter that timed out cancelled it
+        future.set_result(None)

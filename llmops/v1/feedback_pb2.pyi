@@ -38,6 +38,8 @@ class _FeedbackKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Feedback
     FEEDBACK_KIND_BOOKING: _FeedbackKind.ValueType  # 6
     FEEDBACK_KIND_DWELL: _FeedbackKind.ValueType  # 7
     FEEDBACK_KIND_CONVERSION: _FeedbackKind.ValueType  # 8
+    FEEDBACK_KIND_PREFERENCE: _FeedbackKind.ValueType  # 9
+    FEEDBACK_KIND_INTERACTION: _FeedbackKind.ValueType  # 10
 
 class FeedbackKind(_FeedbackKind, metaclass=_FeedbackKindEnumTypeWrapper):
     """The kinds of feedback, for filters and statistics."""
@@ -51,6 +53,8 @@ FEEDBACK_KIND_CLICK: FeedbackKind.ValueType  # 5
 FEEDBACK_KIND_BOOKING: FeedbackKind.ValueType  # 6
 FEEDBACK_KIND_DWELL: FeedbackKind.ValueType  # 7
 FEEDBACK_KIND_CONVERSION: FeedbackKind.ValueType  # 8
+FEEDBACK_KIND_PREFERENCE: FeedbackKind.ValueType  # 9
+FEEDBACK_KIND_INTERACTION: FeedbackKind.ValueType  # 10
 Global___FeedbackKind: _TypeAlias = FeedbackKind  # noqa: Y015
 
 class _Thumb:
@@ -134,6 +138,7 @@ class Feedback(_message.Message):
     ANNOTATOR_ID_FIELD_NUMBER: _builtins.int
     LABEL_QUEUE_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     THUMBS_FIELD_NUMBER: _builtins.int
     RATING_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
@@ -142,6 +147,8 @@ class Feedback(_message.Message):
     BOOKING_FIELD_NUMBER: _builtins.int
     DWELL_FIELD_NUMBER: _builtins.int
     CONVERSION_FIELD_NUMBER: _builtins.int
+    PREFERENCE_FIELD_NUMBER: _builtins.int
+    INTERACTION_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Client-generated key that makes submission idempotent (e.g. a UUIDv7 created when the
     user acted). Required.
@@ -163,6 +170,11 @@ class Feedback(_message.Message):
     """Pseudonymous id of the human annotator for labels and corrections; empty otherwise."""
     label_queue: _builtins.str
     """Label queue this feedback answers, when it came from one."""
+    name: _builtins.str
+    """Name of the signal in the feedback registry (deploy/feedback), e.g. "summary_helpful",
+    "copy", "refine_search"; the registry fixes its kind and value ranges. Empty: the
+    signal named like the kind ("thumbs", "rating", "click", ...).
+    """
     @_builtins.property
     def occurred_time(self) -> _timestamp_pb2.Timestamp:
         """When the user acted, UTC, from the client's clock. The server records its own receive
@@ -205,6 +217,14 @@ class Feedback(_message.Message):
     def conversion(self) -> Global___Conversion:
         """Implicit: another conversion with a value."""
 
+    @_builtins.property
+    def preference(self) -> Global___Preference:
+        """Explicit: which of two predictions the user preferred (pairwise preference)."""
+
+    @_builtins.property
+    def interaction(self) -> Global___Interaction:
+        """Implicit: an action on the output that carries no value (copy, retry, share)."""
+
     def __init__(
         self,
         *,
@@ -218,6 +238,7 @@ class Feedback(_message.Message):
         annotator_id: _builtins.str = ...,
         label_queue: _builtins.str = ...,
         attributes: _abc.Mapping[_builtins.str, _common_pb2.Value] | None = ...,
+        name: _builtins.str = ...,
         thumbs: Global___Thumbs | None = ...,
         rating: Global___Rating | None = ...,
         label: Global___Label | None = ...,
@@ -226,12 +247,14 @@ class Feedback(_message.Message):
         booking: Global___Booking | None = ...,
         dwell: Global___Dwell | None = ...,
         conversion: Global___Conversion | None = ...,
+        preference: Global___Preference | None = ...,
+        interaction: Global___Interaction | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["booking", b"booking", "click", b"click", "conversion", b"conversion", "correction", b"correction", "dwell", b"dwell", "kind", b"kind", "label", b"label", "occurred_time", b"occurred_time", "rating", b"rating", "thumbs", b"thumbs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["booking", b"booking", "click", b"click", "conversion", b"conversion", "correction", b"correction", "dwell", b"dwell", "interaction", b"interaction", "kind", b"kind", "label", b"label", "occurred_time", b"occurred_time", "preference", b"preference", "rating", b"rating", "thumbs", b"thumbs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotator_id", b"annotator_id", "attributes", b"attributes", "booking", b"booking", "click", b"click", "conversion", b"conversion", "correction", b"correction", "dwell", b"dwell", "idempotency_key", b"idempotency_key", "kind", b"kind", "label", b"label", "label_queue", b"label_queue", "occurred_time", b"occurred_time", "rating", b"rating", "request_id", b"request_id", "source", b"source", "task", b"task", "thumbs", b"thumbs", "unit_id", b"unit_id", "unit_type", b"unit_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotator_id", b"annotator_id", "attributes", b"attributes", "booking", b"booking", "click", b"click", "conversion", b"conversion", "correction", b"correction", "dwell", b"dwell", "idempotency_key", b"idempotency_key", "interaction", b"interaction", "kind", b"kind", "label", b"label", "label_queue", b"label_queue", "name", b"name", "occurred_time", b"occurred_time", "preference", b"preference", "rating", b"rating", "request_id", b"request_id", "source", b"source", "task", b"task", "thumbs", b"thumbs", "unit_id", b"unit_id", "unit_type", b"unit_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["thumbs", "rating", "label", "correction", "click", "booking", "dwell", "conversion"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["thumbs", "rating", "label", "correction", "click", "booking", "dwell", "conversion", "preference", "interaction"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -448,6 +471,56 @@ class Conversion(_message.Message):
 Global___Conversion: _TypeAlias = Conversion  # noqa: Y015
 
 @_typing.final
+class Preference(_message.Message):
+    """Explicit pairwise preference between two predictions (DPO pairs): both request ids are
+    required and differ.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHOSEN_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REJECTED_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    chosen_request_id: _builtins.str
+    """request_id of the preferred prediction."""
+    rejected_request_id: _builtins.str
+    """request_id of the other one."""
+    def __init__(
+        self,
+        *,
+        chosen_request_id: _builtins.str = ...,
+        rejected_request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_request_id", b"chosen_request_id", "rejected_request_id", b"rejected_request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preference: _TypeAlias = Preference  # noqa: Y015
+
+@_typing.final
+class Interaction(_message.Message):
+    """Implicit interaction with an output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    """What the user did, lower_snake_case, e.g. "copy", "retry", "share", "refine_search"."""
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Interaction: _TypeAlias = Interaction  # noqa: Y015
+
+@_typing.final
 class SubmitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -477,19 +550,25 @@ class SubmitResponse(_message.Message):
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """event_id (UUIDv7) of the FeedbackEvent; the original one when duplicate is true."""
     duplicate: _builtins.bool
     """The idempotency key was seen before; nothing new was recorded."""
+    replaced: _builtins.bool
+    """The idempotency key was seen before with other content and its signal overwrites:
+    this record superseded the earlier one.
+    """
     def __init__(
         self,
         *,
         event_id: _builtins.str = ...,
         duplicate: _builtins.bool = ...,
+        replaced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "event_id", b"event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "event_id", b"event_id", "replaced", b"replaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -551,18 +630,30 @@ class SubmitResult(_message.Message):
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
-    """event_id (UUIDv7) of the FeedbackEvent; the original one when duplicate is true."""
+    """event_id (UUIDv7) of the FeedbackEvent; the original one when duplicate is true; empty
+    when the record was refused.
+    """
     duplicate: _builtins.bool
+    replaced: _builtins.bool
+    """As SubmitResponse.replaced."""
+    @_builtins.property
+    def error(self) -> _common_pb2.ErrorDetail:
+        """Set when the record was refused (reason INVALID_ARGUMENT, field `feedback[i]...`)."""
+
     def __init__(
         self,
         *,
         event_id: _builtins.str = ...,
         duplicate: _builtins.bool = ...,
+        replaced: _builtins.bool = ...,
+        error: _common_pb2.ErrorDetail | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "event_id", b"event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "error", b"error", "event_id", b"event_id", "replaced", b"replaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

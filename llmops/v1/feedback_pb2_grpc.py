@@ -62,8 +62,12 @@ class FeedbackServiceServicer:
 
     def Submit(self, request, context):
         """Accepts one feedback record. Idempotent on feedback.idempotency_key: resubmitting the
-        same key returns the original event id with duplicate=true and changes nothing.
-        INVALID_ARGUMENT when neither request_id nor unit_id is set or the kind is missing;
+        same key returns the original event id with duplicate=true and changes nothing —
+        unless the signal's registry entry says `on_repeat: overwrite` and the content changed
+        (a toggled thumb): then the new record supersedes the old one (replaced=true, a new
+        event id), and statistics and exports count only the newest record of a key.
+        INVALID_ARGUMENT naming the field when neither request_id nor unit_id is set, the kind
+        is missing, the name is not in the registry or a value is out of its range;
         RESOURCE_EXHAUSTED when the durable buffer is full (retry with back-off).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -71,8 +75,11 @@ class FeedbackServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitBatch(self, request, context):
-        """Accepts up to 1000 feedback records. Validation is all-or-nothing: one invalid record
-        fails the whole batch with INVALID_ARGUMENT naming the record (ErrorDetail.field).
+        """Accepts up to 1000 feedback records, each validated on its own: the good ones are
+        accepted, a bad one gets its error in its result (field `feedback[i].<field>`) and
+        nothing is recorded for it. INVALID_ARGUMENT only for an empty batch or one over 1000
+        records; RESOURCE_EXHAUSTED when the durable buffer cannot take the batch's good
+        records (then none of them was accepted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,13 +40,20 @@ class FeedbackServiceStub:
     def __new__(cls, channel: _aio.Channel) -> FeedbackServiceAsyncStub: ...
     Submit: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.SubmitRequest, _feedback_pb2.SubmitResponse]
     """Accepts one feedback record. Idempotent on feedback.idempotency_key: resubmitting the
-    same key returns the original event id with duplicate=true and changes nothing.
-    INVALID_ARGUMENT when neither request_id nor unit_id is set or the kind is missing;
+    same key returns the original event id with duplicate=true and changes nothing —
+    unless the signal's registry entry says `on_repeat: overwrite` and the content changed
+    (a toggled thumb): then the new record supersedes the old one (replaced=true, a new
+    event id), and statistics and exports count only the newest record of a key.
+    INVALID_ARGUMENT naming the field when neither request_id nor unit_id is set, the kind
+    is missing, the name is not in the registry or a value is out of its range;
     RESOURCE_EXHAUSTED when the durable buffer is full (retry with back-off).
     """
     SubmitBatch: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.SubmitBatchRequest, _feedback_pb2.SubmitBatchResponse]
-    """Accepts up to 1000 feedback records. Validation is all-or-nothing: one invalid record
-    fails the whole batch with INVALID_ARGUMENT naming the record (ErrorDetail.field).
+    """Accepts up to 1000 feedback records, each validated on its own: the good ones are
+    accepted, a bad one gets its error in its result (field `feedback[i].<field>`) and
+    nothing is recorded for it. INVALID_ARGUMENT only for an empty batch or one over 1000
+    records; RESOURCE_EXHAUSTED when the durable buffer cannot take the batch's good
+    records (then none of them was accepted).
     """
     ExportDataset: _grpc.UnaryStreamMultiCallable[_feedback_pb2.ExportDatasetRequest, _feedback_pb2.ExportDatasetResponse]
     """Exports a dataset (predictions joined with feedback) as a stream of file chunks:
@@ -63,13 +70,20 @@ class FeedbackServiceAsyncStub(FeedbackServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.UnaryUnaryMultiCallable[_feedback_pb2.SubmitRequest, _feedback_pb2.SubmitResponse]  # type: ignore[assignment]
     """Accepts one feedback record. Idempotent on feedback.idempotency_key: resubmitting the
-    same key returns the original event id with duplicate=true and changes nothing.
-    INVALID_ARGUMENT when neither request_id nor unit_id is set or the kind is missing;
+    same key returns the original event id with duplicate=true and changes nothing —
+    unless the signal's registry entry says `on_repeat: overwrite` and the content changed
+    (a toggled thumb): then the new record supersedes the old one (replaced=true, a new
+    event id), and statistics and exports count only the newest record of a key.
+    INVALID_ARGUMENT naming the field when neither request_id nor unit_id is set, the kind
+    is missing, the name is not in the registry or a value is out of its range;
     RESOURCE_EXHAUSTED when the durable buffer is full (retry with back-off).
     """
     SubmitBatch: _aio.UnaryUnaryMultiCallable[_feedback_pb2.SubmitBatchRequest, _feedback_pb2.SubmitBatchResponse]  # type: ignore[assignment]
-    """Accepts up to 1000 feedback records. Validation is all-or-nothing: one invalid record
-    fails the whole batch with INVALID_ARGUMENT naming the record (ErrorDetail.field).
+    """Accepts up to 1000 feedback records, each validated on its own: the good ones are
+    accepted, a bad one gets its error in its result (field `feedback[i].<field>`) and
+    nothing is recorded for it. INVALID_ARGUMENT only for an empty batch or one over 1000
+    records; RESOURCE_EXHAUSTED when the durable buffer cannot take the batch's good
+    records (then none of them was accepted).
     """
     ExportDataset: _aio.UnaryStreamMultiCallable[_feedback_pb2.ExportDatasetRequest, _feedback_pb2.ExportDatasetResponse]  # type: ignore[assignment]
     """Exports a dataset (predictions joined with feedback) as a stream of file chunks:
@@ -89,8 +103,12 @@ class FeedbackServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feedback_pb2.SubmitResponse, _abc.Awaitable[_feedback_pb2.SubmitResponse]]:
         """Accepts one feedback record. Idempotent on feedback.idempotency_key: resubmitting the
-        same key returns the original event id with duplicate=true and changes nothing.
-        INVALID_ARGUMENT when neither request_id nor unit_id is set or the kind is missing;
+        same key returns the original event id with duplicate=true and changes nothing —
+        unless the signal's registry entry says `on_repeat: overwrite` and the content changed
+        (a toggled thumb): then the new record supersedes the old one (replaced=true, a new
+        event id), and statistics and exports count only the newest record of a key.
+        INVALID_ARGUMENT naming the field when neither request_id nor unit_id is set, the kind
+        is missing, the name is not in the registry or a value is out of its range;
         RESOURCE_EXHAUSTED when the durable buffer is full (retry with back-off).
         """
 
@@ -100,8 +118,11 @@ class FeedbackServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _feedback_pb2.SubmitBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_feedback_pb2.SubmitBatchResponse, _abc.Awaitable[_feedback_pb2.SubmitBatchResponse]]:
-        """Accepts up to 1000 feedback records. Validation is all-or-nothing: one invalid record
-        fails the whole batch with INVALID_ARGUMENT naming the record (ErrorDetail.field).
+        """Accepts up to 1000 feedback records, each validated on its own: the good ones are
+        accepted, a bad one gets its error in its result (field `feedback[i].<field>`) and
+        nothing is recorded for it. INVALID_ARGUMENT only for an empty batch or one over 1000
+        records; RESOURCE_EXHAUSTED when the durable buffer cannot take the batch's good
+        records (then none of them was accepted).
         """
 
     @_abc_1.abstractmethod

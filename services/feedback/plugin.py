@@ -1,12 +1,61 @@
-"""The feedback service's plug-in: metadata (no settings yet)."""
+"""The feedback service's plug-in: its settings (config section ``feedback``) and metadata."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
 from llmops.plugin import ServicePlugin
+from llmops.settings import Settings, by_mode
+
+_REPO_SIGNALS = Path(__file__).resolve().parents[2] / "deploy" / "feedback"
+
+
+class FeedbackSettings(Settings):
+    """The feedback service: the signal registry, idempotency keys, durability, redaction."""
+
+    signals: list[Path] = Field(
+        default_factory=lambda: [_REPO_SIGNALS],
+        description="Signal registry YAML files or directories of them (deploy/feedback).",
+    )
+    reload_interval_s: float = Field(
+        5.0, ge=0, description="Poll the registry files for changes this often; 0 = never."
+    )
+    keys: Literal["auto", "local", "redis"] = Field(
+        "auto",
+        description="Idempotency keys: local = memory + state_dir SQLite; redis = "
+        "backends.redis; auto = local in embedded mode, redis in production mode.",
+    )
+    namespace: str = Field("llmops", min_length=1, description="Redis key prefix.")
+    key_ttl_s: float = Field(
+        7 * 86_400.0, gt=0, description="How long a key answers repeats with its first record."
+    )
+    local_max_keys: int = Field(
+        1_000_000, ge=1000, description="Most keys the local store keeps (the newest)."
+    )
+    durable_timeout_s: float = Field(
+        5.0, gt=0, description="How long Submit waits for the event log to hold its records."
+    )
+    text_policy: str = Field(
+        "feedback-text",
+        description="Guardrail policy that redacts typed text (label notes, corrections); "
+        "empty = store typed text as sent (not recommended).",
+    )
+    guard_timeout_s: float = Field(
+        1.0, gt=0, description="Deadline of the guardrail call for typed text."
+    )
+
+    def key_backend(self, mode: str) -> Literal["local", "redis"]:
+        return by_mode(self.keys, mode, "local", "redis")
+
 
 PLUGIN = ServicePlugin(
     name="feedback",
     ports=(50056, 9156),
     summary="explicit/implicit feedback",
-    backends=frozenset({"events", "clickhouse"}),
+    settings=FeedbackSettings,
+    settings_key="feedback",
+    backends=frozenset({"events", "clickhouse", "redis", "state_dir"}),
 )

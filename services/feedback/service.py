@@ -1,14 +1,66 @@
-"""Wiring of the feedback service: the servicers it registers with the shared runtime."""
+"""Wiring of the feedback service: the signal registry (hot reload), idempotency keys, the
+guardrail for typed text, the intake and the servicers."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from llmops.server import ServiceContext, ServiceDefinition, pending_definition
+from llmops.server import ServiceContext, ServiceDefinition, binding, pending_binding
 from llmops.v1 import feedback_pb2, feedback_pb2_grpc
+from llmops.yamlfiles import HotReload
+from services.feedback.idempotency import KeyStore, LocalKeyStore, RedisKeyStore
+from services.feedback.intake import Intake
+from services.feedback.metrics import FeedbackMetrics
+from services.feedback.plugin import FeedbackSettings
+from services.feedback.ports import GuardrailTextGuard
+from services.feedback.servicer import FeedbackServicer
+from services.feedback.signals import SignalTable, load_signals, revision_of
 
-PENDING = "feedback capture and dataset export arrive with issue #14 (Feedback service)"
+ADMIN_PENDING = (
+    "label queues and statistics arrive with the next part of issue #14 (Feedback service)"
+)
 
 
-def create(ctx: ServiceContext[Any]) -> ServiceDefinition:
-    return pending_definition(feedback_pb2, feedback_pb2_grpc, ctx.plugin, PENDING)
+def open_keys(ctx: ServiceContext[FeedbackSettings]) -> KeyStore:
+    settings = ctx.settings
+    if settings.key_backend(ctx.mode) == "redis":
+        return RedisKeyStore(ctx.backends.redis_url, settings.namespace, settings.key_ttl_s)
+    path = ctx.backends.state_dir / "feedback" / "keys.sqlite3"
+    return LocalKeyStore(path, settings.key_ttl_s, settings.local_max_keys)
+
+
+def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
+    settings = ctx.settings
+    paths = list(settings.signals)
+    # The first load happens here: a bad registry file stops start-up.
+    signals = HotReload[SignalTable](
+        "feedback_signals",
+        lambda: load_signals(paths),
+        revision_of,
+        watched=paths,
+        audit=ctx.events,
+        resource_type="feedback_registry",
+    )
+    keys = open_keys(ctx)
+    guard = (
+        GuardrailTextGuard(ctx.clients.stub, settings.text_policy) if settings.text_policy else None
+    )
+    intake = Intake(
+        signals,
+        keys,
+        ctx.events,
+        guard,
+        FeedbackMetrics(ctx.metrics),
+        durable_timeout_s=settings.durable_timeout_s,
+        guard_timeout_s=settings.guard_timeout_s,
+    )
+
+    async def close() -> None:
+        await keys.close()
+
+    return ServiceDefinition(
+        bindings=[
+            binding(feedback_pb2, feedback_pb2_grpc, "FeedbackService", FeedbackServicer(intake)),
+            pending_binding(feedback_pb2, feedback_pb2_grpc, "FeedbackAdminService", ADMIN_PENDING),
+        ],
+        tasks=[signals.watch(paths, settings.reload_interval_s)],
+        on_stop=[close],
+    )

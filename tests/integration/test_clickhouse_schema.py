@@ -39,6 +39,7 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
         "0002_rollups",
         "0003_lean_predictions",
         "0004_drift",
+        "0005_feedback_signals",
     ]
     chunks = synthetic.prediction_chunks(
         ROWS,
@@ -61,6 +62,7 @@ def test_migrations_are_idempotent_and_recorded(store: ChdbStore) -> None:
         (2, "rollups"),
         (3, "lean_predictions"),
         (4, "drift"),
+        (5, "feedback_signals"),
     ]
     assert all(len(r["checksum"]) == 64 for r in recorded)
     tables = {
@@ -89,7 +91,7 @@ def test_changed_migration_is_refused(chdb_session: Any, tmp_path: Path) -> None
         shutil.copy(f, tmp_path / f.name)
     s = ChdbStore(chdb_session, database="it_clickhouse_migrations")
     try:
-        assert len(apply_migrations(s, tmp_path)) == 4
+        assert len(apply_migrations(s, tmp_path)) == 5
         first = tmp_path / "0001_raw_tables.sql"
         first.write_text(first.read_text() + "\n-- edited\n")
         with pytest.raises(MigrationChecksumMismatch, match="0001_raw_tables"):

@@ -353,3 +353,24 @@ def test_publish_all_buffers_every_event_or_none(local: LocalLog) -> None:
     assert pub.flush(10)
     pub.close()
     assert len(consume_all(local, KIND_TOPICS["prediction"], 3)) == 3
+
+
+async def test_publish_durable_returns_once_the_log_holds_the_events(local: LocalLog) -> None:
+    flaky = FlakyLog(local)
+    # a long linger: the durable waiter must make the sender go at once
+    with EventPublisher(flaky, retry_backoff=FAST, linger_s=5.0) as pub:
+        batch = [envelope(i) for i in range(3)]
+        began = time.monotonic()
+        await pub.publish_durable(batch, timeout_s=5)
+        assert time.monotonic() - began < 2.0 and pub.pending == 0
+        got = consume_all(local, KIND_TOPICS["prediction"], 3)
+        assert sorted(ids(got)) == sorted(e.prediction.event_id for e in batch)
+        flaky.down.set()  # the log is down: accepted, not durable, still delivered later
+        late = envelope(9)
+        with pytest.raises(TimeoutError):
+            await pub.publish_durable([late], timeout_s=0.1)
+        assert pub.pending == 1
+        flaky.down.clear()
+        assert await pub.aflush(5)
+        assert late.prediction.event_id in ids(consume_all(local, KIND_TOPICS["prediction"], 4))
+        await pub.publish_durable([], timeout_s=0.1)  # nothing to wait for

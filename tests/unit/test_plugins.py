@@ -115,9 +115,9 @@ def test_a_service_reaches_only_the_backends_it_declared(tmp_path: Path) -> None
         assert SERVICES["inference"].backends == {"events", "state_dir", "redis"}
         with pytest.raises(FailedPrecondition, match="backend 'clickhouse' without declaring"):
             inference.backends.clickhouse()
-        feedback = build_context(SERVICES["feedback"], config, backends, clients)
-        with pytest.raises(FailedPrecondition, match="backend 'state_dir' without declaring"):
-            _ = feedback.backends.state_dir
+        guardrail = build_context(SERVICES["guardrail"], config, backends, clients)
+        with pytest.raises(FailedPrecondition, match="backend 'redis' without declaring"):
+            _ = guardrail.backends.redis_url
         experiment = build_context(SERVICES["experiment"], config, backends, clients)
         assert experiment.backends.state_dir == tmp_path.resolve()
         assert experiment.backends.redis_url == config.backends.redis.url

@@ -1,0 +1,168 @@
+"""Idempotency keys of accepted feedback: what a repeated key gets back.
+
+A key (scoped by tenant) maps to the event id of the record accepted under it and a
+fingerprint of that record's content, so a repeat can be told apart: the same content (a
+client retry) is a duplicate; other content (a toggled thumb) is a duplicate or replaces the
+record, as its signal says.
+
+- :class:`LocalKeyStore` — embedded mode: the newest ``max_keys`` keys in memory (no I/O on
+  the request path), written behind to SQLite in the state directory and read back at start.
+- :class:`RedisKeyStore` — production: one string per key (``<namespace>:fb:<tenant>:<key>``)
+  with a TTL, read with one MGET per batch and written with one pipeline.
+
+A key is recorded only after its record is durable in the event log, so a crash in between
+lets the client's retry through again. That, a key evicted from the window, or two replicas
+racing on one key can put two events with one key in the log; statistics and exports count
+only the newest record per key (``argMax`` over ``received_time`` in ClickHouse), so nothing
+is double-counted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from llmops.errors import Unavailable
+
+log = structlog.get_logger("llmops.feedback")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    event_id: str
+    fingerprint: str
+
+
+class KeyStore(Protocol):
+    async def get_many(self, keys: Sequence[str]) -> dict[str, KeyEntry]:
+        """The entries of those of ``keys`` seen within the window."""
+        ...
+
+    async def put_many(self, entries: Mapping[str, KeyEntry]) -> None:
+        """Record (or replace) entries."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalKeyStore:
+    """The newest ``max_keys`` keys younger than ``ttl_s``, in memory, persisted behind."""
+
+    def __init__(self, path: Path | None, ttl_s: float, max_keys: int) -> None:
+        self._ttl_s = ttl_s
+        self._max_keys = max_keys
+        self._keys: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        self._db: sqlite3.Connection | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, event_id TEXT NOT NULL, "
+                "fingerprint TEXT NOT NULL, at REAL NOT NULL) WITHOUT ROWID"
+            )
+            oldest = time.time() - ttl_s
+            self._db.execute("DELETE FROM keys WHERE at < ?", (oldest,))
+            rows = self._db.execute(
+                "SELECT key, event_id, fingerprint, at FROM keys ORDER BY at DESC LIMIT ?",
+                (max_keys,),
+            ).fetchall()
+            for key, event_id, fingerprint, at in reversed(rows):
+                self._keys[key] = (event_id, fingerprint, at)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="feedback-keys")
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, KeyEntry]:
+        oldest = time.time() - self._ttl_s
+        found: dict[str, KeyEntry] = {}
+        for key in keys:
+            hit = self._keys.get(key)
+            if hit is not None and hit[2] >= oldest:
+                found[key] = KeyEntry(hit[0], hit[1])
+        return found
+
+    async def put_many(self, entries: Mapping[str, KeyEntry]) -> None:
+        now = time.time()
+        for key, entry in entries.items():
+            self._keys[key] = (entry.event_id, entry.fingerprint, now)
+            self._keys.move_to_end(key)
+        evicted: list[str] = []
+        while len(self._keys) > self._max_keys:
+            evicted.append(self._keys.popitem(last=False)[0])
+        if self._writer is not None:
+            rows = [(k, e.event_id, e.fingerprint, now) for k, e in entries.items()]
+            self._writer.submit(self._persist, rows, evicted)
+
+    def _persist(self, rows: list[tuple[str, str, str, float]], evicted: list[str]) -> None:
+        assert self._db is not None
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany("DELETE FROM keys WHERE key = ?", [(k,) for k in evicted])
+            self._db.execute("COMMIT")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        if self._db is not None:
+            with self._lock:
+                self._db.close()
+
+
+class RedisKeyStore:
+    def __init__(self, url: str, namespace: str, ttl_s: float) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=2.0)
+        self._prefix = f"{namespace}:fb:"
+        self._ttl_s = max(1, int(ttl_s))
+        self._url = url
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, KeyEntry]:
+        if not keys:
+            return {}
+        from redis.exceptions import RedisError
+
+        try:
+            values: list[bytes | None] = await self._redis.mget([self._prefix + k for k in keys])
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"feedback idempotency keys (Redis at {self._url}): {exc}") from None
+        found: dict[str, KeyEntry] = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                event_id, _, fingerprint = value.decode().partition(" ")
+                found[key] = KeyEntry(event_id, fingerprint)
+        return found
+
+    async def put_many(self, entries: Mapping[str, KeyEntry]) -> None:
+        if not entries:
+            return
+        from redis.exceptions import RedisError
+
+        pipe = self._redis.pipeline(transaction=False)
+        for key, entry in entries.items():
+            pipe.set(self._prefix + key, f"{entry.event_id} {entry.fingerprint}", ex=self._ttl_s)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            # The records are durable already: failing the call would make the client
+            # resend them. Only a retry's duplicate answer is weakened (ClickHouse counts
+            # the newest record per key either way).
+            log.warning("feedback_keys_not_recorded", keys=len(entries), error=str(exc))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
