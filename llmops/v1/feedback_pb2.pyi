@@ -933,21 +933,35 @@ class GetFeedbackStatsRequest(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """Restrict to one task; empty means all tasks."""
+    tenant: _builtins.str
+    """Restrict to one tenant; empty means all tenants."""
     @_builtins.property
     def window(self) -> _common_pb2.TimeRange:
         """Window over feedback occurred_time; unset bounds are open."""
+
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Break the statistics down (FeedbackGroupStats, each per signal): any of "task",
+        "route", "model", "variant", "market". Route, model and variant are those of the prediction the
+        feedback names (request_id), joined in ClickHouse; feedback whose prediction is not
+        logged has them empty. Unknown dimensions are INVALID_ARGUMENT.
+        """
 
     def __init__(
         self,
         *,
         task: _builtins.str = ...,
         window: _common_pb2.TimeRange | None = ...,
+        group_by: _abc.Iterable[_builtins.str] | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_by", b"group_by", "task", b"task", "tenant", b"tenant", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -961,15 +975,30 @@ class GetFeedbackStatsResponse(_message.Message):
     RECEIVED_COUNT_FIELD_NUMBER: _builtins.int
     DUPLICATE_COUNT_FIELD_NUMBER: _builtins.int
     PENDING_SINK_COUNT_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    UNMATCHED_COUNT_FIELD_NUMBER: _builtins.int
     received_count: _builtins.int
     """Records received (accepted) in the window, all kinds."""
     duplicate_count: _builtins.int
-    """Submissions dropped as duplicates of an idempotency key."""
+    """Records in the window not counted because a newer record of their idempotency key
+    exists (a toggled thumb, an event delivered twice). Repeats refused at submission never
+    reach ClickHouse: llmops_feedback_records_total{result="duplicate"} counts those.
+    """
     pending_sink_count: _builtins.int
-    """Records accepted but not yet durable in the sink (ClickHouse); 0 when caught up."""
+    """Records accepted but not yet durable in the sink (ClickHouse); 0 when caught up; -1 when
+    this service cannot tell (the sink exports llmops_sink_lag_records).
+    """
+    unmatched_count: _builtins.int
+    """Records whose request_id matches no logged prediction, among those older than an hour
+    (younger ones may still be waiting for their prediction).
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackKindStats]:
         """One entry per kind with at least one record in the window."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackGroupStats]:
+        """Per group of group_by (one group when it is empty), per signal."""
 
     def __init__(
         self,
@@ -978,14 +1007,127 @@ class GetFeedbackStatsResponse(_message.Message):
         received_count: _builtins.int = ...,
         duplicate_count: _builtins.int = ...,
         pending_sink_count: _builtins.int = ...,
+        groups: _abc.Iterable[Global___FeedbackGroupStats] | None = ...,
+        unmatched_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_count", b"duplicate_count", "kinds", b"kinds", "pending_sink_count", b"pending_sink_count", "received_count", b"received_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_count", b"duplicate_count", "groups", b"groups", "kinds", b"kinds", "pending_sink_count", b"pending_sink_count", "received_count", b"received_count", "unmatched_count", b"unmatched_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetFeedbackStatsResponse: _TypeAlias = GetFeedbackStatsResponse  # noqa: Y015
+
+@_typing.final
+class FeedbackGroupStats(_message.Message):
+    """Statistics of one group (GetFeedbackStatsRequest.group_by)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DimensionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    PREDICTION_COUNT_FIELD_NUMBER: _builtins.int
+    SIGNALS_FIELD_NUMBER: _builtins.int
+    prediction_count: _builtins.int
+    """Predictions logged in the group and the window (the denominator of rates)."""
+    @_builtins.property
+    def dimensions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Value of each group_by dimension, e.g. {"variant": "b", "route": "summary-small"}."""
+
+    @_builtins.property
+    def signals(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignalStats]: ...
+    def __init__(
+        self,
+        *,
+        dimensions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        prediction_count: _builtins.int = ...,
+        signals: _abc.Iterable[Global___SignalStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "prediction_count", b"prediction_count", "signals", b"signals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackGroupStats: _TypeAlias = FeedbackGroupStats  # noqa: Y015
+
+@_typing.final
+class SignalStats(_message.Message):
+    """Statistics of one signal in one group, newest record per idempotency key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    DISTINCT_REQUESTS_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    TOP_LABEL_FIELD_NUMBER: _builtins.int
+    signal: _builtins.str
+    """Feedback.name (the registry's signal)."""
+    kind: Global___FeedbackKind.ValueType
+    count: _builtins.int
+    distinct_requests: _builtins.int
+    """Distinct request ids among the records."""
+    mean: _builtins.float
+    """Thumbs: share of THUMB_UP. Rating: mean of value / scale_max. Dwell: mean in ms.
+    Label: share of the most frequent label. Click, booking, conversion, interaction:
+    distinct predictions with the signal per logged prediction of the group (a rate; 0
+    when prediction_count is 0). Correction, preference: 0.
+    """
+    ci_low: _builtins.float
+    """95% confidence interval of `mean` (Wilson for shares and rates, normal for means); both
+    equal to mean when it cannot be computed (fewer than two records).
+    """
+    ci_high: _builtins.float
+    top_label: _builtins.str
+    """Label: the most frequent value."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Money]:
+        """Booking and conversion: summed value, one entry per currency."""
+
+    def __init__(
+        self,
+        *,
+        signal: _builtins.str = ...,
+        kind: Global___FeedbackKind.ValueType = ...,
+        count: _builtins.int = ...,
+        distinct_requests: _builtins.int = ...,
+        mean: _builtins.float = ...,
+        ci_low: _builtins.float = ...,
+        ci_high: _builtins.float = ...,
+        values: _abc.Iterable[_common_pb2.Money] | None = ...,
+        top_label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "count", b"count", "distinct_requests", b"distinct_requests", "kind", b"kind", "mean", b"mean", "signal", b"signal", "top_label", b"top_label", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalStats: _TypeAlias = SignalStats  # noqa: Y015
 
 @_typing.final
 class FeedbackKindStats(_message.Message):

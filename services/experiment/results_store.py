@@ -12,7 +12,8 @@ join and the per-unit aggregation:
   its *first* exposure (a unit seen in two variants — after an override, say — counts once,
   where it started), ``exposures`` counts all its exposure events.
 - **Metric value of a unit**: computed from its feedback events at or after its first
-  exposure and before the window end (attribution starts at exposure). Units without
+  exposure and before the window end (attribution starts at exposure), the newest record
+  per idempotency key (as the feedback service's statistics count them). Units without
   feedback count as 0 — the denominator is exposed units, not converting ones.
 - **Covariate**: the same metric over the ``PRE_PERIOD_DAYS`` before the unit's first
   exposure.
@@ -104,10 +105,23 @@ FROM
     ) AS u
     LEFT JOIN
     (
-        SELECT unit_id, event_time, kind, thumb, value_nanos, dwell_ms
-        FROM feedback
-        WHERE unit_type = %(unit_type)s
-          AND event_time >= %(start)s - INTERVAL {PRE_PERIOD_DAYS} DAY AND event_time < %(end)s
+        -- the newest record of each idempotency key (a flipped thumb counts as its last
+        -- answer, an event delivered twice once); a row without a key stands alone
+        SELECT argMax(unit_id, received_time) AS unit_id,
+               argMax(event_time, received_time) AS event_time,
+               argMax(kind, received_time) AS kind, argMax(thumb, received_time) AS thumb,
+               argMax(value_nanos, received_time) AS value_nanos,
+               argMax(dwell_ms, received_time) AS dwell_ms
+        FROM
+        (
+            SELECT tenant, idempotency_key, event_id, unit_id, event_time, received_time,
+                   kind, thumb, value_nanos, dwell_ms
+            FROM feedback
+            WHERE unit_type = %(unit_type)s
+              AND event_time >= %(start)s - INTERVAL {PRE_PERIOD_DAYS} DAY
+              AND event_time < %(end)s
+        )
+        GROUP BY tenant, if(idempotency_key = '', toString(event_id), idempotency_key)
     ) AS f ON f.unit_id = u.unit_id
     GROUP BY u.unit_id, u.variant, u.exposures
 )

@@ -3,7 +3,7 @@ guardrail for typed text, the intake and the servicers."""
 
 from __future__ import annotations
 
-from llmops.server import ServiceContext, ServiceDefinition, binding, pending_binding
+from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import feedback_pb2, feedback_pb2_grpc
 from llmops.yamlfiles import HotReload
 from services.feedback.idempotency import KeyStore, LocalKeyStore, RedisKeyStore
@@ -11,12 +11,9 @@ from services.feedback.intake import Intake
 from services.feedback.metrics import FeedbackMetrics
 from services.feedback.plugin import FeedbackSettings
 from services.feedback.ports import GuardrailTextGuard
-from services.feedback.servicer import FeedbackServicer
+from services.feedback.servicer import FeedbackAdminServicer, FeedbackServicer
 from services.feedback.signals import SignalTable, load_signals, revision_of
-
-ADMIN_PENDING = (
-    "label queues and statistics arrive with the next part of issue #14 (Feedback service)"
-)
+from services.feedback.stats import ClickHouseStatsStore
 
 
 def open_keys(ctx: ServiceContext[FeedbackSettings]) -> KeyStore:
@@ -59,7 +56,12 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
     return ServiceDefinition(
         bindings=[
             binding(feedback_pb2, feedback_pb2_grpc, "FeedbackService", FeedbackServicer(intake)),
-            pending_binding(feedback_pb2, feedback_pb2_grpc, "FeedbackAdminService", ADMIN_PENDING),
+            binding(
+                feedback_pb2,
+                feedback_pb2_grpc,
+                "FeedbackAdminService",
+                FeedbackAdminServicer(ClickHouseStatsStore(ctx.backends.clickhouse)),
+            ),
         ],
         tasks=[signals.watch(paths, settings.reload_interval_s)],
         on_stop=[close],

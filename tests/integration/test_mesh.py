@@ -104,7 +104,6 @@ IMPLEMENTED = {"feature", "experiment", "guardrail", "governance", "embedding", 
 PENDING_RPCS = {
     "llmops.v1.FeedbackService.ExportDataset",
     "llmops.v1.FeedbackAdminService.ListLabelQueues",
-    "llmops.v1.FeedbackAdminService.GetFeedbackStats",
 }
 """RPCs of partly built services that still answer UNIMPLEMENTED, naming their issue."""
 
@@ -113,9 +112,9 @@ def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
     with grpc.insecure_channel(mesh.address("feedback")) as channel:
         stub = feedback_pb2_grpc.FeedbackAdminServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.GetFeedbackStats(feedback_pb2.GetFeedbackStatsRequest(), timeout=5)
+            stub.ListLabelQueues(feedback_pb2.ListLabelQueuesRequest(), timeout=5)
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "llmops.v1.FeedbackAdminService.GetFeedbackStats" in err.value.details()
+    assert "llmops.v1.FeedbackAdminService.ListLabelQueues" in err.value.details()
     assert "issue #14" in err.value.details()
 
 
@@ -622,6 +621,15 @@ def test_feedback_is_durable_deduplicated_redacted_and_reaches_clickhouse(
     labelled = mine[batch.results[0].event_id]
     assert labelled["name"] == "quality_label" and labelled["label"] == "hallucination"
     assert "jane@example.com" not in labelled["label_note"] and "[" in labelled["label_note"]
+    with grpc.insecure_channel(mesh.address("feedback")) as channel:
+        admin = feedback_pb2_grpc.FeedbackAdminServiceStub(channel)
+        stats = admin.GetFeedbackStats(
+            feedback_pb2.GetFeedbackStatsRequest(tenant="e2e-fb", group_by=["task"]), timeout=30
+        )
+    signals = {s.signal: s for g in stats.groups for s in g.signals}
+    assert signals["thumbs"].count == 1 and signals["thumbs"].mean == 0.0  # flipped to down
+    assert signals["quality_label"].top_label == "hallucination"
+    assert stats.duplicate_count == 1  # the thumb's first answer, superseded
 
 
 def test_zz_ctrl_c_stops_everything(mesh: RunningMesh) -> None:
