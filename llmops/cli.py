@@ -271,6 +271,60 @@ _reason_option = click.option("--reason", default="", help="Why (kept in the aud
 
 
 @cli.group()
+def label() -> None:
+    """Label queues of the running feedback service: list, lease, answer."""
+
+
+@label.command("queues")
+@_config_option
+@_json_option
+def label_queues(config_path: Path | None, json_out: bool) -> None:
+    """List the label queues with their backlog and labels."""
+    from llmops import label_cli
+
+    _rpc(label_cli.list_queues(_load(config_path), json_out))
+
+
+@label.command("next")
+@click.argument("queue")
+@_config_option
+@click.option("--count", default=1, show_default=True, help="Items to lease (1-100).")
+@click.option("--lease", "lease_s", default=600, show_default=True, help="Lease, in seconds.")
+@click.option("--annotator", default="", help="Your pseudonymous annotator id.")
+@_json_option
+def label_next(
+    queue: str, config_path: Path | None, count: int, lease_s: int, annotator: str, json_out: bool
+) -> None:
+    """Lease the next items of QUEUE and show what to label."""
+    from llmops import label_cli
+
+    _rpc(label_cli.next_items(_load(config_path), queue, count, lease_s, annotator, json_out))
+
+
+@label.command("submit")
+@click.argument("queue")
+@click.argument("item_id")
+@click.argument("token")
+@click.argument("value")
+@_config_option
+@click.option("--note", default="", help="A note (personal data is redacted before storage).")
+@click.option("--confidence", default=0.0, help="Your confidence in [0, 1].")
+@click.option("--annotator", default="", help="Your pseudonymous annotator id.")
+def label_submit(
+    queue: str, item_id: str, token: str, value: str, config_path: Path | None, note: str,
+    confidence: float, annotator: str,
+) -> None:  # fmt: skip
+    """Answer a leased item of QUEUE with the label VALUE."""
+    from llmops import label_cli
+
+    _rpc(
+        label_cli.submit(
+            _load(config_path), queue, item_id, token, value, note, confidence, annotator
+        )
+    )
+
+
+@cli.group()
 def registry() -> None:
     """The governance registry of a running mesh: models, prompts, datasets, policies.
 

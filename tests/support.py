@@ -115,6 +115,9 @@ def llmops_up(tmp: Path, within_s: float = 60) -> Iterator[RunningMesh]:
     # a small demo collection: embedding 500 listings costs ~10 s of CPU that the other
     # services' tests (50 ms guardrail budgets) would share on 2 cores
     env["LLMOPS__EMBEDDING__DEMO_PROPERTIES"] = "80"
+    # label queues fill within seconds, not the default 15 s + 10 s
+    env["LLMOPS__FEEDBACK__QUEUE_FILL_INTERVAL_S"] = "1"
+    env["LLMOPS__FEEDBACK__QUEUE_SETTLE_S"] = "0.5"
     with running(["llmops", "up"], tmp, env) as (proc, log_path):
         mesh = RunningMesh(proc, env, ports, admin_ports, log_path)
         start = time.monotonic()

@@ -217,6 +217,7 @@ def prediction_columns(items: Sequence[Item]) -> Columns:
         "client_name": _get(ev, "client_name"),
         "finish_reason": _names(ev, "finish_reason", _FINISH),
         "error_reason": _get(ev, "error_reason"),
+        "skipped_steps": [list(e.skipped_steps) for e in ev],
         "has_payload": np.fromiter(map(_has_payload, ev), dtype=bool, count=len(ev)),
         **_position(items),
     }

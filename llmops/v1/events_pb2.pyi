@@ -207,6 +207,7 @@ class PredictionEvent(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    SKIPPED_STEPS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUIDv7, see file comment."""
     request_id: _builtins.str
@@ -280,6 +281,13 @@ class PredictionEvent(_message.Message):
 
     @_builtins.property
     def output(self) -> _common_pb2.Value: ...
+    @_builtins.property
+    def skipped_steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Steps of a Run that failed and were skipped or fell back under their on_failure policy,
+        in order, e.g. "postprocess" when the model's answer did not fit the task's format (a
+        low-confidence output, which label queues pick up).
+        """
+
     def __init__(
         self,
         *,
@@ -313,10 +321,11 @@ class PredictionEvent(_message.Message):
         inputs: _abc.Mapping[_builtins.str, _common_pb2.Value] | None = ...,
         output: _common_pb2.Value | None = ...,
         client_name: _builtins.str = ...,
+        skipped_steps: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "output", b"output", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "client_name", b"client_name", "device", b"device", "error_reason", b"error_reason", "event_id", b"event_id", "event_time", b"event_time", "experiment_id", b"experiment_id", "feature_vector_hash", b"feature_vector_hash", "finish_reason", b"finish_reason", "guardrails", b"guardrails", "inputs", b"inputs", "locale", b"locale", "market", b"market", "model_name", b"model_name", "model_version", b"model_version", "output", b"output", "prompt_name", b"prompt_name", "prompt_version", b"prompt_version", "request_id", b"request_id", "route", b"route", "route_target_index", b"route_target_index", "session_id", b"session_id", "stages", b"stages", "status_code", b"status_code", "task", b"task", "tenant", b"tenant", "total_latency_us", b"total_latency_us", "usage", b"usage", "user_id", b"user_id", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "client_name", b"client_name", "device", b"device", "error_reason", b"error_reason", "event_id", b"event_id", "event_time", b"event_time", "experiment_id", b"experiment_id", "feature_vector_hash", b"feature_vector_hash", "finish_reason", b"finish_reason", "guardrails", b"guardrails", "inputs", b"inputs", "locale", b"locale", "market", b"market", "model_name", b"model_name", "model_version", b"model_version", "output", b"output", "prompt_name", b"prompt_name", "prompt_version", b"prompt_version", "request_id", b"request_id", "route", b"route", "route_target_index", b"route_target_index", "session_id", b"session_id", "skipped_steps", b"skipped_steps", "stages", b"stages", "status_code", b"status_code", "task", b"task", "tenant", b"tenant", "total_latency_us", b"total_latency_us", "usage", b"usage", "user_id", b"user_id", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -928,6 +928,195 @@ class LabelQueue(_message.Message):
 Global___LabelQueue: _TypeAlias = LabelQueue  # noqa: Y015
 
 @_typing.final
+class LabelItem(_message.Message):
+    """An item of a label queue: a logged prediction waiting for a human label."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class InputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ENQUEUED_TIME_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    item_id: _builtins.str
+    request_id: _builtins.str
+    """The prediction to label."""
+    task: _builtins.str
+    route: _builtins.str
+    tenant: _builtins.str
+    reason: _builtins.str
+    """Which rule queued it: "sample", "guardrail", "negative_feedback", "low_confidence"."""
+    output: _builtins.str
+    lease_token: _builtins.str
+    """Proof of the lease, for CompleteLabelItem."""
+    @_builtins.property
+    def enqueued_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The prediction's logged inputs (each a JSON text) and output, when its task logs
+        payloads (tasks' log_payload); empty otherwise.
+        """
+
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        item_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        task: _builtins.str = ...,
+        route: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        enqueued_time: _timestamp_pb2.Timestamp | None = ...,
+        inputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        output: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enqueued_time", b"enqueued_time", "lease_expire_time", b"lease_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enqueued_time", b"enqueued_time", "inputs", b"inputs", "item_id", b"item_id", "lease_expire_time", b"lease_expire_time", "lease_token", b"lease_token", "output", b"output", "queue", b"queue", "reason", b"reason", "request_id", b"request_id", "route", b"route", "task", b"task", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelItem: _TypeAlias = LabelItem  # noqa: Y015
+
+@_typing.final
+class LeaseLabelItemsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    ANNOTATOR_ID_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    count: _builtins.int
+    """1 to 100; 0 means 1."""
+    lease_seconds: _builtins.int
+    """10 to 86400; 0 means 600."""
+    annotator_id: _builtins.str
+    """Pseudonymous id of the annotator."""
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        count: _builtins.int = ...,
+        lease_seconds: _builtins.int = ...,
+        annotator_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotator_id", b"annotator_id", "count", b"count", "lease_seconds", b"lease_seconds", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseLabelItemsRequest: _TypeAlias = LeaseLabelItemsRequest  # noqa: Y015
+
+@_typing.final
+class LeaseLabelItemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___LabelItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseLabelItemsResponse: _TypeAlias = LeaseLabelItemsResponse  # noqa: Y015
+
+@_typing.final
+class CompleteLabelItemRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    ANNOTATOR_ID_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    item_id: _builtins.str
+    lease_token: _builtins.str
+    annotator_id: _builtins.str
+    @_builtins.property
+    def label(self) -> Global___Label:
+        """The label; its value must be one of the queue signal's labels."""
+
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        item_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        label: Global___Label | None = ...,
+        annotator_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["label", b"label"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotator_id", b"annotator_id", "item_id", b"item_id", "label", b"label", "lease_token", b"lease_token", "queue", b"queue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteLabelItemRequest: _TypeAlias = CompleteLabelItemRequest  # noqa: Y015
+
+@_typing.final
+class CompleteLabelItemResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """event_id of the FeedbackEvent that records the label."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteLabelItemResponse: _TypeAlias = CompleteLabelItemResponse  # noqa: Y015
+
+@_typing.final
 class GetFeedbackStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -227,6 +227,16 @@ class FeedbackAdminServiceStub:
                 request_serializer=llmops_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
                 response_deserializer=llmops_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.FromString,
                 _registered_method=True)
+        self.LeaseLabelItems = channel.unary_unary(
+                '/llmops.v1.FeedbackAdminService/LeaseLabelItems',
+                request_serializer=llmops_dot_v1_dot_feedback__pb2.LeaseLabelItemsRequest.SerializeToString,
+                response_deserializer=llmops_dot_v1_dot_feedback__pb2.LeaseLabelItemsResponse.FromString,
+                _registered_method=True)
+        self.CompleteLabelItem = channel.unary_unary(
+                '/llmops.v1.FeedbackAdminService/CompleteLabelItem',
+                request_serializer=llmops_dot_v1_dot_feedback__pb2.CompleteLabelItemRequest.SerializeToString,
+                response_deserializer=llmops_dot_v1_dot_feedback__pb2.CompleteLabelItemResponse.FromString,
+                _registered_method=True)
 
 
 class FeedbackAdminServiceServicer:
@@ -247,6 +257,25 @@ class FeedbackAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaseLabelItems(self, request, context):
+        """Leases up to `count` items of a queue to an annotator, oldest first, for
+        `lease_seconds`; an item whose lease runs out goes back to the queue. NOT_FOUND for an
+        unknown queue; an empty list when nothing is pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteLabelItem(self, request, context):
+        """Labels a leased item: the label is recorded as Feedback (kind label, label_queue set,
+        validated against the queue's signal) and the item completes. FAILED_PRECONDITION when
+        the lease is not held (it ran out and another annotator took the item, or the item is
+        done already); NOT_FOUND for an unknown queue or item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeedbackAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -259,6 +288,16 @@ def add_FeedbackAdminServiceServicer_to_server(servicer, server):
                     servicer.GetFeedbackStats,
                     request_deserializer=llmops_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.FromString,
                     response_serializer=llmops_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.SerializeToString,
+            ),
+            'LeaseLabelItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseLabelItems,
+                    request_deserializer=llmops_dot_v1_dot_feedback__pb2.LeaseLabelItemsRequest.FromString,
+                    response_serializer=llmops_dot_v1_dot_feedback__pb2.LeaseLabelItemsResponse.SerializeToString,
+            ),
+            'CompleteLabelItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteLabelItem,
+                    request_deserializer=llmops_dot_v1_dot_feedback__pb2.CompleteLabelItemRequest.FromString,
+                    response_serializer=llmops_dot_v1_dot_feedback__pb2.CompleteLabelItemResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +355,60 @@ class FeedbackAdminService:
             '/llmops.v1.FeedbackAdminService/GetFeedbackStats',
             llmops_dot_v1_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
             llmops_dot_v1_dot_feedback__pb2.GetFeedbackStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseLabelItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmops.v1.FeedbackAdminService/LeaseLabelItems',
+            llmops_dot_v1_dot_feedback__pb2.LeaseLabelItemsRequest.SerializeToString,
+            llmops_dot_v1_dot_feedback__pb2.LeaseLabelItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteLabelItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmops.v1.FeedbackAdminService/CompleteLabelItem',
+            llmops_dot_v1_dot_feedback__pb2.CompleteLabelItemRequest.SerializeToString,
+            llmops_dot_v1_dot_feedback__pb2.CompleteLabelItemResponse.FromString,
             options,
             channel_credentials,
             insecure,

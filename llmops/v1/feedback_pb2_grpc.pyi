@@ -148,6 +148,17 @@ class FeedbackAdminServiceStub:
     """Lists human-labelling queues with their backlog."""
     GetFeedbackStats: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.GetFeedbackStatsRequest, _feedback_pb2.GetFeedbackStatsResponse]
     """Returns counts and rates of received feedback over a window."""
+    LeaseLabelItems: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.LeaseLabelItemsRequest, _feedback_pb2.LeaseLabelItemsResponse]
+    """Leases up to `count` items of a queue to an annotator, oldest first, for
+    `lease_seconds`; an item whose lease runs out goes back to the queue. NOT_FOUND for an
+    unknown queue; an empty list when nothing is pending.
+    """
+    CompleteLabelItem: _grpc.UnaryUnaryMultiCallable[_feedback_pb2.CompleteLabelItemRequest, _feedback_pb2.CompleteLabelItemResponse]
+    """Labels a leased item: the label is recorded as Feedback (kind label, label_queue set,
+    validated against the queue's signal) and the item completes. FAILED_PRECONDITION when
+    the lease is not held (it ran out and another annotator took the item, or the item is
+    done already); NOT_FOUND for an unknown queue or item.
+    """
 
 @_typing.type_check_only
 class FeedbackAdminServiceAsyncStub(FeedbackAdminServiceStub):
@@ -158,6 +169,17 @@ class FeedbackAdminServiceAsyncStub(FeedbackAdminServiceStub):
     """Lists human-labelling queues with their backlog."""
     GetFeedbackStats: _aio.UnaryUnaryMultiCallable[_feedback_pb2.GetFeedbackStatsRequest, _feedback_pb2.GetFeedbackStatsResponse]  # type: ignore[assignment]
     """Returns counts and rates of received feedback over a window."""
+    LeaseLabelItems: _aio.UnaryUnaryMultiCallable[_feedback_pb2.LeaseLabelItemsRequest, _feedback_pb2.LeaseLabelItemsResponse]  # type: ignore[assignment]
+    """Leases up to `count` items of a queue to an annotator, oldest first, for
+    `lease_seconds`; an item whose lease runs out goes back to the queue. NOT_FOUND for an
+    unknown queue; an empty list when nothing is pending.
+    """
+    CompleteLabelItem: _aio.UnaryUnaryMultiCallable[_feedback_pb2.CompleteLabelItemRequest, _feedback_pb2.CompleteLabelItemResponse]  # type: ignore[assignment]
+    """Labels a leased item: the label is recorded as Feedback (kind label, label_queue set,
+    validated against the queue's signal) and the item completes. FAILED_PRECONDITION when
+    the lease is not held (it ran out and another annotator took the item, or the item is
+    done already); NOT_FOUND for an unknown queue or item.
+    """
 
 class FeedbackAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Operator endpoints of the feedback service."""
@@ -177,5 +199,28 @@ class FeedbackAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_feedback_pb2.GetFeedbackStatsResponse, _abc.Awaitable[_feedback_pb2.GetFeedbackStatsResponse]]:
         """Returns counts and rates of received feedback over a window."""
+
+    @_abc_1.abstractmethod
+    def LeaseLabelItems(
+        self,
+        request: _feedback_pb2.LeaseLabelItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feedback_pb2.LeaseLabelItemsResponse, _abc.Awaitable[_feedback_pb2.LeaseLabelItemsResponse]]:
+        """Leases up to `count` items of a queue to an annotator, oldest first, for
+        `lease_seconds`; an item whose lease runs out goes back to the queue. NOT_FOUND for an
+        unknown queue; an empty list when nothing is pending.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteLabelItem(
+        self,
+        request: _feedback_pb2.CompleteLabelItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_feedback_pb2.CompleteLabelItemResponse, _abc.Awaitable[_feedback_pb2.CompleteLabelItemResponse]]:
+        """Labels a leased item: the label is recorded as Feedback (kind label, label_queue set,
+        validated against the queue's signal) and the item completes. FAILED_PRECONDITION when
+        the lease is not held (it ran out and another annotator took the item, or the item is
+        done already); NOT_FOUND for an unknown queue or item.
+        """
 
 def add_FeedbackAdminServiceServicer_to_server(servicer: FeedbackAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

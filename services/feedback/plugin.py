@@ -47,8 +47,29 @@ class FeedbackSettings(Settings):
         1.0, gt=0, description="Deadline of the guardrail call for typed text."
     )
 
+    labels: Literal["auto", "sqlite", "postgres"] = Field(
+        "auto",
+        description="Label queue items: sqlite = state_dir/feedback/labels.sqlite3; postgres = "
+        "the database `labels_dsn` names; auto = sqlite in embedded mode, postgres in "
+        "production mode.",
+    )
+    labels_dsn: str = Field(
+        "",
+        description="SQLAlchemy URL of the label store, e.g. "
+        "postgresql+psycopg://llmops@db:5432/llmops (required for postgres).",
+    )
+    queue_fill_interval_s: float = Field(
+        15.0, ge=0, description="Scan ClickHouse for new label queue items this often; 0 = never."
+    )
+    queue_settle_s: float = Field(
+        10.0, ge=0, description="Scan up to this long before now (the sink loads within seconds)."
+    )
+
     def key_backend(self, mode: str) -> Literal["local", "redis"]:
         return by_mode(self.keys, mode, "local", "redis")
+
+    def label_backend(self, mode: str) -> Literal["sqlite", "postgres"]:
+        return by_mode(self.labels, mode, "sqlite", "postgres")
 
 
 PLUGIN = ServicePlugin(

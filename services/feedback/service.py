@@ -3,11 +3,17 @@ guardrail for typed text, the intake and the servicers."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from llmops.errors import FailedPrecondition
+from llmops.scheduler import Periodic
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import feedback_pb2, feedback_pb2_grpc
 from llmops.yamlfiles import HotReload
 from services.feedback.idempotency import KeyStore, LocalKeyStore, RedisKeyStore
 from services.feedback.intake import Intake
+from services.feedback.label_store import SqlLabelStore
+from services.feedback.labelling import ClickHouseCandidates, Labelling
 from services.feedback.metrics import FeedbackMetrics
 from services.feedback.plugin import FeedbackSettings
 from services.feedback.ports import GuardrailTextGuard
@@ -22,6 +28,18 @@ def open_keys(ctx: ServiceContext[FeedbackSettings]) -> KeyStore:
         return RedisKeyStore(ctx.backends.redis_url, settings.namespace, settings.key_ttl_s)
     path = ctx.backends.state_dir / "feedback" / "keys.sqlite3"
     return LocalKeyStore(path, settings.key_ttl_s, settings.local_max_keys)
+
+
+def open_labels(ctx: ServiceContext[FeedbackSettings]) -> SqlLabelStore:
+    settings = ctx.settings
+    if settings.label_backend(ctx.mode) == "postgres":
+        if not settings.labels_dsn:
+            raise FailedPrecondition(
+                "feedback.labels_dsn is required for the postgres label store "
+                "(e.g. postgresql+psycopg://llmops@db:5432/llmops)"
+            )
+        return SqlLabelStore(settings.labels_dsn)
+    return SqlLabelStore(f"sqlite:///{ctx.backends.state_dir / 'feedback' / 'labels.sqlite3'}")
 
 
 def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
@@ -50,8 +68,25 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
         guard_timeout_s=settings.guard_timeout_s,
     )
 
+    labels = open_labels(ctx)
+    labelling = Labelling(
+        signals,
+        labels,
+        ClickHouseCandidates(ctx.backends.clickhouse),
+        intake,
+        settle_s=settings.queue_settle_s,
+    )
+    tasks: list[Any] = [signals.watch(paths, settings.reload_interval_s)]
+    if settings.queue_fill_interval_s > 0:
+
+        async def fill() -> None:
+            await labelling.fill()
+
+        tasks.append(Periodic("label_queue_fill", settings.queue_fill_interval_s, fill))
+
     async def close() -> None:
         await keys.close()
+        await labels.close()
 
     return ServiceDefinition(
         bindings=[
@@ -60,9 +95,9 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
                 feedback_pb2,
                 feedback_pb2_grpc,
                 "FeedbackAdminService",
-                FeedbackAdminServicer(ClickHouseStatsStore(ctx.backends.clickhouse)),
+                FeedbackAdminServicer(ClickHouseStatsStore(ctx.backends.clickhouse), labelling),
             ),
         ],
-        tasks=[signals.watch(paths, settings.reload_interval_s)],
+        tasks=tasks,
         on_stop=[close],
     )

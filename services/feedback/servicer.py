@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmops.errors import InvalidArgument, NotImplementedYet
+from llmops.server import paginate
 from llmops.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
 from services.feedback.intake import MAX_BATCH, Intake, Outcome
+from services.feedback.labelling import Labelling, item_proto, queue_views_proto
 from services.feedback.stats import (
     SignalSummary,
     StatsQuery,
@@ -17,10 +19,6 @@ from services.feedback.stats import (
     summarise,
 )
 
-LABEL_QUEUES_PENDING = (
-    "llmops.v1.FeedbackAdminService.ListLabelQueues is not implemented yet: label queues "
-    "arrive with the next part of issue #14 (Feedback service)"
-)
 EXPORT_PENDING = (
     "llmops.v1.FeedbackService.ExportDataset is not implemented yet: it arrives with the next "
     "part of issue #14 (Feedback service)"
@@ -109,8 +107,9 @@ def _window(
 
 
 class FeedbackAdminServicer(feedback_pb2_grpc.FeedbackAdminServiceServicer):
-    def __init__(self, stats: StatsStore) -> None:
+    def __init__(self, stats: StatsStore, labelling: Labelling) -> None:
         self.stats = stats
+        self.labelling = labelling
 
     async def GetFeedbackStats(
         self, request: feedback_pb2.GetFeedbackStatsRequest, context: Any
@@ -143,4 +142,23 @@ class FeedbackAdminServicer(feedback_pb2_grpc.FeedbackAdminServiceServicer):
     async def ListLabelQueues(
         self, request: feedback_pb2.ListLabelQueuesRequest, context: Any
     ) -> feedback_pb2.ListLabelQueuesResponse:
-        raise NotImplementedYet(LABEL_QUEUES_PENDING)
+        queues = queue_views_proto(await self.labelling.list_queues())
+        page, token = paginate(queues, request.page_size, request.page_token)
+        return feedback_pb2.ListLabelQueuesResponse(queues=page, next_page_token=token)
+
+    async def LeaseLabelItems(
+        self, request: feedback_pb2.LeaseLabelItemsRequest, context: Any
+    ) -> feedback_pb2.LeaseLabelItemsResponse:
+        items = await self.labelling.lease(
+            request.queue, request.count, request.lease_seconds, request.annotator_id
+        )
+        return feedback_pb2.LeaseLabelItemsResponse(items=[item_proto(i) for i in items])
+
+    async def CompleteLabelItem(
+        self, request: feedback_pb2.CompleteLabelItemRequest, context: Any
+    ) -> feedback_pb2.CompleteLabelItemResponse:
+        event_id = await self.labelling.complete(
+            request.queue, request.item_id, request.lease_token, request.label,
+            request.annotator_id,
+        )  # fmt: skip
+        return feedback_pb2.CompleteLabelItemResponse(event_id=event_id)

@@ -1,4 +1,5 @@
-"""The feedback registry: which signals a storefront may send, of which kind, in which range.
+"""The feedback registry: which signals a storefront may send, of which kind, in which range;
+and the label queues that route predictions to human annotators.
 
 Signals are declared in reviewed YAML files (``feedback.signals``, default ``deploy/feedback``,
 format in its README) and hot-reloaded like the other services' files. ``Feedback.name``
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -83,10 +84,73 @@ class SignalSpec(BaseModel):
         return self.actions or (self.name,)
 
 
+class NegativeFeedbackRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signals: tuple[str, ...] = Field(min_length=1)
+    """Signals that count against the prediction: a thumbs signal when down, a rating one at
+    or below ``max_rating_share`` of its scale, any other signal whenever it arrives."""
+    max_rating_share: float = Field(0.4, ge=0, le=1)
+
+
+class QueueRule(BaseModel):
+    """What puts a prediction of the queue's task in the queue (exactly one key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample: float | None = Field(None, gt=0, le=1)
+    """This share of the task's predictions (by a hash of the request id: reproducible)."""
+    guardrail: tuple[Literal["FLAG", "REDACT", "BLOCK"], ...] | None = None
+    """Predictions whose most severe guardrail verdict is one of these."""
+    negative_feedback: NegativeFeedbackRule | None = None
+    low_confidence: bool | None = None
+    """Predictions whose output step fell back (the model's answer did not fit the task's
+    format: PredictionEvent.skipped_steps holds ``postprocess``)."""
+
+    @model_validator(mode="after")
+    def _one(self) -> QueueRule:
+        set_ = [k for k in ("sample", "guardrail", "negative_feedback", "low_confidence")
+                if getattr(self, k) is not None]  # fmt: skip
+        if len(set_) != 1:
+            raise ValueError(
+                "a rule has exactly one of sample, guardrail, negative_feedback, low_confidence"
+            )
+        if self.guardrail == ():
+            raise ValueError("guardrail lists at least one verdict")
+        return self
+
+    @property
+    def reason(self) -> str:
+        for key in ("sample", "guardrail", "negative_feedback", "low_confidence"):
+            if getattr(self, key) is not None:
+                return key
+        raise AssertionError("validated: one key")
+
+
+class QueueSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    task: str
+    signal: str
+    """The label signal annotators answer with (its labels are the queue's)."""
+    description: str = ""
+    rules: tuple[QueueRule, ...] = Field(min_length=1)
+    max_pending: int = Field(10_000, ge=1, le=10_000_000)
+    """The queue stops filling at this many pending items."""
+
+    @model_validator(mode="after")
+    def _shape(self) -> QueueSpec:
+        if not re.match(r"^[a-z][a-z0-9_-]{0,62}$", self.name):
+            raise ValueError(f"queue name {self.name!r}: lowercase letters, digits, - and _")
+        return self
+
+
 class SignalsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     signals: list[SignalSpec] = Field(default_factory=list)
+    queues: list[QueueSpec] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +158,7 @@ class SignalTable:
     signals: dict[str, SignalSpec]
     revision: str
     sources: tuple[str, ...]
+    queues: dict[str, QueueSpec] = field(default_factory=dict)
 
     def get(self, name: str) -> SignalSpec | None:
         return self.signals.get(name)
@@ -114,7 +179,23 @@ def load_signals(paths: Sequence[Path]) -> SignalTable:
                 )
             signals[spec.name] = spec
             where[spec.name] = file.label
-    return SignalTable(signals, loaded.revision, loaded.sources)
+    queues: dict[str, QueueSpec] = {}
+    for file in loaded.files:
+        for queue in file.spec.queues:
+            at = f"{file.label}: queues[{queue.name}]"
+            if queue.name in queues:
+                raise SignalError(at, "declared twice")
+            signal = signals.get(queue.signal)
+            if signal is None or signal.kind != "label":
+                raise SignalError(f"{at}.signal", f"{queue.signal!r} is not a label signal")
+            for i, rule in enumerate(queue.rules):
+                for name in rule.negative_feedback.signals if rule.negative_feedback else ():
+                    if name not in signals:
+                        raise SignalError(
+                            f"{at}.rules[{i}].negative_feedback.signals", f"no signal {name!r}"
+                        )
+            queues[queue.name] = queue
+    return SignalTable(signals, loaded.revision, loaded.sources, queues)
 
 
 def revision_of(table: SignalTable) -> str:

@@ -668,13 +668,28 @@ class Pipeline:
             client_name=ctx.client_name,
         )
         event.event_time.GetCurrentTime()
+        event.skipped_steps.extend(state.skipped)
         if task is not None and task.spec.log_payload:
             for name, value in call.inputs.items():
-                event.inputs[name].CopyFrom(value)
+                # as the model saw them: an input guardrail's redactions applied
+                checked = state.inputs.get(name)
+                event.inputs[name].CopyFrom(value if checked is None else _value(checked, value))
             if state.output is not None:
                 event.output.CopyFrom(state.output)
         self.generation.publish_prediction(event)
         return event.event_id
+
+
+def _value(checked: Any, given: common_pb2.Value) -> common_pb2.Value:
+    """A checked input as a Value of the kind it was given (``given`` when it is no text)."""
+    kind = given.WhichOneof("kind")
+    if kind == "string_value" and isinstance(checked, str):
+        return common_pb2.Value(string_value=checked)
+    if kind == "string_list_value" and isinstance(checked, list):
+        out = common_pb2.Value()
+        out.string_list_value.values.extend(str(x) for x in checked)
+        return out
+    return given
 
 
 def _stage(name: str, start: float, began: float, ended: float) -> common_pb2.StageLatency:

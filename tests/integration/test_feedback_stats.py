@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -17,12 +17,14 @@ from llmops.clickhouse.migrations import apply_migrations
 from llmops.clickhouse.rows import columns_for
 from llmops.errors import InvalidArgument
 from llmops.v1 import common_pb2, events_pb2, feedback_pb2
+from services.feedback.labelling import Labelling
 from services.feedback.servicer import FeedbackAdminServicer
 from services.feedback.stats import ClickHouseStatsStore, StatsQuery, check_group_by, wilson
 
 pytestmark = pytest.mark.infra
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+NO_LABELS = cast(Labelling, None)  # the statistics RPC does not touch the label queues
 A = [str(uuid.UUID(int=i + 1)) for i in range(10)]  # request ids of variant a
 B = [str(uuid.UUID(int=i + 101)) for i in range(10)]  # of variant b
 
@@ -114,9 +116,9 @@ async def test_the_rpc_reports_rates_intervals_and_unmatched(store: ChdbStore) -
     request = feedback_pb2.GetFeedbackStatsRequest(group_by=["variant", "model"])
     request.window.start_time.FromDatetime(start)
     request.window.end_time.FromDatetime(end)
-    reply = await FeedbackAdminServicer(ClickHouseStatsStore(lambda: store)).GetFeedbackStats(
-        request, None
-    )
+    reply = await FeedbackAdminServicer(
+        ClickHouseStatsStore(lambda: store), NO_LABELS
+    ).GetFeedbackStats(request, None)
     groups = {(g.dimensions["variant"], g.dimensions["model"]): g for g in reply.groups}
     a = groups[("a", "smollm2 v1")]
     b = groups[("b", "smollm2 v2")]
@@ -151,7 +153,7 @@ async def test_bad_requests_name_the_field(store: ChdbStore) -> None:
     request.window.start_time.FromDatetime(T0)
     request.window.end_time.FromDatetime(T0)
     with pytest.raises(InvalidArgument) as info:
-        await FeedbackAdminServicer(ClickHouseStatsStore(lambda: store)).GetFeedbackStats(
-            request, None
-        )
+        await FeedbackAdminServicer(
+            ClickHouseStatsStore(lambda: store), NO_LABELS
+        ).GetFeedbackStats(request, None)
     assert info.value.field == "window"

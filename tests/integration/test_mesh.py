@@ -103,18 +103,17 @@ IMPLEMENTED = {"feature", "experiment", "guardrail", "governance", "embedding", 
 """Services whose RPCs are all built."""
 PENDING_RPCS = {
     "llmops.v1.FeedbackService.ExportDataset",
-    "llmops.v1.FeedbackAdminService.ListLabelQueues",
 }
 """RPCs of partly built services that still answer UNIMPLEMENTED, naming their issue."""
 
 
 def test_pending_rpc_is_unimplemented_and_says_why(mesh: RunningMesh) -> None:
     with grpc.insecure_channel(mesh.address("feedback")) as channel:
-        stub = feedback_pb2_grpc.FeedbackAdminServiceStub(channel)
+        stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.ListLabelQueues(feedback_pb2.ListLabelQueuesRequest(), timeout=5)
+            list(stub.ExportDataset(feedback_pb2.ExportDatasetRequest(), timeout=5))
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    assert "llmops.v1.FeedbackAdminService.ListLabelQueues" in err.value.details()
+    assert "llmops.v1.FeedbackService.ExportDataset" in err.value.details()
     assert "issue #14" in err.value.details()
 
 
@@ -563,6 +562,41 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     assert "property-summary-llm v1  LIMITED" in compliance
     assert "7/7" in compliance and "audit no TTL" in compliance
     assert "Audit (GovernanceService.VerifyAudit, chain tenant:default): " in proc.stdout
+
+
+def test_label_queue_loop_through_the_cli(mesh: RunningMesh) -> None:
+    """The demo's summary run was blocked by the input guardrail: the summary-review queue
+    picks it up; an annotator leases it, labels it, and the label is feedback."""
+    deadline = time.monotonic() + 60
+    while True:
+        proc = _llmops(mesh, "label", "queues", "--json")
+        assert proc.returncode == 0, proc.stderr
+        queues = {q["name"]: q for q in json.loads(proc.stdout)["queues"]}
+        if int(queues["summary-review"].get("pendingCount", 0)) > 0:
+            break
+        assert time.monotonic() < deadline, proc.stdout
+        time.sleep(1)
+    text = _llmops(mesh, "label", "queues")
+    assert "summary-review" in text.stdout and "hallucination" in text.stdout
+    proc = _llmops(mesh, "label", "next", "summary-review", "--annotator", "ann-e2e", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (leased,) = json.loads(proc.stdout)["items"][:1]
+    assert leased["task"] == "property_summary" and leased["reason"] in {"guardrail", "sample"}
+    bad = _llmops(mesh, "label", "submit", "summary-review", leased["itemId"],
+                  leased["leaseToken"], "great")  # fmt: skip
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "label.value" in bad.stderr
+    done = _llmops(mesh, "label", "submit", "summary-review", leased["itemId"],
+                   leased["leaseToken"], "unsafe", "--annotator", "ann-e2e")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"labelled {leased['itemId']} as unsafe")
+    again = _llmops(mesh, "label", "submit", "summary-review", leased["itemId"],
+                    leased["leaseToken"], "unsafe")  # fmt: skip
+    assert again.returncode == 1 and "FAILED_PRECONDITION" in again.stderr
+
+    def labelled(rows: list[dict[str, Any]]) -> bool:
+        return any(r["name"] == "quality_label" and r["label"] == "unsafe" for r in rows)
+
+    assert labelled(_logged(mesh, "feedback", labelled))
 
 
 def test_materialize_cli_walks_slices(mesh: RunningMesh) -> None:

@@ -118,6 +118,8 @@ EXPECTED_SERVICES: dict[tuple[ModuleType, ModuleType, str], list[str]] = {
     (feedback_pb2, feedback_pb2_grpc, "FeedbackAdminService"): [
         "ListLabelQueues",
         "GetFeedbackStats",
+        "LeaseLabelItems",
+        "CompleteLabelItem",
     ],
     (governance_pb2, governance_pb2_grpc, "GovernanceService"): [
         "Register",
