@@ -97,6 +97,56 @@ DATASET_FORMAT_PARQUET: DatasetFormat.ValueType  # 2
 """Apache Parquet (zstd-compressed)."""
 Global___DatasetFormat: _TypeAlias = DatasetFormat  # noqa: Y015
 
+class _DatasetShape:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DatasetShapeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DatasetShape.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATASET_SHAPE_UNSPECIFIED: _DatasetShape.ValueType  # 0
+    DATASET_SHAPE_EXAMPLES: _DatasetShape.ValueType  # 1
+    """One prediction with a summary of its feedback (thumbs, rating, labels, correction,
+    clicks, bookings).
+    """
+    DATASET_SHAPE_SFT: _DatasetShape.ValueType  # 2
+    """Supervised fine-tuning: the inputs and an accepted response (a thumb up, a rating of at
+    least 4/5, an "accurate" label; a correction replaces the model's response). Needs
+    payloads.
+    """
+    DATASET_SHAPE_PREFERENCE: _DatasetShape.ValueType  # 3
+    """Preference pairs (DPO): chosen and rejected responses to the same inputs, from pairwise
+    Preference feedback or from a thumb up and a thumb down on identical inputs. Needs
+    payloads.
+    """
+    DATASET_SHAPE_EVALUATION: _DatasetShape.ValueType  # 4
+    """Evaluation set: the inputs, the model's response and a human reference (a correction,
+    or a label). Needs payloads.
+    """
+
+class DatasetShape(_DatasetShape, metaclass=_DatasetShapeEnumTypeWrapper):
+    """What one row of an exported dataset is."""
+
+DATASET_SHAPE_UNSPECIFIED: DatasetShape.ValueType  # 0
+DATASET_SHAPE_EXAMPLES: DatasetShape.ValueType  # 1
+"""One prediction with a summary of its feedback (thumbs, rating, labels, correction,
+clicks, bookings).
+"""
+DATASET_SHAPE_SFT: DatasetShape.ValueType  # 2
+"""Supervised fine-tuning: the inputs and an accepted response (a thumb up, a rating of at
+least 4/5, an "accurate" label; a correction replaces the model's response). Needs
+payloads.
+"""
+DATASET_SHAPE_PREFERENCE: DatasetShape.ValueType  # 3
+"""Preference pairs (DPO): chosen and rejected responses to the same inputs, from pairwise
+Preference feedback or from a thumb up and a thumb down on identical inputs. Needs
+payloads.
+"""
+DATASET_SHAPE_EVALUATION: DatasetShape.ValueType  # 4
+"""Evaluation set: the inputs, the model's response and a human reference (a correction,
+or a label). Needs payloads.
+"""
+Global___DatasetShape: _TypeAlias = DatasetShape  # noqa: Y015
+
 @_typing.final
 class Feedback(_message.Message):
     """One piece of feedback. Always linked to a request id and/or a unit id.
@@ -673,6 +723,8 @@ class ExportDatasetRequest(_message.Message):
     MAX_ROWS_FIELD_NUMBER: _builtins.int
     SAMPLE_FRACTION_FIELD_NUMBER: _builtins.int
     REGISTER_AS_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    AS_OF_TIME_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """Task whose predictions to export, e.g. "property_summary". Required."""
     format: Global___DatasetFormat.ValueType
@@ -688,6 +740,8 @@ class ExportDatasetRequest(_message.Message):
     """When set, register the result as a DATASET artifact with this name in governance and
     return its reference in the summary.
     """
+    shape: Global___DatasetShape.ValueType
+    """What one row is (see DatasetShape); unspecified means EXAMPLES."""
     @_builtins.property
     def context(self) -> _common_pb2.RequestContext: ...
     @_builtins.property
@@ -706,6 +760,13 @@ class ExportDatasetRequest(_message.Message):
         "label", "rating". Unknown columns are INVALID_ARGUMENT.
         """
 
+    @_builtins.property
+    def as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """Point in time of the export: only feedback received at or before it counts (the newest
+        record per idempotency key as of then), so the same request gives the same file later.
+        Unset means the time the export starts (echoed in ExportSummary.as_of_time).
+        """
+
     def __init__(
         self,
         *,
@@ -719,10 +780,12 @@ class ExportDatasetRequest(_message.Message):
         max_rows: _builtins.int = ...,
         sample_fraction: _builtins.float = ...,
         register_as: _builtins.str = ...,
+        shape: Global___DatasetShape.ValueType = ...,
+        as_of_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "filter", b"filter", "window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "context", b"context", "filter", b"filter", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "filter", b"filter", "format", b"format", "include_payloads", b"include_payloads", "kinds", b"kinds", "max_rows", b"max_rows", "register_as", b"register_as", "sample_fraction", b"sample_fraction", "task", b"task", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "context", b"context", "filter", b"filter", "format", b"format", "include_payloads", b"include_payloads", "kinds", b"kinds", "max_rows", b"max_rows", "register_as", b"register_as", "sample_fraction", b"sample_fraction", "shape", b"shape", "task", b"task", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -805,6 +868,7 @@ class ExportSummary(_message.Message):
     WINDOW_FIELD_NUMBER: _builtins.int
     DATASET_NAME_FIELD_NUMBER: _builtins.int
     DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    AS_OF_TIME_FIELD_NUMBER: _builtins.int
     row_count: _builtins.int
     byte_count: _builtins.int
     sha256: _builtins.str
@@ -816,6 +880,10 @@ class ExportSummary(_message.Message):
     def window(self) -> _common_pb2.TimeRange:
         """Window actually covered (may be narrower than asked if max_rows was hit)."""
 
+    @_builtins.property
+    def as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """The point in time the export used (ExportDatasetRequest.as_of_time, or its start)."""
+
     def __init__(
         self,
         *,
@@ -825,10 +893,11 @@ class ExportSummary(_message.Message):
         window: _common_pb2.TimeRange | None = ...,
         dataset_name: _builtins.str = ...,
         dataset_version: _builtins.int = ...,
+        as_of_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["byte_count", b"byte_count", "dataset_name", b"dataset_name", "dataset_version", b"dataset_version", "row_count", b"row_count", "sha256", b"sha256", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "byte_count", b"byte_count", "dataset_name", b"dataset_name", "dataset_version", b"dataset_version", "row_count", b"row_count", "sha256", b"sha256", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,6 +65,21 @@ class FeedbackSettings(Settings):
         10.0, ge=0, description="Scan up to this long before now (the sink loads within seconds)."
     )
 
+    sft_accept_labels: list[str] = Field(
+        default_factory=lambda: ["accurate"],
+        description="Exports (SFT): labels that accept a response.",
+    )
+    sft_reject_labels: list[str] = Field(
+        default_factory=lambda: ["hallucination", "off_topic", "unsafe", "wrong_language"],
+        description="Exports (SFT): labels that reject a response whatever else it got.",
+    )
+    sft_min_rating: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Exports (SFT): the rating, as a share of its scale, that accepts.",
+    )
+
     def key_backend(self, mode: str) -> Literal["local", "redis"]:
         return by_mode(self.keys, mode, "local", "redis")
 

@@ -1,15 +1,26 @@
-"""The feedback service's view of the guardrail service: typed text redacted before storage."""
+"""The feedback service's view of other services: the guardrail service (typed text redacted
+before storage) and the governance registry (exports registered as datasets)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import structlog
 
-from llmops.errors import Unavailable
-from llmops.v1 import common_pb2, guardrail_pb2, guardrail_pb2_grpc
+from llmops.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from llmops.v1 import (
+    common_pb2,
+    governance_pb2,
+    governance_pb2_grpc,
+    guardrail_pb2,
+    guardrail_pb2_grpc,
+)
 from services.feedback.intake import REDACTED_BLOCK
+
+log = structlog.get_logger("llmops.feedback")
 
 
 class GuardrailTextGuard:
@@ -46,3 +57,82 @@ class GuardrailTextGuard:
             else:
                 out.append(text)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetVersion:
+    name: str
+    version: int
+
+
+class GovernanceDatasets:
+    """Registers exports as DATASET versions (``GovernanceService.Register``) with lineage
+    from the routes and models their predictions came from (``AddLineage``)."""
+
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+
+    async def register(
+        self, context: common_pb2.RequestContext, name: str, task: str, digest: str, rows: int,
+        columns: Sequence[tuple[str, int]], window: common_pb2.TimeRange, produced_by: str,
+        sources: Sequence[tuple[str, str, int]], timeout_s: float,
+    ) -> DatasetVersion:  # fmt: skip
+        """``columns``: (name, common ValueType); ``sources``: (route, model, version)."""
+        stub = self._stub(governance_pb2_grpc.GovernanceServiceStub)
+        info = governance_pb2.DatasetInfo(row_count=rows, window=window, produced_by=produced_by)
+        for column, value_type in columns:
+            info.schema[column] = value_type  # type: ignore[assignment]
+        request = governance_pb2.RegisterRequest(
+            context=context, kind=governance_pb2.ARTIFACT_KIND_DATASET, name=name,
+            description=f"Feedback export: {produced_by}", owner="feedback-service",
+            # the file went to the caller: the URI names the export, the digest its content
+            uri=f"feedback-export://{task}/{digest}",
+            content_digest=f"sha256:{digest}",
+            dataset=info,
+        )  # fmt: skip
+        try:
+            reply = await stub.Register(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _mapped(exc, "governance") from None
+        version = DatasetVersion(reply.version.name or name, int(reply.version.version))
+        dataset = governance_pb2.LineageNode(
+            artifact=governance_pb2.ArtifactRef(
+                kind=governance_pb2.ARTIFACT_KIND_DATASET,
+                name=version.name,
+                version=version.version,
+            )
+        )
+        edges = []
+        for route in sorted({r for r, _, _ in sources if r}):
+            edges.append((governance_pb2.LineageNode(route=route), f"route {route}"))
+        for model, model_version in sorted({(m, v) for _, m, v in sources if m and v}):
+            node = governance_pb2.LineageNode(
+                artifact=governance_pb2.ArtifactRef(
+                    kind=governance_pb2.ARTIFACT_KIND_MODEL, name=model, version=model_version
+                )
+            )
+            edges.append((node, f"model {model} v{model_version}"))
+        for upstream, what in edges:  # one by one: a model missing from the registry is skipped
+            edge = governance_pb2.LineageEdge(
+                upstream=upstream, downstream=dataset,
+                relation=governance_pb2.LINEAGE_RELATION_DERIVED_FROM,
+            )  # fmt: skip
+            try:
+                await stub.AddLineage(
+                    governance_pb2.AddLineageRequest(context=context, edges=[edge]),
+                    timeout=timeout_s,
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.warning("export_lineage_skipped", source=what, error=exc.code().name)
+        return version
+
+
+def _mapped(exc: grpc.aio.AioRpcError, what: str) -> Exception:
+    detail = f"{what}: {exc.code().name}: {(exc.details() or '')[:200]}"
+    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument("register_as", (exc.details() or "")[:200])
+    if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(detail)
+    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(detail)
+    return Unavailable(detail)

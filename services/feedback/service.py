@@ -10,13 +10,14 @@ from llmops.scheduler import Periodic
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import feedback_pb2, feedback_pb2_grpc
 from llmops.yamlfiles import HotReload
+from services.feedback.export import Acceptance, Exporter
 from services.feedback.idempotency import KeyStore, LocalKeyStore, RedisKeyStore
 from services.feedback.intake import Intake
 from services.feedback.label_store import SqlLabelStore
 from services.feedback.labelling import ClickHouseCandidates, Labelling
 from services.feedback.metrics import FeedbackMetrics
 from services.feedback.plugin import FeedbackSettings
-from services.feedback.ports import GuardrailTextGuard
+from services.feedback.ports import GovernanceDatasets, GuardrailTextGuard
 from services.feedback.servicer import FeedbackAdminServicer, FeedbackServicer
 from services.feedback.signals import SignalTable, load_signals, revision_of
 from services.feedback.stats import ClickHouseStatsStore
@@ -84,13 +85,24 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
 
         tasks.append(Periodic("label_queue_fill", settings.queue_fill_interval_s, fill))
 
+    servicer = FeedbackServicer(
+        intake,
+        Exporter(ctx.backends.clickhouse),
+        GovernanceDatasets(ctx.clients.stub),
+        Acceptance(
+            tuple(settings.sft_accept_labels),
+            tuple(settings.sft_reject_labels),
+            settings.sft_min_rating,
+        ),
+    )
+
     async def close() -> None:
         await keys.close()
         await labels.close()
 
     return ServiceDefinition(
         bindings=[
-            binding(feedback_pb2, feedback_pb2_grpc, "FeedbackService", FeedbackServicer(intake)),
+            binding(feedback_pb2, feedback_pb2_grpc, "FeedbackService", servicer),
             binding(
                 feedback_pb2,
                 feedback_pb2_grpc,

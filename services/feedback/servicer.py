@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+import asyncio
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmops.errors import InvalidArgument, NotImplementedYet
+from llmops.errors import FailedPrecondition, InvalidArgument
 from llmops.server import paginate
 from llmops.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
+from services.feedback.export import (
+    COLUMNS,
+    SHAPES,
+    Acceptance,
+    Exporter,
+    ExportQuery,
+    ExportResult,
+    export_sql,
+)
 from services.feedback.intake import MAX_BATCH, Intake, Outcome
 from services.feedback.labelling import Labelling, item_proto, queue_views_proto
+from services.feedback.ports import GovernanceDatasets
 from services.feedback.stats import (
     SignalSummary,
     StatsQuery,
@@ -19,10 +32,109 @@ from services.feedback.stats import (
     summarise,
 )
 
-EXPORT_PENDING = (
-    "llmops.v1.FeedbackService.ExportDataset is not implemented yet: it arrives with the next "
-    "part of issue #14 (Feedback service)"
-)
+CONTENT_TYPES = {"JSONL": "application/x-ndjson", "PARQUET": "application/vnd.apache.parquet"}
+VALUE_TYPES = {
+    "string": common_pb2.VALUE_TYPE_STRING,
+    "int64": common_pb2.VALUE_TYPE_INT64,
+    "double": common_pb2.VALUE_TYPE_DOUBLE,
+}
+MAX_EXPORT_WINDOW = timedelta(days=400)
+_DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,126}$")
+
+
+def export_query(
+    request: feedback_pb2.ExportDatasetRequest, now: datetime, acceptance: Acceptance
+) -> tuple[ExportQuery, str]:
+    """The request as the domain's query and the file format (INVALID_ARGUMENT naming the
+    field)."""
+    if not request.task:
+        raise InvalidArgument("task", "required")
+    w = request.window
+    if not (w.HasField("start_time") and w.HasField("end_time")):
+        raise InvalidArgument("window", "both start_time and end_time are required")
+    start = w.start_time.ToDatetime(tzinfo=UTC)
+    end = w.end_time.ToDatetime(tzinfo=UTC)
+    if start >= end:
+        raise InvalidArgument("window", "start_time must be before end_time")
+    if end - start > MAX_EXPORT_WINDOW:
+        raise InvalidArgument("window", "at most 400 days (the feedback retention)")
+    as_of = request.as_of_time.ToDatetime(tzinfo=UTC) if request.HasField("as_of_time") else now
+    if as_of > now:
+        raise InvalidArgument("as_of_time", "in the future")
+    fmt = _enum_name(feedback_pb2.DatasetFormat, request.format, "DATASET_FORMAT_") or "JSONL"
+    if fmt not in CONTENT_TYPES:
+        raise InvalidArgument("format", "JSONL or PARQUET")
+    shape = _enum_name(feedback_pb2.DatasetShape, request.shape, "DATASET_SHAPE_") or "EXAMPLES"
+    if shape not in SHAPES:
+        raise InvalidArgument("shape", f"one of {list(SHAPES)}")
+    if request.max_rows < 0:
+        raise InvalidArgument("max_rows", "must not be negative")
+    if not 0 <= request.sample_fraction <= 1:
+        raise InvalidArgument("sample_fraction", "in (0, 1]; 0 means everything")
+    kinds = []
+    for i, kind in enumerate(request.kinds):
+        name = _enum_name(feedback_pb2.FeedbackKind, kind, "FEEDBACK_KIND_")
+        if not name:
+            raise InvalidArgument(f"kinds[{i}]", "a feedback kind")
+        kinds.append(name)
+    if request.register_as and not _DATASET_NAME.match(request.register_as):
+        raise InvalidArgument("register_as", "lowercase letters, digits, '.', '_', '-'")
+    if shape != "EXAMPLES" and not request.include_payloads:
+        raise InvalidArgument(
+            "include_payloads", f"{shape} rows are made of the payloads: set it to true"
+        )
+    query = ExportQuery(
+        task=request.task, start=start, end=end, as_of=as_of, shape=shape, kinds=tuple(kinds),
+        filter=request.filter, include_payloads=request.include_payloads,
+        max_rows=request.max_rows, sample_fraction=request.sample_fraction or 1.0,
+        tenant=request.context.tenant, acceptance=acceptance,
+    )  # fmt: skip
+    # the filter is checked before anything streams: a bad field fails the call cleanly
+    export_sql(query)
+    return query, fmt
+
+
+def _enum_name(enum: Any, number: int, prefix: str) -> str:
+    """The enum value's name without its prefix; "" for UNSPECIFIED; "?" for an unknown
+    number (a newer client's value)."""
+    try:
+        name = str(enum.Name(number)).removeprefix(prefix)
+    except ValueError:
+        return "?"
+    return "" if name == "UNSPECIFIED" else name
+
+
+async def _in_thread(chunks: Iterator[bytes], depth: int = 8) -> AsyncIterator[bytes]:
+    """A blocking iterator's items, produced on a worker thread (at most ``depth`` ahead)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                asyncio.run_coroutine_threadsafe(queue.put(("data", chunk)), loop).result()
+            asyncio.run_coroutine_threadsafe(queue.put(("end", None)), loop).result()
+        except BaseException as exc:  # handed to the consumer, raised there
+            if not stop.is_set():
+                asyncio.run_coroutine_threadsafe(queue.put(("error", exc)), loop).result()
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "end":
+                break
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not queue.empty():  # unblock a producer waiting on a full queue
+            queue.get_nowait()
+        await asyncio.shield(worker)
 
 
 def _error(outcome: Outcome) -> common_pb2.ErrorDetail:
@@ -34,8 +146,19 @@ def _error(outcome: Outcome) -> common_pb2.ErrorDetail:
 
 
 class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
-    def __init__(self, intake: Intake) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        exporter: Exporter,
+        datasets: GovernanceDatasets | None = None,
+        acceptance: Acceptance | None = None,
+        register_timeout_s: float = 10.0,
+    ) -> None:
         self.intake = intake
+        self.exporter = exporter
+        self.datasets = datasets
+        self.acceptance = acceptance or Acceptance()
+        self.register_timeout_s = register_timeout_s
 
     async def Submit(
         self, request: feedback_pb2.SubmitRequest, context: Any
@@ -73,8 +196,43 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
     async def ExportDataset(
         self, request: feedback_pb2.ExportDatasetRequest, context: Any
     ) -> AsyncIterator[feedback_pb2.ExportDatasetResponse]:
-        raise NotImplementedYet(EXPORT_PENDING)
-        yield  # an async generator, as a server-streaming handler must be
+        now = datetime.now(UTC)
+        query, fmt = export_query(request, now, self.acceptance)
+        if request.register_as and self.datasets is None:
+            raise FailedPrecondition("register_as: no governance registry is configured")
+        columns = COLUMNS[query.shape]
+        yield feedback_pb2.ExportDatasetResponse(
+            header=feedback_pb2.ExportHeader(
+                format=feedback_pb2.DatasetFormat.Value(f"DATASET_FORMAT_{fmt}"),
+                content_type=CONTENT_TYPES[fmt],
+                columns=[name for name, _ in columns],
+            )
+        )
+        results: list[ExportResult] = []
+        async for chunk in _in_thread(self.exporter.stream(query, fmt, results.append)):
+            yield feedback_pb2.ExportDatasetResponse(data=chunk)
+        (result,) = results
+        summary = feedback_pb2.ExportSummary(
+            row_count=result.rows, byte_count=result.bytes, sha256=result.sha256
+        )
+        summary.window.start_time.FromDatetime(query.start)
+        summary.window.end_time.FromDatetime(query.end)
+        if query.max_rows and result.rows >= query.max_rows and result.last_event_time:
+            # the rows stop before the window's end: the window actually covered
+            last = datetime.fromisoformat(result.last_event_time).replace(tzinfo=UTC)
+            summary.window.end_time.FromDatetime(last + timedelta(milliseconds=1))
+        summary.as_of_time.FromDatetime(query.as_of)
+        if request.register_as and self.datasets is not None:
+            lineage = await asyncio.to_thread(self.exporter.sources, query)
+            version = await self.datasets.register(
+                request.context, request.register_as, query.task, result.sha256, result.rows,
+                [(name, VALUE_TYPES[_type_name(t)]) for name, t in columns], summary.window,
+                f"feedback.ExportDataset task={query.task} shape={query.shape} format={fmt} "
+                f"as_of={query.as_of.isoformat()}",
+                lineage, self.register_timeout_s,
+            )  # fmt: skip
+            summary.dataset_name, summary.dataset_version = version.name, version.version
+        yield feedback_pb2.ExportDatasetResponse(summary=summary)
 
 
 def _kind_enum(name: str) -> feedback_pb2.FeedbackKind.ValueType:
@@ -162,3 +320,7 @@ class FeedbackAdminServicer(feedback_pb2_grpc.FeedbackAdminServiceServicer):
             request.annotator_id,
         )  # fmt: skip
         return feedback_pb2.CompleteLabelItemResponse(event_id=event_id)
+
+
+def _type_name(t: Any) -> str:
+    return {"string": "string", "int64": "int64", "double": "double"}[str(t)]
