@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -151,6 +152,7 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         tasks, request_ids = await _tasks(mesh)
         parts.append(tasks)
         parts.append(await _feedback(mesh, request_ids))
+        parts.append(await _feedback_day(mesh))
         parts.append(await _lineage(mesh))
         parts.append(await _compliance(mesh))
         parts.append(await _audit(mesh))
@@ -426,10 +428,72 @@ async def _feedback(mesh: MeshClient, request_ids: dict[str, str]) -> str:
     )
     for what, result in zip(("label + note", "rating 9 of 5"), batch.results, strict=True):
         if result.HasField("error"):
-            lines.append(f"  {what:<16} refused    {result.error.field}: {result.error.message}")
+            lines.append(f"  {what:<16} refused    {result.error.message}")
         else:
             lines.append(f"  {what:<16} accepted   event {result.event_id} (note stored redacted)")
     lines.append("  `llmops logs feedback` shows them once the sink has loaded them")
+    return "\n".join(lines)
+
+
+def _signal(group: feedback_pb2.FeedbackGroupStats, name: str) -> feedback_pb2.SignalStats | None:
+    return next((x for x in group.signals if x.signal == name), None)
+
+
+def _share(stats: feedback_pb2.SignalStats | None) -> str:
+    if stats is None:
+        return "-"
+    return f"{stats.mean:6.1%} [{stats.ci_low:.1%}, {stats.ci_high:.1%}]"
+
+
+async def _feedback_day(mesh: MeshClient) -> str:
+    """The simulated day of shoppers `llmops up` publishes once: statistics per variant
+    (GetFeedbackStats) and a preference set exported and registered (ExportDataset)."""
+    admin = mesh.stub(feedback_pb2_grpc.FeedbackAdminServiceStub)
+    lines = ["Feedback of a simulated day (FeedbackAdminService.GetFeedbackStats, tenant demo; "
+             "rates with their 95% interval)"]  # fmt: skip
+    specs = (
+        ("property_summary", ("thumbs", "booking", "copy")),
+        ("query_intent", ("click", "refine_search")),
+    )
+    for task, signals in specs:
+        stats = await admin.GetFeedbackStats(
+            feedback_pb2.GetFeedbackStatsRequest(task=task, tenant="demo", group_by=["variant"])
+        )
+        groups = [g for g in stats.groups if g.dimensions.get("variant")]
+        if not groups:
+            return lines[0] + "\n  not available yet: the simulated day is still being loaded"
+        rows = [["variant", "predictions", *[f"{s} (share or rate)" for s in signals]]]
+        for g in sorted(groups, key=lambda g: g.dimensions["variant"]):
+            rows.append([
+                g.dimensions["variant"], str(g.prediction_count),
+                *[_share(_signal(g, s)) for s in signals],
+            ])  # fmt: skip
+        lines.append(f"  {task}\n" + "\n".join("  " + r for r in _table(rows).splitlines()))
+    now = time.time()
+    request = feedback_pb2.ExportDatasetRequest(
+        context=common_pb2.RequestContext(tenant="demo", client_name="llmops-demo"),
+        task="property_summary", shape=feedback_pb2.DATASET_SHAPE_PREFERENCE,
+        format=feedback_pb2.DATASET_FORMAT_JSONL, include_payloads=True,
+        register_as="demo-summary-preferences",
+    )  # fmt: skip
+    request.window.start_time.FromSeconds(int(now - 2 * 86_400))
+    request.window.end_time.FromSeconds(int(now + 60))
+    stub = mesh.stub(feedback_pb2_grpc.FeedbackServiceStub)
+    data, summary = b"", feedback_pb2.ExportSummary()
+    async for part in stub.ExportDataset(request, timeout=60):
+        if part.HasField("data"):
+            data += part.data
+        elif part.HasField("summary"):
+            summary = part.summary
+    lines.append(
+        f"  preference set (ExportDataset, PREFERENCE, JSONL): {summary.row_count} pairs, "
+        f"{summary.byte_count} bytes, sha256 {summary.sha256[:12]}…, registered as "
+        f"{summary.dataset_name} v{summary.dataset_version}"
+    )
+    if data:
+        first = json.loads(data.splitlines()[0])
+        lines.append(f"    chosen:   {first['chosen'][:90]}")
+        lines.append(f"    rejected: {first['rejected'][:90]}  ({first['source']})")
     return "\n".join(lines)
 
 

@@ -47,11 +47,35 @@ _UUID = (
     "ifNull(toUUIDOrNull({x}), "
     "toUUID(UUIDNumToString(toFixedString(substring(SHA256({x}), 1, 16), 16))))"
 )
-# Inputs (a Map of JSON texts) as one JSON object text.
-_INPUTS_JSON = (
-    "concat('{{', arrayStringConcat(arrayMap((k, v) -> concat(toJSONString(k), ':', v), "
-    "mapKeys({m}), mapValues({m})), ','), '}}')"
-)
+
+
+def plain_json(x: str) -> str:
+    """SQL: a logged Value (its proto3 JSON, ``{"string_value": "beach"}``) as the plain JSON
+    of what it holds (``"beach"``, ``["a", "b"]``, ``7``)."""
+    return (
+        f"multiIf(JSONHas({x}, 'string_value'), JSONExtractRaw({x}, 'string_value'), "
+        f"JSONHas({x}, 'string_list_value'), JSONExtractRaw({x}, 'string_list_value', 'values'), "
+        f"JSONHas({x}, 'int64_list_value'), JSONExtractRaw({x}, 'int64_list_value', 'values'), "
+        f"JSONHas({x}, 'int64_value'), JSONExtractString({x}, 'int64_value'), "
+        f"JSONHas({x}, 'double_value'), JSONExtractRaw({x}, 'double_value'), "
+        f"JSONHas({x}, 'bool_value'), JSONExtractRaw({x}, 'bool_value'), {x})"
+    )
+
+
+def output_text(x: str) -> str:
+    """SQL: a logged output Value as text: a string as itself, anything else as its JSON."""
+    return (
+        f"if(JSONHas({x}, 'string_value'), JSONExtractString({x}, 'string_value'), {plain_json(x)})"
+    )
+
+
+def inputs_json(m: str) -> str:
+    """SQL: the logged inputs (a Map of Value JSON texts) as one plain JSON object text."""
+    return (
+        "concat('{', arrayStringConcat(arrayMap((k, v) -> concat(toJSONString(k), ':', "
+        f"{plain_json('v')}), mapKeys({m}), mapValues({m})), ','), '}}')"
+    )
+
 
 STRING, INT, FLOAT = pa.string(), pa.int64(), pa.float64()
 COLUMNS: Mapping[str, tuple[tuple[str, pa.DataType], ...]] = {
@@ -274,7 +298,7 @@ pred AS (
     GROUP BY request_id
 ),
 pay AS (
-    SELECT rid, {_INPUTS_JSON.format(m="pl_inputs")} AS inputs_json, pl_output AS output
+    SELECT rid, {inputs_json("pl_inputs")} AS inputs_json, {output_text("pl_output")} AS output
     FROM (
         SELECT {_UUID.format(x="request_id")} AS rid, any(inputs) AS pl_inputs,
                any(output) AS pl_output

@@ -31,6 +31,7 @@ from llmops.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2, feedback_pb2
 from llmops.yamlfiles import HotReload
+from services.feedback.export import output_text, plain_json
 from services.feedback.intake import Intake
 from services.feedback.label_store import ItemRow, NewItem, QueueCounts, SqlLabelStore
 from services.feedback.signals import QueueRule, QueueSpec, SignalTable
@@ -280,8 +281,9 @@ FROM
 ) AS c
 LEFT JOIN
 (
-    SELECT {_PAYLOAD_UUID} AS rid, any(request_id) AS p_request_id, any(inputs) AS p_inputs,
-           any(output) AS p_output
+    SELECT {_PAYLOAD_UUID} AS rid, any(request_id) AS p_request_id,
+           mapApply((k, v) -> (k, {plain_json("v")}), any(inputs)) AS p_inputs,
+           {output_text("any(output)")} AS p_output
     FROM prediction_payloads
     WHERE task = %(task)s
     GROUP BY rid

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from llmops.plugin import ServicePlugin
-from llmops.settings import Settings, by_mode
+from llmops.settings import Settings, Switch, by_mode, switched_on
 
 _REPO_SIGNALS = Path(__file__).resolve().parents[2] / "deploy" / "feedback"
 
@@ -79,6 +79,15 @@ class FeedbackSettings(Settings):
         le=1,
         description="Exports (SFT): the rating, as a share of its scale, that accepts.",
     )
+
+    demo_data: Switch = Field(
+        "auto",
+        description="Publish a simulated day of shoppers' feedback on the demo tasks once per "
+        "state directory (auto = in embedded mode only).",
+    )
+
+    def seeds_demo(self, mode: str) -> bool:
+        return switched_on(self.demo_data, auto=mode == "embedded")
 
     def key_backend(self, mode: str) -> Literal["local", "redis"]:
         return by_mode(self.keys, mode, "local", "redis")

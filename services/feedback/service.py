@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from llmops.errors import FailedPrecondition
-from llmops.scheduler import Periodic
+from llmops.scheduler import Background, Periodic
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import feedback_pb2, feedback_pb2_grpc
 from llmops.yamlfiles import HotReload
+from services.feedback.demo import seed_day
 from services.feedback.export import Acceptance, Exporter
 from services.feedback.idempotency import KeyStore, LocalKeyStore, RedisKeyStore
 from services.feedback.intake import Intake
@@ -95,6 +96,14 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
             settings.sft_min_rating,
         ),
     )
+
+    if settings.seeds_demo(ctx.mode):  # after SERVING: the guardrail may still be starting
+        state_dir = ctx.backends.state_dir
+
+        async def seed() -> None:
+            await seed_day(state_dir, ctx.events.publish_durable, intake)
+
+        tasks.append(Background("demo_day", seed))
 
     async def close() -> None:
         await keys.close()

@@ -18,7 +18,7 @@ import pytest
 
 from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.clickhouse.migrations import apply_migrations
-from llmops.clickhouse.rows import columns_for
+from llmops.clickhouse.rows import columns_for, value_json
 from llmops.errors import InvalidArgument
 from llmops.v1 import common_pb2, events_pb2, feedback_pb2
 from services.feedback.export import Acceptance, Exporter, ExportQuery, ExportResult, sources
@@ -29,9 +29,13 @@ pytestmark = pytest.mark.infra
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)  # payloads keep 7 days
 R = {c: str(uuid.UUID(int=(9 << 64) + i)) for i, c in enumerate("ABCDEFGHIJ")}
 INPUTS = {  # A and B answer the same inputs (a thumbs pair); the others their own
-    c: {"property_name": '"Casa Azul"'} if c in "AB" else {"property_name": f'"House {c}"'}
-    for c in R
+    c: {"property_name": "Casa Azul" if c in "AB" else f"House {c}"} for c in R
 }
+
+
+def logged(text: str) -> str:
+    """A Value as the sink logs it (its proto3 JSON)."""
+    return value_json(common_pb2.Value(string_value=text))
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +59,9 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
     s.insert("prediction_payloads", {
         "event_time": times, "event_id": [str(uuid.uuid4()) for _ in names],
         "request_id": [R[c] for c in names], "tenant": ["acme"] * 10,
-        "task": ["property_summary"] * 10, "inputs": [INPUTS[c] for c in names],
-        "output": [f"summary {c}" for c in names],
+        "task": ["property_summary"] * 10,
+        "inputs": [{k: logged(v) for k, v in INPUTS[c].items()} for c in names],
+        "output": [logged(f"summary {c}") for c in names],
     })  # fmt: skip
     events: list[events_pb2.EventEnvelope] = []
 

@@ -18,9 +18,9 @@ import pytest
 
 from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.clickhouse.migrations import apply_migrations
-from llmops.clickhouse.rows import columns_for
+from llmops.clickhouse.rows import columns_for, value_json
 from llmops.errors import FailedPrecondition, InvalidArgument, NotFound
-from llmops.v1 import events_pb2, feedback_pb2
+from llmops.v1 import common_pb2, events_pb2, feedback_pb2
 from services.feedback.idempotency import LocalKeyStore
 from services.feedback.intake import Intake
 from services.feedback.label_store import NewItem, SqlLabelStore
@@ -122,8 +122,9 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
     s.insert("prediction_payloads", {
         "event_time": np.array([T0.replace(tzinfo=None)], dtype="datetime64[ms]"),
         "event_id": [str(uuid.uuid4())], "request_id": [IDS[3]], "tenant": ["acme"],
-        "task": ["property_summary"], "inputs": [{"property_name": '"Casa Azul"'}],
-        "output": ["A bright flat by the sea."],
+        "task": ["property_summary"],
+        "inputs": [{"property_name": value_json(common_pb2.Value(string_value="Casa Azul"))}],
+        "output": [value_json(common_pb2.Value(string_value="A bright flat by the sea."))],
     })  # fmt: skip
     events = []
     for i, (key, thumb, rid) in enumerate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -551,7 +552,13 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     assert "thumb up         accepted" in feedback and "flipped to down  replaced" in feedback
     assert "sent again       duplicate" in feedback
     assert "label + note     accepted" in feedback, feedback
-    assert "rating 9 of 5    refused    feedback[1].rating.value" in feedback, feedback
+    assert "rating 9 of 5    refused    feedback[1].rating.value: between 1 and 5" in feedback
+    # the simulated day `llmops up` publishes: statistics per variant, a preference set
+    day = proc.stdout.split("Feedback of a simulated day")[1].split("\n\n")[0]
+    assert "prompt_v4_highlights" in day and "few_shot" in day, day
+    pairs = re.search(r"(\d+) pairs, \d+ bytes, sha256 \w+…, registered as "
+                      r"demo-summary-preferences v\d+", day)  # fmt: skip
+    assert pairs is not None and int(pairs.group(1)) >= 10, day
     compliance = proc.stdout.split("Compliance (GovernanceService.GetComplianceReport")[1]
     assert "property-summary-llm v1  LIMITED" in compliance
     assert "7/7" in compliance and "audit no TTL" in compliance
