@@ -839,6 +839,14 @@ def bench_inference(quick: bool) -> None:
     _bench_main("inference")(quick=quick)
 
 
+@bench.command("feedback")
+@click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
+@click.option("--rows", type=int, default=None, help="Feedback rows of the ClickHouse cases.")
+def bench_feedback(quick: bool, rows: int | None) -> None:
+    """Feedback: Submit/SubmitBatch through the service; stats and exports at scale."""
+    _bench_main("feedback")(quick=quick, rows=rows)
+
+
 @bench.command("clickhouse")
 @click.option("--quick", is_flag=True, help="Reduced run, under 60 s.")
 @click.option("--rows", type=int, default=None, help="Rows of the at-scale case.")

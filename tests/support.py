@@ -118,6 +118,7 @@ def llmops_up(tmp: Path, within_s: float = 60) -> Iterator[RunningMesh]:
     # label queues fill within seconds, not the default 15 s + 10 s
     env["LLMOPS__FEEDBACK__QUEUE_FILL_INTERVAL_S"] = "1"
     env["LLMOPS__FEEDBACK__QUEUE_SETTLE_S"] = "0.5"
+    env["LLMOPS__FEEDBACK__STATS_REFRESH_INTERVAL_S"] = "1"
     with running(["llmops", "up"], tmp, env) as (proc, log_path):
         mesh = RunningMesh(proc, env, ports, admin_ports, log_path)
         start = time.monotonic()

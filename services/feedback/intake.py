@@ -139,9 +139,10 @@ class Intake:
                 continue
             key = f"{context.tenant}\x1f{feedback.idempotency_key}"
             items.append(_Item(i, feedback, checked, key))
-        mine: dict[str, asyncio.Future[None]] = {}
+        keys = {item.key for item in items}
+        mine: asyncio.Future[None] | None = None
         try:
-            await self._wait_for_others({item.key for item in items}, mine)
+            mine = await self._claim(keys)
             await self._resolve_repeats(items)
             fresh = [item for item in items if item.outcome is None and item.same_as is None]
             await self._redact(context, fresh)
@@ -166,10 +167,10 @@ class Intake:
                     }
                 )
         finally:
-            for future in mine.values():
-                future.set_result(None)
-            for key in mine:
-                self._inflight.pop(key, None)
+            if mine is not None:
+                mine.set_result(None)
+                for key in keys:
+                    self._inflight.pop(key, None)
         for item in items:
             final = item
             while final.same_as is not None:
@@ -188,18 +189,20 @@ class Intake:
         self._count(records, done)
         return done
 
-    async def _wait_for_others(self, keys: set[str], mine: dict[str, asyncio.Future[None]]) -> None:
-        """Wait until no other call processes one of ``keys``, then claim them."""
+    async def _claim(self, keys: set[str]) -> asyncio.Future[None]:
+        """Wait until no other call processes one of ``keys``, then claim them all (one
+        future for the call: resolved when it is done)."""
         while True:
-            busy = [self._inflight[k] for k in keys if k in self._inflight]
+            busy = {id(f): f for k in keys if (f := self._inflight.get(k)) is not None}
             if not busy:
                 break
             await asyncio.wait_for(
-                asyncio.gather(*map(asyncio.shield, busy)), self.durable_timeout_s
+                asyncio.gather(*map(asyncio.shield, busy.values())), self.durable_timeout_s
             )
-        loop = asyncio.get_running_loop()
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for key in keys:
-            mine[key] = self._inflight[key] = loop.create_future()
+            self._inflight[key] = mine
+        return mine
 
     async def _resolve_repeats(self, items: list[_Item]) -> None:
         known = await self.keys.get_many(sorted({item.key for item in items}))

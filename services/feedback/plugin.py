@@ -80,6 +80,15 @@ class FeedbackSettings(Settings):
         description="Exports (SFT): the rating, as a share of its scale, that accepts.",
     )
 
+    stats_rollup: bool = Field(
+        True,
+        description="GetFeedbackStats reads the hourly rollup (whole hours, refreshed every "
+        "stats_refresh_interval_s) instead of joining the raw tables (exact to the second, "
+        "but seconds on tens of millions of rows).",
+    )
+    stats_refresh_interval_s: float = Field(
+        10.0, ge=0, description="Refresh the statistics rollup this often; 0 = never."
+    )
     demo_data: Switch = Field(
         "auto",
         description="Publish a simulated day of shoppers' feedback on the demo tasks once per "

@@ -3,6 +3,7 @@ guardrail for typed text, the intake and the servicers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from llmops.errors import FailedPrecondition
@@ -19,9 +20,10 @@ from services.feedback.labelling import ClickHouseCandidates, Labelling
 from services.feedback.metrics import FeedbackMetrics
 from services.feedback.plugin import FeedbackSettings
 from services.feedback.ports import GovernanceDatasets, GuardrailTextGuard
+from services.feedback.rollup import StatsRollup
 from services.feedback.servicer import FeedbackAdminServicer, FeedbackServicer
 from services.feedback.signals import SignalTable, load_signals, revision_of
-from services.feedback.stats import ClickHouseStatsStore
+from services.feedback.stats import ClickHouseStatsStore, RollupStatsStore
 
 
 def open_keys(ctx: ServiceContext[FeedbackSettings]) -> KeyStore:
@@ -97,6 +99,18 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
         ),
     )
 
+    stats = (
+        RollupStatsStore(ctx.backends.clickhouse)
+        if settings.stats_rollup
+        else ClickHouseStatsStore(ctx.backends.clickhouse)
+    )
+    if settings.stats_refresh_interval_s > 0:
+        rollup = StatsRollup(ctx.backends.clickhouse)
+
+        async def refresh() -> None:
+            await asyncio.to_thread(rollup.refresh)
+
+        tasks.append(Periodic("feedback_stats_rollup", settings.stats_refresh_interval_s, refresh))
     if settings.seeds_demo(ctx.mode):  # after SERVING: the guardrail may still be starting
         state_dir = ctx.backends.state_dir
 
@@ -116,7 +130,7 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
                 feedback_pb2,
                 feedback_pb2_grpc,
                 "FeedbackAdminService",
-                FeedbackAdminServicer(ClickHouseStatsStore(ctx.backends.clickhouse), labelling),
+                FeedbackAdminServicer(stats, labelling),
             ),
         ],
         tasks=tasks,

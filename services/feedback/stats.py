@@ -339,8 +339,11 @@ class ClickHouseStatsStore:
     async def raw(self, query: StatsQuery) -> RawStats:
         return await asyncio.to_thread(self._raw, query)
 
+    def _sql(self, query: StatsQuery) -> tuple[str, str, dict[str, Any]]:
+        return stats_sql(query)
+
     def _raw(self, query: StatsQuery) -> RawStats:
-        signals_sql, predictions_sql, params = stats_sql(query)
+        signals_sql, predictions_sql, params = self._sql(query)
         store = self._clickhouse()
         width = len(query.group_by)
         rows: list[SignalRow] = []
@@ -367,3 +370,70 @@ class ClickHouseStatsStore:
             dims = tuple(str(r[f"d{i}"]) for i in range(width))
             predictions[dims] = int(r["n"])
         return RawStats(rows, predictions, received, superseded, unmatched)
+
+
+ROLLUP_DIMENSIONS: Mapping[str, tuple[str, str]] = {
+    # name -> (over feedback_stats_1h, over prediction_counts_1h)
+    "task": ("task", "task"),
+    "route": ("route", "route"),
+    "model": ("model", "concat(model_name, ' v', toString(model_version))"),
+    "variant": ("variant", "variant"),
+    "market": ("market", "market"),
+}
+
+
+def rollup_sql(query: StatsQuery) -> tuple[str, str, dict[str, Any]]:
+    """(the per-signal query, the predictions-per-group query, their parameters) over the
+    rollups: whole hours, the newest version of each."""
+    params: dict[str, Any] = {}
+    where = ["1"]
+    if query.start is not None:
+        params["start"] = query.start
+        where.append("hour >= toStartOfHour(%(start)s)")
+    if query.end is not None:
+        params["end"] = query.end
+        where.append("hour < %(end)s")
+    if query.tenant:
+        params["tenant"] = query.tenant
+        where.append("tenant = %(tenant)s")
+    if query.task:
+        params["task"] = query.task
+        where.append("task = %(task)s")
+    hour_where = " AND ".join(w for w in where if w.startswith(("hour", "1")))
+    dims = [ROLLUP_DIMENSIONS[d][0] for d in query.group_by]
+    dim_select = "".join(f"{expr} AS d{i}, " for i, expr in enumerate(dims))
+    dim_group = "".join(f"d{i}, " for i in range(len(dims)))
+    signals = f"""
+SELECT {dim_select}signal, kind,
+       sum(n) AS n, uniqCombinedMerge(17)(requests) AS requests,
+       sum(ups) AS ups, sum(thumbs) AS thumbs, sum(rated) AS rated,
+       sum(rating_sum) AS rating_sum, sum(rating_sum2) AS rating_sum2,
+       sum(dwell_sum) AS dwell_sum, sum(dwell_sum2) AS dwell_sum2,
+       sumMap(label_names, label_counts) AS labels,
+       sumMap(value_currencies, value_nanos) AS values,
+       sum(superseded) AS superseded, sum(unmatched) AS unmatched
+FROM feedback_stats_1h
+WHERE {" AND ".join(where)}
+  AND (hour, version) IN (
+      SELECT hour, max(version) FROM feedback_stats_hours WHERE {hour_where} GROUP BY hour
+  )
+GROUP BY {dim_group}signal, kind
+ORDER BY {dim_group}signal, kind
+"""
+    pred_dims = [ROLLUP_DIMENSIONS[d][1] for d in query.group_by]
+    pred_select = "".join(f"{expr} AS d{i}, " for i, expr in enumerate(pred_dims))
+    predictions = f"""
+SELECT {pred_select}sum(predictions) AS n
+FROM prediction_counts_1h
+WHERE {" AND ".join(where)}
+{"GROUP BY " + dim_group.rstrip(", ") if pred_dims else ""}
+"""
+    return signals, predictions, params
+
+
+class RollupStatsStore(ClickHouseStatsStore):
+    """:class:`StatsStore` over the rollups (migration 0007, :mod:`services.feedback.rollup`):
+    whole hours, as of the rollup's last refresh; distinct requests from HyperLogLog states."""
+
+    def _sql(self, query: StatsQuery) -> tuple[str, str, dict[str, Any]]:
+        return rollup_sql(query)

@@ -41,6 +41,7 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
         "0004_drift",
         "0005_feedback_signals",
         "0006_prediction_skipped_steps",
+        "0007_feedback_rollups",
     ]
     chunks = synthetic.prediction_chunks(
         ROWS,
@@ -65,6 +66,7 @@ def test_migrations_are_idempotent_and_recorded(store: ChdbStore) -> None:
         (4, "drift"),
         (5, "feedback_signals"),
         (6, "prediction_skipped_steps"),
+        (7, "feedback_rollups"),
     ]
     assert all(len(r["checksum"]) == 64 for r in recorded)
     tables = {
@@ -93,7 +95,7 @@ def test_changed_migration_is_refused(chdb_session: Any, tmp_path: Path) -> None
         shutil.copy(f, tmp_path / f.name)
     s = ChdbStore(chdb_session, database="it_clickhouse_migrations")
     try:
-        assert len(apply_migrations(s, tmp_path)) == 6
+        assert len(apply_migrations(s, tmp_path)) == 7
         first = tmp_path / "0001_raw_tables.sql"
         first.write_text(first.read_text() + "\n-- edited\n")
         with pytest.raises(MigrationChecksumMismatch, match="0001_raw_tables"):

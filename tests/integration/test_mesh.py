@@ -656,12 +656,18 @@ def test_feedback_is_durable_deduplicated_redacted_and_reaches_clickhouse(
     labelled = mine[batch.results[0].event_id]
     assert labelled["name"] == "quality_label" and labelled["label"] == "hallucination"
     assert "jane@example.com" not in labelled["label_note"] and "[" in labelled["label_note"]
+    deadline = time.monotonic() + 60
     with grpc.insecure_channel(mesh.address("feedback")) as channel:
         admin = feedback_pb2_grpc.FeedbackAdminServiceStub(channel)
-        stats = admin.GetFeedbackStats(
-            feedback_pb2.GetFeedbackStatsRequest(tenant="e2e-fb", group_by=["task"]), timeout=30
-        )
-    signals = {s.signal: s for g in stats.groups for s in g.signals}
+        while True:  # the statistics rollup refreshes every second (5 s behind real time)
+            stats = admin.GetFeedbackStats(
+                feedback_pb2.GetFeedbackStatsRequest(tenant="e2e-fb", group_by=["task"]),
+                timeout=30,
+            )
+            signals = {s.signal: s for g in stats.groups for s in g.signals}
+            if "quality_label" in signals or time.monotonic() > deadline:
+                break
+            time.sleep(1)
     assert signals["thumbs"].count == 1 and signals["thumbs"].mean == 0.0  # flipped to down
     assert signals["quality_label"].top_label == "hallucination"
     assert stats.duplicate_count == 1  # the thumb's first answer, superseded
