@@ -277,6 +277,8 @@ class Intake:
     def _count(self, records: Sequence[feedback_pb2.Feedback], outcomes: list[Outcome]) -> None:
         if self.metrics is None:
             return
+        known = self.signals.current.signals
+        counts: dict[tuple[str, str], int] = {}
         for fb, outcome in zip(records, outcomes, strict=True):
             signal = fb.name or (fb.WhichOneof("kind") or "")
             if outcome.error is not None:
@@ -287,5 +289,7 @@ class Intake:
                 result = "replaced"
             else:
                 result = "accepted"
-            known = signal if signal in self.signals.current.signals else "unknown"
-            self.metrics.records.labels(known, result).inc()
+            label = (signal if signal in known else "unknown", result)
+            counts[label] = counts.get(label, 0) + 1
+        for (signal, result), n in counts.items():  # one labelled increment per pair
+            self.metrics.records.labels(signal, result).inc(n)
