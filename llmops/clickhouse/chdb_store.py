@@ -102,6 +102,20 @@ class ChdbStore:
         table = pa.ipc.open_stream(pa.py_buffer(result.get_memview().view())).read_all()
         return {name: _column_list(name, table.column(name)) for name in table.column_names}
 
+    def query_arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table | None:
+        """A SELECT as one Arrow table, copied out of chdb's buffer (None when it returns no
+        block): the bulk path of exports, no Python object per value. chdb only."""
+        result = self._run(render(sql, params), "ArrowStream")
+        if not result.size():
+            return None
+        data = bytes(result.get_memview().view())  # a copy: chdb frees it with ``result``
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+    def query_text(self, sql: str, params: Mapping[str, Any] | None, fmt: str) -> bytes:
+        """A SELECT in one of ClickHouse's text output formats (e.g. ``JSONEachRow``), as the
+        bytes ClickHouse wrote. chdb only."""
+        return bytes(self._run(render(sql, params), fmt).bytes())
+
     # -- inserts --------------------------------------------------------------------------
 
     def insert(

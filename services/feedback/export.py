@@ -470,9 +470,19 @@ class Exporter:
     def _jsonl_pages(
         self, store: ClickHouseStore, scratch: str, names: Sequence[str], total: int
     ) -> Iterator[bytes]:
-        select = f"formatRow('JSONEachRow', {', '.join(identifier(n) for n in names)}) AS line"
+        columns = ", ".join(identifier(n) for n in names)
+        query_text = getattr(store, "query_text", None)
         for first in range(0, total, self.page_rows):
-            yield b"".join(self._page(store, scratch, select, first)["line"])
+            if query_text is not None:  # chdb: ClickHouse's own JSONEachRow bytes, as they are
+                yield query_text(
+                    f"SELECT {columns} FROM {scratch} WHERE n >= %(a)s AND n < %(b)s ORDER BY n "
+                    "SETTINGS output_format_json_quote_64bit_integers = 0",
+                    {"a": first, "b": first + self.page_rows},
+                    "JSONEachRow",
+                )
+            else:  # the server: each line formatted by ClickHouse, read as a column
+                select = f"formatRow('JSONEachRow', {columns}) AS line"
+                yield b"".join(self._page(store, scratch, select, first)["line"])
 
     def _parquet_pages(
         self, store: ClickHouseStore, scratch: str, columns: Sequence[tuple[str, pa.DataType]],
@@ -482,14 +492,26 @@ class Exporter:
         sink = _Sink()
         writer = pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd")
         select = ", ".join(identifier(n) for n, _ in columns)
+        query_arrow = getattr(store, "query_arrow", None)
         try:
             for first in range(0, total, self.page_rows):
-                page = self._page(store, scratch, select, first)
-                arrays = [
-                    pa.array(page[n], pa.binary()).cast(t) if t == STRING else pa.array(page[n], t)
-                    for n, t in columns
-                ]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                if query_arrow is not None:  # chdb: Arrow batches straight into Parquet
+                    table = query_arrow(
+                        f"SELECT {select} FROM {scratch} WHERE n >= %(a)s AND n < %(b)s ORDER BY n",
+                        {"a": first, "b": first + self.page_rows},
+                    )
+                    if table is None:
+                        continue
+                    writer.write_table(table.cast(schema))
+                else:
+                    page = self._page(store, scratch, select, first)
+                    arrays = [
+                        pa.array(page[n], pa.binary()).cast(t)
+                        if t == STRING
+                        else pa.array(page[n], t)
+                        for n, t in columns
+                    ]
+                    writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                 yield sink.drain()
         finally:
             writer.close()

@@ -405,7 +405,7 @@ def rollup_sql(query: StatsQuery) -> tuple[str, str, dict[str, Any]]:
     dim_group = "".join(f"d{i}, " for i in range(len(dims)))
     signals = f"""
 SELECT {dim_select}signal, kind,
-       sum(n) AS n, uniqCombinedMerge(17)(requests) AS requests,
+       sum(n) AS n, uniqCombinedMerge(14)(requests) AS requests,
        sum(ups) AS ups, sum(thumbs) AS thumbs, sum(rated) AS rated,
        sum(rating_sum) AS rating_sum, sum(rating_sum2) AS rating_sum2,
        sum(dwell_sum) AS dwell_sum, sum(dwell_sum2) AS dwell_sum2,

@@ -216,3 +216,29 @@ def test_requests_are_checked_field_by_field() -> None:
     ))  # fmt: skip
     assert check(filter=bad_field) == "filter.condition.field"
     assert check(task="", include_payloads=True) == "task"
+
+
+class _Portable:
+    """The store as the ClickHouse server backend offers it: no chdb-only bulk reads, so the
+    exporter takes its portable path (``query_columns``)."""
+
+    def __init__(self, inner: ChdbStore) -> None:
+        self._inner = inner
+        self.name, self.database = inner.name, inner.database
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("query_text", "query_arrow"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize("fmt", ["JSONL", "PARQUET"])
+def test_the_portable_path_writes_the_same_file(store: ChdbStore, fmt: str) -> None:
+    fast, _ = run(store, query(), fmt)
+    portable: list[ExportResult] = []
+    data = b"".join(
+        Exporter(lambda: _Portable(store), 3).stream(query(), fmt, portable.append)  # type: ignore[arg-type,return-value]
+    )
+    assert rows_of(data, fmt) == rows_of(fast, fmt)
+    if fmt == "JSONL":
+        assert data == fast  # byte for byte

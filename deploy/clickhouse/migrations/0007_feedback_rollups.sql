@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS feedback_stats_1h
     signal                 LowCardinality(String),
     kind                   LowCardinality(String),
     n                      UInt64,
-    requests               AggregateFunction(uniqCombined(17), String),
+    requests               AggregateFunction(uniqCombined(14), String),
     ups                    UInt64,
     thumbs                 UInt64,
     rated                  UInt64,
