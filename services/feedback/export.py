@@ -34,6 +34,7 @@ from llmops.clickhouse.sql import identifier
 from llmops.errors import InvalidArgument
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2
+from services.feedback.sql import inputs_json, output_text, request_uuid
 
 SHAPES = ("EXAMPLES", "SFT", "PREFERENCE", "EVALUATION")
 PAGE_ROWS = 50_000
@@ -41,40 +42,6 @@ CHUNK_BYTES = 1 << 20
 """Most bytes per streamed data message."""
 PAIRS_PER_INPUT = 4
 """Preference pairs from thumbs: at most this many per distinct inputs."""
-
-# The text request id as predictions store it (migration 0003).
-_UUID = (
-    "ifNull(toUUIDOrNull({x}), "
-    "toUUID(UUIDNumToString(toFixedString(substring(SHA256({x}), 1, 16), 16))))"
-)
-
-
-def plain_json(x: str) -> str:
-    """SQL: a logged Value (its proto3 JSON, ``{"string_value": "beach"}``) as the plain JSON
-    of what it holds (``"beach"``, ``["a", "b"]``, ``7``)."""
-    return (
-        f"multiIf(JSONHas({x}, 'string_value'), JSONExtractRaw({x}, 'string_value'), "
-        f"JSONHas({x}, 'string_list_value'), JSONExtractRaw({x}, 'string_list_value', 'values'), "
-        f"JSONHas({x}, 'int64_list_value'), JSONExtractRaw({x}, 'int64_list_value', 'values'), "
-        f"JSONHas({x}, 'int64_value'), JSONExtractString({x}, 'int64_value'), "
-        f"JSONHas({x}, 'double_value'), JSONExtractRaw({x}, 'double_value'), "
-        f"JSONHas({x}, 'bool_value'), JSONExtractRaw({x}, 'bool_value'), {x})"
-    )
-
-
-def output_text(x: str) -> str:
-    """SQL: a logged output Value as text: a string as itself, anything else as its JSON."""
-    return (
-        f"if(JSONHas({x}, 'string_value'), JSONExtractString({x}, 'string_value'), {plain_json(x)})"
-    )
-
-
-def inputs_json(m: str) -> str:
-    """SQL: the logged inputs (a Map of Value JSON texts) as one plain JSON object text."""
-    return (
-        "concat('{', arrayStringConcat(arrayMap((k, v) -> concat(toJSONString(k), ':', "
-        f"{plain_json('v')}), mapKeys({m}), mapValues({m})), ','), '}}')"
-    )
 
 
 STRING, INT, FLOAT = pa.string(), pa.int64(), pa.float64()
@@ -254,7 +221,7 @@ def export_sql(q: ExportQuery) -> tuple[str, dict[str, Any]]:
     where = filter_sql(q.filter, params)
     if q.kinds:
         where += f" AND hasAny(f.kinds, {params.add(list(q.kinds))})"
-    fb_uuid = _UUID.format(x="fb_request_id")
+    fb_uuid = request_uuid("fb_request_id")
     ctes = f"""
 WITH
 fb AS (
@@ -300,7 +267,7 @@ pred AS (
 pay AS (
     SELECT rid, {inputs_json("pl_inputs")} AS inputs_json, {output_text("pl_output")} AS output
     FROM (
-        SELECT {_UUID.format(x="request_id")} AS rid, any(inputs) AS pl_inputs,
+        SELECT {request_uuid("request_id")} AS rid, any(inputs) AS pl_inputs,
                any(output) AS pl_output
         FROM prediction_payloads
         WHERE task = {task} AND event_time >= {start} AND event_time < {end} {tenant}
@@ -370,7 +337,7 @@ ORDER BY p_time, rid
 {limit}"""
     else:  # PREFERENCE
         pairs = int(PAIRS_PER_INPUT)
-        ch_uuid, rj_uuid = _UUID.format(x="ch"), _UUID.format(x="rj")
+        ch_uuid, rj_uuid = request_uuid("ch"), request_uuid("rj")
         body = f"""
 SELECT chosen_request_id, rejected_request_id, event_time, {task} AS task, inputs, chosen,
        rejected, source

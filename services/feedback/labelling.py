@@ -31,10 +31,10 @@ from llmops.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2, feedback_pb2
 from llmops.yamlfiles import HotReload
-from services.feedback.export import output_text, plain_json
 from services.feedback.intake import Intake
 from services.feedback.label_store import ItemRow, NewItem, QueueCounts, SqlLabelStore
 from services.feedback.signals import QueueRule, QueueSpec, SignalTable
+from services.feedback.sql import output_text, plain_json, request_uuid
 
 log = structlog.get_logger("llmops.feedback")
 
@@ -178,13 +178,6 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
-# The text request id as predictions store it (migration 0003).
-_PAYLOAD_UUID = (
-    "ifNull(toUUIDOrNull(request_id), "
-    "toUUID(UUIDNumToString(toFixedString(substring(SHA256(request_id), 1, 16), 16))))"
-)
-
-
 class ClickHouseCandidates:
     """:class:`CandidateSource` over ``predictions`` (with their payloads) and ``feedback``."""
 
@@ -235,7 +228,7 @@ def candidate_sql(
     FROM predictions AS p
     INNER JOIN
     (
-        SELECT {_PAYLOAD_UUID.replace("request_id", "fb_request_id")} AS rid, at
+        SELECT {request_uuid("fb_request_id")} AS rid, at
         FROM
         (
             SELECT argMax(request_id, received_time) AS fb_request_id,
@@ -281,7 +274,7 @@ FROM
 ) AS c
 LEFT JOIN
 (
-    SELECT {_PAYLOAD_UUID} AS rid, any(request_id) AS p_request_id,
+    SELECT {request_uuid("request_id")} AS rid, any(request_id) AS p_request_id,
            mapApply((k, v) -> (k, {plain_json("v")}), any(inputs)) AS p_inputs,
            {output_text("any(output)")} AS p_output
     FROM prediction_payloads

@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 
 from llmops.clickhouse.base import ClickHouseStore
+from services.feedback.sql import newest_per_key, request_uuid
 
 log = structlog.get_logger("llmops.feedback")
 
@@ -39,10 +40,12 @@ PREDICTION_LOOKBACK_DAYS = 30
 UNMATCHED_AFTER_S = 3_600
 MAX_HOURS_PER_PASS = 48
 """Dirty hours recomputed per statement (a first refresh walks the history in such steps)."""
-_UUID = (
-    "ifNull(toUUIDOrNull({x}), "
-    "toUUID(UUIDNumToString(toFixedString(substring(SHA256({x}), 1, 16), 16))))"
-)
+_HOURS_KEYS = """(tenant, idempotency_key) IN (
+        SELECT tenant, idempotency_key FROM feedback
+        WHERE toStartOfHour(event_time) IN %(hours)s
+    )"""
+"""The keys with a record in the hours being recomputed (their newest record may lie
+outside them)."""
 
 
 def _hours(values: Sequence[Any]) -> list[datetime]:
@@ -61,7 +64,7 @@ def recompute_sql(
         "hours": tuple(hours), "version": version, "lookback": PREDICTION_LOOKBACK_DAYS,
         "first": min(hours), "unmatched_before": refreshed_s - UNMATCHED_AFTER_S,
     }  # fmt: skip
-    f_uuid = _UUID.format(x="f.request_id")
+    f_uuid = request_uuid("f.request_id")
     sql = f"""
 INSERT INTO feedback_stats_1h
 SELECT toStartOfHour(f.et) AS hour, %(version)s AS version, f.tenant AS tenant,
@@ -89,30 +92,7 @@ SELECT toStartOfHour(f.et) AS hour, %(version)s AS version, f.tenant AS tenant,
        countIf(f.request_id != '' AND p.rid IS NULL
                AND f.received < %(unmatched_before)s) AS unmatched
 FROM
-(
-    SELECT tenant, idempotency_key,
-           argMax(request_id, received_time) AS request_id,
-           argMax(task, received_time) AS task,
-           argMax(market, received_time) AS market,
-           argMax(name, received_time) AS signal,
-           argMax(kind, received_time) AS kind,
-           argMax(thumb, received_time) AS thumb,
-           argMax(rating, received_time) AS rating,
-           argMax(rating_scale_max, received_time) AS scale,
-           argMax(label, received_time) AS label,
-           argMax(value_nanos, received_time) AS value_nanos,
-           argMax(value_currency, received_time) AS currency,
-           argMax(dwell_ms, received_time) AS dwell_ms,
-           argMax(event_time, received_time) AS et,
-           toFloat64(max(received_time)) AS received,
-           count() AS copies
-    FROM feedback
-    WHERE (tenant, idempotency_key) IN (
-        SELECT tenant, idempotency_key FROM feedback
-        WHERE toStartOfHour(event_time) IN %(hours)s
-    )
-    GROUP BY tenant, idempotency_key
-) AS f
+{newest_per_key(_HOURS_KEYS)} AS f
 LEFT JOIN
 (
     SELECT request_id AS rid, any(task) AS p_task, any(market) AS p_market,
@@ -122,7 +102,7 @@ LEFT JOIN
     FROM predictions
     WHERE event_time >= %(first)s - INTERVAL %(lookback)s DAY
       AND request_id IN (
-          SELECT {_UUID.format(x="request_id")} FROM feedback
+          SELECT {request_uuid("request_id")} FROM feedback
           WHERE toStartOfHour(event_time) IN %(hours)s AND request_id != ''
       )
     GROUP BY rid

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.errors import InvalidArgument
+from services.feedback.sql import newest_per_key, request_uuid
 
 DIMENSIONS: Mapping[str, tuple[str, str]] = {
     # name -> (expression over the feedback row joined to its prediction, over predictions)
@@ -37,13 +38,6 @@ UNMATCHED_AFTER_S = 3600
 """Feedback younger than this may still be waiting for its prediction: not unmatched yet."""
 RATE_KINDS = frozenset({"CLICK", "BOOKING", "CONVERSION", "INTERACTION"})
 Z95 = 1.959963984540054
-
-# The text request id as predictions store it (migration 0003): a UUID is itself, any other
-# id the UUID of the first 16 bytes of its SHA-256.
-_REQUEST_UUID = (
-    "ifNull(toUUIDOrNull({x}), "
-    "toUUID(UUIDNumToString(toFixedString(substring(SHA256({x}), 1, 16), 16))))"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +261,7 @@ def stats_sql(query: StatsQuery) -> tuple[str, str, dict[str, Any]]:
         pred_where.append("task = %(task)s")
     dim_select = "".join(f"{expr} AS d{i}, " for i, expr in enumerate(dims))
     dim_group = "".join(f"d{i}, " for i in range(len(dims)))
-    uuid_f = _REQUEST_UUID.format(x="f.request_id")
+    uuid_f = request_uuid("f.request_id")
     signals = f"""
 SELECT {dim_select}signal, kind,
        count() AS n,
@@ -284,26 +278,7 @@ SELECT {dim_select}signal, kind,
        countIf(f.request_id != '' AND p.rid IS NULL
                AND received < %(unmatched_before)s) AS unmatched
 FROM
-(
-    SELECT tenant, idempotency_key,
-           argMax(request_id, received_time) AS request_id,
-           argMax(task, received_time) AS task,
-           argMax(market, received_time) AS market,
-           argMax(name, received_time) AS signal,
-           argMax(kind, received_time) AS kind,
-           argMax(thumb, received_time) AS thumb,
-           argMax(rating, received_time) AS rating,
-           argMax(rating_scale_max, received_time) AS scale,
-           argMax(label, received_time) AS label,
-           argMax(value_nanos, received_time) AS value_nanos,
-           argMax(value_currency, received_time) AS currency,
-           argMax(dwell_ms, received_time) AS dwell_ms,
-           toFloat64(max(received_time)) AS received,
-           count() AS copies
-    FROM feedback
-    WHERE {" AND ".join(where)}
-    GROUP BY tenant, idempotency_key
-) AS f
+{newest_per_key(" AND ".join(where))} AS f
 LEFT JOIN
 (
     SELECT request_id AS rid, any(task) AS task, any(market) AS market, any(route) AS route,
