@@ -46,9 +46,8 @@ FIRST_SCAN_S = 86_400
 
 class CandidateSource(Protocol):
     async def candidates(
-        self, queue: QueueSpec, rule: QueueRule, since: float, until: float, limit: int,
-        signals: SignalTable,
-    ) -> list[tuple[NewItem, float]]:  # fmt: skip
+        self, queue: QueueSpec, rule: QueueRule, since: float, until: float, limit: int
+    ) -> list[tuple[NewItem, float]]:
         """Predictions the rule picks with event time in ``(since, until]``, oldest first,
         at most ``limit``: each with its event time (seconds)."""
         ...
@@ -102,9 +101,7 @@ class Labelling:
                 start = (until - FIRST_SCAN_S) if since is None else since - self.overlap_s
                 if until <= start:
                     continue
-                found = await self.source.candidates(
-                    queue, rule, start, until, self.scan_limit, table
-                )
+                found = await self.source.candidates(queue, rule, start, until, self.scan_limit)
                 added[queue.name] += await self.store.enqueue(
                     queue.name, [item for item, _ in found], uuid7, queue.max_pending
                 )
@@ -185,10 +182,9 @@ class ClickHouseCandidates:
         self._clickhouse = clickhouse
 
     async def candidates(
-        self, queue: QueueSpec, rule: QueueRule, since: float, until: float, limit: int,
-        signals: SignalTable,
-    ) -> list[tuple[NewItem, float]]:  # fmt: skip
-        sql, params = candidate_sql(queue, rule, since, until, limit, signals)
+        self, queue: QueueSpec, rule: QueueRule, since: float, until: float, limit: int
+    ) -> list[tuple[NewItem, float]]:
+        sql, params = candidate_sql(queue, rule, since, until, limit)
         rows = await asyncio.to_thread(self._clickhouse().query, sql, params)
         out = []
         for r in rows:
@@ -208,12 +204,11 @@ NEGATIVE_LOOKBACK_S = 30 * 86_400
 
 
 def candidate_sql(
-    queue: QueueSpec, rule: QueueRule, since: float, until: float, limit: int,
-    signals: SignalTable,
-) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    queue: QueueSpec, rule: QueueRule, since: float, until: float, limit: int
+) -> tuple[str, dict[str, Any]]:
     """The rule's query: candidates ordered by the time the rule scans (the prediction's, or
-    for negative feedback the feedback's), with their payloads when logged."""
-    del signals  # the registry validated the rule's signal names
+    for negative feedback the feedback's), with their payloads when logged (the registry
+    validated the signal names a rule gives)."""
     params: dict[str, Any] = {
         "task": queue.task, "since": since, "until": until, "limit": limit,
         "lookback": NEGATIVE_LOOKBACK_S,

@@ -150,9 +150,8 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
 async def _picked(store: ChdbStore, rule: QueueRule) -> list[str]:
     queue = table().current.queues["summary-review"]
     found = await ClickHouseCandidates(lambda: store).candidates(
-        queue, rule, T0.timestamp() - 1, (T0 + timedelta(hours=1)).timestamp(), 100,
-        table().current,
-    )  # fmt: skip
+        queue, rule, T0.timestamp() - 1, (T0 + timedelta(hours=1)).timestamp(), 100
+    )
     return [i.request_id for i, _ in found]
 
 
