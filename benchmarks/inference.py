@@ -920,56 +920,36 @@ def _run_requests() -> dict[str, list[Any]]:
     def s(text: str) -> common_pb2.Value:
         return common_pb2.Value(string_value=text)
 
+    def request(i: int, task: str, inputs: dict[str, Any]) -> Any:
+        return inference_pb2.RunRequest(
+            task=task,
+            inputs=inputs,
+            context=common_pb2.RequestContext(
+                tenant="demo",
+                user_id=DEMO_USERS[i % len(DEMO_USERS)],
+                session_id=f"bench-{i}",
+                client_name="llmops-bench",
+            ),
+        )
+
     reviews = common_pb2.Value()
     reviews.string_list_value.values.extend(REVIEWS)
-    summary = [
-        inference_pb2.RunRequest(
-            task="property_summary",
-            inputs={
-                "property_id": common_pb2.Value(int64_value=1),
-                "property_name": s("Casa Azul"),
-                "reviews": reviews,
-            },
-            context=common_pb2.RequestContext(
-                tenant="demo",
-                user_id=DEMO_USERS[i % len(DEMO_USERS)],
-                session_id=f"bench-{i}",
-                client_name="llmops-bench",
-            ),
-        )
-        for i in range(12)
-    ]
+
+    def summary_inputs(name: str) -> dict[str, Any]:
+        return {
+            "property_id": common_pb2.Value(int64_value=1),
+            "property_name": s(name),
+            "reviews": reviews,
+        }
+
+    summary = [request(i, "property_summary", summary_inputs("Casa Azul")) for i in range(12)]
     intent = [
-        inference_pb2.RunRequest(
-            task="query_intent",
-            inputs={"query": s(QUERIES[i % len(QUERIES)])},
-            context=common_pb2.RequestContext(
-                tenant="demo",
-                user_id=DEMO_USERS[i % len(DEMO_USERS)],
-                session_id=f"bench-{i}",
-                client_name="llmops-bench",
-            ),
-        )
-        for i in range(12)
+        request(i, "query_intent", {"query": s(QUERIES[i % len(QUERIES)])}) for i in range(12)
     ]
     # A new property name for every run: the retrieval query misses the embedding service's
     # query cache each time (the "warm" case above repeats one property page).
     cold = [
-        inference_pb2.RunRequest(
-            task="property_summary",
-            inputs={
-                "property_id": common_pb2.Value(int64_value=1),
-                "property_name": s(f"Casa Azul {i}"),
-                "reviews": reviews,
-            },
-            context=common_pb2.RequestContext(
-                tenant="demo",
-                user_id=DEMO_USERS[i % len(DEMO_USERS)],
-                session_id=f"bench-{i}",
-                client_name="llmops-bench",
-            ),
-        )
-        for i in range(COLD_RUNS)
+        request(i, "property_summary", summary_inputs(f"Casa Azul {i}")) for i in range(COLD_RUNS)
     ]
     return {"property_summary": summary, "property_summary_cold": cold, "query_intent": intent}
 

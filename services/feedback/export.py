@@ -20,18 +20,20 @@ when the feedback was accepted; inputs were logged after the input guardrail.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.sql import identifier
-from llmops.errors import InvalidArgument
+from llmops.errors import FailedPrecondition, InvalidArgument
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2
 from services.feedback.sql import inputs_json, output_text, request_uuid
@@ -545,3 +547,108 @@ def sources(store: ClickHouseStore, q: ExportQuery) -> list[tuple[str, str, int]
         (str(r["route"]), str(r["model_name"]), int(r["model_version"]))
         for r in store.query(sql, params)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetVersion:
+    name: str
+    version: int
+
+
+class DatasetRegistry(Protocol):
+    async def register(
+        self, context: common_pb2.RequestContext, name: str, task: str, digest: str, rows: int,
+        columns: Sequence[tuple[str, str]], window: tuple[datetime, datetime],
+        produced_by: str, sources: Sequence[tuple[str, str, int]], timeout_s: float,
+    ) -> DatasetVersion:  # fmt: skip
+        """Register a file as a DATASET version; ``columns``: (name, ``string`` / ``int64`` /
+        ``double``); ``sources``: (route, model, version) for its lineage."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExportDone:
+    """What the last chunk leaves: the totals, the window actually covered, the dataset."""
+
+    result: ExportResult
+    window: tuple[datetime, datetime]
+    dataset: DatasetVersion | None
+
+
+class Exports:
+    """An export from the first chunk to its registration: the file streamed off the event
+    loop, the window it covers, and with ``register_as`` its DATASET version."""
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        datasets: DatasetRegistry | None = None,
+        register_timeout_s: float = 10.0,
+    ) -> None:
+        self.exporter = exporter
+        self.datasets = datasets
+        self.register_timeout_s = register_timeout_s
+
+    def check_registry(self, register_as: str) -> None:
+        if register_as and self.datasets is None:
+            raise FailedPrecondition("register_as: no governance registry is configured")
+
+    async def run(
+        self, q: ExportQuery, fmt: str, register_as: str, context: common_pb2.RequestContext
+    ) -> AsyncIterator[bytes | ExportDone]:
+        """The file's chunks, then one :class:`ExportDone`."""
+        self.check_registry(register_as)
+        results: list[ExportResult] = []
+        async for chunk in stream_in_thread(self.exporter.stream(q, fmt, results.append)):
+            yield chunk
+        (result,) = results
+        end = q.end
+        if q.max_rows and result.rows >= q.max_rows and result.last_event_time:
+            # the rows stop before the window's end: the window actually covered
+            last = datetime.fromisoformat(result.last_event_time).replace(tzinfo=UTC)
+            end = last + timedelta(milliseconds=1)
+        dataset = None
+        if register_as and self.datasets is not None:
+            lineage = await asyncio.to_thread(self.exporter.sources, q)
+            dataset = await self.datasets.register(
+                context, register_as, q.task, result.sha256, result.rows,
+                [(name, str(t)) for name, t in COLUMNS[q.shape]], (q.start, end),
+                f"feedback.ExportDataset task={q.task} shape={q.shape} format={fmt} "
+                f"as_of={q.as_of.isoformat()}",
+                lineage, self.register_timeout_s,
+            )  # fmt: skip
+        yield ExportDone(result, (q.start, end), dataset)
+
+
+async def stream_in_thread(chunks: Iterator[bytes], depth: int = 8) -> AsyncIterator[bytes]:
+    """A blocking iterator's items, produced on a worker thread (at most ``depth`` ahead:
+    a slow client slows the producer instead of filling memory)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                asyncio.run_coroutine_threadsafe(queue.put(("data", chunk)), loop).result()
+            asyncio.run_coroutine_threadsafe(queue.put(("end", None)), loop).result()
+        except BaseException as exc:  # handed to the consumer, raised there
+            if not stop.is_set():
+                asyncio.run_coroutine_threadsafe(queue.put(("error", exc)), loop).result()
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            kind, item = await queue.get()
+            if kind == "end":
+                break
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not queue.empty():  # unblock a producer waiting on a full queue
+            queue.get_nowait()
+        await asyncio.shield(worker)

@@ -4,7 +4,7 @@ before storage) and the governance registry (exports registered as datasets)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -18,9 +18,17 @@ from llmops.v1 import (
     guardrail_pb2,
     guardrail_pb2_grpc,
 )
+from services.feedback.export import DatasetVersion
 from services.feedback.intake import REDACTED_BLOCK
 
 log = structlog.get_logger("llmops.feedback")
+
+VALUE_TYPES = {
+    "string": common_pb2.VALUE_TYPE_STRING,
+    "int64": common_pb2.VALUE_TYPE_INT64,
+    "double": common_pb2.VALUE_TYPE_DOUBLE,
+}
+"""An export column's Arrow type name as the registry's ValueType."""
 
 
 class GuardrailTextGuard:
@@ -59,12 +67,6 @@ class GuardrailTextGuard:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class DatasetVersion:
-    name: str
-    version: int
-
-
 class GovernanceDatasets:
     """Registers exports as DATASET versions (``GovernanceService.Register``) with lineage
     from the routes and models their predictions came from (``AddLineage``)."""
@@ -74,14 +76,16 @@ class GovernanceDatasets:
 
     async def register(
         self, context: common_pb2.RequestContext, name: str, task: str, digest: str, rows: int,
-        columns: Sequence[tuple[str, int]], window: common_pb2.TimeRange, produced_by: str,
-        sources: Sequence[tuple[str, str, int]], timeout_s: float,
+        columns: Sequence[tuple[str, str]], window: tuple[datetime, datetime],
+        produced_by: str, sources: Sequence[tuple[str, str, int]], timeout_s: float,
     ) -> DatasetVersion:  # fmt: skip
-        """``columns``: (name, common ValueType); ``sources``: (route, model, version)."""
+        """:class:`services.feedback.export.DatasetRegistry` over the governance service."""
         stub = self._stub(governance_pb2_grpc.GovernanceServiceStub)
-        info = governance_pb2.DatasetInfo(row_count=rows, window=window, produced_by=produced_by)
-        for column, value_type in columns:
-            info.schema[column] = value_type  # type: ignore[assignment]
+        info = governance_pb2.DatasetInfo(row_count=rows, produced_by=produced_by)
+        info.window.start_time.FromDatetime(window[0])
+        info.window.end_time.FromDatetime(window[1])
+        for column, type_name in columns:
+            info.schema[column] = VALUE_TYPES[type_name]
         request = governance_pb2.RegisterRequest(
             context=context, kind=governance_pb2.ARTIFACT_KIND_DATASET, name=name,
             description=f"Feedback export: {produced_by}", owner="feedback-service",

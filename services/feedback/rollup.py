@@ -30,14 +30,13 @@ from typing import Any
 import structlog
 
 from llmops.clickhouse.base import ClickHouseStore
-from services.feedback.sql import newest_per_key, request_uuid
+from services.feedback.sql import SIGNAL_SUMS, newest_per_key, request_uuid
+from services.feedback.stats import PREDICTION_LOOKBACK_DAYS, UNMATCHED_AFTER_S
 
 log = structlog.get_logger("llmops.feedback")
 
 UNMATCHED_REFRESH_S = 7_200
 """Hours with feedback whose prediction was missing are recomputed for this long."""
-PREDICTION_LOOKBACK_DAYS = 30
-UNMATCHED_AFTER_S = 3_600
 MAX_HOURS_PER_PASS = 48
 """Dirty hours recomputed per statement (a first refresh walks the history in such steps)."""
 _HOURS_KEYS = """(tenant, idempotency_key) IN (
@@ -75,12 +74,7 @@ SELECT toStartOfHour(f.et) AS hour, %(version)s AS version, f.tenant AS tenant,
        f.signal AS signal, f.kind AS kind,
        count() AS n,
        uniqCombinedIfState(14)(f.request_id, f.request_id != '') AS requests,
-       countIf(f.thumb = 'UP') AS ups, countIf(f.thumb != '') AS thumbs,
-       countIf(f.scale > 0) AS rated,
-       sumIf(f.rating / f.scale, f.scale > 0) AS rating_sum,
-       sumIf((f.rating / f.scale) * (f.rating / f.scale), f.scale > 0) AS rating_sum2,
-       sum(toFloat64(f.dwell_ms)) AS dwell_sum,
-       sum(toFloat64(f.dwell_ms) * toFloat64(f.dwell_ms)) AS dwell_sum2,
+       {SIGNAL_SUMS},
        tupleElement(sumMap(if(f.label != '', [f.label], []),
                            if(f.label != '', [toUInt64(1)], [])) AS lm, 1) AS label_names,
        tupleElement(lm, 2) AS label_counts,

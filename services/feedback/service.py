@@ -12,7 +12,7 @@ from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import feedback_pb2, feedback_pb2_grpc
 from llmops.yamlfiles import HotReload
 from services.feedback.demo import seed_day
-from services.feedback.export import Acceptance, Exporter
+from services.feedback.export import Acceptance, Exporter, Exports
 from services.feedback.idempotency import KeyStore, LocalKeyStore, RedisKeyStore
 from services.feedback.intake import Intake
 from services.feedback.label_store import SqlLabelStore
@@ -90,8 +90,7 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
 
     servicer = FeedbackServicer(
         intake,
-        Exporter(ctx.backends.clickhouse),
-        GovernanceDatasets(ctx.clients.stub),
+        Exports(Exporter(ctx.backends.clickhouse), GovernanceDatasets(ctx.clients.stub)),
         Acceptance(
             tuple(settings.sft_accept_labels),
             tuple(settings.sft_reject_labels),

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from llmops.errors import FailedPrecondition, InvalidArgument
+from llmops.errors import InvalidArgument
 from llmops.server import paginate
 from llmops.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
 from services.feedback.export import (
     COLUMNS,
     SHAPES,
     Acceptance,
-    Exporter,
     ExportQuery,
-    ExportResult,
+    Exports,
     export_sql,
 )
 from services.feedback.intake import MAX_BATCH, Intake, Outcome
 from services.feedback.labelling import Labelling, item_proto, queue_views_proto
-from services.feedback.ports import GovernanceDatasets
 from services.feedback.stats import (
     SignalSummary,
     StatsQuery,
@@ -33,11 +29,6 @@ from services.feedback.stats import (
 )
 
 CONTENT_TYPES = {"JSONL": "application/x-ndjson", "PARQUET": "application/vnd.apache.parquet"}
-VALUE_TYPES = {
-    "string": common_pb2.VALUE_TYPE_STRING,
-    "int64": common_pb2.VALUE_TYPE_INT64,
-    "double": common_pb2.VALUE_TYPE_DOUBLE,
-}
 MAX_EXPORT_WINDOW = timedelta(days=400)
 _DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,126}$")
 
@@ -104,39 +95,6 @@ def _enum_name(enum: Any, number: int, prefix: str) -> str:
     return "" if name == "UNSPECIFIED" else name
 
 
-async def _in_thread(chunks: Iterator[bytes], depth: int = 8) -> AsyncIterator[bytes]:
-    """A blocking iterator's items, produced on a worker thread (at most ``depth`` ahead)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for chunk in chunks:
-                if stop.is_set():
-                    return
-                asyncio.run_coroutine_threadsafe(queue.put(("data", chunk)), loop).result()
-            asyncio.run_coroutine_threadsafe(queue.put(("end", None)), loop).result()
-        except BaseException as exc:  # handed to the consumer, raised there
-            if not stop.is_set():
-                asyncio.run_coroutine_threadsafe(queue.put(("error", exc)), loop).result()
-
-    worker = loop.run_in_executor(None, produce)
-    try:
-        while True:
-            kind, item = await queue.get()
-            if kind == "end":
-                break
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while not queue.empty():  # unblock a producer waiting on a full queue
-            queue.get_nowait()
-        await asyncio.shield(worker)
-
-
 def _error(outcome: Outcome) -> common_pb2.ErrorDetail:
     exc = outcome.error
     assert exc is not None
@@ -146,19 +104,10 @@ def _error(outcome: Outcome) -> common_pb2.ErrorDetail:
 
 
 class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
-    def __init__(
-        self,
-        intake: Intake,
-        exporter: Exporter,
-        datasets: GovernanceDatasets | None = None,
-        acceptance: Acceptance | None = None,
-        register_timeout_s: float = 10.0,
-    ) -> None:
+    def __init__(self, intake: Intake, exports: Exports, acceptance: Acceptance | None = None):
         self.intake = intake
-        self.exporter = exporter
-        self.datasets = datasets
+        self.exports = exports
         self.acceptance = acceptance or Acceptance()
-        self.register_timeout_s = register_timeout_s
 
     async def Submit(
         self, request: feedback_pb2.SubmitRequest, context: Any
@@ -196,43 +145,29 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
     async def ExportDataset(
         self, request: feedback_pb2.ExportDatasetRequest, context: Any
     ) -> AsyncIterator[feedback_pb2.ExportDatasetResponse]:
-        now = datetime.now(UTC)
-        query, fmt = export_query(request, now, self.acceptance)
-        if request.register_as and self.datasets is None:
-            raise FailedPrecondition("register_as: no governance registry is configured")
-        columns = COLUMNS[query.shape]
+        query, fmt = export_query(request, datetime.now(UTC), self.acceptance)
+        self.exports.check_registry(request.register_as)  # before anything streams
         yield feedback_pb2.ExportDatasetResponse(
             header=feedback_pb2.ExportHeader(
                 format=feedback_pb2.DatasetFormat.Value(f"DATASET_FORMAT_{fmt}"),
                 content_type=CONTENT_TYPES[fmt],
-                columns=[name for name, _ in columns],
+                columns=[name for name, _ in COLUMNS[query.shape]],
             )
         )
-        results: list[ExportResult] = []
-        async for chunk in _in_thread(self.exporter.stream(query, fmt, results.append)):
-            yield feedback_pb2.ExportDatasetResponse(data=chunk)
-        (result,) = results
-        summary = feedback_pb2.ExportSummary(
-            row_count=result.rows, byte_count=result.bytes, sha256=result.sha256
-        )
-        summary.window.start_time.FromDatetime(query.start)
-        summary.window.end_time.FromDatetime(query.end)
-        if query.max_rows and result.rows >= query.max_rows and result.last_event_time:
-            # the rows stop before the window's end: the window actually covered
-            last = datetime.fromisoformat(result.last_event_time).replace(tzinfo=UTC)
-            summary.window.end_time.FromDatetime(last + timedelta(milliseconds=1))
-        summary.as_of_time.FromDatetime(query.as_of)
-        if request.register_as and self.datasets is not None:
-            lineage = await asyncio.to_thread(self.exporter.sources, query)
-            version = await self.datasets.register(
-                request.context, request.register_as, query.task, result.sha256, result.rows,
-                [(name, VALUE_TYPES[_type_name(t)]) for name, t in columns], summary.window,
-                f"feedback.ExportDataset task={query.task} shape={query.shape} format={fmt} "
-                f"as_of={query.as_of.isoformat()}",
-                lineage, self.register_timeout_s,
-            )  # fmt: skip
-            summary.dataset_name, summary.dataset_version = version.name, version.version
-        yield feedback_pb2.ExportDatasetResponse(summary=summary)
+        async for part in self.exports.run(query, fmt, request.register_as, request.context):
+            if isinstance(part, bytes):
+                yield feedback_pb2.ExportDatasetResponse(data=part)
+                continue
+            summary = feedback_pb2.ExportSummary(
+                row_count=part.result.rows, byte_count=part.result.bytes, sha256=part.result.sha256
+            )
+            summary.window.start_time.FromDatetime(part.window[0])
+            summary.window.end_time.FromDatetime(part.window[1])
+            summary.as_of_time.FromDatetime(query.as_of)
+            if part.dataset is not None:
+                summary.dataset_name = part.dataset.name
+                summary.dataset_version = part.dataset.version
+            yield feedback_pb2.ExportDatasetResponse(summary=summary)
 
 
 def _kind_enum(name: str) -> feedback_pb2.FeedbackKind.ValueType:
@@ -320,7 +255,3 @@ class FeedbackAdminServicer(feedback_pb2_grpc.FeedbackAdminServiceServicer):
             request.annotator_id,
         )  # fmt: skip
         return feedback_pb2.CompleteLabelItemResponse(event_id=event_id)
-
-
-def _type_name(t: Any) -> str:
-    return {"string": "string", "int64": "int64", "double": "double"}[str(t)]

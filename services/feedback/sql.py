@@ -3,7 +3,7 @@
 - :func:`request_uuid`: a text request id as ``predictions.request_id`` stores it (migration
   0003: a UUID is itself, any other id the UUID of the first 16 bytes of its SHA-256);
 - :func:`newest_per_key`: the newest record of each (tenant, idempotency key) — the one every
-  statistic and export counts;
+  statistic and export counts — and :data:`SIGNAL_SUMS`, the sums statistics take of them;
 - :func:`plain_json` / :func:`output_text` / :func:`inputs_json`: logged payloads (each
   Value as its proto3 JSON) as plain JSON and text.
 """
@@ -47,6 +47,15 @@ def newest_per_key(where: str) -> str:
     WHERE {where}
     GROUP BY tenant, idempotency_key
 )"""
+
+
+SIGNAL_SUMS = """countIf(f.thumb = 'UP') AS ups, countIf(f.thumb != '') AS thumbs,
+       countIf(f.scale > 0) AS rated,
+       sumIf(f.rating / f.scale, f.scale > 0) AS rating_sum,
+       sumIf((f.rating / f.scale) * (f.rating / f.scale), f.scale > 0) AS rating_sum2,
+       sum(toFloat64(f.dwell_ms)) AS dwell_sum,
+       sum(toFloat64(f.dwell_ms) * toFloat64(f.dwell_ms)) AS dwell_sum2"""
+"""SQL: the sums a (group, signal) of :func:`newest_per_key` rows ``f`` is summarised by."""
 
 
 def plain_json(x: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.errors import InvalidArgument
-from services.feedback.sql import newest_per_key, request_uuid
+from services.feedback.sql import SIGNAL_SUMS, newest_per_key, request_uuid
 
 DIMENSIONS: Mapping[str, tuple[str, str]] = {
     # name -> (expression over the feedback row joined to its prediction, over predictions)
@@ -266,12 +266,7 @@ def stats_sql(query: StatsQuery) -> tuple[str, str, dict[str, Any]]:
 SELECT {dim_select}signal, kind,
        count() AS n,
        uniqExactIf(f.request_id, f.request_id != '') AS requests,
-       countIf(thumb = 'UP') AS ups, countIf(thumb != '') AS thumbs,
-       countIf(scale > 0) AS rated,
-       sumIf(rating / scale, scale > 0) AS rating_sum,
-       sumIf((rating / scale) * (rating / scale), scale > 0) AS rating_sum2,
-       sum(toFloat64(dwell_ms)) AS dwell_sum,
-       sum(toFloat64(dwell_ms) * toFloat64(dwell_ms)) AS dwell_sum2,
+       {SIGNAL_SUMS},
        sumMap(if(label != '', [label], []), if(label != '', [toUInt64(1)], [])) AS labels,
        sumMap(if(currency != '', [currency], []), if(currency != '', [value_nanos], [])) AS values,
        sum(copies) - count() AS superseded,
