@@ -7,6 +7,7 @@ Used by ``llmops sink`` (production: Kafka → ClickHouse server) and inside ``l
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import structlog
@@ -43,11 +44,13 @@ def build_sinks(
     batch_rows: int = 50_000,
     flush_interval_s: float = 1.0,
     registry: CollectorRegistry | None = None,
+    group_prefix: str = GROUP_PREFIX,
 ) -> list[Sink]:
     """One sink per topic, in consumer group ``llmops-sink.<table>``.
 
     ``topic_kinds`` maps each topic to the event kind it carries (tests and benchmarks use
-    topics of their own)."""
+    topics of their own, and a ``group_prefix`` of their own on a shared broker: members of
+    one group on different topics still rebalance together)."""
     chosen = list(topics or topic_kinds)
     unknown = sorted(set(chosen) - set(topic_kinds))
     if unknown:
@@ -60,7 +63,7 @@ def build_sinks(
             event_log,
             store,
             SinkSettings(
-                group=GROUP_PREFIX + topic_tables[topic],
+                group=group_prefix + topic_tables[topic],
                 topics=(topic,),
                 dlq_topic=DLQ_TOPIC,
                 batch_rows=batch_rows,
@@ -93,10 +96,22 @@ class SinkThreads:
         return self
 
     def _run(self, sink: Sink) -> None:
-        try:
-            sink.run(self._stop)
-        except Exception:  # a sink that dies must be loud; the others keep going
-            log.exception("sink_crashed", group=sink.settings.group)
+        """Run ``sink`` until stopped, restarting it with back-off when it raises (the log or
+        the store unreachable for longer than its own retries): a sink thread that died
+        quietly would stall ingestion while the process still looks healthy."""
+        delay = sink.settings.retry_initial_s
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                sink.run(self._stop)
+                return
+            except Exception:  # loud, then again; the other sinks keep going meanwhile
+                if time.monotonic() - started > 60:  # it ran a good while: a fresh failure
+                    delay = sink.settings.retry_initial_s
+                log.exception("sink_crashed", group=sink.settings.group, restart_in_s=delay)
+            sink.metrics.restarts.labels(sink.settings.group).inc()
+            self._stop.wait(delay)
+            delay = min(delay * 2, sink.settings.retry_max_s)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         self._stop.set()

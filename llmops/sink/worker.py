@@ -101,6 +101,12 @@ class SinkMetrics:
             ["reason"],
             **kw,
         )
+        self.restarts = Counter(
+            "llmops_sink_restarts_total",
+            "Sinks restarted after an error stopped them (e.g. the log unreachable).",
+            ["group"],
+            **kw,
+        )
         self.lag = Gauge(
             "llmops_sink_lag_records",
             "Records in the log not yet committed by the group.",
@@ -175,7 +181,13 @@ class Sink:
     # -- lifecycle ---------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set; then flush what is pending (best effort) and close."""
+        """Consume until ``stop`` is set; then flush what is pending (best effort) and close.
+
+        A run starts from the group's committed offsets, so what an earlier run (one that
+        raised) held but never committed is read again; nothing of it is carried over."""
+        self._pending = _Pending()
+        self._seen.clear()
+        self._skip_through.clear()
         self._consumer = self._log.consumer(self.settings.group, self.settings.topics)
         log.info("sink_started", group=self.settings.group, topics=list(self.settings.topics))
         try:

@@ -129,7 +129,13 @@ def test_broker_outage_while_publishing_loses_nothing(
     store = ChdbStore(chdb_session, database=database)
     apply_migrations(store)
     sink_log = KafkaLog(kafka_bootstrap)
-    (sink,) = build_sinks(sink_log, store, topic_kinds={fault_topic: "prediction"}, batch_rows=4000)
+    (sink,) = build_sinks(
+        sink_log,
+        store,
+        topic_kinds={fault_topic: "prediction"},
+        batch_rows=4000,
+        group_prefix=f"test-sink-{uuid.uuid4().hex[:8]}.",
+    )
     threads = SinkThreads([sink]).start()
     deadline = time.monotonic() + 90
     try:

@@ -262,3 +262,48 @@ def test_refused_commit_rewinds_and_skips_what_is_stored(
     assert rollup_count(store) == 1500
     assert sink.metrics.skipped.labels("already_stored")._value.get() == 1500
     sink._consumer.close()
+
+
+class LogDownAtFirst:
+    """The local log, unreachable for the first consumer, and the second one's first poll
+    failing, the way a Kafka broker that is restarting answers."""
+
+    def __init__(self, inner: LocalLog) -> None:
+        self.inner = inner
+        self.consumers = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def consumer(self, group: str, topics: Any) -> Any:
+        from llmops.events.base import LogUnavailable
+
+        self.consumers += 1
+        if self.consumers == 1:
+            raise LogUnavailable("connection refused (injected outage)")
+        inner = self.inner.consumer(group, topics)
+        return PollFailsOnce(inner) if self.consumers == 2 else inner
+
+
+class PollFailsOnce(CommitFailsOnce):
+    def poll(self, max_records: int, timeout_s: float) -> Any:
+        if not self.failed:
+            from llmops.events.base import LogUnavailable
+
+            self.failed = True
+            raise LogUnavailable("poll failed: the broker went away")
+        return self.inner.poll(max_records, timeout_s)
+
+
+def test_a_sink_stopped_by_an_error_is_restarted_and_loads_everything_once(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    publish(event_log, 1200)
+    down = LogDownAtFirst(event_log)
+    sink = sink_for(down, store, batch_rows=500, flush_interval_s=0.1)  # type: ignore[arg-type]
+    sink.settings = type(sink.settings)(**{**_fields(sink.settings), "retry_initial_s": 0.05})
+    drain(sink, lambda: raw_count(store)[0] >= 1200)
+    assert down.consumers >= 3
+    assert sink.metrics.restarts.labels(sink.settings.group)._value.get() == 2
+    assert raw_count(store) == (1200, 1200)
+    assert rollup_count(store) == 1200

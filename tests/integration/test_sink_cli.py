@@ -83,7 +83,10 @@ def test_llmops_sink_moves_kafka_events_into_clickhouse(
             lag = [v for n, _, v in samples if n == "llmops_sink_lag_records"] or [1.0]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log_path.read_text()[-2000:]
-    assert inserted >= len(sent)
+        assert inserted >= len(sent), (
+            f"{inserted:.0f} of {len(sent)} rows inserted, lag {lag}; the sink's log:\n"
+            + log_path.read_text()[-4000:]
+        )
 
     logs = subprocess.run(
         [sys.executable, "-m", "llmops", "logs", "predictions", "--last", "1h", "--limit", "1000",
