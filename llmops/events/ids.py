@@ -58,3 +58,25 @@ def uuid7(unix_ms: int | None = None) -> str:
     value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b, 62 bits
     h = f"{value:032x}"  # formatting by hand: a third of the cost of str(uuid.UUID(int=...))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+"""A random hex digit made an RFC 9562 variant digit (0b10xx)."""
+
+
+def uuid7_many(count: int, unix_ms: int | None = None) -> list[str]:
+    """``count`` new UUIDv7s of one millisecond (now, or ``unix_ms``): what :func:`uuid7`
+    makes, for a batch at a fifth of the cost (one hex conversion of all the random bytes;
+    a batch's events share their accept time anyway)."""
+    if count <= 0:
+        return []
+    ms = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
+    t = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+    head = f"{t[:8]}-{t[8:12]}-7"
+    size = count * _ID_BYTES
+    rand = (_pool.take(size) if size <= _POOL_BYTES // 4 else os.urandom(size)).hex()
+    variant = _VARIANT
+    return [
+        f"{head}{r[:3]}-{variant[r[3]]}{r[4:7]}-{r[7:19]}"
+        for r in (rand[i : i + 20] for i in range(0, len(rand), 20))
+    ]

@@ -217,6 +217,11 @@ class KafkaLog:
                 max_poll_interval_ms=self._max_poll_interval_ms,
                 fetch_max_wait_ms=100,
             )
+            # The topics' metadata first: a group leader that assigns before it has them
+            # hands out nothing and rejoins, and kafka-python 3.0 can then stall in that
+            # second rebalance with no partitions (seen after a broker restart).
+            for topic in topics:
+                consumer.partitions_for_topic(topic)
             consumer.subscribe(list(topics))
         except KafkaError as exc:
             raise LogUnavailable(f"kafka: cannot start a consumer of {group}: {exc}") from exc

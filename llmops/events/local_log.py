@@ -49,7 +49,7 @@ from urllib.parse import quote
 import structlog
 
 from llmops.events.base import ConsumedRecord, LogUnavailable, Record, TopicPartition
-from llmops.events.partitioner import partition_for
+from llmops.events.partitioner import partitions_for
 from llmops.events.topics import LOCAL_PARTITIONS, RETENTION_MS
 
 log = structlog.get_logger("llmops.events.local")
@@ -618,15 +618,14 @@ class LocalLog:
             raise LogUnavailable(f"local log: append failed: {exc}") from exc
 
     def _by_partition(self, records: Sequence[Record]) -> dict[TopicPartition, list[Record]]:
-        out: dict[TopicPartition, list[Record]] = {}
-        counts: dict[str, int] = {}
-        hashed: dict[tuple[str, bytes], int] = {}  # murmur2 is pure Python: once per key
+        by_topic: dict[str, list[Record]] = {}
         for r in records:
-            n = counts.get(r.topic) or counts.setdefault(r.topic, self._partition_count(r.topic))
-            partition = hashed.get((r.topic, r.key))
-            if partition is None:
-                partition = hashed[(r.topic, r.key)] = partition_for(r.key, n)
-            out.setdefault((r.topic, partition), []).append(r)
+            by_topic.setdefault(r.topic, []).append(r)
+        out: dict[TopicPartition, list[Record]] = {}
+        for topic, rs in by_topic.items():
+            count = self._partition_count(topic)
+            for r, partition in zip(rs, partitions_for([r.key for r in rs], count), strict=True):
+                out.setdefault((topic, partition), []).append(r)
         return out
 
     def _appender(self, tp: TopicPartition) -> _Appender:

@@ -24,12 +24,12 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
 from llmops.errors import InvalidArgument, LLMOpsError, Unavailable
-from llmops.events.ids import uuid7
+from llmops.events.ids import uuid7_many
 from llmops.v1 import common_pb2, events_pb2, feedback_pb2
 from llmops.yamlfiles import HotReload
 from services.feedback.idempotency import KeyEntry, KeyStore
@@ -70,9 +70,10 @@ class DurableEvents(Protocol):
     ) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One record's result: accepted (event id, duplicate or replaced) or refused (error)."""
+class Outcome(NamedTuple):
+    """One record's result: accepted (event id, duplicate or replaced) or refused (error).
+    A tuple: a batch makes a thousand of them, and a frozen dataclass costs three times as
+    much to build."""
 
     event_id: str = ""
     duplicate: bool = False
@@ -80,7 +81,7 @@ class Outcome:
     error: LLMOpsError | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     index: int
     feedback: feedback_pb2.Feedback
@@ -147,8 +148,9 @@ class Intake:
             fresh = [item for item in items if item.outcome is None and item.same_as is None]
             await self._redact(context, fresh)
             fresh = [item for item in fresh if item.outcome is None]
-            for item in fresh:
-                item.event = self._event(context, item, now)
+            stamp = divmod(int(now * 1e9), 1_000_000_000)
+            for item, event_id in zip(fresh, uuid7_many(len(fresh)), strict=True):
+                item.event = self._event(context, item, event_id, stamp)
             envelopes = [item.event for item in fresh if item.event is not None]
             if envelopes:
                 try:
@@ -250,9 +252,13 @@ class Intake:
             setattr(getattr(item.feedback, message_name), field_name, text)
 
     def _event(
-        self, context: common_pb2.RequestContext, item: _Item, now: float
+        self,
+        context: common_pb2.RequestContext,
+        item: _Item,
+        event_id: str,
+        received: tuple[int, int],
     ) -> events_pb2.EventEnvelope:
-        event_id = uuid7()
+        """The FeedbackEvent of ``item``; ``received`` = (seconds, nanos) of the accept time."""
         fb = item.feedback
         envelope = events_pb2.EventEnvelope()
         ev = envelope.feedback
@@ -260,8 +266,8 @@ class Intake:
         if fb.HasField("occurred_time"):
             ev.event_time.CopyFrom(fb.occurred_time)
         else:
-            ev.event_time.seconds, ev.event_time.nanos = divmod(int(now * 1e9), 1_000_000_000)
-        ev.received_time.seconds, ev.received_time.nanos = divmod(int(now * 1e9), 1_000_000_000)
+            ev.event_time.seconds, ev.event_time.nanos = received
+        ev.received_time.seconds, ev.received_time.nanos = received
         ev.request_id = fb.request_id
         ev.tenant = context.tenant
         ev.market = context.market

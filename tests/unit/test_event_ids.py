@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from llmops.events.ids import uuid7
+from llmops.events.ids import uuid7, uuid7_many
 
 
 def test_format_version_and_time_prefix() -> None:
@@ -34,3 +34,18 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
         child = set(f.read().split(","))
     parent = {uuid7(0) for _ in range(50)}
     assert len(child) == 50 and not child & parent
+
+
+def test_a_batch_of_ids_is_valid_unique_and_of_its_millisecond() -> None:
+    for count in (1, 7, 200, 1000, 5000):  # within one pool, across pools, past a pool
+        ids = uuid7_many(count, 1_790_000_000_123)
+        assert len(ids) == count == len(set(ids))
+        for value in ids:
+            parsed = uuid.UUID(value)
+            assert str(parsed) == value and parsed.version == 7
+            assert parsed.variant == uuid.RFC_4122 and parsed.int >> 80 == 1_790_000_000_123
+    assert uuid7_many(0) == []
+    many = [v for _ in range(100) for v in uuid7_many(1000, 0)]
+    assert len(set(many)) == len(many)
+    # every variant digit occurs: the two random bits under it are not lost
+    assert {v[19] for v in many} == set("89ab")

@@ -10,7 +10,7 @@ import pytest
 
 from llmops.events import topics
 from llmops.events.ids import uuid7
-from llmops.events.partitioner import murmur2, partition_for
+from llmops.events.partitioner import murmur2, partition_for, partitions_for
 from llmops.v1 import events_pb2
 
 
@@ -57,6 +57,16 @@ def test_murmur2_matches_kafka_python() -> None:
     for _ in range(200):
         key = str(uuid.uuid4()).encode()
         assert partition_for(key, 6) == (kafka_default.murmur2(key) & 0x7FFFFFFF) % 6
+
+
+def test_batched_partitions_match_one_by_one() -> None:
+    rng = random.Random(8)
+    # keys of many lengths, mixed, many of one length (the numpy path), a few of others
+    keys = [rng.randbytes(rng.choice([0, 1, 2, 3, 5, 36, 36, 36, 37, 64])) for _ in range(3000)]
+    keys += [str(uuid.uuid4()).encode() for _ in range(500)]
+    for partitions in (1, 6, 96):
+        assert partitions_for(keys, partitions) == [partition_for(k, partitions) for k in keys]
+    assert partitions_for([], 6) == []
 
 
 def test_uuid7_is_a_time_ordered_version_7_uuid() -> None:
