@@ -36,7 +36,7 @@ from llmops.clickhouse.sql import identifier
 from llmops.errors import FailedPrecondition, InvalidArgument
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2
-from services.feedback.sql import inputs_json, output_text, request_uuid
+from services.feedback.sql import KEY_GROUP, inputs_json, output_text, request_uuid
 
 SHAPES = ("EXAMPLES", "SFT", "PREFERENCE", "EVALUATION")
 PAGE_ROWS = 50_000
@@ -238,7 +238,7 @@ fb AS (
                max(received_time) AS at
         FROM feedback
         WHERE received_time <= {as_of} AND event_time >= {start} {tenant}
-        GROUP BY tenant, idempotency_key
+        GROUP BY {KEY_GROUP}
     )
     WHERE fb_request_id != '' OR k = 'PREFERENCE'
 ),

@@ -34,7 +34,7 @@ from llmops.yamlfiles import HotReload
 from services.feedback.intake import Intake
 from services.feedback.label_store import ItemRow, NewItem, QueueCounts, SqlLabelStore
 from services.feedback.signals import QueueRule, QueueSpec, SignalTable
-from services.feedback.sql import output_text, plain_json, request_uuid
+from services.feedback.sql import KEY_GROUP, output_text, plain_json, request_uuid
 
 log = structlog.get_logger("llmops.feedback")
 
@@ -233,7 +233,7 @@ def candidate_sql(
                    max(toFloat64(event_time)) AS at
             FROM feedback
             WHERE {window} AND name IN %(signals)s AND request_id != ''
-            GROUP BY tenant, idempotency_key
+            GROUP BY {KEY_GROUP}
         )
         WHERE (k != 'THUMBS' OR t = 'DOWN') AND (k != 'RATING' OR r <= %(share)s * s)
     ) AS f ON f.rid = p.request_id
