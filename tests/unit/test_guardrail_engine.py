@@ -21,6 +21,7 @@ from services.guardrail.detectors.commerce import (
     GroundingDetector,
     JsonSchemaDetector,
     TopicDetector,
+    fact_lines,
 )
 from services.guardrail.domain import Guardrail
 from services.guardrail.engine import Engine
@@ -155,6 +156,21 @@ def test_grounding_blocks_claims_the_facts_contradict(policies: policy_mod.Polic
     bad = engine.evaluate(copy, "A 5-star gem with free cancellation, only €99!", ctx)
     assert bad.verdict == common_pb2.VERDICT_BLOCK and bad.block_message == "Not verified."
     assert sorted(c.finding.type for c in bad.findings) == ["grounding.unsupported_claim"] * 3
+
+
+def test_fact_lines_are_read_line_by_line() -> None:
+    text = (
+        "  Price Tonight : 120 EUR  \nstars=4\n\nnot a fact line\n12:30 check-in\n"
+        "free_cancellation:\n\n  yes\nemail: a@b.c\nnote: ratio 1:2 = fine\nempty:"
+    )
+    assert fact_lines(text) == [
+        ("Price Tonight", "120 EUR"),
+        ("stars", "4"),
+        ("free_cancellation", "yes"),  # a value left empty is on the next non-blank line
+        ("email", "a@b.c"),
+        ("note", "ratio 1:2 = fine"),  # the first ':' or '=' splits
+    ]
+    assert fact_lines(" " * 4000 + ":" + " " * 4000) == []  # was cubic: minutes
 
 
 def test_commerce_detectors() -> None:

@@ -326,9 +326,11 @@ _NAME_START = re.compile(
     rf"[{_UP}](?<![\w'\u2019-][{_UP}])(?:['\u2019][{_UP}])?[{_LO}]+(?:[{_UP}][{_LO}]+)?"
     rf"(?:-{_CAPWORD})?(?=\s+(?:{_PARTICLES_NAME}\s+)?[{_UP}])"
 )
+# \s++ (possessive): a name never starts with a space, so giving spaces back cannot help,
+# and on a long run of spaces it made every try quadratic
 _SURNAMES = re.compile(
-    rf"\s+((?:{_PARTICLES_NAME}\s+)?{_CAPWORD}(?:-{_CAPWORD})?)"
-    rf"(?:\s+((?:{_PARTICLES_NAME}\s+)?{_CAPWORD}(?:-{_CAPWORD})?))?"
+    rf"\s++((?:{_PARTICLES_NAME}\s++)?{_CAPWORD}(?:-{_CAPWORD})?)"
+    rf"(?:\s++((?:{_PARTICLES_NAME}\s++)?{_CAPWORD}(?:-{_CAPWORD})?))?"
 )
 # cue phrases before a name (lower case, found with str.find)
 _NAME_CUES: Final = (
@@ -336,7 +338,7 @@ _NAME_CUES: Final = (
     "mon nom est", "ich heiße", "ich heisse", "mein name ist", "me llamo", "mi nombre es",
     "name:", "nom :", "nom:", "nombre:",
 )  # fmt: skip
-_CUE_NAME = re.compile(rf"\s+({_CAPWORD}(?:-{_CAPWORD})?)")
+_CUE_NAME = re.compile(rf"\s++({_CAPWORD}(?:-{_CAPWORD})?)")
 _TITLE = re.compile(
     r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Herr|Frau|Mme|Mlle|M\.|Monsieur|Madame|"
     r"Mademoiselle|Sr|Sra|Srta|Señor|Señora|Don|Doña)\.?"
