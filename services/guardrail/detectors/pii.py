@@ -139,6 +139,8 @@ _EMAIL = re.compile(
 _PHONE = re.compile(r"[+(\d](?<![\w+@/.,:-][+(\d])[\d ().\-/+]{5,25}\d(?!(?!x\d)[\w@]|[.,/-]\d)")
 _PHONE_SEP = re.compile(r"[ ./-]+")
 _PHONE_SHAPE = re.compile(r"(?:\+|\(\+?)?\d[\d ().\-/]*")
+_PHONE_PUNCTUATION = str.maketrans("", "", "+() .-/")
+"""Deletes what a _PHONE_SHAPE match holds besides digits."""
 _DATE_LIKE = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}|\d{1,3}(?:\.\d{1,3}){3}")
 _PHONE_CUE = re.compile(
     r"(?i:\b(?:tel|tél|phone|call|ring|mobile|cell|whats ?app|sms|text me|fax|reach me|"
@@ -760,6 +762,9 @@ class PiiDetector:
         self, text: str, region: str, out: list[Finding], shaped: list[tuple[int, int]]
     ) -> None:
         pos = 0
+        # a text repeating a number checks and parses it once
+        seen: dict[tuple[str, str], bool] = {}
+        scores: dict[tuple[str, bool], float] = {}
         while True:
             m = _PHONE.search(text, pos)
             if m is None:
@@ -794,12 +799,15 @@ class PiiDetector:
             hit = False
             for cut in cuts:
                 sub = raw[:cut].rstrip(" (")
-                digits = "".join(ch for ch in sub if ch.isdigit())
+                digits = sub.translate(_PHONE_PUNCTUATION)
                 if len(digits) < 7:
                     break
                 if len(digits) > 17 or not sub[-1].isdigit():
                     continue
-                if not self._plausible(sub, digits, region):
+                plausible = seen.get((sub[:2], digits))
+                if plausible is None:
+                    plausible = seen[(sub[:2], digits)] = self._plausible(sub, digits, region)
+                if not plausible:
                     continue
                 if cue is None:
                     before = text[max(0, start - 30) : start]
@@ -809,7 +817,9 @@ class PiiDetector:
                     if not cue and raw[0] != "+" and _NEG_NUMBER_CUE.search(before):
                         break  # "order 0012345678"; an explicit "+" still counts
                 tries += 1
-                score = self._phone_score(sub, digits, region, cue)
+                score = scores.get((sub, cue))
+                if score is None:
+                    score = scores[(sub, cue)] = self._phone_score(sub, digits, region, cue)
                 if score:
                     out.append(Finding(PHONE, start, start + len(sub), score, "pii"))
                     pos = start + len(sub)
