@@ -19,6 +19,13 @@ TopicPartition = tuple[str, int]
 """(topic, partition)."""
 
 
+MAX_RECORD_BYTES = 1_000_000
+"""Largest event (serialized value plus key) a publisher accepts: under Kafka's 1 MiB defaults
+(the producer's ``max.request.size``, the topics' ``max.message.bytes`` in
+deploy/kafka/topics.yaml) with room for the record's framing, so an event accepted locally
+is one a broker takes too."""
+
+
 class LogUnavailable(Unavailable):
     """The log (broker, disk) cannot take or serve records now; retrying later is safe."""
 

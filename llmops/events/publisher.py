@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmops.errors import FailedPrecondition, InvalidArgument, LLMOpsError, ResourceExhausted
-from llmops.events.base import EventLog, Record
+from llmops.events.base import MAX_RECORD_BYTES, EventLog, Record
 from llmops.events.topics import KIND_TOPICS, event_key
 from llmops.v1 import events_pb2
 
@@ -86,6 +86,12 @@ class PublisherMetrics:
             ("topic",),
             registry=registry,
         )
+        self.oversized = Counter(
+            "llmops_events_oversized_total",
+            "Events refused with INVALID_ARGUMENT: larger than a log record may be.",
+            ("topic",),
+            registry=registry,
+        )
         self.send_failures = Counter(
             "llmops_events_send_failures_total",
             "Batch sends that failed (each is retried after a back-off).",
@@ -121,13 +127,15 @@ class EventPublisher:
         registry: CollectorRegistry | None = None,
         producer: str = "",
         topics: Mapping[str, str] = KIND_TOPICS,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
         """``capacity``: most events accepted and not yet delivered (memory bound: capacity
         x event size). ``max_batch``: most events per ``log.send``. ``linger_s``: how long a
         partial batch waits for more events. ``send_timeout_s``: per ``log.send`` call.
         ``registry``: where the metrics register (a private registry when None).
         ``producer``: EventEnvelope.producer filled when empty. ``topics``: event kind ->
-        topic (tests and benchmarks route to their own topics)."""
+        topic (tests and benchmarks route to their own topics). ``max_record_bytes``: the
+        largest serialized event (key included) accepted."""
         if capacity < 1 or max_batch < 1:
             raise ValueError("capacity and max_batch must be >= 1")
         self._log = log
@@ -138,10 +146,12 @@ class EventPublisher:
         self._backoff = retry_backoff
         self._producer = producer
         self._topics = dict(topics)
+        self.max_record_bytes = max_record_bytes
         self.metrics = PublisherMetrics(registry or CollectorRegistry(), log.name)
         self._published = {k: self.metrics.published.labels(t) for k, t in self._topics.items()}
         self._delivered = {t: self.metrics.delivered.labels(t) for t in self._topics.values()}
         self._rejected = {k: self.metrics.rejected.labels(t) for k, t in self._topics.items()}
+        self._oversized = {k: self.metrics.oversized.labels(t) for k, t in self._topics.items()}
         self._buffer: deque[Record] = deque()
         lock = threading.Lock()
         self._work = threading.Condition(lock)  # the sender waits on it for events
@@ -215,7 +225,8 @@ class EventPublisher:
 
         Fills ``publish_time`` (now, UTC), ``key`` (events.proto's rule for the kind) and
         ``producer`` when empty — on the caller's message. Raises
-        :class:`~llmops.errors.InvalidArgument` naming the missing field,
+        :class:`~llmops.errors.InvalidArgument` naming the missing field (or the event kind,
+        when the event is over ``max_record_bytes``: never buffered, as no log would take it),
         :class:`~llmops.errors.ResourceExhausted` when the buffer is full, and
         :class:`~llmops.errors.FailedPrecondition` after ``close()``.
         """
@@ -272,7 +283,17 @@ class EventPublisher:
             value = envelope.SerializeToString()
         except (EncodeError, DecodeError) as exc:
             raise InvalidArgument("event", f"cannot serialize: {exc}") from exc
-        return Record(self._topics[kind], envelope.key.encode(), value), kind
+        key = envelope.key.encode()
+        if len(value) + len(key) > self.max_record_bytes:
+            # refused here: the log would refuse it on every retry, at the head of the queue,
+            # until the buffer filled and every publish failed
+            self._oversized[kind].inc()
+            raise InvalidArgument(
+                kind,
+                f"{len(value) + len(key):,} bytes serialized; an event may be at most "
+                f"{self.max_record_bytes:,} (the event log's record size limit)",
+            )
+        return Record(self._topics[kind], key, value), kind
 
     def _validate(self, envelope: events_pb2.EventEnvelope) -> str:
         kind = envelope.WhichOneof("event")

@@ -374,3 +374,22 @@ async def test_publish_durable_returns_once_the_log_holds_the_events(local: Loca
         assert await pub.aflush(5)
         assert late.prediction.event_id in ids(consume_all(local, KIND_TOPICS["prediction"], 4))
         await pub.publish_durable([], timeout_s=0.1)  # nothing to wait for
+
+
+def test_an_event_larger_than_a_log_record_is_refused_and_the_rest_flows(local: LocalLog) -> None:
+    registry = CollectorRegistry()
+    with EventPublisher(local, registry=registry, max_record_bytes=10_000) as pub:
+        pub.publish(envelope(1))
+        huge = envelope(2)
+        huge.prediction.route = "x" * 20_000  # e.g. a 20 KB field nobody capped
+        with pytest.raises(InvalidArgument, match=r"prediction: 20,\d{3} bytes serialized.*10,000"):
+            pub.publish(huge)
+        with pytest.raises(InvalidArgument):
+            pub.publish_all([envelope(3), huge])  # all or none: the good one is not kept
+        pub.publish(envelope(4))
+        assert pub.flush(10)  # nothing stuck at the head of the queue
+    topic = KIND_TOPICS["prediction"]
+    assert len(consume_all(local, topic, 2)) == 2
+    assert sample(registry, "llmops_events_oversized_total", topic=topic) == 2
+    default = EventPublisher(local)
+    assert default.max_record_bytes == 1_000_000
