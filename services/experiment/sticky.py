@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llmops.errors import Unavailable
+from llmops.redact import redact_url
 
 STICKY_TTL_S = 180 * 86_400
 """How long a sticky record lives without being refreshed (well past any experiment)."""
@@ -91,7 +92,7 @@ class RedisStickyStore:
 
         self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=2.0)
         self._prefix = f"{namespace}:sticky:"
-        self._url = url
+        self._url = redact_url(url)  # for messages: never the password
         self._pending: set[asyncio.Task[None]] = set()
 
     async def get(self, unit: str) -> dict[str, str]:

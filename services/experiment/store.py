@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from google.protobuf import json_format
 
 from llmops.errors import Aborted, Unavailable
+from llmops.redact import redact_url
 from llmops.v1 import experiment_pb2
 
 
@@ -179,7 +180,7 @@ class RedisConfigStore:
 
         self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=5.0)
         self._key = f"{namespace}:config"
-        self._url = url
+        self._url = redact_url(url)  # for messages: never the password
         self._script = self._redis.register_script(_WRITE)
 
     async def _call(self, coro: Any) -> Any:

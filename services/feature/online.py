@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmops.errors import Unavailable
+from llmops.redact import redact_url
 
 log = structlog.get_logger("llmops.feature.online")
 
@@ -100,7 +101,7 @@ class RedisOnlineStore:
         self._redis: Any = aioredis.Redis.from_url(
             url, max_connections=max_connections, socket_timeout=5.0, socket_connect_timeout=2.0
         )
-        self._url = url
+        self._url = redact_url(url)  # for messages: never the password
         self._meta_prefix = f"{namespace}:_meta:"
         self._scripts = {
             hashlib.sha1(body.encode()).hexdigest(): body for body in (_WRITE_IF_NEWER, _SET_MAX)

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, Protocol
 import structlog
 
 from llmops.errors import Unavailable
+from llmops.redact import redact_url
 
 log = structlog.get_logger("llmops.feedback")
 
@@ -128,7 +129,7 @@ class RedisKeyStore:
         self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=2.0)
         self._prefix = f"{namespace}:fb:"
         self._ttl_s = max(1, int(ttl_s))
-        self._url = url
+        self._url = redact_url(url)  # for messages: never the password
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, KeyEntry]:
         if not keys:

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from llmops.errors import ResourceExhausted, Unavailable
+from llmops.redact import redact_url
 
 NANOS = 1_000_000_000
 
@@ -168,7 +169,7 @@ class RedisState:
         import redis.asyncio as aioredis
 
         self._redis: Any = aioredis.Redis.from_url(url, socket_timeout=2.0)
-        self._url = url
+        self._url = redact_url(url)  # for messages: never the password
         self._ns = namespace
         self._clock = clock
         self._reserve = self._redis.register_script(RESERVE_LUA)

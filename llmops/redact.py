@@ -1,0 +1,41 @@
+"""Credentials out of what the mesh says: URLs and DSNs as they may appear in an error
+message, a log line or ``llmops status`` (issue #15: a Redis URL with its password was
+echoed in UNAVAILABLE messages)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+SECRET_PARAMS = frozenset(
+    {"password", "passwd", "pwd", "pass", "token", "secret", "api_key", "apikey", "access_key",
+     "secret_key", "sslpassword"}
+)  # fmt: skip
+"""Query parameters whose values are credentials (lower case)."""
+MASK = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password and any credential query parameter replaced by ``***``
+    (``redis://:***@cache:6379/0``); the user, host, port, path and other parameters stay, so
+    the message still says where the mesh tried to go. Text that does not parse as a URL with
+    a scheme and a host is returned masked whole if it holds an ``@``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return MASK if "@" in url else url
+    if not parts.scheme or host is None:
+        return MASK if "@" in url else url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}{':' + MASK if colon else ''}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in SECRET_PARAMS for k, _ in pairs):
+            query = urlencode(
+                [(k, MASK if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*"
+            )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -1,0 +1,46 @@
+"""Credentials never leave in messages: URLs and DSNs redacted."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmops.redact import redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://app:s3cret@cache.internal:6380/2", "rediss://app:***@cache.internal:6380/2"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("redis://app@cache:6379", "redis://app@cache:6379"),  # a user alone is no secret
+        (
+            "postgresql+psycopg://llmops:pw%40x@db:5432/llmops?sslmode=require",
+            "postgresql+psycopg://llmops:***@db:5432/llmops?sslmode=require",
+        ),
+        (
+            "clickhouse://default@ch:9000/default?password=hunter2&secure=1",
+            "clickhouse://default@ch:9000/default?password=***&secure=1",
+        ),
+        ("http://127.0.0.1:8181", "http://127.0.0.1:8181"),
+        ("not a url", "not a url"),
+        ("user:pw@host", "***"),  # no scheme: unparseable as a URL, so masked whole
+    ],
+)
+def test_passwords_and_credential_parameters_are_masked(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    for secret in ("s3cret", "hunter2", "pw%40x"):
+        assert secret not in redact_url(url)
+
+
+async def test_a_redis_store_that_cannot_connect_names_the_url_without_its_password() -> None:
+    from llmops.errors import Unavailable
+    from services.feedback.idempotency import RedisKeyStore
+
+    # port 1 on loopback: nothing listens, the connection is refused at once
+    store = RedisKeyStore("redis://:s3cret@127.0.0.1:1/0", "t", 60)
+    with pytest.raises(Unavailable) as caught:
+        await store.get_many(["k"])
+    await store.close()
+    assert "redis://:***@127.0.0.1:1/0" in caught.value.message
+    assert "s3cret" not in str(caught.value)
