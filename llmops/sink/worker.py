@@ -1,9 +1,11 @@
 """A sink: one consumer-group member moving events from the log into ClickHouse, exactly once.
 
 The loop: poll → decode (undecodable records go to the dead-letter topic with the reason)
-→ batch until ``batch_rows`` or ``flush_interval_s`` → insert each table's block → commit
-the offsets. Offsets are committed only after every insert of the batch succeeded, so a
-crash or an outage replays from the last commit; nothing is lost.
+→ batch until ``batch_rows`` or ``flush_interval_s`` → convert to rows (an event the
+converter fails on goes to the dead-letter topic, the batch halved until it stands alone)
+→ insert each table's block → commit the offsets. Offsets are committed only after every
+insert of the batch succeeded, so a crash or an outage replays from the last commit; nothing
+is lost.
 
 A replay must not double-count, and two mechanisms make sure it does not:
 
@@ -271,7 +273,7 @@ class Sink:
     def _flush(self, stop: threading.Event | None, attempts: int | None = None) -> None:
         """Write the batch (DLQ records, then each table) and commit; retry with back-off."""
         batch, self._pending = self._pending, _Pending()
-        tables = self._convert(batch.items) if batch.items else {}
+        tables = self._convert_or_dead_letter(batch)
         token = self._token(batch)
         delay = self.settings.retry_initial_s
         tries = 0
@@ -301,6 +303,45 @@ class Sink:
             self._skip_through[tp] = max(self._skip_through.get(tp, -1), nxt - 1)
         self.committed_batches += 1
         self.metrics.batches.labels(self.settings.group).inc()
+
+    def _convert_or_dead_letter(self, batch: _Pending) -> Mapping[str, Mapping[str, Sequence[Any]]]:
+        """The batch's rows. An event the converter cannot turn into rows (it decoded, so a
+        newer producer or a converter bug) would fail the batch on every retry and stop the
+        partition: the batch is halved until each such event stands alone, and it goes to
+        the DLQ with the error while the rest is stored."""
+        if not batch.items:
+            return {}
+        try:
+            return self._convert(batch.items)
+        except Exception:
+            pass
+        kept: list[tuple[str, int, int, events_pb2.EventEnvelope]] = []
+
+        def split(items: list[tuple[str, int, int, events_pb2.EventEnvelope]]) -> None:
+            try:
+                self._convert(items)
+            except Exception as exc:
+                if len(items) == 1:
+                    topic, partition, offset, envelope = items[0]
+                    log.error("sink_conversion_failed", topic=topic, partition=partition,
+                              offset=offset, error=repr(exc))  # fmt: skip
+                    batch.dead.append(
+                        self._dead_letter(
+                            ConsumedRecord(topic, partition, offset, envelope.key.encode(),
+                                           envelope.SerializeToString(), 0, ()),
+                            f"cannot be converted to rows: {exc!r}",
+                        )
+                    )  # fmt: skip
+                    return
+                half = len(items) // 2
+                split(items[:half])
+                split(items[half:])
+                return
+            kept.extend(items)
+
+        split(list(batch.items))
+        batch.items = kept
+        return self._convert(kept) if kept else {}
 
     def _write(
         self, batch: _Pending, tables: Mapping[str, Mapping[str, Sequence[Any]]], token: str

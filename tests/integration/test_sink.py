@@ -307,3 +307,39 @@ def test_a_sink_stopped_by_an_error_is_restarted_and_loads_everything_once(
     assert sink.metrics.restarts.labels(sink.settings.group)._value.get() == 2
     assert raw_count(store) == (1200, 1200)
     assert rollup_count(store) == 1200
+
+
+def test_an_event_that_cannot_be_converted_goes_to_the_dlq_and_the_rest_is_stored(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    ids = publish(event_log, 400)
+    rng = random.Random(5)
+    poison = []
+    for _ in range(2):  # decodes fine; the converter fails on it (a newer producer, a bug)
+        envelope = prediction_envelope(rng, event_time_ns=time.time_ns())
+        envelope.prediction.route = "poison"
+        poison.append(envelope)
+        event_log.send([Record(TOPIC, b"p", envelope.SerializeToString())], timeout_s=5)
+    ids += publish(event_log, 400, seed=3)
+    sink = sink_for(event_log, store, batch_rows=1000, flush_interval_s=0.1)
+    convert = sink._convert
+
+    def converter(items: Any) -> Any:
+        if any(envelope.prediction.route == "poison" for *_, envelope in items):
+            raise KeyError("route 'poison' has no column mapping")
+        return convert(items)
+
+    sink._convert = converter
+    drain(sink, lambda: sink.committed_batches > 0 and not restarted_lag(sink))
+    assert raw_count(store) == (800, 800)
+    stored = {str(r["request_id"]) for r in store.query("SELECT request_id FROM predictions")}
+    assert stored == set(ids)
+    dlq = event_log.consumer("dlq-conversion", [DLQ_TOPIC])
+    letters = dlq.poll(100, 2.0)
+    dlq.close()
+    assert sorted(r.value for r in letters) == sorted(e.SerializeToString() for e in poison)
+    assert all(
+        dict(r.headers)["dlq.reason"].startswith(b"cannot be converted to rows: KeyError")
+        for r in letters
+    )
+    assert sink.metrics.dead_letters.labels(TOPIC)._value.get() == 2
