@@ -7,6 +7,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from llmops.secret_files import create_secret_file
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import guardrail_pb2, guardrail_pb2_grpc
 from llmops.yamlfiles import HotReload
@@ -21,12 +22,7 @@ def hmac_key(configured: str, state_dir: Path) -> bytes:
     """The configured key, or a random one created once in the state directory."""
     if configured:
         return configured.encode()
-    path = state_dir / "guardrail.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(os.urandom(32).hex().encode())
-        path.chmod(0o600)
-    return path.read_bytes().strip()
+    return create_secret_file(state_dir / "guardrail.key", os.urandom(32).hex().encode()).strip()
 
 
 def create(ctx: ServiceContext[GuardrailSettings]) -> ServiceDefinition:
