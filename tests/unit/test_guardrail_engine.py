@@ -373,3 +373,37 @@ async def test_admin_lists_tests_and_reloads(tmp_path: Path) -> None:
     assert domain.policies.get("copy", 1, 0).version == 1  # the old policies stay in force
     with pytest.raises(InvalidArgument, match="name"):
         await admin.GetPolicy(guardrail_pb2.GetPolicyRequest(), None)
+
+
+def test_a_json_schema_never_fetches_a_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    fetched: list[str] = []
+
+    def spy(url: Any, *args: Any, **kwargs: Any) -> Any:
+        fetched.append(str(getattr(url, "full_url", url)))
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", spy)
+    remote = {"$ref": "http://169.254.169.254/latest/meta-data"}
+    with pytest.raises(PolicyError, match=r"schema\.\$ref.*points outside the schema"):
+        policy_mod.compile_candidate(
+            {"detectors": [{"detector": "json_schema", "action": "BLOCK",
+                            "block_message": "Invalid.", "params": {"schema": remote}}]}
+        )  # fmt: skip
+    nested = {"properties": {"a": {"items": [{"$dynamicRef": "https://example.com/s"}]}}}
+    with pytest.raises(ValueError, match=r"schema\.properties\.a\.items\[0\]\.\$dynamicRef"):
+        JsonSchemaDetector(nested)
+    local = {
+        "$defs": {"name": {"type": "string"}},
+        "type": "object",
+        "properties": {"name": {"$ref": "#/$defs/name"}},
+    }
+    detector = JsonSchemaDetector(local)
+    assert not detector.detect('{"name": "Alfama"}', OUT)
+    assert detector.detect('{"name": 7}', OUT)[0].type == "json_schema.invalid"
+    # an "$id" naming a host does not turn a local reference into a request either
+    based = JsonSchemaDetector({"$id": "http://169.254.169.254/", "$ref": "#/$defs/x",
+                                "$defs": {"x": {"type": "object"}}})  # fmt: skip
+    assert not based.detect("{}", OUT)
+    assert fetched == []

@@ -230,6 +230,23 @@ class TopicDetector:
         return [Finding("topic.off_topic", 0, 0, score, self.name)]
 
 
+def _local_references_only(node: Any, at: str) -> None:
+    """Every ``$ref`` / ``$dynamicRef`` of the schema points inside it (``#...``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and not (
+                isinstance(value, str) and value.startswith("#")
+            ):
+                raise ValueError(
+                    f"{at}.{key}: {str(value)[:80]!r} points outside the schema; only local "
+                    "references (#/$defs/...) are allowed, remote schemas are never fetched"
+                )
+            _local_references_only(value, f"{at}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _local_references_only(item, f"{at}[{i}]")
+
+
 class JsonSchemaDetector:
     """Model output must be JSON matching ``schema`` (OUTPUT only)."""
 
@@ -237,13 +254,18 @@ class JsonSchemaDetector:
 
     def __init__(self, schema: dict[str, Any] | str | None = None) -> None:
         import jsonschema  # type: ignore[import-untyped]
+        from referencing import Registry
 
         if isinstance(schema, str):
             schema = json.loads(schema)
         if not isinstance(schema, dict):
             raise ValueError("json_schema needs params.schema: a JSON schema object")
+        _local_references_only(schema, "schema")
         jsonschema.Draft202012Validator.check_schema(schema)
-        self._validator: Any = jsonschema.Draft202012Validator(schema)
+        # An explicit registry (whose default retrieves nothing): without one, jsonschema
+        # fetches any URL a "$ref" names (a TestPolicy candidate made the server call
+        # internal hosts).
+        self._validator: Any = jsonschema.Draft202012Validator(schema, registry=Registry())
 
     def detect(self, text: str, ctx: CheckContext) -> list[Finding]:
         if ctx.direction != "OUTPUT":
