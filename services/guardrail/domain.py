@@ -37,6 +37,8 @@ MAX_TEXT_BYTES = 64 * 1024
 """Most UTF-8 bytes of one ``Check`` text, and of all chunks of one ``CheckStream``."""
 MAX_BATCH_TEXTS = 256
 """Most texts of one ``CheckBatch``."""
+MAX_TEST_CASES = 100
+"""Most cases of one ``TestPolicy``."""
 POOL_SLOTS = 8
 """Long texts (above :data:`~services.guardrail.engine.INLINE_LIMIT`) checked or waiting for
 a worker at once; one more is refused with RESOURCE_EXHAUSTED instead of queueing."""
@@ -342,24 +344,41 @@ class Guardrail:
             summary=Checked(state.policy, summary, decision_id),
         )
 
-    def test_policy(
+    async def test_policy(
         self, target: str | Mapping[str, Any] | None, version: int, cases: Sequence[PolicyCase]
     ) -> PolicyTestReport:
         """Run ``cases`` against a stored policy (by name) or a candidate (the mapping a
-        policy file would hold); no events are recorded."""
+        policy file would hold); no events are recorded. At most :data:`MAX_TEST_CASES`
+        cases of a check's size; building the candidate's detectors and running the cases
+        happen on the worker pool, never on the event loop the other checks share."""
+        if len(cases) > MAX_TEST_CASES:
+            raise InvalidArgument("cases", f"at most {MAX_TEST_CASES} cases")
+        for i, case in enumerate(cases):
+            if utf8_size(case.text) > MAX_TEXT_BYTES:
+                raise InvalidArgument(
+                    f"cases[{i}].text", f"at most {MAX_TEXT_BYTES} bytes of UTF-8"
+                )
+            if sum(utf8_size(f.text) for f in case.facts) > MAX_TEXT_BYTES:
+                raise InvalidArgument(
+                    f"cases[{i}].facts", f"at most {MAX_TEXT_BYTES} bytes of UTF-8 together"
+                )
         if isinstance(target, str):
-            policy = self.stored_policy(target, version)
-        elif target is not None:
-            policy = compile_candidate(target)
-        else:
+            stored = self.stored_policy(target, version)
+        elif target is None:
             raise InvalidArgument("target", "name a policy or send a candidate")
-        results = []
-        for case in cases:
-            ctx = _context(case.direction, "", case.facts)
-            decision = self.engine.evaluate(policy, case.text, ctx)
-            passed = not case.expected_verdict or decision.verdict == case.expected_verdict
-            results.append(CaseResult(case.name, decision, passed))
-        return PolicyTestReport(tuple(results), sum(not r.passed for r in results))
+        candidate = target if not isinstance(target, str) else None
+
+        def run() -> PolicyTestReport:
+            policy = compile_candidate(candidate) if candidate is not None else stored
+            results = []
+            for case in cases:
+                ctx = _context(case.direction, "", case.facts)
+                decision = self.engine.evaluate(policy, case.text, ctx)
+                passed = not case.expected_verdict or decision.verdict == case.expected_verdict
+                results.append(CaseResult(case.name, decision, passed))
+            return PolicyTestReport(tuple(results), sum(not r.passed for r in results))
+
+        return await self._pooled(run)
 
     async def reload(self, dry_run: bool) -> ReloadReport:
         """Validate the policy files and, unless ``dry_run``, put them in force. A file that

@@ -223,7 +223,7 @@ class GuardrailAdminServicer(guardrail_pb2_grpc.GuardrailAdminServiceServicer):
             PolicyCase(c.name, c.direction, c.text, _facts(c.facts), c.expected_verdict)
             for c in request.cases
         ]
-        report = self.guardrail.test_policy(target, request.policy_version, cases)
+        report = await self.guardrail.test_policy(target, request.policy_version, cases)
         response = guardrail_pb2.TestPolicyResponse(failed_count=report.failed_count)
         for r in report.results:
             response.results.add(

@@ -15,6 +15,7 @@ from llmops.errors import InvalidArgument
 from llmops.v1 import common_pb2, guardrail_pb2
 from llmops.yamlfiles import HotReload
 from services.guardrail import policy as policy_mod
+from services.guardrail.detectors.base import Fact
 from services.guardrail.domain import (
     MAX_TEXT_BYTES,
     Guardrail,
@@ -186,16 +187,16 @@ def test_detector_cache_is_a_bounded_lru() -> None:
         DetectorCache(size=0)
 
 
-def test_candidates_do_not_grow_the_process_cache(domain: Guardrail) -> None:
+async def test_candidates_do_not_grow_the_process_cache(domain: Guardrail) -> None:
     for i in range(policy_mod.DETECTOR_CACHE_SIZE + 20):
         candidate = {"detectors": [{"detector": "competitor", "action": "FLAG",
                                     "params": {"names": [f"Shop{i}"]}}]}  # fmt: skip
         case = PolicyCase("c", OUT, f"Shop{i} is cheaper", expected_verdict=common_pb2.VERDICT_FLAG)
-        assert domain.test_policy(candidate, 0, [case]).failed_count == 0
+        assert (await domain.test_policy(candidate, 0, [case])).failed_count == 0
     assert len(policy_mod.DETECTOR_CACHE) <= policy_mod.DETECTOR_CACHE_SIZE
 
 
-def test_candidate_round_trips_through_the_contract(domain: Guardrail) -> None:
+async def test_candidate_round_trips_through_the_contract(domain: Guardrail) -> None:
     stored = domain.stored_policy("copy", 1)
     message = policy_proto(stored)
     assert message.timeout.ToMilliseconds() == 50
@@ -209,9 +210,17 @@ def test_candidate_round_trips_through_the_contract(domain: Guardrail) -> None:
         policy_mod.compile_candidate(candidate_data(message))
     assert info.value.field == "candidate: detectors[0].action"
     with pytest.raises(InvalidArgument, match="target"):
-        domain.test_policy(None, 0, [])
+        await domain.test_policy(None, 0, [])
     with pytest.raises(InvalidArgument, match="name"):
-        domain.test_policy("", 0, [])
+        await domain.test_policy("", 0, [])
+    case = PolicyCase("c", OUT, "hello")
+    with pytest.raises(InvalidArgument, match=r"at most 100 cases"):
+        await domain.test_policy("copy", 1, [case] * 101)
+    with pytest.raises(InvalidArgument, match=r"cases\[1\]\.text"):
+        await domain.test_policy("copy", 1, [case, PolicyCase("big", OUT, "x" * 70_000)])
+    too_many_facts = PolicyCase("f", OUT, "hi", facts=(Fact("a", "y" * 40_000),) * 2)
+    with pytest.raises(InvalidArgument, match=r"cases\[0\]\.facts"):
+        await domain.test_policy("copy", 1, [too_many_facts])
 
 
 async def test_check_batch_decides_each_text_as_check_does(domain: Guardrail) -> None:
