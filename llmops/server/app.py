@@ -31,7 +31,7 @@ import llmops
 from llmops.backends import Backends
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig, Mode
-from llmops.errors import InvalidArgument, NotImplementedYet
+from llmops.errors import FailedPrecondition, InvalidArgument, NotImplementedYet
 from llmops.events.port import ServiceEvents
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.plugin import ServiceFactory, ServicePlugin
@@ -127,7 +127,7 @@ def paginate(items: list[Any], size: int, token: str, where: str = "") -> tuple[
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """The ``llmops.v1.AdminService`` every server exposes: identity, uptime, drain."""
+    """The ``llmops.v1.AdminService`` every server exposes: identity, uptime, drain, resume."""
 
     def __init__(self, server: GrpcService) -> None:
         self._server = server
@@ -149,6 +149,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         reply = admin_pb2.DrainResponse(draining=True, in_flight=in_flight, drained=in_flight == 0)
         reply.waited.FromNanoseconds(int((time.monotonic() - start) * 1e9))
         return reply
+
+    async def Resume(
+        self, request: admin_pb2.ResumeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ResumeResponse:
+        log.warning("resume_requested", service=self._server.name, reason=request.reason)
+        return admin_pb2.ResumeResponse(was_draining=await self._server.resume())
 
 
 _MODES = {
@@ -195,6 +201,7 @@ class GrpcService:
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._http: Any = None
+        self._stopping = False
         self.grpc_service = ctx.plugin.grpc_service
         self.service_names = [b.full_name for b in definition.bindings] + [ADMIN_SERVICE]
         self.reflected_names = [
@@ -296,10 +303,23 @@ class GrpcService:
                 await asyncio.wait_for(self.state.idle.wait(), wait_s)
         return self.state.in_flight
 
+    async def resume(self) -> bool:
+        """Serve again after :meth:`drain` (health SERVING, calls accepted); whether it was
+        draining. FailedPrecondition once :meth:`stop` has begun: a stopping server stays
+        stopped."""
+        if self._stopping:
+            raise FailedPrecondition(f"{self.name} is shutting down; it cannot resume")
+        was_draining = self.state.draining
+        self.state.draining = False
+        for name in ("", *self.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return was_draining
+
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight RPCs finish within ``grace`` seconds, then close."""
         if self._server is None:
             return
+        self._stopping = True
         await self._health.enter_graceful_shutdown()
         self.state.draining = True
         await self._server.stop(grace)

@@ -45,6 +45,11 @@ class AdminServiceStub:
                 request_serializer=llmops_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
                 response_deserializer=llmops_dot_v1_dot_admin__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/llmops.v1.AdminService/Resume',
+                request_serializer=llmops_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=llmops_dot_v1_dot_admin__pb2.ResumeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -61,8 +66,15 @@ class AdminServiceServicer:
     def Drain(self, request, context):
         """Stops accepting new work (health turns NOT_SERVING so load balancers move traffic;
         new data-plane calls get UNAVAILABLE), optionally waits for in-flight calls to finish,
-        and reports how many are still running. Idempotent; there is no un-drain: restart the
-        process to serve again.
+        and reports how many are still running. Idempotent; Resume undoes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Serves again after a Drain: health turns SERVING and data-plane calls are accepted.
+        Idempotent; FAILED_PRECONDITION while the process is shutting down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +92,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=llmops_dot_v1_dot_admin__pb2.DrainRequest.FromString,
                     response_serializer=llmops_dot_v1_dot_admin__pb2.DrainResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=llmops_dot_v1_dot_admin__pb2.ResumeRequest.FromString,
+                    response_serializer=llmops_dot_v1_dot_admin__pb2.ResumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +154,33 @@ class AdminService:
             '/llmops.v1.AdminService/Drain',
             llmops_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
             llmops_dot_v1_dot_admin__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmops.v1.AdminService/Resume',
+            llmops_dot_v1_dot_admin__pb2.ResumeRequest.SerializeToString,
+            llmops_dot_v1_dot_admin__pb2.ResumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

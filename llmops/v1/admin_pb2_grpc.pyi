@@ -40,8 +40,11 @@ class AdminServiceStub:
     Drain: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainRequest, _admin_pb2.DrainResponse]
     """Stops accepting new work (health turns NOT_SERVING so load balancers move traffic;
     new data-plane calls get UNAVAILABLE), optionally waits for in-flight calls to finish,
-    and reports how many are still running. Idempotent; there is no un-drain: restart the
-    process to serve again.
+    and reports how many are still running. Idempotent; Resume undoes it.
+    """
+    Resume: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.ResumeResponse]
+    """Serves again after a Drain: health turns SERVING and data-plane calls are accepted.
+    Idempotent; FAILED_PRECONDITION while the process is shutting down.
     """
 
 @_typing.type_check_only
@@ -54,8 +57,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     Drain: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainRequest, _admin_pb2.DrainResponse]  # type: ignore[assignment]
     """Stops accepting new work (health turns NOT_SERVING so load balancers move traffic;
     new data-plane calls get UNAVAILABLE), optionally waits for in-flight calls to finish,
-    and reports how many are still running. Idempotent; there is no un-drain: restart the
-    process to serve again.
+    and reports how many are still running. Idempotent; Resume undoes it.
+    """
+    Resume: _aio.UnaryUnaryMultiCallable[_admin_pb2.ResumeRequest, _admin_pb2.ResumeResponse]  # type: ignore[assignment]
+    """Serves again after a Drain: health turns SERVING and data-plane calls are accepted.
+    Idempotent; FAILED_PRECONDITION while the process is shutting down.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -77,8 +83,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.DrainResponse, _abc.Awaitable[_admin_pb2.DrainResponse]]:
         """Stops accepting new work (health turns NOT_SERVING so load balancers move traffic;
         new data-plane calls get UNAVAILABLE), optionally waits for in-flight calls to finish,
-        and reports how many are still running. Idempotent; there is no un-drain: restart the
-        process to serve again.
+        and reports how many are still running. Idempotent; Resume undoes it.
+        """
+
+    @_abc_1.abstractmethod
+    def Resume(
+        self,
+        request: _admin_pb2.ResumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ResumeResponse, _abc.Awaitable[_admin_pb2.ResumeResponse]]:
+        """Serves again after a Drain: health turns SERVING and data-plane calls are accepted.
+        Idempotent; FAILED_PRECONDITION while the process is shutting down.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

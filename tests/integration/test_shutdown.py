@@ -124,6 +124,19 @@ async def test_admin_drain_waits_for_in_flight_and_turns_health_off(tmp_path: Pa
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
             info = await admin.GetInfo(admin_pb2.GetInfoRequest(), timeout=5)
             assert info.draining and info.service_name == "llmops.v1.FeatureService"
+
+            # Resume undoes it (a drain was one-way: one call per replica emptied a fleet)
+            resumed = await admin.Resume(admin_pb2.ResumeRequest(reason="test"), timeout=5)
+            assert resumed.was_draining
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="llmops.v1.FeatureService"), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
+            info = await admin.GetInfo(admin_pb2.GetInfoRequest(), timeout=5)
+            assert not info.draining
+            again = await admin.Resume(admin_pb2.ResumeRequest(), timeout=5)
+            assert not again.was_draining  # idempotent
     finally:
         stop.set()
         await asyncio.wait_for(server, 15)

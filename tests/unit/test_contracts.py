@@ -53,7 +53,7 @@ PB2_MODULES: tuple[ModuleType, ...] = (
 
 # (pb2 module, pb2_grpc module, service name) -> RPC names, exactly.
 EXPECTED_SERVICES: dict[tuple[ModuleType, ModuleType, str], list[str]] = {
-    (admin_pb2, admin_pb2_grpc, "AdminService"): ["GetInfo", "Drain"],
+    (admin_pb2, admin_pb2_grpc, "AdminService"): ["GetInfo", "Drain", "Resume"],
     (feature_pb2, feature_pb2_grpc, "FeatureService"): [
         "GetOnlineFeatures",
         "PushFeatures",
