@@ -7,7 +7,9 @@ multiplexes concurrent calls), and every call made through it
   never more than what is left of the RPC being served (deadline propagation);
 - carries the current request id (``x-request-id``) so logs join up across services;
 - is retried on UNAVAILABLE only, by gRPC's own retry policy (exponential backoff, at most
-  4 attempts), never on other codes — a retried write could otherwise apply twice.
+  4 attempts), never on other codes — a retried write could otherwise apply twice — and
+  within a retry budget per channel (retry throttling: when most recent calls fail, retries
+  stop instead of multiplying the load on a struggling service).
 
 Clients are built generically from the generated stubs, for any service a plug-in declares:
 ``mesh.stub(feature_pb2_grpc.FeatureServiceStub)`` returns the typed
@@ -44,7 +46,11 @@ RETRY_SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
+        # A retry budget per channel (gRPC's retry throttling): every failure spends a
+        # token, every success earns a tenth of one, and retries stop while fewer than half
+        # of the 10 are left — a struggling service gets its callers' load, not four times it.
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
     }
 )
 

@@ -28,7 +28,7 @@ class Hop:
     """Two servers: 'front' calls 'back' through a MeshClient inside its own RPC."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, int] = {"Flaky": 0, "Broken": 0}
+        self.calls: dict[str, int] = {"Flaky": 0, "Broken": 0, "Down": 0}
         self.servers: dict[str, grpc.aio.Server] = {}
         self.ports: dict[str, int] = {}
         self.mesh: MeshClient | None = None
@@ -48,6 +48,11 @@ class Hop:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
         return b"ok"
 
+    async def down(self, request: bytes, context: Any) -> bytes:
+        self.calls["Down"] += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded")
+        return b""
+
     async def broken(self, request: bytes, context: Any) -> bytes:
         self.calls["Broken"] += 1
         await context.abort(grpc.StatusCode.INTERNAL, "broken")
@@ -56,7 +61,12 @@ class Hop:
     async def start(self) -> None:
         handlers = {
             "front": {"Remaining": self.front_remaining},
-            "back": {"Remaining": self.back_remaining, "Flaky": self.flaky, "Broken": self.broken},
+            "back": {
+                "Remaining": self.back_remaining,
+                "Flaky": self.flaky,
+                "Broken": self.broken,
+                "Down": self.down,
+            },
         }
         for name, methods in handlers.items():
             server = grpc.aio.server(
@@ -120,6 +130,17 @@ async def test_default_deadline_applies_when_caller_sets_none(hop: Hop) -> None:
 async def test_unavailable_is_retried(hop: Hop) -> None:
     assert await hop.call("back", "Flaky")(b"") == b"ok"
     assert hop.calls["Flaky"] == 3
+
+
+async def test_retries_stop_when_a_service_keeps_failing(hop: Hop) -> None:
+    calls = 20
+    for _ in range(calls):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await hop.call("back", "Down")(b"")
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    # without a budget every call would be tried 4 times (80); the channel's retry tokens
+    # run out after a few failures and each later call is tried once
+    assert calls <= hop.calls["Down"] <= calls + 8
 
 
 async def test_other_codes_are_not_retried(hop: Hop) -> None:
