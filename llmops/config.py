@@ -133,6 +133,29 @@ class ServerConfig(Settings):
         5000, ge=1, description="Deadline the typed clients put on calls that have none."
     )
     access_log: bool = Field(True, description="One structured log line per RPC.")
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request or response message."
+    )
+    max_concurrent_streams: int = Field(
+        1000, ge=1, description="Calls at once on one client connection (HTTP/2 streams)."
+    )
+    max_connection_age_s: float = Field(
+        1800.0, gt=0, description="A connection is closed (GOAWAY) after this long, so clients "
+        "reconnect and load balancers see new servers; calls get max_connection_age_grace_s.",
+    )  # fmt: skip
+    max_connection_age_grace_s: float = Field(
+        300.0, ge=0, description="How long calls may finish on a connection being aged out."
+    )
+    keepalive_time_s: float = Field(
+        60.0, gt=0, description="The server pings an idle client this often..."
+    )
+    keepalive_timeout_s: float = Field(
+        20.0, gt=0, description="...and closes the connection if no answer comes this fast."
+    )
+    min_client_ping_interval_s: float = Field(
+        10.0, gt=0, description="Clients pinging more often than this are cut off (their "
+        "pings cost the server); the mesh's clients ping every 30 s.",
+    )  # fmt: skip
 
 
 class LoggingConfig(Settings):

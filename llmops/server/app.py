@@ -30,7 +30,7 @@ from prometheus_client import start_http_server
 import llmops
 from llmops.backends import Backends
 from llmops.clients import MeshClient
-from llmops.config import MeshConfig, Mode
+from llmops.config import MeshConfig, Mode, ServerConfig
 from llmops.errors import FailedPrecondition, InvalidArgument, NotImplementedYet
 from llmops.events.port import ServiceEvents
 from llmops.mesh import ADMIN_SERVICE, SERVICES
@@ -157,6 +157,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ResumeResponse(was_draining=await self._server.resume())
 
 
+def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """The gRPC server's channel arguments: explicit message sizes, streams per connection,
+    connection age, and keepalive both ways (the server pings idle clients and refuses
+    clients that ping too often)."""
+    return [
+        ("grpc.so_reuseport", 0),  # a taken port is an error, not a shared one
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.max_concurrent_streams", cfg.max_concurrent_streams),
+        ("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_s * 1000)),
+        ("grpc.keepalive_time_ms", int(cfg.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(cfg.min_client_ping_interval_s * 1000),
+        ),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
 _MODES = {
     Mode.EMBEDDED: admin_pb2.SERVING_MODE_EMBEDDED,
     Mode.PRODUCTION: admin_pb2.SERVING_MODE_PRODUCTION,
@@ -248,7 +270,7 @@ class GrpcService:
         )
         server = grpc.aio.server(
             maximum_concurrent_rpcs=server_cfg.max_concurrent_rpcs,
-            options=[("grpc.so_reuseport", 0)],  # a taken port is an error, not a shared one
+            options=server_options(server_cfg),
         )
         # Handlers are wrapped once, at registration (see RuntimeInterceptor).
         # The registrar does the registration part of grpc.aio.Server's interface.
