@@ -48,7 +48,7 @@ from llmops.callcontext import (
     deadline_var,
     request_id_var,
 )
-from llmops.errors import LLMOpsError
+from llmops.errors import InvalidArgument, LLMOpsError
 from llmops.events.ids import uuid7
 from llmops.server.access_log import AccessLog
 from llmops.v1 import common_pb2
@@ -135,6 +135,13 @@ class RpcMetrics:
         self.in_flight = Gauge(
             "grpc_server_in_flight", "RPCs being handled now.", labels, registry=registry
         )
+        self.undecodable = Counter(
+            "llmops_rpc_undecodable_requests_total",
+            "Request messages that did not parse (malformed bytes, invalid UTF-8 in a string "
+            "field): answered INVALID_ARGUMENT.",
+            labels,
+            registry=registry,
+        )
 
 
 class _MethodInstruments:
@@ -142,6 +149,7 @@ class _MethodInstruments:
 
     __slots__ = (
         "_handled", "_handled_family", "_labels", "in_flight", "latency", "method", "started",
+        "undecodable",
     )  # fmt: skip
 
     def __init__(self, metrics: RpcMetrics, full_method: str, kind: str) -> None:
@@ -151,6 +159,7 @@ class _MethodInstruments:
         self.started = metrics.started.labels(*self._labels)
         self.latency = metrics.latency.labels(*self._labels)
         self.in_flight = metrics.in_flight.labels(*self._labels)
+        self.undecodable = metrics.undecodable.labels(*self._labels)
         self._handled: dict[str, Any] = {}
         self._handled_family = metrics.handled
 
@@ -233,7 +242,7 @@ class RuntimeInterceptor(_ServerInterceptor):
         inst = _MethodInstruments(self._metrics, method, kind)
         gate = not method.startswith(_ALWAYS_OPEN)
         ser = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if kind == "unary":
@@ -242,14 +251,15 @@ class RuntimeInterceptor(_ServerInterceptor):
             )
         if kind == "client_stream":
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, inst, gate), **ser
+                self._unary(handler.stream_unary, inst, gate, streamed=True), **ser
             )
         behavior = handler.unary_stream if kind == "server_stream" else handler.stream_stream
         wrapped_stream: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+        streamed = kind == "bidi_stream"
         if inspect.isasyncgenfunction(behavior):
-            wrapped_stream = self._stream(behavior, inst, gate)
+            wrapped_stream = self._stream(behavior, inst, gate, streamed)
         else:  # a coroutine that writes with context.write(): wrap it like a unary call
-            wrapped_stream = self._unary(behavior, inst, gate)
+            wrapped_stream = self._unary(behavior, inst, gate, streamed)
         factory = (
             grpc.unary_stream_rpc_method_handler
             if kind == "server_stream"
@@ -257,13 +267,16 @@ class RuntimeInterceptor(_ServerInterceptor):
         )
         return factory(wrapped_stream, **ser)
 
-    def _unary(self, behavior: Any, inst: _MethodInstruments, gate: bool) -> Any:
+    def _unary(
+        self, behavior: Any, inst: _MethodInstruments, gate: bool, streamed: bool = False
+    ) -> Any:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             tokens, start = self._enter(context, inst, gate)
             code = "OK"
             try:
                 if gate and self._state.draining:
                     raise _Draining()
+                request = _checked(request, inst, streamed)
                 return await behavior(request, context)
             except BaseException as exc:
                 code = await self._fail(exc, context)
@@ -274,7 +287,7 @@ class RuntimeInterceptor(_ServerInterceptor):
         return call
 
     def _stream(
-        self, behavior: Any, inst: _MethodInstruments, gate: bool
+        self, behavior: Any, inst: _MethodInstruments, gate: bool, streamed: bool = False
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             tokens, start = self._enter(context, inst, gate)
@@ -282,6 +295,7 @@ class RuntimeInterceptor(_ServerInterceptor):
             try:
                 if gate and self._state.draining:
                     raise _Draining()
+                request = _checked(request, inst, streamed)
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
@@ -393,3 +407,49 @@ class _WrappedGenericHandler(_GenericRpcHandler):
 
 class _Draining(Exception):
     """Raised inside the wrapper when a drained server receives new work."""
+
+
+class _Undecodable:
+    """What the runtime's request deserializer returns for bytes that do not parse: the
+    handler wrapper answers INVALID_ARGUMENT with the reason (grpc itself would answer
+    UNKNOWN naming a Python exception class)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument("request", f"not a valid message: {self.reason}")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError: malformed bytes, invalid UTF-8 in a string
+            return _Undecodable(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _checked(request: Any, inst: _MethodInstruments, streamed: bool) -> Any:
+    """``request`` (a message, or the iterator of a client stream) with an undecodable
+    message turned into InvalidArgument where the handler would see it."""
+    if not streamed:
+        if type(request) is _Undecodable:
+            inst.undecodable.inc()
+            raise request.error()
+        return request
+
+    async def messages() -> AsyncIterator[Any]:
+        async for item in request:
+            if type(item) is _Undecodable:
+                inst.undecodable.inc()
+                raise item.error()
+            yield item
+
+    return messages()

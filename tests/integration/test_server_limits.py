@@ -52,3 +52,66 @@ async def test_a_message_over_the_limit_is_refused_and_the_server_keeps_serving(
     finally:
         stop.set()
         await asyncio.wait_for(server, 15)
+
+
+async def test_undecodable_requests_are_invalid_argument_and_counted(tmp_path: Path) -> None:
+    from llmops.server import serve
+
+    env, ports, admin_ports = mesh_env(tmp_path)
+    env["LLMOPS__SINK__EMBEDDED"] = "false"
+    config = load_config(environ=env)
+    servicer = SlowFeatures()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(
+        serve(config, ["feature"], ready=ready, stop=stop, factories={"feature": serving(servicer)})
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feature']}") as channel:
+            raw = channel.unary_unary(
+                "/llmops.v1.FeatureService/GetOnlineFeatures", lambda b: b, lambda b: b
+            )
+            # field 3 (feature_service, a string) holding invalid UTF-8; then plain garbage
+            for body in (b"\x1a\x02\xff\xfe", b"\xff\xff\xff"):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await raw(body, timeout=5)
+                assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+                assert "GetOnlineFeaturesRequest" in (refused.value.details() or "")
+            assert not servicer.started.is_set()
+            features = feature_pb2_grpc.FeatureServiceStub(channel)
+            await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
+        metrics = await asyncio.to_thread(_metrics, admin_ports["feature"])
+        assert (
+            'llmops_rpc_undecodable_requests_total{grpc_method="GetOnlineFeatures",'
+            'grpc_service="llmops.v1.FeatureService",grpc_type="unary"} 2.0' in metrics
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 15)
+
+
+def _metrics(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+async def test_an_undecodable_message_in_a_request_stream_is_invalid_argument() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from llmops.errors import InvalidArgument
+    from llmops.server.interceptor import RpcMetrics, _checked, _MethodInstruments, _Undecodable
+
+    inst = _MethodInstruments(RpcMetrics(CollectorRegistry()), "/s.S/M", "bidi_stream")
+
+    async def stream():  # type: ignore[no-untyped-def]
+        yield "first"
+        yield _Undecodable("Error parsing message")
+
+    got = []
+    with pytest.raises(InvalidArgument, match="not a valid message"):
+        async for item in _checked(stream(), inst, streamed=True):
+            got.append(item)
+    assert got == ["first"]
+    assert inst.undecodable._value.get() == 1
