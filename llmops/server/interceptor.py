@@ -51,6 +51,7 @@ from llmops.callcontext import (
 from llmops.errors import InvalidArgument, LLMOpsError
 from llmops.events.ids import uuid7
 from llmops.server.access_log import AccessLog
+from llmops.server.times import invalid_time
 from llmops.v1 import common_pb2
 
 _MAX_REQUEST_ID = 128
@@ -420,7 +421,7 @@ class _Undecodable:
         self.reason = reason
 
     def error(self) -> InvalidArgument:
-        return InvalidArgument("request", f"not a valid message: {self.reason}")
+        return InvalidArgument("request", self.reason)
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -429,9 +430,14 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
 
     def parse(data: bytes) -> Any:
         try:
-            return deserializer(data)
+            message = deserializer(data)
         except Exception as exc:  # DecodeError: malformed bytes, invalid UTF-8 in a string
-            return _Undecodable(str(exc) or type(exc).__name__)
+            return _Undecodable(f"not a valid message: {exc or type(exc).__name__}")
+        if hasattr(message, "DESCRIPTOR"):
+            bad_time = invalid_time(message)
+            if bad_time is not None:
+                return _Undecodable(bad_time)
+        return message
 
     return parse
 

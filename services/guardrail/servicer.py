@@ -143,14 +143,20 @@ def policy_proto(policy: CompiledPolicy) -> guardrail_pb2.Policy:
     return out
 
 
+_VERDICT_NAMES = {
+    number: name.removeprefix("VERDICT_") for name, number in common_pb2.Verdict.items()
+}
+
+
 def candidate_data(candidate: guardrail_pb2.Policy) -> dict[str, Any]:
     """An inline ``Policy`` as the mapping a policy file would hold (unset fields left out)."""
     checks = []
     for d in candidate.detectors:
         params = {k: _python(v) for k, v in d.params.items()}
+        # an enum number the contract does not name stays a number: validation refuses it
+        action = _VERDICT_NAMES.get(d.action, str(d.action))
         check = {"detector": d.detector, "finding_types": list(d.finding_types),
-                 "threshold": d.threshold, "action": common_pb2.Verdict.Name(d.action)
-                 .removeprefix("VERDICT_"), "params": params}  # fmt: skip
+                 "threshold": d.threshold, "action": action, "params": params}  # fmt: skip
         for key in ("redact_style", "block_message"):
             if key in params:
                 check[key] = params.pop(key)

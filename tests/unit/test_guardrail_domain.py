@@ -209,6 +209,10 @@ async def test_candidate_round_trips_through_the_contract(domain: Guardrail) -> 
     with pytest.raises(PolicyError) as info:
         policy_mod.compile_candidate(candidate_data(message))
     assert info.value.field == "candidate: detectors[0].action"
+    message.detectors[0].action = 999  # type: ignore[assignment]  # a number no name has
+    with pytest.raises(PolicyError) as info:
+        policy_mod.compile_candidate(candidate_data(message))
+    assert info.value.field == "candidate: detectors[0].action"
     with pytest.raises(InvalidArgument, match="target"):
         await domain.test_policy(None, 0, [])
     with pytest.raises(InvalidArgument, match="name"):

@@ -1,0 +1,190 @@
+"""Every RPC of every service of `llmops up`, fed garbage: never INTERNAL or UNKNOWN (a
+failure the caller cannot act on, or a crash), and every service SERVING afterwards.
+
+For each method (found from the contracts' descriptors, so a new RPC is fuzzed without
+touching this file): bytes that are not a message, the empty message, and messages made by
+walking the request type with a seeded random generator (each field set or not; strings
+empty, huge, non-Latin, path- and SQL-like; numbers at their limits, NaN and infinities;
+enum numbers the contract does not name; nested messages, lists and maps). Seeded, so a
+failure reproduces. ``AdminService.Drain`` is left out: it is meant to take a service out of
+serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import pkgutil
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import llmops.v1
+from llmops.mesh import SERVICES
+from tests.support import RunningMesh, llmops_up
+
+pytestmark = [pytest.mark.infra, pytest.mark.timeout(600)]
+
+SEEDS = (1, 2, 3, 4, 5)
+MESSAGES_PER_SEED = 10
+SKIPPED = {"/llmops.v1.AdminService/Drain"}
+TEXTS = (
+    "", "a", "x" * 300, "y" * 5000, "\u00e9\u4e2d\U0001f600", " ", "../../etc/passwd",
+    "http://169.254.169.254/latest", "'; DROP TABLE x;--", "\x00", "-1", "1e309", "{}", "[",
+    "thumbs", "default", "property_summary", "nope",
+)  # fmt: skip
+T = FieldDescriptor
+
+
+def _scalar(field: FieldDescriptor, rng: random.Random) -> Any:
+    kind = field.type
+    if kind == T.TYPE_STRING:
+        return rng.choice(TEXTS)
+    if kind == T.TYPE_BYTES:
+        return rng.randbytes(rng.choice((0, 3, 50)))
+    if kind == T.TYPE_BOOL:
+        return rng.random() < 0.5
+    if kind in (T.TYPE_DOUBLE, T.TYPE_FLOAT):
+        return rng.choice((0.0, -1.0, 0.5, 1e300, float("nan"), float("inf"), -float("inf")))
+    if kind == T.TYPE_ENUM:
+        return rng.choice([v.number for v in field.enum_type.values] + [999])
+    if kind in (T.TYPE_UINT32, T.TYPE_FIXED32):
+        return rng.choice((0, 1, 2**32 - 1))
+    if kind in (T.TYPE_UINT64, T.TYPE_FIXED64):
+        return rng.choice((0, 1, 2**64 - 1))
+    if kind in (T.TYPE_INT32, T.TYPE_SINT32, T.TYPE_SFIXED32):
+        return rng.choice((0, -1, 1, 2**31 - 1, -(2**31)))
+    return rng.choice((0, -1, 1, 2**63 - 1, -(2**63)))
+
+
+def fill(message: Any, rng: random.Random, depth: int = 0) -> None:
+    """Set a random half of ``message``'s fields to awkward values (nested up to depth 3)."""
+    for field in message.DESCRIPTOR.fields:
+        if rng.random() < 0.5:
+            continue
+        sub = field.message_type
+        try:
+            if sub is not None and sub.GetOptions().map_entry:
+                container = getattr(message, field.name)
+                key_field, value_field = sub.fields_by_name["key"], sub.fields_by_name["value"]
+                for _ in range(rng.choice((1, 2))):
+                    key = _scalar(key_field, rng)
+                    if value_field.message_type is not None:
+                        if depth < 3:
+                            fill(container[key], rng, depth + 1)
+                    else:
+                        container[key] = _scalar(value_field, rng)
+            elif field.is_repeated:
+                container = getattr(message, field.name)
+                for _ in range(rng.choice((1, 2, 3))):
+                    if sub is not None:
+                        if depth < 3:
+                            fill(container.add(), rng, depth + 1)
+                    else:
+                        container.append(_scalar(field, rng))
+            elif sub is not None:
+                if depth < 3:
+                    child = getattr(message, field.name)
+                    fill(child, rng, depth + 1)
+                    child.SetInParent()
+            else:
+                setattr(message, field.name, _scalar(field, rng))
+        except (TypeError, ValueError):  # a value protobuf itself refuses to hold
+            continue
+
+
+def methods() -> Iterator[tuple[ServiceDescriptor, MethodDescriptor]]:
+    for module_info in pkgutil.iter_modules(llmops.v1.__path__):
+        if not module_info.name.endswith("_pb2"):
+            continue
+        module = importlib.import_module(f"llmops.v1.{module_info.name}")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            yield from ((service, method) for method in service.methods)
+
+
+def _port_of(service: ServiceDescriptor, mesh: RunningMesh) -> int:
+    if service.name == "AdminService":  # served on every port: one is enough
+        return mesh.ports[next(iter(SERVICES))]
+    for name, plugin in SERVICES.items():
+        main = plugin.proto_service
+        if service.name in (main, main.replace("Service", "AdminService")):
+            return mesh.ports[name]
+    raise AssertionError(f"no service of the mesh serves {service.full_name}")
+
+
+def payloads(method: MethodDescriptor, seed: int) -> list[bytes]:
+    rng = random.Random(f"{seed}:{method.full_name}")
+    request_type = message_factory.GetMessageClass(method.input_type)
+    out = [b"\xff\xff\xff\x01", b""]
+    for _ in range(MESSAGES_PER_SEED):
+        message = request_type()
+        fill(message, rng)
+        out.append(message.SerializeToString())
+    return out
+
+
+async def _call(
+    channel: grpc.aio.Channel, path: str, method: MethodDescriptor, body: bytes
+) -> None:
+    same = (lambda b: b, lambda b: b)  # bytes in, bytes out
+    if method.client_streaming:
+
+        async def requests() -> AsyncIterator[bytes]:
+            yield body
+
+        if method.server_streaming:
+            async for _ in channel.stream_stream(path, *same)(requests(), timeout=10):
+                pass
+        else:
+            await channel.stream_unary(path, *same)(requests(), timeout=10)
+    elif method.server_streaming:
+        async for _ in channel.unary_stream(path, *same)(body, timeout=10):
+            pass
+    else:
+        await channel.unary_unary(path, *same)(body, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
+    with llmops_up(tmp_path_factory.mktemp("fuzz")) as running:
+        yield running
+
+
+async def test_no_rpc_answers_internal_or_unknown_to_garbage(mesh: RunningMesh) -> None:
+    failures: list[str] = []
+    calls = 0
+    channels: dict[int, grpc.aio.Channel] = {}
+    try:
+        for service, method in methods():
+            path = f"/{service.full_name}/{method.name}"
+            if path in SKIPPED:
+                continue
+            port = _port_of(service, mesh)
+            channel = channels.setdefault(port, grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+            for seed in SEEDS:
+                for body in payloads(method, seed):
+                    calls += 1
+                    try:
+                        await _call(channel, path, method, body)
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                            failures.append(
+                                f"{path} seed {seed}: {exc.code().name} {exc.details()!r} "
+                                f"for {body[:80]!r}"
+                            )
+        assert calls > 1000, calls  # every service's methods were reached
+        assert not failures, "\n".join(failures[:20])
+        for name, plugin in SERVICES.items():
+            health = await health_pb2_grpc.HealthStub(channels[mesh.ports[name]]).Check(
+                health_pb2.HealthCheckRequest(service=plugin.grpc_service), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, name
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels.values()))
+        assert mesh.proc.poll() is None, mesh.log()[-3000:]  # the mesh did not crash

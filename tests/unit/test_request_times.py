@@ -1,0 +1,46 @@
+"""Timestamps and Durations checked where requests are parsed: a path and a reason."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from llmops.server.times import invalid_time
+from llmops.v1 import experiment_pb2, feature_pb2, feedback_pb2
+
+
+def test_valid_messages_pass() -> None:
+    batch = feedback_pb2.SubmitBatchRequest()
+    for i in range(3):
+        batch.feedback.add().occurred_time.seconds = 1_700_000_000 + i
+    assert invalid_time(batch) is None
+    assert invalid_time(feature_pb2.GetOnlineFeaturesRequest()) is None  # no time fields
+    assert invalid_time(timestamp_pb2.Timestamp(seconds=-62_135_596_800)) is None  # year 1
+    assert invalid_time(duration_pb2.Duration(seconds=-5, nanos=-1)) is None
+
+
+def test_the_first_invalid_time_is_named_by_its_path() -> None:
+    batch = feedback_pb2.SubmitBatchRequest()
+    for _ in range(5):
+        batch.feedback.add().occurred_time.seconds = 1_700_000_000
+    batch.feedback[3].occurred_time.seconds = 2**63 - 1
+    assert invalid_time(batch) == (
+        "feedback[3].occurred_time: not a valid time (years 1 to 9999, nanos 0 to 999999999)"
+    )
+    batch.feedback[3].occurred_time.seconds = 1
+    batch.feedback[3].occurred_time.nanos = -1
+    assert (invalid_time(batch) or "").startswith("feedback[3].occurred_time:")
+    assert invalid_time(timestamp_pb2.Timestamp(seconds=253_402_300_800)) == (
+        "request: not a valid time (years 1 to 9999, nanos 0 to 999999999)"
+    )
+    assert invalid_time(duration_pb2.Duration(seconds=5, nanos=-1)) == (
+        "request: not a valid duration"
+    )
+
+
+def test_nested_times_are_found() -> None:
+    request = experiment_pb2.GetResultsRequest(experiment_id="x")
+    request.window.start_time.seconds = 1_700_000_000
+    request.window.end_time.seconds = 2**62
+    assert invalid_time(request) == (
+        "window.end_time: not a valid time (years 1 to 9999, nanos 0 to 999999999)"
+    )
