@@ -51,6 +51,7 @@ from llmops.callcontext import (
 from llmops.errors import InvalidArgument, LLMOpsError
 from llmops.events.ids import uuid7
 from llmops.server.access_log import AccessLog
+from llmops.server.context_limits import context_problem
 from llmops.server.times import invalid_time
 from llmops.v1 import common_pb2
 
@@ -137,9 +138,10 @@ class RpcMetrics:
             "grpc_server_in_flight", "RPCs being handled now.", labels, registry=registry
         )
         self.undecodable = Counter(
-            "llmops_rpc_undecodable_requests_total",
-            "Request messages that did not parse (malformed bytes, invalid UTF-8 in a string "
-            "field): answered INVALID_ARGUMENT.",
+            "llmops_rpc_refused_requests_total",
+            "Requests refused where they are parsed, INVALID_ARGUMENT: bytes that are not the "
+            "message (invalid UTF-8 in a string field too), an out-of-range time, a context "
+            "field over its cap.",
             labels,
             registry=registry,
         )
@@ -415,13 +417,14 @@ class _Undecodable:
     handler wrapper answers INVALID_ARGUMENT with the reason (grpc itself would answer
     UNKNOWN naming a Python exception class)."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("field", "reason")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
         self.reason = reason
 
     def error(self) -> InvalidArgument:
-        return InvalidArgument("request", self.reason)
+        return InvalidArgument(self.field, self.reason)
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -432,11 +435,12 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         try:
             message = deserializer(data)
         except Exception as exc:  # DecodeError: malformed bytes, invalid UTF-8 in a string
-            return _Undecodable(f"not a valid message: {exc or type(exc).__name__}")
+            return _Undecodable("request", f"not a valid message: {exc or type(exc).__name__}")
         if hasattr(message, "DESCRIPTOR"):
-            bad_time = invalid_time(message)
-            if bad_time is not None:
-                return _Undecodable(bad_time)
+            problem = context_problem(message) or invalid_time(message)
+            if problem is not None:  # "path: reason"
+                field, _, reason = problem.partition(": ")
+                return _Undecodable(field, reason)
         return message
 
     return parse

@@ -79,11 +79,17 @@ async def test_undecodable_requests_are_invalid_argument_and_counted(tmp_path: P
                 assert "GetOnlineFeaturesRequest" in (refused.value.details() or "")
             assert not servicer.started.is_set()
             features = feature_pb2_grpc.FeatureServiceStub(channel)
+            long_tenant = feature_pb2.GetOnlineFeaturesRequest()
+            long_tenant.context.tenant = "t" * 100
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await features.GetOnlineFeatures(long_tenant, timeout=5)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert refused.value.details() == "context.tenant: at most 64 characters"
             await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
         metrics = await asyncio.to_thread(_metrics, admin_ports["feature"])
         assert (
-            'llmops_rpc_undecodable_requests_total{grpc_method="GetOnlineFeatures",'
-            'grpc_service="llmops.v1.FeatureService",grpc_type="unary"} 2.0' in metrics
+            'llmops_rpc_refused_requests_total{grpc_method="GetOnlineFeatures",'
+            'grpc_service="llmops.v1.FeatureService",grpc_type="unary"} 3.0' in metrics
         )
     finally:
         stop.set()
@@ -107,7 +113,7 @@ async def test_an_undecodable_message_in_a_request_stream_is_invalid_argument() 
 
     async def stream():  # type: ignore[no-untyped-def]
         yield "first"
-        yield _Undecodable("Error parsing message")
+        yield _Undecodable("request", "not a valid message: Error parsing message")
 
     got = []
     with pytest.raises(InvalidArgument, match="not a valid message"):

@@ -44,3 +44,23 @@ def test_nested_times_are_found() -> None:
     assert invalid_time(request) == (
         "window.end_time: not a valid time (years 1 to 9999, nanos 0 to 999999999)"
     )
+
+
+def test_context_fields_over_their_caps_are_named() -> None:
+    from llmops.server.context_limits import MAX_ATTRIBUTES, context_problem
+
+    request = feature_pb2.GetOnlineFeaturesRequest()
+    assert context_problem(request) is None  # no context: nothing to cap
+    request.context.tenant = "acme"
+    request.context.user_id = "u" * 128
+    assert context_problem(request) is None
+    request.context.tenant = "t" * 65
+    assert context_problem(request) == "context.tenant: at most 64 characters"
+    request.context.tenant = "acme"
+    request.context.attributes["note"].string_value = "n" * 5000
+    assert context_problem(request) == "context.attributes[note]: at most 4096 characters"
+    del request.context.attributes["note"]
+    for i in range(MAX_ATTRIBUTES + 1):
+        request.context.attributes[f"a{i}"].int64_value = i
+    assert context_problem(request) == "context.attributes: at most 64 attributes"
+    assert context_problem(timestamp_pb2.Timestamp()) is None  # a message without a context
