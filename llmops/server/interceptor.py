@@ -413,9 +413,10 @@ class _Draining(Exception):
 
 
 class _Undecodable:
-    """What the runtime's request deserializer returns for bytes that do not parse: the
-    handler wrapper answers INVALID_ARGUMENT with the reason (grpc itself would answer
-    UNKNOWN naming a Python exception class)."""
+    """What the runtime's request deserializer returns for a request it refuses — bytes that
+    do not parse (grpc itself would answer UNKNOWN naming a Python exception class), an
+    out-of-range time, a context field over its cap: the handler wrapper answers
+    INVALID_ARGUMENT with the field and the reason, before the servicer sees the request."""
 
     __slots__ = ("field", "reason")
 
