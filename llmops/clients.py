@@ -7,9 +7,10 @@ multiplexes concurrent calls), and every call made through it
   never more than what is left of the RPC being served (deadline propagation);
 - carries the current request id (``x-request-id``) so logs join up across services;
 - is retried on UNAVAILABLE only, by gRPC's own retry policy (exponential backoff, at most
-  4 attempts), never on other codes — a retried write could otherwise apply twice — and
-  within a retry budget per channel (retry throttling: when most recent calls fail, retries
-  stop instead of multiplying the load on a struggling service).
+  4 attempts), never on other codes, and only for reads and idempotent writes
+  (:data:`RETRY_VERBS`) — a retried create could otherwise apply twice — within a retry
+  budget per channel (retry throttling: when most recent calls fail, retries stop instead
+  of multiplying the load on a struggling service).
 
 Clients are built generically from the generated stubs, for any service a plug-in declares:
 ``mesh.stub(feature_pb2_grpc.FeatureServiceStub)`` returns the typed
@@ -20,7 +21,7 @@ service that serves it. No client code is written per service.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -33,32 +34,77 @@ from llmops.v1 import admin_pb2_grpc
 
 StubT = TypeVar("StubT")
 
-RETRY_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{}],
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-        # A retry budget per channel (gRPC's retry throttling): every failure spends a
-        # token, every success earns a tenth of one, and retries stop while fewer than half
-        # of the 10 are left — a struggling service gets its callers' load, not four times it.
-        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
-    }
-)
+RETRY_VERBS = frozenset(
+    {"Get", "List", "Check", "Assign", "Embed", "Search", "Query", "Verify", "Evaluate",
+     "Test", "Submit", "Upsert", "Delete", "Push", "Set"}
+)  # fmt: skip
+"""Methods whose name starts with one of these are retried on UNAVAILABLE: reads, and writes
+that are idempotent by contract (``Submit`` by its idempotency key, ``Upsert``/``Delete``/
+``Push``/``Set`` by value). Everything else — creating, starting, transitioning, leasing,
+reloading, generating (a model call costs money), exporting — is tried once: a retried call
+whose first attempt did reach the server could apply twice."""
 
-CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.enable_retries", 1),
-    ("grpc.service_config", RETRY_SERVICE_CONFIG),
-    ("grpc.keepalive_time_ms", 30_000),
-)
+
+def retryable_methods() -> list[tuple[str, str]]:
+    """(service, method) of every contract method :data:`RETRY_VERBS` allows, found from the
+    generated descriptors (a new RPC needs no entry here)."""
+    import importlib
+    import pkgutil
+    import re
+
+    import llmops.v1
+
+    found: list[tuple[str, str]] = []
+    for module_info in pkgutil.iter_modules(llmops.v1.__path__):
+        if not module_info.name.endswith("_pb2"):
+            continue
+        module = importlib.import_module(f"llmops.v1.{module_info.name}")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                verb = re.match(r"[A-Z][a-z]*", method.name)
+                if verb is not None and verb.group() in RETRY_VERBS:
+                    found.append((service.full_name, method.name))
+    found.append(("grpc.health.v1.Health", "Check"))
+    return sorted(found)
+
+
+def retry_service_config(extra: Iterable[str] = ()) -> str:
+    """gRPC service config: UNAVAILABLE retried (exponential backoff, at most 4 attempts) on
+    the retryable methods (and ``extra`` full method names, ``/pkg.Service/Method``), within
+    a retry budget per channel."""
+    names = [{"service": service, "method": method} for service, method in retryable_methods()]
+    for path in extra:
+        service, _, method = path.strip("/").partition("/")
+        names.append({"service": service, "method": method})
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": names,
+                    "retryPolicy": {
+                        "maxAttempts": 4,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+            # A retry budget per channel (gRPC's retry throttling): every failure spends a
+            # token, every success earns a tenth of one, and retries stop while fewer than
+            # half of the 10 are left — a struggling service gets its callers' load, not
+            # four times it.
+            "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+        }
+    )
+
+
+def channel_options(extra_retryable: Iterable[str] = ()) -> tuple[tuple[str, Any], ...]:
+    return (
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", retry_service_config(extra_retryable)),
+        ("grpc.keepalive_time_ms", 30_000),
+    )
 
 
 if TYPE_CHECKING:  # grpc-stubs makes these generic; at run time they are not subscriptable
@@ -114,8 +160,12 @@ class MeshClient:
         *,
         targets: Mapping[str, str] | None = None,
         default_timeout_s: float | None = None,
+        extra_retryable: Iterable[str] = (),
     ) -> None:
+        """``extra_retryable``: full method names (``/pkg.Service/Method``) outside the
+        contracts to retry like the retryable ones (tests' own services)."""
         config = config or MeshConfig.model_validate({})
+        self._options = channel_options(extra_retryable)
         self.targets = dict(targets or {n: s.address for n, s in config.services.items()})
         self._policy = _CallPolicy(
             default_timeout_s
@@ -138,7 +188,7 @@ class MeshClient:
                 raise KeyError(f"no address configured for service {service!r}") from None
             channel = grpc.aio.insecure_channel(
                 target,
-                options=CHANNEL_OPTIONS,
+                options=self._options,
                 interceptors=[self._policy],  # type: ignore[list-item]  # grpc-stubs too narrow
             )
             self._channels[service] = channel

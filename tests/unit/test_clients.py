@@ -28,7 +28,7 @@ class Hop:
     """Two servers: 'front' calls 'back' through a MeshClient inside its own RPC."""
 
     def __init__(self) -> None:
-        self.calls: dict[str, int] = {"Flaky": 0, "Broken": 0, "Down": 0}
+        self.calls: dict[str, int] = {"Flaky": 0, "Broken": 0, "Down": 0, "CreateThing": 0}
         self.servers: dict[str, grpc.aio.Server] = {}
         self.ports: dict[str, int] = {}
         self.mesh: MeshClient | None = None
@@ -53,6 +53,11 @@ class Hop:
         await context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded")
         return b""
 
+    async def create_thing(self, request: bytes, context: Any) -> bytes:
+        self.calls["CreateThing"] += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "backend down")
+        return b""
+
     async def broken(self, request: bytes, context: Any) -> bytes:
         self.calls["Broken"] += 1
         await context.abort(grpc.StatusCode.INTERNAL, "broken")
@@ -66,6 +71,7 @@ class Hop:
                 "Flaky": self.flaky,
                 "Broken": self.broken,
                 "Down": self.down,
+                "CreateThing": self.create_thing,
             },
         }
         for name, methods in handlers.items():
@@ -89,7 +95,8 @@ class Hop:
             await server.start()
             self.servers[name] = server
         targets = {n: f"127.0.0.1:{p}" for n, p in self.ports.items()}
-        self.mesh = MeshClient(targets=targets, default_timeout_s=5)
+        retried = [f"/{SERVICE}/{m}" for m in ("Flaky", "Down", "Broken")]
+        self.mesh = MeshClient(targets=targets, default_timeout_s=5, extra_retryable=retried)
         self.inner = MeshClient(targets=targets, default_timeout_s=30)
 
     def call(self, service: str, method: str) -> Any:
@@ -141,6 +148,25 @@ async def test_retries_stop_when_a_service_keeps_failing(hop: Hop) -> None:
     # without a budget every call would be tried 4 times (80); the channel's retry tokens
     # run out after a few failures and each later call is tried once
     assert calls <= hop.calls["Down"] <= calls + 8
+
+
+async def test_a_method_that_is_not_idempotent_is_tried_once(hop: Hop) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hop.call("back", "CreateThing")(b"")
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert hop.calls["CreateThing"] == 1
+
+
+def test_reads_and_idempotent_writes_of_the_contracts_are_retryable() -> None:
+    from llmops.clients import retryable_methods
+
+    methods = set(retryable_methods())
+    assert ("llmops.v1.FeatureService", "GetOnlineFeatures") in methods
+    assert ("llmops.v1.FeedbackService", "SubmitBatch") in methods  # idempotency keys
+    assert ("grpc.health.v1.Health", "Check") in methods
+    assert ("llmops.v1.ExperimentAdminService", "CreateExperiment") not in methods
+    assert ("llmops.v1.InferenceService", "Generate") not in methods  # a model call costs
+    assert ("llmops.v1.AdminService", "Drain") not in methods
 
 
 async def test_other_codes_are_not_retried(hop: Hop) -> None:
