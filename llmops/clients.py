@@ -20,11 +20,16 @@ service that serves it. No client code is written per service.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
+import pkgutil
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2_grpc
 
 from llmops.callcontext import REQUEST_ID_KEY, current_request_id, remaining_time
@@ -45,27 +50,31 @@ reloading, generating (a model call costs money), exporting — is tried once: a
 whose first attempt did reach the server could apply twice."""
 
 
-def retryable_methods() -> list[tuple[str, str]]:
-    """(service, method) of every contract method :data:`RETRY_VERBS` allows, found from the
-    generated descriptors (a new RPC needs no entry here)."""
-    import importlib
-    import pkgutil
-    import re
-
+@functools.cache
+def contract_methods() -> tuple[tuple[ServiceDescriptor, MethodDescriptor], ...]:
+    """Every (service, method) of the ``llmops.v1`` contracts, from the generated modules."""
     import llmops.v1
 
-    found: list[tuple[str, str]] = []
+    found: list[tuple[ServiceDescriptor, MethodDescriptor]] = []
     for module_info in pkgutil.iter_modules(llmops.v1.__path__):
-        if not module_info.name.endswith("_pb2"):
-            continue
-        module = importlib.import_module(f"llmops.v1.{module_info.name}")
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                verb = re.match(r"[A-Z][a-z]*", method.name)
-                if verb is not None and verb.group() in RETRY_VERBS:
-                    found.append((service.full_name, method.name))
+        if module_info.name.endswith("_pb2"):
+            module = importlib.import_module(f"llmops.v1.{module_info.name}")
+            for service in module.DESCRIPTOR.services_by_name.values():
+                found.extend((service, method) for method in service.methods)
+    return tuple(found)
+
+
+@functools.cache
+def retryable_methods() -> tuple[tuple[str, str], ...]:
+    """(service, method) of every contract method :data:`RETRY_VERBS` allows, found from the
+    generated descriptors (a new RPC needs no entry here), and the health check."""
+    found = [
+        (service.full_name, method.name)
+        for service, method in contract_methods()
+        if (verb := re.match(r"[A-Z][a-z]*", method.name)) and verb.group() in RETRY_VERBS
+    ]
     found.append(("grpc.health.v1.Health", "Check"))
-    return sorted(found)
+    return tuple(sorted(found))
 
 
 def retry_service_config(extra: Iterable[str] = ()) -> str:

@@ -362,14 +362,18 @@ class Guardrail:
                 raise InvalidArgument(
                     f"cases[{i}].facts", f"at most {MAX_TEXT_BYTES} bytes of UTF-8 together"
                 )
-        if isinstance(target, str):
-            stored = self.stored_policy(target, version)
-        elif target is None:
+        if target is None:
             raise InvalidArgument("target", "name a policy or send a candidate")
-        candidate = target if not isinstance(target, str) else None
+        policy_of: Callable[[], CompiledPolicy]
+        if isinstance(target, str):
+            stored = self.stored_policy(target, version)  # NOT_FOUND before any work
+            policy_of = lambda: stored  # noqa: E731
+        else:
+            candidate = target
+            policy_of = lambda: compile_candidate(candidate)  # noqa: E731
 
         def run() -> PolicyTestReport:
-            policy = compile_candidate(candidate) if candidate is not None else stored
+            policy = policy_of()
             results = []
             for case in cases:
                 ctx = _context(case.direction, "", case.facts)

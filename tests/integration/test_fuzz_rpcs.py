@@ -13,8 +13,6 @@ serving.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import pkgutil
 import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -25,7 +23,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-import llmops.v1
+from llmops.clients import contract_methods
 from llmops.mesh import SERVICES
 from tests.support import RunningMesh, llmops_up
 
@@ -99,15 +97,6 @@ def fill(message: Any, rng: random.Random, depth: int = 0) -> None:
             continue
 
 
-def methods() -> Iterator[tuple[ServiceDescriptor, MethodDescriptor]]:
-    for module_info in pkgutil.iter_modules(llmops.v1.__path__):
-        if not module_info.name.endswith("_pb2"):
-            continue
-        module = importlib.import_module(f"llmops.v1.{module_info.name}")
-        for service in module.DESCRIPTOR.services_by_name.values():
-            yield from ((service, method) for method in service.methods)
-
-
 def _port_of(service: ServiceDescriptor, mesh: RunningMesh) -> int:
     if service.name == "AdminService":  # served on every port: one is enough
         return mesh.ports[next(iter(SERVICES))]
@@ -161,7 +150,7 @@ async def test_no_rpc_answers_internal_or_unknown_to_garbage(mesh: RunningMesh) 
     calls = 0
     channels: dict[int, grpc.aio.Channel] = {}
     try:
-        for service, method in methods():
+        for service, method in contract_methods():
             path = f"/{service.full_name}/{method.name}"
             if path in SKIPPED:
                 continue

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -25,75 +27,71 @@ def test_the_options_carry_the_configured_limits() -> None:
     assert options["grpc.so_reuseport"] == 0
 
 
-async def test_a_message_over_the_limit_is_refused_and_the_server_keeps_serving(
-    tmp_path: Path,
-) -> None:
-    from llmops.server import serve
-
-    env, ports, _ = mesh_env(tmp_path)
-    env["LLMOPS__SINK__EMBEDDED"] = "false"
-    env["LLMOPS__SERVER__MAX_MESSAGE_BYTES"] = "4096"
-    config = load_config(environ=env)
-    servicer = SlowFeatures()
-    ready, stop = asyncio.Event(), asyncio.Event()
-    server = asyncio.create_task(
-        serve(config, ["feature"], ready=ready, stop=stop, factories={"feature": serving(servicer)})
-    )
-    await asyncio.wait_for(ready.wait(), 10)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feature']}") as channel:
-            features = feature_pb2_grpc.FeatureServiceStub(channel)
-            big = feature_pb2.GetOnlineFeaturesRequest(feature_service="v" * 10_000)
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await features.GetOnlineFeatures(big, timeout=5)
-            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert not servicer.started.is_set()  # refused before the servicer saw it
-            await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 15)
-
-
-async def test_undecodable_requests_are_invalid_argument_and_counted(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def feature_server(
+    tmp_path: Path, **settings: str
+) -> AsyncIterator[tuple[grpc.aio.Channel, SlowFeatures, int]]:
+    """The feature service (a stand-in servicer) served by the runtime with ``settings``
+    (``LLMOPS__`` variables); yields a channel to it, the servicer and its admin port."""
     from llmops.server import serve
 
     env, ports, admin_ports = mesh_env(tmp_path)
     env["LLMOPS__SINK__EMBEDDED"] = "false"
-    config = load_config(environ=env)
+    env.update(settings)
     servicer = SlowFeatures()
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(
-        serve(config, ["feature"], ready=ready, stop=stop, factories={"feature": serving(servicer)})
-    )
+        serve(load_config(environ=env), ["feature"], ready=ready, stop=stop,
+              factories={"feature": serving(servicer)})
+    )  # fmt: skip
     await asyncio.wait_for(ready.wait(), 10)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feature']}") as channel:
-            raw = channel.unary_unary(
-                "/llmops.v1.FeatureService/GetOnlineFeatures", lambda b: b, lambda b: b
-            )
-            # field 3 (feature_service, a string) holding invalid UTF-8; then plain garbage
-            for body in (b"\x1a\x02\xff\xfe", b"\xff\xff\xff"):
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await raw(body, timeout=5)
-                assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-                assert "GetOnlineFeaturesRequest" in (refused.value.details() or "")
-            assert not servicer.started.is_set()
-            features = feature_pb2_grpc.FeatureServiceStub(channel)
-            long_tenant = feature_pb2.GetOnlineFeaturesRequest()
-            long_tenant.context.tenant = "t" * 100
+            yield channel, servicer, admin_ports["feature"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 15)
+
+
+async def test_a_message_over_the_limit_is_refused_and_the_server_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    limit = {"LLMOPS__SERVER__MAX_MESSAGE_BYTES": "4096"}
+    async with feature_server(tmp_path, **limit) as (channel, servicer, _):
+        features = feature_pb2_grpc.FeatureServiceStub(channel)
+        big = feature_pb2.GetOnlineFeaturesRequest(feature_service="v" * 10_000)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await features.GetOnlineFeatures(big, timeout=5)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not servicer.started.is_set()  # refused before the servicer saw it
+        await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
+
+
+async def test_undecodable_requests_are_invalid_argument_and_counted(tmp_path: Path) -> None:
+    async with feature_server(tmp_path) as (channel, servicer, admin_port):
+        raw = channel.unary_unary(
+            "/llmops.v1.FeatureService/GetOnlineFeatures", lambda b: b, lambda b: b
+        )
+        # field 3 (feature_service, a string) holding invalid UTF-8; then plain garbage
+        for body in (b"\x1a\x02\xff\xfe", b"\xff\xff\xff"):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await features.GetOnlineFeatures(long_tenant, timeout=5)
+                await raw(body, timeout=5)
             assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert refused.value.details() == "context.tenant: at most 64 characters"
-            await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
-        metrics = await asyncio.to_thread(_metrics, admin_ports["feature"])
+            assert "GetOnlineFeaturesRequest" in (refused.value.details() or "")
+        assert not servicer.started.is_set()
+        features = feature_pb2_grpc.FeatureServiceStub(channel)
+        long_tenant = feature_pb2.GetOnlineFeaturesRequest()
+        long_tenant.context.tenant = "t" * 100
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await features.GetOnlineFeatures(long_tenant, timeout=5)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "context.tenant: at most 64 characters"
+        await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
+        metrics = await asyncio.to_thread(_metrics, admin_port)
         assert (
             'llmops_rpc_refused_requests_total{grpc_method="GetOnlineFeatures",'
             'grpc_service="llmops.v1.FeatureService",grpc_type="unary"} 3.0' in metrics
         )
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 15)
 
 
 def _metrics(port: int) -> str:
