@@ -48,7 +48,7 @@ from benchmarks.report import Case, emit
 from llmops.events.port import ServiceEvents
 from services.governance.policy_decisions import PolicyDecisions
 from services.governance.policy_opa import OpaConnection, OpaServerEngine
-from services.governance.policy_wasm import WasmPolicyEngine
+from llmops.policy.wasm import WasmPolicyEngine
 
 PATH = "llmops/registry/alias/decision"
 CARD: dict[str, Any] = {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compile the policy bundle deploy/opa/policies to WebAssembly for the governance service's
-# embedded engine (services/governance/policy_wasm.py) and write deploy/opa/wasm/bundle.tar.gz.
+# embedded engine (llmops/policy/wasm.py) and write deploy/opa/wasm/bundle.tar.gz.
 #
 #   scripts/build_opa_wasm.sh            # rebuild the committed bundle; commit the result
 #   scripts/build_opa_wasm.sh OUT.tar.gz # write elsewhere (scripts/check_opa_wasm.sh does)

@@ -43,7 +43,7 @@ from llmops.events.port import ServiceEvents
 from llmops.scheduler import Watch
 from llmops.v1 import events_pb2
 from llmops.yamlfiles import HotReload
-from services.governance.policy_engine import JsonValue, PolicyBundle, PolicyEngine
+from llmops.policy.engine import JsonValue, PolicyBundle, PolicyEngine
 
 MAX_DEPTH = 32
 DEFAULT_MAX_INPUT_BYTES = 256 * 1024

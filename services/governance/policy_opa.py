@@ -30,7 +30,7 @@ import aiohttp
 from opa_client import AsyncOpaClient
 
 from llmops.errors import InvalidArgument, Unavailable
-from services.governance.policy_engine import (
+from llmops.policy.engine import (
     Evaluation,
     JsonValue,
     PolicyBundle,

@@ -24,9 +24,9 @@ from services.governance.drift_job import DriftConfig, DriftJob
 from services.governance.guard import BuiltinRules, RegoGate
 from services.governance.plugin import GovernanceSettings
 from services.governance.policy_decisions import PolicyDecisions
-from services.governance.policy_engine import PolicyEngine
+from llmops.policy.engine import PolicyEngine
 from services.governance.policy_opa import OpaConnection, opa_engine_loader
-from services.governance.policy_wasm import WasmPolicyEngine
+from llmops.policy.wasm import WasmPolicyEngine
 from services.governance.registry import Registry
 from services.governance.servicer import GovernanceAdminServicer, GovernanceServicer
 from services.governance.store_sql import SqlRegistryStore

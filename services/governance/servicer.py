@@ -41,7 +41,7 @@ from services.governance.model import (
 )
 from services.governance.policy_decisions import Decision as PolicyDecision
 from services.governance.policy_decisions import PolicyDecisions, PolicyReload
-from services.governance.policy_engine import PolicyBundle
+from llmops.policy.engine import PolicyBundle
 from services.governance.registry import Registry
 
 # -- requests -> domain -------------------------------------------------------------------

@@ -31,7 +31,7 @@ from llmops.events.local_log import LocalLog
 from llmops.events.topics import AUDIT_CHAINED_TOPIC, KIND_TOPICS
 from llmops.v1 import common_pb2, events_pb2, governance_pb2, governance_pb2_grpc
 from services.governance.audit_chain import hash_of
-from services.governance.policy_wasm import DEFAULT_WASM_BUNDLE
+from llmops.policy.wasm import DEFAULT_WASM_BUNDLE
 from tests.governance_policy_cases import ALIAS as ALIAS_GATE
 from tests.governance_policy_cases import DECISION_PATHS, promote
 from tests.support import mesh_env

@@ -23,14 +23,14 @@ from google.protobuf.json_format import MessageToDict
 from llmops.errors import InvalidArgument, NotFound, ResourceExhausted
 from llmops.events.port import ServiceEvents
 from llmops.v1 import events_pb2
-from services.governance.policy_builtins import go_float, go_quote, sprintf
+from llmops.policy.builtins import go_float, go_quote, sprintf
 from services.governance.policy_decisions import (
     PolicyDecisions,
     is_secret_key,
     strip_secrets,
 )
-from services.governance.policy_engine import PolicyBundleError, UnknownDecisionPath
-from services.governance.policy_wasm import DEFAULT_WASM_BUNDLE, WasmPolicyEngine
+from llmops.policy.engine import PolicyBundleError, UnknownDecisionPath
+from llmops.policy.wasm import DEFAULT_WASM_BUNDLE, WasmPolicyEngine
 from tests.governance_policy_cases import ALIAS, CASES, DECISION_PATHS, Case, promote
 from tests.infra import REPO_ROOT, infra_required
 

@@ -1,6 +1,6 @@
 """The policy engine seam: one Protocol, two engines that answer the same Rego bundle.
 
-- :class:`~services.governance.policy_wasm.WasmPolicyEngine` (embedded default): the bundle
+- :class:`~llmops.policy.wasm.WasmPolicyEngine` (embedded default): the bundle
   compiled to WebAssembly by ``opa build -t wasm`` (committed as
   ``deploy/opa/wasm/bundle.tar.gz``, rebuilt by ``scripts/build_opa_wasm.sh``), evaluated
   in-process with wasmtime. Nothing compiles Rego at run time; no Go, no server.

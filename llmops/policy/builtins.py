@@ -19,7 +19,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from services.governance.policy_engine import JsonValue, PolicyEvaluationError
+from llmops.policy.engine import JsonValue, PolicyEvaluationError
 
 _VERB = re.compile(r"%([-+# 0]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
 

@@ -39,8 +39,8 @@ from typing import Any
 
 import wasmtime
 
-from services.governance.policy_builtins import HOST_BUILTINS
-from services.governance.policy_engine import (
+from llmops.policy.builtins import HOST_BUILTINS
+from llmops.policy.engine import (
     Evaluation,
     JsonValue,
     PolicyBundle,
@@ -131,7 +131,7 @@ class WasmPolicyEngine:
         if missing:
             raise PolicyBundleError(
                 f"the policies need builtins the embedded Wasm engine does not implement: "
-                f"{', '.join(missing)} (services/governance/policy_builtins.py)"
+                f"{', '.join(missing)} (llmops/policy/builtins.py)"
             )
         self._builtins = {i: (name, HOST_BUILTINS[name]) for name, i in builtin_ids.items()}
         self._data_addr = self._load_json(files.get("data.json", b"{}"))
