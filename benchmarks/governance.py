@@ -46,9 +46,9 @@ from typing import Any
 from benchmarks import servers
 from benchmarks.report import Case, emit
 from llmops.events.port import ServiceEvents
+from llmops.policy.wasm import WasmPolicyEngine
 from services.governance.policy_decisions import PolicyDecisions
 from services.governance.policy_opa import OpaConnection, OpaServerEngine
-from llmops.policy.wasm import WasmPolicyEngine
 
 PATH = "llmops/registry/alias/decision"
 CARD: dict[str, Any] = {
@@ -350,7 +350,7 @@ async def _grpc_run(address: str, n: int, *, evaluate: bool, store: str) -> list
     from llmops.v1 import governance_pb2, governance_pb2_grpc
 
     with tempfile.TemporaryFile("w+") as bare_log:
-        bare, bare_port = _start_server("grpc-bare", bare_log)
+        bare, bare_port = _start_server("grpc-bare", bare_log, "")
         try:
             async with (
                 grpc.aio.insecure_channel(address) as channel,

@@ -471,6 +471,8 @@ def mesh_env(base: Mapping[str, str], state_dir: Path, routes_dir: Path,
     env["LLMOPS__INFERENCE__ROUTES"] = json.dumps([str(routes_dir)])
     env["LLMOPS__SERVER__ACCESS_LOG"] = "false"
     env["LLMOPS__LOGGING__LEVEL"] = "warning"
+    # plaintext like the gateways it is compared with (`llmops bench noop` prices TLS + auth)
+    env["LLMOPS__SECURITY__INSECURE"] = "true"
     return env, grpc_ports
 
 

@@ -188,6 +188,9 @@ def start_service(name: str, env: dict[str, str], log: Any) -> tuple[subprocess.
         f"LLMOPS__SERVICES__{upper}__ADMIN_PORT": "0",
         "LLMOPS__SERVER__ACCESS_LOG": "false",  # the baselines run without access logs too
         "LLMOPS__LOGGING__LEVEL": "warning",
+        # plaintext, as the baselines are served; `llmops bench noop` measures what TLS and
+        # authentication add
+        "LLMOPS__SECURITY__INSECURE": "true",
         **env,
     }
     proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=full,

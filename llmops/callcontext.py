@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from dataclasses import dataclass
 from typing import Any
 
 REQUEST_ID_KEY = "x-request-id"
@@ -26,6 +27,23 @@ call_var: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVa
     "llmops_call", default=None
 )
 """(full method, servicer context) of the RPC being served: who is calling (llmops.identity)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of the RPC being served (:mod:`llmops.server.auth`)."""
+
+    id: str
+    """``token:<id>`` for a bearer token, the certificate's CN (``service:mesh``) for mTLS."""
+    roles: tuple[str, ...]
+    via: str
+    """How it was proven: ``token`` or ``mtls``."""
+
+
+principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "llmops_principal", default=None
+)
+"""The authenticated caller; None outside an RPC or when the mesh runs insecure."""
 
 
 def remaining_time() -> float | None:

@@ -53,6 +53,8 @@ def _serve(config: MeshConfig, names: list[str]) -> None:
     configure_logging(config.logging.level, config.logging.format)
     try:
         run(config, names)
+    except ConfigError as exc:  # e.g. production mode without TLS
+        _fail_config(str(exc))
     except LLMOpsError as exc:  # state dir in use, a changed migration, ...: say it plainly
         click.echo(f"llmops: {exc.message}", err=True)
         sys.exit(1)
@@ -96,7 +98,25 @@ def up(config_path: Path | None, state_dir: Path | None) -> None:
             f"{SERVICES[name].grpc_service}",
             err=True,
         )
+    _echo_security(config)
     _serve(config, names)
+
+
+def _echo_security(config: MeshConfig) -> None:
+    from llmops.security import provision
+
+    if config.security.insecure:
+        click.echo(
+            "  security   INSECURE (security.insecure: true): plaintext, no authentication",
+            err=True,
+        )
+        return
+    try:
+        files = provision(config)
+    except ConfigError as exc:
+        _fail_config(str(exc))
+    how = "mTLS" if config.security.client_certificates == "require" else "TLS"
+    click.echo(f"  security   {how}, CA {files.ca}; the CLI's token: {files.token}", err=True)
 
 
 @cli.command("run")
@@ -713,6 +733,116 @@ def ports(config_path: Path | None) -> None:
     config = _load(config_path)
     for name, svc in config.services.items():
         click.echo(f"{name:<11} {svc.address:<16} http://{svc.host}:{svc.admin_port}/metrics")
+
+
+@cli.group()
+def token() -> None:
+    """Bearer tokens the mesh accepts (security.tokens_file; embedded: under state_dir).
+
+    Tokens are stored as SHA-256 digests; `create` shows the token once. Servers re-read
+    the file within a second of a change: rotate by creating a new token for the same id,
+    moving the callers to it, then `revoke --keep-newest`.
+    """
+
+
+def _tokens_path(config: MeshConfig) -> Path:
+    from llmops.security import provision
+
+    try:
+        path = provision(config).tokens
+    except ConfigError as exc:
+        _fail_config(str(exc))
+    if path is None:
+        _fail_config("security.tokens_file is not set: this mesh accepts no bearer tokens")
+    return path
+
+
+@token.command("create")
+@click.argument("ident", metavar="ID")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    help="storefront, operator, service or auditor (repeatable; the Rego policy decides "
+    "what each may call).",
+)
+@click.option("--expires-in-days", type=float, default=None, help="Expire after this long.")
+@_config_option
+def token_create(
+    ident: str, roles: tuple[str, ...], expires_in_days: float | None, config_path: Path | None
+) -> None:
+    """Mint a token for ID with ROLEs; print it once (only its digest is kept)."""
+    import datetime as dt
+
+    from llmops.security.tokens import add_token
+
+    path = _tokens_path(_load(config_path))
+    expires = (
+        dt.datetime.now(dt.UTC) + dt.timedelta(days=expires_in_days)
+        if expires_in_days is not None
+        else None
+    )
+    click.echo(add_token(path, ident, list(roles), expires))
+    click.echo(f"added to {path}: id {ident}, roles {', '.join(roles)}", err=True)
+
+
+@token.command("list")
+@_config_option
+def token_list(config_path: Path | None) -> None:
+    """The accepted tokens: id, roles, digest prefix, expiry (never the tokens)."""
+    from llmops.security.tokens import TokenStore
+
+    for entry in TokenStore(_tokens_path(_load(config_path))).entries():
+        expires = entry.expires.isoformat() if entry.expires else "never"
+        click.echo(f"{entry.id:<24} {','.join(entry.roles):<20} {entry.sha256[:12]}  {expires}")
+
+
+@token.command("revoke")
+@click.argument("ident", metavar="ID")
+@click.option("--keep", default=None, help="Keep the token with this digest prefix (rotation).")
+@_config_option
+def token_revoke(ident: str, keep: str | None, config_path: Path | None) -> None:
+    """Remove the tokens of ID (all, or all but --keep)."""
+    from llmops.security.tokens import TokenStore, revoke_tokens
+
+    path = _tokens_path(_load(config_path))
+    keep_digest = None
+    if keep:
+        matches = [e.sha256 for e in TokenStore(path).entries() if e.sha256.startswith(keep)]
+        if len(matches) != 1:
+            _fail_config(f"--keep {keep}: matches {len(matches)} tokens, not exactly one")
+        keep_digest = matches[0]
+    removed = revoke_tokens(path, ident, keep_digest)
+    click.echo(f"revoked {removed} token(s) of {ident}", err=True)
+    sys.exit(0 if removed else 1)
+
+
+@cli.command("cert")
+@click.argument("ident", metavar="ID")
+@click.option("--role", "roles", multiple=True, required=True, help="Role (repeatable).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory for <ID>.pem and <ID>.key (created 0600).",
+)
+@_config_option
+def cert(ident: str, roles: tuple[str, ...], out: Path, config_path: Path | None) -> None:
+    """Issue a client certificate from embedded mode's local CA (CN=ID, OU=each role)."""
+    from llmops.security import provision, security_dir
+    from llmops.security.pki import LocalPki, issue_client_certificate
+
+    config = _load(config_path)
+    if config.mode is not Mode.EMBEDDED:
+        _fail_config("`llmops cert` issues from embedded mode's local CA; use your PKI")
+    provision(config)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ident)
+    out.mkdir(parents=True, exist_ok=True)
+    issue_client_certificate(
+        LocalPki(security_dir(config)), ident, roles, out / f"{safe}.pem", out / f"{safe}.key"
+    )
+    click.echo(f"wrote {out / f'{safe}.pem'} and {out / f'{safe}.key'}", err=True)
 
 
 @cli.command()

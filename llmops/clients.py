@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2_grpc
 from llmops.callcontext import REQUEST_ID_KEY, current_request_id, remaining_time
 from llmops.config import MeshConfig
 from llmops.mesh import PROTO_PACKAGE, SERVICES
+from llmops.security import ClientSecurity, client_security
 from llmops.v1 import admin_pb2_grpc
 
 StubT = TypeVar("StubT")
@@ -160,6 +161,30 @@ class _CallPolicy(_UU, _US, _SU, _SS):
         return await continuation(self._details(details), requests)
 
 
+def channel_credentials(security: ClientSecurity) -> grpc.ChannelCredentials:
+    """TLS to the mesh's servers (verified against its CA), the client certificate when
+    there is one, and the bearer token on every call when there is one."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=security.ca,
+        private_key=security.private_key,
+        certificate_chain=security.cert_chain,
+    )
+    if security.token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(security.token)
+        )
+    return credentials
+
+
+def secure_options(security: ClientSecurity | None) -> tuple[tuple[str, Any], ...]:
+    if security is not None and security.server_name:
+        return (("grpc.ssl_target_name_override", security.server_name),)
+    return ()
+
+
+_FROM_CONFIG: Any = object()
+
+
 class MeshClient:
     """Async clients of all services; use ``async with MeshClient(config) as mesh``."""
 
@@ -170,11 +195,19 @@ class MeshClient:
         targets: Mapping[str, str] | None = None,
         default_timeout_s: float | None = None,
         extra_retryable: Iterable[str] = (),
+        security: ClientSecurity | None = _FROM_CONFIG,
     ) -> None:
         """``extra_retryable``: full method names (``/pkg.Service/Method``) outside the
-        contracts to retry like the retryable ones (tests' own services)."""
+        contracts to retry like the retryable ones (tests' own services). ``security``: the
+        credentials to call with; by default those ``config`` gives the CLI (TLS, the
+        operator's token: :func:`llmops.security.client_security`), plaintext without a
+        config or with ``security.insecure``."""
+        if security is _FROM_CONFIG:
+            security = client_security(config, as_operator=True) if config else None
         config = config or MeshConfig.model_validate({})
-        self._options = channel_options(extra_retryable)
+        self.security = security
+        self._credentials = channel_credentials(security) if security else None
+        self._options = channel_options(extra_retryable) + secure_options(security)
         self.targets = dict(targets or {n: s.address for n, s in config.services.items()})
         self._policy = _CallPolicy(
             default_timeout_s
@@ -195,11 +228,15 @@ class MeshClient:
                 target = self.targets[service]
             except KeyError:
                 raise KeyError(f"no address configured for service {service!r}") from None
-            channel = grpc.aio.insecure_channel(
-                target,
-                options=self._options,
-                interceptors=[self._policy],  # type: ignore[list-item]  # grpc-stubs too narrow
-            )
+            interceptors: Any = [self._policy]  # grpc-stubs types the list too narrowly
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(
+                    target, options=self._options, interceptors=interceptors
+                )
+            else:
+                channel = grpc.aio.secure_channel(
+                    target, self._credentials, options=self._options, interceptors=interceptors
+                )
             self._channels[service] = channel
         return channel
 

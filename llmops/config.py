@@ -158,6 +158,61 @@ class ServerConfig(Settings):
     )  # fmt: skip
 
 
+class SecurityConfig(Settings):
+    """Who may call the mesh (DESIGN.md, security model). Every RPC is authenticated by a
+    client certificate signed by ``ca_file`` (mTLS: services, production callers) or a bearer
+    token listed hashed in ``tokens_file`` (storefront backends, operators), and authorised
+    per method by the Rego decision ``authz_decision``. In embedded mode every file left
+    unset is created under ``state_dir/security`` (a local CA, the server's and the mesh's
+    certificates, an operator token), so nothing needs setting up; production mode refuses
+    to start without them unless ``insecure`` is true."""
+
+    insecure: bool = Field(
+        False, description="Plaintext gRPC and no authentication: every caller may call "
+        "everything. Logged loudly at start and shown by `llmops status`. Never in production.",
+    )  # fmt: skip
+    client_certificates: Literal["require", "none"] = Field(
+        "require", description="require = mutual TLS on every listener: every caller "
+        "presents a certificate signed by ca_file (a bearer token, when sent too, names the "
+        "caller); none = server-side TLS only, callers authenticate by bearer token (for "
+        "callers that cannot hold certificates). gRPC Python cannot ask for an optional "
+        "client certificate, hence the choice.",
+    )  # fmt: skip
+    ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signed the servers' certificates and the "
+        "client certificates servers accept.",
+    )  # fmt: skip
+    cert_file: Path | None = Field(None, description="This server's certificate chain (PEM).")
+    key_file: Path | None = Field(None, description="This server's private key (PEM).")
+    client_cert_file: Path | None = Field(
+        None, description="The certificate the mesh's own clients present (service to "
+        "service mTLS); its subject CN is the identity, its OUs the roles.",
+    )  # fmt: skip
+    client_key_file: Path | None = Field(None, description="The key of client_cert_file.")
+    tokens_file: Path | None = Field(
+        None, description="Bearer tokens the servers accept, stored as SHA-256 digests with "
+        "their id and roles (`llmops token create`); re-read when it changes (rotation "
+        "without restart).",
+    )  # fmt: skip
+    token_file: Path | None = Field(
+        None, description="The bearer token the CLI sends (LLMOPS_TOKEN overrides); embedded "
+        "default: the operator token under state_dir/security.",
+    )  # fmt: skip
+    tls_server_name: str = Field(
+        "", description="Name clients check the servers' certificates for, when the "
+        "addresses dialled are not in them (grpc.ssl_target_name_override).",
+    )  # fmt: skip
+    authz_bundle: Path | None = Field(
+        None, description="Wasm policy bundle with the RPC authorisation decision (`opa "
+        "build -t wasm`); default: this repository's deploy/opa/wasm/bundle.tar.gz. Polled: "
+        "a rebuilt bundle applies without a restart.",
+    )  # fmt: skip
+    authz_decision: str = Field(
+        "llmops/rpc/decision", min_length=1, description="Decision path that authorises a "
+        "call: input {subject: {id, roles, via}, method}, result {allow, reasons}.",
+    )  # fmt: skip
+
+
 class LoggingConfig(Settings):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -177,6 +232,7 @@ class CoreConfig(Settings):
     events: EventsConfig = EventsConfig()
     sink: SinkConfig = SinkConfig()
     server: ServerConfig = ServerConfig()
+    security: SecurityConfig = SecurityConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="before")

@@ -68,6 +68,13 @@ class Aborted(LLMOpsError):
     code = "ABORTED"
 
 
+class Unauthenticated(LLMOpsError):
+    """The call carries no credentials the server accepts (no client certificate signed by
+    the mesh's CA, no known bearer token). The message never repeats the credential."""
+
+    code = "UNAUTHENTICATED"
+
+
 class PermissionDenied(LLMOpsError):
     """Policy refused the action; the message carries the policy's reasons."""
 

@@ -1,9 +1,9 @@
 """Who is calling: the identity the audit trail records as the actor.
 
 The actor of an audited action is the *authenticated* caller, never a request field
-(DESIGN.md, security model). Until authentication lands (mTLS and bearer tokens, the
-security issue), a caller is identified by what the transport proves: a TLS peer's
-certificate name when there is one, else ``unauthenticated:<peer address>``. Work the
+(DESIGN.md, security model): the principal the runtime authenticated (a bearer token's
+``token:<id>``, a client certificate's CN). Only a mesh run with ``security.insecure`` has
+none; its callers are recorded as ``unauthenticated:<peer address>``. Work the
 platform does by itself (schedules, expiry, bandit re-weighting) runs as :data:`SYSTEM`.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmops.callcontext import call_var
+from llmops.callcontext import call_var, principal_var
 from llmops.v1 import events_pb2
 
 
@@ -48,6 +48,14 @@ def current_identity() -> Identity | None:
         return None
     method, context = call
     service = method.lstrip("/").partition("/")[0]
+    principal = principal_var.get()
+    if principal is not None:
+        kind = (
+            events_pb2.ACTOR_TYPE_SERVICE
+            if "service" in principal.roles
+            else events_pb2.ACTOR_TYPE_USER
+        )
+        return Identity(principal.id, kind, True, service)
     auth = context.auth_context() or {}
     names = auth.get("x509_common_name") or auth.get("x509_subject_alternative_name")
     if names:

@@ -11,7 +11,8 @@ from typing import Any
 
 from llmops.backends import Backends, StateDirLocked
 from llmops.config import MeshConfig, Mode
-from llmops.errors import Unavailable
+from llmops.errors import PermissionDenied, Unavailable
+from llmops.security import client_security
 
 _WINDOW = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -57,10 +58,19 @@ def _from_running_mesh(
         f"http://{host}:{config.sink.admin_port}/v1/logs/{kind}"
         f"?last_s={window.total_seconds()}&limit={limit}"
     )
+    request = urllib.request.Request(url)
+    security = client_security(config, as_operator=True)
+    if security is not None and security.token:
+        request.add_header("Authorization", f"Bearer {security.token}")
     try:
-        with urllib.request.urlopen(url, timeout=10) as reply:
+        with urllib.request.urlopen(request, timeout=10) as reply:
             rows: list[dict[str, Any]] = json.loads(reply.read())["rows"]
             return rows
+    except urllib.error.HTTPError as exc:
+        raise PermissionDenied(
+            f"the logs endpoint {url} refused this caller ({exc.code}): the logs need the "
+            "token of an operator or auditor (LLMOPS_TOKEN or security.token_file)"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         raise Unavailable(
             f"the running mesh holds {config.state_dir} but its logs endpoint {url} did not "

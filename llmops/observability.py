@@ -31,6 +31,8 @@ from llmops.clickhouse import queries
 from llmops.clickhouse.base import ClickHouseStore
 from llmops.config import MeshConfig
 from llmops.events.base import EventLog
+from llmops.security import provision, security_dir
+from llmops.security.tokens import TokenStore
 from llmops.sink.runner import SinkThreads, build_sinks
 
 log = structlog.get_logger("llmops.observability")
@@ -67,9 +69,16 @@ class ObservabilityServer:
     """``/metrics`` and ``/v1/logs/<kind>`` on a loopback HTTP port, in a thread."""
 
     def __init__(
-        self, store: ClickHouseStore, registry: CollectorRegistry, host: str, port: int
+        self,
+        store: ClickHouseStore,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        tokens: TokenStore | None = None,
     ) -> None:
-        handler = _handler(store, registry)
+        """``tokens``: when set, ``/v1/logs`` answers only a bearer token of the operator or
+        auditor role (the rows can hold what shoppers wrote); None: the mesh runs insecure."""
+        handler = _handler(store, registry, tokens)
         self._http = ThreadingHTTPServer((host, port), handler)
         self._http.daemon_threads = True
         self._thread = threading.Thread(
@@ -86,16 +95,36 @@ class ObservabilityServer:
         self._http.server_close()
 
 
-def _handler(store: ClickHouseStore, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+LOG_READER_ROLES = frozenset({"operator", "auditor"})
+
+
+def _handler(
+    store: ClickHouseStore, registry: CollectorRegistry, tokens: TokenStore | None
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             url = urlparse(self.path)
             if url.path == "/metrics":
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif url.path.startswith(LOGS_PREFIX) and url.path[len(LOGS_PREFIX) :] in LOG_KINDS:
+                if tokens is not None and not self._may_read_logs(tokens):
+                    return
                 self._logs(url.path[len(LOGS_PREFIX) :], parse_qs(url.query))
             else:
                 self._reply(404, b'{"error": "not found"}', "application/json")
+
+        def _may_read_logs(self, tokens: TokenStore) -> bool:
+            header = self.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            entry = tokens.lookup(token.strip()) if scheme.lower() == "bearer" else None
+            if entry is None:
+                self._reply(401, b'{"error": "a bearer token is required"}', "application/json")
+                return False
+            if not LOG_READER_ROLES & set(entry.roles):
+                body = json.dumps({"error": f"token:{entry.id} may not read the logs"}).encode()
+                self._reply(403, body, "application/json")
+                return False
+            return True
 
         def _logs(self, kind: str, query: dict[str, list[str]]) -> None:
             try:
@@ -136,6 +165,7 @@ class Observability:
         flush_interval_s: float,
         registry: CollectorRegistry | None = None,
         topics: list[str] | None = None,
+        tokens: TokenStore | None = None,
     ) -> None:
         self.registry = registry or CollectorRegistry()
         self.sinks = SinkThreads(
@@ -148,13 +178,21 @@ class Observability:
                 registry=self.registry,
             )
         )
-        self.server = ObservabilityServer(store, self.registry, host, port) if port else None
+        self.server = (
+            ObservabilityServer(store, self.registry, host, port, tokens) if port else None
+        )
 
     @classmethod
     def from_config(
         cls, config: MeshConfig, backends: Backends, topics: list[str] | None = None
     ) -> Observability:
-        """Sinks over the process's event log and store, the endpoint on sink.admin_port."""
+        """Sinks over the process's event log and store, the endpoint on sink.admin_port
+        (its logs behind the mesh's bearer tokens unless ``security.insecure``)."""
+        tokens = None
+        if not config.security.insecure:
+            # No tokens file configured (production without one): nobody reads the logs.
+            path = provision(config).tokens or security_dir(config) / "tokens.yaml"
+            tokens = TokenStore(path)
         return cls(
             backends.event_log(),
             backends.clickhouse(),
@@ -163,6 +201,7 @@ class Observability:
             batch_rows=config.sink.batch_rows,
             flush_interval_s=config.sink.flush_interval_s,
             topics=topics,
+            tokens=tokens,
         )
 
     def start(self) -> Observability:

@@ -13,6 +13,8 @@ from llmops.config import MeshConfig
 from llmops.mesh import SERVICES
 from llmops.v1 import admin_pb2
 
+INSECURE = "INSECURE"
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceStatus:
@@ -26,6 +28,8 @@ class ServiceStatus:
     uptime_s: float | None
     metrics: str
     error: str
+    security: str = ""
+    """How the service authenticates callers (GetInfo), e.g. ``mTLS + bearer tokens``."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -53,6 +57,7 @@ async def _one(mesh: MeshClient, name: str, address: str, timeout_s: float) -> S
         uptime_s=info.uptime.ToMilliseconds() / 1000,
         metrics=f"http://{info.metrics_address}/metrics" if info.metrics_address else "",
         error="",
+        security=info.security,
     )
 
 
@@ -76,14 +81,21 @@ def format_uptime(seconds: float | None) -> str:
 
 
 def render_table(rows: list[ServiceStatus]) -> str:
-    header = ("SERVICE", "HEALTH", "VERSION", "ADDRESS", "UPTIME", "MODE", "METRICS")
+    header = ("SERVICE", "HEALTH", "VERSION", "ADDRESS", "UPTIME", "MODE", "SECURITY", "METRICS")
     body = [
         (r.service, r.health, r.version or "-", r.address, format_uptime(r.uptime_s),
-         r.mode or "-", r.metrics or r.error or "-")
+         r.mode or "-", r.security or "-", r.metrics or r.error or "-")
         for r in rows
     ]  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    return "\n".join(
+    table = "\n".join(
         "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in (header, *body)
     )
+    insecure = [r.service for r in rows if r.security == INSECURE]
+    if insecure:
+        table += (
+            f"\nWARNING: {', '.join(insecure)} run with security.insecure: plaintext gRPC, no "
+            "authentication, every caller may call every method (drain included)."
+        )
+    return table

@@ -20,7 +20,8 @@ ALIAS = "llmops/registry/alias/decision"
 ACCESS = "llmops/inference/access/decision"
 DATA_USE = "llmops/dataset/use/decision"
 AUTHZ = "llmops/authz/decision"
-DECISION_PATHS = (AUTHZ, DATA_USE, ACCESS, ALIAS)
+RPC = "llmops/rpc/decision"
+DECISION_PATHS = (AUTHZ, DATA_USE, ACCESS, ALIAS, RPC)
 
 CARD: dict[str, Any] = {
     "intended_use": "Summarize guest reviews on property pages",

@@ -44,6 +44,23 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+def mesh_credentials(state_dir: Path, token: str | None = "operator") -> grpc.ChannelCredentials:
+    """What a caller of a mesh started with ``state_dir`` presents: TLS against the mesh's
+    local CA, the mesh's client certificate, and the bearer token ``<token>.token`` of
+    ``state_dir/security`` (``token=None``: none; the certificate names the caller
+    ``service:mesh``). Raises FileNotFoundError until the mesh has made them."""
+    sec = state_dir / "security"
+    creds = grpc.ssl_channel_credentials(
+        (sec / "ca.pem").read_bytes(),
+        (sec / "mesh.key").read_bytes(),
+        (sec / "mesh.pem").read_bytes(),
+    )
+    if token is None:
+        return creds
+    secret = (sec / f"{token}.token").read_text().strip()
+    return grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(secret))
+
+
 @dataclass
 class RunningMesh:
     proc: subprocess.Popen[str]
@@ -55,11 +72,27 @@ class RunningMesh:
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
 
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["LLMOPS__STATE_DIR"])
+
+    def channel(self, name: str, token: str | None = "operator") -> grpc.Channel:
+        """A blocking channel to service ``name``, as the operator by default."""
+        return grpc.secure_channel(self.address(name), mesh_credentials(self.state_dir, token))
+
+    def aio_channel(self, name: str, token: str | None = "operator") -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(self.address(name), mesh_credentials(self.state_dir, token))
+
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
 
-def mesh_env(tmp: Path, names: list[str] | None = None) -> tuple[dict[str, str], dict, dict]:
+def mesh_env(
+    tmp: Path, names: list[str] | None = None, *, insecure: bool = False
+) -> tuple[dict[str, str], dict, dict]:
+    """Environment of a mesh on free ports with its state under ``tmp``. ``insecure``:
+    plaintext without authentication, for tests of a service's behaviour that talk to it
+    over plain channels (the security tests and `llmops up` tests use the credentials)."""
     names = names or list(SERVICES)
     ports = free_ports(2 * len(SERVICES) + 1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMOPS__")}
@@ -70,24 +103,39 @@ def mesh_env(tmp: Path, names: list[str] | None = None) -> tuple[dict[str, str],
         env[f"LLMOPS__SERVICES__{name.upper()}__PORT"] = str(grpc_ports[name])
         env[f"LLMOPS__SERVICES__{name.upper()}__ADMIN_PORT"] = str(admin_ports[name])
     env["LLMOPS__SINK__ADMIN_PORT"] = str(ports[-1])
+    if insecure:
+        env["LLMOPS__SECURITY__INSECURE"] = "true"
     return env, grpc_ports, admin_ports
 
 
-def wait_serving(address: str, service: str, timeout: float) -> float:
-    """Poll the standard gRPC health protocol until SERVING; return seconds waited."""
+def wait_serving(
+    address: str, service: str, timeout: float, state_dir: Path | None = None
+) -> float:
+    """Poll the standard gRPC health protocol until SERVING; return seconds waited.
+    ``state_dir``: the mesh's, when it serves TLS (its credentials appear once it starts);
+    None for a plaintext server."""
     start = time.monotonic()
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return time.monotonic() - start
-            except grpc.RpcError:
-                pass
-            if time.monotonic() - start > timeout:
-                raise TimeoutError(f"{service} at {address} not SERVING after {timeout}s")
-            time.sleep(0.1)
+    while True:
+        try:
+            channel = (
+                grpc.insecure_channel(address)
+                if state_dir is None
+                else grpc.secure_channel(address, mesh_credentials(state_dir, None))
+            )
+        except FileNotFoundError:  # the mesh has not made its credentials yet
+            channel = None
+        if channel is not None:
+            with channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return time.monotonic() - start
+                except grpc.RpcError:
+                    pass
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{service} at {address} not SERVING after {timeout}s")
+        time.sleep(0.1)
 
 
 @contextmanager
@@ -109,9 +157,12 @@ def running(
 
 
 @contextmanager
-def llmops_up(tmp: Path, within_s: float = 60) -> Iterator[RunningMesh]:
+def llmops_up(
+    tmp: Path, within_s: float = 60, extra_env: dict[str, str] | None = None
+) -> Iterator[RunningMesh]:
     """`llmops up` as a newcomer runs it, in a subprocess, once every service is SERVING."""
     env, ports, admin_ports = mesh_env(tmp)
+    env.update(extra_env or {})
     # a small demo collection: embedding 500 listings costs ~10 s of CPU that the other
     # services' tests (50 ms guardrail budgets) would share on 2 cores
     env["LLMOPS__EMBEDDING__DEMO_PROPERTIES"] = "80"
@@ -125,7 +176,10 @@ def llmops_up(tmp: Path, within_s: float = 60) -> Iterator[RunningMesh]:
         try:
             for name, entry in SERVICES.items():
                 wait_serving(
-                    mesh.address(name), entry.grpc_service, within_s - (time.monotonic() - start)
+                    mesh.address(name),
+                    entry.grpc_service,
+                    within_s - (time.monotonic() - start),
+                    mesh.state_dir,
                 )
         except TimeoutError:
             raise AssertionError(

@@ -24,7 +24,7 @@ import structlog
 from google.protobuf import descriptor as _descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import start_http_server
 
 import llmops
@@ -36,7 +36,9 @@ from llmops.events.port import ServiceEvents
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.plugin import ServiceFactory, ServicePlugin
 from llmops.scheduler import Scheduler
+from llmops.security import ServerSecurity, client_security, server_security
 from llmops.server.access_log import AccessLog
+from llmops.server.auth import AuthzPolicy, CallGuard
 from llmops.server.context import (
     Binding,
     ServiceBackends,
@@ -211,9 +213,16 @@ class GrpcService:
         definition: ServiceDefinition,
         ctx: ServiceContext[Any],
         access_log: AccessLog | None = None,
+        security: ServerSecurity | None = None,
+        authz: AuthzPolicy | None = None,
     ) -> None:
+        """``security``: the credentials it serves with; None means plaintext without
+        authentication (``security.insecure``). ``authz``: the authorisation policy, shared
+        by the servers of one process (default: one of its own)."""
         self.definition = definition
         self.access_log = access_log
+        self.security = security
+        self._authz = authz
         self.ctx = ctx
         self.settings = ctx.service_config
         self.state = ServerState()
@@ -237,6 +246,13 @@ class GrpcService:
     def name(self) -> str:
         return self.ctx.name
 
+    def security_summary(self) -> str:
+        if self.security is None:
+            return "INSECURE"
+        if self.ctx.config.security.client_certificates == "require":
+            return "mTLS + bearer tokens"
+        return "TLS + bearer tokens"
+
     def info(self) -> admin_pb2.GetInfoResponse:
         info = admin_pb2.GetInfoResponse(
             service_name=self.grpc_service,
@@ -252,6 +268,7 @@ class GrpcService:
             services=sorted(self.reflected_names),
             instance_id=f"{socket.gethostname()}:{os.getpid()}",
             draining=self.state.draining,
+            security=self.security_summary(),
         )
         if self.started_at is not None:
             info.start_time.FromNanoseconds(int(self.started_at * 1e9))
@@ -262,11 +279,17 @@ class GrpcService:
         for hook in self.definition.on_start:
             await hook()
         server_cfg = self.ctx.config.server
+        guard = (
+            CallGuard(self.security, self.registry, self._authz)
+            if self.security is not None
+            else None
+        )
         interceptor = RuntimeInterceptor(
             self.grpc_service,
             RpcMetrics(self.registry),
             self.state,
             access_log=self.access_log,
+            guard=guard,
         )
         server = grpc.aio.server(
             maximum_concurrent_rpcs=server_cfg.max_concurrent_rpcs,
@@ -279,10 +302,25 @@ class GrpcService:
             binding.add_to_server(binding.servicer, registrar)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
-        # Reflection is tooling: registered as is, outside the metrics and access log.
-        reflection.enable_server_reflection(self.reflected_names, server)
+        # Reflection goes through the pipeline too: it lists the API, so callers must
+        # authenticate (any role the policy grants it may use it).
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(self.reflected_names),  # type: ignore[attr-defined]
+            registrar,
+        )
         try:
-            server.add_insecure_port(self.settings.address)
+            if self.security is None:
+                server.add_insecure_port(self.settings.address)
+            else:
+                server.add_secure_port(
+                    self.settings.address,
+                    grpc.ssl_server_credentials(
+                        [(self.security.private_key, self.security.cert_chain)],
+                        root_certificates=self.security.client_ca,
+                        require_client_auth=self.ctx.config.security.client_certificates
+                        == "require",
+                    ),
+                )
         except RuntimeError as exc:
             raise OSError(
                 f"{self.name}: cannot listen on {self.settings.address} "
@@ -312,6 +350,7 @@ class GrpcService:
             address=self.settings.address,
             metrics_port=self.settings.admin_port,
             mode=self.ctx.config.mode.value,
+            tls=self.security is not None,
         )
 
     async def drain(self, wait_s: float) -> int:
@@ -391,9 +430,17 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    security = server_security(config)
+    authz = AuthzPolicy(security.authz_bundle, security.authz_decision) if security else None
+    if security is None:
+        log.warning(
+            "security_disabled",
+            message="security.insecure is true: plaintext gRPC, no authentication, every "
+            "caller may call every method, drain included. Never expose this mesh.",
+        )
     with Backends(config) as backends:
         services: list[GrpcService] = []
-        clients = MeshClient(config)
+        clients = MeshClient(config, security=client_security(config, as_operator=False))
         access_log = (
             AccessLog(config.logging.format)
             if config.server.access_log and config.logging.level in ("debug", "info")
@@ -405,7 +452,7 @@ async def serve(
                 plugin = SERVICES[name]
                 ctx = build_context(plugin, config, backends, clients)
                 factory = factories.get(name) or plugin.load_factory()
-                services.append(GrpcService(factory(ctx), ctx, access_log))
+                services.append(GrpcService(factory(ctx), ctx, access_log, security, authz))
             for svc in services:
                 await svc.start()
             freeze_startup_heap()

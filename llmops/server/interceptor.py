@@ -46,11 +46,13 @@ from llmops.callcontext import (
     REQUEST_ID_KEY,
     call_var,
     deadline_var,
+    principal_var,
     request_id_var,
 )
 from llmops.errors import InvalidArgument, LLMOpsError
 from llmops.events.ids import uuid7
 from llmops.server.access_log import AccessLog
+from llmops.server.auth import PUBLIC_METHODS, CallGuard
 from llmops.server.context_limits import context_problem
 from llmops.server.times import invalid_time
 from llmops.v1 import common_pb2
@@ -201,8 +203,12 @@ class RuntimeInterceptor(_ServerInterceptor):
         state: ServerState,
         *,
         access_log: AccessLog | None = None,
+        guard: CallGuard | None = None,
     ) -> None:
+        """``guard``: authenticates and authorises every call but the public ones (None:
+        the mesh runs with ``security.insecure``)."""
         self._service = service
+        self._guard = guard
         self._metrics = metrics
         self._state = state
         self._access_log = access_log
@@ -244,25 +250,26 @@ class RuntimeInterceptor(_ServerInterceptor):
         kind = _kind(handler)
         inst = _MethodInstruments(self._metrics, method, kind)
         gate = not method.startswith(_ALWAYS_OPEN)
+        guard = None if method.startswith(PUBLIC_METHODS) else self._guard
         ser = {
             "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if kind == "unary":
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, inst, gate), **ser
+                self._unary(handler.unary_unary, inst, gate, guard), **ser
             )
         if kind == "client_stream":
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, inst, gate, streamed=True), **ser
+                self._unary(handler.stream_unary, inst, gate, guard, streamed=True), **ser
             )
         behavior = handler.unary_stream if kind == "server_stream" else handler.stream_stream
         wrapped_stream: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
         streamed = kind == "bidi_stream"
         if inspect.isasyncgenfunction(behavior):
-            wrapped_stream = self._stream(behavior, inst, gate, streamed)
+            wrapped_stream = self._stream(behavior, inst, gate, guard, streamed)
         else:  # a coroutine that writes with context.write(): wrap it like a unary call
-            wrapped_stream = self._unary(behavior, inst, gate, streamed)
+            wrapped_stream = self._unary(behavior, inst, gate, guard, streamed)
         factory = (
             grpc.unary_stream_rpc_method_handler
             if kind == "server_stream"
@@ -271,12 +278,19 @@ class RuntimeInterceptor(_ServerInterceptor):
         return factory(wrapped_stream, **ser)
 
     def _unary(
-        self, behavior: Any, inst: _MethodInstruments, gate: bool, streamed: bool = False
+        self,
+        behavior: Any,
+        inst: _MethodInstruments,
+        gate: bool,
+        guard: CallGuard | None,
+        streamed: bool = False,
     ) -> Any:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             tokens, start = self._enter(context, inst, gate)
             code = "OK"
             try:
+                if guard is not None:
+                    principal_var.set(guard.admit(inst.method, context))
                 if gate and self._state.draining:
                     raise _Draining()
                 request = _checked(request, inst, streamed)
@@ -290,12 +304,19 @@ class RuntimeInterceptor(_ServerInterceptor):
         return call
 
     def _stream(
-        self, behavior: Any, inst: _MethodInstruments, gate: bool, streamed: bool = False
+        self,
+        behavior: Any,
+        inst: _MethodInstruments,
+        gate: bool,
+        guard: CallGuard | None,
+        streamed: bool = False,
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             tokens, start = self._enter(context, inst, gate)
             code = "OK"
             try:
+                if guard is not None:
+                    principal_var.set(guard.admit(inst.method, context))
                 if gate and self._state.draining:
                     raise _Draining()
                 request = _checked(request, inst, streamed)
@@ -329,6 +350,7 @@ class RuntimeInterceptor(_ServerInterceptor):
             request_id_var.set(rid),
             deadline_var.set(None if remaining is None else time.monotonic() + remaining),
             call_var.set((inst.method, context)),
+            principal_var.set(None),
         )
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         if gate:
@@ -390,6 +412,7 @@ class RuntimeInterceptor(_ServerInterceptor):
             request_id_var.reset(tokens[0])
             deadline_var.reset(tokens[1])
             call_var.reset(tokens[2])
+            principal_var.reset(tokens[3])
         except ValueError:  # a stream finalised from another context: nothing to restore
             pass
 

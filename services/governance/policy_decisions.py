@@ -40,10 +40,10 @@ from typing import Any
 from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.ids import uuid7
 from llmops.events.port import ServiceEvents
+from llmops.policy.engine import JsonValue, PolicyBundle, PolicyEngine
 from llmops.scheduler import Watch
 from llmops.v1 import events_pb2
 from llmops.yamlfiles import HotReload
-from llmops.policy.engine import JsonValue, PolicyBundle, PolicyEngine
 
 MAX_DEPTH = 32
 DEFAULT_MAX_INPUT_BYTES = 256 * 1024

@@ -10,6 +10,8 @@ from pathlib import Path
 import structlog
 
 from llmops.errors import FailedPrecondition
+from llmops.policy.engine import PolicyEngine
+from llmops.policy.wasm import WasmPolicyEngine
 from llmops.scheduler import Background, Periodic, Task
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.settings import switched_on
@@ -24,9 +26,7 @@ from services.governance.drift_job import DriftConfig, DriftJob
 from services.governance.guard import BuiltinRules, RegoGate
 from services.governance.plugin import GovernanceSettings
 from services.governance.policy_decisions import PolicyDecisions
-from llmops.policy.engine import PolicyEngine
 from services.governance.policy_opa import OpaConnection, opa_engine_loader
-from llmops.policy.wasm import WasmPolicyEngine
 from services.governance.registry import Registry
 from services.governance.servicer import GovernanceAdminServicer, GovernanceServicer
 from services.governance.store_sql import SqlRegistryStore

@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from llmops.errors import InvalidArgument
+from llmops.policy.engine import PolicyBundle
 from llmops.v1 import common_pb2, governance_pb2, governance_pb2_grpc
 from services.governance.audit_trail import AuditQuery, AuditTrail, Verification
 from services.governance.compliance import (
@@ -41,7 +42,6 @@ from services.governance.model import (
 )
 from services.governance.policy_decisions import Decision as PolicyDecision
 from services.governance.policy_decisions import PolicyDecisions, PolicyReload
-from llmops.policy.engine import PolicyBundle
 from services.governance.registry import Registry
 
 # -- requests -> domain -------------------------------------------------------------------

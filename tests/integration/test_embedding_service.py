@@ -37,7 +37,7 @@ async def stubs(
 ]:
     from llmops.server import serve
 
-    env, ports, _ = mesh_env(tmp_path)
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
     env["LLMOPS__EVENTS__BACKEND"] = "local"
     env["LLMOPS__SINK__EMBEDDED"] = "false"
     env["LLMOPS__EMBEDDING__DEMO_DATA"] = "off"

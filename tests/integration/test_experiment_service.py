@@ -80,7 +80,7 @@ async def serving(tmp_path: Path, **settings: str) -> AsyncIterator[Served]:
     overrides, e.g. ``LLMOPS__EXPERIMENTS__DEMO_DATA="off"``."""
     from llmops.server import serve
 
-    env, ports, admin_ports = mesh_env(tmp_path)
+    env, ports, admin_ports = mesh_env(tmp_path, insecure=True)
     env["LLMOPS__SINK__EMBEDDED"] = "false"  # in-process: this pytest process's chdb is taken
     env.update(settings)
     config = load_config(environ=env)

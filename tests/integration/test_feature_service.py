@@ -87,7 +87,7 @@ async def running(tmp_path: Path, reload_interval_s: float = 0.05) -> AsyncItera
     registry = tmp_path / "registry"
     registry.mkdir()
     shutil.copy(STOREFRONT, registry / "storefront.yaml")
-    env, ports, _ = mesh_env(tmp_path)
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
     env.update(
         {
             "LLMOPS__SINK__EMBEDDED": "false",
@@ -245,7 +245,7 @@ async def test_stop_cancels_and_awaits_the_tasks(tmp_path: Path) -> None:
     ],
 )
 def test_create_declares_its_tasks(tmp_path: Path, mode: str, demo: str, tasks: list[str]) -> None:
-    env, _, _ = mesh_env(tmp_path)
+    env, _, _ = mesh_env(tmp_path, insecure=True)
     env.update({"LLMOPS__MODE": mode, "LLMOPS__FEATURES__DEMO_DATA": demo,
                 "LLMOPS__FEATURES__ONLINE_STORE": "embedded"})  # fmt: skip
     config = load_config(environ=env)

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmops.clients import contract_methods
 from llmops.mesh import SERVICES
-from tests.support import RunningMesh, llmops_up
+from tests.support import RunningMesh, llmops_up, mesh_credentials
 
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(600)]
 
@@ -155,7 +155,10 @@ async def test_no_rpc_answers_internal_or_unknown_to_garbage(mesh: RunningMesh) 
             if path in SKIPPED:
                 continue
             port = _port_of(service, mesh)
-            channel = channels.setdefault(port, grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+            channel = channels.get(port) or channels.setdefault(
+                port,
+                grpc.aio.secure_channel(f"127.0.0.1:{port}", mesh_credentials(mesh.state_dir)),
+            )
             for seed in SEEDS:
                 for body in payloads(method, seed):
                     calls += 1

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from llmops.errors import NotFound, Unavailable
+from llmops.policy.wasm import WasmPolicyEngine
 from services.governance.policy_decisions import PolicyDecisions
 from services.governance.policy_opa import OpaConnection, OpaServerEngine, opa_engine_loader
-from llmops.policy.wasm import WasmPolicyEngine
 from tests.governance_policy_cases import CASES, DECISION_PATHS, Case
 from tests.infra import REPO_ROOT
 from tests.unit.test_governance_policy import FakeEvents

@@ -29,9 +29,9 @@ from grpc_status import rpc_status
 from llmops.config import load_config
 from llmops.events.local_log import LocalLog
 from llmops.events.topics import AUDIT_CHAINED_TOPIC, KIND_TOPICS
+from llmops.policy.wasm import DEFAULT_WASM_BUNDLE
 from llmops.v1 import common_pb2, events_pb2, governance_pb2, governance_pb2_grpc
 from services.governance.audit_chain import hash_of
-from llmops.policy.wasm import DEFAULT_WASM_BUNDLE
 from tests.governance_policy_cases import ALIAS as ALIAS_GATE
 from tests.governance_policy_cases import DECISION_PATHS, promote
 from tests.support import mesh_env
@@ -90,7 +90,7 @@ async def serving(
     ``opa_url`` the OPA server's (backends.opa.url)."""
     from llmops.server import serve
 
-    env, ports, _ = mesh_env(tmp_path)
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
     for key, value in settings.items():
         env[f"LLMOPS__GOVERNANCE__{key.upper()}"] = value
     if opa_url:

@@ -79,7 +79,7 @@ async def serving(tmp_path: Path, reload_interval_s: float) -> AsyncIterator[Ser
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "copy.yaml").write_text(POLICIES)
-    env, ports, admin_ports = mesh_env(tmp_path)
+    env, ports, admin_ports = mesh_env(tmp_path, insecure=True)
     env["LLMOPS__SINK__EMBEDDED"] = "false"  # in-process: this pytest process's chdb is taken
     env["LLMOPS__EVENTS__BACKEND"] = "local"
     env["LLMOPS__EVENTS__LINGER_MS"] = "1"

@@ -104,7 +104,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[Served]:
     routes.mkdir()
     routes_file = routes / "routes.yaml"
     routes_file.write_text(ROUTES.format(dead=dead, upstream=upstream.base_url))
-    env, ports, _ = mesh_env(tmp_path)
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
     env["LLMOPS__SINK__EMBEDDED"] = "false"
     env["LLMOPS__EVENTS__BACKEND"] = "local"
     env["LLMOPS__EVENTS__LINGER_MS"] = "1"

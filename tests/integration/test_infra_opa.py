@@ -69,7 +69,7 @@ def test_policy_allows_and_denies(opa_url: str) -> None:
             promote(CARD), "llmops.authz", "decision", query_params={"provenance": "true"}
         )
         revisions = {b["revision"] for b in with_rev["provenance"]["bundles"].values()}
-        assert revisions == {"llmops-authz-2026.12.0"}
+        assert revisions == {"llmops-authz-2026.12.1"}
 
         # Role grants come from the bundle's data document.
         roles = client.get_data("llmops/config/roles")["result"]

@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     common_pb2,
     experiment_pb2,
     experiment_pb2_grpc,
@@ -56,12 +58,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningMesh]:
 def test_every_service_serving_under_its_proto_name(mesh: RunningMesh) -> None:
     for name, entry in SERVICES.items():
         for service in (entry.grpc_service, entry.grpc_admin_service, ADMIN_SERVICE, ""):
-            assert wait_serving(mesh.address(name), service, 5) < 5
+            assert wait_serving(mesh.address(name), service, 5, mesh.state_dir) < 5
 
 
 def test_reflection_lists_every_service(mesh: RunningMesh) -> None:
     for name, entry in SERVICES.items():
-        with grpc.insecure_channel(mesh.address(name)) as channel:
+        with mesh.channel(name) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             replies = stub.ServerReflectionInfo(
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
@@ -91,6 +93,30 @@ def test_status_json_shows_all_serving(mesh: RunningMesh) -> None:
         assert row["address"] == mesh.address(row["service"])
         assert row["uptime_s"] > 0
         assert row["version"]
+        assert row["security"] == "mTLS + bearer tokens"  # the default, with no setup
+
+
+def test_mutual_tls_by_default(mesh: RunningMesh) -> None:
+    """`llmops up` serves mutual TLS: no client certificate, no connection; the mesh's
+    certificate alone names the caller service:mesh, which may not drain; the operator's
+    token on top names the operator, who may."""
+    ca = (mesh.state_dir / "security" / "ca.pem").read_bytes()
+    with (
+        grpc.secure_channel(mesh.address("feature"), grpc.ssl_channel_credentials(ca)) as ch,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        admin_pb2_grpc.AdminServiceStub(ch).GetInfo(admin_pb2.GetInfoRequest(), timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE  # the handshake failed
+    with mesh.channel("feature", token=None) as ch:
+        admin = admin_pb2_grpc.AdminServiceStub(ch)
+        assert admin.GetInfo(admin_pb2.GetInfoRequest(), timeout=5).security.startswith("mTLS")
+        with pytest.raises(grpc.RpcError) as denied:
+            admin.Drain(admin_pb2.DrainRequest(), timeout=5)
+    assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "not granted to service:mesh" in denied.value.details()
+    with mesh.channel("feature") as ch:
+        resumed = admin_pb2_grpc.AdminServiceStub(ch).Resume(admin_pb2.ResumeRequest(), timeout=5)
+        assert not resumed.was_draining
 
 
 def test_status_table(mesh: RunningMesh) -> None:
@@ -109,7 +135,7 @@ PENDING_RPCS: set[str] = set()
 
 
 def test_a_task_run_reports_bad_input_precisely_and_is_logged(mesh: RunningMesh) -> None:
-    with grpc.insecure_channel(mesh.address("inference")) as channel:
+    with mesh.channel("inference") as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.Run(inference_pb2.RunRequest(task="nope"), timeout=10)
@@ -142,7 +168,7 @@ def test_generation_is_guarded_by_the_routes_policies(mesh: RunningMesh) -> None
             messages=[inference_pb2.ChatMessage(role=user, content=text)]
         )
 
-    with grpc.insecure_channel(mesh.address("inference")) as channel:
+    with mesh.channel("inference") as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         blocked = stub.Generate(
             inference_pb2.GenerateRequest(
@@ -200,7 +226,7 @@ def test_generation_is_guarded_by_the_routes_policies(mesh: RunningMesh) -> None
 
 
 def test_the_inference_admin_lists_routes_and_models_with_their_state(mesh: RunningMesh) -> None:
-    with grpc.insecure_channel(mesh.address("inference")) as channel:
+    with mesh.channel("inference") as channel:
         admin = inference_pb2_grpc.InferenceAdminServiceStub(channel)
         routes = admin.ListRoutes(inference_pb2.ListRoutesRequest(), timeout=10).routes
         models = admin.ListModels(inference_pb2.ListModelsRequest(), timeout=30).models
@@ -214,7 +240,7 @@ def test_the_inference_admin_lists_routes_and_models_with_their_state(mesh: Runn
 
 
 def test_feature_service_serves_pushed_features_over_grpc(mesh: RunningMesh) -> None:
-    with grpc.insecure_channel(mesh.address("feature")) as channel:
+    with mesh.channel("feature") as channel:
         stub = feature_pb2_grpc.FeatureServiceStub(channel)
         now_us = time.time_ns() // 1000
         pushed = stub.PushFeatures(
@@ -275,7 +301,7 @@ def test_every_pending_rpc_of_every_kind_says_what_is_missing(mesh: RunningMesh)
         pb2 = importlib.import_module(f"llmops.v1.{name}_pb2")
         if name in IMPLEMENTED:
             continue
-        with grpc.insecure_channel(mesh.address(name)) as channel:
+        with mesh.channel(name) as channel:
             for service in (entry.proto_service, entry.grpc_admin_service.split(".")[-1]):
                 descriptor = pb2.DESCRIPTOR.services_by_name[service]
                 for method in descriptor.methods:
@@ -290,7 +316,7 @@ def test_every_pending_rpc_of_every_kind_says_what_is_missing(mesh: RunningMesh)
 
 
 def test_metrics_endpoint_counts_rpcs(mesh: RunningMesh) -> None:
-    with grpc.insecure_channel(mesh.address("feedback")) as channel:
+    with mesh.channel("feedback") as channel:
         stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
         with pytest.raises(grpc.RpcError):
             stub.Submit(feedback_pb2.SubmitRequest(), timeout=5)
@@ -374,7 +400,7 @@ def _start_experiment(admin: Any, layer: str, exp_id: str) -> experiment_pb2.Exp
 
 
 def test_experiment_service_assigns_over_grpc(mesh: RunningMesh) -> None:
-    with grpc.insecure_channel(mesh.address("experiment")) as channel:
+    with mesh.channel("experiment") as channel:
         admin = experiment_pb2_grpc.ExperimentAdminServiceStub(channel)
         exp = _start_experiment(admin, "mesh_test", "mesh-test")
         stub = experiment_pb2_grpc.ExperimentServiceStub(channel)
@@ -398,7 +424,7 @@ def test_experiment_service_assigns_over_grpc(mesh: RunningMesh) -> None:
 
 def test_guardrail_service_checks_over_grpc(mesh: RunningMesh) -> None:
     inbound = common_pb2.DIRECTION_INPUT
-    with grpc.insecure_channel(mesh.address("guardrail")) as channel:
+    with mesh.channel("guardrail") as channel:
         stub = guardrail_pb2_grpc.GuardrailServiceStub(channel)
         text = "Please mail the invoice to jane.doe@example.com, thanks!"
         reply = stub.Check(guardrail_pb2.CheckRequest(direction=inbound, text=text), timeout=5)
@@ -432,7 +458,7 @@ def _logged(mesh: RunningMesh, kind: str, want: Any, timeout: float = 30) -> lis
 def test_events_emitted_by_the_services_arrive_in_clickhouse(mesh: RunningMesh) -> None:
     """Exposures from Assign, a guardrail decision from Check and an audit record from an
     experiment change, each published by the service itself, are queryable in chdb."""
-    with grpc.insecure_channel(mesh.address("experiment")) as channel:
+    with mesh.channel("experiment") as channel:
         _start_experiment(
             experiment_pb2_grpc.ExperimentAdminServiceStub(channel), "e2e_layer", "e2e-events"
         )
@@ -444,7 +470,7 @@ def test_events_emitted_by_the_services_arrive_in_clickhouse(mesh: RunningMesh) 
                 timeout=5,
             )
             exposure_ids |= {a.exposure_id for a in reply.assignments}
-    with grpc.insecure_channel(mesh.address("guardrail")) as channel:
+    with mesh.channel("guardrail") as channel:
         check = guardrail_pb2_grpc.GuardrailServiceStub(channel).Check(
             guardrail_pb2.CheckRequest(
                 direction=common_pb2.DIRECTION_INPUT,
@@ -468,12 +494,12 @@ def test_events_emitted_by_the_services_arrive_in_clickhouse(mesh: RunningMesh) 
     audit = _logged(mesh, "audit", lambda rows: len(audited(rows)) >= 3)
     assert audited(audit) >= {"layer.create", "experiment.create", "experiment.start"}
     actors = {r["actor_id"] for r in audit if r.get("resource_name") == "e2e-events"}
-    assert actors == {"unauthenticated:127.0.0.1"}  # the caller, not a request field
+    assert actors == {"token:operator"}  # the authenticated caller, not a request field
     # the rows came through the governance service's audit writer: chained, and verifiable
     mine_audit = [r for r in audit if r.get("resource_name") == "e2e-events"]
     assert all(r["chain"].startswith("tenant:") and int(r["sequence"]) > 0 for r in mine_audit)
     chain = mine_audit[0]["chain"]
-    with grpc.insecure_channel(mesh.address("governance")) as channel:
+    with mesh.channel("governance") as channel:
         gov = governance_pb2_grpc.GovernanceServiceStub(channel)
         verified = gov.VerifyAudit(governance_pb2.VerifyAuditRequest(chain=chain), timeout=30)
         assert verified.valid, verified.message
@@ -620,7 +646,7 @@ def test_feedback_is_durable_deduplicated_redacted_and_reaches_clickhouse(
             thumbs=feedback_pb2.Thumbs(thumb=thumb),  # type: ignore[arg-type]
         )  # fmt: skip
 
-    with grpc.insecure_channel(mesh.address("feedback")) as channel:
+    with mesh.channel("feedback") as channel:
         stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
         up = stub.Submit(feedback_pb2.SubmitRequest(context=ctx, feedback=thumbs(1)), timeout=10)
         again = stub.Submit(feedback_pb2.SubmitRequest(context=ctx, feedback=thumbs(1)), timeout=10)
@@ -657,7 +683,7 @@ def test_feedback_is_durable_deduplicated_redacted_and_reaches_clickhouse(
     assert labelled["name"] == "quality_label" and labelled["label"] == "hallucination"
     assert "jane@example.com" not in labelled["label_note"] and "[" in labelled["label_note"]
     deadline = time.monotonic() + 60
-    with grpc.insecure_channel(mesh.address("feedback")) as channel:
+    with mesh.channel("feedback") as channel:
         admin = feedback_pb2_grpc.FeedbackAdminServiceStub(channel)
         while True:  # the statistics rollup refreshes every second (5 s behind real time)
             stats = admin.GetFeedbackStats(
@@ -678,7 +704,7 @@ def test_feedback_is_durable_deduplicated_redacted_and_reaches_clickhouse(
     )  # fmt: skip
     request.window.start_time.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
     request.window.end_time.FromDatetime(datetime.now(UTC) + timedelta(minutes=1))
-    with grpc.insecure_channel(mesh.address("feedback")) as channel:
+    with mesh.channel("feedback") as channel:
         parts = list(feedback_pb2_grpc.FeedbackServiceStub(channel).ExportDataset(
             request, timeout=60
         ))  # fmt: skip
@@ -688,7 +714,7 @@ def test_feedback_is_durable_deduplicated_redacted_and_reaches_clickhouse(
     assert summary.sha256 == hashlib.sha256(data).hexdigest()
     assert summary.row_count == len(data.splitlines()) >= 1  # the demo ran the task
     assert summary.dataset_name == "e2e-intent-examples" and summary.dataset_version >= 1
-    with grpc.insecure_channel(mesh.address("governance")) as channel:
+    with mesh.channel("governance") as channel:
         lineage = governance_pb2_grpc.GovernanceServiceStub(channel).GetLineage(
             governance_pb2.GetLineageRequest(
                 node=governance_pb2.LineageNode(artifact=governance_pb2.ArtifactRef(

@@ -33,7 +33,7 @@ class PublishingFeedback(feedback_pb2_grpc.FeedbackServiceServicer):
 
 
 async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Path) -> None:
-    env, ports, _ = mesh_env(tmp_path)
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
     (dead_broker,) = free_ports(1)  # nothing listens: the sender can deliver nothing
     env.update({
         "LLMOPS__EVENTS__BACKEND": "kafka",

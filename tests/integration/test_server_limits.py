@@ -35,7 +35,7 @@ async def feature_server(
     (``LLMOPS__`` variables); yields a channel to it, the servicer and its admin port."""
     from llmops.server import serve
 
-    env, ports, admin_ports = mesh_env(tmp_path)
+    env, ports, admin_ports = mesh_env(tmp_path, insecure=True)
     env["LLMOPS__SINK__EMBEDDED"] = "false"
     env.update(settings)
     servicer = SlowFeatures()

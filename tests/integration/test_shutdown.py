@@ -43,7 +43,7 @@ def serving(servicer: SlowFeatures) -> Callable[[ServiceContext[Any]], ServiceDe
 async def test_sigterm_drains_in_flight_then_returns(tmp_path: Path) -> None:
     from llmops.server import serve
 
-    env, ports, _ = mesh_env(tmp_path)
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
     env["LLMOPS__SINK__EMBEDDED"] = "false"  # in-process: this pytest process's chdb is taken
     config = load_config(environ=env)
     servicer = SlowFeatures()
@@ -71,7 +71,7 @@ async def test_sigterm_drains_in_flight_then_returns(tmp_path: Path) -> None:
 
 
 def test_standalone_service_exits_0_on_sigterm(tmp_path: Path) -> None:
-    env, ports, admin_ports = mesh_env(tmp_path)
+    env, ports, admin_ports = mesh_env(tmp_path, insecure=True)
     # a service needing no server in production mode (the others need Redis, PostgreSQL, ...)
     with running(["services.inference"], tmp_path, env) as (proc, log_path):
         wait_serving(f"127.0.0.1:{ports['inference']}", "llmops.v1.InferenceService", 30)
@@ -90,7 +90,7 @@ async def test_admin_drain_waits_for_in_flight_and_turns_health_off(tmp_path: Pa
     from llmops.server import serve
     from llmops.v1 import admin_pb2, admin_pb2_grpc
 
-    env, ports, _ = mesh_env(tmp_path)
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
     env["LLMOPS__SINK__EMBEDDED"] = "false"  # in-process: this pytest process's chdb is taken
     config = load_config(environ=env)
     servicer = SlowFeatures()
@@ -147,7 +147,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    env, ports, _ = mesh_env(tmp_path)
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", ports["feature"]))
         squatter.listen()

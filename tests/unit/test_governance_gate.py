@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from llmops.errors import Aborted
+from llmops.policy.wasm import DEFAULT_WASM_BUNDLE, WasmPolicyEngine
 from llmops.v1 import events_pb2
 from services.governance import guard as rules
 from services.governance.guard import ALIAS_GATE, BuiltinRules, RegoGate
 from services.governance.model import AliasMove, Decision, PolicyDenied, Ref
 from services.governance.policy_decisions import PolicyDecisions
-from llmops.policy.wasm import DEFAULT_WASM_BUNDLE, WasmPolicyEngine
 from services.governance.registry import GATE_ATTEMPTS, Registry
 from services.governance.store_sql import SqlRegistryStore
 from tests.unit.test_governance_registry import (

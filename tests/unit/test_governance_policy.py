@@ -22,15 +22,15 @@ from google.protobuf.json_format import MessageToDict
 
 from llmops.errors import InvalidArgument, NotFound, ResourceExhausted
 from llmops.events.port import ServiceEvents
-from llmops.v1 import events_pb2
 from llmops.policy.builtins import go_float, go_quote, sprintf
+from llmops.policy.engine import PolicyBundleError, UnknownDecisionPath
+from llmops.policy.wasm import DEFAULT_WASM_BUNDLE, WasmPolicyEngine
+from llmops.v1 import events_pb2
 from services.governance.policy_decisions import (
     PolicyDecisions,
     is_secret_key,
     strip_secrets,
 )
-from llmops.policy.engine import PolicyBundleError, UnknownDecisionPath
-from llmops.policy.wasm import DEFAULT_WASM_BUNDLE, WasmPolicyEngine
 from tests.governance_policy_cases import ALIAS, CASES, DECISION_PATHS, Case, promote
 from tests.infra import REPO_ROOT, infra_required
 
@@ -88,6 +88,7 @@ def test_committed_bundle_describes_itself(wasm: WasmPolicyEngine) -> None:
         "llmops/dataset/use.rego": "llmops.dataset.use",
         "llmops/inference/access.rego": "llmops.inference.access",
         "llmops/registry/alias.rego": "llmops.registry.alias",
+        "llmops/rpc/authz.rego": "llmops.rpc",
     }
     assert all(len(m.sha256) == 64 and m.source for m in bundle.modules)
     assert tuple(int(p) for p in wasm.abi_version.split(".")) >= (1, 2)
@@ -412,7 +413,7 @@ async def test_reload_dry_run_then_apply_then_refuse_a_broken_bundle(tmp_path: P
 
     same = await domain.reload()
     assert (same.applied, same.revision, same.candidate_revision) == (False, old, old)
-    assert same.module_count == 4
+    assert same.module_count == 5
 
     _with_revision(DEFAULT_WASM_BUNDLE, path, "llmops-test-2")
     dry = await domain.reload(dry_run=True)
