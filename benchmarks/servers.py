@@ -191,6 +191,7 @@ def start_service(name: str, env: dict[str, str], log: Any) -> tuple[subprocess.
         # plaintext, as the baselines are served; `llmops bench noop` measures what TLS and
         # authentication add
         "LLMOPS__SECURITY__INSECURE": "true",
+        f"LLMOPS__SERVICES__{upper}__ADMIN_GRPC_PORT": "0",  # admin calls on the same port
         **env,
     }
     proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=full,

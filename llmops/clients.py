@@ -209,6 +209,11 @@ class MeshClient:
         self._credentials = channel_credentials(security) if security else None
         self._options = channel_options(extra_retryable) + secure_options(security)
         self.targets = dict(targets or {n: s.address for n, s in config.services.items()})
+        self.admin_targets = (
+            dict(targets)
+            if targets
+            else {n: s.admin_address(config.mode) for n, s in config.services.items()}
+        )
         self._policy = _CallPolicy(
             default_timeout_s
             if default_timeout_s is not None
@@ -220,14 +225,15 @@ class MeshClient:
             proto: name for name, plugin in SERVICES.items() for proto in plugin.proto_services
         }
 
-    def channel(self, service: str) -> grpc.aio.Channel:
-        """The one channel to ``service`` (created on first use, reused after)."""
-        channel = self._channels.get(service)
+    def channel(self, service: str, *, admin: bool = False) -> grpc.aio.Channel:
+        """The one channel to ``service`` (its admin listener with ``admin``), created on
+        first use and reused after (one per address: a shared port gets one channel)."""
+        try:
+            target = (self.admin_targets if admin else self.targets)[service]
+        except KeyError:
+            raise KeyError(f"no address configured for service {service!r}") from None
+        channel = self._channels.get(target)
         if channel is None:
-            try:
-                target = self.targets[service]
-            except KeyError:
-                raise KeyError(f"no address configured for service {service!r}") from None
             interceptors: Any = [self._policy]  # grpc-stubs types the list too narrowly
             if self._credentials is None:
                 channel = grpc.aio.insecure_channel(
@@ -237,14 +243,14 @@ class MeshClient:
                 channel = grpc.aio.secure_channel(
                     target, self._credentials, options=self._options, interceptors=interceptors
                 )
-            self._channels[service] = channel
+            self._channels[target] = channel
         return channel
 
     def health(self, service: str) -> health_pb2_grpc.HealthAsyncStub:
         return health_pb2_grpc.HealthStub(self.channel(service))
 
     def admin(self, service: str) -> admin_pb2_grpc.AdminServiceAsyncStub:
-        return admin_pb2_grpc.AdminServiceStub(self.channel(service))
+        return admin_pb2_grpc.AdminServiceStub(self.channel(service, admin=True))
 
     def stub(self, stub_class: Callable[[grpc.aio.Channel], StubT]) -> StubT:
         """A client of the protobuf service that ``stub_class`` (a generated ``*Stub``)
@@ -255,7 +261,8 @@ class MeshClient:
             service = self._served_by.get(full)
             if service is None:
                 raise KeyError(f"no service of the mesh serves {full}")
-            cached = self._stubs[stub_class] = stub_class(self.channel(service))
+            admin = full.endswith("AdminService")
+            cached = self._stubs[stub_class] = stub_class(self.channel(service, admin=admin))
         stub: StubT = cached
         return stub
 

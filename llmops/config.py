@@ -49,10 +49,28 @@ class ServiceConfig(Settings):
     admin_port: int = Field(
         ..., ge=0, le=65535, description="HTTP admin port serving /metrics; 0 disables it."
     )
+    admin_grpc_port: int | None = Field(
+        None, ge=0, le=65535, description="gRPC listener of the admin services (the "
+        "service's *AdminService and llmops.v1.AdminService: reloads, drain, resume), so a "
+        "deployment can keep them off the storefront network. 0 = on the main port; unset "
+        "= auto: port + 100 in production mode, the main port in embedded mode.",
+    )  # fmt: skip
+    admin_host: str = Field("", description="Bind address of the admin listener; empty = host.")
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def admin_listener_port(self, mode: Mode) -> int:
+        """The admin services' own port, or 0 when they share the main one."""
+        if self.admin_grpc_port is not None:
+            return self.admin_grpc_port
+        return self.port + 100 if mode is Mode.PRODUCTION else 0
+
+    def admin_address(self, mode: Mode) -> str:
+        """Where the admin services answer (the main address when they share its port)."""
+        port = self.admin_listener_port(mode)
+        return f"{self.admin_host or self.host}:{port}" if port else self.address
 
 
 def _default_services() -> dict[str, ServiceConfig]:
@@ -259,7 +277,12 @@ class CoreConfig(Settings):
         for name, svc in self.services.items():
             if not svc.enabled:
                 continue
-            for key, port in (("port", svc.port), ("admin_port", svc.admin_port)):
+            ports = (
+                ("port", svc.port),
+                ("admin_port", svc.admin_port),
+                ("admin_grpc_port", svc.admin_listener_port(self.mode)),
+            )
+            for key, port in ports:
                 if port == 0:
                     continue
                 other = seen.setdefault((svc.host, port), f"services.{name}.{key}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from llmops.config import MeshConfig
 from llmops.demo import data
 from llmops.governance_cli import lineage_of, lineage_tree
 from llmops.v1 import (
+    admin_pb2,
     common_pb2,
     embedding_pb2,
     embedding_pb2_grpc,
@@ -156,6 +158,7 @@ async def show(config: MeshConfig, columns: int = 7) -> str:
         parts.append(await _lineage(mesh))
         parts.append(await _compliance(mesh))
         parts.append(await _audit(mesh))
+        parts.append(await _security(config, mesh))
         return "\n\n".join(parts)
 
 
@@ -555,6 +558,28 @@ async def _audit(mesh: MeshClient) -> str:
     if v.valid:
         return f"{title}: intact, {v.records_checked} records checked, head #{v.head_sequence}"
     return f"{title}: BROKEN at #{v.first_invalid_sequence}: {v.message}"
+
+
+async def _security(config: MeshConfig, mesh: MeshClient) -> str:
+    """How the mesh authenticates (GetInfo), and one refusal: Drain called with the mesh's
+    client certificate but without the operator's token is not the operator's to make."""
+    info = await mesh.admin("feature").GetInfo(admin_pb2.GetInfoRequest())
+    title = f"Security (AdminService.GetInfo): {info.security}"
+    if mesh.security is None:
+        return f"{title}: any caller may call anything, Drain included"
+    lines = [f"{title}; this demo calls with the operator's token"]
+    if mesh.security.cert_chain is not None:
+        as_service = dataclasses.replace(mesh.security, token=None)
+        async with MeshClient(config, default_timeout_s=5, security=as_service) as bare:
+            try:
+                await bare.admin("feature").Drain(admin_pb2.DrainRequest(reason="demo"))
+                await mesh.admin("feature").Resume(admin_pb2.ResumeRequest(reason="demo"))
+                lines.append("  Drain without the operator's token: ACCEPTED (check the policy)")
+            except grpc.aio.AioRpcError as exc:
+                lines.append(
+                    f"  Drain without the operator's token: {exc.code().name} ({exc.details()})"
+                )
+    return "\n".join(lines)
 
 
 def unavailable_hint(exc: grpc.RpcError, config: MeshConfig) -> str:

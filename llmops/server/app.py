@@ -231,6 +231,7 @@ class GrpcService:
         self.started_at: float | None = None
         self._health = health_aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self._admin_server: grpc.aio.Server | None = None
         self._http: Any = None
         self._stopping = False
         self.grpc_service = ctx.plugin.grpc_service
@@ -260,6 +261,7 @@ class GrpcService:
             git_revision=os.environ.get("LLMOPS_GIT_REVISION", ""),
             mode=_MODES[self.ctx.config.mode],
             listen_address=self.settings.address,
+            admin_address=self.settings.admin_address(self.ctx.config.mode),
             metrics_address=(
                 f"{self.settings.host}:{self.settings.admin_port}"
                 if self.settings.admin_port
@@ -275,45 +277,28 @@ class GrpcService:
             info.uptime.FromNanoseconds(int((time.monotonic() - self._started_mono) * 1e9))
         return info
 
-    async def start(self) -> None:
-        for hook in self.definition.on_start:
-            await hook()
-        server_cfg = self.ctx.config.server
-        guard = (
-            CallGuard(self.security, self.registry, self._authz)
-            if self.security is not None
-            else None
+    def _new_server(self) -> grpc.aio.Server:
+        cfg = self.ctx.config.server
+        return grpc.aio.server(
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs, options=server_options(cfg)
         )
-        interceptor = RuntimeInterceptor(
-            self.grpc_service,
-            RpcMetrics(self.registry),
-            self.state,
-            access_log=self.access_log,
-            guard=guard,
-        )
-        server = grpc.aio.server(
-            maximum_concurrent_rpcs=server_cfg.max_concurrent_rpcs,
-            options=server_options(server_cfg),
-        )
-        # Handlers are wrapped once, at registration (see RuntimeInterceptor).
-        # The registrar does the registration part of grpc.aio.Server's interface.
-        registrar = cast(grpc.aio.Server, _WrappingRegistrar(server, interceptor))
-        for binding in self.definition.bindings:
-            binding.add_to_server(binding.servicer, registrar)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), registrar)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
-        # Reflection goes through the pipeline too: it lists the API, so callers must
-        # authenticate (any role the policy grants it may use it).
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(self.reflected_names),  # type: ignore[attr-defined]
-            registrar,
-        )
+
+    def _listed(self, admin_only: bool, admin_port: int) -> list[str]:
+        """What reflection lists on a listener: its own services, health and reflection."""
+        tooling = self.reflected_names[len(self.service_names) :]
+        if not admin_port:
+            return self.reflected_names
+        admin = [n for n in self.service_names if n.endswith("AdminService")]
+        main = [n for n in self.service_names if not n.endswith("AdminService")]
+        return [*(admin if admin_only else main), *tooling]
+
+    def _listen(self, server: grpc.aio.Server, address: str, key: str) -> None:
         try:
             if self.security is None:
-                server.add_insecure_port(self.settings.address)
+                server.add_insecure_port(address)
             else:
                 server.add_secure_port(
-                    self.settings.address,
+                    address,
                     grpc.ssl_server_credentials(
                         [(self.security.private_key, self.security.cert_chain)],
                         root_certificates=self.security.client_ca,
@@ -323,9 +308,60 @@ class GrpcService:
                 )
         except RuntimeError as exc:
             raise OSError(
-                f"{self.name}: cannot listen on {self.settings.address} "
-                f"(services.{self.name}.port in use?): {exc}"
+                f"{self.name}: cannot listen on {address} ({key} in use?): {exc}"
             ) from None
+
+    async def start(self) -> None:
+        for hook in self.definition.on_start:
+            await hook()
+        guard = (
+            CallGuard(self.security, self.registry, self._authz)
+            if self.security is not None
+            else None
+        )
+        metrics = RpcMetrics(self.registry)
+
+        def pipeline() -> RuntimeInterceptor:  # one per listener: each caches its wrappers
+            return RuntimeInterceptor(
+                self.grpc_service, metrics, self.state, access_log=self.access_log, guard=guard
+            )
+
+        mode = self.ctx.config.mode
+        admin_port = self.settings.admin_listener_port(mode)
+        server = self._new_server()
+        admin_server = self._new_server() if admin_port else server
+        # Handlers are wrapped once, at registration (see RuntimeInterceptor).
+        # The registrar does the registration part of grpc.aio.Server's interface.
+        registrar = cast(grpc.aio.Server, _WrappingRegistrar(server, pipeline()))
+        admin_registrar = (
+            cast(grpc.aio.Server, _WrappingRegistrar(admin_server, pipeline()))
+            if admin_port
+            else registrar
+        )
+        for binding in self.definition.bindings:
+            admin = binding.full_name.endswith("AdminService")
+            binding.add_to_server(binding.servicer, admin_registrar if admin else registrar)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), admin_registrar)
+        listeners = [(server, registrar, self.settings.address, f"services.{self.name}.port")]
+        if admin_port:
+            listeners.append(
+                (admin_server, admin_registrar, self.settings.admin_address(mode),
+                 f"services.{self.name}.admin_grpc_port")
+            )  # fmt: skip
+        for listener, listener_registrar, address, key in listeners:
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, listener_registrar)
+            # Reflection goes through the pipeline too: it lists the API, so callers must
+            # authenticate (any role the policy grants it may use it).
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                    self._listed(admin_only=listener is not server, admin_port=admin_port)
+                ),
+                listener_registrar,
+            )
+            self._listen(listener, address, key)
+        if admin_port:
+            await admin_server.start()
+            self._admin_server = admin_server
         await server.start()
         self._server = server
         if self.settings.admin_port:
@@ -335,6 +371,8 @@ class GrpcService:
                 )
             except OSError as exc:
                 await server.stop(None)
+                if self._admin_server is not None:
+                    await self._admin_server.stop(None)
                 raise OSError(
                     f"{self.name}: cannot serve metrics on {self.settings.host}:"
                     f"{self.settings.admin_port} (services.{self.name}.admin_port): {exc}"
@@ -383,7 +421,11 @@ class GrpcService:
         self._stopping = True
         await self._health.enter_graceful_shutdown()
         self.state.draining = True
-        await self._server.stop(grace)
+        if self._admin_server is not None:
+            await asyncio.gather(self._server.stop(grace), self._admin_server.stop(grace))
+            self._admin_server = None
+        else:
+            await self._server.stop(grace)
         self._server = None
         await self.scheduler.stop()
         if self._http is not None:

@@ -26,27 +26,27 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15llmops/v1/admin.proto\x12\tllmops.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\xcb\x02\n\x0fGetInfoResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cgit_revision\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12$\n\x04mode\x18\x06 \x01(\x0e\x32\x16.llmops.v1.ServingMode\x12\x16\n\x0elisten_address\x18\x07 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x08 \x01(\t\x12\x10\n\x08services\x18\t \x03(\t\x12\x13\n\x0binstance_id\x18\n \x01(\t\x12\x10\n\x08\x64raining\x18\x0b \x01(\x08\x12\x10\n\x08security\x18\x0c \x01(\t\"J\n\x0c\x44rainRequest\x12*\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x02 \x01(\t\"p\n\rDrainResponse\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\x12\x11\n\tin_flight\x18\x02 \x01(\x03\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x12)\n\x06waited\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1f\n\rResumeRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"&\n\x0eResumeResponse\x12\x14\n\x0cwas_draining\x18\x01 \x01(\x08*c\n\x0bServingMode\x12\x1c\n\x18SERVING_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15SERVING_MODE_EMBEDDED\x10\x01\x12\x1b\n\x17SERVING_MODE_PRODUCTION\x10\x02\x32\xcb\x01\n\x0c\x41\x64minService\x12@\n\x07GetInfo\x12\x19.llmops.v1.GetInfoRequest\x1a\x1a.llmops.v1.GetInfoResponse\x12:\n\x05\x44rain\x12\x17.llmops.v1.DrainRequest\x1a\x18.llmops.v1.DrainResponse\x12=\n\x06Resume\x12\x18.llmops.v1.ResumeRequest\x1a\x19.llmops.v1.ResumeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15llmops/v1/admin.proto\x12\tllmops.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x10\n\x0eGetInfoRequest\"\xe2\x02\n\x0fGetInfoResponse\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cgit_revision\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12$\n\x04mode\x18\x06 \x01(\x0e\x32\x16.llmops.v1.ServingMode\x12\x16\n\x0elisten_address\x18\x07 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x08 \x01(\t\x12\x10\n\x08services\x18\t \x03(\t\x12\x13\n\x0binstance_id\x18\n \x01(\t\x12\x10\n\x08\x64raining\x18\x0b \x01(\x08\x12\x10\n\x08security\x18\x0c \x01(\t\x12\x15\n\radmin_address\x18\r \x01(\t\"J\n\x0c\x44rainRequest\x12*\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x02 \x01(\t\"p\n\rDrainResponse\x12\x10\n\x08\x64raining\x18\x01 \x01(\x08\x12\x11\n\tin_flight\x18\x02 \x01(\x03\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x12)\n\x06waited\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1f\n\rResumeRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"&\n\x0eResumeResponse\x12\x14\n\x0cwas_draining\x18\x01 \x01(\x08*c\n\x0bServingMode\x12\x1c\n\x18SERVING_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15SERVING_MODE_EMBEDDED\x10\x01\x12\x1b\n\x17SERVING_MODE_PRODUCTION\x10\x02\x32\xcb\x01\n\x0c\x41\x64minService\x12@\n\x07GetInfo\x12\x19.llmops.v1.GetInfoRequest\x1a\x1a.llmops.v1.GetInfoResponse\x12:\n\x05\x44rain\x12\x17.llmops.v1.DrainRequest\x1a\x18.llmops.v1.DrainResponse\x12=\n\x06Resume\x12\x18.llmops.v1.ResumeRequest\x1a\x19.llmops.v1.ResumeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmops.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SERVINGMODE']._serialized_start=716
-  _globals['_SERVINGMODE']._serialized_end=815
+  _globals['_SERVINGMODE']._serialized_start=739
+  _globals['_SERVINGMODE']._serialized_end=838
   _globals['_GETINFOREQUEST']._serialized_start=101
   _globals['_GETINFOREQUEST']._serialized_end=117
   _globals['_GETINFORESPONSE']._serialized_start=120
-  _globals['_GETINFORESPONSE']._serialized_end=451
-  _globals['_DRAINREQUEST']._serialized_start=453
-  _globals['_DRAINREQUEST']._serialized_end=527
-  _globals['_DRAINRESPONSE']._serialized_start=529
-  _globals['_DRAINRESPONSE']._serialized_end=641
-  _globals['_RESUMEREQUEST']._serialized_start=643
-  _globals['_RESUMEREQUEST']._serialized_end=674
-  _globals['_RESUMERESPONSE']._serialized_start=676
-  _globals['_RESUMERESPONSE']._serialized_end=714
-  _globals['_ADMINSERVICE']._serialized_start=818
-  _globals['_ADMINSERVICE']._serialized_end=1021
+  _globals['_GETINFORESPONSE']._serialized_end=474
+  _globals['_DRAINREQUEST']._serialized_start=476
+  _globals['_DRAINREQUEST']._serialized_end=550
+  _globals['_DRAINRESPONSE']._serialized_start=552
+  _globals['_DRAINRESPONSE']._serialized_end=664
+  _globals['_RESUMEREQUEST']._serialized_start=666
+  _globals['_RESUMEREQUEST']._serialized_end=697
+  _globals['_RESUMERESPONSE']._serialized_start=699
+  _globals['_RESUMERESPONSE']._serialized_end=737
+  _globals['_ADMINSERVICE']._serialized_start=841
+  _globals['_ADMINSERVICE']._serialized_end=1044
 # @@protoc_insertion_point(module_scope)

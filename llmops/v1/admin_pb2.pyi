@@ -76,6 +76,7 @@ class GetInfoResponse(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     SECURITY_FIELD_NUMBER: _builtins.int
+    ADMIN_ADDRESS_FIELD_NUMBER: _builtins.int
     service_name: _builtins.str
     """Fully-qualified name of the main service on this port, e.g. "llmops.v1.FeatureService"."""
     version: _builtins.str
@@ -97,6 +98,10 @@ class GetInfoResponse(_message.Message):
     """How callers are authenticated: "mTLS + bearer tokens", "TLS + bearer tokens", or
     "INSECURE" (security.insecure: plaintext, no authentication, every caller may call
     everything).
+    """
+    admin_address: _builtins.str
+    """gRPC address of the admin services (llmops.v1.AdminService and the service's
+    *AdminService), "host:port"; equal to listen_address when they share its port.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -125,10 +130,11 @@ class GetInfoResponse(_message.Message):
         instance_id: _builtins.str = ...,
         draining: _builtins.bool = ...,
         security: _builtins.str = ...,
+        admin_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time", "uptime", b"uptime"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["draining", b"draining", "git_revision", b"git_revision", "instance_id", b"instance_id", "listen_address", b"listen_address", "metrics_address", b"metrics_address", "mode", b"mode", "security", b"security", "service_name", b"service_name", "services", b"services", "start_time", b"start_time", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_address", b"admin_address", "draining", b"draining", "git_revision", b"git_revision", "instance_id", b"instance_id", "listen_address", b"listen_address", "metrics_address", b"metrics_address", "mode", b"mode", "security", b"security", "service_name", b"service_name", "services", b"services", "start_time", b"start_time", "uptime", b"uptime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,6 +41,7 @@ def start(state: Path, port: int, extra: dict[str, str]) -> subprocess.Popen[byt
             "LLMOPS__EMBEDDING__DEMO_DATA": "off",
             "LLMOPS__LOGGING__LEVEL": "warning",
             "LLMOPS__SECURITY__INSECURE": "true",  # the crash, not the credentials, is tested
+            "LLMOPS__SERVICES__EMBEDDING__ADMIN_GRPC_PORT": "0",  # admin calls on one channel
             **extra,
         }
     )

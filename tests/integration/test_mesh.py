@@ -589,6 +589,9 @@ def test_demo_shows_seeded_features_with_freshness(mesh: RunningMesh) -> None:
     assert "property-summary-llm v1  LIMITED" in compliance
     assert "7/7" in compliance and "audit no TTL" in compliance
     assert "Audit (GovernanceService.VerifyAudit, chain tenant:default): " in proc.stdout
+    # how callers are authenticated, and the policy refusing a drain to the mesh's own identity
+    assert "Security (AdminService.GetInfo): mTLS + bearer tokens" in proc.stdout
+    assert "Drain without the operator's token: PERMISSION_DENIED" in proc.stdout
 
 
 def test_label_queue_loop_through_the_cli(mesh: RunningMesh) -> None:

@@ -287,3 +287,79 @@ def test_the_logs_endpoint_answers_operators_and_auditors_only(
     assert status(_operator(mesh)) == 200
     # the CLI sends the operator's token by itself
     assert run_llmops(mesh, "logs", "audit", "--json").returncode == 0
+
+
+def test_production_serves_tls_from_configured_files_with_admin_on_its_own_port(
+    tmp_path: Path,
+) -> None:
+    """A standalone service in production mode: refused without TLS settings, then served
+    with configured certificate files (made here by the local CA, as an operator's PKI
+    would), the data plane on its port and the admin services only on the admin port."""
+    from llmops.config import MeshConfig
+    from llmops.security import provision
+    from tests.support import free_ports, mesh_env, running
+
+    env, ports, _ = mesh_env(tmp_path)
+    port, admin_port = ports["inference"], free_ports(1)[0]
+    env["LLMOPS__SERVICES__INFERENCE__ADMIN_GRPC_PORT"] = str(admin_port)
+    refused = __import__("subprocess").run(
+        [__import__("sys").executable, "-m", "services.inference"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "production mode needs TLS and authentication" in refused.stderr
+
+    pki = provision(MeshConfig.model_validate({"state_dir": str(tmp_path / "pki")}))
+    assert pki.ca and pki.cert and pki.key and pki.client_cert and pki.client_key and pki.tokens
+    env.update({
+        "LLMOPS__SECURITY__CA_FILE": str(pki.ca),
+        "LLMOPS__SECURITY__CERT_FILE": str(pki.cert),
+        "LLMOPS__SECURITY__KEY_FILE": str(pki.key),
+        "LLMOPS__SECURITY__CLIENT_CERT_FILE": str(pki.client_cert),
+        "LLMOPS__SECURITY__CLIENT_KEY_FILE": str(pki.client_key),
+        "LLMOPS__SECURITY__TOKENS_FILE": str(pki.tokens),
+    })  # fmt: skip
+    operator = (tmp_path / "pki" / "security" / "operator.token").read_text().strip()
+    creds = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(
+            pki.ca.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes()
+        ),
+        grpc.access_token_call_credentials(operator),
+    )
+    with running(["services.inference"], tmp_path, env) as (proc, log_path):
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+                    health = health_pb2_grpc.HealthStub(ch)
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                break
+            except grpc.RpcError:
+                assert proc.poll() is None, log_path.read_text()[-2000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+                time.sleep(0.2)
+
+        def listed(address: str) -> set[str]:
+            with grpc.secure_channel(address, creds) as ch:
+                replies = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+                )
+                return {s.name for r in replies for s in r.list_services_response.service}
+
+        main, admin = listed(f"127.0.0.1:{port}"), listed(f"127.0.0.1:{admin_port}")
+        assert "llmops.v1.InferenceService" in main
+        assert not {n for n in main if n.endswith("AdminService")}
+        assert {"llmops.v1.AdminService", "llmops.v1.InferenceAdminService"} <= admin
+        assert "llmops.v1.InferenceService" not in admin
+        with grpc.secure_channel(f"127.0.0.1:{admin_port}", creds) as ch:
+            info = admin_pb2_grpc.AdminServiceStub(ch).GetInfo(
+                admin_pb2.GetInfoRequest(), timeout=5
+            )
+        assert info.security == "mTLS + bearer tokens"
+        assert info.admin_address == f"127.0.0.1:{admin_port}"
+        with (
+            grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch,
+            pytest.raises(grpc.RpcError) as elsewhere,
+        ):
+            admin_pb2_grpc.AdminServiceStub(ch).Drain(admin_pb2.DrainRequest(), timeout=5)
+        assert elsewhere.value.code() is grpc.StatusCode.UNIMPLEMENTED

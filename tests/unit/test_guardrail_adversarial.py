@@ -69,9 +69,12 @@ def _cost(detector: Detector, unit: str, size: int) -> float:
     gc.disable()  # a collection of the test process's garbage is not the detector's cost
     try:
         for ctx in contexts:
-            began = time.perf_counter()
-            detector.detect(text, ctx)
-            worst = max(worst, time.perf_counter() - began)
+            best = float("inf")
+            for _ in range(2):  # the faster of two: a stall of a busy machine is not cost
+                began = time.perf_counter()
+                detector.detect(text, ctx)
+                best = min(best, time.perf_counter() - began)
+            worst = max(worst, best)
     finally:
         gc.enable()
     return worst

@@ -126,16 +126,33 @@ def test_a_service_reaches_only_the_backends_it_declared(tmp_path: Path) -> None
 
 
 async def test_typed_clients_are_built_from_the_generated_stubs() -> None:
-    config = MeshConfig.model_validate({})
+    config = MeshConfig.model_validate({"security": {"insecure": True}})
     async with MeshClient(config) as mesh:
         features = mesh.stub(feature_pb2_grpc.FeatureServiceStub)
         assert mesh.stub(feature_pb2_grpc.FeatureServiceStub) is features  # built once
         assert hasattr(features, "GetOnlineFeatures")
         mesh.stub(guardrail_pb2_grpc.GuardrailAdminServiceStub)
         mesh.stub(experiment_pb2_grpc.ExperimentServiceStub)
-        assert set(mesh._channels) == {"feature", "guardrail", "experiment"}
+        # one channel per address: embedded mode serves the admin services on the main port
+        assert set(mesh._channels) == {
+            config.services[n].address for n in ("feature", "guardrail", "experiment")
+        }
         with pytest.raises(KeyError, match="no service of the mesh serves"):
             mesh.stub(grpc.aio.Channel)  # type: ignore[arg-type]
+
+
+async def test_admin_stubs_go_to_the_admin_listener_in_production() -> None:
+    config = MeshConfig.model_validate({"mode": "production", "security": {"insecure": True}})
+    async with MeshClient(config) as mesh:
+        mesh.stub(guardrail_pb2_grpc.GuardrailAdminServiceStub)
+        mesh.stub(guardrail_pb2_grpc.GuardrailServiceStub)
+        mesh.admin("feature")
+        port = SERVICES["guardrail"].port
+        assert set(mesh._channels) == {
+            f"127.0.0.1:{port}",
+            f"127.0.0.1:{port + 100}",
+            f"127.0.0.1:{SERVICES['feature'].port + 100}",
+        }
 
 
 class _FakeContext:
