@@ -19,6 +19,12 @@ Cases (each a function of :class:`Bench`, listed in :data:`CASES`; add new ones 
   first publish until the last row is visible; ``p50_ms`` / ``p99_ms`` are the end-to-end
   lags of the events (publish call → first poll that sees the row; polls every 50 ms).
 
+- ``ack_local`` / ``ack_kafka``: what ``events.durable`` costs a call: one event at a time,
+  system ``buffered`` times ``publish()`` (the RPC answers from the buffer) and ``durable``
+  times publish + the wait until the log holds it (fsync locally, acks=all on Kafka), as the
+  runtime waits before answering a call that published an audit or feedback event. Sequential
+  on one event loop, so each durable wait is a whole group commit of one event: the worst case.
+
 The Kafka broker is reused when one answers (or ``LLMOPS_KAFKA_BOOTSTRAP`` is set), otherwise
 started with deploy/local and stopped at the end.
 """
@@ -313,7 +319,65 @@ def e2e_local(bench: Bench) -> list[Case]:
     return cases
 
 
+def _ack(bench: Bench, log: EventLog, topic: str, label: str) -> list[Case]:
+    import asyncio
+
+    count = 200 if bench.quick else 1000
+    pub = EventPublisher(log, topics={"prediction": topic}).start()
+    rng = random.Random(7)
+    buffered: list[float] = []
+    durable: list[float] = []
+    perf = time.perf_counter
+
+    async def run() -> tuple[float, float]:
+        for _ in range(50):  # warm-up: connections, code paths
+            await pub.publish_durable([prediction_envelope(rng, event_time_ns=time.time_ns())], 30)
+        started = perf()
+        for _ in range(count):
+            env = prediction_envelope(rng, event_time_ns=time.time_ns())
+            t0 = perf()
+            pub.publish(env)
+            buffered.append(perf() - t0)
+        pub.flush(60)
+        buffered_wall = perf() - started
+        started = perf()
+        for _ in range(count):
+            env = prediction_envelope(rng, event_time_ns=time.time_ns())
+            t0 = perf()
+            await pub.publish_durable([env], 30)
+            durable.append(perf() - t0)
+        return buffered_wall, perf() - started
+
+    try:
+        buffered_wall, durable_wall = asyncio.run(run())
+    finally:
+        pub.close(30)
+    return [
+        Case(label, "buffered", buffered, buffered_wall),
+        Case(label, "durable", durable, durable_wall),
+    ]
+
+
+def ack_local(bench: Bench) -> list[Case]:
+    log = LocalLog(bench.tmp / "ack-log", partitions={"bench.ack": 1}, fsync=True)
+    try:
+        return _ack(bench, log, "bench.ack", "ack_local")
+    finally:
+        log.close()
+
+
+def ack_kafka(bench: Bench) -> list[Case]:
+    topic = _topic(bench, "ack_kafka")
+    log = KafkaLog(bench.bootstrap, client_id="llmops-bench")
+    try:
+        return _ack(bench, log, topic, "ack_kafka")
+    finally:
+        log.close()
+
+
 CASES: list[CaseFn] = [
+    ack_local,
+    ack_kafka,
     produce_kafka,
     produce_kafka_bare,
     produce_local,
@@ -366,11 +430,19 @@ def _cleanup_topics(bench: Bench) -> Iterator[None]:
 
 def _ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
     by = {(c["case"], c["system"]): c for c in cases}
+    ratios: dict[str, float] = {}
+    for label in ("ack_local", "ack_kafka"):
+        durable, buffered = by.get((label, "durable")), by.get((label, "buffered"))
+        if durable and buffered:
+            for m in ("p50_ms", "p99_ms"):
+                ratios[f"{label}.{m}.durable_minus_buffered"] = round(durable[m] - buffered[m], 3)
     mine, bare = by.get(("produce_kafka", "llmops")), by.get(("produce_kafka", "kafka-python"))
-    if not (mine and bare):
-        return {}
-    key = "produce_kafka.{}.llmops/kafka-python"
-    return {key.format(m): round(mine[m] / bare[m], 3) for m in ("rows_per_s", "p50_ms")}
+    if mine and bare:
+        key = "produce_kafka.{}.llmops/kafka-python"
+        ratios.update(
+            {key.format(m): round(mine[m] / bare[m], 3) for m in ("rows_per_s", "p50_ms")}
+        )
+    return ratios
 
 
 def main(*, quick: bool) -> None:
@@ -389,5 +461,6 @@ def main(*, quick: bool) -> None:
             _say(f"case {fn.__name__} ...")
             summaries += [c.summary() for c in fn(bench)]
     for s in summaries:
-        _say(f"{s['case']:<16} {s['system']:<13} rows/s {s['rows_per_s']:>9}")
+        if "rows_per_s" in s:
+            _say(f"{s['case']:<16} {s['system']:<13} rows/s {s['rows_per_s']:>9}")
     emit("events", summaries, _ratios(summaries))

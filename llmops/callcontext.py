@@ -46,6 +46,13 @@ principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar
 """The authenticated caller; None outside an RPC or when the mesh runs insecure."""
 
 
+durable_var: contextvars.ContextVar[dict[Any, tuple[int, float]] | None] = contextvars.ContextVar(
+    "llmops_durable", default=None
+)
+"""Events of durable kinds the RPC being served published: publisher -> (last sequence
+number, timeout). The runtime waits for them before it answers (llmops.events.port)."""
+
+
 def remaining_time() -> float | None:
     """Seconds left before the current RPC's deadline, or None outside an RPC / without one."""
     deadline = deadline_var.get()

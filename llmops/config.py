@@ -103,6 +103,9 @@ class OpaConfig(Settings):
     url: str = Field("http://127.0.0.1:18181", description="OPA server (production).")
 
 
+EventKind = Literal["prediction", "feedback", "exposure", "guardrail_decision", "audit"]
+
+
 class EventsConfig(Settings):
     """The event log and the publisher's buffer."""
 
@@ -120,6 +123,17 @@ class EventsConfig(Settings):
     flush_timeout_s: float = Field(
         10.0, gt=0, description="Shutdown: how long to keep delivering buffered events."
     )
+    durable: list[EventKind] = Field(
+        default_factory=lambda: list[EventKind](["audit", "feedback"]),
+        description="Event kinds an RPC answers only once they are durable in the log "
+        "(fsynced locally, or acknowledged by all in-sync Kafka replicas): an "
+        "acknowledged change is never without its audit record. The other kinds are "
+        "acknowledged from the buffer (lower latency, lost only with the process).",
+    )
+    durable_timeout_s: float = Field(
+        5.0, gt=0, description="How long an RPC waits for its durable events; then it "
+        "answers DEADLINE_EXCEEDED (the events still arrive, at least once).",
+    )  # fmt: skip
 
 
 class SinkConfig(Settings):

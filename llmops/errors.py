@@ -88,6 +88,14 @@ class AuditNotPublished(LLMOpsError):
     code = "DATA_LOSS"
 
 
+class NotDurable(LLMOpsError):
+    """The change is applied and its events accepted, but the event log did not make them
+    durable in time (``events.durable_timeout_s``); they are still delivered, at least once.
+    The caller must not take the call for a plain success."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class NotImplementedYet(LLMOpsError):
     """An RPC of the v1 contract whose implementation has not landed; names what is missing."""
 

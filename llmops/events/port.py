@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from google.protobuf import json_format
 
-from llmops.callcontext import current_request_id
+from llmops.callcontext import current_request_id, durable_var
 from llmops.errors import AuditNotPublished
 from llmops.events.ids import uuid7
 from llmops.identity import Identity, current_identity
@@ -36,11 +36,18 @@ class ServiceEvents:
         service: str,
         publisher: Callable[[], EventPublisher],
         clock: Callable[[], float] = time.time,
+        *,
+        durable: frozenset[str] = frozenset(),
+        durable_timeout_s: float = 5.0,
     ) -> None:
+        """``durable``: event kinds (``audit``, ``feedback``, ...) an RPC that publishes
+        them answers only once they are in the log (``events.durable``)."""
         self.service = service
         self._open = publisher
         self._opened: EventPublisher | None = None
         self._clock = clock
+        self._durable = durable
+        self._durable_timeout_s = durable_timeout_s
 
     def _publisher(self) -> EventPublisher:
         # Opened on first use (it starts the sender thread), then kept: no lock per event.
@@ -50,11 +57,24 @@ class ServiceEvents:
 
     def publish(self, envelope: events_pb2.EventEnvelope) -> None:
         """Buffer one event; raises ResourceExhausted when the buffer is full."""
-        self._publisher().publish(envelope)
+        publisher = self._publisher()
+        sequence = publisher.publish(envelope)
+        if self._durable and envelope.WhichOneof("event") in self._durable:
+            self._must_be_durable(publisher, sequence)
 
     def publish_all(self, envelopes: Sequence[events_pb2.EventEnvelope]) -> None:
         """Buffer every event or none (ResourceExhausted when they do not all fit)."""
-        self._publisher().publish_all(envelopes)
+        publisher = self._publisher()
+        sequence = publisher.publish_all(envelopes)
+        if self._durable and any(e.WhichOneof("event") in self._durable for e in envelopes):
+            self._must_be_durable(publisher, sequence)
+
+    def _must_be_durable(self, publisher: EventPublisher, sequence: int) -> None:
+        """Inside an RPC, the runtime answers only once ``sequence`` is in the log; outside
+        one (a periodic task) the event stays buffered like any other."""
+        pending = durable_var.get()
+        if pending is not None:
+            pending[publisher] = (sequence, self._durable_timeout_s)
 
     async def publish_durable(
         self, envelopes: Sequence[events_pb2.EventEnvelope], timeout_s: float

@@ -220,8 +220,9 @@ class EventPublisher:
 
     # -- the request path -----------------------------------------------------------------
 
-    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
-        """Validate, stamp, serialize and buffer ``envelope``; never blocks.
+    def publish(self, envelope: events_pb2.EventEnvelope) -> int:
+        """Validate, stamp, serialize and buffer ``envelope``; never blocks. Returns its
+        sequence number (:meth:`wait_durable` waits for it).
 
         Fills ``publish_time`` (now, UTC), ``key`` (events.proto's rule for the kind) and
         ``producer`` when empty — on the caller's message. Raises
@@ -231,15 +232,17 @@ class EventPublisher:
         :class:`~llmops.errors.FailedPrecondition` after ``close()``.
         """
         record, kind = self._prepare(envelope)
-        self._append(record, kind)
+        return self._append(record, kind)
 
-    def publish_all(self, envelopes: Sequence[events_pb2.EventEnvelope]) -> None:
+    def publish_all(self, envelopes: Sequence[events_pb2.EventEnvelope]) -> int:
         """Publish ``envelopes`` all or none: every one is validated and serialized first,
         then they are buffered together only if the buffer has room for all of them
-        (else :class:`~llmops.errors.ResourceExhausted` and nothing was buffered)."""
+        (else :class:`~llmops.errors.ResourceExhausted` and nothing was buffered). Returns
+        the sequence number of the last one (that of the last accepted event when empty)."""
         records = [self._prepare(envelope) for envelope in envelopes]
         if records:
-            self._append_all(records)
+            return self._append_all(records)
+        return self._accepted
 
     async def publish_durable(
         self, envelopes: Sequence[events_pb2.EventEnvelope], timeout_s: float
@@ -255,13 +258,18 @@ class EventPublisher:
         records = [self._prepare(envelope) for envelope in envelopes]
         if not records:
             return
+        await self.wait_durable(self._append_all(records), timeout_s)
+
+    async def wait_durable(self, sequence: int, timeout_s: float) -> None:
+        """Wait (without blocking the loop) until the events accepted up to ``sequence`` are
+        appended to the log; TimeoutError after ``timeout_s`` (they are still delivered
+        later, at-least-once)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        target = self._append_all(records)
         with self._progress:
-            if self._done >= target:
+            if self._done >= sequence:
                 return
-            heapq.heappush(self._waiters, (target, next(self._waiter_ids), loop, future))
+            heapq.heappush(self._waiters, (sequence, next(self._waiter_ids), loop, future))
             self._work.notify()
         await asyncio.wait_for(future, timeout_s)
 
@@ -308,7 +316,7 @@ class EventPublisher:
             raise InvalidArgument(f"{kind}.event_time", "required (UTC time of the event)")
         return kind
 
-    def _append(self, record: Record, kind: str) -> None:
+    def _append(self, record: Record, kind: str) -> int:
         with self._work:
             if self._state not in ("new", "running"):
                 raise FailedPrecondition("event publisher is closed")
@@ -324,10 +332,12 @@ class EventPublisher:
             self._buffer.append(record)
             self._pending += 1
             self._accepted += 1
+            sequence = self._accepted
             if len(self._buffer) == self._max_batch:
                 self._work.notify()
         self._published[kind].inc()
         self.metrics.depth.inc()
+        return sequence
 
     def _append_all(self, records: list[tuple[Record, str]]) -> int:
         """Buffer ``records`` together; the sequence number of the last one."""

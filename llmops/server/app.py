@@ -449,7 +449,12 @@ def build_context(
         config=config,
         settings=config.settings_of(plugin.name),
         backends=view,
-        events=ServiceEvents(plugin.grpc_service, view.event_publisher),
+        events=ServiceEvents(
+            plugin.grpc_service,
+            view.event_publisher,
+            durable=frozenset(config.events.durable),
+            durable_timeout_s=config.events.durable_timeout_s,
+        ),
         clients=clients,
     )
 

@@ -46,10 +46,11 @@ from llmops.callcontext import (
     REQUEST_ID_KEY,
     call_var,
     deadline_var,
+    durable_var,
     principal_var,
     request_id_var,
 )
-from llmops.errors import InvalidArgument, LLMOpsError
+from llmops.errors import InvalidArgument, LLMOpsError, NotDurable
 from llmops.events.ids import uuid7
 from llmops.server.access_log import AccessLog
 from llmops.server.auth import PUBLIC_METHODS, CallGuard
@@ -294,7 +295,9 @@ class RuntimeInterceptor(_ServerInterceptor):
                 if gate and self._state.draining:
                     raise _Draining()
                 request = _checked(request, inst, streamed)
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                await _settle()
+                return response
             except BaseException as exc:
                 code = await self._fail(exc, context)
                 raise  # reached for cancellation; mapped errors leave through abort
@@ -322,6 +325,7 @@ class RuntimeInterceptor(_ServerInterceptor):
                 request = _checked(request, inst, streamed)
                 async for item in behavior(request, context):
                     yield item
+                await _settle()
             except BaseException as exc:
                 code = await self._fail(exc, context)
                 raise
@@ -351,6 +355,7 @@ class RuntimeInterceptor(_ServerInterceptor):
             deadline_var.set(None if remaining is None else time.monotonic() + remaining),
             call_var.set((inst.method, context)),
             principal_var.set(None),
+            durable_var.set({}),
         )
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         if gate:
@@ -413,6 +418,7 @@ class RuntimeInterceptor(_ServerInterceptor):
             deadline_var.reset(tokens[1])
             call_var.reset(tokens[2])
             principal_var.reset(tokens[3])
+            durable_var.reset(tokens[4])
         except ValueError:  # a stream finalised from another context: nothing to restore
             pass
 
@@ -429,6 +435,24 @@ class _WrappedGenericHandler(_GenericRpcHandler):
         if handler is None:
             return None
         return self._runtime.wrapped(handler_call_details.method, handler)
+
+
+async def _settle() -> None:
+    """Answer only once the events of durable kinds this call published are in the log
+    (``events.durable``: audit and feedback by default), so an acknowledged change always
+    has its audit record."""
+    pending = durable_var.get()
+    if not pending:
+        return
+    for publisher, (sequence, timeout_s) in pending.items():
+        try:
+            await publisher.wait_durable(sequence, timeout_s)
+        except TimeoutError:
+            raise NotDurable(
+                f"the change is applied and its events accepted, but the event log did not "
+                f"make them durable within {timeout_s:g} s (events.durable_timeout_s); they "
+                "will still be delivered"
+            ) from None
 
 
 class _Draining(Exception):

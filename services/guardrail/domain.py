@@ -22,6 +22,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import structlog
+
 from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2, events_pb2
@@ -32,6 +34,7 @@ from services.guardrail.policy import CompiledPolicy, PolicySet, compile_candida
 from services.guardrail.stream import Release, StreamState
 
 T = TypeVar("T")
+log = structlog.get_logger("llmops.guardrail")
 
 MAX_TEXT_BYTES = 64 * 1024
 """Most UTF-8 bytes of one ``Check`` text, and of all chunks of one ``CheckStream``."""
@@ -200,12 +203,15 @@ class Guardrail:
         events: EventPort,
         pool: Executor,
         pool_slots: int = POOL_SLOTS,
+        *,
+        hard_timeout_s: float = 1.0,
     ) -> None:
         self._policies = policies
         self.engine = engine
         self._events = events
         self._pool = pool
         self._slots = asyncio.Semaphore(pool_slots)
+        self._hard_timeout_s = hard_timeout_s
 
     @property
     def policies(self) -> PolicySet:
@@ -262,9 +268,12 @@ class Guardrail:
             decisions[i] = self.engine.evaluate(policy, texts[i], ctx)
         if pooled:
             # one job for all of them: one pool slot, whatever the batch's size
-            found = await self._pooled(
-                lambda: [self.engine.evaluate(policy, texts[i], ctx) for i in pooled]
-            )
+            try:
+                found = await self._pooled(
+                    lambda: [self.engine.evaluate(policy, texts[i], ctx) for i in pooled]
+                )
+            except TimeoutError:
+                found = [self.engine.timed_out(policy, texts[i]) for i in pooled]
             decisions.update(zip(pooled, found, strict=True))
         return [
             Checked(policy, decisions[i], self._record(subject, policy, decisions[i], False))
@@ -274,16 +283,30 @@ class Guardrail:
     async def _evaluate(self, policy: CompiledPolicy, text: str, ctx: CheckContext) -> Decision:
         if len(text) <= INLINE_LIMIT:
             return self.engine.evaluate(policy, text, ctx)
-        return await self._pooled(lambda: self.engine.evaluate(policy, text, ctx))
+        try:
+            return await self._pooled(lambda: self.engine.evaluate(policy, text, ctx))
+        except TimeoutError:
+            return self.engine.timed_out(policy, text)
 
-    async def _pooled(self, work: Callable[[], T]) -> T:
+    async def _pooled(self, work: Callable[[], T], bounded: bool = True) -> T:
         """``work`` on the worker pool, off the event loop (RESOURCE_EXHAUSTED when every
-        slot is taken)."""
+        slot is taken); with ``bounded``, TimeoutError after ``hard_timeout_s``. A Python
+        thread cannot be stopped: the worker finishes on its own (the detectors are linear,
+        so it does soon) and holds its slot until then, so a stuck detector sheds load
+        rather than piling it up."""
         if self._slots.locked():  # every worker busy and more waiting: shed load
             raise ResourceExhausted("guardrail worker pool is full (long texts); retry later")
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, work)
+        await self._slots.acquire()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, work)
+        future.add_done_callback(lambda _: self._slots.release())
+        if not bounded:
+            return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._hard_timeout_s)
+        except TimeoutError:
+            log.error("guardrail_check_timed_out", hard_timeout_s=self._hard_timeout_s)
+            raise
 
     def _record(
         self, subject: Subject, policy: CompiledPolicy, decision: Decision, streamed: bool
@@ -382,7 +405,7 @@ class Guardrail:
                 results.append(CaseResult(case.name, decision, passed))
             return PolicyTestReport(tuple(results), sum(not r.passed for r in results))
 
-        return await self._pooled(run)
+        return await self._pooled(run, bounded=False)  # capped by cases and sizes instead
 
     async def reload(self, dry_run: bool) -> ReloadReport:
         """Validate the policy files and, unless ``dry_run``, put them in force. A file that

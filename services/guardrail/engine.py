@@ -135,6 +135,22 @@ class Engine:
             failed=failed,
         )
 
+    def timed_out(self, policy: CompiledPolicy, text: str) -> Decision:
+        """The decision of a check that did not finish within the hard timeout: degraded,
+        blocked under FAIL_MODE_CLOSED, allowed (and marked) under FAIL_MODE_OPEN."""
+        verdict = ALLOW if policy.fail_open else BLOCK
+        return Decision(
+            verdict=verdict,
+            findings=[],
+            redacted_text="",
+            block_message="" if policy.fail_open else DEGRADED_MESSAGE,
+            latencies_us=[],
+            degraded=True,
+            latency_us=0,
+            text_length=len(text),
+            failed=["hard_timeout"],
+        )
+
     def redact(self, text: str, counted: Sequence[Counted], offset: int = 0) -> str:
         """``text`` with every REDACT span replaced in its check's style. ``offset`` is the
         position of ``text`` in a longer stream (findings are in stream offsets)."""

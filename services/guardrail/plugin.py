@@ -28,6 +28,12 @@ class GuardrailSettings(Settings):
         "random key kept in state_dir/guardrail.key (set one per tenant fleet in production).",
     )
     workers: int = Field(2, ge=1, le=64, description="Threads checking long texts.")
+    hard_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="Wall-clock bound of one check of a long text on the "
+        "worker pool: past it the call answers at once with a degraded decision (the "
+        "policy's fail mode applies) instead of waiting. The policy's own timeout is checked "
+        "between detectors; this one also covers a detector that never returns.",
+    )  # fmt: skip
 
 
 PLUGIN = ServicePlugin(

@@ -39,7 +39,7 @@ def create(ctx: ServiceContext[GuardrailSettings]) -> ServiceDefinition:
     )
     engine = Engine(hmac_key(cfg.hmac_key, ctx.backends.state_dir))
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="guardrail")
-    guardrail = Guardrail(policies, engine, ctx.events, pool)
+    guardrail = Guardrail(policies, engine, ctx.events, pool, hard_timeout_s=cfg.hard_timeout_s)
 
     async def close_pool() -> None:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -204,7 +204,7 @@ async def test_a_shifted_distribution_is_flagged_stored_and_audited(store: ChdbS
     assert set(audit.after.keys()) == {"completion_tokens", "guardrail_verdict"}
     assert audit.after["completion_tokens"]["psi"] == pytest.approx(tokens.psi, abs=1e-6)
 
-    rows = recent_events(store, "drift", timedelta(minutes=5), 100)
+    rows = recent_events(store, "drift", NOW - timedelta(minutes=5), 100)  # NOW: at import
     assert {(r["route"], r["metric"]) for r in rows if r["drifted"]} == {
         ("summary", "completion_tokens"),
         ("summary", "guardrail_verdict"),

@@ -41,6 +41,9 @@ async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Pat
         "LLMOPS__EVENTS__BUFFER_CAPACITY": "5",
         "LLMOPS__EVENTS__FLUSH_TIMEOUT_S": "1",
         "LLMOPS__SINK__EMBEDDED": "false",
+        # answered from the buffer: with events.durable on, each call would wait for the
+        # dead broker (tests/unit/test_events_publisher.py covers that path)
+        "LLMOPS__EVENTS__DURABLE": "[]",
     })  # fmt: skip
     config = load_config(environ=env)
     holder: dict[str, PublishingFeedback] = {}

@@ -58,7 +58,7 @@ def _store(client: FakeClient, attempts: int = 4) -> tuple[ServerStore, list[flo
         max_backoff_s=0.3,
         sleep=sleeps.append,
     )
-    store._client = store._np_client = client
+    store._local.clients = (client, client)
     store._database_ready = True
     return store, sleeps
 
@@ -116,3 +116,35 @@ def test_old_servers_get_no_token() -> None:
     with pytest.raises(ClickHouseUnavailable):
         store.insert("t", {"a": np.arange(3, dtype=np.uint8)}, dedup_token="x")
     assert client.calls[0]["settings"] == {} and broken is not None
+
+
+def test_a_query_inside_an_rpc_carries_the_callers_deadline() -> None:
+    import time
+
+    from llmops.callcontext import deadline_var
+
+    client = FakeClient([([(1,)], [("x", "UInt8")]), ([(1,)], [("x", "UInt8")])])
+    store, _ = _store(client)
+    store.query("SELECT 1 AS x")
+    assert client.calls[-1]["settings"] == {}  # outside an RPC: no bound
+    token = deadline_var.set(time.monotonic() + 2.4)
+    try:
+        store.query("SELECT 1 AS x")
+    finally:
+        deadline_var.reset(token)
+    assert client.calls[-1]["settings"] == {"max_execution_time": 3}
+
+
+def test_each_thread_gets_clients_of_its_own() -> None:
+    import threading
+
+    store = ServerStore("clickhouse://default@127.0.0.1:1/db")
+    mine = store._clients()
+    theirs: list[Any] = []
+    worker = threading.Thread(target=lambda: theirs.append(store._clients()))
+    worker.start()
+    worker.join()
+    assert store._clients() is mine  # the same thread keeps its clients
+    assert theirs[0][0] is not mine[0] and theirs[0][1] is not mine[1]
+    store.close()  # disconnects every thread's clients
+    assert store._all_clients == []

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
@@ -393,3 +394,60 @@ def test_an_event_larger_than_a_log_record_is_refused_and_the_rest_flows(local: 
     assert sample(registry, "llmops_events_oversized_total", topic=topic) == 2
     default = EventPublisher(local)
     assert default.max_record_bytes == 1_000_000
+
+
+async def test_an_rpc_answers_once_its_audit_record_is_durable(tmp_path: Path) -> None:
+    """events.durable: the runtime answers a call that published an audit record only once
+    the log holds it; a log that stays down turns the answer into DEADLINE_EXCEEDED
+    (NotDurable) instead of a success, and the record still arrives later. A prediction
+    (not a durable kind) answers from the buffer."""
+    import grpc
+
+    from llmops.events.port import ServiceEvents
+    from llmops.server.interceptor import RpcMetrics, RuntimeInterceptor, ServerState
+
+    log = FlakyLog(LocalLog(tmp_path / "events"))
+    publisher = EventPublisher(log, retry_backoff=FAST).start()
+    port = ServiceEvents("svc", lambda: publisher, durable=frozenset({"audit"}),
+                         durable_timeout_s=1.0)  # fmt: skip
+
+    async def audited(request: bytes, context: Any) -> bytes:
+        port.publish(port.audit_event("thing.change", "thing", request.decode()))
+        return b"ok"
+
+    async def predicted(request: bytes, context: Any) -> bytes:
+        port.publish(envelope(1))
+        return b"ok"
+
+    ident = (lambda b: b, lambda b: b)
+    handlers = {
+        "Audited": grpc.unary_unary_rpc_method_handler(audited, *ident),
+        "Predicted": grpc.unary_unary_rpc_method_handler(predicted, *ident),
+    }
+    runtime = RuntimeInterceptor("t.S", RpcMetrics(CollectorRegistry()), ServerState())
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (runtime.wrap_generic_handler(grpc.method_handlers_generic_handler("t.S", handlers)),)
+    )
+    bound = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{bound}") as channel:
+            audited_call = channel.unary_unary("/t.S/Audited", *ident)
+            assert await audited_call(b"a", timeout=5) == b"ok"
+            assert publisher.pending == 0  # it answered after the log took the record
+            log.down.set()
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await audited_call(b"b", timeout=5)
+            assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "did not make them durable within 1 s" in (late.value.details() or "")
+            assert publisher.pending == 1  # accepted, kept, not lost
+            predicted_call = channel.unary_unary("/t.S/Predicted", *ident)
+            assert await predicted_call(b"", timeout=5) == b"ok"  # from the buffer
+            log.down.clear()
+            assert await asyncio.to_thread(publisher.flush, 10.0)
+    finally:
+        await server.stop(None)
+        publisher.close()
+    got = consume_all(log.inner, KIND_TOPICS["audit"], 2)
+    assert len(got) == 2

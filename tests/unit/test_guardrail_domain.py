@@ -267,3 +267,39 @@ async def test_check_batch_refuses_before_checking_anything(tmp_path: Path) -> N
     assert events.published == []  # the REDACT of "Expedia" was never decided nor recorded
     many = await domain.check_batch(Subject(OUT), ["Expedia " * 100] * 256)  # all but 5 pooled
     assert len(many) == 256 and {c.decision.verdict for c in many} == {common_pb2.VERDICT_REDACT}
+
+
+class StuckEngine(Engine):
+    """Evaluates short texts; a long one never finishes in time (a detector that hangs)."""
+
+    def __init__(self) -> None:
+        super().__init__(b"k")
+        self.release = __import__("threading").Event()
+
+    def evaluate(self, policy: Any, text: str, ctx: Any) -> Any:
+        if len(text) > 4096:
+            self.release.wait(10)
+        return super().evaluate(policy, text, ctx)
+
+
+async def test_a_check_that_hangs_answers_degraded_at_the_hard_timeout(files: Path) -> None:
+    import time
+
+    policies = HotReload("policies", lambda: load_policies([files]), _revision)
+    engine = StuckEngine()
+    events = Events()
+    domain = Guardrail(policies, engine, events, ThreadPoolExecutor(1), hard_timeout_s=0.2)
+    long_text = "A quiet street. " * 400
+    try:
+        began = time.monotonic()
+        checked = await domain.check(Subject(OUT), long_text)
+        assert time.monotonic() - began < 2.0  # not the 10 s the detector would take
+        decision = checked.decision
+        assert decision.degraded and decision.failed == ["hard_timeout"]
+        assert decision.verdict == common_pb2.VERDICT_BLOCK  # FAIL_MODE_CLOSED, the default
+        assert checked.decision_id  # a degraded decision is recorded
+        batch = await domain.check_batch(Subject(OUT), ["Fine.", long_text])
+        assert batch[0].decision.verdict == common_pb2.VERDICT_ALLOW  # decided inline
+        assert batch[1].decision.failed == ["hard_timeout"]
+    finally:
+        engine.release.set()
