@@ -18,6 +18,7 @@ llmops-tls-auth within +30% of grpc-bare-tls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -64,10 +65,10 @@ async def _serve(system: str, port: int, state_dir: str) -> None:
         _noop, request_deserializer=_identity, response_serializer=_identity
     )
     generic = grpc.method_handlers_generic_handler("benchmarks.Noop", {"Call": handler})
+    configure_logging("info", "json")  # stderr: the parent points it at a file (stdout: READY)
     secured = system.endswith("tls") or system.endswith("tls-auth")
     security = server_security(_config(state_dir)) if secured else None
     if system.startswith("llmops"):
-        configure_logging("info", "json")  # stderr: the parent points it at a file
         access_log = AccessLog("json")  # as `llmops up` logs every RPC, on stderr
         registry = CollectorRegistry()
         runtime = RuntimeInterceptor(
@@ -131,15 +132,18 @@ async def _drive(stub: Any, n: int, concurrency: int, sink: list[float]) -> floa
     return time.perf_counter() - start
 
 
-def _channel(system: str, port: int, state_dir: str) -> grpc.aio.Channel:
+def _channel(system: str, port: int, state_dir: str) -> tuple[grpc.aio.Channel, Any]:
+    """The channel to ``system`` and the metadata of each call (the bearer token, as the
+    mesh's clients send it)."""
     if not system.endswith(("tls", "tls-auth")):
-        return grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    from llmops.clients import channel_credentials
+        return grpc.aio.insecure_channel(f"127.0.0.1:{port}"), None
+    from llmops.clients import bearer_metadata, channel_credentials
     from llmops.security import client_security
 
     security = client_security(_config(state_dir), as_operator=system.startswith("llmops"))
     assert security is not None
-    return grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(security))
+    channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(security))
+    return channel, bearer_metadata(security) or None
 
 
 async def _run(
@@ -150,10 +154,14 @@ async def _run(
         for label, c in (("noop_unary_seq", 1), ("noop_unary", concurrency))
         for s in SYSTEMS
     }
-    channels = {s: _channel(s, p, state_dir) for s, p in ports.items()}
+    opened = {s: _channel(s, p, state_dir) for s, p in ports.items()}
+    channels = {s: ch for s, (ch, _) in opened.items()}
     stubs = {
-        s: ch.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
-        for s, ch in channels.items()
+        s: functools.partial(
+            ch.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity),
+            metadata=md,
+        )
+        for s, (ch, md) in opened.items()
     }
     try:
         for s in SYSTEMS:  # warm-up: connections, code paths, metric children

@@ -89,14 +89,20 @@ class TokenStore:
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
+        self.generation = 0
+        """Incremented whenever the accepted tokens change (callers' caches key on it)."""
         self._reload(force=True)
 
-    def lookup(self, token: str) -> TokenEntry | None:
-        """The entry of ``token``, if it is listed and not expired."""
+    def recheck(self) -> None:
+        """Re-read the file if it changed, at most once per ``recheck_s``."""
         now = time.monotonic()
         if now - self._checked >= self._recheck_s:
             self._checked = now
             self._reload()
+
+    def lookup(self, token: str) -> TokenEntry | None:
+        """The entry of ``token``, if it is listed and not expired."""
+        self.recheck()
         entry = self._entries.get(token_digest(token))
         if entry is None:
             return None
@@ -114,6 +120,8 @@ class TokenStore:
         except FileNotFoundError:
             if self._entries or force:
                 log.warning("tokens_file_missing", path=str(self.path))
+            if self._entries:
+                self.generation += 1
             self._entries, self._stamp = {}, None
             return
         stamp = (st.st_mtime_ns, st.st_size)
@@ -128,6 +136,7 @@ class TokenStore:
                 self._stamp = stamp
                 return
             self._entries, self._stamp = entries, stamp
+            self.generation += 1
             log.info("tokens_loaded", path=str(self.path), tokens=len(entries))
 
 

@@ -156,6 +156,9 @@ class CallGuard:
         self._tokens = security.tokens
         self.policy = policy or AuthzPolicy(security.authz_bundle, security.authz_decision)
         self._certs: dict[bytes, Principal] = {}
+        # authorization header -> (tokens generation, principal, expiry or None): a known
+        # token costs a dict lookup, not a digest and an allocation per call
+        self._tokens_seen: dict[str, tuple[int, Principal, float | None]] = {}
         self._metrics = AuthMetrics(registry)
 
     def admit(self, method: str, context: Any) -> Principal:
@@ -187,13 +190,26 @@ class CallGuard:
         )
 
     def _from_token(self, header: str) -> Principal:
-        if not header[: len(_BEARER)].lower() == _BEARER:
+        tokens = self._tokens
+        if tokens is not None:
+            tokens.recheck()
+            seen = self._tokens_seen.get(header)
+            fresh = seen is not None and seen[0] == tokens.generation
+            if fresh and seen is not None and (seen[2] is None or seen[2] > time.time()):
+                return seen[1]
+        if header[: len(_BEARER)].lower() != _BEARER:
             raise Unauthenticated("the authorization header must be `Bearer <token>`")
         token = header[len(_BEARER) :].strip()
         entry = self._tokens.lookup(token) if self._tokens is not None and token else None
         if entry is None:
             raise Unauthenticated("the bearer token is not valid (unknown, revoked or expired)")
-        return Principal(f"token:{entry.id}", entry.roles, "token")
+        principal = Principal(f"token:{entry.id}", entry.roles, "token")
+        assert tokens is not None
+        if len(self._tokens_seen) >= _MAX_CACHE:
+            self._tokens_seen.clear()
+        expires = entry.expires.timestamp() if entry.expires is not None else None
+        self._tokens_seen[header] = (tokens.generation, principal, expires)
+        return principal
 
     def _from_certificate(self, pem: bytes) -> Principal:
         principal = self._certs.get(pem)
