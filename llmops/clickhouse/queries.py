@@ -292,7 +292,7 @@ RECENT_EVENTS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
         ("direction", "direction"), ("policy", "policy"), ("policy_version", "policy_version"),
         ("verdict", "verdict"), ("finding_types", "finding_types"),
         ("latency_ms", "latency_us / 1000"), ("text_length", "text_length"),
-        ("streamed", "streamed"),
+        ("streamed", "streamed"), ("event_id", "event_id"),
     )),
     "audit": ("audit", (
         ("event_time", "event_time"), ("chain", "chain"), ("sequence", "sequence"),
