@@ -159,8 +159,10 @@ class ServerConfig(Settings):
         10.0, gt=0, le=300, description="How long SIGTERM waits for in-flight RPCs."
     )
     max_concurrent_rpcs: int | None = Field(
-        None, ge=1, description="Per-server bound on in-flight RPCs; beyond it RESOURCE_EXHAUSTED."
-    )
+        2048, ge=1, description="Per-server bound on in-flight RPCs; beyond it "
+        "RESOURCE_EXHAUSTED at once (load shedding: a queue that grows without bound turns "
+        "overload into timeouts for everyone). null = no bound.",
+    )  # fmt: skip
     default_deadline_ms: int = Field(
         5000, ge=1, description="Deadline the typed clients put on calls that have none."
     )

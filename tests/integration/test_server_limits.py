@@ -67,6 +67,26 @@ async def test_a_message_over_the_limit_is_refused_and_the_server_keeps_serving(
         await features.GetOnlineFeatures(feature_pb2.GetOnlineFeaturesRequest(), timeout=5)
 
 
+async def test_calls_beyond_the_concurrency_bound_are_shed_at_once(tmp_path: Path) -> None:
+    assert ServerConfig().max_concurrent_rpcs == 2048  # on by default
+    bound = {"LLMOPS__SERVER__MAX_CONCURRENT_RPCS": "2"}
+    async with feature_server(tmp_path, **bound) as (channel, servicer, _):
+        features = feature_pb2_grpc.FeatureServiceStub(channel)
+        request = feature_pb2.GetOnlineFeaturesRequest()
+        calls = [asyncio.ensure_future(features.GetOnlineFeatures(request, timeout=5))
+                 for _ in range(2)]  # fmt: skip
+        await asyncio.wait_for(servicer.started.wait(), 5)
+        await asyncio.sleep(0.05)  # both slow calls are in the servicer now
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(grpc.aio.AioRpcError) as shed:
+            await features.GetOnlineFeatures(request, timeout=5)
+        assert shed.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert loop.time() - began < 0.4  # refused at once, not queued behind the slow two
+        for call in calls:  # the admitted calls finish normally
+            assert isinstance(await call, feature_pb2.GetOnlineFeaturesResponse)
+
+
 async def test_undecodable_requests_are_invalid_argument_and_counted(tmp_path: Path) -> None:
     async with feature_server(tmp_path) as (channel, servicer, admin_port):
         raw = channel.unary_unary(
