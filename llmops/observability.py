@@ -32,7 +32,7 @@ from llmops.clickhouse.base import ClickHouseStore
 from llmops.config import MeshConfig
 from llmops.events.base import EventLog
 from llmops.security import provision, security_dir
-from llmops.security.tokens import TokenStore
+from llmops.security.tokens import TokenStore, bearer_token
 from llmops.sink.runner import SinkThreads, build_sinks
 
 log = structlog.get_logger("llmops.observability")
@@ -114,9 +114,8 @@ def _handler(
                 self._reply(404, b'{"error": "not found"}', "application/json")
 
         def _may_read_logs(self, tokens: TokenStore) -> bool:
-            header = self.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            entry = tokens.lookup(token.strip()) if scheme.lower() == "bearer" else None
+            token = bearer_token(self.headers.get("Authorization", ""))
+            entry = tokens.lookup(token) if token is not None else None
             if entry is None:
                 self._reply(401, b'{"error": "a bearer token is required"}', "application/json")
                 return False
@@ -184,12 +183,16 @@ class Observability:
 
     @classmethod
     def from_config(
-        cls, config: MeshConfig, backends: Backends, topics: list[str] | None = None
+        cls,
+        config: MeshConfig,
+        backends: Backends,
+        topics: list[str] | None = None,
+        tokens: TokenStore | None = None,
     ) -> Observability:
         """Sinks over the process's event log and store, the endpoint on sink.admin_port
-        (its logs behind the mesh's bearer tokens unless ``security.insecure``)."""
-        tokens = None
-        if not config.security.insecure:
+        (its logs behind the mesh's bearer tokens unless ``security.insecure``). ``tokens``:
+        the store the process's servers already hold (else one is opened here)."""
+        if tokens is None and not config.security.insecure:
             # No tokens file configured (production without one): nobody reads the logs.
             path = provision(config).tokens or security_dir(config) / "tokens.yaml"
             tokens = TokenStore(path)

@@ -11,9 +11,8 @@ from grpc_health.v1 import health_pb2
 from llmops.clients import MeshClient
 from llmops.config import MeshConfig
 from llmops.mesh import SERVICES
+from llmops.security import INSECURE
 from llmops.v1 import admin_pb2
-
-INSECURE = "INSECURE"
 
 
 @dataclass(frozen=True, slots=True)

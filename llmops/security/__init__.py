@@ -25,6 +25,8 @@ from llmops.security.pki import ensure_local_pki
 from llmops.security.tokens import TokenStore, add_token
 
 TOKEN_ENV = "LLMOPS_TOKEN"
+INSECURE = "INSECURE"
+"""What GetInfo.security says of a server run with ``security.insecure``."""
 OPERATOR_ID = "operator"
 SERVICE_ID = "mesh"
 log = structlog.get_logger("llmops.security")

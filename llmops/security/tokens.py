@@ -40,6 +40,13 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value (scheme case-insensitive,
+    possibly empty); None for any other form."""
+    scheme, space, token = header.partition(" ")
+    return token.strip() if space and scheme.lower() == "bearer" else None
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

@@ -36,7 +36,8 @@ from llmops.events.port import ServiceEvents
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.plugin import ServiceFactory, ServicePlugin
 from llmops.scheduler import Scheduler
-from llmops.security import ServerSecurity, client_security, server_security
+from llmops.security import INSECURE, ServerSecurity, client_security, server_security
+from llmops.security.tokens import TokenStore
 from llmops.server.access_log import AccessLog
 from llmops.server.auth import AuthzPolicy, CallGuard
 from llmops.server.context import (
@@ -249,7 +250,7 @@ class GrpcService:
 
     def security_summary(self) -> str:
         if self.security is None:
-            return "INSECURE"
+            return INSECURE
         if self.ctx.config.security.client_certificates == "require":
             return "mTLS + bearer tokens"
         return "TLS + bearer tokens"
@@ -493,7 +494,9 @@ async def serve(
             if config.server.access_log and config.logging.level in ("debug", "info")
             else None
         )
-        observability = _embedded_observability(config, backends)
+        observability = _embedded_observability(
+            config, backends, security.tokens if security is not None else None
+        )
         try:
             for name in names:
                 plugin = SERVICES[name]
@@ -537,7 +540,9 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def _embedded_observability(config: MeshConfig, backends: Backends) -> Observability | None:
+def _embedded_observability(
+    config: MeshConfig, backends: Backends, tokens: TokenStore | None
+) -> Observability | None:
     """In embedded mode: migrate the chdb schema and start the in-process sinks."""
     if config.mode is not Mode.EMBEDDED or not config.sink.embedded:
         return None
@@ -548,7 +553,7 @@ def _embedded_observability(config: MeshConfig, backends: Backends) -> Observabi
     applied = apply_migrations(store)
     if applied:
         log.info("clickhouse_migrated", applied=applied)
-    return Observability.from_config(config, backends).start()
+    return Observability.from_config(config, backends, tokens=tokens).start()
 
 
 def run(config: MeshConfig, names: Sequence[str]) -> None:

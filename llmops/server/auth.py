@@ -36,11 +36,11 @@ from llmops.callcontext import Principal
 from llmops.errors import PermissionDenied, Unauthenticated
 from llmops.policy.wasm import WasmPolicyEngine
 from llmops.security import ServerSecurity
+from llmops.security.tokens import bearer_token
 
 PUBLIC_METHODS = ("/grpc.health.v1.Health/",)
 """Methods served without credentials (prefixes of full method names)."""
 
-_BEARER = "bearer "
 _MAX_CACHE = 10_000
 log = structlog.get_logger("llmops.security")
 
@@ -191,20 +191,23 @@ class CallGuard:
 
     def _from_token(self, header: str) -> Principal:
         tokens = self._tokens
-        if tokens is not None:
-            tokens.recheck()
-            seen = self._tokens_seen.get(header)
-            fresh = seen is not None and seen[0] == tokens.generation
-            if fresh and seen is not None and (seen[2] is None or seen[2] > time.time()):
-                return seen[1]
-        if header[: len(_BEARER)].lower() != _BEARER:
+        if tokens is None:  # no tokens file: no token is valid
+            raise Unauthenticated("the bearer token is not valid (unknown, revoked or expired)")
+        tokens.recheck()
+        seen = self._tokens_seen.get(header)
+        if (
+            seen is not None
+            and seen[0] == tokens.generation
+            and (seen[2] is None or seen[2] > time.time())
+        ):
+            return seen[1]
+        token = bearer_token(header)
+        if token is None:
             raise Unauthenticated("the authorization header must be `Bearer <token>`")
-        token = header[len(_BEARER) :].strip()
-        entry = self._tokens.lookup(token) if self._tokens is not None and token else None
+        entry = tokens.lookup(token)
         if entry is None:
             raise Unauthenticated("the bearer token is not valid (unknown, revoked or expired)")
         principal = Principal(f"token:{entry.id}", entry.roles, "token")
-        assert tokens is not None
         if len(self._tokens_seen) >= _MAX_CACHE:
             self._tokens_seen.clear()
         expires = entry.expires.timestamp() if entry.expires is not None else None
