@@ -26,7 +26,7 @@ import json
 import pkgutil
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from llmops.callcontext import REQUEST_ID_KEY, current_request_id, remaining_time
 from llmops.config import MeshConfig
+from llmops.local_calls import LocalChannel, LocalServers
 from llmops.mesh import PROTO_PACKAGE, SERVICES
 from llmops.security import ClientSecurity, client_security
 from llmops.v1 import admin_pb2_grpc
@@ -137,6 +138,21 @@ class _CallPolicy(_UU, _US, _SU, _SS):
         self._default = default_timeout_s
         self._fixed = fixed
 
+    def outgoing(
+        self, timeout: float | None, metadata: Any
+    ) -> tuple[float, tuple[tuple[str, str], ...]]:
+        """(timeout, metadata) of a call the same policy puts on one that does not go
+        through the channel's interceptors (an in-process call: :mod:`llmops.local_calls`)."""
+        timeout = timeout if timeout is not None else self._default
+        left = remaining_time()
+        if left is not None:
+            timeout = max(min(timeout, left), 0.0)
+        pairs: tuple[tuple[str, str], ...] = tuple(metadata or ())
+        rid = current_request_id()
+        if rid is not None and not any(k == REQUEST_ID_KEY for k, _ in pairs):
+            pairs += ((REQUEST_ID_KEY, rid),)
+        return timeout, pairs + self._fixed
+
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         timeout = details.timeout if details.timeout is not None else self._default
         left = remaining_time()
@@ -204,12 +220,14 @@ class MeshClient:
         default_timeout_s: float | None = None,
         extra_retryable: Iterable[str] = (),
         security: ClientSecurity | None = _FROM_CONFIG,
+        local: LocalServers | None = None,
     ) -> None:
         """``extra_retryable``: full method names (``/pkg.Service/Method``) outside the
         contracts to retry like the retryable ones (tests' own services). ``security``: the
         credentials to call with; by default those ``config`` gives the CLI (TLS, the
         operator's token: :func:`llmops.security.client_security`), plaintext without a
-        config or with ``security.insecure``."""
+        config or with ``security.insecure``. ``local``: the servers of this process; calls
+        to them are served in-process (:mod:`llmops.local_calls`)."""
         if security is _FROM_CONFIG:
             security = client_security(config, as_operator=True) if config else None
         config = config or MeshConfig.model_validate({})
@@ -229,6 +247,16 @@ class MeshClient:
             bearer_metadata(security),
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._local = local
+        # What a local call's server sees of the transport: the client certificate a TLS
+        # handshake would have verified (only where the listeners ask for one).
+        self._local_auth: dict[str, list[bytes]] = (
+            {"transport_security_type": [b"ssl"], "x509_pem_cert": [security.cert_chain]}
+            if security is not None
+            and security.cert_chain
+            and config.security.client_certificates == "require"
+            else {}
+        )
         self._stubs: dict[Any, Any] = {}
         self._served_by = {
             proto: name for name, plugin in SERVICES.items() for proto in plugin.proto_services
@@ -243,17 +271,31 @@ class MeshClient:
             raise KeyError(f"no address configured for service {service!r}") from None
         channel = self._channels.get(target)
         if channel is None:
-            interceptors: Any = [self._policy]  # grpc-stubs types the list too narrowly
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(
-                    target, options=self._options, interceptors=interceptors
+            if self._local is not None:
+                channel = cast(
+                    grpc.aio.Channel,
+                    LocalChannel(
+                        self._local,
+                        target,
+                        functools.partial(self._network_channel, target),
+                        self._policy.outgoing,
+                        self._local_auth,
+                    ),
                 )
             else:
-                channel = grpc.aio.secure_channel(
-                    target, self._credentials, options=self._options, interceptors=interceptors
-                )
+                channel = self._network_channel(target)
             self._channels[target] = channel
         return channel
+
+    def _network_channel(self, target: str) -> grpc.aio.Channel:
+        interceptors: Any = [self._policy]  # grpc-stubs types the list too narrowly
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(
+                target, options=self._options, interceptors=interceptors
+            )
+        return grpc.aio.secure_channel(
+            target, self._credentials, options=self._options, interceptors=interceptors
+        )
 
     def health(self, service: str) -> health_pb2_grpc.HealthAsyncStub:
         return health_pb2_grpc.HealthStub(self.channel(service))

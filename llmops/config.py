@@ -167,6 +167,12 @@ class ServerConfig(Settings):
         5000, ge=1, description="Deadline the typed clients put on calls that have none."
     )
     access_log: bool = Field(True, description="One structured log line per RPC.")
+    local_calls: bool = Field(
+        True, description="A unary call from one service to another served by the same "
+        "process (all of them under `llmops up`) skips the network: the target's handler "
+        "runs it in-process, through the same pipeline (authentication, authorisation, "
+        "deadline, metrics, access log). Streams and calls to other processes use gRPC.",
+    )  # fmt: skip
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request or response message."
     )

@@ -33,6 +33,7 @@ from llmops.clients import MeshClient
 from llmops.config import MeshConfig, Mode, ServerConfig
 from llmops.errors import FailedPrecondition, InvalidArgument, NotImplementedYet
 from llmops.events.port import ServiceEvents
+from llmops.local_calls import LocalServers
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.plugin import ServiceFactory, ServicePlugin
 from llmops.scheduler import Scheduler
@@ -195,11 +196,13 @@ class _WrappingRegistrar:
     def __init__(self, server: grpc.aio.Server, runtime: RuntimeInterceptor) -> None:
         self._server = server
         self._runtime = runtime
+        self.handlers: list[GenericHandler] = []
+        """Everything registered, wrapped: what local calls are served by."""
 
     def add_generic_rpc_handlers(self, handlers: Sequence[GenericHandler]) -> None:
-        self._server.add_generic_rpc_handlers(
-            tuple(self._runtime.wrap_generic_handler(h) for h in handlers)
-        )
+        wrapped = tuple(self._runtime.wrap_generic_handler(h) for h in handlers)
+        self.handlers.extend(wrapped)
+        self._server.add_generic_rpc_handlers(wrapped)
 
     def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
         # grpc.aio serves from the generic handlers above; this call is a no-op there.
@@ -216,11 +219,15 @@ class GrpcService:
         access_log: AccessLog | None = None,
         security: ServerSecurity | None = None,
         authz: AuthzPolicy | None = None,
+        local: LocalServers | None = None,
     ) -> None:
         """``security``: the credentials it serves with; None means plaintext without
         authentication (``security.insecure``). ``authz``: the authorisation policy, shared
-        by the servers of one process (default: one of its own)."""
+        by the servers of one process (default: one of its own). ``local``: where it
+        registers its listeners for in-process calls (:mod:`llmops.local_calls`)."""
         self.definition = definition
+        self._local = local
+        self._local_addresses: list[str] = []
         self.access_log = access_log
         self.security = security
         self._authz = authz
@@ -333,17 +340,20 @@ class GrpcService:
         admin_server = self._new_server() if admin_port else server
         # Handlers are wrapped once, at registration (see RuntimeInterceptor).
         # The registrar does the registration part of grpc.aio.Server's interface.
-        registrar = cast(grpc.aio.Server, _WrappingRegistrar(server, pipeline()))
+        main_registrar = _WrappingRegistrar(server, pipeline())
+        admin_wrapping = _WrappingRegistrar(admin_server, pipeline()) if admin_port else None
+        registrar = cast(grpc.aio.Server, main_registrar)
         admin_registrar = (
-            cast(grpc.aio.Server, _WrappingRegistrar(admin_server, pipeline()))
-            if admin_port
-            else registrar
+            cast(grpc.aio.Server, admin_wrapping) if admin_wrapping is not None else registrar
         )
         for binding in self.definition.bindings:
             admin = binding.full_name.endswith("AdminService")
             binding.add_to_server(binding.servicer, admin_registrar if admin else registrar)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self), admin_registrar)
         listeners = [(server, registrar, self.settings.address, f"services.{self.name}.port")]
+        local = [(self.settings.address, main_registrar)]
+        if admin_wrapping is not None:
+            local.append((self.settings.admin_address(mode), admin_wrapping))
         if admin_port:
             listeners.append(
                 (admin_server, admin_registrar, self.settings.admin_address(mode),
@@ -365,6 +375,10 @@ class GrpcService:
             self._admin_server = admin_server
         await server.start()
         self._server = server
+        if self._local is not None:
+            for address, wrapping in local:
+                self._local.register(address, wrapping.handlers)
+                self._local_addresses.append(address)
         if self.settings.admin_port:
             try:
                 self._http, _ = start_http_server(
@@ -420,6 +434,10 @@ class GrpcService:
         if self._server is None:
             return
         self._stopping = True
+        if self._local is not None:  # local callers go to the network, which refuses them
+            for address in self._local_addresses:
+                self._local.unregister(address)
+            self._local_addresses.clear()
         await self._health.enter_graceful_shutdown()
         self.state.draining = True
         if self._admin_server is not None:
@@ -488,7 +506,10 @@ async def serve(
         )
     with Backends(config) as backends:
         services: list[GrpcService] = []
-        clients = MeshClient(config, security=client_security(config, as_operator=False))
+        local = LocalServers() if config.server.local_calls else None
+        clients = MeshClient(
+            config, security=client_security(config, as_operator=False), local=local
+        )
         access_log = (
             AccessLog(config.logging.format)
             if config.server.access_log and config.logging.level in ("debug", "info")
@@ -502,7 +523,7 @@ async def serve(
                 plugin = SERVICES[name]
                 ctx = build_context(plugin, config, backends, clients)
                 factory = factories.get(name) or plugin.load_factory()
-                services.append(GrpcService(factory(ctx), ctx, access_log, security, authz))
+                services.append(GrpcService(factory(ctx), ctx, access_log, security, authz, local))
             for svc in services:
                 await svc.start()
             freeze_startup_heap()

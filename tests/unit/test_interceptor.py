@@ -1,4 +1,5 @@
-"""The runtime's call pipeline on a real grpc.aio server over loopback."""
+"""The runtime's call pipeline on a real grpc.aio server over loopback, and the same
+pipeline serving in-process calls (:mod:`llmops.local_calls`): every test runs both ways."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from llmops.callcontext import REQUEST_ID_KEY, current_request_id, remaining_time
 from llmops.errors import InvalidArgument, NotFound
+from llmops.local_calls import LocalChannel, LocalServers
 from llmops.server.interceptor import (
     RpcMetrics,
     RuntimeInterceptor,
@@ -39,6 +41,10 @@ async def whoami(request: bytes, context: Any) -> bytes:
 async def remaining(request: bytes, context: Any) -> bytes:
     left = remaining_time()
     return b"none" if left is None else f"{left:.6f}".encode()
+
+
+async def peer(request: bytes, context: Any) -> bytes:
+    return str(context.peer()).encode()
 
 
 async def slow(request: bytes, context: Any) -> bytes:
@@ -69,6 +75,7 @@ HANDLERS = {
     "Echo": grpc.unary_unary_rpc_method_handler(echo, _id, _id),
     "WhoAmI": grpc.unary_unary_rpc_method_handler(whoami, _id, _id),
     "Remaining": grpc.unary_unary_rpc_method_handler(remaining, _id, _id),
+    "Peer": grpc.unary_unary_rpc_method_handler(peer, _id, _id),
     "Slow": grpc.unary_unary_rpc_method_handler(slow, _id, _id),
     "Invalid": grpc.unary_unary_rpc_method_handler(invalid, _id, _id),
     "Missing": grpc.unary_unary_rpc_method_handler(missing, _id, _id),
@@ -92,7 +99,24 @@ class Harness:
             generic = runtime.wrap_generic_handler(generic)
         self.server.add_generic_rpc_handlers((generic,))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.channel: grpc.aio.Channel | None = None
+        self.address = f"127.0.0.1:{self.port}"
+        self.channel: Any = None
+        self.local: LocalServers | None = None
+        if attach == "local":  # unary calls in-process, streams over the network
+            self.local = LocalServers()
+            self.local.register(self.address, (generic,))
+
+    def open(self) -> None:
+        if self.local is None:
+            self.channel = grpc.aio.insecure_channel(self.address)
+        else:
+            self.channel = LocalChannel(
+                self.local,
+                self.address,
+                lambda: grpc.aio.insecure_channel(self.address),
+                lambda timeout, metadata: (timeout, tuple(metadata or ())),
+                {},
+            )
 
     def unary(self, name: str) -> Any:
         assert self.channel is not None
@@ -120,11 +144,11 @@ class Harness:
         return self.handled(method, code)
 
 
-@pytest.fixture(params=["wrapped", "interceptor"])
+@pytest.fixture(params=["wrapped", "interceptor", "local"])
 async def probe(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     h = Harness(request.param)
     await h.server.start()
-    h.channel = grpc.aio.insecure_channel(f"127.0.0.1:{h.port}")
+    h.open()
     yield h
     await h.channel.close()
     await h.server.stop(None)
@@ -238,3 +262,16 @@ async def test_draining_server_turns_new_work_away(probe: Harness) -> None:
         await probe.unary("Echo")(b"x")
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "draining" in (err.value.details() or "")
+
+
+async def test_local_calls_skip_the_network_while_the_server_is_registered(
+    probe: Harness,
+) -> None:
+    seen = await probe.unary("Peer")(b"")
+    if probe.local is None:
+        assert seen.startswith(b"ipv4:127.0.0.1:")
+        return
+    assert seen == b"local"
+    assert await probe.settled("Peer", "OK", 1) == 1  # the server's own metrics count it
+    probe.local.unregister(probe.address)  # a stopping server: its callers use the network
+    assert (await probe.unary("Peer")(b"")).startswith(b"ipv4:127.0.0.1:")
