@@ -293,7 +293,7 @@ def target_lines(summaries: Sequence[Mapping[str, Any]], ratios: Mapping[str, fl
         else:
             lines.append(f"MISSED {key}: not measured")
     for s in summaries:
-        if s["case"].startswith("run_") and "overhead_p99_ms" in s:
+        if s["case"].startswith("run_") and "overhead_p99_ms" in s and s["system"] == "llmops":
             v = float(s["overhead_p99_ms"])
             check(v <= 10.0, f"{s['case']}: Run overhead p99 {v:.2f} ms (target <= 10 ms)")
     tok = ratios.get("stream_cpu.output_tok_per_s.llmops/direct")
@@ -993,7 +993,12 @@ def _seeded(address: str) -> bool:
     return intent.HasField("output")
 
 
-async def run_cases(address: str, plan: Plan) -> list[dict[str, Any]]:
+async def run_cases(
+    address: str,
+    plan: Plan,
+    system: str = "llmops",
+    concurrencies: Sequence[int] = (1, RUN_CONCURRENCY),
+) -> list[dict[str, Any]]:
     import grpc
 
     from llmops.v1 import inference_pb2, inference_pb2_grpc
@@ -1004,7 +1009,7 @@ async def run_cases(address: str, plan: Plan) -> list[dict[str, Any]]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         for task, reqs in requests.items():
-            for concurrency in (1, RUN_CONCURRENCY):
+            for concurrency in concurrencies:
                 name = f"run_{task}_c{concurrency}"
                 replies: list[Any] = []
 
@@ -1020,7 +1025,7 @@ async def run_cases(address: str, plan: Plan) -> list[dict[str, Any]]:
 
                 await drive(call, plan.run_warmup, concurrency, 20.0, Case(name, "warmup"))
                 replies.clear()
-                case = Case(name, "llmops", concurrency=concurrency)
+                case = Case(name, system, concurrency=concurrency)
                 errors = Errors()
                 await drive(call, plan.run_calls, concurrency, plan.run_phase_cap_s, case, errors)
                 if not replies:
@@ -1044,19 +1049,27 @@ async def run_cases(address: str, plan: Plan) -> list[dict[str, Any]]:
                     _log(f"{name}: {errors.count} failed runs, first: {errors.first}")
                 if blocked or without_output:
                     _log(f"{name}: {blocked} blocked, {without_output} without output")
-                _log(f"{name}: {len(case.latencies_s)} runs in {case.wall_s:.2f} s")
+                _log(f"{name} {system}: {len(case.latencies_s)} runs in {case.wall_s:.2f} s")
                 out.append(case.summary())
     return out
 
 
-def _mesh_part(tmp: Path, upstream_url: str, plan: Plan) -> list[dict[str, Any]]:
+GRPC_HOPS = "llmops-grpc-hops"
+"""The Run cases again on a mesh with ``server.local_calls: false``: every call between its
+services over loopback gRPC, as between processes (sequential only)."""
+
+
+def _mesh_part(tmp: Path, upstream_url: str, plan: Plan, *, local_calls: bool = True
+               ) -> list[dict[str, Any]]:  # fmt: skip
     from llmops.mesh import SERVICES
 
+    label = "" if local_calls else f" ({GRPC_HOPS})"
     routes_dir = tmp / "mesh-routes"
     for name, spec in mesh_routes(upstream_url).items():
         write_yaml(routes_dir / name, spec)
-    env, ports = mesh_env(os.environ, tmp / "mesh-state", routes_dir,
-                          free_ports(2 * len(SERVICES) + 1))  # fmt: skip
+    state = tmp / ("mesh-state" if local_calls else "mesh-state-grpc-hops")
+    env, ports = mesh_env(os.environ, state, routes_dir, free_ports(2 * len(SERVICES) + 1))
+    env["LLMOPS__SERVER__LOCAL_CALLS"] = "true" if local_calls else "false"
     started = time.monotonic()
     mesh = start_process(
         "llmops up", [sys.executable, "-m", "llmops", "up"], env, tmp / "mesh.log",
@@ -1071,17 +1084,20 @@ def _mesh_part(tmp: Path, upstream_url: str, plan: Plan) -> list[dict[str, Any]]
                 return grpc_serving(address, service)
 
             wait_until(serving, mesh, max(left, 1.0), f"the mesh's {name} service")
-        _log(f"mesh: every service SERVING after {time.monotonic() - started:.1f} s")
+        _log(f"mesh{label}: every service SERVING after {time.monotonic() - started:.1f} s")
         address = f"{HOST}:{ports['inference']}"
         wait_until(lambda: _seeded(address), mesh, SEED_TIMEOUT_S, "the mesh's demo data",
                    interval_s=0.5)  # fmt: skip
-        _log(f"mesh: demo data seeded after {time.monotonic() - started:.1f} s")
+        _log(f"mesh{label}: demo data seeded after {time.monotonic() - started:.1f} s")
         share = wait_quiet(mesh, QUIET_TIMEOUT_S)
         if share is not None:
-            _log(f"mesh: {share:.0%} of a core while idle, {time.monotonic() - started:.1f} s")
+            _log(f"mesh{label}: {share:.0%} of a core while idle, "
+                 f"{time.monotonic() - started:.1f} s")  # fmt: skip
         import uvloop
 
-        return uvloop.run(run_cases(address, plan))
+        if local_calls:
+            return uvloop.run(run_cases(address, plan))
+        return uvloop.run(run_cases(address, plan, GRPC_HOPS, (1,)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1133,7 +1149,8 @@ def main(*, quick: bool) -> None:
             summaries += _service_part(tmp, upstream_url, plan)
             measured = time.monotonic()
             summaries += _mesh_part(tmp, upstream_url, plan)
-            _log(f"run cases done in {time.monotonic() - measured:.1f} s (mesh start included)")
+            summaries += _mesh_part(tmp, upstream_url, plan, local_calls=False)
+            _log(f"run cases done in {time.monotonic() - measured:.1f} s (mesh starts included)")
     add_overheads(summaries)
     ratios = {**generate_ratios(summaries), **stream_ratios(summaries)}
     _log(f"llmops bench inference: {time.monotonic() - began:.1f} s in all")
