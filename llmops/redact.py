@@ -4,6 +4,7 @@ echoed in UNAVAILABLE messages)."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 SECRET_PARAMS = frozenset(
@@ -39,3 +40,12 @@ def redact_url(url: str) -> str:
                 [(k, MASK if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*"
             )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an exception's message, say) with every URL in it through
+    :func:`redact_url`."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from llmops.errors import FailedPrecondition, InvalidArgument, LLMOpsError, ResourceExhausted
 from llmops.events.base import MAX_RECORD_BYTES, EventLog, Record
 from llmops.events.topics import KIND_TOPICS, event_key
+from llmops.redact import redact_text
 from llmops.v1 import events_pb2
 
 log = structlog.get_logger("llmops.events.publisher")
@@ -167,6 +168,9 @@ class EventPublisher:
         self._state = "new"  # new -> running -> closing -> closed
         self._abandon = False
         self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        """Why the log refused the last send, while it keeps refusing (None once one succeeds):
+        what a caller waiting for durability is told (a full disk, a broker away)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -263,7 +267,8 @@ class EventPublisher:
     async def wait_durable(self, sequence: int, timeout_s: float) -> None:
         """Wait (without blocking the loop) until the events accepted up to ``sequence`` are
         appended to the log; TimeoutError after ``timeout_s`` (they are still delivered
-        later, at-least-once)."""
+        later, at-least-once), saying why when the log refuses appends (a full disk, a broker
+        away: :attr:`last_error`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._progress:
@@ -271,7 +276,11 @@ class EventPublisher:
                 return
             heapq.heappush(self._waiters, (sequence, next(self._waiter_ids), loop, future))
             self._work.notify()
-        await asyncio.wait_for(future, timeout_s)
+        try:
+            await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            why = self.last_error
+            raise TimeoutError(f"the log refuses appends: {why}" if why else "") from None
 
     def has_room(self, count: int) -> bool:
         """Whether ``count`` more events fit in the buffer now (a hint: another caller may
@@ -433,6 +442,7 @@ class EventPublisher:
             try:
                 self._log.send(batch, self._send_timeout_s)
             except Exception as exc:  # any failure: keep the batch and retry it
+                self.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
                 attempt += 1
                 self.metrics.send_failures.inc()
                 delay = self._backoff.delay(attempt)
@@ -444,6 +454,7 @@ class EventPublisher:
                     return False
                 continue
             self.metrics.send_seconds.observe(time.perf_counter() - started)
+            self.last_error = None
             self._mark_delivered(batch)
             return True
 

@@ -447,11 +447,11 @@ async def _settle() -> None:
     for publisher, (sequence, timeout_s) in pending.items():
         try:
             await publisher.wait_durable(sequence, timeout_s)
-        except TimeoutError:
+        except TimeoutError as exc:
             raise NotDurable(
                 f"the change is applied and its events accepted, but the event log did not "
                 f"make them durable within {timeout_s:g} s (events.durable_timeout_s); they "
-                "will still be delivered"
+                "will still be delivered" + (f" ({exc})" if str(exc) else "")
             ) from None
 
 

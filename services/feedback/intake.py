@@ -155,11 +155,12 @@ class Intake:
             if envelopes:
                 try:
                     await self.events.publish_durable(envelopes, self.durable_timeout_s)
-                except TimeoutError:
+                except TimeoutError as exc:
                     raise Unavailable(
                         f"{len(envelopes)} feedback record(s) accepted but not yet durable "
-                        f"after {self.durable_timeout_s:g} s; retrying with the same "
-                        "idempotency keys is safe"
+                        f"after {self.durable_timeout_s:g} s"
+                        + (f" ({exc})" if str(exc) else "")
+                        + "; retrying with the same idempotency keys is safe"
                     ) from None
                 await self.keys.put_many(
                     {

@@ -38,12 +38,13 @@ class FlakyLog:
         self.failures = failures
         self.partial = partial
         self.down = threading.Event()
+        self.down_message = "down"
         self.calls = 0
 
     def send(self, records: Sequence[Record], timeout_s: float) -> None:
         self.calls += 1
         if self.down.is_set():
-            raise LogUnavailable("down")
+            raise LogUnavailable(self.down_message)
         if self.failures > 0:
             self.failures -= 1
             if self.partial:
@@ -436,16 +437,22 @@ async def test_an_rpc_answers_once_its_audit_record_is_durable(tmp_path: Path) -
             audited_call = channel.unary_unary("/t.S/Audited", *ident)
             assert await audited_call(b"a", timeout=5) == b"ok"
             assert publisher.pending == 0  # it answered after the log took the record
+            log.down_message = "[Errno 28] No space left on device (kafka://app:s3cret@b1:9092)"
             log.down.set()
             with pytest.raises(grpc.aio.AioRpcError) as late:
                 await audited_call(b"b", timeout=5)
             assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "did not make them durable within 1 s" in (late.value.details() or "")
+            details = late.value.details() or ""
+            assert "did not make them durable within 1 s" in details
+            # ...and why: what the log answered to the last send, credentials masked
+            assert "the log refuses appends: LogUnavailable: [Errno 28] No space left" in details
+            assert "s3cret" not in details and "kafka://app:***@b1:9092" in details
             assert publisher.pending == 1  # accepted, kept, not lost
             predicted_call = channel.unary_unary("/t.S/Predicted", *ident)
             assert await predicted_call(b"", timeout=5) == b"ok"  # from the buffer
             log.down.clear()
             assert await asyncio.to_thread(publisher.flush, 10.0)
+            assert publisher.last_error is None  # the log took a send again
     finally:
         await server.stop(None)
         publisher.close()

@@ -44,3 +44,15 @@ async def test_a_redis_store_that_cannot_connect_names_the_url_without_its_passw
     await store.close()
     assert "redis://:***@127.0.0.1:1/0" in caught.value.message
     assert "s3cret" not in str(caught.value)
+
+
+def test_urls_inside_a_message_are_masked() -> None:
+    from llmops.redact import redact_text
+
+    said = redact_text(
+        "Error 111 connecting to redis://:hunter2@cache:6379/0. Connection refused; "
+        "retried https://api.example.com/v1?api_key=abc&x=1 and clickhouse://default@ch:9000"
+    )
+    assert "hunter2" not in said and "abc" not in said
+    assert "redis://:***@cache:6379/0." in said
+    assert "api_key=***" in said and "clickhouse://default@ch:9000" in said
