@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from llmops.clickhouse.base import ClickHouseStore
     from llmops.events.base import EventLog
     from llmops.events.publisher import EventPublisher
+    from llmops.events.spill import SpillLog
 
 log = structlog.get_logger("llmops.backends")
 
@@ -46,6 +47,7 @@ class Backends:
         self._event_log: EventLog | None = None
         self._store: ClickHouseStore | None = None
         self._publisher: EventPublisher | None = None
+        self._stopping = threading.Event()
         self._guard = threading.RLock()
 
     @property
@@ -138,7 +140,21 @@ class Backends:
                     send_timeout_s=settings.send_timeout_s,
                     producer=f"llmops/{os.getpid()}",
                 ).start()
+                spill = self._spill()
+                if spill is not None:  # what an earlier process could not deliver, first
+                    from llmops.events.spill import replay_in_background
+
+                    replay_in_background(spill, self.event_log(), stop=self._stopping)
             return self._publisher
+
+    def _spill(self) -> SpillLog | None:
+        """Where undelivered events go at shutdown: ``state_dir/spill`` when the event log is
+        Kafka (the local log already is on this disk)."""
+        if self.config.events_backend == "local":
+            return None
+        from llmops.events.spill import SpillLog
+
+        return SpillLog(self.state_dir / "spill")
 
     def flush_events(self) -> None:
         """Deliver the publisher's buffered events to the log (bounded by the config)."""
@@ -151,8 +167,9 @@ class Backends:
         with self._guard:
             if self._publisher is not None:
                 publisher, self._publisher = self._publisher, None
+                self._stopping.set()
                 try:
-                    publisher.close(self.config.events.flush_timeout_s)
+                    publisher.close(self.config.events.flush_timeout_s, spill=self._spill())
                 except LLMOpsError as exc:  # undelivered events: say so loudly, keep closing
                     log.error("events_undelivered_at_shutdown", error=exc.message)
             if self._event_log is not None:

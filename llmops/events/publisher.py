@@ -16,8 +16,10 @@ Guarantees:
   sent), ``publish()`` raises :class:`~llmops.errors.ResourceExhausted` (RESOURCE_EXHAUSTED at
   the RPC edge) and counts the rejection. The caller decides: fail the RPC, or drop a
   best-effort event knowingly.
-- **Shutdown flushes.** ``close(timeout_s)`` delivers what is buffered, or raises
-  :class:`UndeliveredEvents` saying how many were not delivered.
+- **Shutdown flushes.** ``close(timeout_s)`` delivers what is buffered; what the log does
+  not take in time goes to the spill when one is given (:mod:`llmops.events.spill`: a local
+  log replayed at the next start), else :class:`UndeliveredEvents` says how many were not
+  delivered.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from google.protobuf.message import DecodeError, EncodeError
@@ -55,6 +58,12 @@ class UndeliveredEvents(LLMOpsError):
     def __init__(self, count: int, backend: str) -> None:
         super().__init__(f"{count} accepted event(s) not delivered to the {backend} event log")
         self.count = count
+
+
+class Spill(Protocol):
+    """Where :meth:`EventPublisher.close` puts what the log did not take in time."""
+
+    def send(self, records: Sequence[Record], timeout_s: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +177,7 @@ class EventPublisher:
         self._state = "new"  # new -> running -> closing -> closed
         self._abandon = False
         self._thread: threading.Thread | None = None
+        self._sending: list[Record] = []  # the batch the sender thread is delivering
         self.last_error: str | None = None
         """Why the log refused the last send, while it keeps refusing (None once one succeeds):
         what a caller waiting for durability is told (a full disk, a broker away)."""
@@ -185,12 +195,14 @@ class EventPublisher:
                 self._thread.start()
         return self
 
-    def close(self, timeout_s: float = 10.0) -> None:
+    def close(self, timeout_s: float = 10.0, spill: Spill | None = None) -> None:
         """Stop accepting, deliver what is buffered within ``timeout_s``, stop the thread.
 
-        Raises :class:`UndeliveredEvents` (count of events not appended) when time runs out;
-        it may then wait up to ``send_timeout_s`` more for a send in progress to finish. Does
-        not close the log (its owner does).
+        What the log did not take in time goes to ``spill`` when given (a local log the next
+        start replays: :mod:`llmops.events.spill`). Raises :class:`UndeliveredEvents` (count
+        of events neither appended nor spilled) otherwise; it may then wait up to
+        ``send_timeout_s`` more for a send in progress to finish. Does not close the log
+        (its owner does).
         """
         with self._work:
             if self._state in ("closing", "closed"):
@@ -207,6 +219,24 @@ class EventPublisher:
         with self._work:
             self._state = "closed"
             left = self._pending
+            # the batch being sent (a send may still be stuck in it) and what waits behind
+            held = [*self._sending, *self._buffer] if left else []
+        if held and spill is not None:
+            try:
+                spill.send(held, self._send_timeout_s)
+            except Exception as exc:
+                log.error("events_spill_failed", count=len(held), error=redact_text(str(exc)))
+            else:
+                log.warning(
+                    "events_spilled", count=len(held), backend=self._log.name,
+                    reason=self.last_error or "close timed out",
+                )  # fmt: skip
+                with self._work:
+                    self._buffer.clear()
+                    self._sending = []
+                    self._pending = 0
+                self.metrics.depth.dec(len(held))
+                return
         if left:
             log.error("events_undelivered_at_close", count=left, backend=self._log.name)
             raise UndeliveredEvents(left, self._log.name)
@@ -436,6 +466,8 @@ class EventPublisher:
 
     def _deliver(self, batch: list[Record]) -> bool:
         """Append ``batch``, retrying with back-off until it is; False if abandoned."""
+        with self._work:
+            self._sending = batch
         attempt = 0
         while True:
             started = time.perf_counter()
@@ -474,6 +506,7 @@ class EventPublisher:
             self._delivered[topic].inc(n)
         self.metrics.depth.dec(len(batch))
         with self._progress:
+            self._sending = []
             self._pending -= len(batch)
             self._done += len(batch)
             self._progress.notify_all()
