@@ -403,3 +403,27 @@ def high_water_mark(
         {"topic": topic, "partition": partition, "since": since},
     )[0]
     return int(row["hwm"]) if int(row["n"]) else None
+
+
+def stored_event_at(
+    store: ClickHouseStore, tp: tuple[str, int], offset: int, since_ms: int,
+    *, table: str | None = None,
+) -> int | None:  # fmt: skip
+    """The event time (ms since the epoch) of the row stored for log position (``tp``,
+    ``offset``), or None when no row holds it (rows with ``event_time >= since_ms -
+    HWM_SLACK``, as :func:`high_water_mark`). The sink compares it with the record it reads
+    there: another time means the rows came from an earlier log (a recreated topic, a wiped
+    local log). Event time, not event id: every raw table keeps it (predictions keep no id)."""
+    from llmops.clickhouse.rows import TOPIC_TABLES
+    from llmops.clickhouse.sql import identifier
+
+    topic, partition = tp
+    name = identifier(table or TOPIC_TABLES[topic])
+    since = datetime.fromtimestamp(since_ms / 1000, UTC) - HWM_SLACK
+    rows = store.query(
+        f"SELECT toUnixTimestamp64Milli(event_time) AS ms FROM {name}"
+        " WHERE log_topic = %(topic)s AND log_partition = %(partition)s"
+        " AND log_offset = %(offset)s AND event_time >= %(since)s LIMIT 1",
+        {"topic": topic, "partition": partition, "offset": offset, "since": since},
+    )
+    return int(rows[0]["ms"]) if rows else None

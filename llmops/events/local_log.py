@@ -424,7 +424,14 @@ class LocalConsumer:
             committed = self._read_offsets(topic)
             for p in range(n):
                 pdir = self._owner.partition_dir(topic, p)
-                self._cursors[(topic, p)] = _Cursor((topic, p), pdir, committed.get(p, 0))
+                start = committed.get(p, 0)
+                end = self._owner.end_offset((topic, p))
+                if start > end:  # the log was wiped or recreated under the group's offsets:
+                    # read it from the start (Kafka consumers: auto_offset_reset=earliest)
+                    log.warning("local_log_offset_out_of_range", group=self._group,
+                                topic=topic, partition=p, committed=start, end=end)  # fmt: skip
+                    start = 0
+                self._cursors[(topic, p)] = _Cursor((topic, p), pdir, start)
 
     def poll(self, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
         """Up to ``max_records`` records; waits up to ``timeout_s`` (sleeping 1-50 ms between

@@ -18,7 +18,7 @@ from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.rows import KIND_TABLES, TOPIC_KINDS, columns_for
 from llmops.events.base import EventLog, TopicPartition
 from llmops.events.topics import DLQ_TOPIC
-from llmops.sink.worker import HighWaterMark, Sink, SinkMetrics, SinkSettings
+from llmops.sink.worker import HighWaterMark, Sink, SinkMetrics, SinkSettings, StoredEventAt
 
 log = structlog.get_logger("llmops.sink")
 
@@ -33,6 +33,17 @@ def high_water_mark_for(topic_tables: Mapping[str, str]) -> HighWaterMark:
         return queries.high_water_mark(store, tp, from_ms, table=topic_tables[tp[0]])
 
     return high_water_mark
+
+
+def stored_event_at_for(topic_tables: Mapping[str, str]) -> StoredEventAt:
+    """The sink's check of a stored log position (:func:`queries.stored_event_at`)."""
+
+    def stored_event_at(
+        store: ClickHouseStore, tp: TopicPartition, offset: int, from_ms: int
+    ) -> int | None:
+        return queries.stored_event_at(store, tp, offset, from_ms, table=topic_tables[tp[0]])
+
+    return stored_event_at
 
 
 def build_sinks(
@@ -71,6 +82,7 @@ def build_sinks(
             ),
             convert=columns_for,
             high_water_mark=high_water_mark,
+            stored_event_at=stored_event_at_for(topic_tables),
             kind_of_topic=topic_kinds,
             metrics=metrics,
         )

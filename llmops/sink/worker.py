@@ -63,6 +63,11 @@ Converter = Callable[
 HighWaterMark = Callable[[ClickHouseStore, TopicPartition, int], int | None]
 """Highest log offset of ``tp`` already stored (searching from a log timestamp in ms)."""
 
+StoredEventAt = Callable[[ClickHouseStore, TopicPartition, int, int], int | None]
+"""The event time (ms) of the row stored for log position (``tp``, offset) — every raw table
+has it, to the millisecond — searching from a log timestamp in ms; None when no row holds
+that position."""
+
 
 @dataclass(frozen=True, slots=True)
 class SinkSettings:
@@ -165,8 +170,12 @@ class Sink:
         high_water_mark: HighWaterMark,
         kind_of_topic: Mapping[str, str],
         metrics: SinkMetrics | None = None,
+        stored_event_at: StoredEventAt | None = None,
     ) -> None:
+        """``stored_event_at``: tells a recreated topic or wiped log from a replay (see
+        :meth:`_stored_through`); without it the high-water mark is always trusted."""
         self._log = event_log
+        self._stored_event_at = stored_event_at
         self._store = store
         self.settings = settings
         self._convert = convert
@@ -243,16 +252,45 @@ class Sink:
         self._pending.items.append((record.topic, record.partition, record.offset, envelope))
 
     def _stored_through(self, tp: TopicPartition, first: ConsumedRecord) -> int:
-        """High-water mark of ``tp`` in ClickHouse, asked once per partition."""
+        """High-water mark of ``tp`` in ClickHouse, asked once per partition.
+
+        Offsets start again at 0 when a topic is deleted and recreated or the local log's
+        directory is wiped, while ClickHouse keeps the rows of the old log: trusting their
+        mark would skip that many *new* records. So a mark at or above the first record is
+        checked before it is used: the row stored at that record's position must hold the
+        same event (its event time, to the millisecond), and no stored offset may lie beyond
+        the log's end. Otherwise the rows
+        are another log's, and nothing of this one is taken as stored."""
         mark = self._skip_through.get(tp)
         if mark is None:
             found = self._high_water_mark(self._store, tp, first.timestamp_ms)
             mark = -1 if found is None else found
-            self._skip_through[tp] = mark
             if found is not None and found >= first.offset:
-                log.warning("sink_replay_detected", topic=tp[0], partition=tp[1],
-                            from_offset=first.offset, stored_through=found)  # fmt: skip
+                if self._another_log(tp, first, found):
+                    log.warning("sink_log_recreated", topic=tp[0], partition=tp[1],
+                                from_offset=first.offset, stale_mark=found)  # fmt: skip
+                    mark = -1
+                else:
+                    log.warning("sink_replay_detected", topic=tp[0], partition=tp[1],
+                                from_offset=first.offset, stored_through=found)  # fmt: skip
+            self._skip_through[tp] = mark
         return mark
+
+    def _another_log(self, tp: TopicPartition, first: ConsumedRecord, found: int) -> bool:
+        """Whether the rows stored for ``tp`` came from an earlier incarnation of the log."""
+        if self._stored_event_at is None:
+            return False
+        assert self._consumer is not None
+        end = self._consumer.end_offsets([tp]).get(tp)
+        if end is not None and found >= end:
+            return True  # a stored offset this log never reached
+        try:
+            envelope = decode(first, self._kind_of_topic.get(first.topic))
+        except ValueError:
+            return False  # nothing to compare with: trust the mark (no duplicates)
+        ours = getattr(envelope, str(envelope.WhichOneof("event"))).event_time.ToMilliseconds()
+        stored = self._stored_event_at(self._store, tp, first.offset, first.timestamp_ms)
+        return stored is not None and stored != ours
 
     def _dead_letter(self, record: ConsumedRecord, reason: str) -> Record:
         self.metrics.dead_letters.labels(record.topic).inc()

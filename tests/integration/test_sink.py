@@ -7,6 +7,7 @@ rows, and must be exact after replays, insert failures and dead letters.
 from __future__ import annotations
 
 import random
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -343,3 +344,35 @@ def test_an_event_that_cannot_be_converted_goes_to_the_dlq_and_the_rest_is_store
         for r in letters
     )
     assert sink.metrics.dead_letters.labels(TOPIC)._value.get() == 2
+
+
+def test_a_wiped_log_starting_over_is_not_taken_for_a_replay(
+    tmp_path: Path, store: ChdbStore
+) -> None:
+    """The local log's directory is wiped (or a Kafka topic recreated): offsets start again
+    at 0 while ClickHouse keeps the old log's rows, whose high-water marks lie above every
+    new record. The sink must see that the rows are another log's — the row stored at the
+    first record's position holds another event — and store the new records, not skip them."""
+
+    def fresh_log() -> LocalLog:
+        log = LocalLog(tmp_path / "events", partitions={TOPIC: 3, DLQ_TOPIC: 1}, fsync=False)
+        log.create_topic(TOPIC, 3)
+        log.create_topic(DLQ_TOPIC, 1)
+        return log
+
+    old = fresh_log()
+    publish(old, 900, seed=1)
+    drain(sink_for(old, store, flush_interval_s=0.2), lambda: raw_count(store)[0] == 900)
+    old.close()
+    shutil.rmtree(tmp_path / "events")
+
+    new = fresh_log()
+    try:
+        publish(new, 300, seed=2)  # offsets 0..~100 per partition: under the old marks (~300)
+        sink = sink_for(new, store, flush_interval_s=0.2)
+        drain(sink, lambda: raw_count(store)[0] >= 1200, timeout_s=30)
+        assert raw_count(store) == (1200, 1200)
+        assert rollup_count(store) == 1200
+        assert sink.metrics.skipped.labels("already_stored")._value.get() == 0
+    finally:
+        new.close()

@@ -107,3 +107,25 @@ def test_topic_keeps_the_partition_count_it_was_created_with(tmp_path: Path) -> 
     assert other.create_topic("t", 8) == 3
     assert other.existing_partitions("t") == 3
     assert os.path.exists(tmp_path / "topics" / "t" / "meta.json")
+
+
+def test_a_recreated_topic_under_old_group_offsets_is_read_from_its_start(tmp_path: Path) -> None:
+    """The topic's data is wiped and written again while the group's committed offsets stay:
+    offsets beyond the new end mean another log, read from the start (as Kafka consumers do
+    with auto_offset_reset=earliest), not from the end — that would skip every new record."""
+    import shutil
+
+    log = LocalLog(tmp_path, partitions={"t": 1}, fsync=False)
+    log.send([Record("t", b"k", f"old-{i}".encode()) for i in range(50)], 5)
+    assert len(_drain(log, "g", "t")) == 50
+    consumer = log.consumer("g", ["t"])
+    consumer.commit({("t", 0): 50})
+    consumer.close()
+    log.close()
+    shutil.rmtree(tmp_path / "topics" / "t")  # the data, not the group's offsets
+
+    log = LocalLog(tmp_path, partitions={"t": 1}, fsync=False)
+    log.send([Record("t", b"k", f"new-{i}".encode()) for i in range(20)], 5)
+    got = _drain(log, "g", "t")
+    assert [r.value for r in got] == [f"new-{i}".encode() for i in range(20)]
+    log.close()
