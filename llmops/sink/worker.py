@@ -3,9 +3,12 @@
 The loop: poll → decode (undecodable records go to the dead-letter topic with the reason)
 → batch until ``batch_rows`` or ``flush_interval_s`` → convert to rows (an event the
 converter fails on goes to the dead-letter topic, the batch halved until it stands alone)
-→ insert each table's block → commit the offsets. Offsets are committed only after every
-insert of the batch succeeded, so a crash or an outage replays from the last commit; nothing
-is lost.
+→ insert each table's block (a batch ClickHouse refuses for good — a constraint, a value
+its column cannot hold — is halved until each refused event stands alone and goes to the
+dead-letter topic with ClickHouse's reason; when nothing of it can be stored, the table is
+at fault, and it is retried instead) → commit the offsets. Offsets are committed only
+after every insert of the batch succeeded, so a crash or an outage replays from the last
+commit; nothing is lost.
 
 A replay must not double-count, and two mechanisms make sure it does not:
 
@@ -37,7 +40,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from llmops.clickhouse.base import ClickHouseStore
+from llmops.clickhouse.base import ClickHouseQueryError, ClickHouseStore
 from llmops.clickhouse.rows import KIND_TABLES
 from llmops.events.base import (
     ConsumedRecord,
@@ -101,6 +104,12 @@ class SinkMetrics:
         )
         self.dead_letters = Counter(
             "llmops_sink_dead_letters_total", "Records sent to the DLQ.", ["topic"], **kw
+        )
+        self.refused_rows = Counter(
+            "llmops_sink_refused_rows_total",
+            "Events whose rows ClickHouse refused for good (sent to the DLQ with the reason).",
+            ["group"],
+            **kw,
         )
         self.skipped = Counter(
             "llmops_sink_skipped_total",
@@ -315,19 +324,29 @@ class Sink:
         token = self._token(batch)
         delay = self.settings.retry_initial_s
         tries = 0
+        done: set[str] = set()  # tables of the batch already inserted
+        error: Exception
         while True:
             tries += 1
             try:
-                self._write(batch, tables, token)
+                self._write(batch, tables, token, done)
                 break
-            except Exception as exc:
-                if (stop is not None and stop.is_set()) or (attempts and tries >= attempts):
-                    log.error("sink_batch_abandoned_uncommitted", error=str(exc), tries=tries)
-                    self._rewind(batch)
+            except ClickHouseQueryError as exc:
+                outcome = self._isolate_refused(batch, tables, done, exc)
+                if outcome == "stored":
+                    break
+                if outcome == "abandoned":
                     return
-                log.warning("sink_write_failed", error=str(exc), retry_in_s=delay, tries=tries)
-                time.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
+                error = exc  # every record refused: the table, not the data (see below)
+            except Exception as exc:
+                error = exc
+            if (stop is not None and stop.is_set()) or (attempts and tries >= attempts):
+                log.error("sink_batch_abandoned_uncommitted", error=str(error), tries=tries)
+                self._rewind(batch)
+                return
+            log.warning("sink_write_failed", error=str(error), retry_in_s=delay, tries=tries)
+            time.sleep(delay)
+            delay = min(delay * 2, self.settings.retry_max_s)
         assert self._consumer is not None
         try:
             self._consumer.commit(batch.next_offsets)
@@ -381,8 +400,99 @@ class Sink:
         batch.items = kept
         return self._convert(kept) if kept else {}
 
+    def _isolate_refused(
+        self,
+        batch: _Pending,
+        tables: Mapping[str, Mapping[str, Sequence[Any]]],
+        done: set[str],
+        refusal: ClickHouseQueryError,
+    ) -> str:
+        """ClickHouse refused the batch for good (a constraint, a value its column cannot
+        hold): retried as it is, it would fail forever and stop the partition. The batch is
+        halved, left half first, until each refused event stands alone; those go to the DLQ
+        with ClickHouse's reason, the rest is stored. Returns ``stored`` when that is done;
+        ``systemic`` when nothing could be stored (an unknown table, a read-only server,
+        every row refused: the table is wrong, not the data — retried with back-off,
+        nothing dead-lettered); ``abandoned`` when a transient failure interrupted it (the
+        batch is rewound, and the high-water marks skip what was stored).
+
+        Parts are stored in log order and a refused event is sent to the DLQ as soon as a
+        part after it is stored (retried for up to two minutes), so a replay's high-water
+        mark does not pass an event that is neither stored nor dead-lettered."""
+        if refusal.ch_code in _SYSTEMIC_CODES or len(batch.items) < 2:
+            return "systemic"
+        # refused, not yet in the DLQ (held until something is stored: if nothing can be,
+        # the table is at fault and none of them is a dead letter)
+        pending: list[tuple[ConsumedRecord, str]] = []
+        stored = refused = 0
+
+        def dead_letter(item: tuple[str, int, int, events_pb2.EventEnvelope], why: str) -> None:
+            nonlocal refused
+            topic, partition, offset, envelope = item
+            refused += 1
+            log.error("sink_row_refused", topic=topic, partition=partition, offset=offset,
+                      reason=why[:300])  # fmt: skip
+            pending.append((
+                ConsumedRecord(topic, partition, offset, envelope.key.encode(),
+                               envelope.SerializeToString(), 0, ()),
+                f"ClickHouse refused its row: {why[:500]}",
+            ))  # fmt: skip
+            if stored:
+                flush_dead()
+            elif refused >= _REFUSED_BEFORE_SYSTEMIC:
+                raise _Systemic()
+
+        def flush_dead() -> None:
+            # Retried here, not by rewinding: once a later part is stored, its high-water mark
+            # would make a replay skip these. Only a log away for minutes (and a crash
+            # then) loses them; each is in the error log above with its position.
+            delay, deadline = self.settings.retry_initial_s, time.monotonic() + 120
+            letters = [self._dead_letter(record, why) for record, why in pending]
+            while pending:
+                try:
+                    self._log.send(letters, timeout_s=10.0)
+                    pending.clear()
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, self.settings.retry_max_s)
+
+        def insert(items: list[tuple[str, int, int, events_pb2.EventEnvelope]]) -> None:
+            nonlocal stored
+            half = len(items) // 2
+            for part in (items[:half], items[half:]):
+                part_tables = {t: c for t, c in self._convert(part).items() if t not in done}
+                try:
+                    self._write(_Pending(), part_tables, self._token(_Pending(part)), set())
+                except ClickHouseQueryError as exc:
+                    if len(part) == 1:
+                        dead_letter(part[0], exc.message)
+                    else:
+                        insert(part)
+                    continue
+                stored += len(part)
+                flush_dead()  # what was refused before this part: in the DLQ before any more
+
+        try:
+            insert(list(batch.items))
+        except _Systemic:
+            return "systemic"  # nothing stored, nothing dead-lettered
+        except Exception as exc:
+            log.warning("sink_isolation_interrupted", error=str(exc))
+            self._rewind(batch)
+            return "abandoned"
+        if not stored:
+            return "systemic"
+        self.metrics.refused_rows.labels(self.settings.group).inc(refused)
+        return "stored"
+
     def _write(
-        self, batch: _Pending, tables: Mapping[str, Mapping[str, Sequence[Any]]], token: str
+        self,
+        batch: _Pending,
+        tables: Mapping[str, Mapping[str, Sequence[Any]]],
+        token: str,
+        done: set[str],
     ) -> None:
         if batch.dead:
             self._log.send(batch.dead, timeout_s=10.0)
@@ -390,6 +500,8 @@ class Sink:
         # The table holding the high-water mark goes last: a crash between inserts then
         # replays the earlier tables' rows under the same token (dropped as duplicates).
         for table in sorted(tables, key=lambda t: t in _HWM_TABLES):
+            if table in done:
+                continue
             columns = tables[table]
             start = time.perf_counter()
             try:
@@ -399,6 +511,7 @@ class Sink:
                 raise
             self.metrics.insert_seconds.labels(table).observe(time.perf_counter() - start)
             self.metrics.rows.labels(table).inc(rows)
+            done.add(table)
 
     def _rewind(self, batch: _Pending) -> None:
         """Abandoned batch: the next run (or poll) must read it again from the log."""
@@ -442,4 +555,17 @@ class Sink:
 
 
 _HWM_TABLES = frozenset(KIND_TABLES.values())
+
+_REFUSED_BEFORE_SYSTEMIC = 8
+"""Events refused one by one, with nothing stored yet, that make the refusal the table's
+(bisecting every row of a 50,000-row batch would cost 100,000 inserts per retry)."""
+
+
+class _Systemic(Exception):
+    """Raised inside the isolation of refused rows: nothing can be stored."""
+
+
+_SYSTEMIC_CODES = frozenset({16, 60, 81, 164, 242, 497})
+"""ClickHouse errors that say the table or the server is wrong, never a row: no such column,
+unknown table, unknown database, read-only, table read-only, access denied."""
 """Tables whose log positions are the high-water marks (the per-topic main tables)."""

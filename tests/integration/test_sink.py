@@ -376,3 +376,76 @@ def test_a_wiped_log_starting_over_is_not_taken_for_a_replay(
         assert sink.metrics.skipped.labels("already_stored")._value.get() == 0
     finally:
         new.close()
+
+
+def _publish_with_routes(event_log: LocalLog, routes: list[str], seed: int) -> None:
+    rng = random.Random(seed)
+    now = time.time_ns()
+    with EventPublisher(event_log, topics={"prediction": TOPIC}, max_batch=2000).start() as pub:
+        for i, route in enumerate(routes):
+            env = prediction_envelope(rng, event_time_ns=now - i * 1_000_000)
+            env.prediction.route = route
+            pub.publish(env)
+        assert pub.flush(30)
+
+
+def _dead_letters(event_log: LocalLog) -> list[Any]:
+    dlq = event_log.consumer(f"dlq-reader-{uuid.uuid4().hex[:6]}", [DLQ_TOPIC])
+    try:
+        return dlq.poll(1000, 1.0)
+    finally:
+        dlq.close()
+
+
+def test_rows_clickhouse_refuses_go_to_the_dlq_and_the_rest_is_stored(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    """A batch ClickHouse refuses for good (here a CHECK constraint, as a value its column
+    cannot hold would) fails on every retry: before, it stopped the partition forever. Now
+    its refused events go to the DLQ with ClickHouse's reason and the rest is stored."""
+    store.execute("ALTER TABLE predictions ADD CONSTRAINT no_poison CHECK route != 'poison'")
+    routes = ["search-summary"] * 1000
+    for i in (3, 250, 251, 600, 998):
+        routes[i] = "poison"
+    _publish_with_routes(event_log, routes, seed=11)
+    sink = sink_for(event_log, store, batch_rows=5000, flush_interval_s=0.2)
+    drain(sink, lambda: sink.committed_batches > 0 and not restarted_lag(sink))
+    assert raw_count(store)[0] == 995
+    assert store.query("SELECT count() AS n FROM predictions WHERE route = 'poison'")[0]["n"] == 0
+    letters = _dead_letters(event_log)
+    assert len(letters) == 5
+    for letter in letters:
+        headers = dict(letter.headers)
+        assert headers["dlq.reason"].startswith(b"ClickHouse refused its row")
+        assert b"no_poison" in headers["dlq.reason"]
+        env = events_pb2.EventEnvelope.FromString(letter.value)
+        assert env.prediction.route == "poison"
+    assert sink.metrics.refused_rows.labels(sink.settings.group)._value.get() == 5
+    assert rollup_count(store) == 995  # the rollups saw no refused row either
+
+
+def test_a_table_that_refuses_every_row_is_retried_not_dead_lettered(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    """When nothing of a batch can be stored the table is at fault, not the data: nothing
+    goes to the DLQ, nothing is committed, and the batch lands once the table is fixed."""
+    store.execute("ALTER TABLE predictions ADD CONSTRAINT broken CHECK route = 'never'")
+    publish(event_log, 300)
+    sink = sink_for(event_log, store, batch_rows=5000, flush_interval_s=0.1)
+    sink.settings = type(sink.settings)(**{**_fields(sink.settings), "retry_initial_s": 0.05})
+    threads = SinkThreads([sink]).start()
+    try:
+        deadline = time.monotonic() + 30
+        while sink.metrics.insert_failures.labels("predictions")._value.get() < 3:
+            assert time.monotonic() < deadline, "the sink did not retry"
+            time.sleep(0.05)
+        assert _dead_letters(event_log) == [] and sink.committed_batches == 0
+        store.execute("ALTER TABLE predictions DROP CONSTRAINT broken")
+        while raw_count(store)[0] < 300:
+            assert time.monotonic() < deadline + 30, "the batch did not land"
+            time.sleep(0.05)
+    finally:
+        threads.stop()
+    assert raw_count(store) == (300, 300)
+    assert rollup_count(store) == 300
+    assert _dead_letters(event_log) == []
