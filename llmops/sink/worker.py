@@ -423,48 +423,65 @@ class Sink:
             return "systemic"
         # refused, not yet in the DLQ (held until something is stored: if nothing can be,
         # the table is at fault and none of them is a dead letter)
-        pending: list[tuple[ConsumedRecord, str]] = []
+        Item = tuple[str, int, int, events_pb2.EventEnvelope]
+        pending: list[tuple[Item, str]] = []
         stored = refused = 0
 
-        def dead_letter(item: tuple[str, int, int, events_pb2.EventEnvelope], why: str) -> None:
+        def store(part: list[Item]) -> None:
+            part_tables = {t: c for t, c in self._convert(part).items() if t not in done}
+            self._write(_Pending(), part_tables, self._token(_Pending(part)), set())
+
+        def dead_letter(item: Item, why: str) -> None:
             nonlocal refused
-            topic, partition, offset, envelope = item
             refused += 1
-            log.error("sink_row_refused", topic=topic, partition=partition, offset=offset,
-                      reason=why[:300])  # fmt: skip
-            pending.append((
-                ConsumedRecord(topic, partition, offset, envelope.key.encode(),
-                               envelope.SerializeToString(), 0, ()),
-                f"ClickHouse refused its row: {why[:500]}",
-            ))  # fmt: skip
+            pending.append((item, why))
             if stored:
                 flush_dead()
             elif refused >= _REFUSED_BEFORE_SYSTEMIC:
                 raise _Systemic()
 
         def flush_dead() -> None:
+            nonlocal stored
+            # Refused while nothing could be stored: the table may have been fixed since
+            # (a migration finishing); those it now takes are not dead letters.
+            still: list[tuple[Item, str]] = []
+            for item, why in pending:
+                try:
+                    store([item])
+                    stored += 1
+                except ClickHouseQueryError as exc:
+                    still.append((item, exc.message or why))
+            letters = []
+            for (topic, partition, offset, envelope), why in still:
+                log.error("sink_row_refused", topic=topic, partition=partition, offset=offset,
+                          reason=why[:300])  # fmt: skip
+                record = ConsumedRecord(topic, partition, offset, envelope.key.encode(),
+                                        envelope.SerializeToString(), 0, ())  # fmt: skip
+                letters.append(
+                    self._dead_letter(record, f"ClickHouse refused its row: {why[:500]}")
+                )
+            pending.clear()
             # Retried here, not by rewinding: once a later part is stored, its high-water mark
             # would make a replay skip these. Only a log away for minutes (and a crash
             # then) loses them; each is in the error log above with its position.
             delay, deadline = self.settings.retry_initial_s, time.monotonic() + 120
-            letters = [self._dead_letter(record, why) for record, why in pending]
-            while pending:
+            while letters:
                 try:
                     self._log.send(letters, timeout_s=10.0)
-                    pending.clear()
+                    self.metrics.refused_rows.labels(self.settings.group).inc(len(letters))
+                    letters = []
                 except Exception:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(delay)
                     delay = min(delay * 2, self.settings.retry_max_s)
 
-        def insert(items: list[tuple[str, int, int, events_pb2.EventEnvelope]]) -> None:
+        def insert(items: list[Item]) -> None:
             nonlocal stored
             half = len(items) // 2
             for part in (items[:half], items[half:]):
-                part_tables = {t: c for t, c in self._convert(part).items() if t not in done}
                 try:
-                    self._write(_Pending(), part_tables, self._token(_Pending(part)), set())
+                    store(part)
                 except ClickHouseQueryError as exc:
                     if len(part) == 1:
                         dead_letter(part[0], exc.message)
@@ -472,7 +489,7 @@ class Sink:
                         insert(part)
                     continue
                 stored += len(part)
-                flush_dead()  # what was refused before this part: in the DLQ before any more
+                flush_dead()  # what was refused before this part: settled before any more
 
         try:
             insert(list(batch.items))
@@ -484,7 +501,6 @@ class Sink:
             return "abandoned"
         if not stored:
             return "systemic"
-        self.metrics.refused_rows.labels(self.settings.group).inc(refused)
         return "stored"
 
     def _write(
