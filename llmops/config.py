@@ -251,6 +251,11 @@ class SecurityConfig(Settings):
         "llmops/rpc/decision", min_length=1, description="Decision path that authorises a "
         "call: input {subject: {id, roles, via}, method}, result {allow, reasons}.",
     )  # fmt: skip
+    metrics_auth: Literal["auto", "always", "never"] = Field(
+        "auto", description="Whether a scrape of a service's /metrics (and the embedded "
+        "sinks') must carry a bearer token of the monitoring, operator or auditor role: auto "
+        "= when the port is bound beyond loopback; always; never.",
+    )  # fmt: skip
 
 
 class LoggingConfig(Settings):

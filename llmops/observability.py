@@ -32,7 +32,8 @@ from llmops.clickhouse.base import ClickHouseStore
 from llmops.config import MeshConfig
 from llmops.events.base import EventLog
 from llmops.security import provision, security_dir
-from llmops.security.tokens import TokenStore, bearer_token
+from llmops.security.tokens import TokenStore
+from llmops.server.metrics_http import METRICS_READER_ROLES, needs_token, token_refusal
 from llmops.sink.runner import SinkThreads, build_sinks
 
 log = structlog.get_logger("llmops.observability")
@@ -75,10 +76,14 @@ class ObservabilityServer:
         host: str,
         port: int,
         tokens: TokenStore | None = None,
+        *,
+        protect_metrics: bool = False,
     ) -> None:
         """``tokens``: when set, ``/v1/logs`` answers only a bearer token of the operator or
-        auditor role (the rows can hold what shoppers wrote); None: the mesh runs insecure."""
-        handler = _handler(store, registry, tokens)
+        auditor role (the rows can hold what shoppers wrote); None: the mesh runs insecure.
+        ``protect_metrics``: ``/metrics`` too asks for a token (of the monitoring, operator or
+        auditor role: :mod:`llmops.server.metrics_http`)."""
+        handler = _handler(store, registry, tokens, protect_metrics)
         self._http = ThreadingHTTPServer((host, port), handler)
         self._http.daemon_threads = True
         self._thread = threading.Thread(
@@ -99,29 +104,29 @@ LOG_READER_ROLES = frozenset({"operator", "auditor"})
 
 
 def _handler(
-    store: ClickHouseStore, registry: CollectorRegistry, tokens: TokenStore | None
+    store: ClickHouseStore,
+    registry: CollectorRegistry,
+    tokens: TokenStore | None,
+    protect_metrics: bool,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             url = urlparse(self.path)
             if url.path == "/metrics":
+                if protect_metrics and not self._admitted(tokens, METRICS_READER_ROLES):
+                    return
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif url.path.startswith(LOGS_PREFIX) and url.path[len(LOGS_PREFIX) :] in LOG_KINDS:
-                if tokens is not None and not self._may_read_logs(tokens):
+                if tokens is not None and not self._admitted(tokens, LOG_READER_ROLES):
                     return
                 self._logs(url.path[len(LOGS_PREFIX) :], parse_qs(url.query))
             else:
                 self._reply(404, b'{"error": "not found"}', "application/json")
 
-        def _may_read_logs(self, tokens: TokenStore) -> bool:
-            token = bearer_token(self.headers.get("Authorization", ""))
-            entry = tokens.lookup(token) if token is not None else None
-            if entry is None:
-                self._reply(401, b'{"error": "a bearer token is required"}', "application/json")
-                return False
-            if not LOG_READER_ROLES & set(entry.roles):
-                body = json.dumps({"error": f"token:{entry.id} may not read the logs"}).encode()
-                self._reply(403, body, "application/json")
+        def _admitted(self, tokens: TokenStore | None, roles: frozenset[str]) -> bool:
+            status, why = token_refusal(tokens, self.headers.get("Authorization", ""), roles)
+            if status:
+                self._reply(status, json.dumps({"error": why}).encode(), "application/json")
                 return False
             return True
 
@@ -165,6 +170,7 @@ class Observability:
         registry: CollectorRegistry | None = None,
         topics: list[str] | None = None,
         tokens: TokenStore | None = None,
+        protect_metrics: bool = False,
     ) -> None:
         self.registry = registry or CollectorRegistry()
         self.sinks = SinkThreads(
@@ -178,7 +184,11 @@ class Observability:
             )
         )
         self.server = (
-            ObservabilityServer(store, self.registry, host, port, tokens) if port else None
+            ObservabilityServer(
+                store, self.registry, host, port, tokens, protect_metrics=protect_metrics
+            )
+            if port
+            else None
         )
 
     @classmethod
@@ -196,15 +206,19 @@ class Observability:
             # No tokens file configured (production without one): nobody reads the logs.
             path = provision(config).tokens or security_dir(config) / "tokens.yaml"
             tokens = TokenStore(path)
+        host = config.services[next(iter(config.services))].host
         return cls(
             backends.event_log(),
             backends.clickhouse(),
-            host=config.services[next(iter(config.services))].host,
+            host=host,
             port=config.sink.admin_port,
             batch_rows=config.sink.batch_rows,
             flush_interval_s=config.sink.flush_interval_s,
             topics=topics,
             tokens=tokens,
+            protect_metrics=needs_token(
+                config.security.metrics_auth, host, secure=not config.security.insecure
+            ),
         )
 
     def start(self) -> Observability:

@@ -25,7 +25,6 @@ from google.protobuf import descriptor as _descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-from prometheus_client import start_http_server
 
 import llmops
 from llmops.backends import Backends
@@ -53,6 +52,7 @@ from llmops.server.interceptor import (
     RuntimeInterceptor,
     ServerState,
 )
+from llmops.server.metrics_http import MetricsServer, needs_token
 from llmops.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
@@ -380,10 +380,19 @@ class GrpcService:
                 self._local.register(address, wrapping.handlers)
                 self._local_addresses.append(address)
         if self.settings.admin_port:
+            protect = needs_token(
+                self.ctx.config.security.metrics_auth,
+                self.settings.host,
+                secure=self.security is not None,
+            )
             try:
-                self._http, _ = start_http_server(
-                    self.settings.admin_port, addr=self.settings.host, registry=self.registry
-                )
+                self._http = MetricsServer(
+                    self.registry,
+                    self.settings.host,
+                    self.settings.admin_port,
+                    protect=protect,
+                    tokens=self.security.tokens if self.security is not None else None,
+                ).start()
             except OSError as exc:
                 await server.stop(None)
                 if self._admin_server is not None:
