@@ -1,14 +1,21 @@
-"""Caps on the shared ``RequestContext`` of a request, checked where requests are parsed.
+"""Caps on the shared ``RequestContext`` of a request, and on the identifiers every request
+names at its top level (route, task, policy, collection, ids, names), checked where requests
+are parsed.
 
-Every service copies parts of the context into logs, events, cache keys and audit chains, so
-an oversized tenant or user id would travel everywhere; the caps hold for all seven services
-at once. A request over one is INVALID_ARGUMENT naming the field (``context.tenant: at most
-64 characters``).
+Every service copies parts of the context and those names into logs, events, cache keys,
+metric labels and audit chains, so an oversized tenant, user id or route name would travel
+everywhere; the caps hold for all seven services at once. A request over one is
+INVALID_ARGUMENT naming the field (``context.tenant: at most 64 characters``, ``route: at
+most 256 characters``).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 LIMITS: dict[str, int] = {
     "request_id": 128,
@@ -51,4 +58,35 @@ def context_problem(message: Any) -> str | None:
         texts = [value.string_value, *value.string_list_value.values]
         if any(len(t) > MAX_ATTRIBUTE_TEXT for t in texts):
             return f"context.attributes[{key}]: at most {MAX_ATTRIBUTE_TEXT} characters"
+    return None
+
+
+MAX_IDENTIFIER = 256
+"""Most characters of a top-level identifier field of a request."""
+_IDENTIFIER = re.compile(
+    r"(^|_)(id|ids|name|names|route|task|key|alias|policy|collection|variant|kind)$"
+)
+
+
+@functools.cache
+def _identifier_fields(descriptor: Descriptor) -> tuple[tuple[str, bool], ...]:
+    """(name, repeated) of the top-level string fields of a request type named like an
+    identifier, found once per type from the generated descriptor."""
+    return tuple(
+        (f.name, f.is_repeated)
+        for f in descriptor.fields
+        if f.type == FieldDescriptor.TYPE_STRING and _IDENTIFIER.search(f.name)
+    )
+
+
+def identifier_problem(message: Any) -> str | None:
+    """``path: reason`` for the first top-level identifier over :data:`MAX_IDENTIFIER`."""
+    for name, repeated in _identifier_fields(message.DESCRIPTOR):
+        value = getattr(message, name)
+        if repeated:
+            for i, item in enumerate(value):
+                if len(item) > MAX_IDENTIFIER:
+                    return f"{name}[{i}]: at most {MAX_IDENTIFIER} characters"
+        elif len(value) > MAX_IDENTIFIER:
+            return f"{name}: at most {MAX_IDENTIFIER} characters"
     return None

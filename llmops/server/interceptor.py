@@ -54,7 +54,7 @@ from llmops.errors import InvalidArgument, LLMOpsError, NotDurable
 from llmops.events.ids import uuid7
 from llmops.server.access_log import AccessLog
 from llmops.server.auth import PUBLIC_METHODS, CallGuard
-from llmops.server.context_limits import context_problem
+from llmops.server.context_limits import context_problem, identifier_problem
 from llmops.server.times import invalid_time
 from llmops.v1 import common_pb2
 
@@ -485,7 +485,9 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         except Exception as exc:  # DecodeError: malformed bytes, invalid UTF-8 in a string
             return _Undecodable("request", f"not a valid message: {exc or type(exc).__name__}")
         if hasattr(message, "DESCRIPTOR"):
-            problem = context_problem(message) or invalid_time(message)
+            problem = (
+                context_problem(message) or identifier_problem(message) or invalid_time(message)
+            )
             if problem is not None:  # "path: reason"
                 field, _, reason = problem.partition(": ")
                 return _Undecodable(field, reason)

@@ -64,3 +64,33 @@ def test_context_fields_over_their_caps_are_named() -> None:
         request.context.attributes[f"a{i}"].int64_value = i
     assert context_problem(request) == "context.attributes: at most 64 attributes"
     assert context_problem(timestamp_pb2.Timestamp()) is None  # a message without a context
+
+
+def test_top_level_identifiers_over_their_cap_are_named() -> None:
+    """Route, task, policy, collection, ids and names of every request are capped at the
+    edge (they end up in logs, metric labels, cache keys and events)."""
+    from llmops.clients import contract_methods
+    from llmops.server.context_limits import MAX_IDENTIFIER, _identifier_fields, identifier_problem
+    from llmops.v1 import experiment_pb2, guardrail_pb2, inference_pb2
+
+    run = inference_pb2.RunRequest(task="t" * MAX_IDENTIFIER)
+    assert identifier_problem(run) is None
+    run.task += "x"
+    assert identifier_problem(run) == f"task: at most {MAX_IDENTIFIER} characters"
+    check = guardrail_pb2.CheckRequest(policy="p", route="r" * 300, text="x" * 100_000)
+    assert identifier_problem(check) == f"route: at most {MAX_IDENTIFIER} characters"  # not text
+    assign = experiment_pb2.AssignRequest(unit_id="u", experiment_ids=["a", "b" * 257])
+    assert identifier_problem(assign) == f"experiment_ids[1]: at most {MAX_IDENTIFIER} characters"
+    # Which fields of the contracts are capped (a new request type is covered by its names).
+    capped = {
+        (m.input_type.name, name)
+        for _, m in contract_methods()
+        for name, _ in _identifier_fields(m.input_type)
+    }
+    expected = {
+        ("GenerateRequest", "route"), ("RunRequest", "task"), ("SearchRequest", "collection"),
+        ("SetAliasRequest", "alias"), ("CheckBatchRequest", "policy"),
+        ("QueryAuditRequest", "actor_id"),
+    }  # fmt: skip
+    assert expected <= capped
+    assert ("CheckRequest", "text") not in capped
