@@ -3,7 +3,11 @@
 chdb allows one data path per process, so the caller hands in the process's session (in
 embedded mode every service shares it) and several stores may wrap one session. Statements
 run under a per-session lock with ``USE <database>`` first, so unqualified table names
-resolve in this store's database whatever other users of the session did.
+resolve in this store's database whatever other users of the session did. A statement made
+while an RPC is served waits for the lock no longer than the caller's deadline
+(ClickHouseUnavailable) and runs with ``max_execution_time`` set from it (+0.4 ms for the two
+``SET`` statements), so a query nobody waits for stops instead of holding the session and
+every sink behind it.
 
 Inserts go columnar through Arrow: the columns become a ``pyarrow.Table`` typed from the
 target table's schema (looked up once per table), and ``INSERT INTO t (...) SELECT ... FROM
@@ -15,6 +19,7 @@ clickhouse``.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -25,7 +30,8 @@ from zoneinfo import ZoneInfo
 import orjson
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from llmops.clickhouse.base import ClickHouseQueryError
+from llmops.callcontext import remaining_time
+from llmops.clickhouse.base import ClickHouseQueryError, ClickHouseUnavailable
 from llmops.clickhouse.sql import column_list, identifier, quote_string, render
 from llmops.clickhouse.values import convert_rows, split_args
 
@@ -69,9 +75,28 @@ class ChdbStore:
             raise _error(exc, sql) from exc
 
     def _run(self, sql: str, fmt: str = "CSV") -> Any:
-        with self._lock:
+        left = remaining_time()
+        if left is None:  # not serving an RPC (sinks, schedules): no deadline
+            with self._lock:
+                self._raw(f"USE {self.database}")
+                return self._raw(sql, fmt)
+        # Serving an RPC: wait for the session no longer than the caller does, and make the
+        # engine stop the statement when the caller has given up (it would otherwise keep
+        # running and hold the session — and every sink — behind it).
+        if not self._lock.acquire(timeout=max(left, 0.0)):
+            raise ClickHouseUnavailable(
+                "the embedded ClickHouse (chdb) stayed busy with other statements past the "
+                "caller's deadline"
+            )
+        try:
             self._raw(f"USE {self.database}")
-            return self._raw(sql, fmt)
+            self._raw(f"SET max_execution_time = {max(1, math.ceil(left))}")
+            try:
+                return self._raw(sql, fmt)
+            finally:
+                self._raw("SET max_execution_time = 0")
+        finally:
+            self._lock.release()
 
     def _session_zone(self) -> tzinfo:
         name = self.query("SELECT timezone() AS tz")[0]["tz"]

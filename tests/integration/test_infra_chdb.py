@@ -158,3 +158,52 @@ def test_modern_mergetree_with_ttl_codecs_map_and_rollup(chdb_session) -> None:
     }
     assert types["attributes"] == "Map(LowCardinality(String), String)"
     assert types["route"] == "LowCardinality(String)"
+
+
+def test_a_statement_made_for_an_rpc_stops_at_the_callers_deadline(chdb_session) -> None:
+    """In an RPC, a chdb statement carries max_execution_time from the caller's deadline and
+    waits for the shared session no longer than the caller: a long query no longer runs on,
+    holding the session (and every sink) after its caller gave up."""
+    import threading
+    import time
+
+    from llmops.callcontext import deadline_var
+    from llmops.clickhouse.base import ClickHouseQueryError, ClickHouseUnavailable
+    from llmops.clickhouse.chdb_store import ChdbStore, _session_lock
+
+    store = ChdbStore(chdb_session)
+    token = deadline_var.set(time.monotonic() + 1.0)
+    try:
+        began = time.monotonic()
+        with pytest.raises(ClickHouseQueryError) as stopped:
+            store.query(
+                "SELECT count() AS n FROM numbers(1000000000000) WHERE sipHash64(number) = 1"
+            )
+        took = time.monotonic() - began
+    finally:
+        deadline_var.reset(token)
+    assert stopped.value.ch_code == 159 and took < 5  # TIMEOUT_EXCEEDED
+    # outside an RPC the session has no limit again
+    assert store.query("SELECT getSetting('max_execution_time') AS t")[0]["t"] == 0
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _session_lock(chdb_session):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    token = deadline_var.set(time.monotonic() + 0.3)
+    try:
+        began = time.monotonic()
+        with pytest.raises(ClickHouseUnavailable, match="busy"):
+            store.query("SELECT 1 AS one")
+        assert time.monotonic() - began < 2
+    finally:
+        deadline_var.reset(token)
+        release.set()
+        holder.join()
+    assert store.query("SELECT 1 AS one") == [{"one": 1}]
