@@ -55,12 +55,18 @@ class ServiceEvents:
             self._opened = self._open()
         return self._opened
 
-    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
-        """Buffer one event; raises ResourceExhausted when the buffer is full."""
+    def publish(self, envelope: events_pb2.EventEnvelope) -> int:
+        """Buffer one event; its sequence number (:meth:`is_durable`). Raises
+        ResourceExhausted when the buffer is full."""
         publisher = self._publisher()
         sequence = publisher.publish(envelope)
         if self._durable and envelope.WhichOneof("event") in self._durable:
             self._must_be_durable(publisher, sequence)
+        return sequence
+
+    def is_durable(self, sequence: int) -> bool:
+        """Whether the events published up to ``sequence`` are in the log."""
+        return self._publisher().is_durable(sequence)
 
     def publish_all(self, envelopes: Sequence[events_pb2.EventEnvelope]) -> None:
         """Buffer every event or none (ResourceExhausted when they do not all fit)."""
@@ -83,13 +89,14 @@ class ServiceEvents:
         ResourceExhausted: none accepted; TimeoutError: accepted, not yet durable."""
         await self._publisher().publish_durable(envelopes, timeout_s)
 
-    def publish_audit(self, envelope: events_pb2.EventEnvelope, applied: str) -> None:
+    def publish_audit(self, envelope: events_pb2.EventEnvelope, applied: str) -> int:
         """Publish the audit record of an action already applied (``applied`` says so, e.g.
         ``"experiment.start of x is stored (version 3)"``). On failure the whole record goes
         to the service log (so it can be replayed) and :class:`AuditNotPublished` (DATA_LOSS)
-        tells the caller: the action must not look like a plain success."""
+        tells the caller: the action must not look like a plain success. Returns the
+        sequence number."""
         try:
-            self.publish(envelope)
+            return self.publish(envelope)
         except Exception as exc:
             record = json_format.MessageToJson(envelope, indent=None)
             log.error("audit_publish_failed", error=str(exc), record=record)

@@ -312,6 +312,10 @@ class EventPublisher:
             why = self.last_error
             raise TimeoutError(f"the log refuses appends: {why}" if why else "") from None
 
+    def is_durable(self, sequence: int) -> bool:
+        """Whether every event accepted up to ``sequence`` is in the log."""
+        return self._done >= sequence
+
     def has_room(self, count: int) -> bool:
         """Whether ``count`` more events fit in the buffer now (a hint: another caller may
         take the room first; :meth:`publish_all` is the atomic check)."""

@@ -104,6 +104,14 @@ class GovernanceSettings(Settings):
         "registry transaction, on the cores that serve RPCs) instead of one by one: how long "
         "a record may wait to be chained, not to be durable (the raw record is).",
     )
+    audit_outbox_interval_s: float = Field(
+        5.0, gt=0, description="How often the audit outbox is emptied: records the log holds "
+        "are forgotten, and those a dead process left there are published.",
+    )  # fmt: skip
+    audit_outbox_min_age_s: float = Field(
+        60.0, gt=0, description="How old a record another process left in the audit outbox "
+        "must be before it is published here (a live process publishes its own at once).",
+    )  # fmt: skip
 
     drift_interval_s: float = Field(
         3600.0,

@@ -100,6 +100,9 @@ GATE_ATTEMPTS = 3
 DEFAULT_DEPTH, MAX_DEPTH = 3, 10
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 MAX_EDGES = 1000
+OUTBOX_BATCH = 500
+"""Most audit records one relay_outbox run publishes."""
+OUTBOX_PUBLISH_TIMEOUT_S = 30.0
 _DETAIL_TYPES: dict[str, type[Details]] = {
     "model_card": governance_pb2.ModelCard,
     "prompt": governance_pb2.PromptTemplate,
@@ -267,7 +270,11 @@ class Registry:
         clock: Callable[[], float] = time.time,
         *,
         gate: PolicyGate | None = None,
+        outbox_min_age_s: float = 60.0,
     ) -> None:
+        """``outbox_min_age_s``: how old an audit record left in the outbox by another
+        process must be before :meth:`relay_outbox` publishes it (a live writer publishes
+        its own within milliseconds)."""
         self.store = store
         self.events = events
         self.guard = guard
@@ -275,6 +282,10 @@ class Registry:
         """Decides the changes it gates (:meth:`PolicyGate.gates`) before their transaction;
         None: the guard decides everything (the built-in rules)."""
         self._clock = clock
+        self.outbox_min_age_s = outbox_min_age_s
+        # audit records staged in the outbox and published by this process: event id ->
+        # the publisher's sequence number (relay_outbox forgets them once durable)
+        self._outbox_sent: dict[str, int] = {}
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -1010,12 +1021,41 @@ class Registry:
                 "event buffer full: the audit record of this change cannot be published now; "
                 "nothing was changed (retry later)"
             )
-        done = await self.store.write(work)
-        return self._finish(done, change, actor)
+        staged: list[events_pb2.EventEnvelope] = []
 
-    def _finish(self, done: _Done[T], change: Change, actor: Identity) -> _Published[T]:
-        """Publish ``done``'s audit record; raise its denial."""
-        event_id = self._publish(done.audit, change, actor) if done.audit is not None else ""
+        def with_outbox(tx: RegistryTx) -> _Done[T]:
+            # The audit record goes into the outbox in the change's own transaction: a
+            # process that dies after the commit and before the log has the record leaves
+            # it there for relay_outbox, never a change without its audit record.
+            staged.clear()  # a transaction run again starts over
+            done = work(tx)
+            if done.audit is not None and not done.stale:
+                envelope = self._envelope(done.audit, change, actor)
+                tx.insert_outbox(
+                    envelope.audit.event_id, envelope.SerializeToString(), self._now_us()
+                )
+                staged.append(envelope)
+            return done
+
+        done = await self.store.write(with_outbox)
+        return self._finish(done, change, actor, staged[0] if staged else None)
+
+    def _finish(
+        self,
+        done: _Done[T],
+        change: Change,
+        actor: Identity,
+        staged: events_pb2.EventEnvelope | None = None,
+    ) -> _Published[T]:
+        """Publish ``done``'s audit record (``staged``: the one already in the outbox);
+        raise its denial."""
+        event_id = ""
+        if done.audit is not None:
+            envelope = staged or self._envelope(done.audit, change, actor)
+            sequence = self._publish(envelope, done.audit)
+            event_id = envelope.audit.event_id
+            if staged is not None:
+                self._outbox_sent[event_id] = sequence
         if done.denied is not None:
             reasons = "; ".join(done.denied.reasons) or "denied"
             raise PolicyDenied(
@@ -1025,7 +1065,7 @@ class Registry:
             )
         return _Published(done.value, event_id, done.stale)
 
-    def _publish(self, audit: _Audit, change: Change, actor: Identity) -> str:
+    def _envelope(self, audit: _Audit, change: Change, actor: Identity) -> events_pb2.EventEnvelope:
         envelope = self.events.audit_event(
             audit.action,
             audit.resource_type,
@@ -1039,15 +1079,40 @@ class Registry:
             actor=actor,
         )
         envelope.audit.policy_decision_id = audit.decision_id
+        return envelope
+
+    def _publish(self, envelope: events_pb2.EventEnvelope, audit: _Audit) -> int:
         done = (
             "was denied"
             if audit.outcome == events_pb2.AUDIT_OUTCOME_DENIED
             else f"is stored (version {audit.version or '-'})"
         )
-        self.events.publish_audit(
+        return self.events.publish_audit(
             envelope, f"{audit.action} of {audit.resource_type} {audit.name} {done}"
         )
-        return envelope.audit.event_id
+
+    async def relay_outbox(self) -> int:
+        """Empty the audit outbox: forget the records this process published once the log
+        holds them; publish (durably) and forget those older than ``outbox_min_age_s`` that
+        it did not publish — left by a process that died between its commit and the
+        append. Returns how many it relayed. At-least-once: a process that died after the
+        append and before forgetting has its record relayed again (same event id)."""
+        sent = [e for e, sequence in self._outbox_sent.items() if self.events.is_durable(sequence)]
+        if sent:
+            await self.store.write(lambda tx: tx.delete_outbox(sent))
+            for event_id in sent:
+                self._outbox_sent.pop(event_id, None)
+        cutoff = self._now_us() - int(self.outbox_min_age_s * 1e6)
+        rows = await self.store.read(lambda tx: tx.outbox_before(cutoff, OUTBOX_BATCH))
+        orphans = [(e, payload) for e, payload in rows if e not in self._outbox_sent]
+        if not orphans:
+            return 0
+        envelopes = [events_pb2.EventEnvelope.FromString(payload) for _, payload in orphans]
+        await self.events.publish_durable(envelopes, OUTBOX_PUBLISH_TIMEOUT_S)
+        relayed = [e for e, _ in orphans]
+        await self.store.write(lambda tx: tx.delete_outbox(relayed))
+        log.warning("audit_outbox_relayed", events=len(relayed), first=relayed[0])
+        return len(relayed)
 
 
 @dataclass(frozen=True, slots=True)

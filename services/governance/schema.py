@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -149,3 +150,15 @@ audit_writer_offsets = Table(
 """The raw audit records the heads account for (next offset to read per partition),
 written in the heads' transaction: a crash between storing the heads and committing the
 consumer offsets must not chain those records twice."""
+
+audit_outbox = Table(
+    "audit_outbox",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Index("ix_audit_outbox_created", "created_at_us"),
+)
+"""The audit record of each registry change, written in the change's own transaction and
+deleted once the event log holds it: a process that dies between its commit and the append
+leaves the record here, and a relay publishes it (services.governance.registry)."""

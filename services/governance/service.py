@@ -109,7 +109,13 @@ def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
         ctx.events,
         BuiltinRules(settings.serving_aliases),
         gate=RegoGate(decisions),
+        outbox_min_age_s=settings.audit_outbox_min_age_s,
     )
+
+    async def relay_outbox() -> None:
+        await registry.relay_outbox()
+
+    tasks.append(Periodic("audit_outbox", settings.audit_outbox_interval_s, relay_outbox))
     if settings.seeds_demo(ctx.mode):  # after SERVING: seeding must not delay the start
 
         async def seed() -> None:

@@ -9,7 +9,8 @@ same edge twice) is retried from the start in a fresh transaction; compare-and-s
 ``False`` and leave the decision to the domain. Rows are plain values: kinds, states and
 relations by their contract names (``MODEL``, ``APPROVED``, ``TRAINED_ON``), times in UTC
 microseconds, JSON documents as text. Nothing is ever deleted: renames, deletions, alias
-moves and state changes are rows of their own.
+moves and state changes are rows of their own (only the audit outbox is emptied, once the
+event log holds what it staged).
 
 One implementation, :class:`~services.governance.store_sql.SqlRegistryStore`, serves
 SQLite (embedded) and PostgreSQL (production) through SQLAlchemy Core.
@@ -194,6 +195,20 @@ class RegistryTx(Protocol):
 
     def edges(self, side: Side, keys: Iterable[str]) -> list[EdgeRow]:
         """Edges whose ``side`` node is one of ``keys``, oldest first."""
+        ...
+
+    # the audit outbox
+    def insert_outbox(self, event_id: str, envelope: bytes, created_at_us: int) -> None:
+        """Stage the audit record of the change being written (same transaction)."""
+        ...
+
+    def delete_outbox(self, event_ids: Collection[str]) -> None:
+        """Forget records the event log holds."""
+        ...
+
+    def outbox_before(self, created_before_us: int, limit: int) -> list[tuple[str, bytes]]:
+        """(event id, envelope bytes) of staged records older than ``created_before_us``,
+        oldest first."""
         ...
 
 

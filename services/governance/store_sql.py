@@ -555,3 +555,27 @@ class _Tx:
         column = t.c.upstream if side == "upstream" else t.c.downstream
         rows = self.conn.execute(sa.select(t).where(column.in_(wanted)).order_by(t.c.id))
         return [_edge(r) for r in rows]
+
+    # the audit outbox ---------------------------------------------------------------------
+
+    def insert_outbox(self, event_id: str, envelope: bytes, created_at_us: int) -> None:
+        self.conn.execute(
+            schema.audit_outbox.insert().values(
+                event_id=event_id, envelope=envelope, created_at_us=created_at_us
+            )
+        )
+
+    def delete_outbox(self, event_ids: Collection[str]) -> None:
+        if event_ids:
+            t = schema.audit_outbox
+            self.conn.execute(t.delete().where(t.c.event_id.in_(sorted(event_ids))))
+
+    def outbox_before(self, created_before_us: int, limit: int) -> list[tuple[str, bytes]]:
+        t = schema.audit_outbox
+        rows = self.conn.execute(
+            sa.select(t.c.event_id, t.c.envelope)
+            .where(t.c.created_at_us < created_before_us)
+            .order_by(t.c.created_at_us)
+            .limit(limit)
+        )
+        return [(str(r.event_id), bytes(r.envelope)) for r in rows]

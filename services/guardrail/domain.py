@@ -55,7 +55,7 @@ class EventPort(Protocol):
     """Where decision events go: the service's ``ctx.events``
     (:class:`llmops.events.port.ServiceEvents`)."""
 
-    def publish(self, envelope: events_pb2.EventEnvelope) -> None: ...
+    def publish(self, envelope: events_pb2.EventEnvelope) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
