@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import structlog
@@ -38,6 +39,8 @@ from services.governance.audit_store import AnchorStore
 log = structlog.get_logger("llmops.governance")
 
 GROUP = "llmops-governance.audit-writer"
+REMEMBERED_IDS = 100_000
+"""Event ids the writer remembers to chain a repeated record once."""
 
 
 class AuditWriter:
@@ -71,6 +74,12 @@ class AuditWriter:
         self._offsets: dict[TopicPartition, int] = {}
         self.appended = 0
         self.skipped = 0
+        self.repeats = 0
+        # event ids chained by this writer, newest last: a record published twice (the
+        # registry's outbox relays a record whose first append it did not see confirmed)
+        # joins its chain once, not as a second sequence number the sink would drop as a
+        # duplicate event id, leaving a gap VerifyAudit would report
+        self._chained_ids: OrderedDict[str, None] = OrderedDict()
 
     def open(self) -> None:
         anchors = self._anchors.load()
@@ -94,7 +103,13 @@ class AuditWriter:
             if event is None:
                 self.skipped += 1
                 continue
+            if event.event_id in self._chained_ids:
+                self.repeats += 1
+                continue
+            self._chained_ids[event.event_id] = None
             events.append(event)
+        while len(self._chained_ids) > REMEMBERED_IDS:
+            self._chained_ids.popitem(last=False)
         chained, moved = audit_chain.chain_in_place(events, self._heads)
         if chained:
             self._log.send(_records(self.target, chained), self.send_timeout_s)

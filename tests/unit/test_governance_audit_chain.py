@@ -269,3 +269,24 @@ def test_a_replay_before_the_heads_were_stored_appends_identical_records(
     ) == sorted(r.SerializeToString(deterministic=True) for r in first)
     assert {key(r) for r in replayed} == {key(r) for r in first}
     log.close()
+
+
+def test_a_record_published_twice_joins_its_chain_once(
+    tmp_path: Path, anchors: SqlAnchorStore
+) -> None:
+    """The registry's outbox may relay a record whose first append it never saw confirmed:
+    the writer chains it once (a second sequence number with the same event id would be
+    dropped by the sink and leave a gap VerifyAudit reports)."""
+    log = raw_log(tmp_path / "events")
+    records = [event(i, tenant="a") for i in range(1, 6)]
+    publish(log, records)
+    publish(log, [records[2]])  # relayed again
+    writer = AuditWriter(log, anchors)
+    writer.open()
+    assert writer.drain() == 5 and writer.repeats == 1
+    writer.close()
+    out = sorted(chained_out(log), key=lambda r: r.sequence)
+    assert [r.sequence for r in out] == [1, 2, 3, 4, 5]
+    assert len({r.event_id for r in out}) == 5
+    assert check(stored(out), 1, 5, GENESIS).valid
+    log.close()
