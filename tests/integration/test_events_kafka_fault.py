@@ -1,4 +1,5 @@
-"""Fault test: the broker is stopped while 10,000 events are published, then restarted.
+"""Fault test: the broker is stopped (SIGTERM) — and, in a second run, killed with SIGKILL —
+while 10,000 events are published, then restarted.
 
 Nothing accepted may be lost: a fresh consumer group must find every event_id. Duplicates are
 allowed in the log (at-least-once) and reported; in ClickHouse, after the sink, the counts
@@ -8,12 +9,15 @@ after this one.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +30,7 @@ from llmops.events.publisher import EventPublisher, RetryBackoff
 from llmops.events.synthetic import prediction_envelope
 from llmops.sink.runner import SinkThreads, build_sinks
 from llmops.v1 import events_pb2
-from tests.infra import _output, _script, probe_kafka
+from tests.infra import REPO_ROOT, _output, _script, probe_kafka
 
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(240)]
 
@@ -76,8 +80,20 @@ def _consume_ids(bootstrap: str, topic: str, want: int, timeout_s: float) -> lis
     return out
 
 
+def _kill_broker() -> None:
+    """SIGKILL the broker, as an OOM kill or a node loss would: no clean shutdown."""
+    local = Path(os.environ.get("LLMOPS_LOCAL_DIR") or REPO_ROOT / ".llmops" / "local")
+    pid = int((local / "kafka" / "run" / "kafka.pid").read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while probe_kafka():
+        assert time.monotonic() < deadline, "the broker survived SIGKILL"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
 def test_broker_outage_while_publishing_loses_nothing(
-    kafka_bootstrap: str, fault_topic: str, chdb_session: Any
+    kafka_bootstrap: str, fault_topic: str, chdb_session: Any, how: str
 ) -> None:
     registry = CollectorRegistry()
     log = KafkaLog(kafka_bootstrap, connect_timeout_s=2, request_timeout_s=5)
@@ -95,7 +111,9 @@ def test_broker_outage_while_publishing_loses_nothing(
         _publish(pub, rng, 3000, ids)  # broker up
         assert pub.flush(30)
 
-        stopper = threading.Thread(target=lambda: _script("kafka", "stop", 120))
+        stopper = threading.Thread(
+            target=(lambda: _script("kafka", "stop", 120)) if how == "stopped" else _kill_broker
+        )
         stopper.start()
         _publish(pub, rng, 4000, ids)  # while the broker shuts down
         stopper.join(130)
