@@ -94,7 +94,7 @@ async def test_migrations_build_exactly_the_tables_and_rerun_as_a_no_op(
     await store.open()  # a second start: already at head
     with store.engine.connect() as conn:
         versions = conn.execute(sa.text(f"SELECT version_num FROM {schema.VERSION_TABLE}"))
-        assert [v for (v,) in versions] == ["0002"]
+        assert [v for (v,) in versions] == ["0003"]
 
 
 async def test_artifacts_versions_and_listing(store: SqlRegistryStore) -> None:
