@@ -109,13 +109,20 @@ def mesh_env(
 
 
 def wait_serving(
-    address: str, service: str, timeout: float, state_dir: Path | None = None
+    address: str,
+    service: str,
+    timeout: float,
+    state_dir: Path | None = None,
+    proc: subprocess.Popen[str] | None = None,
 ) -> float:
     """Poll the standard gRPC health protocol until SERVING; return seconds waited.
     ``state_dir``: the mesh's, when it serves TLS (its credentials appear once it starts);
-    None for a plaintext server."""
+    None for a plaintext server. ``proc``: the server's process — its exit ends the wait
+    at once (a config error, say) instead of at the timeout."""
     start = time.monotonic()
     while True:
+        if proc is not None and proc.poll() is not None:
+            raise TimeoutError(f"{service}: the process exited with {proc.returncode}")
         try:
             channel = (
                 grpc.insecure_channel(address)
@@ -180,10 +187,11 @@ def llmops_up(
                     entry.grpc_service,
                     within_s - (time.monotonic() - start),
                     mesh.state_dir,
+                    proc,
                 )
         except TimeoutError:
             raise AssertionError(
-                f"mesh did not come up within {within_s:.0f} s:\n{mesh.log()[-3000:]}"
+                f"mesh did not come up within {within_s:.0f} s (or exited):\n{mesh.log()[-3000:]}"
             ) from None
         yield mesh
 
