@@ -268,8 +268,8 @@ class Sink:
         mark would skip that many *new* records. So a mark at or above the first record is
         checked before it is used: the row stored at that record's position must hold the
         same event (its event time, to the millisecond), and no stored offset may lie beyond
-        the log's end. Otherwise the rows
-        are another log's, and nothing of this one is taken as stored."""
+        the log's end. Otherwise the rows are another log's, and nothing of this one is taken
+        as stored."""
         mark = self._skip_through.get(tp)
         if mark is None:
             found = self._high_water_mark(self._store, tp, first.timestamp_ms)
@@ -332,7 +332,7 @@ class Sink:
                 self._write(batch, tables, token, done)
                 break
             except ClickHouseQueryError as exc:
-                outcome = self._isolate_refused(batch, tables, done, exc)
+                outcome = self._isolate_refused(batch, tables, done, exc, tries)
                 if outcome == "stored":
                     break
                 if outcome == "abandoned":
@@ -406,6 +406,7 @@ class Sink:
         tables: Mapping[str, Mapping[str, Sequence[Any]]],
         done: set[str],
         refusal: ClickHouseQueryError,
+        tries: int,
     ) -> str:
         """ClickHouse refused the batch for good (a constraint, a value its column cannot
         hold): retried as it is, it would fail forever and stop the partition. The batch is
@@ -418,8 +419,15 @@ class Sink:
 
         Parts are stored in log order and a refused event is sent to the DLQ as soon as a
         part after it is stored (retried for up to two minutes), so a replay's high-water
-        mark does not pass an event that is neither stored nor dead-lettered."""
-        if refusal.ch_code in _SYSTEMIC_CODES or len(batch.items) < 2:
+        mark does not pass an event that is neither stored nor dead-lettered.
+
+        A batch of one event (a quiet topic) cannot tell a bad row from a bad table: it is
+        retried like an outage, and dead-lettered after :data:`_LONE_REFUSALS` refusals
+        (a broken table then costs one event every few seconds, recoverable from the DLQ,
+        instead of a partition stopped for good)."""
+        if refusal.ch_code in _SYSTEMIC_CODES or not batch.items:
+            return "systemic"
+        if len(batch.items) == 1 and tries < _LONE_REFUSALS:
             return "systemic"
         # refused, not yet in the DLQ (held until something is stored: if nothing can be,
         # the table is at fault and none of them is a dead letter)
@@ -478,6 +486,10 @@ class Sink:
 
         def insert(items: list[Item]) -> None:
             nonlocal stored
+            if len(items) == 1:  # a lone event refused again and again: a dead letter
+                pending.append((items[0], refusal.message))
+                flush_dead()
+                return
             half = len(items) // 2
             for part in (items[:half], items[half:]):
                 try:
@@ -499,7 +511,7 @@ class Sink:
             log.warning("sink_isolation_interrupted", error=str(exc))
             self._rewind(batch)
             return "abandoned"
-        if not stored:
+        if not stored and len(batch.items) > 1:
             return "systemic"
         return "stored"
 
@@ -572,6 +584,8 @@ class Sink:
 
 _HWM_TABLES = frozenset(KIND_TABLES.values())
 
+_LONE_REFUSALS = 5
+"""Refusals of a one-event batch before that event is dead-lettered."""
 _REFUSED_BEFORE_SYSTEMIC = 8
 """Events refused one by one, with nothing stored yet, that make the refusal the table's
 (bisecting every row of a 50,000-row batch would cost 100,000 inserts per retry)."""

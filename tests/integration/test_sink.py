@@ -449,3 +449,23 @@ def test_a_table_that_refuses_every_row_is_retried_not_dead_lettered(
     assert raw_count(store) == (300, 300)
     assert rollup_count(store) == 300
     assert _dead_letters(event_log) == []
+
+
+def test_a_lone_refused_event_is_dead_lettered_after_a_few_tries(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    """On a quiet topic a refused event may be a batch of its own, where a bad row and a bad
+    table look alike: it is retried like an outage, then dead-lettered, and the partition
+    moves on."""
+    store.execute("ALTER TABLE predictions ADD CONSTRAINT no_poison CHECK route != 'poison'")
+    _publish_with_routes(event_log, ["poison"], seed=12)
+    sink = sink_for(event_log, store, batch_rows=5000, flush_interval_s=0.05)
+    sink.settings = type(sink.settings)(**{**_fields(sink.settings), "retry_initial_s": 0.01})
+    drain(sink, lambda: sink.committed_batches > 0, timeout_s=30)
+    letters = _dead_letters(event_log)
+    assert len(letters) == 1 and b"no_poison" in dict(letters[0].headers)["dlq.reason"]
+    assert sink.metrics.insert_failures.labels("predictions")._value.get() >= 5
+    _publish_with_routes(event_log, ["search-summary"] * 10, seed=13)
+    again = sink_for(event_log, store, flush_interval_s=0.05)
+    drain(again, lambda: raw_count(store)[0] >= 10, timeout_s=30)
+    assert raw_count(store) == (10, 10)
