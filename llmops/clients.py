@@ -141,8 +141,10 @@ class _CallPolicy(_UU, _US, _SU, _SS):
     def outgoing(
         self, timeout: float | None, metadata: Any
     ) -> tuple[float, tuple[tuple[str, str], ...]]:
-        """(timeout, metadata) of a call the same policy puts on one that does not go
-        through the channel's interceptors (an in-process call: :mod:`llmops.local_calls`)."""
+        """(timeout, metadata) the policy puts on a call: the caller's timeout (else the
+        default), never beyond what is left of the RPC being served; the request id and the
+        token added. Used by :meth:`_details` and by in-process calls
+        (:mod:`llmops.local_calls`), which pass no interceptors."""
         timeout = timeout if timeout is not None else self._default
         left = remaining_time()
         if left is not None:
@@ -154,16 +156,8 @@ class _CallPolicy(_UU, _US, _SU, _SS):
         return timeout, pairs + self._fixed
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        timeout = details.timeout if details.timeout is not None else self._default
-        left = remaining_time()
-        if left is not None:
-            timeout = max(min(timeout, left), 0.0)
-        metadata = details.metadata
-        rid = current_request_id()
-        if rid is not None and not any(k == REQUEST_ID_KEY for k, _ in metadata or ()):
-            metadata = grpc.aio.Metadata(*(metadata or ()), (REQUEST_ID_KEY, rid))
-        if self._fixed:
-            metadata = grpc.aio.Metadata(*(metadata or ()), *self._fixed)
+        timeout, pairs = self.outgoing(details.timeout, details.metadata)
+        metadata = grpc.aio.Metadata(*pairs) if pairs else details.metadata
         return grpc.aio.ClientCallDetails(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )

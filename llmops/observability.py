@@ -23,8 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import structlog
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
 
 from llmops.backends import Backends
 from llmops.clickhouse import queries
@@ -33,7 +32,7 @@ from llmops.config import MeshConfig
 from llmops.events.base import EventLog
 from llmops.security import provision, security_dir
 from llmops.security.tokens import TokenStore
-from llmops.server.metrics_http import METRICS_READER_ROLES, needs_token, token_refusal
+from llmops.server.metrics_http import TokenGuardedHandler, needs_token
 from llmops.sink.runner import SinkThreads, build_sinks
 
 log = structlog.get_logger("llmops.observability")
@@ -109,26 +108,17 @@ def _handler(
     tokens: TokenStore | None,
     protect_metrics: bool,
 ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(TokenGuardedHandler):
         def do_GET(self) -> None:
             url = urlparse(self.path)
             if url.path == "/metrics":
-                if protect_metrics and not self._admitted(tokens, METRICS_READER_ROLES):
-                    return
-                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self._metrics(registry, protect_metrics, tokens)
             elif url.path.startswith(LOGS_PREFIX) and url.path[len(LOGS_PREFIX) :] in LOG_KINDS:
                 if tokens is not None and not self._admitted(tokens, LOG_READER_ROLES):
                     return
                 self._logs(url.path[len(LOGS_PREFIX) :], parse_qs(url.query))
             else:
                 self._reply(404, b'{"error": "not found"}', "application/json")
-
-        def _admitted(self, tokens: TokenStore | None, roles: frozenset[str]) -> bool:
-            status, why = token_refusal(tokens, self.headers.get("Authorization", ""), roles)
-            if status:
-                self._reply(status, json.dumps({"error": why}).encode(), "application/json")
-                return False
-            return True
 
         def _logs(self, kind: str, query: dict[str, list[str]]) -> None:
             try:
@@ -141,16 +131,6 @@ def _handler(
                 return
             rows = recent_rows(store, kind, last_s, limit)
             self._reply(200, json.dumps({"rows": rows}).encode(), "application/json")
-
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None  # the access log of this port is not worth a line per scrape
 
     return Handler
 

@@ -5,8 +5,8 @@ down while the log is away (Kafka unreachable at SIGTERM), what is still held wo
 with the process; instead :meth:`EventPublisher.close` appends it to a **spill**: a local
 log under ``state_dir/spill`` (fsynced, one partition per topic, so order is kept), and
 says so in the service log. The next process on that state directory replays the spill into
-the event log before anything else of it is needed (:func:`replay_spill`, in a background
-thread, from the spill's own committed offsets: a replay cut short resumes where it stopped),
+the event log (:func:`replay_in_background`: :meth:`SpillLog.replay` on a thread of its own,
+from the spill's own committed offsets: a replay cut short resumes where it stopped),
 at-least-once like every send — consumers dedupe on ``event_id``.
 
 Embedded mode has nothing to spill to: its event log already is the local log on the same

@@ -89,33 +89,46 @@ class MetricsServer:
         self._http.server_close()
 
 
+class TokenGuardedHandler(BaseHTTPRequestHandler):
+    """The base of the mesh's small HTTP endpoints (this one, the embedded logs endpoint):
+    JSON replies, a bearer-token check, ``/metrics``, and no log line per request."""
+
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _admitted(self, tokens: TokenStore | None, roles: frozenset[str]) -> bool:
+        """Whether the request's token has one of ``roles``; else the refusal is sent."""
+        status, why = token_refusal(tokens, self.headers.get("Authorization", ""), roles)
+        if status:
+            self._reply(status, json.dumps({"error": why}).encode(), "application/json")
+            return False
+        return True
+
+    def _metrics(
+        self, registry: CollectorRegistry, protect: bool, tokens: TokenStore | None
+    ) -> None:
+        if protect and not self._admitted(tokens, METRICS_READER_ROLES):
+            return
+        self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None  # not worth a line per scrape
+
+
 def _handler(
     registry: CollectorRegistry, protect: bool, tokens: TokenStore | None
 ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(TokenGuardedHandler):
         def do_GET(self) -> None:
             if self.path.split("?", 1)[0] != "/metrics":
                 self._reply(404, b'{"error": "not found"}', "application/json")
                 return
-            if protect:
-                status, why = token_refusal(
-                    tokens, self.headers.get("Authorization", ""), METRICS_READER_ROLES
-                )
-                if status:
-                    self._reply(status, json.dumps({"error": why}).encode(), "application/json")
-                    return
-            self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            if status == 401:
-                self.send_header("WWW-Authenticate", "Bearer")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None  # no line per scrape
+            self._metrics(registry, protect, tokens)
 
     return Handler

@@ -1051,7 +1051,7 @@ class Registry:
         raise its denial."""
         event_id = ""
         if done.audit is not None:
-            envelope = staged or self._envelope(done.audit, change, actor)
+            envelope = staged if staged is not None else self._envelope(done.audit, change, actor)
             sequence = self._publish(envelope, done.audit)
             event_id = envelope.audit.event_id
             if staged is not None:
