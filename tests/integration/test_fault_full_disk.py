@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.timeout(600)]
 
 CTX = common_pb2.RequestContext(tenant="full-disk", market="gb")
 FULL_FOR_S = 4.0
+BASELINE_S = 2.0
 
 
 @pytest.fixture
@@ -96,6 +97,9 @@ def test_a_full_event_log_disk_refuses_acknowledgement_then_recovers_losing_noth
         FeedbackCallers(mesh, CTX, "disk", deadline_s=5.0) as callers,
     ):
         callers.wait_for(100, 60)
+        before_at = len(callers.acked)
+        time.sleep(BASELINE_S)
+        acked_before = len(callers.acked) - before_at
         with DiskHog(small_disk):
             full_at, errors_at = len(callers.acked), sum(callers.errors.values())
             time.sleep(FULL_FOR_S)
@@ -104,14 +108,17 @@ def test_a_full_event_log_disk_refuses_acknowledgement_then_recovers_losing_noth
         callers.wait_for(len(callers.acked) + 100, 90)
 
     errors, messages = dict(callers.errors), list(callers.messages)
-    print(f"acknowledged {len(callers.acked)}; {during_full} while the disk was full; "
+    print(f"acknowledged {len(callers.acked)}; {acked_before} in {BASELINE_S} s before, "
+          f"{during_full} in {FULL_FOR_S} s while the disk was full; "
           f"errors {errors}; e.g. {messages[:1]}")  # fmt: skip
     assert set(errors) == {"UNAVAILABLE"}, errors  # feedback: "retrying is safe"
     assert any(os.strerror(errno.ENOSPC) in m for m in messages), messages
-    # While it was full the callers were told, not acknowledged (a write that found a page
-    # freed by a failed one may still have gone through: those were written, so answered).
+    # While it was full the callers were told, not acknowledged. A write that found a page
+    # freed by a failed one before the hog took it back went through (and was answered: it is
+    # in the log, checked below); how often that happens depends on when the hog's thread gets
+    # the CPU, so the check is on rates: acknowledgements slow to a trickle while it is full.
     assert failed_while_full >= len(callers.threads)
-    assert during_full < failed_while_full
+    assert during_full / FULL_FOR_S < 0.2 * acked_before / BASELINE_S, (during_full, acked_before)
 
     with llmops_up(tmp_path / "mesh", extra_env=env) as again:
         assert_every_key_landed_once(again, callers)
