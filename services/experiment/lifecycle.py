@@ -2,9 +2,11 @@
 
 Every change is read-check-write under one lock per process, guarded in the store by the
 version it read (ABORTED when another writer won), and audited: the audit record is built
-before the write, the event buffer must have room for it (RESOURCE_EXHAUSTED otherwise,
-nothing written), and if publishing still fails after the write the caller gets
-DATA_LOSS naming what was stored — a change is never silently left unaudited.
+before the write and stored with it in the store's audit outbox (one atomic step), the
+event buffer must have room for it (RESOURCE_EXHAUSTED otherwise, nothing written), and if
+publishing still fails after the write the caller gets DATA_LOSS naming what was stored —
+the outbox relay publishes the record later (:mod:`llmops.events.outbox`), so a change is
+never left unaudited, not even by a process killed between the write and the publish.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from llmops.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
+from llmops.events.outbox import AuditOutbox
 from llmops.identity import Identity, system
 from llmops.v1 import events_pb2, experiment_pb2
 from services.experiment import model
 from services.experiment.catalog import Catalog
-from services.experiment.store import layer_guard
+from services.experiment.store import StagedAudit, layer_guard
 
 if TYPE_CHECKING:
     from llmops.events.port import ServiceEvents
@@ -63,12 +66,18 @@ class Change:
 
 class Lifecycle:
     def __init__(
-        self, catalog: Catalog, events: ServiceEvents, clock: Callable[[], float] = time.time
+        self,
+        catalog: Catalog,
+        events: ServiceEvents,
+        clock: Callable[[], float] = time.time,
+        *,
+        outbox_min_age_s: float = 60.0,
     ) -> None:
         self.catalog = catalog
         self.events = events
         self._clock = clock
         self._write_lock = asyncio.Lock()
+        self.outbox = AuditOutbox(catalog.store, events, min_age_s=outbox_min_age_s, clock=clock)
 
     async def create_layer(
         self, layer: experiment_pb2.Layer, change: Change
@@ -263,7 +272,10 @@ class Lifecycle:
                 f"{audit.audit.resource.name} cannot be published now; nothing was changed "
                 "(retry later)"
             )
-        await self.catalog.store.write(experiments, layers)
+        # The audit record goes into the outbox with the change: a process that dies after
+        # the write and before the log has the record leaves it for the relay.
+        staged = StagedAudit(audit.audit.event_id, audit.SerializeToString(), self.outbox.now_us())
+        await self.catalog.store.write(experiments, layers, staged)
         failure = self._publish(audit)
         try:
             await self.catalog.refresh()
@@ -283,7 +295,13 @@ class Lifecycle:
             f"(version {event.resource.version or '-'})"
         )
         try:
-            self.events.publish_audit(audit, applied)
+            sequence = self.events.publish_audit(audit, applied)
         except AuditNotPublished as failure:
-            return failure
+            return failure  # still staged: the relay publishes it once it is old enough
+        self.outbox.published(event.event_id, sequence)
         return None
+
+    async def relay_outbox(self) -> int:
+        """Empty the audit outbox (:meth:`AuditOutbox.relay`); how many records a dead
+        process had left there were published."""
+        return await self.outbox.relay()

@@ -28,6 +28,14 @@ class ExperimentSettings(Settings):
     reload_interval_s: float = Field(
         2.0, ge=0, description="Poll the store for other replicas' changes; 0 = never."
     )
+    audit_outbox_interval_s: float = Field(
+        5.0, gt=0, description="How often the audit outbox is emptied: records the log holds "
+        "are forgotten, and those a dead process left there are published.",
+    )  # fmt: skip
+    audit_outbox_min_age_s: float = Field(
+        60.0, gt=0, description="How old a record another process left in the audit outbox "
+        "must be before it is published here (a live process publishes its own at once).",
+    )  # fmt: skip
     bandit_check_interval_s: float = Field(
         60.0,
         ge=0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmops.scheduler import Background
+from llmops.scheduler import Background, Periodic
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import experiment_pb2, experiment_pb2_grpc
 from services.experiment.assignment import Assigner
@@ -43,10 +43,15 @@ def create(ctx: ServiceContext[ExperimentSettings]) -> ServiceDefinition:
         holdout_bps=settings.holdout_bps,
         dedup_window_s=settings.exposure_dedup_window_s,
     )
-    lifecycle = Lifecycle(catalog, ctx.events)
+    lifecycle = Lifecycle(catalog, ctx.events, outbox_min_age_s=settings.audit_outbox_min_age_s)
     analysis = Analysis(catalog, ClickHouseResults(ctx.backends.clickhouse))
     schedule = Schedule(catalog, lifecycle, analysis.bandit_rewards)
     tasks = schedule.tasks(settings.reload_interval_s, settings.bandit_check_interval_s)
+
+    async def relay_outbox() -> None:
+        await lifecycle.relay_outbox()
+
+    tasks.append(Periodic("audit_outbox", settings.audit_outbox_interval_s, relay_outbox))
     if settings.seeds_demo(ctx.mode):  # after SERVING: seeding must not delay the start
 
         async def seed() -> None:

@@ -7,15 +7,20 @@ polling the revision (one cheap read) for writes made by other replicas.
 
 Writes are optimistic: a mutation names the version it read, and the store refuses it
 (ABORTED) if the stored version differs, so two operators cannot silently overwrite each
-other. Each write is one atomic step (a file rename; a Lua script in Redis).
+other. Each write is one atomic step (a file rename; a Lua script in Redis), and it stages
+the change's audit record in the store's audit outbox in that same step
+(:mod:`llmops.events.outbox`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +43,15 @@ class StoredConfig:
         self.experiments = experiments
 
 
+@dataclass(frozen=True, slots=True)
+class StagedAudit:
+    """A change's audit record, stored with the change in the audit outbox."""
+
+    event_id: str
+    envelope: bytes
+    at_us: int
+
+
 class ConfigStore(Protocol):
     async def load(self) -> StoredConfig: ...
 
@@ -47,10 +61,19 @@ class ConfigStore(Protocol):
         self,
         experiments: list[tuple[experiment_pb2.Experiment, int]],
         layers: list[tuple[experiment_pb2.Layer, int]],
+        audit: StagedAudit | None = None,
     ) -> int:
         """Store experiments and layers together, each with the version/revision guard it
-        was read at (0 = must not exist yet); return the new revision."""
+        was read at (0 = must not exist yet), and stage ``audit`` in the outbox in the same
+        atomic step; return the new revision."""
         ...
+
+    async def outbox_before(self, cutoff_us: int, limit: int) -> list[tuple[str, bytes]]:
+        """Staged audit records (event id, envelope) staged before ``cutoff_us``, oldest
+        first."""
+        ...
+
+    async def delete_outbox(self, event_ids: Sequence[str]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -99,14 +122,31 @@ class FileConfigStore:
         self,
         experiments: list[tuple[experiment_pb2.Experiment, int]],
         layers: list[tuple[experiment_pb2.Layer, int]],
+        audit: StagedAudit | None = None,
     ) -> int:
         async with self._lock:
-            return await asyncio.to_thread(self._write, experiments, layers)
+            return await asyncio.to_thread(self._write, experiments, layers, audit)
+
+    async def outbox_before(self, cutoff_us: int, limit: int) -> list[tuple[str, bytes]]:
+        staged = (await asyncio.to_thread(self._read)).get("audit_outbox", {})
+        old = sorted((v["at_us"], k) for k, v in staged.items() if v["at_us"] < cutoff_us)
+        return [(k, base64.b64decode(staged[k]["envelope"])) for _, k in old[:limit]]
+
+    async def delete_outbox(self, event_ids: Sequence[str]) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._delete_outbox, event_ids)
+
+    def _delete_outbox(self, event_ids: Sequence[str]) -> None:
+        data = self._read()
+        staged = data.get("audit_outbox", {})
+        if any(staged.pop(e, None) is not None for e in list(event_ids)):
+            self._replace(data)
 
     def _write(
         self,
         experiments: list[tuple[experiment_pb2.Experiment, int]],
         layers: list[tuple[experiment_pb2.Layer, int]],
+        audit: StagedAudit | None,
     ) -> int:
         data = self._read()
         stored = self._parse(data)
@@ -126,7 +166,16 @@ class FileConfigStore:
             data["layers"][layer.name] = json_format.MessageToDict(
                 layer, preserving_proto_field_name=True
             )
+        if audit is not None:
+            data.setdefault("audit_outbox", {})[audit.event_id] = {
+                "at_us": audit.at_us,
+                "envelope": base64.b64encode(audit.envelope).decode("ascii"),
+            }
         data["revision"] = int(data["revision"]) + 1
+        self._replace(data)
+        return int(data["revision"])
+
+    def _replace(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", encoding="utf-8") as f:
@@ -134,13 +183,13 @@ class FileConfigStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        return int(data["revision"])
 
     async def close(self) -> None:
         return None
 
 
-# KEYS[1] = config hash. ARGV: n_exp, n_layer, then per item: field, guard, json, version.
+# KEYS[1] = config hash. ARGV: n_exp, n_layer, then per item: field, guard, json; then, when
+# a change is audited, the audit record's outbox field and its value (``<µs> <envelope>``).
 # Guards: experiments compare the stored JSON's version; layers compare a hash the caller
 # computed over the stored JSON (Lua cannot parse protobuf JSON cheaply, so the caller
 # sends the stored text's SHA-1 for layers and the expected version for experiments).
@@ -167,13 +216,19 @@ for k = 1, n_exp + n_layer do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
   i = i + 3
 end
+if ARGV[i] then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return redis.call('HINCRBY', KEYS[1], '_revision', 1)
 """
 
 
+_OUTBOX = "outbox:"
+
+
 class RedisConfigStore:
     """All configuration in one Redis hash ``<namespace>:config``: ``exp:<id>`` and
-    ``layer:<name>`` fields hold the JSON messages, ``_revision`` the revision."""
+    ``layer:<name>`` fields hold the JSON messages, ``_revision`` the revision, and
+    ``outbox:<event id>`` the audit outbox (``<µs> <envelope>``): one key, so a change and
+    its audit record are one script's writes even on a Redis Cluster."""
 
     def __init__(self, url: str, namespace: str) -> None:
         import redis.asyncio as aioredis
@@ -208,10 +263,28 @@ class RedisConfigStore:
         raw = await self._call(self._redis.hget(self._key, "_revision"))
         return int(raw or 0)
 
+    async def outbox_before(self, cutoff_us: int, limit: int) -> list[tuple[str, bytes]]:
+        async def scan() -> list[tuple[bytes, bytes]]:
+            return [item async for item in self._redis.hscan_iter(self._key, f"{_OUTBOX}*")]
+
+        staged = []
+        for field, value in await self._call(scan()):
+            at_us, _, envelope = value.partition(b" ")
+            if int(at_us) < cutoff_us:
+                staged.append((int(at_us), field.decode()[len(_OUTBOX) :], envelope))
+        staged.sort()
+        return [(event_id, envelope) for _, event_id, envelope in staged[:limit]]
+
+    async def delete_outbox(self, event_ids: Sequence[str]) -> None:
+        if event_ids:
+            fields = [f"{_OUTBOX}{e}" for e in event_ids]
+            await self._call(self._redis.hdel(self._key, *fields))
+
     async def write(
         self,
         experiments: list[tuple[experiment_pb2.Experiment, int]],
         layers: list[tuple[experiment_pb2.Layer, int]],
+        audit: StagedAudit | None = None,
     ) -> int:
         from redis.exceptions import ResponseError
 
@@ -226,6 +299,8 @@ class RedisConfigStore:
             raw = await self._call(self._redis.hget(self._key, f"layer:{layer.name}"))
             guard = hashlib.sha1(raw).hexdigest() if raw else "0"
             args += (f"layer:{layer.name}", guard, _dump(layer))
+        if audit is not None:
+            args += (f"{_OUTBOX}{audit.event_id}", b"%d " % audit.at_us + audit.envelope)
         try:
             return int(await self._call(self._script(keys=[self._key], args=args)))
         except ResponseError as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -35,6 +35,7 @@ from llmops.errors import (
     NotFound,
     ResourceExhausted,
 )
+from llmops.events.outbox import AuditOutbox
 from llmops.identity import Identity, current_identity
 from llmops.v1 import common_pb2, events_pb2, governance_pb2
 from services.governance import guard as rules
@@ -100,9 +101,6 @@ GATE_ATTEMPTS = 3
 DEFAULT_DEPTH, MAX_DEPTH = 3, 10
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 MAX_EDGES = 1000
-OUTBOX_BATCH = 500
-"""Most audit records one relay_outbox run publishes."""
-OUTBOX_PUBLISH_TIMEOUT_S = 30.0
 _DETAIL_TYPES: dict[str, type[Details]] = {
     "model_card": governance_pb2.ModelCard,
     "prompt": governance_pb2.PromptTemplate,
@@ -282,10 +280,9 @@ class Registry:
         """Decides the changes it gates (:meth:`PolicyGate.gates`) before their transaction;
         None: the guard decides everything (the built-in rules)."""
         self._clock = clock
-        self.outbox_min_age_s = outbox_min_age_s
-        # audit records staged in the outbox and published by this process: event id ->
-        # the publisher's sequence number (relay_outbox forgets them once durable)
-        self._outbox_sent: dict[str, int] = {}
+        self.outbox = AuditOutbox(
+            _RegistryOutbox(store), events, min_age_s=outbox_min_age_s, clock=clock
+        )
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -1055,7 +1052,7 @@ class Registry:
             sequence = self._publish(envelope, done.audit)
             event_id = envelope.audit.event_id
             if staged is not None:
-                self._outbox_sent[event_id] = sequence
+                self.outbox.published(event_id, sequence)
         if done.denied is not None:
             reasons = "; ".join(done.denied.reasons) or "denied"
             raise PolicyDenied(
@@ -1092,27 +1089,22 @@ class Registry:
         )
 
     async def relay_outbox(self) -> int:
-        """Empty the audit outbox: forget the records this process published once the log
-        holds them; publish (durably) and forget those older than ``outbox_min_age_s`` that
-        it did not publish — left by a process that died between its commit and the
-        append. Returns how many it relayed. At-least-once: a process that died after the
-        append and before forgetting has its record relayed again (same event id)."""
-        sent = [e for e, sequence in self._outbox_sent.items() if self.events.is_durable(sequence)]
-        if sent:
-            await self.store.write(lambda tx: tx.delete_outbox(sent))
-            for event_id in sent:
-                self._outbox_sent.pop(event_id, None)
-        cutoff = self._now_us() - int(self.outbox_min_age_s * 1e6)
-        rows = await self.store.read(lambda tx: tx.outbox_before(cutoff, OUTBOX_BATCH))
-        orphans = [(e, payload) for e, payload in rows if e not in self._outbox_sent]
-        if not orphans:
-            return 0
-        envelopes = [events_pb2.EventEnvelope.FromString(payload) for _, payload in orphans]
-        await self.events.publish_durable(envelopes, OUTBOX_PUBLISH_TIMEOUT_S)
-        relayed = [e for e, _ in orphans]
-        await self.store.write(lambda tx: tx.delete_outbox(relayed))
-        log.warning("audit_outbox_relayed", events=len(relayed), first=relayed[0])
-        return len(relayed)
+        """Empty the audit outbox (:meth:`AuditOutbox.relay`): records left by a process
+        that died between its commit and the append are published; how many."""
+        return await self.outbox.relay()
+
+
+class _RegistryOutbox:
+    """The registry store's audit outbox table, for :class:`AuditOutbox`."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+
+    async def outbox_before(self, cutoff_us: int, limit: int) -> list[tuple[str, bytes]]:
+        return await self.store.read(lambda tx: tx.outbox_before(cutoff_us, limit))
+
+    async def delete_outbox(self, event_ids: Sequence[str]) -> None:
+        await self.store.write(lambda tx: tx.delete_outbox(event_ids))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from services.experiment.assignment import Assigner, AssignQuery
 from services.experiment.catalog import Catalog
 from services.experiment.lifecycle import Change, Lifecycle
 from services.experiment.sticky import MemoryStickyStore
-from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigStore
+from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigStore, StagedAudit
 
 CHANGE = Change(tenant="acme")
 
@@ -33,8 +33,24 @@ class Events:
     def has_room(self, count: int) -> bool:
         return True
 
-    def publish(self, envelope: events_pb2.EventEnvelope) -> None:
+    def publish(self, envelope: events_pb2.EventEnvelope) -> int:
         self.published.append(envelope)
+        return len(self.published)
+
+    def is_durable(self, sequence: int) -> bool:
+        return True
+
+    async def publish_durable(
+        self, envelopes: list[events_pb2.EventEnvelope], timeout_s: float
+    ) -> None:
+        self.published.extend(envelopes)
+
+
+class Dies(Events):
+    """A process killed between its write and its publish: nothing reaches the log."""
+
+    def publish(self, envelope: events_pb2.EventEnvelope) -> int:
+        raise SystemExit("killed")
 
 
 @pytest.fixture(params=["file", "redis"])
@@ -109,3 +125,59 @@ async def test_replicas_follow_each_others_changes(
         ]  # same config, same answer
         with pytest.raises(Aborted):  # replica two acts on what it read: version 2 now
             await writer_two.transition("shared", 1, model.STOPPED, CHANGE)
+
+
+async def test_a_change_and_its_audit_record_are_stored_together(
+    stores: tuple[ConfigStore, ConfigStore],
+) -> None:
+    """The audit outbox: a writer killed between its write and its publish leaves the record
+    with the change; another replica's relay publishes it (once old enough: the writer may
+    be alive), once; a live writer's own records are only forgotten, never sent twice."""
+    first, second = stores
+    now = [1_800_000_000.0]
+    dying = Lifecycle(Catalog(first), Dies().port, lambda: now[0])  # type: ignore[arg-type]
+    await dying.catalog.refresh()
+    with pytest.raises(SystemExit):
+        await dying.create_layer(experiment_pb2.Layer(name="page", unit_type="user"), CHANGE)
+    assert "page" in (await second.load()).layers  # the change is stored...
+    staged = await second.outbox_before(2**62, 10)  # ...and its audit record with it
+    assert len(staged) == 1
+    record = events_pb2.EventEnvelope.FromString(staged[0][1])
+    assert (record.audit.action, record.audit.resource.name) == ("layer.create", "page")
+    assert staged[0][0] == record.audit.event_id
+
+    events = Events()
+    survivor = Lifecycle(Catalog(second), events.port, lambda: now[0], outbox_min_age_s=60)  # type: ignore[arg-type]
+    await survivor.catalog.refresh()
+    assert await survivor.relay_outbox() == 0  # too young: its writer may still be alive
+    now[0] += 61
+    assert await survivor.relay_outbox() == 1
+    assert [e.audit.event_id for e in events.published] == [record.audit.event_id]
+    assert await second.outbox_before(2**62, 10) == []
+    assert await survivor.relay_outbox() == 0
+
+    created = await survivor.create(_exp("x"), CHANGE)  # a live writer publishes its own
+    assert events.published[-1].audit.resource.name == "x" and created.version == 1
+    assert len(await first.outbox_before(2**62, 10)) == 1  # staged until the log has it
+    now[0] += 3600
+    assert await survivor.relay_outbox() == 0  # durable: forgotten, not sent again
+    assert await first.outbox_before(2**62, 10) == []
+    assert len(events.published) == 2
+    assert (await first.load()).experiments["x"].version == 1
+
+
+async def test_outbox_records_come_oldest_first_and_are_not_config(
+    stores: tuple[ConfigStore, ConfigStore],
+) -> None:
+    store, _ = stores
+    layer = model.validate_layer(experiment_pb2.Layer(name="page", unit_type="user"))
+    await store.write([], [(layer, 0)], StagedAudit("b", b"\x00second", 20))
+    await store.write([(_exp("x"), 0)], [], StagedAudit("a", b"first \xff", 10))
+    assert await store.outbox_before(30, 10) == [("a", b"first \xff"), ("b", b"\x00second")]
+    assert await store.outbox_before(30, 1) == [("a", b"first \xff")]
+    assert await store.outbox_before(15, 10) == [("a", b"first \xff")]
+    loaded = await store.load()
+    assert (set(loaded.layers), set(loaded.experiments), loaded.revision) == ({"page"}, {"x"}, 2)
+    await store.delete_outbox(["a", "missing"])
+    assert await store.outbox_before(30, 10) == [("b", b"\x00second")]
+    assert (await store.revision()) == 2  # forgetting a record is not a config change
