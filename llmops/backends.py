@@ -47,7 +47,6 @@ class Backends:
         self._event_log: EventLog | None = None
         self._store: ClickHouseStore | None = None
         self._publisher: EventPublisher | None = None
-        self._stopping = threading.Event()
         self._guard = threading.RLock()
 
     @property
@@ -139,17 +138,18 @@ class Backends:
                     linger_s=settings.linger_ms / 1000,
                     send_timeout_s=settings.send_timeout_s,
                     producer=f"llmops/{os.getpid()}",
+                    # where events go while Kafka refuses them, and what an earlier process
+                    # spilled: the publisher replays it into the log
+                    overflow=self._spill(),
+                    spill_at=settings.spill_at,
+                    spill_after_s=settings.spill_after_s,
                 ).start()
-                spill = self._spill()
-                if spill is not None:  # what an earlier process could not deliver, first
-                    from llmops.events.spill import replay_in_background
-
-                    replay_in_background(spill, self.event_log(), stop=self._stopping)
             return self._publisher
 
     def _spill(self) -> SpillLog | None:
-        """Where undelivered events go at shutdown: ``state_dir/spill`` when the event log is
-        Kafka (the local log already is on this disk)."""
+        """Where events go that the log refuses under load or at shutdown:
+        ``state_dir/spill`` when the event log is Kafka (the local log already is on this
+        disk)."""
         if self.config.events_backend == "local":
             return None
         from llmops.events.spill import SpillLog
@@ -167,9 +167,8 @@ class Backends:
         with self._guard:
             if self._publisher is not None:
                 publisher, self._publisher = self._publisher, None
-                self._stopping.set()
                 try:
-                    publisher.close(self.config.events.flush_timeout_s, spill=self._spill())
+                    publisher.close(self.config.events.flush_timeout_s)  # spills what is left
                 except LLMOpsError as exc:  # undelivered events: say so loudly, keep closing
                     log.error("events_undelivered_at_shutdown", error=exc.message)
             if self._event_log is not None:

@@ -216,6 +216,16 @@ def _show_logs(kind: str, config_path: Path | None, last: str, limit: int, as_js
         click.echo(f"no {LOG_KINDS[kind]} in the last {last}")
 
 
+def _limit_option(default: int) -> Callable[[Any], Any]:
+    from llmops.clickhouse.queries import MAX_RECENT_ROWS
+
+    return click.option(
+        "--limit", default=default, show_default=True,
+        type=click.IntRange(1, MAX_RECENT_ROWS),
+        help=f"At most this many rows (1..{MAX_RECENT_ROWS}).",
+    )  # fmt: skip
+
+
 def _logs_command(kind: str, what: str) -> click.Command:
     @logs.command(
         kind,
@@ -225,7 +235,7 @@ def _logs_command(kind: str, what: str) -> click.Command:
     )
     @_config_option
     @click.option("--last", default="5m", show_default=True, help="Window: 30s, 5m, 2h, 1d.")
-    @click.option("--limit", default=20, show_default=True, help="At most this many rows.")
+    @_limit_option(20)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
     def command(config_path: Path | None, last: str, limit: int, as_json: bool) -> None:
         _show_logs(kind, config_path, last, limit, as_json)
@@ -240,7 +250,7 @@ for _kind, _what in LOG_KINDS.items():
 @cli.command("drift")
 @_config_option
 @click.option("--last", default="1d", show_default=True, help="Window: 30s, 5m, 2h, 1d.")
-@click.option("--limit", default=50, show_default=True, help="At most this many rows.")
+@_limit_option(50)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
 def drift(config_path: Path | None, last: str, limit: int, as_json: bool) -> None:
     """The newest drift reports (PSI and KS per route, model and metric), newest first:

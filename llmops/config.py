@@ -134,6 +134,17 @@ class EventsConfig(Settings):
         5.0, gt=0, description="How long an RPC waits for its durable events; then it "
         "answers DEADLINE_EXCEEDED (the events still arrive, at least once).",
     )  # fmt: skip
+    spill_at: float = Field(
+        0.5, gt=0, le=1, description="Kafka mode: while the log refuses sends, once this "
+        "fraction of buffer_capacity is waiting the events go to the local spill "
+        "(state_dir/spill, fsynced) instead of being refused when the buffer is full; "
+        "replayed into the log once it takes sends again.",
+    )  # fmt: skip
+    spill_after_s: float = Field(
+        2.0, gt=0, description="Kafka mode: how long an RPC waiting for a durable event "
+        "waits on a refusing log before the waiting events go to the local spill (durable "
+        "on this machine's disk) so that it can answer.",
+    )  # fmt: skip
 
 
 class SinkConfig(Settings):

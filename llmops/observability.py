@@ -39,7 +39,7 @@ log = structlog.get_logger("llmops.observability")
 
 LOGS_PREFIX = "/v1/logs/"
 LOG_KINDS = ("predictions", *queries.RECENT_EVENTS)
-MAX_LIMIT = 1000
+MAX_LIMIT = queries.MAX_RECENT_ROWS
 
 
 def recent_rows(
@@ -47,11 +47,13 @@ def recent_rows(
 ) -> list[dict[str, Any]]:
     """Newest events of ``kind`` (one of :data:`LOG_KINDS`) of the last ``last_s`` seconds,
     as JSON-ready dicts."""
+    if not 0 < limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be 1..{MAX_LIMIT} (got {limit})")
     since = datetime.now(UTC) - timedelta(seconds=last_s)
     if kind == "predictions":
-        rows = queries.recent_predictions(store, since, min(limit, MAX_LIMIT))
+        rows = queries.recent_predictions(store, since, limit)
     else:
-        rows = queries.recent_events(store, kind, since, min(limit, MAX_LIMIT))
+        rows = queries.recent_events(store, kind, since, limit)
     return [{k: _jsonable(v) for k, v in row.items()} for row in rows]
 
 
@@ -124,8 +126,8 @@ def _handler(
             try:
                 last_s = float(query.get("last_s", ["300"])[0])
                 limit = int(query.get("limit", ["20"])[0])
-                if last_s <= 0 or limit <= 0:
-                    raise ValueError("last_s and limit must be positive")
+                if last_s <= 0 or not 0 < limit <= MAX_LIMIT:
+                    raise ValueError(f"last_s must be positive and limit 1..{MAX_LIMIT}")
             except ValueError as exc:
                 self._reply(400, json.dumps({"error": str(exc)}).encode(), "application/json")
                 return

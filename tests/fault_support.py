@@ -4,7 +4,6 @@ is in ClickHouse and counted once."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter
@@ -12,7 +11,7 @@ from collections import Counter
 import grpc
 
 from llmops.v1 import common_pb2, feedback_pb2, feedback_pb2_grpc
-from tests.support import RunningMesh, run_llmops
+from tests.support import RunningMesh
 
 
 class FeedbackCallers:
@@ -91,12 +90,14 @@ class FeedbackCallers:
             time.sleep(0.02)
 
 
-def feedback_rows(mesh: RunningMesh, prefix: str) -> list[dict[str, object]]:
-    """Every feedback row in ClickHouse whose key starts with ``prefix`` (``llmops logs``)."""
-    done = run_llmops(mesh, "logs", "feedback", "--last", "1h", "--limit", "100000", "--json")
-    assert done.returncode == 0, done.stderr
-    rows: list[dict[str, object]] = json.loads(done.stdout)["rows"]
-    return [r for r in rows if str(r.get("idempotency_key", "")).startswith(f"{prefix}-")]
+def feedback_rows(mesh: RunningMesh, callers: FeedbackCallers) -> list[dict[str, object]]:
+    """Every feedback row in the stopped mesh's ClickHouse whose key is one of ``callers``'."""
+    tenant, prefix = callers.ctx.tenant, callers.prefix
+    assert tenant.isidentifier() or tenant.replace("-", "").isalnum(), tenant
+    return mesh.stored_rows(
+        "SELECT idempotency_key, toString(event_id) AS event_id FROM feedback "
+        f"WHERE tenant = '{tenant}' AND startsWith(idempotency_key, '{prefix}-')"
+    )
 
 
 def assert_every_key_landed_once(
@@ -105,22 +106,10 @@ def assert_every_key_landed_once(
     """Every acknowledged key (and the event id its caller got) is in ClickHouse, and the
     feedback statistics — the newest record per key — count each key once, however many
     raw rows retries left (a retry whose first attempt reached the log but not its caller
-    is a second row: services/feedback/idempotency.py)."""
+    is a second row: services/feedback/idempotency.py). Waits for the mesh's sink to catch
+    up, reads its statistics, stops it, then reads the raw rows straight from its store."""
     acked = dict(callers.acked)
-    deadline = time.monotonic() + within_s
-    while True:
-        rows = feedback_rows(mesh, callers.prefix)
-        found = {str(r["idempotency_key"]) for r in rows}
-        if found >= set(acked):
-            break
-        if time.monotonic() > deadline:
-            lost = sorted(set(acked) - found)
-            raise AssertionError(f"{len(lost)} of {len(acked)} acknowledged keys lost: {lost[:5]}")
-        time.sleep(1)
-    assert set(acked.values()) <= {str(r["event_id"]) for r in rows}
-    raw = Counter(str(r["idempotency_key"]) for r in rows)
-    # every key submitted was acknowledged in the end (a caller retries until it is)
-    assert set(raw) == set(acked)
+    mesh.wait_sink_caught_up("llmops.feedback.v1", within_s)
     with mesh.channel("feedback") as channel:
         admin = feedback_pb2_grpc.FeedbackAdminServiceStub(channel)  # embedded: one port
         deadline = time.monotonic() + 30
@@ -128,9 +117,19 @@ def assert_every_key_landed_once(
             stats = admin.GetFeedbackStats(
                 feedback_pb2.GetFeedbackStatsRequest(tenant=callers.ctx.tenant), timeout=10
             )
-            if stats.received_count >= len(rows) or time.monotonic() > deadline:
+            counted = stats.received_count - stats.duplicate_count
+            if counted >= len(acked) or time.monotonic() > deadline:
                 break
             time.sleep(1)  # the statistics refresh every second (the tests' setting)
+    mesh.stop()
+    rows = feedback_rows(mesh, callers)
+    found = {str(r["idempotency_key"]) for r in rows}
+    lost = sorted(set(acked) - found)
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged keys lost: {lost[:5]}"
+    assert set(acked.values()) <= {str(r["event_id"]) for r in rows}
+    raw = Counter(str(r["idempotency_key"]) for r in rows)
+    # every key submitted was acknowledged in the end (a caller retries until it is)
+    assert set(raw) == set(acked)
     print(f"{len(rows)} raw rows for {len(raw)} keys "
           f"({sum(n > 1 for n in raw.values())} keys twice); counted {stats.received_count} "
           f"received, {stats.duplicate_count} superseded")  # fmt: skip

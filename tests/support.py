@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +63,9 @@ def mesh_credentials(state_dir: Path, token: str | None = "operator") -> grpc.Ch
     return grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(secret))
 
 
+_REPO = Path(__file__).resolve().parents[1]
+
+
 @dataclass
 class RunningMesh:
     proc: subprocess.Popen[str]
@@ -85,6 +90,44 @@ class RunningMesh:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def wait_sink_caught_up(self, topic: str, within_s: float = 120) -> None:
+        """Until the embedded sink of ``topic`` has stored and committed every record the
+        log held: its lag gauge (``llmops_sink_lag_records``, exported every 5 s) reads 0
+        on every partition."""
+        url = f"http://127.0.0.1:{self.env['LLMOPS__SINK__ADMIN_PORT']}/metrics"
+        deadline = time.monotonic() + within_s
+        lags: list[float] = []
+        while True:
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                text = reply.read().decode()
+            lags = [
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("llmops_sink_lag_records{") and f'topic="{topic}"' in line
+            ]
+            if lags and not any(lags):
+                return
+            assert time.monotonic() < deadline, f"the {topic} sink still lags: {lags}"
+            time.sleep(1)
+
+    def stop(self, within_s: float = 60) -> None:
+        """Stop the mesh as an operator would (SIGTERM: a graceful shutdown)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(within_s)
+
+    def stored_rows(self, sql: str) -> list[dict[str, object]]:
+        """Rows of ``sql`` read straight from the stopped mesh's ClickHouse (no row cap, no
+        endpoint), in a process of their own: chdb opens one data directory per process."""
+        assert self.proc.poll() is not None, "stop the mesh first: chdb has one owner"
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.read_clickhouse", sql],
+            env=self.env, capture_output=True, text=True, timeout=120, cwd=_REPO,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        rows: list[dict[str, object]] = json.loads(done.stdout)
+        return rows
 
 
 def mesh_env(
@@ -150,6 +193,10 @@ def running(
     argv: list[str], tmp: Path, env: dict[str, str], **kw: object
 ) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     log_path = tmp / "server.log"
+    runs = 1
+    while log_path.exists():  # an earlier run's log is kept: a restart's test reads both
+        runs += 1
+        log_path = tmp / f"server.{runs}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", *argv], env=env, stdout=log, stderr=subprocess.STDOUT,

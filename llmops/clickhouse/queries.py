@@ -20,6 +20,9 @@ from typing import Any
 from llmops.clickhouse.base import ClickHouseStore
 
 MINUTE_ROLLUP_MAX = timedelta(hours=6)
+MAX_RECENT_ROWS = 1000
+"""Most rows one ``llmops logs`` call (and the logs endpoint) returns: a larger limit is
+refused, never silently cut."""
 QUANTILES = "0.5, 0.95, 0.99"
 ROLLUP_SETTINGS = (
     " SETTINGS merge_tree_min_rows_for_concurrent_read = 1024,"

@@ -16,10 +16,19 @@ Guarantees:
   sent), ``publish()`` raises :class:`~llmops.errors.ResourceExhausted` (RESOURCE_EXHAUSTED at
   the RPC edge) and counts the rejection. The caller decides: fail the RPC, or drop a
   best-effort event knowingly.
+- **Overload spills.** With an ``overflow`` spill (:mod:`llmops.events.spill`: a local log,
+  fsynced), a log that keeps refusing does not fill the buffer: a second thread, the
+  spiller, appends everything buffered to the spill once half of the capacity is waiting
+  (``spill_at``), and when an RPC has waited ``spill_after_s`` for a durable event also the
+  batch whose send has been under way that long; spilled events count as durable (on this
+  machine's disk). Events complete out of order then: a sequence number is durable once
+  every event up to it is in the log or the spill. The sender replays the spill into the
+  log in chunks between batches once the log takes sends again, then deletes it. Replayed
+  events arrive after newer ones (at-least-once, not in order; consumers dedupe on
+  ``event_id``). What a previous process spilled is replayed the same way.
 - **Shutdown flushes.** ``close(timeout_s)`` delivers what is buffered; what the log does
-  not take in time goes to the spill when one is given (:mod:`llmops.events.spill`: a local
-  log replayed at the next start), else :class:`UndeliveredEvents` says how many were not
-  delivered.
+  not take in time goes to the spill when one is given (the ``overflow`` spill by default),
+  else :class:`UndeliveredEvents` says how many were not delivered.
 """
 
 from __future__ import annotations
@@ -64,6 +73,24 @@ class Spill(Protocol):
     """Where :meth:`EventPublisher.close` puts what the log did not take in time."""
 
     def send(self, records: Sequence[Record], timeout_s: float) -> None: ...
+
+
+class Overflow(Spill, Protocol):
+    """A spill the publisher also replays from (:class:`~llmops.events.spill.SpillLog`)."""
+
+    def topics(self) -> list[str]: ...
+
+    def replay(
+        self, target: EventLog, *, timeout_s: float, batch: int, limit: int | None
+    ) -> int: ...
+
+    def clear(self) -> None: ...
+
+
+REPLAY_CHUNK = 20_000
+"""Most spilled events replayed between two batches (new events wait behind a chunk)."""
+SPILL_RETRY_S = 5.0
+"""After a spill or replay attempt failed, wait this long before the next one (default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +140,18 @@ class PublisherMetrics:
             "Events accepted and not yet delivered (buffered or being sent).",
             registry=registry,
         )
+        self.spilled = Counter(
+            "llmops_events_spilled_total",
+            "Events appended to the local spill instead of the log (the log refused them "
+            "while the buffer filled, or at shutdown); replayed into the log later.",
+            ("reason",),
+            registry=registry,
+        )
+        self.replayed = Counter(
+            "llmops_events_replayed_total",
+            "Spilled events replayed into the log.",
+            registry=registry,
+        )
         self.send_seconds = Histogram(
             "llmops_events_send_seconds",
             "Duration of successful batch sends to the log, in seconds.",
@@ -138,6 +177,10 @@ class EventPublisher:
         producer: str = "",
         topics: Mapping[str, str] = KIND_TOPICS,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        overflow: Overflow | None = None,
+        spill_at: float = 0.5,
+        spill_after_s: float = 2.0,
+        spill_retry_s: float = SPILL_RETRY_S,
     ) -> None:
         """``capacity``: most events accepted and not yet delivered (memory bound: capacity
         x event size). ``max_batch``: most events per ``log.send``. ``linger_s``: how long a
@@ -145,9 +188,15 @@ class EventPublisher:
         ``registry``: where the metrics register (a private registry when None).
         ``producer``: EventEnvelope.producer filled when empty. ``topics``: event kind ->
         topic (tests and benchmarks route to their own topics). ``max_record_bytes``: the
-        largest serialized event (key included) accepted."""
+        largest serialized event (key included) accepted. ``overflow``: where events go
+        while the log refuses them (None: they wait in the buffer); ``spill_at``: the
+        fraction of ``capacity`` waiting that spills; ``spill_after_s``: how long an RPC
+        waiting for a durable event waits on a refusing log before its events spill;
+        ``spill_retry_s``: the wait after a spill or replay attempt failed."""
         if capacity < 1 or max_batch < 1:
             raise ValueError("capacity and max_batch must be >= 1")
+        if not 0 < spill_at <= 1:
+            raise ValueError("spill_at must be in (0, 1]")
         self._log = log
         self.capacity = capacity
         self._max_batch = max_batch
@@ -166,26 +215,45 @@ class EventPublisher:
         lock = threading.Lock()
         self._work = threading.Condition(lock)  # the sender waits on it for events
         self._progress = threading.Condition(lock)  # flush() waits on it for deliveries
-        self._pending = 0  # accepted, not yet delivered (buffered + the batch being sent)
+        self._spill_wake = threading.Condition(lock)  # the spiller waits on it
+        self._pending = 0  # accepted, not yet done (buffered, being sent or spilled)
         self._accepted = 0  # sequence number of the last accepted event
-        self._done = 0  # events delivered, in acceptance order
+        self._taken = 0  # sequence number of the last event taken from the buffer
+        self._done = 0  # every event up to this sequence number is in the log (or spill)
+        self._completed: list[tuple[int, int]] = []  # done ranges beyond _done, a min-heap
         self._first_at = 0.0  # monotonic time the oldest buffered event was accepted
         self._flushing = 0  # flush() calls waiting: skip the linger
-        # publish_durable() calls waiting: (sequence, tie-breaker, loop, future), a min-heap
-        self._waiters: list[tuple[int, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # publish_durable() calls waiting: (sequence, tie-breaker, since, loop, future), a
+        # min-heap; ``since``: monotonic time the wait began
+        self._waiters: list[
+            tuple[int, int, float, asyncio.AbstractEventLoop, asyncio.Future[None]]
+        ] = []
         self._waiter_ids = itertools.count()
         self._state = "new"  # new -> running -> closing -> closed
         self._abandon = False
         self._thread: threading.Thread | None = None
-        self._sending: list[Record] = []  # the batch the sender thread is delivering
+        self._sending: _Batch | None = None  # the batch the sender thread is delivering
         self.last_error: str | None = None
         """Why the log refused the last send, while it keeps refusing (None once one succeeds):
         what a caller waiting for durability is told (a full disk, a broker away)."""
+        self._overflow = overflow
+        self._spiller: threading.Thread | None = None
+        self._spilling: list[_Batch] = []  # batches the spiller took from the buffer
+        self._spill_io = threading.Lock()  # spill appends vs deleting a replayed spill
+        self._spill_threshold = max(1, int(capacity * spill_at))
+        self._spill_after_s = spill_after_s
+        self._spill_retry_s = spill_retry_s
+        self._spill_retry_at = 0.0  # monotonic: no spill attempt before (one just failed)
+        # the spill holds events to replay (a previous process's too); none before _replay_at
+        self._replay_pending = overflow is not None and bool(overflow.topics())
+        self._replay_at = 0.0
+        self._replayed = 0  # replayed since the spill was last empty
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> EventPublisher:
-        """Start the sender thread (idempotent); returns self."""
+        """Start the sender thread, and the spiller's with an ``overflow`` (idempotent);
+        returns self."""
         with self._work:
             if self._state == "new":
                 self._state = "running"
@@ -193,34 +261,45 @@ class EventPublisher:
                     target=self._run, name=f"llmops-publisher-{self._log.name}", daemon=True
                 )
                 self._thread.start()
+                if self._overflow is not None:
+                    self._spiller = threading.Thread(
+                        target=self._run_spiller, name="llmops-publisher-spill", daemon=True
+                    )
+                    self._spiller.start()
         return self
 
     def close(self, timeout_s: float = 10.0, spill: Spill | None = None) -> None:
         """Stop accepting, deliver what is buffered within ``timeout_s``, stop the thread.
 
-        What the log did not take in time goes to ``spill`` when given (a local log the next
-        start replays: :mod:`llmops.events.spill`). Raises :class:`UndeliveredEvents` (count
+        What the log did not take in time goes to ``spill`` (default: the ``overflow``
+        spill) when there is one (a local log the next start replays:
+        :mod:`llmops.events.spill`). Raises :class:`UndeliveredEvents` (count
         of events neither appended nor spilled) otherwise; it may then wait up to
         ``send_timeout_s`` more for a send in progress to finish. Does not close the log
         (its owner does).
         """
+        spill = spill if spill is not None else self._overflow
         with self._work:
             if self._state in ("closing", "closed"):
                 return
             started = self._state == "running"
             self._state = "closing"
             self._work.notify()
+            self._spill_wake.notify()
         delivered = self.flush(timeout_s) if started else self._pending == 0
         with self._work:
             self._abandon = not delivered
             self._work.notify()
-        if self._thread is not None:
-            self._thread.join(self._send_timeout_s + 1.0)
+        for thread in (self._thread, self._spiller):
+            if thread is not None:
+                thread.join(self._send_timeout_s + 1.0)
         with self._work:
             self._state = "closed"
             left = self._pending
-            # the batch being sent (a send may still be stuck in it) and what waits behind
-            held = [*self._sending, *self._buffer] if left else []
+            # the batch being sent (a send may still be stuck in it), what the spiller held,
+            # and what waits behind
+            unfinished = [b for b in (self._sending, *self._spilling) if b and not b.done]
+            held = [r for b in unfinished for r in b.records] + list(self._buffer)
         if held and spill is not None:
             try:
                 spill.send(held, self._send_timeout_s)
@@ -231,9 +310,11 @@ class EventPublisher:
                     "events_spilled", count=len(held), backend=self._log.name,
                     reason=self.last_error or "close timed out",
                 )  # fmt: skip
+                self.metrics.spilled.labels("shutdown").inc(len(held))
                 with self._work:
                     self._buffer.clear()
-                    self._sending = []
+                    self._sending = None
+                    self._spilling = []
                     self._pending = 0
                 self.metrics.depth.dec(len(held))
                 return
@@ -304,8 +385,10 @@ class EventPublisher:
         with self._progress:
             if self._done >= sequence:
                 return
-            heapq.heappush(self._waiters, (sequence, next(self._waiter_ids), loop, future))
+            waiter = (sequence, next(self._waiter_ids), time.monotonic(), loop, future)
+            heapq.heappush(self._waiters, waiter)
             self._work.notify()
+            self._spill_wake.notify()
         try:
             await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
@@ -378,6 +461,8 @@ class EventPublisher:
             sequence = self._accepted
             if len(self._buffer) == self._max_batch:
                 self._work.notify()
+            if self._pending >= self._spill_threshold and self._overflow is not None:
+                self._spill_wake.notify()
         self._published[kind].inc()
         self.metrics.depth.inc()
         return sequence
@@ -405,6 +490,8 @@ class EventPublisher:
             target = self._accepted
             if len(self._buffer) >= self._max_batch:
                 self._work.notify()
+            if self._pending >= self._spill_threshold and self._overflow is not None:
+                self._spill_wake.notify()
         for _, kind in records:
             self._published[kind].inc()
         self.metrics.depth.inc(len(records))
@@ -441,12 +528,15 @@ class EventPublisher:
             batch = self._next_batch()
             if batch is None:
                 return
-            if not self._deliver(batch):
+            if batch.records and not self._deliver(batch):
                 return
+            if self._replay_pending and time.monotonic() >= self._replay_at:
+                self._replay_step()
 
-    def _next_batch(self) -> list[Record] | None:
-        """The next batch once it is full, has lingered, or a flush/close wants it; None
-        when closing with nothing left (or abandoned)."""
+    def _next_batch(self) -> _Batch | None:
+        """The next batch once it is full, has lingered, or a flush/close wants it; an
+        empty one when idle and a spill replay is due; None when closing with nothing left
+        (or abandoned)."""
         with self._work:
             while True:
                 if self._abandon:
@@ -455,69 +545,241 @@ class EventPublisher:
                     wait = self._first_at + self._linger_s - time.monotonic()
                     urgent = self._flushing or self._waiters or self._state != "running"
                     if len(self._buffer) >= self._max_batch or urgent or wait <= 0:
-                        return self._take()
+                        batch = self._take(self._max_batch)
+                        batch.since = time.monotonic()
+                        self._sending = batch
+                        if self._waiters:  # the spiller times a batch that durable calls wait on
+                            self._spill_wake.notify()
+                        return batch
                     self._work.wait(wait)
                 elif self._state != "running":
                     return None
+                elif self._replay_pending:
+                    wait = self._replay_at - time.monotonic()
+                    if wait <= 0:
+                        return _Batch([], 0)
+                    self._work.wait(wait)
                 else:
                     self._work.wait()
 
-    def _take(self) -> list[Record]:
-        n = min(self._max_batch, len(self._buffer))
-        batch = [self._buffer.popleft() for _ in range(n)]
+    def _take(self, most: int) -> _Batch:
+        """Under the lock: up to ``most`` events from the head of the buffer."""
+        n = min(most, len(self._buffer))
+        batch = _Batch([self._buffer.popleft() for _ in range(n)], self._taken + 1)
+        self._taken += n
         self._first_at = time.monotonic()
         return batch
 
-    def _deliver(self, batch: list[Record]) -> bool:
-        """Append ``batch``, retrying with back-off until it is; False if abandoned."""
-        with self._work:
-            self._sending = batch
+    def _deliver(self, batch: _Batch) -> bool:
+        """Append ``batch``, retrying with back-off until it is (or the spiller spilled
+        it); False if abandoned."""
         attempt = 0
-        while True:
+        while not batch.done:
             started = time.perf_counter()
             try:
-                self._log.send(batch, self._send_timeout_s)
+                self._log.send(batch.records, self._send_timeout_s)
             except Exception as exc:  # any failure: keep the batch and retry it
                 self.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
                 attempt += 1
                 self.metrics.send_failures.inc()
                 delay = self._backoff.delay(attempt)
                 log.warning(
-                    "events_send_failed", backend=self._log.name, events=len(batch),
+                    "events_send_failed", backend=self._log.name, events=len(batch.records),
                     attempt=attempt, retry_in_s=delay, error=str(exc),
                 )  # fmt: skip
-                if self._sleep_unless_abandoned(delay):
+                if self._sleep_unless_abandoned(delay, batch):
                     return False
                 continue
             self.metrics.send_seconds.observe(time.perf_counter() - started)
             self.last_error = None
-            self._mark_delivered(batch)
-            return True
+            if self._replay_pending:  # the log takes sends again: replay the spill now
+                self._replay_at = 0.0
+            self._complete(batch, delivered=True)
+            break
+        with self._work:
+            self._sending = None
+        return True
 
-    def _sleep_unless_abandoned(self, delay_s: float) -> bool:
-        """Sleep ``delay_s`` (publishes do not cut it short); True if close() gave up."""
+    def _sleep_unless_abandoned(self, delay_s: float, batch: _Batch) -> bool:
+        """Sleep ``delay_s`` (publishes do not cut it short; the spiller taking ``batch``
+        does); True if close() gave up."""
         end = time.monotonic() + delay_s
         with self._work:
-            while not self._abandon and (left := end - time.monotonic()) > 0:
+            while not self._abandon and not batch.done and (left := end - time.monotonic()) > 0:
                 self._work.wait(left)
             return self._abandon
 
-    def _mark_delivered(self, batch: list[Record]) -> None:
-        per_topic: dict[str, int] = {}
-        for r in batch:
-            per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
-        for topic, n in per_topic.items():
-            self._delivered[topic].inc(n)
-        self.metrics.depth.dec(len(batch))
+    def _complete(self, batch: _Batch, *, delivered: bool) -> bool:
+        """``batch`` is in the log (``delivered``) or the spill: advance what is durable
+        and wake who waits for it. False when it was done already (spilled while its send
+        was still under way, and then appended too: a duplicate, at-least-once)."""
+        if delivered:
+            per_topic: dict[str, int] = {}
+            for r in batch.records:
+                per_topic[r.topic] = per_topic.get(r.topic, 0) + 1
+            for topic, n in per_topic.items():
+                self._delivered[topic].inc(n)
         with self._progress:
-            self._sending = []
-            self._pending -= len(batch)
-            self._done += len(batch)
+            if batch.done:
+                return False
+            batch.done = True
+            n = len(batch.records)
+            heapq.heappush(self._completed, (batch.first, batch.first + n - 1))
+            while self._completed and self._completed[0][0] == self._done + 1:
+                self._done = heapq.heappop(self._completed)[1]
+            self._pending -= n
             self._progress.notify_all()
+            self._work.notify()  # a sender backing off on this batch stops waiting
             while self._waiters and self._waiters[0][0] <= self._done:
-                _, _, loop, future = heapq.heappop(self._waiters)
+                loop, future = heapq.heappop(self._waiters)[3:]
                 with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
                     loop.call_soon_threadsafe(_resolve, future)
+        self.metrics.depth.dec(n)
+        return True
+
+    # -- the overflow spill ----------------------------------------------------------------
+
+    def _run_spiller(self) -> None:
+        """While running: spill what is due (:meth:`_spill_plan`), else sleep until it may
+        be."""
+        while True:
+            with self._spill_wake:
+                while True:
+                    if self._state != "running":
+                        return
+                    plan, wait = self._spill_plan(time.monotonic())
+                    if plan:
+                        break
+                    self._spill_wake.wait(wait)
+            for batch in plan:
+                self._spill(batch)
+
+    def _spill_plan(self, now: float) -> tuple[list[_Batch], float | None]:
+        """Under the lock: the batches to spill now — once ``spill_at`` of the capacity is
+        waiting, or a durable call has waited ``spill_after_s``: the sender's batch when its
+        send has been under way that long, and everything buffered — else how long until
+        one may be due (None: until woken)."""
+        if now < self._spill_retry_at:
+            return [], self._spill_retry_at - now
+        sending = self._sending
+        if sending is not None and (sending.done or sending.spilling):
+            sending = None
+        waited = min((w[2] for w in self._waiters), default=None)
+        due = self._pending >= self._spill_threshold or (
+            waited is not None and now - waited >= self._spill_after_s
+        )
+        plan: list[_Batch] = []
+        if due:
+            if sending is not None and now - sending.since >= self._spill_after_s:
+                sending.spilling = True
+                plan.append(sending)
+            if self._buffer:
+                taken = self._take(len(self._buffer))
+                self._spilling.append(taken)
+                plan.append(taken)
+            if plan:
+                return plan, None
+        times = []
+        if sending is not None and (due or waited is not None):
+            times.append(sending.since + self._spill_after_s)
+        if waited is not None and self._buffer:
+            times.append(waited + self._spill_after_s)
+        return [], max(0.001, min(times) - now) if times else None
+
+    def _spill(self, batch: _Batch) -> bool:
+        """Append ``batch`` to the overflow spill; it is then done (durable on this disk).
+        When the spill refuses: the sender's batch stays the sender's; one taken from the
+        buffer is sent to the log instead, or tried again after ``spill_retry_s`` (it is
+        the spiller's until done, or the close's). False when the spill refused."""
+        assert self._overflow is not None
+        while True:
+            try:
+                with self._spill_io:
+                    self._overflow.send(batch.records, self._send_timeout_s)
+            except Exception as exc:
+                error = redact_text(str(exc))
+                log.error(
+                    "events_spill_failed", count=len(batch.records), error=error,
+                    retry_in_s=self._spill_retry_s,
+                )  # fmt: skip
+            else:
+                self._spilled(batch)
+                return True
+            with self._spill_wake:
+                self._spill_retry_at = time.monotonic() + self._spill_retry_s
+                if batch is self._sending:
+                    batch.spilling = False
+                    return False
+            with contextlib.suppress(Exception):  # the log may be back meanwhile
+                self._log.send(batch.records, self._send_timeout_s)
+                self._complete(batch, delivered=True)
+                with self._spill_wake:
+                    self._spilling.remove(batch)
+                return False
+            with self._spill_wake:
+                self._spill_wake.wait(self._spill_retry_s)
+                if self._state != "running":
+                    return False  # close() spills or counts it
+
+    def _spilled(self, batch: _Batch) -> None:
+        first_done = self._complete(batch, delivered=False)
+        with self._spill_wake:
+            if batch in self._spilling:
+                self._spilling.remove(batch)
+            self._replay_pending = True
+            self._replay_at = time.monotonic() + self._spill_retry_s
+        if first_done:
+            self.metrics.spilled.labels("overload").inc(len(batch.records))
+            log.warning(
+                "events_spilled", count=len(batch.records), backend=self._log.name,
+                waiting=self._pending, reason=self.last_error,
+                replay="once the log takes sends again",
+            )  # fmt: skip
+
+    def _replay_step(self) -> None:
+        """Replay a chunk of the overflow spill into the log; delete the spill once it is
+        all replayed; on failure try again after ``spill_retry_s``."""
+        assert self._overflow is not None
+        try:
+            sent = self._replay()
+            if sent < REPLAY_CHUNK:  # caught up: once more with spills held off, then delete
+                with self._spill_io:
+                    last = self._replay()
+                    sent += last
+                    if last == 0:
+                        self._overflow.clear()
+                        with self._work:
+                            self._replay_pending = False
+        except Exception as exc:
+            self._replay_at = time.monotonic() + self._spill_retry_s
+            log.warning(
+                "events_spill_replay_waiting", error=redact_text(str(exc)),
+                retry_in_s=self._spill_retry_s,
+            )  # fmt: skip
+            return
+        self._replayed += sent
+        if not self._replay_pending:
+            log.warning("events_spill_replayed", events=self._replayed, backend=self._log.name)
+            self._replayed = 0
+
+    def _replay(self) -> int:
+        assert self._overflow is not None
+        sent = self._overflow.replay(
+            self._log, timeout_s=self._send_timeout_s, batch=self._max_batch, limit=REPLAY_CHUNK
+        )
+        self.metrics.replayed.inc(sent)
+        return sent
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """Events taken from the buffer together: sequence numbers ``first`` onwards."""
+
+    records: list[Record]
+    first: int
+    since: float = 0.0  # monotonic time its first send began
+    spilling: bool = False  # the spiller is appending it to the spill
+    done: bool = False  # in the log or the spill
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -1,13 +1,16 @@
 """Accepted events that the event log could not take before the process stopped.
 
-The publisher holds accepted events in memory until the log has them. When a process shuts
-down while the log is away (Kafka unreachable at SIGTERM), what is still held would be lost
-with the process; instead :meth:`EventPublisher.close` appends it to a **spill**: a local
-log under ``state_dir/spill`` (fsynced, one partition per topic, so order is kept), and
-says so in the service log. The next process on that state directory replays the spill into
-the event log (:func:`replay_in_background`: :meth:`SpillLog.replay` on a thread of its own,
-from the spill's own committed offsets: a replay cut short resumes where it stopped),
-at-least-once like every send — consumers dedupe on ``event_id``.
+The publisher holds accepted events in memory until the log has them. When the log is away
+(Kafka unreachable) those would pile up until the buffer refused new ones, and a process
+shutting down then would lose them; instead the publisher appends them to a **spill**: a
+local log under ``state_dir/spill`` (fsynced, one partition per topic, so order is kept),
+once half of its buffer is waiting or an RPC has waited too long for a durable event, and
+at shutdown (:meth:`EventPublisher.close`), and says so in the service log. The sender
+thread replays the spill into the event log (:meth:`SpillLog.replay`, in chunks between
+batches, from the spill's own committed offsets: a replay cut short resumes where it
+stopped) once the log takes sends again — also what a previous process on that state
+directory spilled — then deletes it; at-least-once like every send, consumers dedupe on
+``event_id``.
 
 Embedded mode has nothing to spill to: its event log already is the local log on the same
 disk. A process killed with SIGKILL spills nothing; only ``events.durable`` kinds are safe
@@ -17,13 +20,13 @@ from that.
 from __future__ import annotations
 
 import os
-import threading
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
-from llmops.events.base import EventLog, LogUnavailable, Record, TopicPartition
+from llmops.events.base import EventLog, Record, TopicPartition
 from llmops.events.local_log import LocalLog
 
 log = structlog.get_logger("llmops.events.spill")
@@ -52,15 +55,27 @@ class SpillLog:
         finally:
             spill.close()
 
+    def clear(self) -> None:
+        """Delete the spill (everything in it was replayed): the disk it took comes back."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
     def topics(self) -> list[str]:
         try:
             return sorted(os.listdir(self.directory / "topics"))
         except FileNotFoundError:
             return []
 
-    def replay(self, target: EventLog, *, timeout_s: float = 30.0, batch: int = 1000) -> int:
-        """Send everything spilled and not yet replayed to ``target``; the count sent.
-        Raises LogUnavailable when ``target`` refuses (the rest stays for the next try)."""
+    def replay(
+        self,
+        target: EventLog,
+        *,
+        timeout_s: float = 30.0,
+        batch: int = 1000,
+        limit: int | None = None,
+    ) -> int:
+        """Send everything spilled and not yet replayed to ``target`` (at most about
+        ``limit`` events, whole batches, when given); the count sent. Raises LogUnavailable
+        when ``target`` refuses (the rest stays for the next try)."""
         topics = self.topics()
         if not topics:
             return 0
@@ -69,7 +84,7 @@ class SpillLog:
         try:
             consumer = spill.consumer(REPLAY_GROUP, topics)
             try:
-                while True:
+                while limit is None or sent < limit:
                     got = consumer.poll(batch, 0.0)
                     if not got:
                         return sent
@@ -82,35 +97,8 @@ class SpillLog:
                         offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
                     consumer.commit(offsets)
                     sent += len(got)
+                return sent
             finally:
                 consumer.close()
         finally:
             spill.close()
-
-
-def replay_in_background(
-    spill: SpillLog, target: EventLog, *, retry_s: float = 5.0, stop: threading.Event
-) -> threading.Thread | None:
-    """Replay ``spill`` into ``target`` on a daemon thread, retrying every ``retry_s`` while
-    the target refuses; None when there is nothing spilled."""
-    if not spill.topics():
-        return None
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                sent = spill.replay(target)
-            except LogUnavailable as exc:
-                log.warning("events_spill_replay_waiting", error=str(exc), retry_in_s=retry_s)
-                stop.wait(retry_s)
-                continue
-            except Exception:  # a damaged spill must not take the process down; say so
-                log.exception("events_spill_replay_failed", spill=str(spill.directory))
-                return
-            if sent:
-                log.warning("events_spill_replayed", events=sent, spill=str(spill.directory))
-            return
-
-    thread = threading.Thread(target=run, name="events-spill-replay", daemon=True)
-    thread.start()
-    return thread

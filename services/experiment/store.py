@@ -139,7 +139,8 @@ class FileConfigStore:
     def _delete_outbox(self, event_ids: Sequence[str]) -> None:
         data = self._read()
         staged = data.get("audit_outbox", {})
-        if any(staged.pop(e, None) is not None for e in list(event_ids)):
+        removed = [e for e in event_ids if staged.pop(e, None) is not None]
+        if removed:
             self._replace(data)
 
     def _write(

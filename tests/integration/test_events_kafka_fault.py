@@ -1,5 +1,7 @@
 """Fault test: the broker is stopped (SIGTERM) — and, in a second run, killed with SIGKILL —
-while 10,000 events are published, then restarted.
+while 10,000 events are published, then restarted. A third run stops it with a publisher
+whose buffer (2,000) is far smaller than what arrives while the broker is away: the spill
+(``state_dir/spill`` in a real deployment) takes the rest and is replayed afterwards.
 
 Nothing accepted may be lost: a fresh consumer group must find every event_id. Duplicates are
 allowed in the log (at-least-once) and reported; in ClickHouse, after the sink, the counts
@@ -27,6 +29,7 @@ from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.clickhouse.migrations import apply_migrations
 from llmops.events.kafka_log import KafkaLog
 from llmops.events.publisher import EventPublisher, RetryBackoff
+from llmops.events.spill import SpillLog
 from llmops.events.synthetic import prediction_envelope
 from llmops.sink.runner import SinkThreads, build_sinks
 from llmops.v1 import events_pb2
@@ -59,6 +62,10 @@ def fault_topic(kafka_bootstrap: str) -> Iterator[str]:
 def _publish(pub: EventPublisher, rng: random.Random, n: int, ids: list[str]) -> None:
     for _ in range(n):
         env = prediction_envelope(rng, event_time_ns=time.time_ns())
+        deadline = time.monotonic() + 5  # room comes back as the spiller spills
+        while not pub.has_room(1):
+            assert time.monotonic() < deadline, f"no room: {pub.pending} waiting"
+            time.sleep(0.005)
         pub.publish(env)
         ids.append(env.prediction.event_id)
         if len(ids) % 100 == 0:
@@ -91,20 +98,23 @@ def _kill_broker() -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("how", ["stopped", "killed"])
+@pytest.mark.parametrize("how", ["stopped", "killed", "stopped-spilling"])
 def test_broker_outage_while_publishing_loses_nothing(
-    kafka_bootstrap: str, fault_topic: str, chdb_session: Any, how: str
+    kafka_bootstrap: str, fault_topic: str, chdb_session: Any, how: str, tmp_path: Path
 ) -> None:
     registry = CollectorRegistry()
     log = KafkaLog(kafka_bootstrap, connect_timeout_s=2, request_timeout_s=5)
+    spill = SpillLog(tmp_path / "spill") if how.endswith("spilling") else None
     pub = EventPublisher(
         log,
-        capacity=2 * TOTAL,
+        capacity=2000 if spill else 2 * TOTAL,
         max_batch=500,
         send_timeout_s=3,
         retry_backoff=RetryBackoff(0.1, 1.0),
         registry=registry,
         topics={"prediction": fault_topic},
+        overflow=spill,
+        spill_retry_s=0.5,
     ).start()
     rng, ids = random.Random(11), []
     try:
@@ -112,7 +122,7 @@ def test_broker_outage_while_publishing_loses_nothing(
         assert pub.flush(30)
 
         stopper = threading.Thread(
-            target=(lambda: _script("kafka", "stop", 120)) if how == "stopped" else _kill_broker
+            target=_kill_broker if how == "killed" else (lambda: _script("kafka", "stop", 120))
         )
         stopper.start()
         _publish(pub, rng, 4000, ids)  # while the broker shuts down
@@ -120,15 +130,27 @@ def test_broker_outage_while_publishing_loses_nothing(
         assert not probe_kafka(), "the broker did not stop"
         _publish(pub, rng, TOTAL - 7000, ids)  # broker down: everything waits in the buffer
         time.sleep(6)  # longer than request_timeout_s: in-flight produce requests time out
-        assert pub.pending > 0
         failures = registry.get_sample_value(
             "llmops_events_send_failures_total", {"backend": "kafka"}
         )
         assert failures and failures > 0
+        spilled = registry.get_sample_value("llmops_events_spilled_total", {"reason": "overload"})
+        if spill is None:
+            assert pub.pending > 0 and not spilled
+        else:  # more arrived than the buffer holds: the spill took them
+            assert spilled and spilled >= 7000 - 2000, spilled
+            assert (
+                registry.get_sample_value("llmops_events_rejected_total", {"topic": fault_topic})
+                == 0
+            )
 
         start = _script("kafka", "start", 180)
         assert start.returncode == 0, _output(start)
         assert pub.flush(120), f"{pub.pending} events still pending after the restart"
+        deadline = time.monotonic() + 120
+        while spill is not None and spill.directory.exists():  # replayed, then deleted
+            assert time.monotonic() < deadline, "the spill was not replayed"
+            time.sleep(0.2)
         pub.close(10)
     finally:
         log.close()
@@ -136,7 +158,7 @@ def test_broker_outage_while_publishing_loses_nothing(
     got = _consume_ids(kafka_bootstrap, fault_topic, TOTAL, timeout_s=90)
     counts = Counter(got)
     duplicates = sum(counts.values()) - len(counts)
-    print(f"\nfault test: {len(counts)} distinct of {TOTAL}, {duplicates} duplicates")
+    print(f"\nfault test ({how}): {len(counts)} distinct of {TOTAL}, {duplicates} duplicates")
     assert set(counts) == set(ids)
     assert len(counts) == TOTAL
 

@@ -3,13 +3,15 @@ by the next start (llmops.events.spill): nothing accepted is lost with the proce
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from llmops.errors import ResourceExhausted
 from llmops.events.base import LogUnavailable, Record
 from llmops.events.local_log import LocalLog
 from llmops.events.publisher import EventPublisher, RetryBackoff, UndeliveredEvents
@@ -129,24 +131,171 @@ def test_a_process_that_stops_while_kafka_is_away_spills_under_its_state_dir(
     assert sorted(_ids(got)) == sorted(e.prediction.event_id for e in sent)
 
 
-def test_the_next_start_replays_in_the_background_once_the_log_takes_it(tmp_path: Path) -> None:
-    import threading
-
-    from llmops.events.spill import replay_in_background
-
+def test_the_next_start_replays_the_spill_once_the_log_takes_it(tmp_path: Path) -> None:
+    """What an earlier process spilled is replayed by the next publisher on that spill,
+    retrying while the log refuses, then the spill is deleted."""
     spill = SpillLog(tmp_path / "spill")
     sent = _events(30, seed=4)
     spill.send([Record(TOPIC, b"k", e.SerializeToString()) for e in sent], 5)
     target = FlakyLog(LocalLog(tmp_path / "log", fsync=False))
     target.down.set()  # still away at start: the replay waits and retries
-    stop = threading.Event()
-    thread = replay_in_background(spill, target, retry_s=0.05, stop=stop)
-    assert thread is not None
-    time.sleep(0.2)
-    assert thread.is_alive() and target.calls >= 2
-    target.down.clear()
-    thread.join(10)
-    assert not thread.is_alive()
-    got = consume_all(target.inner, TOPIC, 30)
-    assert sorted(_ids(got)) == sorted(e.prediction.event_id for e in sent)
-    assert replay_in_background(SpillLog(tmp_path / "empty"), target, stop=stop) is None
+    publisher = EventPublisher(
+        target, retry_backoff=FAST, overflow=spill, spill_retry_s=0.05
+    ).start()
+    try:
+        _wait(lambda: target.calls >= 2)
+        assert spill.topics() == [TOPIC]  # refused: kept
+        target.down.clear()
+        _wait(lambda: not spill.directory.exists())  # replayed, then deleted
+        got = consume_all(target.inner, TOPIC, 30)
+        assert sorted(_ids(got)) == sorted(e.prediction.event_id for e in sent)
+        assert publisher.metrics.replayed._value.get() == 30
+    finally:
+        publisher.close(1)
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _publish_when_room(publisher: EventPublisher, env: events_pb2.EventEnvelope) -> None:
+    _wait(lambda: publisher.has_room(1), timeout_s=2.0)
+    publisher.publish(env)
+
+
+def _spilled(publisher: EventPublisher, reason: str) -> float:
+    return publisher.metrics.spilled.labels(reason)._value.get()
+
+
+def test_a_log_away_under_load_spills_instead_of_refusing_then_replays(tmp_path: Path) -> None:
+    """Kafka away while events keep coming: half the buffer waiting spills to disk, so a
+    buffer of 1,000 takes 5,000 events without one RESOURCE_EXHAUSTED; back, the log gets
+    every one (new ones at once, the spilled ones replayed), and the spill is deleted."""
+    primary = FlakyLog(LocalLog(tmp_path / "log", fsync=False))
+    primary.down.set()
+    spill = SpillLog(tmp_path / "spill")
+    publisher = EventPublisher(
+        primary, capacity=1000, max_batch=100, retry_backoff=FAST, overflow=spill,
+        spill_retry_s=0.05,
+    ).start()  # fmt: skip
+    sent = _events(5000, seed=5)
+    try:
+        for env in sent[:4000]:
+            _publish_when_room(publisher, env)  # without the spill: never room again
+        _wait(lambda: publisher.pending < 500)
+        assert _spilled(publisher, "overload") >= 3500
+        assert publisher.metrics.rejected.labels(TOPIC)._value.get() == 0
+        primary.down.clear()
+        for env in sent[4000:]:
+            _publish_when_room(publisher, env)
+        assert publisher.flush(10)
+        _wait(lambda: not spill.directory.exists())
+    finally:
+        publisher.close(1)
+    got = consume_all(primary.inner, TOPIC, 5000)
+    assert sorted(set(_ids(got))) == sorted(e.prediction.event_id for e in sent)
+    assert len(got) - len(set(_ids(got))) <= 100  # at most one batch sent twice
+
+
+def test_a_durable_wait_on_a_refusing_log_ends_on_the_spill(tmp_path: Path) -> None:
+    """An RPC waiting for a durable event (feedback, audit) is answered once the event is
+    fsynced in the spill after ``spill_after_s``, not failed at its timeout."""
+    primary = FlakyLog(LocalLog(tmp_path / "log", fsync=False))
+    primary.down.set()
+    spill = SpillLog(tmp_path / "spill")
+    publisher = EventPublisher(
+        primary, retry_backoff=RetryBackoff(initial_s=1.0, max_s=1.0), overflow=spill,
+        spill_after_s=0.2, spill_retry_s=0.05,
+    ).start()  # fmt: skip
+    try:
+        started = time.monotonic()
+        asyncio.run(publisher.publish_durable(_events(3, seed=6), timeout_s=5))
+        assert time.monotonic() - started < 1.0  # not the 1 s back-off, not the timeout
+        assert _spilled(publisher, "overload") == 3 and spill.topics() == [TOPIC]
+    finally:
+        publisher.close(1)
+
+
+def test_a_spill_that_refuses_too_leaves_the_events_waiting(tmp_path: Path) -> None:
+    """Spill disk full as well: the events stay in the buffer (retried, spill attempts
+    spaced by ``spill_retry_s``), the buffer refuses when full, and nothing is lost."""
+    primary = FlakyLog(LocalLog(tmp_path / "log", fsync=False))
+    primary.down.set()
+
+    class FullDisk:
+        def __init__(self) -> None:
+            self.attempts = 0
+
+        def send(self, records: Sequence[Record], timeout_s: float) -> None:
+            self.attempts += 1
+            raise OSError(28, "No space left on device")
+
+        def topics(self) -> list[str]:
+            return []
+
+        def replay(self, *args: object, **kwargs: object) -> int:
+            raise AssertionError("nothing was spilled")
+
+        def clear(self) -> None:
+            raise AssertionError("nothing was spilled")
+
+    full = FullDisk()
+    publisher = EventPublisher(
+        primary, capacity=100, max_batch=10, retry_backoff=FAST, overflow=full,
+        spill_retry_s=0.2,
+    ).start()  # fmt: skip
+    sent = _events(100, seed=7)
+    for env in sent:
+        publisher.publish(env)
+    with pytest.raises(ResourceExhausted):
+        publisher.publish(_events(1, seed=8)[0])
+    time.sleep(0.5)
+    assert 1 <= full.attempts <= 4  # spaced by spill_retry_s, not a busy loop
+    primary.down.clear()
+    assert publisher.flush(10)
+    publisher.close(1)
+    got = consume_all(primary.inner, TOPIC, 100)
+    assert sorted(set(_ids(got))) == sorted(e.prediction.event_id for e in sent)
+
+
+class HangingLog(FlakyLog):
+    """A broker away as Kafka is: each send hangs for its timeout before it fails."""
+
+    def send(self, records: Sequence[Record], timeout_s: float) -> None:
+        if self.down.is_set():
+            self.calls += 1
+            time.sleep(min(timeout_s, 1.5))
+            if self.down.is_set():
+                raise LogUnavailable("request timed out")
+        super().send(records, timeout_s)
+
+
+def test_a_send_hanging_on_a_dead_broker_does_not_hold_back_the_spill(tmp_path: Path) -> None:
+    """While the sender waits out a send's timeout, the spiller still takes the buffer
+    (half full) and, after ``spill_after_s``, the batch under way that a durable call
+    waits for; the late failure of that send changes nothing."""
+    primary = HangingLog(LocalLog(tmp_path / "log", fsync=False))
+    primary.down.set()
+    spill = SpillLog(tmp_path / "spill")
+    publisher = EventPublisher(
+        primary, capacity=200, max_batch=50, send_timeout_s=1.5, retry_backoff=FAST,
+        overflow=spill, spill_after_s=0.3, spill_retry_s=0.05,
+    ).start()  # fmt: skip
+    sent = _events(1000, seed=9)
+    try:
+        started = time.monotonic()
+        asyncio.run(publisher.publish_durable(sent[:1], timeout_s=5))
+        assert 0.3 <= time.monotonic() - started < 1.4  # spilled, before the send gave up
+        for env in sent[1:]:
+            _publish_when_room(publisher, env)
+        assert time.monotonic() - started < 5  # 10 sends' timeouts would be 15 s
+        primary.down.clear()
+        assert publisher.flush(10)
+        _wait(lambda: not spill.directory.exists())
+    finally:
+        publisher.close(1)
+    got = consume_all(primary.inner, TOPIC, 1000)
+    assert sorted(set(_ids(got))) == sorted(e.prediction.event_id for e in sent)
