@@ -354,7 +354,8 @@ class EventPublisher:
         then they are buffered together only if the buffer has room for all of them
         (else :class:`~llmops.errors.ResourceExhausted` and nothing was buffered). Returns
         the sequence number of the last one (that of the last accepted event when empty)."""
-        records = [self._prepare(envelope) for envelope in envelopes]
+        stamp = divmod(time.time_ns(), 1_000_000_000)
+        records = [self._prepare(envelope, stamp) for envelope in envelopes]
         if records:
             return self._append_all(records)
         return self._accepted
@@ -370,7 +371,8 @@ class EventPublisher:
         :class:`TimeoutError` after ``timeout_s``: the events *were* accepted and will still
         be delivered (at-least-once), only not yet.
         """
-        records = [self._prepare(envelope) for envelope in envelopes]
+        stamp = divmod(time.time_ns(), 1_000_000_000)
+        records = [self._prepare(envelope, stamp) for envelope in envelopes]
         if not records:
             return
         await self.wait_durable(self._append_all(records), timeout_s)
@@ -404,11 +406,14 @@ class EventPublisher:
         take the room first; :meth:`publish_all` is the atomic check)."""
         return self._pending + count <= self.capacity
 
-    def _prepare(self, envelope: events_pb2.EventEnvelope) -> tuple[Record, str]:
+    def _prepare(
+        self, envelope: events_pb2.EventEnvelope, now: tuple[int, int] | None = None
+    ) -> tuple[Record, str]:
+        """``now``: (seconds, nanos) for ``publish_time`` (one reading for a whole batch)."""
         kind = self._validate(envelope)
         if not envelope.HasField("publish_time"):
             stamp = envelope.publish_time  # set directly: FromNanoseconds is pure Python
-            stamp.seconds, stamp.nanos = divmod(time.time_ns(), 1_000_000_000)
+            stamp.seconds, stamp.nanos = now or divmod(time.time_ns(), 1_000_000_000)
         if not envelope.key:
             envelope.key = event_key(envelope, kind)
         if self._producer and not envelope.producer:
@@ -483,8 +488,7 @@ class EventPublisher:
             if not self._buffer:
                 self._first_at = time.monotonic()
                 self._work.notify()
-            for record, _ in records:
-                self._buffer.append(record)
+            self._buffer.extend(record for record, _ in records)
             self._pending += len(records)
             self._accepted += len(records)
             target = self._accepted
@@ -492,8 +496,11 @@ class EventPublisher:
                 self._work.notify()
             if self._pending >= self._spill_threshold and self._overflow is not None:
                 self._spill_wake.notify()
-        for _, kind in records:
-            self._published[kind].inc()
+        per_kind: dict[str, int] = {}
+        for _, kind in records:  # one increment per kind, not per event (1,000-event batches)
+            per_kind[kind] = per_kind.get(kind, 0) + 1
+        for kind, n in per_kind.items():
+            self._published[kind].inc(n)
         self.metrics.depth.inc(len(records))
         return target
 
