@@ -140,7 +140,7 @@ class Backends:
                     producer=f"llmops/{os.getpid()}",
                     # where events go while Kafka refuses them, and what an earlier process
                     # spilled: the publisher replays it into the log
-                    overflow=self._spill(),
+                    overflow=self._spill() if settings.spill_on_overload else None,
                     spill_at=settings.spill_at,
                     spill_after_s=settings.spill_after_s,
                 ).start()
@@ -168,7 +168,7 @@ class Backends:
             if self._publisher is not None:
                 publisher, self._publisher = self._publisher, None
                 try:
-                    publisher.close(self.config.events.flush_timeout_s)  # spills what is left
+                    publisher.close(self.config.events.flush_timeout_s, spill=self._spill())
                 except LLMOpsError as exc:  # undelivered events: say so loudly, keep closing
                     log.error("events_undelivered_at_shutdown", error=exc.message)
             if self._event_log is not None:

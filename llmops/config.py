@@ -134,6 +134,12 @@ class EventsConfig(Settings):
         5.0, gt=0, description="How long an RPC waits for its durable events; then it "
         "answers DEADLINE_EXCEEDED (the events still arrive, at least once).",
     )  # fmt: skip
+    spill_on_overload: bool = Field(
+        True, description="Kafka mode: while the log refuses sends, spill waiting events to "
+        "state_dir/spill (below) instead of refusing publishes once the buffer is full; "
+        "false: the buffer fills and publishes answer RESOURCE_EXHAUSTED (a host without a "
+        "writable local disk). Shutdown spills either way.",
+    )  # fmt: skip
     spill_at: float = Field(
         0.5, gt=0, le=1, description="Kafka mode: while the log refuses sends, once this "
         "fraction of buffer_capacity is waiting the events go to the local spill "

@@ -44,6 +44,8 @@ async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Pat
         # answered from the buffer: with events.durable on, each call would wait for the
         # dead broker (tests/unit/test_events_publisher.py covers that path)
         "LLMOPS__EVENTS__DURABLE": "[]",
+        # refused, not spilled to state_dir/spill (the default: see the test below)
+        "LLMOPS__EVENTS__SPILL_ON_OVERLOAD": "false",
     })  # fmt: skip
     config = load_config(environ=env)
     holder: dict[str, PublishingFeedback] = {}
@@ -81,3 +83,59 @@ async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Pat
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_with_the_spill_a_dead_broker_never_fills_the_buffer(tmp_path: Path) -> None:
+    """The default (``events.spill_on_overload``): the same five-event buffer takes 50
+    Submits while nothing listens, the waiting events go to ``state_dir/spill``, and after
+    the stop every one of them is there, fsynced, for the next start to replay."""
+    from llmops.events.local_log import LocalLog
+
+    env, ports, _ = mesh_env(tmp_path, insecure=True)
+    (dead_broker,) = free_ports(1)
+    env.update({
+        "LLMOPS__EVENTS__BACKEND": "kafka",
+        "LLMOPS__BACKENDS__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{dead_broker}",
+        "LLMOPS__EVENTS__BUFFER_CAPACITY": "5",
+        "LLMOPS__EVENTS__FLUSH_TIMEOUT_S": "1",
+        "LLMOPS__SINK__EMBEDDED": "false",
+        "LLMOPS__EVENTS__DURABLE": "[]",
+    })  # fmt: skip
+    config = load_config(environ=env)
+
+    def factory(ctx: ServiceContext[Any]) -> ServiceDefinition:
+        descriptor = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
+        add = feedback_pb2_grpc.add_FeedbackServiceServicer_to_server
+        return ServiceDefinition([Binding(descriptor, add, PublishingFeedback(ctx))])
+
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        serve(config, ["feedback"], ready=ready, stop=stop, factories={"feedback": factory})
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feedback']}") as channel:
+            stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
+            for i in range(50):
+                request = feedback_pb2.SubmitRequest()
+                request.feedback.idempotency_key = f"fb-{i}"
+                for _ in range(100):  # the spiller makes room within milliseconds
+                    try:
+                        await stub.Submit(request, timeout=5)
+                        break
+                    except grpc.aio.AioRpcError as err:
+                        assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                        await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError(f"event {i}: the buffer stayed full")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    spill = LocalLog(config.state_dir / "spill", partitions={})
+    consumer = spill.consumer("check", ["llmops.feedback.v1"])
+    ids: list[str] = []
+    while got := consumer.poll(100, 0.2):
+        ids += [events_pb2.EventEnvelope.FromString(r.value).feedback.event_id for r in got]
+    consumer.close()
+    spill.close()
+    assert sorted(set(ids)) == sorted(f"fb-{i}" for i in range(50))
