@@ -140,7 +140,8 @@ class Backends:
                     producer=f"llmops/{os.getpid()}",
                     # where events go while Kafka refuses them, and what an earlier process
                     # spilled: the publisher replays it into the log
-                    overflow=self._spill() if settings.spill_on_overload else None,
+                    overflow=self._spill(),
+                    spill_on_overload=settings.spill_on_overload,
                     spill_at=settings.spill_at,
                     spill_after_s=settings.spill_after_s,
                 ).start()

@@ -181,6 +181,7 @@ class EventPublisher:
         spill_at: float = 0.5,
         spill_after_s: float = 2.0,
         spill_retry_s: float = SPILL_RETRY_S,
+        spill_on_overload: bool = True,
     ) -> None:
         """``capacity``: most events accepted and not yet delivered (memory bound: capacity
         x event size). ``max_batch``: most events per ``log.send``. ``linger_s``: how long a
@@ -192,7 +193,9 @@ class EventPublisher:
         while the log refuses them (None: they wait in the buffer); ``spill_at``: the
         fraction of ``capacity`` waiting that spills; ``spill_after_s``: how long an RPC
         waiting for a durable event waits on a refusing log before its events spill;
-        ``spill_retry_s``: the wait after a spill or replay attempt failed."""
+        ``spill_retry_s``: the wait after a spill or replay attempt failed;
+        ``spill_on_overload`` False: no spiller — the ``overflow`` spill only takes what is
+        left at close, and what is in it is still replayed."""
         if capacity < 1 or max_batch < 1:
             raise ValueError("capacity and max_batch must be >= 1")
         if not 0 < spill_at <= 1:
@@ -243,6 +246,7 @@ class EventPublisher:
         self._spill_threshold = max(1, int(capacity * spill_at))
         self._spill_after_s = spill_after_s
         self._spill_retry_s = spill_retry_s
+        self._spill_on_overload = spill_on_overload
         self._spill_retry_at = 0.0  # monotonic: no spill attempt before (one just failed)
         # the spill holds events to replay (a previous process's too); none before _replay_at
         self._replay_pending = overflow is not None and bool(overflow.topics())
@@ -261,7 +265,7 @@ class EventPublisher:
                     target=self._run, name=f"llmops-publisher-{self._log.name}", daemon=True
                 )
                 self._thread.start()
-                if self._overflow is not None:
+                if self._overflow is not None and self._spill_on_overload:
                     self._spiller = threading.Thread(
                         target=self._run_spiller, name="llmops-publisher-spill", daemon=True
                     )
@@ -729,19 +733,20 @@ class EventPublisher:
                     return False  # close() spills or counts it
 
     def _spilled(self, batch: _Batch) -> None:
-        first_done = self._complete(batch, delivered=False)
         with self._spill_wake:
             if batch in self._spilling:
                 self._spilling.remove(batch)
             self._replay_pending = True
             self._replay_at = time.monotonic() + self._spill_retry_s
-        if first_done:
+            delivered_meanwhile = batch.done  # the sender's send of it went through after all
+        if not delivered_meanwhile:  # counted before a waiter can see it done
             self.metrics.spilled.labels("overload").inc(len(batch.records))
             log.warning(
                 "events_spilled", count=len(batch.records), backend=self._log.name,
                 waiting=self._pending, reason=self.last_error,
                 replay="once the log takes sends again",
             )  # fmt: skip
+        self._complete(batch, delivered=False)
 
     def _replay_step(self) -> None:
         """Replay a chunk of the overflow spill into the log; delete the spill once it is

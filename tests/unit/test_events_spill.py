@@ -299,3 +299,34 @@ def test_a_send_hanging_on_a_dead_broker_does_not_hold_back_the_spill(tmp_path: 
         publisher.close(1)
     got = consume_all(primary.inner, TOPIC, 1000)
     assert sorted(set(_ids(got))) == sorted(e.prediction.event_id for e in sent)
+
+
+def test_without_the_overload_spill_the_buffer_fills_but_the_old_spill_is_replayed(
+    tmp_path: Path,
+) -> None:
+    """``spill_on_overload=False``: a log away fills the buffer (RESOURCE_EXHAUSTED, as
+    before the spill existed); what an earlier process spilled is still replayed."""
+    spill = SpillLog(tmp_path / "spill")
+    earlier = _events(10, seed=10)
+    spill.send([Record(TOPIC, b"k", e.SerializeToString()) for e in earlier], 5)
+    primary = FlakyLog(LocalLog(tmp_path / "log", fsync=False))
+    primary.down.set()
+    publisher = EventPublisher(
+        primary, capacity=20, retry_backoff=FAST, overflow=spill, spill_retry_s=0.05,
+        spill_on_overload=False,
+    ).start()  # fmt: skip
+    sent = _events(20, seed=11)
+    try:
+        for env in sent:
+            publisher.publish(env)
+        with pytest.raises(ResourceExhausted):
+            publisher.publish(_events(1, seed=12)[0])
+        time.sleep(0.2)
+        assert _spilled(publisher, "overload") == 0
+        primary.down.clear()
+        assert publisher.flush(10)
+        _wait(lambda: not spill.directory.exists())
+    finally:
+        publisher.close(1)
+    got = consume_all(primary.inner, TOPIC, 30)
+    assert sorted(set(_ids(got))) == sorted(e.prediction.event_id for e in earlier + sent)
