@@ -21,7 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
+from pydantic import Field
 
+from llmops.scheduler import Periodic
+from llmops.settings import Settings
 from llmops.v1 import events_pb2
 
 if TYPE_CHECKING:
@@ -32,6 +35,19 @@ log = structlog.get_logger("llmops.events.outbox")
 OUTBOX_BATCH = 500
 """Most audit records one relay publishes."""
 OUTBOX_PUBLISH_TIMEOUT_S = 30.0
+
+
+class AuditOutboxSettings(Settings):
+    """The settings of a service with an audit outbox (its config section inherits them)."""
+
+    audit_outbox_interval_s: float = Field(
+        5.0, gt=0, description="How often the audit outbox is emptied: records the log holds "
+        "are forgotten, and those a dead process left there are published.",
+    )  # fmt: skip
+    audit_outbox_min_age_s: float = Field(
+        60.0, gt=0, description="How old a record another process left in the audit outbox "
+        "must be before it is published here (a live process publishes its own at once).",
+    )  # fmt: skip
 
 
 class OutboxStore(Protocol):
@@ -70,6 +86,14 @@ class AuditOutbox:
     def published(self, event_id: str, sequence: int) -> None:
         """This process published the staged record ``event_id`` as ``sequence``."""
         self._sent[event_id] = sequence
+
+    def task(self, interval_s: float) -> Periodic:
+        """The service's ``audit_outbox`` task: :meth:`relay` every ``interval_s``."""
+
+        async def relay() -> None:
+            await self.relay()
+
+        return Periodic("audit_outbox", interval_s, relay)
 
     async def relay(self) -> int:
         """Forget what this process published once durable; publish (durably) and forget

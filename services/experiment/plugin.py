@@ -6,11 +6,12 @@ from typing import Literal
 
 from pydantic import Field
 
+from llmops.events.outbox import AuditOutboxSettings
 from llmops.plugin import ServicePlugin
-from llmops.settings import Settings, Switch, by_mode, switched_on
+from llmops.settings import Switch, by_mode, switched_on
 
 
-class ExperimentSettings(Settings):
+class ExperimentSettings(AuditOutboxSettings):
     """The experiment service: where experiments live, holdout, exposure dedup."""
 
     store: Literal["auto", "file", "redis"] = Field(
@@ -28,14 +29,6 @@ class ExperimentSettings(Settings):
     reload_interval_s: float = Field(
         2.0, ge=0, description="Poll the store for other replicas' changes; 0 = never."
     )
-    audit_outbox_interval_s: float = Field(
-        5.0, gt=0, description="How often the audit outbox is emptied: records the log holds "
-        "are forgotten, and those a dead process left there are published.",
-    )  # fmt: skip
-    audit_outbox_min_age_s: float = Field(
-        60.0, gt=0, description="How old a record another process left in the audit outbox "
-        "must be before it is published here (a live process publishes its own at once).",
-    )  # fmt: skip
     bandit_check_interval_s: float = Field(
         60.0,
         ge=0,

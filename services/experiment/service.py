@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmops.scheduler import Background, Periodic
+from llmops.scheduler import Background
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import experiment_pb2, experiment_pb2_grpc
 from services.experiment.assignment import Assigner
@@ -47,11 +47,7 @@ def create(ctx: ServiceContext[ExperimentSettings]) -> ServiceDefinition:
     analysis = Analysis(catalog, ClickHouseResults(ctx.backends.clickhouse))
     schedule = Schedule(catalog, lifecycle, analysis.bandit_rewards)
     tasks = schedule.tasks(settings.reload_interval_s, settings.bandit_check_interval_s)
-
-    async def relay_outbox() -> None:
-        await lifecycle.relay_outbox()
-
-    tasks.append(Periodic("audit_outbox", settings.audit_outbox_interval_s, relay_outbox))
+    tasks.append(lifecycle.outbox.task(settings.audit_outbox_interval_s))
     if settings.seeds_demo(ctx.mode):  # after SERVING: seeding must not delay the start
 
         async def seed() -> None:

@@ -7,15 +7,16 @@ from typing import Literal
 
 from pydantic import Field
 
+from llmops.events.outbox import AuditOutboxSettings
 from llmops.plugin import ServicePlugin
-from llmops.settings import Settings, Switch, by_mode, switched_on
+from llmops.settings import Switch, by_mode, switched_on
 
 _REPO_WASM_BUNDLE = (
     Path(__file__).resolve().parents[2] / "deploy" / "opa" / "wasm" / "bundle.tar.gz"
 )
 
 
-class GovernanceSettings(Settings):
+class GovernanceSettings(AuditOutboxSettings):
     """The governance service: where the registry lives, which aliases serve traffic, and
     which policy engine decides."""
 
@@ -104,14 +105,6 @@ class GovernanceSettings(Settings):
         "registry transaction, on the cores that serve RPCs) instead of one by one: how long "
         "a record may wait to be chained, not to be durable (the raw record is).",
     )
-    audit_outbox_interval_s: float = Field(
-        5.0, gt=0, description="How often the audit outbox is emptied: records the log holds "
-        "are forgotten, and those a dead process left there are published.",
-    )  # fmt: skip
-    audit_outbox_min_age_s: float = Field(
-        60.0, gt=0, description="How old a record another process left in the audit outbox "
-        "must be before it is published here (a live process publishes its own at once).",
-    )  # fmt: skip
 
     drift_interval_s: float = Field(
         3600.0,

@@ -111,11 +111,7 @@ def create(ctx: ServiceContext[GovernanceSettings]) -> ServiceDefinition:
         gate=RegoGate(decisions),
         outbox_min_age_s=settings.audit_outbox_min_age_s,
     )
-
-    async def relay_outbox() -> None:
-        await registry.relay_outbox()
-
-    tasks.append(Periodic("audit_outbox", settings.audit_outbox_interval_s, relay_outbox))
+    tasks.append(registry.outbox.task(settings.audit_outbox_interval_s))
     if settings.seeds_demo(ctx.mode):  # after SERVING: seeding must not delay the start
 
         async def seed() -> None:

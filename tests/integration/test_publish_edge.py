@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,15 @@ class PublishingFeedback(feedback_pb2_grpc.FeedbackServiceServicer):
         return feedback_pb2.SubmitResponse()
 
 
-async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Path) -> None:
+@asynccontextmanager
+async def feedback_with_a_dead_broker(
+    tmp_path: Path, **extra_env: str
+) -> AsyncIterator[tuple[PublishingFeedback, feedback_pb2_grpc.FeedbackServiceStub, Path]]:
+    """The stand-in feedback service in Kafka mode with a five-event buffer and nothing
+    listening at the broker's address (the sender can deliver nothing), served until the
+    block ends: the service, a stub, the state directory."""
     env, ports, _ = mesh_env(tmp_path, insecure=True)
-    (dead_broker,) = free_ports(1)  # nothing listens: the sender can deliver nothing
+    (dead_broker,) = free_ports(1)
     env.update({
         "LLMOPS__EVENTS__BACKEND": "kafka",
         "LLMOPS__BACKENDS__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{dead_broker}",
@@ -44,8 +52,7 @@ async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Pat
         # answered from the buffer: with events.durable on, each call would wait for the
         # dead broker (tests/unit/test_events_publisher.py covers that path)
         "LLMOPS__EVENTS__DURABLE": "[]",
-        # refused, not spilled to state_dir/spill (the default: see the test below)
-        "LLMOPS__EVENTS__SPILL_ON_OVERLOAD": "false",
+        **extra_env,
     })  # fmt: skip
     config = load_config(environ=env)
     holder: dict[str, PublishingFeedback] = {}
@@ -63,26 +70,35 @@ async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Pat
     await asyncio.wait_for(ready.wait(), 10)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feedback']}") as channel:
-            stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
-            for i in range(5):
-                request = feedback_pb2.SubmitRequest()
-                request.feedback.idempotency_key = f"fb-{i}"
-                await stub.Submit(request, timeout=5)
-            request = feedback_pb2.SubmitRequest()
-            request.feedback.idempotency_key = "fb-overflow"
-            try:
-                await stub.Submit(request, timeout=5)
-                raise AssertionError("the 6th event should not fit")
-            except grpc.aio.AioRpcError as err:
-                assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-                assert "buffer" in (err.details() or "")
-        publisher = holder["svc"].publisher
-        assert publisher.pending == 5  # everything accepted is still held, none dropped
-        rejected = publisher.metrics.rejected.labels("llmops.feedback.v1")._value.get()
-        assert rejected == 1
+            yield holder["svc"], feedback_pb2_grpc.FeedbackServiceStub(channel), config.state_dir
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_full_event_buffer_is_resource_exhausted_at_the_edge(tmp_path: Path) -> None:
+    # refused, not spilled to state_dir/spill (the default: see the test below)
+    async with feedback_with_a_dead_broker(tmp_path, LLMOPS__EVENTS__SPILL_ON_OVERLOAD="false") as (
+        service,
+        stub,
+        _,
+    ):
+        for i in range(5):
+            request = feedback_pb2.SubmitRequest()
+            request.feedback.idempotency_key = f"fb-{i}"
+            await stub.Submit(request, timeout=5)
+        request = feedback_pb2.SubmitRequest()
+        request.feedback.idempotency_key = "fb-overflow"
+        try:
+            await stub.Submit(request, timeout=5)
+            raise AssertionError("the 6th event should not fit")
+        except grpc.aio.AioRpcError as err:
+            assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "buffer" in (err.details() or "")
+        publisher = service.publisher
+        assert publisher.pending == 5  # everything accepted is still held, none dropped
+        rejected = publisher.metrics.rejected.labels("llmops.feedback.v1")._value.get()
+        assert rejected == 1
 
 
 async def test_with_the_spill_a_dead_broker_never_fills_the_buffer(tmp_path: Path) -> None:
@@ -91,47 +107,20 @@ async def test_with_the_spill_a_dead_broker_never_fills_the_buffer(tmp_path: Pat
     the stop every one of them is there, fsynced, for the next start to replay."""
     from llmops.events.local_log import LocalLog
 
-    env, ports, _ = mesh_env(tmp_path, insecure=True)
-    (dead_broker,) = free_ports(1)
-    env.update({
-        "LLMOPS__EVENTS__BACKEND": "kafka",
-        "LLMOPS__BACKENDS__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{dead_broker}",
-        "LLMOPS__EVENTS__BUFFER_CAPACITY": "5",
-        "LLMOPS__EVENTS__FLUSH_TIMEOUT_S": "1",
-        "LLMOPS__SINK__EMBEDDED": "false",
-        "LLMOPS__EVENTS__DURABLE": "[]",
-    })  # fmt: skip
-    config = load_config(environ=env)
-
-    def factory(ctx: ServiceContext[Any]) -> ServiceDefinition:
-        descriptor = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
-        add = feedback_pb2_grpc.add_FeedbackServiceServicer_to_server
-        return ServiceDefinition([Binding(descriptor, add, PublishingFeedback(ctx))])
-
-    ready, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        serve(config, ["feedback"], ready=ready, stop=stop, factories={"feedback": factory})
-    )
-    await asyncio.wait_for(ready.wait(), 10)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['feedback']}") as channel:
-            stub = feedback_pb2_grpc.FeedbackServiceStub(channel)
-            for i in range(50):
-                request = feedback_pb2.SubmitRequest()
-                request.feedback.idempotency_key = f"fb-{i}"
-                for _ in range(100):  # the spiller makes room within milliseconds
-                    try:
-                        await stub.Submit(request, timeout=5)
-                        break
-                    except grpc.aio.AioRpcError as err:
-                        assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-                        await asyncio.sleep(0.02)
-                else:
-                    raise AssertionError(f"event {i}: the buffer stayed full")
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-    spill = LocalLog(config.state_dir / "spill", partitions={})
+    async with feedback_with_a_dead_broker(tmp_path) as (_, stub, state_dir):
+        for i in range(50):
+            request = feedback_pb2.SubmitRequest()
+            request.feedback.idempotency_key = f"fb-{i}"
+            for _ in range(100):  # the spiller makes room within milliseconds
+                try:
+                    await stub.Submit(request, timeout=5)
+                    break
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await asyncio.sleep(0.02)
+            else:
+                raise AssertionError(f"event {i}: the buffer stayed full")
+    spill = LocalLog(state_dir / "spill", partitions={})
     consumer = spill.consumer("check", ["llmops.feedback.v1"])
     ids: list[str] = []
     while got := consumer.poll(100, 0.2):
