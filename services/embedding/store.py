@@ -313,6 +313,36 @@ class CollectionStore:
             query, k, compiled, params, include_metadata, include_vectors, min_score
         )
 
+    def search_inline(
+        self,
+        name: str,
+        query: np.ndarray,
+        k: int,
+        filter: common_pb2.Filter | None,
+        params: Mapping[str, Any],
+        include_metadata: bool,
+        include_vectors: bool,
+        min_score: float | None,
+        max_items: int,
+    ) -> list[Hit] | None:
+        """:meth:`search` right here, when that cannot hold the caller up: a FAISS collection
+        of at most ``max_items`` items whose lock is free now. None otherwise (the caller
+        searches on a worker thread instead). Handing a search of a small collection to a
+        thread costs more than the search (~0.1 ms of thread switches against ~20 us)."""
+        collection = self.get(name)
+        if isinstance(collection, MilvusCollection):
+            return None
+        if not collection.lock.acquire(blocking=False):  # a write or rebuild is running
+            return None
+        try:
+            if collection.item_count > max_items:
+                return None
+            return self.search(
+                name, query, k, filter, params, include_metadata, include_vectors, min_score
+            )
+        finally:
+            collection.lock.release()
+
     # -- writes ---------------------------------------------------------------------------
 
     def create(self, spec: CollectionSpec, *, if_not_exists: bool = False) -> CollectionInfo:

@@ -23,6 +23,10 @@ from services.embedding.embeddings import EmbedCall, Embeddings
 from services.embedding.snapshots import SnapshotInfo
 from services.embedding.store import Checkpoint, CollectionInfo, CollectionStore
 
+INLINE_SEARCH_ITEMS = 1024
+"""Collections up to this size are searched on the event loop (an exact search of 1,024
+384-dimension vectors: ~60 us here, 80 of them: ~6 us); larger ones on a worker thread."""
+
 
 @dataclass(frozen=True, slots=True)
 class NewItem:
@@ -267,10 +271,10 @@ class Vectors:
             query = np.asarray(vector, dtype=np.float32)
         else:
             raise InvalidArgument("query", "give a vector or a text")
-        hits = await asyncio.to_thread(
-            self.store.search, name, query, k, filter, params, include_metadata,
-            include_vectors, min_score,
-        )  # fmt: skip
+        args = (name, query, k, filter, params, include_metadata, include_vectors, min_score)
+        hits = self.store.search_inline(*args, max_items=INLINE_SEARCH_ITEMS)
+        if hits is None:
+            hits = await asyncio.to_thread(self.store.search, *args)
         self.metrics.searches.labels(name, "text" if text is not None else "vector").inc()
         return hits, tokens, cut
 

@@ -372,7 +372,8 @@ class Pipeline:
         """One step within its budget: (began, ended, the failure or None)."""
         began = time.perf_counter()
         try:
-            await asyncio.wait_for(self._step(task, step, state, call, budget), budget)
+            async with asyncio.timeout(budget):  # not wait_for: no extra task a step
+                await self._step(task, step, state, call, budget)
         except (LLMOpsError, TimeoutError) as exc:
             return began, time.perf_counter(), exc
         return began, time.perf_counter(), None

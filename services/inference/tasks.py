@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from llmops.errors import NotFound
 from llmops.yamlfiles import YamlFileError, load_yaml_files
@@ -194,6 +194,9 @@ class StepSpec(_Strict):
     fallback: dict[str, Any] = Field(default_factory=dict)
     """What a failed step leaves behind with ``on_failure: fallback`` (e.g. features)."""
 
+    _kind: str = PrivateAttr("")
+    """Set once by the validator: a run asks for it several times a step."""
+
     @model_validator(mode="after")
     def _one_kind(self) -> StepSpec:
         kinds = [k for k in STEP_KINDS if getattr(self, k) is not None]
@@ -201,15 +204,16 @@ class StepSpec(_Strict):
             raise ValueError(f"a step has exactly one of {', '.join(STEP_KINDS)}; got {kinds}")
         if self.fallback and self.on_failure != "fallback":
             raise ValueError("fallback values need on_failure: fallback")
+        self._kind = kinds[0]
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in STEP_KINDS if getattr(self, k) is not None)
+        return self._kind
 
     @property
     def settings(self) -> Any:
-        return getattr(self, self.kind)
+        return getattr(self, self._kind)
 
 
 class FeedbackSpec(_Strict):
