@@ -82,6 +82,10 @@ class SinkSettings:
     flush_interval_s: float = 1.0
     """...or when the oldest pending record has waited this long."""
     poll_timeout_s: float = 0.2
+    batch_poll_interval_s: float = 0.05
+    """While a batch builds and is not yet due, look at the log at most this often: a look
+    reads every partition, and a trickle of events would otherwise make one a millisecond
+    (~1 ms of CPU per logged prediction under steady load, measured embedded)."""
     retry_initial_s: float = 0.2
     retry_max_s: float = 30.0
     dedup_window: int = 200_000
@@ -196,6 +200,7 @@ class Sink:
         self._seen: dict[TopicPartition, OrderedDict[str, None]] = {}
         self._pending = _Pending()
         self._last_lag = 0.0
+        self._last_poll = 0.0
         self.committed_batches = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -223,6 +228,7 @@ class Sink:
     def step(self, stop: threading.Event | None = None) -> None:
         """One poll, and a flush when the batch is full or old enough."""
         assert self._consumer is not None
+        self._pace(stop)
         room = max(self.settings.batch_rows - len(self._pending), 1)
         for record in self._consumer.poll(room, self.settings.poll_timeout_s):
             self._accept(record)
@@ -235,6 +241,23 @@ class Sink:
             self._flush(stop)
         if time.monotonic() - self._last_lag >= self.settings.lag_interval_s:
             self._export_lag()
+
+    def _pace(self, stop: threading.Event | None) -> None:
+        """With a batch pending and not due, wait out the rest of ``batch_poll_interval_s``
+        since the last poll (never past the batch's flush time)."""
+        pending = self._pending
+        if pending.first_at is None or len(pending) >= self.settings.batch_rows:
+            self._last_poll = time.monotonic()
+            return
+        now = time.monotonic()
+        due = pending.first_at + self.settings.flush_interval_s
+        wait = min(self._last_poll + self.settings.batch_poll_interval_s, due) - now
+        if wait > 0:
+            if stop is not None:
+                stop.wait(wait)
+            else:
+                time.sleep(wait)
+        self._last_poll = time.monotonic()
 
     # -- per record --------------------------------------------------------------------
 
