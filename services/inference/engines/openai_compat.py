@@ -2,8 +2,11 @@
 
 Any server that speaks the OpenAI API (vLLM, TGI, llama.cpp server, SGLang, hosted APIs)
 serves the routes that point at it: chat turns go to ``/chat/completions``, raw prompts to
-``/completions``, streamed with SSE. One aiohttp session with a pooled keep-alive connector
-is opened on first use, inside the running event loop.
+``/completions``, streamed with SSE. Calls that answer at once (a non-streamed generation,
+``/tokenize``, ``/models``) go through the engine's own pooled HTTP/1.1 client
+(:mod:`services.inference.engines.http1`: a quarter of aiohttp's CPU per call); streams
+through one aiohttp session. Both keep connections alive and open on first use, inside the
+running event loop.
 
 Sampling fields the OpenAI API lacks (``top_k``, ``repetition_penalty``, ``min_tokens``) go
 as extra body fields, the way vLLM reads them, and only when they change something: a hosted
@@ -16,12 +19,13 @@ message with the key cut out, and name the endpoint without any credentials in i
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -42,6 +46,7 @@ from services.inference.engine import (
     EngineRequest,
     Finish,
 )
+from services.inference.engines.http1 import ConnectTimeout, Http1Pool
 
 log = structlog.get_logger("llmops.inference")
 
@@ -88,18 +93,29 @@ class OpenAIEngine:
         netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
         self.endpoint = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         """The base URL without any user:password in it: what logs and errors name."""
-        root = self.base_url.removesuffix("/v1")
-        self._tokenize_url = f"{root}/tokenize"
-        """vLLM and llama.cpp serve it at the root, beside ``/v1``."""
         self._api_key = api_key or ""
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        elif parts.username is not None:  # user:password in the URL: basic auth, as aiohttp
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        for name, value in self._headers.items():
+            if any(c in f"{name}{value}" for c in "\r\n\0"):
+                raise InvalidArgument("headers", f"{name}: must be a single line")
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._tls else 80)
+        self._path = parts.path.rstrip("/")
+        """The path prefix of every route (``/v1``)."""
+        self._tokenize_path = self._path.removesuffix("/v1") + "/tokenize"
+        """vLLM and llama.cpp serve it at the root, beside ``/v1``."""
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._health_timeout_s = health_timeout_s
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self._tokenize_field: str | None = "prompt"
         """What the server's /tokenize reads: vLLM ``prompt``, llama.cpp ``content``; None
         once the server turned out to have no /tokenize."""
@@ -113,6 +129,31 @@ class OpenAIEngine:
             )
         return self._session
 
+    def _http(self) -> Http1Pool:
+        if self._pool is None:
+            self._pool = Http1Pool(
+                self._host, self._port, tls=self._tls, headers=self._headers,
+                max_connections=self._max_connections, connect_timeout_s=self._connect_timeout_s,
+            )  # fmt: skip
+        return self._pool
+
+    async def _call(
+        self, method: str, path: str, body: bytes, headers: Mapping[str, str] | None,
+        total_s: float | None,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        """One request/response exchange within ``total_s`` (None: the read timeout), its
+        failures mapped to UNAVAILABLE."""
+        bound = self._read_timeout_s if total_s is None else min(total_s, self._read_timeout_s)
+        try:
+            return await self._http().request(method, path, body, headers, bound)
+        except TimeoutError as exc:
+            if isinstance(exc, ConnectTimeout):
+                raise self._timed_out(exc, total_s) from exc
+            read_bound = total_s is None or self._read_timeout_s < total_s
+            raise self._timed_out(exc, None if read_bound else total_s) from exc
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+
     def _timeout(self, total_s: float | None) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(
             total=total_s, connect=self._connect_timeout_s, sock_read=self._read_timeout_s
@@ -121,20 +162,12 @@ class OpenAIEngine:
     async def generate(self, request: EngineRequest) -> Completion:
         path, body = self._body(request, stream=False)
         started = time.perf_counter()
-        try:
-            async with self._client().post(
-                self.base_url + path,
-                data=orjson.dumps(body, default=_plain),
-                headers=_request_headers(request),
-                timeout=self._timeout(request.timeout_s),
-            ) as response:
-                raw = await response.read()
-                if response.status != 200:
-                    raise self._status_error(response.status, raw)
-        except TimeoutError as exc:
-            raise self._timed_out(exc, request.timeout_s) from exc
-        except aiohttp.ClientError as exc:
-            raise self._unreachable(exc) from exc
+        status, raw = await self._call(
+            "POST", self._path + path, orjson.dumps(body, default=_plain),
+            _request_headers(request), request.timeout_s,
+        )  # fmt: skip
+        if status != 200:
+            raise self._status_error(status, raw)
         total = time.perf_counter() - started
         choice, usage = self._parse_reply(raw)
         if request.messages is not None:
@@ -260,18 +293,9 @@ class OpenAIEngine:
         while self._tokenize_field is not None:
             field = self._tokenize_field
             body: dict[str, Any] = {"model": model, field: text}
-            try:
-                async with self._client().post(
-                    self._tokenize_url,
-                    data=orjson.dumps(body),
-                    timeout=self._timeout(self._read_timeout_s),
-                ) as response:
-                    raw = await response.read()
-                    status = response.status
-            except TimeoutError as exc:
-                raise self._timed_out(exc, self._read_timeout_s) from exc
-            except aiohttp.ClientError as exc:
-                raise self._unreachable(exc) from exc
+            status, raw = await self._call(
+                "POST", self._tokenize_path, orjson.dumps(body), None, self._read_timeout_s
+            )
             if status in (404, 405, 501):
                 self._tokenize_field = None
                 log.warning(
@@ -296,16 +320,13 @@ class OpenAIEngine:
     async def health(self) -> EngineHealth:
         """Ready when ``GET /models`` lists at least one model."""
         try:
-            async with self._client().get(
-                self.base_url + "/models",
-                timeout=aiohttp.ClientTimeout(total=self._health_timeout_s),
-            ) as response:
-                raw = await response.read()
-                status = response.status
+            status, raw = await self._http().request(
+                "GET", self._path + "/models", timeout_s=self._health_timeout_s
+            )
         except TimeoutError:
             detail = f"{self.endpoint} did not answer within {self._health_timeout_s:g}s"
             return EngineHealth(ready=False, detail=detail)
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             return EngineHealth(ready=False, detail=self._unreachable(exc).message)
         if status != 200:
             message = self._clean(_error_message(raw)[0])
@@ -331,6 +352,9 @@ class OpenAIEngine:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     # -- requests and replies ------------------------------------------------------------
 
@@ -419,11 +443,11 @@ class OpenAIEngine:
             return InvalidArgument("prompt", f"over the model's context window: {quoted}")
         return FailedPrecondition(f"{self.endpoint} refused the request ({status}): {quoted}")
 
-    def _unreachable(self, exc: aiohttp.ClientError) -> Unavailable:
+    def _unreachable(self, exc: aiohttp.ClientError | OSError) -> Unavailable:
         return Unavailable(f"{self.endpoint} is unreachable: {self._clean(exc)}")
 
     def _timed_out(self, exc: TimeoutError, total_s: float | None) -> Unavailable:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError | ConnectTimeout):
             what, after = "connecting to", self._connect_timeout_s
         elif isinstance(exc, aiohttp.SocketTimeoutError) or total_s is None:
             what, after = "waiting for data from", self._read_timeout_s
