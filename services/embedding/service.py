@@ -69,6 +69,7 @@ def open_encoder(settings: EmbeddingSettings) -> Encoder | AsyncEncoder:
             name=settings.model_name,
             version=settings.model_version,
             intra_op_threads=settings.intra_op_threads,
+            intra_op_spinning=settings.intra_op_spinning,
         )
     except FailedPrecondition as problem:
         log.warning("embedding_model_unavailable", problem=problem.message)
