@@ -6,7 +6,8 @@ Cases (BENCH.md):
 - ``check_1kb`` / ``check_8kb`` (llmops): ``Check`` of a ~1 KB / ~8 KB input text (a shopper
   message with a few PII values, assembled from the dev split of the PII set) through the
   guardrail service (its own process, the repo's ``storefront-input`` policy: injection,
-  toxicity, PII, topic) one call at a time; extras: mean per-detector cost in µs;
+  toxicity, PII, topic) one call at a time, with the service's decision cache off (it would
+  answer every repeat of a text); extras: mean per-detector cost in µs;
 - the same texts through Presidio's ``AnalyzerEngine.analyze`` (PII only, English) in its own
   venv (:mod:`benchmarks.presidio_baseline`);
 - ``pii_quality`` (llmops and presidio): precision / recall / F1 of PII findings on the test
@@ -179,7 +180,10 @@ def main(*, quick: bool, calls: int | None = None) -> None:
         with (tmp / "server.log").open("w") as log:
             proc, address = servers.start_service(
                 "guardrail", {"LLMOPS__STATE_DIR": str(tmp / "state"),
-                              "LLMOPS__EVENTS__BACKEND": "local"}, log,
+                              "LLMOPS__EVENTS__BACKEND": "local",
+                              # the same texts are checked again and again here: the decision
+                              # cache would answer all but the first; the detectors are measured
+                              "LLMOPS__GUARDRAILS__DECISION_CACHE_ENTRIES": "0"}, log,
             )  # fmt: skip
             try:
                 _log(f"gRPC Check: {calls:,} calls per text, one at a time")

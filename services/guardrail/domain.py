@@ -29,7 +29,16 @@ from llmops.events.ids import uuid7
 from llmops.v1 import common_pb2, events_pb2
 from llmops.yamlfiles import HotReload
 from services.guardrail.detectors.base import CheckContext, Fact
-from services.guardrail.engine import ALLOW, BLOCK, INLINE_LIMIT, Counted, Decision, Engine, worst
+from services.guardrail.engine import (
+    ALLOW,
+    BLOCK,
+    INLINE_LIMIT,
+    Counted,
+    Decision,
+    DecisionCache,
+    Engine,
+    worst,
+)
 from services.guardrail.policy import CompiledPolicy, PolicySet, compile_candidate
 from services.guardrail.stream import Release, StreamState
 
@@ -205,9 +214,11 @@ class Guardrail:
         pool_slots: int = POOL_SLOTS,
         *,
         hard_timeout_s: float = 1.0,
+        decisions: DecisionCache | None = None,
     ) -> None:
         self._policies = policies
         self.engine = engine
+        self.decisions = decisions if decisions is not None else DecisionCache(0)
         self._events = events
         self._pool = pool
         self._slots = asyncio.Semaphore(pool_slots)
@@ -221,9 +232,16 @@ class Guardrail:
     def policy(self, name: str, version: int, direction: int) -> CompiledPolicy:
         """A policy for checking text of ``direction`` (the direction's default when
         ``name`` is empty, the current version when ``version`` is 0)."""
+        return self._policy_in_force(name, version, direction)[0]
+
+    def _policy_in_force(
+        self, name: str, version: int, direction: int
+    ) -> tuple[CompiledPolicy, str]:
+        """:meth:`policy` and the revision of the set it comes from."""
         if direction not in DIRECTION_NAMES:
             raise InvalidArgument("direction", "INPUT or OUTPUT")
-        return self._policies.current.get(name, version, direction)
+        policies = self._policies.current
+        return policies.get(name, version, direction), policies.revision
 
     def stored_policy(self, name: str, version: int) -> CompiledPolicy:
         """One version of a named policy (the current one when ``version`` is 0)."""
@@ -234,17 +252,23 @@ class Guardrail:
     async def check(self, subject: Subject, text: str) -> Checked:
         if utf8_size(text) > MAX_TEXT_BYTES:
             raise InvalidArgument("text", f"at most {MAX_TEXT_BYTES} bytes of UTF-8")
-        policy = self.policy(subject.policy, subject.policy_version, subject.direction)
+        policy, revision = self._policy_in_force(
+            subject.policy, subject.policy_version, subject.direction
+        )
         ctx = _context(subject.direction, subject.locale, subject.facts)
-        decision = await self._evaluate(policy, text, ctx)
+        key, decision = self.decisions.lookup(revision, policy, text, ctx)
+        if decision is None:
+            decision = await self._evaluate(policy, text, ctx)
+            self.decisions.keep(key, decision)
         return Checked(policy, decision, self._record(subject, policy, decision, streamed=False))
 
     async def check_batch(self, subject: Subject, texts: Sequence[str]) -> list[Checked]:
         """Each text checked as :meth:`check` would, in order. Every text is validated
         first and nothing is recorded until every decision is made, so a refused batch
-        leaves no trace. The short texts are decided on the event loop while their sum stays
-        within :data:`INLINE_LIMIT` (as one text of that size would); the others go to the
-        worker pool together."""
+        leaves no trace. Texts decided before under the same policy and context come from
+        :attr:`decisions`; of the others, the short texts are decided on the event loop
+        while their sum stays within :data:`INLINE_LIMIT` (as one text of that size would);
+        the others go to the worker pool together."""
         if not texts:
             raise InvalidArgument("texts", "at least one text")
         if len(texts) > MAX_BATCH_TEXTS:
@@ -252,18 +276,24 @@ class Guardrail:
         for i, text in enumerate(texts):
             if utf8_size(text) > MAX_TEXT_BYTES:
                 raise InvalidArgument(f"texts[{i}]", f"at most {MAX_TEXT_BYTES} bytes of UTF-8")
-        policy = self.policy(subject.policy, subject.policy_version, subject.direction)
+        policy, revision = self._policy_in_force(
+            subject.policy, subject.policy_version, subject.direction
+        )
         ctx = _context(subject.direction, subject.locale, subject.facts)
+        decisions: dict[int, Decision] = {}
+        keys: dict[int, tuple[object, ...] | None] = {}
         inline: list[int] = []
         pooled: list[int] = []
         inline_left = INLINE_LIMIT
         for i, text in enumerate(texts):
-            if len(text) <= inline_left:
+            keys[i], kept = self.decisions.lookup(revision, policy, text, ctx)
+            if kept is not None:
+                decisions[i] = kept
+            elif len(text) <= inline_left:
                 inline_left -= len(text)
                 inline.append(i)
             else:
                 pooled.append(i)
-        decisions: dict[int, Decision] = {}
         for i in inline:
             decisions[i] = self.engine.evaluate(policy, texts[i], ctx)
         if pooled:
@@ -275,6 +305,8 @@ class Guardrail:
             except TimeoutError:
                 found = [self.engine.timed_out(policy, texts[i]) for i in pooled]
             decisions.update(zip(pooled, found, strict=True))
+        for i in (*inline, *pooled):
+            self.decisions.keep(keys[i], decisions[i])
         return [
             Checked(policy, decisions[i], self._record(subject, policy, decisions[i], False))
             for i in range(len(texts))

@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -59,6 +60,8 @@ class Decision:
     latency_us: int
     text_length: int = 0
     failed: list[str] = field(default_factory=list)
+    cached: bool = False
+    """Taken from :class:`DecisionCache` (no detector ran for this check)."""
 
 
 _RANK: dict[int, int] = {int(k): v for k, v in SEVERITY.items()}
@@ -191,3 +194,73 @@ def _strongest_per_span(counted: list[Counted]) -> list[Counted]:
         if key not in best or _rank(c.action) > _rank(best[key].action):
             best[key] = c
     return sorted(best.values(), key=lambda c: (c.finding.start, c.finding.end, c.finding.type))
+
+
+class DecisionCache:
+    """Recent decisions, so that a text checked again under the same policy and context is
+    not run through the detectors again.
+
+    A decision is a function of the policy, the text and the context (direction, locale,
+    facts) alone — the detectors are deterministic, the policy's parameters are part of it —
+    and a storefront checks the same texts over and over: the catalogue passages retrieved
+    for every shopper of a page, a property's reviews, popular queries. Keys hold a BLAKE2b
+    digest of the text, not the text (no shopper text is kept beyond its check); the whole
+    cache is dropped when the policy set changes (a new revision). Degraded decisions (a
+    detector failed or ran out of time) are never kept, nor decisions of texts longer than
+    ``max_text`` code points (memory). ``max_entries`` 0 turns it off.
+    """
+
+    def __init__(self, max_entries: int, max_text: int = INLINE_LIMIT) -> None:
+        self.max_entries = max_entries
+        self.max_text = max_text
+        self._entries: OrderedDict[tuple[object, ...], Decision] = OrderedDict()
+        self._revision: object = None
+        self.hits = 0
+        self.misses = 0
+
+    def _key(
+        self, revision: object, policy: CompiledPolicy, text: str, ctx: CheckContext
+    ) -> tuple[object, ...]:
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
+        facts = b""
+        if ctx.facts:
+            f = hashlib.blake2b(digest_size=16)
+            for fact in ctx.facts:
+                for part in (fact.id, fact.text, fact.source):
+                    raw = part.encode("utf-8", "surrogatepass")
+                    f.update(len(raw).to_bytes(4, "big"))
+                    f.update(raw)
+            facts = f.digest()
+        # the revision too: a decision made under the old set never lands in the new one
+        return (revision, policy.name, policy.version, digest.digest(), ctx.direction,
+                ctx.locale, facts)  # fmt: skip
+
+    def lookup(
+        self, revision: object, policy: CompiledPolicy, text: str, ctx: CheckContext
+    ) -> tuple[tuple[object, ...] | None, Decision | None]:
+        """(the key to :meth:`keep` the decision under, or None when it is not to be kept;
+        a copy of the kept decision, or None). On the event loop only (not thread-safe)."""
+        if self.max_entries <= 0 or len(text) > self.max_text:
+            return None, None
+        start = time.perf_counter()
+        if revision != self._revision:
+            self._entries.clear()
+            self._revision = revision
+        key = self._key(revision, policy, text, ctx)
+        kept = self._entries.get(key)
+        if kept is None:
+            self.misses += 1
+            return key, None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return key, replace(
+            kept, findings=list(kept.findings), latencies_us=[], failed=[], cached=True,
+            latency_us=int((time.perf_counter() - start) * 1e6),
+        )  # fmt: skip
+
+    def keep(self, key: tuple[object, ...] | None, decision: Decision) -> None:
+        if key is None or decision.degraded or decision.cached:
+            return
+        self._entries[key] = replace(decision, findings=list(decision.findings))
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)

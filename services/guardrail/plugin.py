@@ -28,6 +28,13 @@ class GuardrailSettings(Settings):
         "random key kept in state_dir/guardrail.key (set one per tenant fleet in production).",
     )
     workers: int = Field(2, ge=1, le=64, description="Threads checking long texts.")
+    decision_cache_entries: int = Field(
+        10_000, ge=0, le=1_000_000, description="Decisions kept for texts checked again under "
+        "the same policy and context (retrieved catalogue passages, reviews, popular "
+        "queries: checked once, not on every Run); keyed by a digest of the text, dropped "
+        "when the policies change; texts over 4,096 characters and degraded decisions are "
+        "not kept. 0: off.",
+    )  # fmt: skip
     hard_timeout_s: float = Field(
         1.0, gt=0, le=60, description="Wall-clock bound of one check of a long text on the "
         "worker pool: past it the call answers at once with a degraded decision (the "

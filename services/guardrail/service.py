@@ -4,15 +4,19 @@ domain and servicers."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from llmops.secret_files import create_secret_file
 from llmops.server import ServiceContext, ServiceDefinition, binding
 from llmops.v1 import guardrail_pb2, guardrail_pb2_grpc
 from llmops.yamlfiles import HotReload
 from services.guardrail.domain import Guardrail
-from services.guardrail.engine import Engine
+from services.guardrail.engine import DecisionCache, Engine
 from services.guardrail.plugin import GuardrailSettings
 from services.guardrail.policy import PolicySet, load_policies
 from services.guardrail.servicer import GuardrailAdminServicer, GuardrailServicer
@@ -39,7 +43,12 @@ def create(ctx: ServiceContext[GuardrailSettings]) -> ServiceDefinition:
     )
     engine = Engine(hmac_key(cfg.hmac_key, ctx.backends.state_dir))
     pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="guardrail")
-    guardrail = Guardrail(policies, engine, ctx.events, pool, hard_timeout_s=cfg.hard_timeout_s)
+    decisions = DecisionCache(cfg.decision_cache_entries)
+    ctx.metrics.register(_DecisionCacheCollector(decisions))
+    guardrail = Guardrail(
+        policies, engine, ctx.events, pool, hard_timeout_s=cfg.hard_timeout_s,
+        decisions=decisions,
+    )  # fmt: skip
 
     async def close_pool() -> None:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -60,3 +69,21 @@ def create(ctx: ServiceContext[GuardrailSettings]) -> ServiceDefinition:
 
 def _revision(policies: PolicySet) -> str:
     return policies.revision
+
+
+class _DecisionCacheCollector(Collector):
+    """``llmops_guardrail_decision_cache_total{result}``: checks answered from the decision
+    cache (hit) or by the detectors (miss; only texts the cache would keep are counted)."""
+
+    def __init__(self, cache: DecisionCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "llmops_guardrail_decision_cache",
+            "Checks answered from the decision cache (hit) or by the detectors (miss).",
+            labels=["result"],
+        )
+        family.add_metric(["hit"], self._cache.hits)
+        family.add_metric(["miss"], self._cache.misses)
+        yield family
