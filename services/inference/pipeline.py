@@ -294,8 +294,7 @@ class Pipeline:
             deadline = time.monotonic() + (DEFAULT_RUN_BUDGET_S if budget is None else budget)
             steps = task.spec.steps
             i = 0
-            while i < len(steps):
-                group = concurrent_group(steps, i)
+            for group in task.groups:
                 shares = [self._budget(steps[i:], deadline, step) for step in group]
                 if len(group) == 1:
                     outcomes = [await self._timed(task, group[0], state, call, shares[0])]
@@ -699,28 +698,3 @@ def _stage(name: str, start: float, began: float, ended: float) -> common_pb2.St
         duration_us=int((ended - began) * 1e6),
         start_offset_us=int((began - start) * 1e6),
     )
-
-
-def _needs_inputs_only(step: StepSpec) -> bool:
-    """A step that reads only the call (its inputs and context) and writes what no other such
-    step reads: the experiment, the feature reads, an input guardrail over the shopper's own
-    texts (not the retrieved passages)."""
-    s = step.settings
-    return isinstance(s, (ExperimentStep, FeaturesStep)) or (
-        isinstance(s, GuardrailInputStep) and not s.retrieved
-    )
-
-
-def concurrent_group(steps: list[StepSpec], i: int) -> list[StepSpec]:
-    """The steps that run together from ``steps[i]``: a run of consecutive steps that need
-    only the call's inputs (one hop's latency instead of several), else ``steps[i]`` alone.
-    At most one step of a kind per group: two input guardrails could both rewrite an input
-    (REDACT), two feature reads the same feature."""
-    group = [steps[i]]
-    if not _needs_inputs_only(steps[i]):
-        return group
-    for step in steps[i + 1 :]:
-        if not _needs_inputs_only(step) or step.kind in {s.kind for s in group}:
-            break
-        group.append(step)
-    return group

@@ -40,12 +40,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmops.errors import NotFound
 from llmops.yamlfiles import YamlFileError, load_yaml_files
@@ -194,9 +195,6 @@ class StepSpec(_Strict):
     fallback: dict[str, Any] = Field(default_factory=dict)
     """What a failed step leaves behind with ``on_failure: fallback`` (e.g. features)."""
 
-    _kind: str = PrivateAttr("")
-    """Set once by the validator: a run asks for it several times a step."""
-
     @model_validator(mode="after")
     def _one_kind(self) -> StepSpec:
         kinds = [k for k in STEP_KINDS if getattr(self, k) is not None]
@@ -204,16 +202,17 @@ class StepSpec(_Strict):
             raise ValueError(f"a step has exactly one of {', '.join(STEP_KINDS)}; got {kinds}")
         if self.fallback and self.on_failure != "fallback":
             raise ValueError("fallback values need on_failure: fallback")
-        self._kind = kinds[0]
         return self
 
-    @property
+    # cached: a run asks for both several times a step (pydantic leaves cached properties
+    # out of equality and dumps)
+    @cached_property
     def kind(self) -> str:
-        return self._kind
+        return next(k for k in STEP_KINDS if getattr(self, k) is not None)
 
-    @property
+    @cached_property
     def settings(self) -> Any:
-        return getattr(self, self._kind)
+        return getattr(self, self.kind)
 
 
 class FeedbackSpec(_Strict):
@@ -264,6 +263,44 @@ class CompiledTask:
     templates: dict[str, jinja2.Template]
     """Compiled templates by path, e.g. ``retrieval.query``, ``prompt.system``."""
     source: str
+    groups: tuple[tuple[StepSpec, ...], ...] = ()
+    """The steps in run order, those that run together in one group
+    (:func:`concurrent_group`): worked out once, not on every run."""
+
+
+def needs_inputs_only(step: StepSpec) -> bool:
+    """A step that reads only the call (its inputs and context) and writes what no other such
+    step reads: the experiment, the feature reads, an input guardrail over the shopper's own
+    texts (not the retrieved passages)."""
+    s = step.settings
+    return isinstance(s, (ExperimentStep, FeaturesStep)) or (
+        isinstance(s, GuardrailInputStep) and not s.retrieved
+    )
+
+
+def concurrent_group(steps: Sequence[StepSpec], i: int) -> list[StepSpec]:
+    """The steps that run together from ``steps[i]``: a run of consecutive steps that need
+    only the call's inputs (one hop's latency instead of several), else ``steps[i]`` alone.
+    At most one step of a kind per group: two input guardrails could both rewrite an input
+    (REDACT), two feature reads the same feature."""
+    group = [steps[i]]
+    if not needs_inputs_only(steps[i]):
+        return group
+    for step in steps[i + 1 :]:
+        if not needs_inputs_only(step) or step.kind in {s.kind for s in group}:
+            break
+        group.append(step)
+    return group
+
+
+def step_groups(steps: Sequence[StepSpec]) -> tuple[tuple[StepSpec, ...], ...]:
+    groups: list[tuple[StepSpec, ...]] = []
+    i = 0
+    while i < len(steps):
+        group = concurrent_group(steps, i)
+        groups.append(tuple(group))
+        i += len(group)
+    return tuple(groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +352,7 @@ def compile_task(spec: TaskSpec, label: str) -> CompiledTask:
             given = spec.inputs.get(s.candidates)
             if given is None or given.type != "int_list":
                 raise TaskError(f"{at}.candidates", f"{s.candidates!r} is not an int_list input")
-    return CompiledTask(spec, templates, label)
+    return CompiledTask(spec, templates, label, step_groups(spec.steps))
 
 
 def load_tasks(paths: Sequence[Path]) -> TaskTable:

@@ -22,9 +22,9 @@ from benchmarks.openai_upstream import Upstream, start_upstream
 from llmops.errors import InvalidArgument, NotFound, Unavailable
 from llmops.v1 import common_pb2, inference_pb2
 from services.inference.metrics import InferenceMetrics
-from services.inference.pipeline import Pipeline, RunCall, concurrent_group, parse_output
+from services.inference.pipeline import Pipeline, RunCall, parse_output
 from services.inference.ports import Passage, Prompt, Variant, Verdict
-from services.inference.tasks import PostprocessStep, StepSpec, TaskError
+from services.inference.tasks import PostprocessStep, StepSpec, TaskError, concurrent_group
 from tests.inference_support import (  # close_engines: an autouse fixture
     Events,
     close_engines,  # noqa: F401
