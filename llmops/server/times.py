@@ -96,7 +96,10 @@ def _check(value: Any, kind: str, desc: Descriptor) -> tuple[list[str], str] | N
                     found[0].extend((f"[{i}]", f".{field}"))
                     break
         else:
-            for key, item in getattr(value, field).items():
+            entries = getattr(value, field)
+            if not entries:  # most maps are empty: items() of a map container is costly
+                continue
+            for key, item in entries.items():
                 found = _check(item, sub_kind, sub)
                 if found:
                     found[0].extend((f"[{key}]", f".{field}"))

@@ -255,6 +255,34 @@ async def test_keys_survive_a_restart(tmp_path: Path) -> None:
     await reopened.close()
 
 
+async def test_what_is_written_behind_is_what_is_read_back(tmp_path: Path) -> None:
+    """The write-behind (one JSON parameter per batch, unpacked by SQLite): replaced entries,
+    evictions and keys with quotes, separators and non-ASCII text survive a restart."""
+    path = tmp_path / "keys.sqlite3"
+    store = LocalKeyStore(path, ttl_s=3600, max_keys=1000)
+    odd = 'acme\x1f"quoted" \\ back\tslash ünïcode 🙂'
+    await store.put_many({odd: KeyEntry("e-odd", "f-odd")})
+    await store.put_many({f"k{i}": KeyEntry(f"e{i}", f"f{i}") for i in range(600)})
+    await store.put_many({"k5": KeyEntry("e5-new", "f5-new")})  # replaced
+    await store.put_many({f"k{i}": KeyEntry(f"e{i}", f"f{i}") for i in range(600, 1001)})
+    await store.close()  # waits for the writer
+    reopened = LocalKeyStore(path, ttl_s=3600, max_keys=5000)
+    assert len(reopened) == 1000  # the odd key and k0 were evicted, in SQLite too
+    found = await reopened.get_many([odd, "k0", "k1", "k5", "k1000"])
+    assert found == {
+        "k1": KeyEntry("e1", "f1"),
+        "k5": KeyEntry("e5-new", "f5-new"),
+        "k1000": KeyEntry("e1000", "f1000"),
+    }
+    await reopened.close()
+    again = LocalKeyStore(path, ttl_s=3600, max_keys=5000)
+    await again.put_many({odd: KeyEntry("e-odd", "f-odd")})
+    await again.close()
+    last = LocalKeyStore(path, ttl_s=3600, max_keys=5000)
+    assert await last.get_many([odd]) == {odd: KeyEntry("e-odd", "f-odd")}
+    await last.close()
+
+
 async def test_the_local_store_keeps_the_newest_keys_only() -> None:
     store = LocalKeyStore(None, ttl_s=3600, max_keys=1000)
     await store.put_many({f"k{i}": KeyEntry(f"e{i}", "f") for i in range(1500)})
