@@ -95,6 +95,21 @@ class _Item:
     """A repeat within the batch: it gets the outcome of this record."""
 
 
+def _template(
+    context: common_pb2.RequestContext, received: tuple[int, int]
+) -> events_pb2.EventEnvelope:
+    """What every FeedbackEvent of one call shares: the tenant and market, and ``received``
+    = (seconds, nanos) of the accept time as the received time and the default event time
+    (a record's own ``occurred_time`` replaces the latter)."""
+    envelope = events_pb2.EventEnvelope()
+    ev = envelope.feedback
+    ev.event_time.seconds, ev.event_time.nanos = received
+    ev.received_time.seconds, ev.received_time.nanos = received
+    ev.tenant = context.tenant
+    ev.market = context.market
+    return envelope
+
+
 class Intake:
     def __init__(
         self,
@@ -149,8 +164,9 @@ class Intake:
             await self._redact(context, fresh)
             fresh = [item for item in fresh if item.outcome is None]
             stamp = divmod(int(now * 1e9), 1_000_000_000)
+            template = _template(context, stamp)
             for item, event_id in zip(fresh, uuid7_many(len(fresh)), strict=True):
-                item.event = self._event(context, item, event_id, stamp)
+                item.event = self._event(template, item, event_id)
             envelopes = [item.event for item in fresh if item.event is not None]
             if envelopes:
                 try:
@@ -253,27 +269,22 @@ class Intake:
             setattr(getattr(item.feedback, message_name), field_name, text)
 
     def _event(
-        self,
-        context: common_pb2.RequestContext,
-        item: _Item,
-        event_id: str,
-        received: tuple[int, int],
+        self, template: events_pb2.EventEnvelope, item: _Item, event_id: str
     ) -> events_pb2.EventEnvelope:
-        """The FeedbackEvent of ``item``; ``received`` = (seconds, nanos) of the accept time."""
+        """The FeedbackEvent of ``item``: the batch's ``template`` (:func:`_template`) with
+        the record's own fields."""
         fb = item.feedback
         envelope = events_pb2.EventEnvelope()
+        envelope.CopyFrom(template)  # one call for the fields every record of a call shares
         ev = envelope.feedback
         ev.event_id = event_id
         if fb.HasField("occurred_time"):
             ev.event_time.CopyFrom(fb.occurred_time)
-        else:
-            ev.event_time.seconds, ev.event_time.nanos = received
-        ev.received_time.seconds, ev.received_time.nanos = received
-        ev.request_id = fb.request_id
-        ev.tenant = context.tenant
-        ev.market = context.market
-        ev.unit_type = fb.unit_type
-        ev.unit_id = fb.unit_id
+        if fb.request_id:
+            ev.request_id = fb.request_id
+        if fb.unit_id:
+            ev.unit_type = fb.unit_type
+            ev.unit_id = fb.unit_id
         ev.kind = _KIND_ENUM[item.checked.kind]
         ev.feedback.CopyFrom(fb)
         if not fb.name:
