@@ -104,9 +104,11 @@ class LocalKeyStore:
 
     async def put_many(self, entries: Mapping[str, KeyEntry]) -> None:
         now = time.time()
-        for key, entry in entries.items():
-            self._keys[key] = (entry.event_id, entry.fingerprint, now)
-            self._keys.move_to_end(key)
+        keys = self._keys
+        known = [key for key in entries if key in keys]  # moved to the end below
+        keys.update((key, (entry[0], entry[1], now)) for key, entry in entries.items())
+        for key in known:
+            keys.move_to_end(key)
         evicted: list[str] = []
         while len(self._keys) > self._max_keys:
             evicted.append(self._keys.popitem(last=False)[0])
