@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from llmops.errors import Unavailable
 
@@ -30,9 +30,9 @@ class LogUnavailable(Unavailable):
     """The log (broker, disk) cannot take or serve records now; retrying later is safe."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A record to append."""
+class Record(NamedTuple):
+    """A record to append. A tuple: a publisher makes one per event (50,000 a second),
+    and a frozen dataclass costs twice as much to build."""
 
     topic: str
     key: bytes

@@ -418,15 +418,16 @@ class EventPublisher:
         if not envelope.HasField("publish_time"):
             stamp = envelope.publish_time  # set directly: FromNanoseconds is pure Python
             stamp.seconds, stamp.nanos = now or divmod(time.time_ns(), 1_000_000_000)
-        if not envelope.key:
-            envelope.key = event_key(envelope, kind)
+        text_key = envelope.key
+        if not text_key:
+            text_key = envelope.key = event_key(envelope, kind)
         if self._producer and not envelope.producer:
             envelope.producer = self._producer
         try:
             value = envelope.SerializeToString()
         except (EncodeError, DecodeError) as exc:
             raise InvalidArgument("event", f"cannot serialize: {exc}") from exc
-        key = envelope.key.encode()
+        key = text_key.encode()
         if len(value) + len(key) > self.max_record_bytes:
             # refused here: the log would refuse it on every retry, at the head of the queue,
             # until the buffer filled and every publish failed
