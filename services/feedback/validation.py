@@ -28,6 +28,7 @@ FUTURE_SKEW_S = 300
 MAX_AGE_S = 400 * 86_400
 """How old ``occurred_time`` may be: the ``feedback`` table's TTL."""
 _WORD = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_THUMBS = frozenset((feedback_pb2.THUMB_UP, feedback_pb2.THUMB_DOWN))
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -141,6 +142,8 @@ def check_record(
         )
     if signal.kind != kind:
         raise InvalidArgument(f"{at}.{kind}", f"signal {name!r} takes {signal.kind} feedback")
+    if kind == "thumbs" and feedback.thumbs.thumb in _THUMBS:  # the common case, no call
+        return CheckedRecord(signal, kind, (), fingerprint(feedback))
     texts = _check_kind(feedback, kind, signal, at, kind)
     return CheckedRecord(signal, kind, texts, fingerprint(feedback))
 
