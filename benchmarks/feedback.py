@@ -7,10 +7,11 @@ Cases:
   feedback service started as its own process (local event log, fsync on: every answer waits
   until its record is durable). p50/p99 of the calls. Target: p99 < 2 ms.
 ``submit_batch_1000`` — ``SubmitBatch`` of 1,000 records (thumbs, clicks, bookings, ratings),
-  at 1 and 4 in flight, after 3 warm-up batches: ``events_per_s`` = records accepted (durable) per second of wall
-  time; p50/p99 of the calls. Target: >= 50,000 events/s. Baseline ``log-direct``: the same
-  FeedbackEvents published with ``EventPublisher.publish_durable`` straight into a LocalLog
-  in this process, 1,000 at a time — the event log's own ceiling, no gRPC, no validation.
+  at 1 and 4 in flight, after 3 warm-up batches: ``events_per_s`` = records accepted (durable)
+  per second of wall time; p50/p99 of the calls. Target: >= 50,000 events/s. Baseline
+  ``log-direct``: the same FeedbackEvents published with ``EventPublisher.publish_durable``
+  straight into a LocalLog in this process, 1,000 at a time — the event log's own ceiling, no
+  gRPC, no validation.
 ``stats`` / ``stats_by_variant`` — ``GetFeedbackStats``'s queries as the service runs them
   (the hourly rollup, :mod:`services.feedback.rollup`) on chdb holding ``rows`` feedback
   records (default 10 M; 2 % of them superseded by a newer record of their key) on
