@@ -19,12 +19,12 @@ is double-counted.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -42,6 +42,10 @@ _INSERT_JSON = (
     "FROM json_each(?)"
 )
 _DELETE_JSON = "DELETE FROM keys WHERE key IN (SELECT value FROM json_each(?))"
+WRITE_BEHIND_S = 0.05
+"""How long accepted keys may wait before they are written to SQLite together."""
+WRITE_BEHIND_ROWS = 1000
+"""...or how many: a 1,000-record batch is written at once."""
 
 
 class KeyEntry(NamedTuple):  # a tuple: a batch makes a thousand
@@ -69,8 +73,12 @@ class LocalKeyStore:
         self._max_keys = max_keys
         self._keys: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         self._db: sqlite3.Connection | None = None
-        self._writer: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._wake = threading.Condition()
+        self._pending: list[tuple[str, list[Any]]] = []
+        """Writes not yet in SQLite, in order: ("put", rows) and ("evict", keys)."""
+        self._pending_rows = 0
+        self._stopping = False
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -88,7 +96,10 @@ class LocalKeyStore:
             ).fetchall()
             for key, event_id, fingerprint, at in reversed(rows):
                 self._keys[key] = (event_id, fingerprint, at)
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="feedback-keys")
+            self._writer = threading.Thread(
+                target=self._write_behind, name="feedback-keys", daemon=True
+            )
+            self._writer.start()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -114,26 +125,57 @@ class LocalKeyStore:
             evicted.append(self._keys.popitem(last=False)[0])
         if self._writer is not None:
             rows = [(k, e.event_id, e.fingerprint, now) for k, e in entries.items()]
-            self._writer.submit(self._persist, rows, evicted)
+            with self._wake:
+                self._pending.append(("put", rows))
+                if evicted:
+                    self._pending.append(("evict", evicted))
+                self._pending_rows += len(rows)
+                if self._pending_rows >= WRITE_BEHIND_ROWS:
+                    self._wake.notify()
 
-    def _persist(self, rows: list[tuple[str, str, str, float]], evicted: list[str]) -> None:
-        # A batch as one JSON parameter, unpacked by SQLite (json_each): one statement that
+    def _write_behind(self) -> None:
+        """The writer thread: what is pending every ``WRITE_BEHIND_S`` (or as soon as
+        ``WRITE_BEHIND_ROWS`` keys wait), in one transaction. Coalesced so that a stream of
+        single Submits does not hand every call's key to a thread of its own."""
+        while True:
+            with self._wake:
+                if not self._pending and not self._stopping:
+                    self._wake.wait(WRITE_BEHIND_S)
+                work, self._pending, self._pending_rows = self._pending, [], 0
+                stopping = self._stopping
+            if work:
+                try:
+                    self._persist(work)
+                except sqlite3.Error as exc:  # the keys stay in memory; a restart forgets them
+                    log.error("feedback_keys_not_persisted", keys=len(work), error=str(exc))
+            if stopping:
+                return
+
+    def _persist(self, work: list[tuple[str, list[Any]]]) -> None:
+        # Each step as one JSON parameter, unpacked by SQLite (json_each): one statement that
         # runs without the GIL, where executemany took and released it once per row and
         # slowed the event loop's thread by ~2.6 ms per 1,000 keys.
         assert self._db is not None
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute(_INSERT_JSON, (orjson.dumps(rows),))
-            if evicted:
-                self._db.execute(_DELETE_JSON, (orjson.dumps(evicted),))
-            self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+        try:
+            for step, items in work:
+                sql = _INSERT_JSON if step == "put" else _DELETE_JSON
+                self._db.execute(sql, (orjson.dumps(items),))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     async def close(self) -> None:
         if self._writer is not None:
-            self._writer.shutdown(wait=True)
+            with self._wake:
+                self._stopping = True
+                self._wake.notify()
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
         if self._db is not None:
-            with self._lock:
-                self._db.close()
+            self._db.close()
+            self._db = None
 
 
 class RedisKeyStore:
