@@ -379,7 +379,11 @@ class EventPublisher:
         records = [self._prepare(envelope, stamp) for envelope in envelopes]
         if not records:
             return
-        await self.wait_durable(self._append_all(records), timeout_s)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        # the waiter goes in with the events: the sender wakes once, already urgent
+        self._append_all(records, (loop, future))
+        await self._await_durable(future, timeout_s)
 
     async def wait_durable(self, sequence: int, timeout_s: float) -> None:
         """Wait (without blocking the loop) until the events accepted up to ``sequence`` are
@@ -395,6 +399,9 @@ class EventPublisher:
             heapq.heappush(self._waiters, waiter)
             self._work.notify()
             self._spill_wake.notify()
+        await self._await_durable(future, timeout_s)
+
+    async def _await_durable(self, future: asyncio.Future[None], timeout_s: float) -> None:
         try:
             await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
@@ -477,8 +484,13 @@ class EventPublisher:
         self.metrics.depth.inc()
         return sequence
 
-    def _append_all(self, records: list[tuple[Record, str]]) -> int:
-        """Buffer ``records`` together; the sequence number of the last one."""
+    def _append_all(
+        self,
+        records: list[tuple[Record, str]],
+        waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None,
+    ) -> int:
+        """Buffer ``records`` together; the sequence number of the last one. ``waiter``:
+        (loop, future) resolved once they are all in the log."""
         with self._work:
             if self._state not in ("new", "running"):
                 raise FailedPrecondition("event publisher is closed")
@@ -490,14 +502,18 @@ class EventPublisher:
                     f"{self._log.name} event log (capacity {self.capacity}), "
                     f"{len(records)} more do not fit; retry later"
                 )
-            if not self._buffer:
+            was_empty = not self._buffer
+            if was_empty:
                 self._first_at = time.monotonic()
-                self._work.notify()
             self._buffer.extend(record for record, _ in records)
             self._pending += len(records)
             self._accepted += len(records)
             target = self._accepted
-            if len(self._buffer) >= self._max_batch:
+            if waiter is not None:
+                entry = (target, next(self._waiter_ids), time.monotonic(), *waiter)
+                heapq.heappush(self._waiters, entry)
+                self._spill_wake.notify()
+            if was_empty or waiter is not None or len(self._buffer) >= self._max_batch:
                 self._work.notify()
             if self._pending >= self._spill_threshold and self._overflow is not None:
                 self._spill_wake.notify()
