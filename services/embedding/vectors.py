@@ -272,7 +272,8 @@ class Vectors:
         else:
             raise InvalidArgument("query", "give a vector or a text")
         args = (name, query, k, filter, params, include_metadata, include_vectors, min_score)
-        hits = self.store.search_inline(*args, max_items=INLINE_SEARCH_ITEMS)
+        with self.store.uncontended(name, INLINE_SEARCH_ITEMS) as inline:
+            hits = self.store.search(*args) if inline else None
         if hits is None:
             hits = await asyncio.to_thread(self.store.search, *args)
         self.metrics.searches.labels(name, "text" if text is not None else "vector").inc()

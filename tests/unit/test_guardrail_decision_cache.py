@@ -18,36 +18,20 @@ from services.guardrail.detectors.base import Fact
 from services.guardrail.domain import Guardrail, Subject
 from services.guardrail.engine import Decision, DecisionCache, Engine
 from services.guardrail.policy import PolicySet, load_policies
+from tests.unit.test_guardrail_domain import POLICIES as DOMAIN_POLICIES
+from tests.unit.test_guardrail_domain import Events
 
 OUT = common_pb2.DIRECTION_OUTPUT
-POLICIES = """
-defaults: {OUTPUT: copy}
-policies:
-  - name: copy
-    version: 1
-    directions: [OUTPUT]
-    detectors:
-      - {detector: competitor, action: REDACT, params: {names: [Expedia]}}
-  - name: quiet
-    version: 1
-    directions: [OUTPUT]
-    detectors:
-      - {detector: competitor, action: FLAG, params: {names: [Expedia]}}
-  - name: both
+POLICIES = (
+    DOMAIN_POLICIES
+    + """  - name: both
     version: 1
     directions: [INPUT, OUTPUT]
     detectors:
       - {detector: competitor, action: FLAG, params: {names: [Expedia]}}
 """
+)
 TEXT = "Book it here rather than on Expedia, it is cheaper."
-
-
-class Events:
-    def __init__(self) -> None:
-        self.published: list[Any] = []
-
-    def publish(self, envelope: Any) -> None:
-        self.published.append(envelope)
 
 
 class CountingEngine(Engine):
@@ -60,10 +44,6 @@ class CountingEngine(Engine):
         return super().evaluate(policy, text, ctx)
 
 
-def _revision(p: PolicySet) -> str:
-    return p.revision
-
-
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
     (tmp_path / "p.yaml").write_text(POLICIES)
@@ -71,7 +51,9 @@ def files(tmp_path: Path) -> Path:
 
 
 def make(files: Path, entries: int = 100) -> tuple[Guardrail, CountingEngine, Events]:
-    policies = HotReload("policies", lambda: load_policies([files]), _revision)
+    policies = HotReload[PolicySet](
+        "policies", lambda: load_policies([files]), lambda p: p.revision
+    )
     engine, events = CountingEngine(), Events()
     domain = Guardrail(
         policies, engine, events, ThreadPoolExecutor(1), decisions=DecisionCache(entries)

@@ -37,6 +37,10 @@ class HttpConnectionError(ConnectionError):
     """The exchange failed on the connection (not an HTTP status: those are answers)."""
 
 
+class ConnectTimeout(TimeoutError):
+    """Connecting alone took longer than ``connect_timeout_s``."""
+
+
 class _Stale(HttpConnectionError):
     """A reused connection was closed before any byte of the reply: safe to send again."""
 
@@ -240,7 +244,3 @@ class Http1Pool:
         self._closed = True
         while self._idle:
             self._idle.pop().close()
-
-
-class ConnectTimeout(TimeoutError):
-    """Connecting alone took longer than ``connect_timeout_s``."""
