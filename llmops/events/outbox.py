@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -48,6 +49,15 @@ class AuditOutboxSettings(Settings):
         60.0, gt=0, description="How old a record another process left in the audit outbox "
         "must be before it is published here (a live process publishes its own at once).",
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StagedAudit:
+    """A change's audit record, stored with the change in the audit outbox."""
+
+    event_id: str
+    envelope: bytes
+    at_us: int
 
 
 class OutboxStore(Protocol):

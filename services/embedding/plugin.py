@@ -6,11 +6,12 @@ from typing import Literal
 
 from pydantic import Field
 
+from llmops.events.outbox import AuditOutboxSettings
 from llmops.plugin import ServicePlugin
-from llmops.settings import Settings, Switch, switched_on
+from llmops.settings import Switch, switched_on
 
 
-class EmbeddingSettings(Settings):
+class EmbeddingSettings(AuditOutboxSettings):
     """The embedding service: the model it serves, how calls are batched, input limits."""
 
     model_name: str = Field(

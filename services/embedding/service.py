@@ -135,6 +135,7 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
         ctx.events,
         VectorMetrics(ctx.metrics),
         query_cache_entries=settings.query_cache_entries,
+        outbox_min_age_s=settings.audit_outbox_min_age_s,
     )
 
     async def start() -> None:
@@ -147,7 +148,7 @@ def create(ctx: ServiceContext[EmbeddingSettings]) -> ServiceDefinition:
             await encoder.close()
         store.close()
 
-    tasks: list[Task] = []
+    tasks: list[Task] = [vectors.outbox.task(settings.audit_outbox_interval_s)]
     if settings.rebuild_check_interval_s > 0:
 
         async def compact() -> None:

@@ -35,6 +35,15 @@ things make old records safe to delete:
 
 Checkpoint snapshots beyond the newest ``keep`` of each collection are deleted; snapshots a
 client asked for (``Snapshot``) are never deleted by the service.
+
+**The audit outbox** (:class:`llmops.events.outbox.AuditOutbox` reads it): a create, drop or
+restore carries its audit record inside its own log record (one frame, so one atomic append),
+and a snapshot's record is logged right after the snapshot is written. A record stays
+*staged* until ``delete_outbox`` logs that the event log holds it; staged records come back
+on replay, and a checkpoint logs the ones it would cut off again, later. So a process killed
+between a change and the publish of its record leaves the record for the next one, which
+publishes it at once (``outbox_before`` treats what it recovered as old enough: one process
+holds this log, so whoever staged it is dead).
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import numpy as np
 import structlog
 
 from llmops.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from llmops.events.outbox import StagedAudit
 from llmops.v1 import common_pb2
 from services.embedding.collection import (
     CollectionSpec,
@@ -70,7 +80,14 @@ from services.embedding.wal import WriteAheadLog
 log = structlog.get_logger("llmops.embedding")
 
 _CREATE, _UPSERT, _DELETE_IDS, _DELETE_FILTER, _DROP, _RESTORE = b"C", b"U", b"I", b"F", b"X", b"R"
+_AUDITED, _STAGED, _OUTBOX_DONE = b"A", b"S", b"O"  # a change with its audit record; see above
 _HEADER = struct.Struct("<I")  # length of an upsert record's JSON header
+_STAGE = struct.Struct("<QHI")  # an audit record's staging time (µs), event id and envelope sizes
+
+AuditFor = Callable[[str, int], StagedAudit]
+"""Builds a change's audit record under the store's write lock, given the collection and the
+item count the change removes or brings (a drop's count, a restore's target name when the
+caller named none: only known there)."""
 
 
 Collection = VectorCollection | MilvusCollection
@@ -114,6 +131,8 @@ class Recovery:
     wal_first_sequence: int = 0
     snapshots_stale: int = 0
     """Snapshots not loaded: older than a drop or restore of their collection (its floor)."""
+    audit_records_staged: int = 0
+    """Audit records a previous process staged and never saw in the event log (relayed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +143,26 @@ class Checkpoint:
     milvus_reanchored: int
     segments_deleted: int
     snapshots_deleted: int
+    audit_records_reanchored: int
     wal_first_sequence: int
     """The first record the log still holds (it needs nothing before it)."""
     wal_bytes: int
     seconds: float
+
+
+@dataclass(slots=True)
+class _Staged:
+    sequence: int
+    """The log record holding it (a checkpoint re-logs it before cutting that far)."""
+    at_us: int
+    envelope: bytes
+    recovered: bool
+    """Staged by a previous process (found on replay)."""
+
+
+def _stage_header(audit: StagedAudit) -> bytes:
+    event_id = audit.event_id.encode()
+    return _STAGE.pack(audit.at_us, len(event_id), len(audit.envelope)) + event_id + audit.envelope
 
 
 def _spec_json(spec: CollectionSpec, create_time: float) -> bytes:
@@ -168,6 +203,7 @@ class CollectionStore:
         self._floors: dict[str, int] = {}
         self._wal_bytes_checkpointed = 0
         self._write = threading.Lock()
+        self._outbox: dict[str, _Staged] = {}
         self.recovery = Recovery()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -195,6 +231,7 @@ class CollectionStore:
             self.root / "wal", fsync=self.fsync, segment_bytes=self.wal_segment_bytes
         )
         floors = dict(self._floors)
+        self._outbox = {}
         replayed = skipped = 0
         # From the oldest record kept: checkpoints deleted only what the snapshots hold.
         for sequence, record in self._wal.replay(after=self._wal.first_sequence - 1):
@@ -212,6 +249,7 @@ class CollectionStore:
             collections={n: e.collection.item_count for n, e in self._entries.items()},
             wal_first_sequence=self._wal.first_sequence,
             snapshots_stale=stale,
+            audit_records_staged=len(self._outbox),
         )
         log.info("embedding_collections_recovered", **asdict(self.recovery))
         return self.recovery
@@ -335,7 +373,11 @@ class CollectionStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def create(self, spec: CollectionSpec, *, if_not_exists: bool = False) -> CollectionInfo:
+    def create(
+        self, spec: CollectionSpec, *, if_not_exists: bool = False, audit: AuditFor | None = None
+    ) -> CollectionInfo:
+        """``audit`` (here and in ``drop``/``restore``): its record is logged with the change,
+        and only when there is one (an ``if_not_exists`` create of what exists logs nothing)."""
         validate_spec(spec)
         with self._write:
             existing = self._entries.get(spec.name)
@@ -346,7 +388,8 @@ class CollectionStore:
                     f"collection.name: collection {spec.name!r} exists"
                     + (" with another definition" if if_not_exists else "")
                 )
-            self._log_and_apply(_CREATE + _spec_json(spec, self._clock()))
+            staged = audit(spec.name, 0) if audit is not None else None
+            self._log_and_apply(_CREATE + _spec_json(spec, self._clock()), staged=staged)
         return self.info(spec.name)
 
     def upsert(
@@ -396,14 +439,15 @@ class CollectionStore:
             payload = _HEADER.pack(len(name_bytes)) + name_bytes + filter.SerializeToString()
             return int(self._log_and_apply(_DELETE_FILTER + payload))
 
-    def drop(self, name: str, *, if_exists: bool = False) -> int:
+    def drop(self, name: str, *, if_exists: bool = False, audit: AuditFor | None = None) -> int:
         with self._write:
             entry = self._entries.get(name)
             if entry is None:
                 if if_exists:
                     return 0
                 raise NotFound(f"name: no collection {name!r}")
-            return int(self._log_and_apply(_DROP + name.encode()))
+            staged = audit(name, entry.collection.item_count) if audit is not None else None
+            return int(self._log_and_apply(_DROP + name.encode(), staged=staged))
 
     def snapshot(self, name: str, *, origin: str = "request") -> SnapshotInfo:
         """A consistent snapshot: exported under the write lock at the current log position,
@@ -428,7 +472,12 @@ class CollectionStore:
         return info
 
     def restore(
-        self, snapshot_id: str, name: str = "", *, overwrite: bool = False
+        self,
+        snapshot_id: str,
+        name: str = "",
+        *,
+        overwrite: bool = False,
+        audit: AuditFor | None = None,
     ) -> CollectionInfo:
         if name:
             validate_collection(name)
@@ -444,13 +493,49 @@ class CollectionStore:
             if target in self._entries and not overwrite:
                 raise AlreadyExists(f"collection: collection {target!r} exists (set overwrite)")
             payload = json.dumps({"s": snapshot_id, "c": target}).encode()
-            self._log_and_apply(_RESTORE + payload, loaded)
+            staged = audit(target, loaded[0].item_count) if audit is not None else None
+            self._log_and_apply(_RESTORE + payload, loaded, staged=staged)
         return self.info(target)
 
-    def restore_uri(self, uri: str, name: str = "", *, overwrite: bool = False) -> CollectionInfo:
+    def restore_uri(
+        self, uri: str, name: str = "", *, overwrite: bool = False, audit: AuditFor | None = None
+    ) -> CollectionInfo:
         """``uri`` must name an archive inside the snapshot store (never opened otherwise)."""
         info, _ = self.snapshots.load_uri(uri)
-        return self.restore(info.snapshot_id, name, overwrite=overwrite)
+        return self.restore(info.snapshot_id, name, overwrite=overwrite, audit=audit)
+
+    # -- the audit outbox (see the module docstring) ---------------------------------------
+
+    def stage_audit(self, audit: StagedAudit) -> None:
+        """Log an audit record on its own (a snapshot's: the snapshot is no log record)."""
+        record = _STAGED + _stage_header(audit)
+        with self._write:
+            self._apply(record, self.wal.append([record]), replaying=False)
+
+    def outbox_before(self, cutoff_us: int, limit: int) -> list[tuple[str, bytes]]:
+        """Staged records (event id, envelope) staged before ``cutoff_us`` or recovered from
+        a previous process, oldest first."""
+        with self._write:
+            due = [
+                (staged.at_us, event_id, staged.envelope)
+                for event_id, staged in self._outbox.items()
+                if staged.recovered or staged.at_us < cutoff_us
+            ]
+        due.sort()
+        return [(event_id, envelope) for _, event_id, envelope in due[:limit]]
+
+    def delete_outbox(self, event_ids: Sequence[str]) -> None:
+        """The event log holds these: logged as done, so a replay does not stage them again."""
+        with self._write:
+            known = [e for e in event_ids if e in self._outbox]
+            if known:
+                record = _OUTBOX_DONE + json.dumps(known).encode()
+                self._apply(record, self.wal.append([record]), replaying=False)
+
+    def staged_audits(self) -> list[str]:
+        """The event ids in the outbox, oldest first."""
+        with self._write:
+            return [e for e, _ in sorted(self._outbox.items(), key=lambda kv: kv[1].at_us)]
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -493,6 +578,12 @@ class CollectionStore:
             # The floors must be durable before the drop/restore records that set them go.
             self._write_floors()
             cut = min((e.log_from for e in self._entries.values()), default=wal.last_sequence + 1)
+            audits = 0
+            for event_id, staged in self._outbox.items():
+                if staged.sequence < cut:  # not yet in the event log: keep it, logged later
+                    again = StagedAudit(event_id, staged.envelope, staged.at_us)
+                    staged.sequence = wal.append([_STAGED + _stage_header(again)])
+                    audits += 1
             segments = wal.truncate_before(cut - 1)
             pinned = {e.pinned_snapshot for e in self._entries.values() if e.pinned_snapshot}
             pruned = self._prune_checkpoint_snapshots(keep, pinned)
@@ -501,6 +592,7 @@ class CollectionStore:
                 milvus_reanchored=reanchored,
                 segments_deleted=segments,
                 snapshots_deleted=pruned,
+                audit_records_reanchored=audits,
                 wal_first_sequence=wal.first_sequence,
                 wal_bytes=wal.size_bytes,
                 seconds=time.perf_counter() - start,
@@ -531,10 +623,26 @@ class CollectionStore:
     # -- the log --------------------------------------------------------------------------
 
     def _log_and_apply(
-        self, record: bytes, loaded: tuple[SnapshotInfo, dict[str, bytes]] | None = None
+        self,
+        record: bytes,
+        loaded: tuple[SnapshotInfo, dict[str, bytes]] | None = None,
+        *,
+        staged: StagedAudit | None = None,
     ) -> Any:
+        if staged is not None:  # one frame: the change and its audit record, or neither
+            record = _AUDITED + _stage_header(staged) + record
         sequence = self.wal.append([record])  # durable before it is applied and acknowledged
         return self._apply(record, sequence, replaying=False, result=True, loaded=loaded)
+
+    def _unstage(self, body: bytes, sequence: int, *, recovered: bool) -> bytes:
+        """Put the audit record at the head of ``body`` in the outbox; returns the rest."""
+        at_us, id_size, envelope_size = _STAGE.unpack_from(body)
+        start = _STAGE.size + id_size
+        event_id = body[_STAGE.size : start].decode()
+        self._outbox[event_id] = _Staged(
+            sequence, at_us, body[start : start + envelope_size], recovered
+        )
+        return body[start + envelope_size :]
 
     def _apply(
         self,
@@ -548,6 +656,16 @@ class CollectionStore:
         """Apply one log record; on replay, returns whether it was applied (not skipped).
         ``loaded``: a restore record's snapshot, already read."""
         kind, body = record[:1], record[1:]
+        if kind == _AUDITED:
+            inner = self._unstage(body, sequence, recovered=replaying)
+            return self._apply(inner, sequence, replaying=replaying, result=result, loaded=loaded)
+        if kind == _STAGED:
+            self._unstage(body, sequence, recovered=replaying)
+            return True
+        if kind == _OUTBOX_DONE:
+            for event_id in json.loads(body):
+                self._outbox.pop(event_id, None)
+            return True
         now = self._clock()
         if kind == _CREATE:
             spec, create_time = _spec_of(body)

@@ -1,6 +1,11 @@
 """Collections as the RPCs see them: texts embedded with the served model, blocking store
 calls moved off the event loop, changes audited, counts in metrics.
 
+A collection's create, drop, snapshot and restore are audited through the store's outbox: the
+record is built under the store's write lock and logged with the change, published as usual,
+and forgotten once the event log holds it (:class:`AuditOutbox`, the service's
+``audit_outbox`` task); a process killed in between leaves it to the next one.
+
 Pure of gRPC: the servicer converts the contract's messages to these calls and back.
 """
 
@@ -8,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +21,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from llmops.errors import InvalidArgument, ResourceExhausted
+from llmops.events.outbox import AuditOutbox, StagedAudit
 from llmops.events.port import ServiceEvents
-from llmops.v1 import common_pb2
+from llmops.v1 import common_pb2, events_pb2
 from services.embedding.collection import CollectionSpec, CollectionStats, Hit
 from services.embedding.embeddings import EmbedCall, Embeddings
 from services.embedding.snapshots import SnapshotInfo
@@ -89,14 +95,18 @@ class Vectors:
         events: ServiceEvents,
         metrics: VectorMetrics,
         query_cache_entries: int = 4096,
+        outbox_min_age_s: float = 60.0,
     ) -> None:
         """``query_cache_entries``: text queries whose embedding is kept (LRU; 0 = none).
         Storefront queries repeat (a property page's name, popular searches) and the model
-        is fixed for the process, so a repeated query costs a lookup, not a forward pass."""
+        is fixed for the process, so a repeated query costs a lookup, not a forward pass.
+        ``outbox_min_age_s``: see :class:`AuditOutbox` (records recovered at start go at
+        once: this process alone holds the store)."""
         self.store = store
         self.embeddings = embeddings
         self.events = events
         self.metrics = metrics
+        self.outbox = AuditOutbox(_StoreOutbox(store), events, min_age_s=outbox_min_age_s)
         self.query_cache_entries = query_cache_entries
         self._queries: OrderedDict[str, tuple[np.ndarray, int, bool]] = OrderedDict()
 
@@ -129,30 +139,34 @@ class Vectors:
                     f"{spec.dimension} differs from {info.name}'s output ({info.dimension})",
                 )
         self._room()
-        existed = spec.name in self.store.names()
-        info_ = await asyncio.to_thread(self.store.create, spec, if_not_exists=if_not_exists)
-        if not existed:
-            self._audit("collection.create", spec.name, after={
-                "dimension": spec.dimension, "metric": spec.metric, "index_kind": spec.index_kind,
-                "embedding_model": spec.embedding_model,
-                "metadata_fields": sorted(spec.metadata_schema),
-            })  # fmt: skip
+        after = {
+            "dimension": spec.dimension, "metric": spec.metric, "index_kind": spec.index_kind,
+            "embedding_model": spec.embedding_model,
+            "metadata_fields": sorted(spec.metadata_schema),
+        }  # fmt: skip
+        audit = self._draft("collection.create", lambda items: (None, after))
+        info_ = await asyncio.to_thread(
+            self.store.create, spec, if_not_exists=if_not_exists, audit=audit
+        )
+        self._publish(audit)  # none when it existed already (if_not_exists)
         return info_
 
     async def drop(self, name: str, *, if_exists: bool) -> int:
         self._room()
-        existed = name in self.store.names()
-        deleted = await asyncio.to_thread(self.store.drop, name, if_exists=if_exists)
-        if existed:
-            self._audit("collection.drop", name, before={"item_count": deleted})
+        audit = self._draft("collection.drop", lambda items: ({"item_count": items}, None))
+        deleted = await asyncio.to_thread(self.store.drop, name, if_exists=if_exists, audit=audit)
+        self._publish(audit)
         return deleted
 
     async def snapshot(self, name: str) -> SnapshotInfo:
         self._room()
         info = await asyncio.to_thread(self.store.snapshot, name)
-        self._audit("collection.snapshot", name, after={
-            "snapshot_id": info.snapshot_id, "item_count": info.item_count, "sha256": info.sha256,
-        })  # fmt: skip
+        # A snapshot is no log record: its audit record is logged just after it is written.
+        after = {"snapshot_id": info.snapshot_id, "item_count": info.item_count,
+                 "sha256": info.sha256}  # fmt: skip
+        audit = self._draft("collection.snapshot", lambda items: (None, after))
+        await asyncio.to_thread(self.store.stage_audit, audit(name, info.item_count))
+        self._publish(audit)
         return info
 
     async def checkpoint_if_grown(self, wal_bytes: int, *, keep: int) -> Checkpoint | None:
@@ -170,16 +184,18 @@ class Vectors:
         self, snapshot_id: str, uri: str, name: str, *, overwrite: bool
     ) -> CollectionInfo:
         self._room()
+        audit = self._draft("collection.restore", lambda items: (None, {
+            "snapshot_id": snapshot_id, "uri": uri, "item_count": items, "overwrite": overwrite,
+        }))  # fmt: skip
         if uri:
-            info = await asyncio.to_thread(self.store.restore_uri, uri, name, overwrite=overwrite)
+            info = await asyncio.to_thread(
+                self.store.restore_uri, uri, name, overwrite=overwrite, audit=audit
+            )
         else:
             info = await asyncio.to_thread(
-                self.store.restore, snapshot_id, name, overwrite=overwrite
+                self.store.restore, snapshot_id, name, overwrite=overwrite, audit=audit
             )
-        self._audit("collection.restore", info.spec.name, after={
-            "snapshot_id": snapshot_id, "uri": uri, "item_count": info.item_count,
-            "overwrite": overwrite,
-        })  # fmt: skip
+        self._publish(audit)
         return info
 
     async def infos(self, names: Sequence[str]) -> list[CollectionInfo]:
@@ -285,13 +301,61 @@ class Vectors:
         if not self.events.has_room(1):
             raise ResourceExhausted("the event buffer has no room for the audit record; retry")
 
-    def _audit(
-        self,
-        action: str,
-        name: str,
-        *,
-        before: Mapping[str, Any] | None = None,
-        after: Mapping[str, Any] | None = None,
+    def _draft(self, action: str, shape: _Shape) -> _AuditDraft:
+        return _AuditDraft(self.events, self.outbox, action, shape)
+
+    def _publish(self, draft: _AuditDraft) -> None:
+        """Publish the record the store staged (none: the store changed nothing). On failure
+        it stays staged (the relay publishes it) and the caller gets DATA_LOSS."""
+        envelope = draft.envelope
+        if envelope is None:
+            return
+        event = envelope.audit
+        sequence = self.events.publish_audit(
+            envelope, f"{event.action} of {event.resource.name} is applied"
+        )
+        self.outbox.published(event.event_id, sequence)
+
+    async def relay_outbox(self) -> int:
+        """:meth:`AuditOutbox.relay`: how many records a dead process left were published."""
+        return await self.outbox.relay()
+
+
+_Shape = Callable[[int], tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]]
+"""A change's audit ``before`` and ``after``, given the item count the store reports."""
+
+
+class _AuditDraft:
+    """An audit record the store completes under its write lock (:data:`AuditFor`). Built
+    in the store's thread: the RPC's identity and request id come with the copied context."""
+
+    def __init__(
+        self, events: ServiceEvents, outbox: AuditOutbox, action: str, shape: _Shape
     ) -> None:
-        envelope = self.events.audit_event(action, "collection", name, before=before, after=after)
-        self.events.publish_audit(envelope, f"{action} of {name} is applied")
+        self.events = events
+        self.outbox = outbox
+        self.action = action
+        self.shape = shape
+        self.envelope: events_pb2.EventEnvelope | None = None
+
+    def __call__(self, name: str, items: int) -> StagedAudit:
+        before, after = self.shape(items)
+        self.envelope = envelope = self.events.audit_event(
+            self.action, "collection", name, before=before, after=after
+        )
+        return StagedAudit(
+            envelope.audit.event_id, envelope.SerializeToString(), self.outbox.now_us()
+        )
+
+
+class _StoreOutbox:
+    """The collection store's outbox, for :class:`AuditOutbox` (its calls off the loop)."""
+
+    def __init__(self, store: CollectionStore) -> None:
+        self.store = store
+
+    async def outbox_before(self, cutoff_us: int, limit: int) -> list[tuple[str, bytes]]:
+        return await asyncio.to_thread(self.store.outbox_before, cutoff_us, limit)
+
+    async def delete_outbox(self, event_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.store.delete_outbox, event_ids)

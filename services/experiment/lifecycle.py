@@ -28,12 +28,12 @@ from llmops.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-from llmops.events.outbox import AuditOutbox
+from llmops.events.outbox import AuditOutbox, StagedAudit
 from llmops.identity import Identity, system
 from llmops.v1 import events_pb2, experiment_pb2
 from services.experiment import model
 from services.experiment.catalog import Catalog
-from services.experiment.store import StagedAudit, layer_guard
+from services.experiment.store import layer_guard
 
 if TYPE_CHECKING:
     from llmops.events.port import ServiceEvents

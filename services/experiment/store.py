@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from google.protobuf import json_format
 
 from llmops.errors import Aborted, Unavailable
+from llmops.events.outbox import StagedAudit
 from llmops.redact import redact_url
 from llmops.v1 import experiment_pb2
 
@@ -41,15 +41,6 @@ class StoredConfig:
         self.revision = revision
         self.layers = layers
         self.experiments = experiments
-
-
-@dataclass(frozen=True, slots=True)
-class StagedAudit:
-    """A change's audit record, stored with the change in the audit outbox."""
-
-    event_id: str
-    envelope: bytes
-    at_us: int
 
 
 class ConfigStore(Protocol):

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from llmops.errors import Aborted
+from llmops.events.outbox import StagedAudit
 from llmops.v1 import events_pb2, experiment_pb2
 from services.experiment import model
 from services.experiment.assignment import Assigner, AssignQuery
 from services.experiment.catalog import Catalog
 from services.experiment.lifecycle import Change, Lifecycle
 from services.experiment.sticky import MemoryStickyStore
-from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigStore, StagedAudit
+from services.experiment.store import ConfigStore, FileConfigStore, RedisConfigStore
 
 CHANGE = Change(tenant="acme")
 
