@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README "Run the tests"; CI runs exactly this through .ci/run).
-# Installs what it needs (apt packages, Kafka jars via Maven, Go tools, the Python venv),
+# Installs what it needs (apt packages, Kafka and ZooKeeper jars via Maven, Go tools, the venv),
 # then: stub-sync check, buf lint, ruff, mypy, import contracts, and the whole pytest suite against real
-# Redis, Kafka, ClickHouse, OPA and chdb (the fixtures start the servers and stop them).
+# Redis, Kafka, ClickHouse (+ ZooKeeper), OPA and chdb (the fixtures start the servers and stop them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/go/bin:/usr/local/go/bin:$PATH"
@@ -10,7 +10,7 @@ export LLMOPS_REQUIRE_INFRA=1   # a missing server fails the run instead of skip
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "system packages, Kafka jars, OPA, buf"
+step "system packages, Kafka and ZooKeeper jars, OPA, buf"
 bash deploy/local/install.sh
 
 step "python environment (.venv, pinned by constraints.txt, and the model packages)"

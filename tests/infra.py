@@ -46,7 +46,7 @@ INSTALL_CMD = "bash deploy/local/install.sh"
 
 START_TIMEOUT_S = 240
 SERVER_FIXTURES = frozenset(
-    {"redis_url", "kafka_bootstrap", "clickhouse_dsn", "opa_url", "postgres_dsn"}
+    {"redis_url", "kafka_bootstrap", "clickhouse_dsn", "opa_url", "postgres_dsn", "zookeeper"}
 )
 
 
@@ -77,6 +77,10 @@ def opa_port() -> int:
 
 def postgres_port() -> int:
     return _port("LLMOPS_POSTGRES_PORT", 15432)
+
+
+def zookeeper_port() -> int:
+    return _port("LLMOPS_ZOOKEEPER_PORT", 12181)
 
 
 def infra_required() -> bool:
@@ -128,6 +132,12 @@ def _http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
 def probe_clickhouse() -> bool:
     res = _http_get(f"http://{HOST}:{clickhouse_http_port()}/?query=SELECT%201")
     return res is not None and res[0] == 200 and res[1].strip() == b"1"
+
+
+def probe_zookeeper() -> bool:
+    """``srvr`` names the mode only while the server serves (``ruok`` says imok before)."""
+    reply = _exchange(zookeeper_port(), b"srvr", 4096) or b""
+    return b"Mode: standalone" in reply
 
 
 def probe_opa() -> bool:
@@ -283,6 +293,14 @@ def clickhouse_dsn() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def zookeeper() -> Iterator[str]:
+    """``host:port`` of the ZooKeeper that the ClickHouse server's Replicated tables use
+    (deploy/local/clickhouse.sh points the server at it; the server need not restart)."""
+    with _server("zookeeper", probe_zookeeper):
+        yield f"{HOST}:{zookeeper_port()}"
+
+
+@pytest.fixture(scope="session")
 def opa_url() -> Iterator[str]:
     """OPA server serving the bundle in deploy/opa/policies."""
     with _server("opa", probe_opa):
@@ -316,7 +334,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "infra: needs a real server started by deploy/local"
-        " (Redis, Kafka, ClickHouse, PostgreSQL, OPA)",
+        " (Redis, Kafka, ClickHouse, ZooKeeper, PostgreSQL, OPA)",
     )
 
 

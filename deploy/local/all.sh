@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All five local servers at once: Redis, Kafka, ClickHouse, PostgreSQL, OPA.
+# All six local servers at once: Redis, Kafka, ZooKeeper, ClickHouse, PostgreSQL, OPA.
 #   all.sh start    start each (already running = no-op); stops at the first failure
 #   all.sh stop     stop each (in reverse order); never fails on one that is not running
 #   all.sh status   one line per server; exit 3 when any is stopped
@@ -10,7 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 LLMOPS_LOG_TAG=all
 
 here="$LLMOPS_REPO_ROOT/deploy/local"
-read -r -a servers <<<"${LLMOPS_SERVERS:-redis kafka clickhouse postgres opa}"
+read -r -a servers <<<"${LLMOPS_SERVERS:-redis kafka zookeeper clickhouse postgres opa}"
 
 case "${1:-}" in
     start)

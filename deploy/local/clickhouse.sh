@@ -2,7 +2,9 @@
 # ClickHouse server (Debian 12's clickhouse-server 18.16) as a plain process on 127.0.0.1:
 # native ${LLMOPS_CLICKHOUSE_PORT:-19000}, HTTP ${LLMOPS_CLICKHOUSE_HTTP_PORT:-18123}.
 # Config: the packaged /etc/clickhouse-server/{config,users}.xml copied into the state dir with
-# paths, ports and listen address rewritten (deploy/local/clickhouse_config.py).
+# paths, ports and listen address rewritten (deploy/local/clickhouse_config.py); Replicated
+# tables use the ZooKeeper of deploy/local/zookeeper.sh (${LLMOPS_ZOOKEEPER_PORT:-12181}), which
+# the server does not need to start.
 # Readiness: HTTP `SELECT 1` answers 1.   usage: clickhouse.sh {start|stop|status|check|restart}
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -54,6 +56,7 @@ start() {
         --src "$CH_SRC_CONFIG" --dest "$CH_DIR/etc" --data "$CH_DIR/data" --logs "$CH_DIR/logs" \
         --tcp-port "$LLMOPS_CLICKHOUSE_PORT" --http-port "$LLMOPS_CLICKHOUSE_HTTP_PORT" \
         --interserver-port "$LLMOPS_CLICKHOUSE_INTERSERVER_PORT" \
+        --zookeeper-port "$LLMOPS_ZOOKEEPER_PORT" \
         || die "could not write the ClickHouse config"
     log "starting ${CH_CMD[*]} (native $LLMOPS_CLICKHOUSE_PORT, http $LLMOPS_CLICKHOUSE_HTTP_PORT, data $CH_DIR/data)"
     rm -f "$CH_PID"

@@ -5,10 +5,14 @@ Debian's clickhouse-server (18.16) ships /etc/clickhouse-server/{config,users}.x
 plain process, so this copies both files into the state directory and rewrites what must not be
 shared with a system instance: data/tmp/user-files/format-schema paths, logs, ports, the
 listen address, and the sample clusters (replaced by one `llmops_local` cluster on our own port,
-so Distributed DDL can be exercised on one node).
+so Distributed DDL can be exercised on one node). With ``--zookeeper-port`` the server uses the
+local ZooKeeper (deploy/local/zookeeper.sh) for Replicated tables, with the macros ``{shard}``
+= 01 and ``{replica}`` = local; the server starts without it, and only Replicated tables need
+it to be up.
 
 usage: clickhouse_config.py --src /etc/clickhouse-server --dest <state>/etc --data <state>/data
            --logs <state>/logs --tcp-port 19000 --http-port 18123 --interserver-port 19009
+           [--zookeeper-port 12181]
 """
 
 from __future__ import annotations
@@ -75,6 +79,24 @@ def rewrite_config(src: Path, dest: Path, args: argparse.Namespace) -> None:
     )
     ET.SubElement(replica, "host").text = "127.0.0.1"
     ET.SubElement(replica, "port").text = str(args.tcp_port)
+    if args.zookeeper_port:
+        zookeeper = ET.SubElement(root, "zookeeper")
+        node = ET.SubElement(zookeeper, "node")
+        ET.SubElement(node, "host").text = "127.0.0.1"
+        ET.SubElement(node, "port").text = str(args.zookeeper_port)
+        # A lost session is noticed in seconds (the default 30 s would keep a replica
+        # writable against a dead ZooKeeper that long, and a restarted one unusable).
+        ET.SubElement(zookeeper, "session_timeout_ms").text = "10000"
+        ET.SubElement(zookeeper, "operation_timeout_ms").text = "5000"
+        # A replica whose session expired is read-only until its restarting thread makes a
+        # new one, and 18.16 looks every 60 s by default: a dev server should heal in seconds.
+        merge_tree = root.find("merge_tree")
+        if merge_tree is None:
+            merge_tree = ET.SubElement(root, "merge_tree")
+        _set(merge_tree, "zookeeper_session_expiration_check_period", "2")
+        macros = ET.SubElement(root, "macros")
+        ET.SubElement(macros, "shard").text = "01"
+        ET.SubElement(macros, "replica").text = "local"
 
     tree.write(dest / "config.xml", encoding="utf-8", xml_declaration=True)
 
@@ -107,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tcp-port", type=int, default=19000)
     p.add_argument("--http-port", type=int, default=18123)
     p.add_argument("--interserver-port", type=int, default=19009)
+    p.add_argument("--zookeeper-port", type=int, default=0, help="0: no ZooKeeper")
     args = p.parse_args(argv)
     src, dest = Path(args.src), Path(args.dest)
     for name in ("config.xml", "users.xml"):

@@ -10,10 +10,12 @@
 #            /var/lib/postgresql/15/main; deploy/local/postgres.sh never uses it).
 #   kafka    Apache Kafka 4.4.0 jars + runtime deps from Maven Central into
 #            deploy/local/kafka/target/lib (cached in ~/.m2)
+#   zookeeper  Apache ZooKeeper 3.9.5 jars the same way, into deploy/local/zookeeper/target/lib
+#            (ClickHouse's Replicated tables need it; Kafka does not)
 #   opa      go install github.com/open-policy-agent/opa@v1.22.3   -> ~/go/bin/opa
 #   buf      go install github.com/bufbuild/buf/cmd/buf@v1.75.0    -> ~/go/bin/buf
 #
-# Usage: deploy/local/install.sh [apt|kafka|opa|buf ...]   (default: all steps)
+# Usage: deploy/local/install.sh [apt|kafka|zookeeper|opa|buf ...]   (default: all steps)
 # Env:   LLMOPS_SKIP_APT=1 skips the apt step (e.g. packages baked into an image).
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -110,6 +112,39 @@ install_kafka() {
     step_time kafka "$t0"
 }
 
+ZOOKEEPER_POM="$LLMOPS_REPO_ROOT/deploy/local/zookeeper/pom.xml"
+ZOOKEEPER_LIB="${LLMOPS_ZOOKEEPER_LIB:-$LLMOPS_REPO_ROOT/deploy/local/zookeeper/target/lib}"
+
+install_zookeeper() {
+    local t0; t0=$(date +%s)
+    local jar="zookeeper-$LLMOPS_ZOOKEEPER_VERSION.jar"
+    command -v java >/dev/null 2>&1 || die "zookeeper: java not found (apt-get install openjdk-17-jre-headless)"
+    command -v mvn >/dev/null 2>&1 || die "zookeeper: mvn not found (apt-get install maven)"
+    local stamp want_stamp
+    want_stamp="$(sha256sum "$ZOOKEEPER_POM" | cut -d' ' -f1)"
+    stamp="$(cat "$ZOOKEEPER_LIB/.pom.sha256" 2>/dev/null || true)"
+    if [[ "$stamp" == "$want_stamp" && -f "$ZOOKEEPER_LIB/$jar" ]]; then
+        log "zookeeper: $ZOOKEEPER_LIB is up to date with deploy/local/zookeeper/pom.xml"
+        step_time zookeeper "$t0"
+        return 0
+    fi
+    local tmp="$ZOOKEEPER_LIB.tmp.$$"
+    rm -rf "$tmp"
+    log "zookeeper: mvn dependency:copy-dependencies (ZooKeeper $LLMOPS_ZOOKEEPER_VERSION; jars cached in ~/.m2)"
+    if ! mvn -q -B -Dstyle.color=never -f "$ZOOKEEPER_POM" dependency:copy-dependencies \
+        -DoutputDirectory="$tmp" -Dmdep.overWriteIfNewer=true; then
+        rm -rf "$tmp"
+        die "zookeeper: maven failed to fetch the ZooKeeper jars"
+    fi
+    [[ -f "$tmp/$jar" ]] || die "zookeeper: $jar missing after copy"
+    printf '%s\n' "$want_stamp" >"$tmp/.pom.sha256"
+    rm -rf "$ZOOKEEPER_LIB"
+    mkdir -p "$(dirname "$ZOOKEEPER_LIB")"
+    mv "$tmp" "$ZOOKEEPER_LIB"
+    log "zookeeper: $(find "$ZOOKEEPER_LIB" -name '*.jar' | wc -l) jars in $ZOOKEEPER_LIB"
+    step_time zookeeper "$t0"
+}
+
 # ---------------------------------------------------------------------------------------------
 # go_install NAME MODULE@VERSION VERSION_FLAG VERSION_REGEX
 go_install() {
@@ -141,18 +176,19 @@ install_buf() {
 # ---------------------------------------------------------------------------------------------
 main() {
     local steps=("$@") t0; t0=$(date +%s)
-    ((${#steps[@]})) || steps=(apt kafka opa buf)
+    ((${#steps[@]})) || steps=(apt kafka zookeeper opa buf)
     local s
     for s in "${steps[@]}"; do
         case "$s" in
             apt) install_apt ;;
             kafka) install_kafka ;;
+            zookeeper) install_zookeeper ;;
             opa) install_opa ;;
             buf) install_buf ;;
-            *) die "unknown step '$s' (apt|kafka|opa|buf)" ;;
+            *) die "unknown step '$s' (apt|kafka|zookeeper|opa|buf)" ;;
         esac
     done
-    log "all done in $(($(date +%s) - t0))s; binaries: opa/buf in $LLMOPS_GOBIN, Kafka jars in $KAFKA_LIB"
+    log "all done in $(($(date +%s) - t0))s; binaries: opa/buf in $LLMOPS_GOBIN, Kafka jars in $KAFKA_LIB, ZooKeeper jars in $ZOOKEEPER_LIB"
     case ":$PATH:" in *":$LLMOPS_GOBIN:"*) ;; *) log "note: $LLMOPS_GOBIN is not on PATH (deploy/local finds opa there anyway)";; esac
 }
 

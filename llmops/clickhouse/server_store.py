@@ -17,13 +17,15 @@ Failures:
   attempts run out :class:`ClickHouseUnavailable` is raised.
 - A statement that fails to *connect* never reached the server, so it is always retried.
 - An INSERT that fails after the data was sent has an unknown outcome. It is retried only
-  when a dedup token makes the retry safe (``insert_deduplication_token``, servers >= 22.2,
-  on tables with ``non_replicated_deduplication_window`` or Replicated tables); otherwise
-  :class:`ClickHouseUnavailable` is raised at once, and the caller (the sink) re-reads its
-  high-water mark before deciding to insert again.
+  when the retry is safe: a dedup token (``insert_deduplication_token``, servers >= 22.2,
+  on tables with ``non_replicated_deduplication_window`` or Replicated tables), or a
+  Replicated table on any version (its replicas drop a block identical to one of the last
+  ``replicated_deduplication_window`` they stored; the retry sends the very same block).
+  Otherwise :class:`ClickHouseUnavailable` is raised at once, and the caller (the sink)
+  re-reads its high-water mark before deciding to insert again.
 - On servers without the setting (e.g. Debian's 18.16) the token is not sent: 18.16 would
-  reject it as an unknown setting. There only the sink's high-water mark protects against
-  a replayed batch (18.16 dedupes identical blocks on Replicated tables only).
+  reject it as an unknown setting. There a Replicated table (with deploy/local's ZooKeeper)
+  or the sink's high-water mark protects against a replayed batch.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ TRANSIENT_CODES = frozenset(
         203,  # NO_FREE_CONNECTION
         209,  # SOCKET_TIMEOUT
         210,  # NETWORK_ERROR
+        225,  # NO_ZOOKEEPER (the replica's Keeper session expired; a new one is being made)
         241,  # MEMORY_LIMIT_EXCEEDED
         242,  # TABLE_IS_READ_ONLY
         252,  # TOO_MANY_PARTS
@@ -143,6 +146,7 @@ class ServerStore:
         self._sleep = sleep
         self._server: tuple[tuple[int, int], tzinfo] | None = None
         self._database_ready = False
+        self._replicated: dict[str, bool] = {}
 
     # -- per-thread clients ------------------------------------------------------------------
 
@@ -237,16 +241,31 @@ class ServerStore:
             raise ValueError("columns differ in length")
         sql = f"INSERT INTO {self.database}.{identifier(table)} ({column_list(names)}) VALUES"
         settings: dict[str, Any] = {}
-        safe_retry = dedup_token is not None and self.dedup_tokens
-        if safe_retry:
+        tokens = dedup_token is not None and self.dedup_tokens
+        if tokens:
             settings["insert_deduplication_token"] = dedup_token
             settings["deduplicate_blocks_in_dependent_materialized_views"] = 1
+        safe_retry = tokens or self.replicated(table)
         self._retrying(
             self._np_client,
             lambda c: c.execute(sql, data, columnar=True, settings=settings),
             idempotent=safe_retry,
         )
         return rows
+
+    def replicated(self, table: str) -> bool:
+        """Whether ``table`` is a Replicated*MergeTree (read once per table and store: a
+        table dropped and made again with another engine needs a new store)."""
+        known = self._replicated.get(table)
+        if known is None:
+            rows = self.query(
+                "SELECT engine FROM system.tables WHERE database = %(db)s AND name = %(table)s",
+                {"db": self.database, "table": table},
+            )
+            known = bool(rows) and str(rows[0]["engine"]).startswith("Replicated")
+            if rows:  # a table not made yet is asked about again
+                self._replicated[table] = known
+        return known
 
     def close(self) -> None:
         with self._clients_lock:

@@ -273,7 +273,8 @@ def test_recent_predictions_and_table(store: ChdbStore) -> None:
 
 
 def test_cluster_form_parses(store: ChdbStore) -> None:
-    """The cluster DDL is not applied here (no Keeper); check that every statement parses."""
+    """The cluster DDL is not applied here (chdb has no Keeper; the local 18.16 server with
+    ZooKeeper cannot take its modern DDL); check that every statement parses."""
     from llmops.clickhouse.sql import split_statements
 
     cluster = default_directory().parent / "cluster"

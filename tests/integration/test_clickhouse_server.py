@@ -1,19 +1,26 @@
 """ServerStore against the real Debian ClickHouse 18.16 server (deploy/local/clickhouse.sh):
-inserts, queries, and riding out a server restart with retries."""
+inserts, queries, riding out a server restart with retries, and kill -9 of the server or of
+its ZooKeeper under concurrent inserts — into a MergeTree table (a batch whose outcome was
+unknown may end up twice: 18.16 has no insert deduplication token) and into a Replicated
+table (nothing lost, nothing twice: the replica drops a block it already stored)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from llmops.clickhouse import ClickHouseUnavailable
 from llmops.clickhouse.server_store import ServerStore, with_database
-from tests.infra import REPO_ROOT
+from tests.infra import REPO_ROOT, probe_clickhouse, probe_zookeeper
 
 pytestmark = pytest.mark.infra
 
@@ -31,6 +38,26 @@ def store(clickhouse_dsn: str) -> Iterator[ServerStore]:
         "stages Array(String)) ENGINE = MergeTree ORDER BY (route, at)"
     )
     yield s
+    s.execute(f"DROP DATABASE IF EXISTS {DB}")
+    s.close()
+
+
+@pytest.fixture()
+def replicated(clickhouse_dsn: str, zookeeper: str) -> Iterator[ServerStore]:
+    """A store whose table ``rt`` is a ReplicatedMergeTree (one replica, the local
+    ZooKeeper; a fresh ZooKeeper path per test)."""
+    s = ServerStore(
+        with_database(clickhouse_dsn, DB), backoff_s=0.2, max_backoff_s=1.0, attempts=40
+    )
+    s.execute("DROP TABLE IF EXISTS rt")
+    s.execute(
+        "CREATE TABLE rt (at DateTime, route LowCardinality(String), n UInt64, "
+        "stages Array(String)) ENGINE = ReplicatedMergeTree("
+        f"'/clickhouse/tables/{{shard}}/{DB}/rt-{uuid.uuid4().hex}', '{{replica}}') "
+        "ORDER BY (route, at)"
+    )
+    yield s
+    s.execute("DROP TABLE IF EXISTS rt")
     s.execute(f"DROP DATABASE IF EXISTS {DB}")
     s.close()
 
@@ -74,9 +101,9 @@ def test_dead_port_raises_unavailable_after_backoff() -> None:
     assert len(sleeps) == 3 and sleeps[2] > sleeps[0]
 
 
-def _script(command: str) -> None:
+def _script(command: str, server: str = "clickhouse") -> None:
     subprocess.run(
-        ["bash", str(REPO_ROOT / "deploy/local/clickhouse.sh"), command],
+        ["bash", str(REPO_ROOT / f"deploy/local/{server}.sh"), command],
         cwd=REPO_ROOT,
         check=True,
         capture_output=True,
@@ -101,49 +128,49 @@ def test_server_restart_mid_way_is_ridden_out(store: ServerStore) -> None:
     assert store.query("SELECT count() AS c, uniqExact(n) AS u FROM t") == [{"c": 2000, "u": 2000}]
 
 
-def _kill_server() -> None:
-    """SIGKILL the server, as an OOM kill or a node loss would: no clean shutdown."""
-    import os
-    import signal
-    from pathlib import Path
-
-    from tests.infra import probe_clickhouse
-
+def _kill(server: str, probe: Callable[[], bool]) -> None:
+    """SIGKILL a local server, as an OOM kill or a node loss would: no clean shutdown."""
     local = Path(os.environ.get("LLMOPS_LOCAL_DIR") or REPO_ROOT / ".llmops" / "local")
-    pid = int((local / "clickhouse" / "run" / "clickhouse-server.pid").read_text().strip())
-    os.kill(pid, signal.SIGKILL)
+    pid_file = {"clickhouse": "clickhouse/run/clickhouse-server.pid",
+                "zookeeper": "zookeeper/run/zookeeper.pid"}[server]  # fmt: skip
+    os.kill(int((local / pid_file).read_text().strip()), signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while probe_clickhouse():
-        assert time.monotonic() < deadline, "the server survived SIGKILL"
+    while probe():
+        assert time.monotonic() < deadline, f"{server} survived SIGKILL"
         time.sleep(0.1)
 
 
-def test_server_killed_under_concurrent_inserts_loses_no_acknowledged_batch(
-    store: ServerStore,
-) -> None:
-    """kill -9 of the server while four threads insert through one store (it is shared by the
-    sinks), restarted 2 s later. Each batch of 1,000 rows is stored whole or not at all; an
-    acknowledged batch is there exactly once; a batch whose send failed is retried by its
-    caller (as a sink retries), and only a batch whose outcome was unknown (sent, then the
-    connection died) can end up twice — on this 18.16 server, which has no insert
-    deduplication token; a modern server drops that copy by the token the sinks send."""
+class _Outcomes:
+    """What each batch's insert told its caller."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+        self.acked_at: list[float] = []
+        self.unknown: list[int] = []
+        self.failed: list[int] = []
+        self.lock = threading.Lock()
+
+
+def _insert_through_a_kill(
+    store: ServerStore, table: str, server: str, probe: Callable[[], bool]
+) -> tuple[_Outcomes, int, dict[int, int]]:
+    """Four threads insert batches of 1,000 rows through one store (it is shared by the
+    sinks) while ``server`` is killed with -9 and started again 2 s later. The batches that
+    were not acknowledged are inserted again, as a sink retries them. Returns the outcomes,
+    how many acknowledgements came after the restart, and the copies of each batch stored."""
     batches, threads = 40, 4
-    acked: list[int] = []
-    acked_at: list[float] = []
-    unknown: list[int] = []
-    failed: list[int] = []
-    lock = threading.Lock()
+    out = _Outcomes()
 
     def insert(batch: int) -> None:
         try:
-            store.insert("t", _cols(1000, start=batch * 1000))
+            store.insert(table, _cols(1000, start=batch * 1000))
         except ClickHouseUnavailable as exc:
-            with lock:
-                (unknown if "outcome unknown" in str(exc) else failed).append(batch)
+            with out.lock:
+                (out.unknown if "outcome unknown" in str(exc) else out.failed).append(batch)
             return
-        with lock:
-            acked.append(batch)
-            acked_at.append(time.monotonic())
+        with out.lock:
+            out.acked.append(batch)
+            out.acked_at.append(time.monotonic())
 
     def worker(first: int) -> None:
         for batch in range(first, batches * threads, threads):
@@ -154,27 +181,61 @@ def test_server_killed_under_concurrent_inserts_loses_no_acknowledged_batch(
     for w in workers:
         w.start()
     time.sleep(0.5)
-    _kill_server()
+    _kill(server, probe)
     killed_at = time.monotonic()
     time.sleep(2.0)
-    _script("start")
+    _script("start", server)
     for w in workers:
         w.join(120)
-    rode_out = sum(at > killed_at + 2.0 for at in acked_at)
-    assert rode_out >= threads  # every thread was mid-stream: it waited for the restart
     assert not any(w.is_alive() for w in workers)
-    for batch in unknown + failed:  # the caller retries what was not acknowledged
+    rode_out = sum(at > killed_at + 2.0 for at in out.acked_at)
+    for batch in out.unknown + out.failed:  # the caller retries what was not acknowledged
         insert(batch)
-
     rows = store.query(
-        "SELECT intDiv(n, 1000) AS batch, count() AS c, uniqExact(n) AS u FROM t GROUP BY batch"
+        f"SELECT intDiv(n, 1000) AS batch, count() AS c, uniqExact(n) AS u FROM {table} "
+        "GROUP BY batch"
     )
-    copies = {int(r["batch"]): int(r["c"]) // 1000 for r in rows}
     assert all(int(r["u"]) == 1000 and int(r["c"]) % 1000 == 0 for r in rows), rows  # whole
+    copies = {int(r["batch"]): int(r["c"]) // 1000 for r in rows}
     assert set(copies) == set(range(batches * threads))  # nothing lost
-    assert all(copies[b] == 1 for b in acked)  # acknowledged: exactly once
+    print(f"\nkill -9 of {server}: {len(out.acked)} batches acknowledged ({rode_out} after "
+          f"the restart), {len(out.failed)} refused before sending, {len(out.unknown)} outcome "
+          f"unknown (retried; {sum(n > 1 for n in copies.values())} stored twice)")  # fmt: skip
+    return out, rode_out, copies
+
+
+def test_server_killed_under_concurrent_inserts_loses_no_acknowledged_batch(
+    store: ServerStore,
+) -> None:
+    """A MergeTree table: each batch is stored whole or not at all; an acknowledged batch is
+    there exactly once; only a batch whose outcome was unknown (sent, then the connection
+    died) can end up twice — on this 18.16 server, which has no insert deduplication token;
+    a modern server drops that copy by the token the sinks send."""
+    out, rode_out, copies = _insert_through_a_kill(store, "t", "clickhouse", probe_clickhouse)
+    assert rode_out >= 4  # every thread was mid-stream: it waited for the restart
+    assert all(copies[b] == 1 for b in out.acked)  # acknowledged: exactly once
     twice = sorted(b for b, n in copies.items() if n > 1)
-    assert set(twice) <= set(unknown), (twice, unknown)
-    print(f"\nkill -9: {len(acked)} batches acknowledged ({rode_out} after the restart), "
-          f"{len(failed)} refused before sending, "
-          f"{len(unknown)} outcome unknown (retried; {len(twice)} stored twice)")  # fmt: skip
+    assert set(twice) <= set(out.unknown), (twice, out.unknown)
+
+
+def test_server_killed_under_inserts_into_a_replicated_table_loses_and_repeats_nothing(
+    replicated: ServerStore,
+) -> None:
+    """A Replicated table: the store resends a batch whose outcome was unknown itself (the
+    replica drops a block it already stored), so every batch is acknowledged and stored
+    exactly once — zero lost, zero duplicated, on 18.16 without any token."""
+    out, rode_out, copies = _insert_through_a_kill(replicated, "rt", "clickhouse", probe_clickhouse)
+    assert out.unknown == []  # resent by the store, never handed to the caller
+    assert rode_out >= 4
+    assert all(n == 1 for n in copies.values()), copies
+
+
+def test_zookeeper_killed_under_inserts_into_a_replicated_table_loses_and_repeats_nothing(
+    replicated: ServerStore,
+) -> None:
+    """kill -9 of ZooKeeper: the replica cannot commit a block (Keeper errors, read-only
+    table) until ZooKeeper is back; the store retries them with back-off, and every batch is
+    stored exactly once."""
+    out, _, copies = _insert_through_a_kill(replicated, "rt", "zookeeper", probe_zookeeper)
+    assert out.unknown == [] and out.failed == []  # all ridden out by the store's retries
+    assert all(n == 1 for n in copies.values()), copies

@@ -90,6 +90,11 @@ def test_transient_server_errors_are_retried_but_not_permanent_ones() -> None:
     assert err.value.ch_code == 47 and sleeps == []
 
 
+def _engine(name: str) -> tuple[list[tuple[str]], list[tuple[str, str]]]:
+    """The answer to the store's system.tables question about the table's engine."""
+    return [(name,)], [("engine", "String")]
+
+
 def test_insert_with_unknown_outcome_is_retried_only_with_a_token() -> None:
     cols = {"a": np.arange(3, dtype=np.uint8)}
     broken = errors.NetworkError("connection reset mid-insert")
@@ -101,21 +106,35 @@ def test_insert_with_unknown_outcome_is_retried_only_with_a_token() -> None:
         "deduplicate_blocks_in_dependent_materialized_views": 1,
     }
     assert [c["settings"] for c in client.calls] == [expected] * 2
-    client = FakeClient([broken, 3])
+    client = FakeClient([_engine("MergeTree"), broken, 3])
     store, _ = _store(client)
     with pytest.raises(ClickHouseUnavailable, match="outcome unknown"):
         store.insert("t", cols)
-    assert len(client.calls) == 1
+    assert len(client.calls) == 2  # the engine question, then the one insert
+
+
+def test_an_insert_into_a_replicated_table_is_retried_without_a_token() -> None:
+    """Replicas drop a block identical to one they stored (any server version): resending
+    the very same block is safe. The engine is asked once per table."""
+    cols = {"a": np.arange(3, dtype=np.uint8)}
+    broken = errors.NetworkError("connection reset mid-insert")
+    client = FakeClient([_engine("ReplicatedMergeTree"), broken, 3, 3])
+    client.connection.server_info.version_major = 18
+    store, _ = _store(client)
+    assert store.insert("t", cols) == 3
+    assert store.insert("t", cols) == 3
+    assert [c["sql"].split()[0] for c in client.calls] == ["SELECT", "INSERT", "INSERT", "INSERT"]
+    assert all(c["settings"] == {} for c in client.calls[1:])  # 18.16: no token
 
 
 def test_old_servers_get_no_token() -> None:
-    client = FakeClient([broken := errors.NetworkError("reset"), 3])
+    client = FakeClient([_engine("MergeTree"), broken := errors.NetworkError("reset"), 3])
     client.connection.server_info.version_major = 18
     store, _ = _store(client)
     assert not store.dedup_tokens
     with pytest.raises(ClickHouseUnavailable):
         store.insert("t", {"a": np.arange(3, dtype=np.uint8)}, dedup_token="x")
-    assert client.calls[0]["settings"] == {} and broken is not None
+    assert client.calls[1]["settings"] == {} and broken is not None
 
 
 def test_a_query_inside_an_rpc_carries_the_callers_deadline() -> None:
