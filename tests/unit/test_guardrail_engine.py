@@ -4,6 +4,7 @@ detectors, and CheckStream (hold-back across chunks, block mid-stream)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -407,3 +408,32 @@ def test_a_json_schema_never_fetches_a_reference(monkeypatch: pytest.MonkeyPatch
                                 "$defs": {"x": {"type": "object"}}})  # fmt: skip
     assert not based.detect("{}", OUT)
     assert fetched == []
+
+
+def test_a_schemas_expressions_run_on_re2_in_linear_time() -> None:
+    """A caller's schema (a TestPolicy candidate) cannot stall the loop with a pattern that
+    makes a backtracking engine explode: pattern, patternProperties and the additional
+    properties they decide run on RE2; what RE2 cannot take is refused with its place."""
+    import time
+
+    schema = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}},
+        "patternProperties": {"^x(y+)+$": {"type": "integer"}},
+        "additionalProperties": False,
+    }
+    detector = JsonSchemaDetector(schema)
+    assert not detector.detect('{"code": "aaa", "xyy": 3}', OUT)
+    assert detector.detect('{"code": "aaa", "xyy": "three"}', OUT)  # the pattern's schema
+    assert detector.detect('{"code": "aaa", "other": 3}', OUT)  # matches no pattern
+    began = time.perf_counter()
+    evil = "a" * 5000 + "!"  # Python's re: (a+)+$ on 30 of these takes minutes
+    assert detector.detect(json.dumps({"code": evil, "x" + "y" * 5000 + "!": 1}), OUT)
+    assert time.perf_counter() - began < 1.0
+    for bad, where in (
+        ({"type": "string", "pattern": "(?=a)b"}, r"schema\.pattern"),
+        ({"patternProperties": {"(a)\\1": {}}}, r"schema\.patternProperties"),
+        ({"patternProperties": {"a": {}}, "unevaluatedProperties": False}, "unevaluated"),
+    ):
+        with pytest.raises(ValueError, match=where):
+            JsonSchemaDetector(bad)

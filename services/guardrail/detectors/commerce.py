@@ -11,15 +11,24 @@
   storefront assistant does not do (code, homework, medical or legal advice, politics),
   with no travel vocabulary in sight. Whole-text finding.
 - :class:`JsonSchemaDetector` (``json_schema.invalid``): output that is not JSON or does not
-  match the task's schema (``jsonschema``, draft 2020-12). Whole-text finding.
+  match the task's schema (``jsonschema``, draft 2020-12). Whole-text finding. A schema's
+  regular expressions (``pattern``, ``patternProperties``) run on RE2, linear in the text: a
+  schema may come from a caller (a TestPolicy candidate), and jsonschema's own keywords run
+  them on Python's backtracking ``re`` (``(a+)+$`` on 30 "a"s and a "!" takes minutes).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import re2
+from jsonschema import ValidationError, validators
+from referencing import Registry
 
 from services.guardrail.detectors.base import CheckContext, Fact, Finding
 
@@ -247,25 +256,112 @@ def _local_references_only(node: Any, at: str) -> None:
             _local_references_only(item, f"{at}[{i}]")
 
 
+def _quiet() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # a caller's bad expression is its error, not a server log line
+    return options
+
+
+_RE2_OPTIONS = _quiet()
+
+
+@functools.lru_cache(maxsize=512)
+def _re2(pattern: str) -> Any:
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
+def _schema_expressions(node: Any, at: str) -> None:
+    """Every ``pattern`` and ``patternProperties`` key compiles on RE2 (no lookaround or
+    backreference: ValueError naming the place), and ``unevaluatedProperties`` never meets
+    ``patternProperties`` (jsonschema would match those with Python's ``re``)."""
+    if isinstance(node, dict):
+        expressions = []
+        if isinstance(node.get("pattern"), str):
+            expressions.append((f"{at}.pattern", node["pattern"]))
+        patterned = node.get("patternProperties")
+        if isinstance(patterned, dict):
+            expressions += [(f"{at}.patternProperties", key) for key in patterned]
+        for where, expression in expressions:
+            try:
+                _re2(expression)
+            except re2.error as exc:
+                why = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+                raise ValueError(
+                    f"{where}: {expression[:80]!r} is not an RE2 expression ({why}); "
+                    "lookarounds and backreferences are not supported"
+                ) from None
+        for key, value in node.items():
+            _schema_expressions(value, f"{at}.{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _schema_expressions(item, f"{at}[{i}]")
+
+
+def _mentions(node: Any, key: str) -> bool:
+    if isinstance(node, dict):
+        return key in node or any(_mentions(v, key) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions(v, key) for v in node)
+    return False
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not _re2(pattern).search(instance):
+        yield ValidationError(f"does not match {pattern[:80]!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _re2(pattern).search(key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: Any
+) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = [_re2(p) for p in schema.get("patternProperties", {})]
+    extras = [
+        key
+        for key in instance
+        if key not in properties and not any(p.search(key) for p in patterns)
+    ]
+    if validator.is_type(additional, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], additional, path=extra)
+    elif not additional and extras:
+        yield ValidationError(f"properties not allowed: {sorted(extras)[:10]!r}")
+
+
 class JsonSchemaDetector:
     """Model output must be JSON matching ``schema`` (OUTPUT only)."""
 
     name = "json_schema"
 
     def __init__(self, schema: dict[str, Any] | str | None = None) -> None:
-        import jsonschema  # type: ignore[import-untyped]
-        from referencing import Registry
-
         if isinstance(schema, str):
             schema = json.loads(schema)
         if not isinstance(schema, dict):
             raise ValueError("json_schema needs params.schema: a JSON schema object")
         _local_references_only(schema, "schema")
         jsonschema.Draft202012Validator.check_schema(schema)
+        _schema_expressions(schema, "schema")
+        if _mentions(schema, "patternProperties") and _mentions(schema, "unevaluatedProperties"):
+            raise ValueError(
+                "schema: unevaluatedProperties together with patternProperties is not "
+                "supported (its property matching would not run on RE2)"
+            )
         # An explicit registry (whose default retrieves nothing): without one, jsonschema
         # fetches any URL a "$ref" names (a TestPolicy candidate made the server call
         # internal hosts).
-        self._validator: Any = jsonschema.Draft202012Validator(schema, registry=Registry())
+        self._validator: Any = _RE2_VALIDATOR(schema, registry=Registry())
 
     def detect(self, text: str, ctx: CheckContext) -> list[Finding]:
         if ctx.direction != "OUTPUT":
@@ -277,3 +373,18 @@ class JsonSchemaDetector:
         if next(self._validator.iter_errors(document), None) is not None:
             return [Finding("json_schema.invalid", 0, 0, 1.0, self.name)]
         return []
+
+
+def _re2_validator() -> Any:
+    """Draft 2020-12 with its three keywords that match expressions on RE2."""
+    return validators.extend(
+        jsonschema.Draft202012Validator,
+        {
+            "pattern": _pattern,
+            "patternProperties": _pattern_properties,
+            "additionalProperties": _additional_properties,
+        },
+    )
+
+
+_RE2_VALIDATOR = _re2_validator()

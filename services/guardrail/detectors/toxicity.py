@@ -16,7 +16,10 @@ category, matched on a normalised copy of the text (the prompt-injection normali
 without marks, casefolded, zero-width characters dropped, homoglyphs mapped) with simple
 leetspeak undone inside words that mix letters and symbols ("sh1t", "@ss", "sh!t"). Words
 match whole tokens only ("Scunthorpe", "shiitake", "cocktail" are safe); letters may be
-repeated ("fuuuck") and all but the first masked with ``*`` ("f*ck", "f***ing"). Spans cover
+repeated ("fuuuck") and all but the first masked with ``*`` ("f*ck", "f***ing"). The word
+expressions run on RE2 (linear time): with ``*`` allowed in every letter's class, a
+backtracking engine tried every way to share a run of stars among the letters — ``"f" + 40
+stars + "x"`` took 2.2 s of the event loop in Python's ``re``, 30 µs in RE2. Spans cover
 the matched word or phrase in the original text. Violence and hate are phrases, not words:
 "kill", "shoot", "dead", "sick", "insane", "bloody" alone mean nothing ("killer views",
 "shoot me an email", "dead quiet at night", "the pool was sick", "bloody good breakfast",
@@ -35,6 +38,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import re2
 
 from services.guardrail.detectors.base import CheckContext, Finding
 from services.guardrail.detectors.injection import Phrase, PhraseSet, normalize, phrase
@@ -134,15 +140,17 @@ _WORDS: tuple[_Words, ...] = (
 
 
 def _expand(words: str) -> str:
-    """Lexicon words -> a regular expression: letters may repeat ("fuuuck") and every letter
-    but a word's first may be masked with ``*`` ("f*ck"); ``\\w`` and groups pass through."""
+    """Lexicon words -> an RE2 expression: letters may repeat ("fuuuck") and every letter but
+    a word's first may be masked with ``*`` ("f*ck"); escapes and groups pass through, ``\\w``
+    as Unicode word characters (RE2's own ``\\w`` is ASCII only)."""
     out: list[str] = []
     first = True
     i = 0
     while i < len(words):
         ch = words[i]
         if ch == "\\":
-            out.append(words[i : i + 2])
+            escape = words[i : i + 2]
+            out.append(r"[\pL\pN_]" if escape == r"\w" else escape)
             i += 2
             continue
         if ch.isalpha():
@@ -446,11 +454,15 @@ _PHRASES: tuple[Phrase, ...] = (
 _PHRASE_SET = PhraseSet(_PHRASES)
 
 
+class _Matcher(Protocol):
+    def fullmatch(self, text: str) -> object | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Lexicon:
-    """Per first letter, the (category, weight, compiled expression) of the word lists."""
+    """Per first letter, the (category, weight, compiled RE2 expression) of the word lists."""
 
-    by_letter: Mapping[str, tuple[tuple[str, float, re.Pattern[str]], ...]]
+    by_letter: Mapping[str, tuple[tuple[str, float, _Matcher], ...]]
 
     @classmethod
     def build(cls, words: Iterable[_Words]) -> _Lexicon:
@@ -460,9 +472,9 @@ class _Lexicon:
                 word = word.strip().lower()
                 if word:
                     grouped.setdefault((word[0], category, weight), []).append(word)
-        by_letter: dict[str, list[tuple[str, float, re.Pattern[str]]]] = {}
+        by_letter: dict[str, list[tuple[str, float, _Matcher]]] = {}
         for (letter, category, weight), group in sorted(grouped.items()):
-            regex = re.compile("|".join(_expand(w) for w in group))
+            regex: _Matcher = re2.compile("|".join(_expand(w) for w in group))
             by_letter.setdefault(letter, []).append((category, weight, regex))
         return cls({k: tuple(v) for k, v in by_letter.items()})
 
