@@ -51,6 +51,9 @@ MAX_BATCH_TEXTS = 256
 """Most texts of one ``CheckBatch``."""
 MAX_TEST_CASES = 100
 """Most cases of one ``TestPolicy``."""
+MAX_FACTS = 256
+"""Most facts of one check; together they carry at most :data:`MAX_TEXT_BYTES` (the
+grounding detector reads every one of them for every text checked against them)."""
 POOL_SLOTS = 8
 """Long texts (above :data:`~services.guardrail.engine.INLINE_LIMIT`) checked or waiting for
 a worker at once; one more is refused with RESOURCE_EXHAUSTED instead of queueing."""
@@ -196,7 +199,15 @@ def changed_policies(before: PolicySet, after: PolicySet) -> tuple[str, ...]:
     return tuple(sorted(changed))
 
 
-def _context(direction: int, locale: str, facts: Sequence[Fact]) -> CheckContext:
+def _context(
+    direction: int, locale: str, facts: Sequence[Fact], field: str = "facts"
+) -> CheckContext:
+    """The detectors' context; INVALID_ARGUMENT naming ``field`` when the facts are over
+    :data:`MAX_FACTS` or :data:`MAX_TEXT_BYTES` together."""
+    if len(facts) > MAX_FACTS:
+        raise InvalidArgument(field, f"at most {MAX_FACTS} facts")
+    if facts and sum(utf8_size(f.text) for f in facts) > MAX_TEXT_BYTES:
+        raise InvalidArgument(field, f"at most {MAX_TEXT_BYTES} bytes of UTF-8 together")
     return CheckContext(
         direction=DIRECTION_NAMES.get(direction, "INPUT"), locale=locale, facts=tuple(facts)
     )
@@ -413,10 +424,7 @@ class Guardrail:
                 raise InvalidArgument(
                     f"cases[{i}].text", f"at most {MAX_TEXT_BYTES} bytes of UTF-8"
                 )
-            if sum(utf8_size(f.text) for f in case.facts) > MAX_TEXT_BYTES:
-                raise InvalidArgument(
-                    f"cases[{i}].facts", f"at most {MAX_TEXT_BYTES} bytes of UTF-8 together"
-                )
+            _context(case.direction, "", case.facts, f"cases[{i}].facts")  # within the caps
         if target is None:
             raise InvalidArgument("target", "name a policy or send a candidate")
         policy_of: Callable[[], CompiledPolicy]

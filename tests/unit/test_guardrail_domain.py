@@ -121,6 +121,34 @@ async def test_stream_protocol_errors(domain: Guardrail) -> None:
         await _stream_direction(domain)
 
 
+async def test_facts_are_capped_in_count_and_size_on_every_path(domain: Guardrail) -> None:
+    """The facts of a check are read by the grounding detector for every text checked
+    against them: at most 256 of them, 64 KiB of UTF-8 together, for Check, CheckBatch
+    and CheckStream alike (INVALID_ARGUMENT naming ``facts``)."""
+    events = domain._events
+    assert isinstance(events, Events)
+    before = len(events.published)
+    fine = Subject(OUT, facts=(Fact("price", "price_tonight: 120 EUR"),) * 256)
+    assert (await domain.check(fine, "Fine.")).decision.verdict == common_pb2.VERDICT_ALLOW
+    for subject, why in (
+        (Subject(OUT, facts=(Fact("p", "stars: 4"),) * 257), "at most 256 facts"),
+        (Subject(OUT, facts=(Fact("a", "é" * 20_000), Fact("b", "x" * 30_000))), "65536 bytes"),
+    ):
+        for attempt in (
+            domain.check(subject, "Fine."),
+            domain.check_batch(subject, ["Fine.", "Also fine."]),
+            _collect(domain.check_stream(_items(subject, ["Fine."]))),
+        ):
+            with pytest.raises(InvalidArgument, match=why) as info:
+                await attempt
+            assert info.value.field == "facts"
+    assert len(events.published) == before  # nothing refused was recorded
+
+
+async def _collect(steps: AsyncIterator[StreamStep]) -> list[StreamStep]:
+    return [s async for s in steps]
+
+
 async def _stream_direction(domain: Guardrail) -> None:
     [s async for s in domain.check_stream(_items(Subject(0), ["a"]))]
 
