@@ -131,10 +131,20 @@ def paginate(items: list[Any], size: int, token: str, where: str = "") -> tuple[
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """The ``llmops.v1.AdminService`` every server exposes: identity, uptime, drain, resume."""
+    """The ``llmops.v1.AdminService`` every server exposes: identity, uptime, drain, resume.
+    A drain and a resume are audited (``service.drain`` / ``service.resume``, the operator
+    as actor, durable before the answer like every audit record of an RPC)."""
 
     def __init__(self, server: GrpcService) -> None:
         self._server = server
+
+    def _audit(self, action: str, reason: str, after: dict[str, Any]) -> None:
+        ctx = self._server.ctx
+        if "events" not in ctx.plugin.backends:  # a service without events: the log line only
+            return
+        name = self._server.name
+        envelope = ctx.events.audit_event(action, "service", name, reason=reason, after=after)
+        ctx.events.publish_audit(envelope, f"{action} of {name} is applied")
 
     async def GetInfo(
         self, request: admin_pb2.GetInfoRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -152,13 +162,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         in_flight = await self._server.drain(timeout)
         reply = admin_pb2.DrainResponse(draining=True, in_flight=in_flight, drained=in_flight == 0)
         reply.waited.FromNanoseconds(int((time.monotonic() - start) * 1e9))
+        self._audit("service.drain", request.reason, {
+            "timeout_s": timeout, "in_flight": in_flight, "drained": in_flight == 0,
+        })  # fmt: skip
         return reply
 
     async def Resume(
         self, request: admin_pb2.ResumeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ResumeResponse:
         log.warning("resume_requested", service=self._server.name, reason=request.reason)
-        return admin_pb2.ResumeResponse(was_draining=await self._server.resume())
+        was_draining = await self._server.resume()
+        self._audit("service.resume", request.reason, {"was_draining": was_draining})
+        return admin_pb2.ResumeResponse(was_draining=was_draining)
 
 
 def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:

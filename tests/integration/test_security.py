@@ -28,7 +28,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmops.clients import contract_methods
 from llmops.mesh import SERVICES
-from llmops.v1 import admin_pb2, admin_pb2_grpc, feature_pb2, feature_pb2_grpc
+from llmops.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    feature_pb2,
+    feature_pb2_grpc,
+    governance_pb2,
+    governance_pb2_grpc,
+)
 from tests.support import RunningMesh, llmops_up, run_llmops
 
 pytestmark = [pytest.mark.infra, pytest.mark.timeout(600)]
@@ -190,6 +197,21 @@ def test_the_operator_drains_and_resumes(mesh: RunningMesh) -> None:
         assert status == health_pb2.HealthCheckResponse.SERVING
         info = admin.GetInfo(admin_pb2.GetInfoRequest(), timeout=5)
         assert info.security == "TLS + bearer tokens"
+    # Both are in the audit trail, the operator's token as actor, once the writer has them.
+    query = governance_pb2.QueryAuditRequest(action_prefix="service.", resource_name="feature")
+    with grpc.secure_channel(mesh.address("governance"), _credentials(mesh, _operator(mesh))) as ch:
+        governance = governance_pb2_grpc.GovernanceServiceStub(ch)
+        deadline = time.monotonic() + 30
+        while True:
+            records = governance.QueryAudit(query, timeout=10).records
+            if len(records) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert [(r.action, r.reason, r.actor.id) for r in records] == [
+        ("service.drain", "test", "token:operator"),
+        ("service.resume", "test", "token:operator"),
+    ]
+    assert records[1].after.fields["was_draining"].bool_value
 
 
 def test_plaintext_callers_get_no_answer(mesh: RunningMesh) -> None:
