@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 import structlog
 
+from llmops.redact import scrub_event
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -35,7 +37,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, scrub_event, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=factory,
         cache_logger_on_first_use=True,
@@ -46,6 +48,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                scrub_event,
                 stdlib_renderer,
             ],
         )

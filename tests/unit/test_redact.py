@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmops.redact import redact_url
+from llmops.redact import redact_url, scrub
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,46 @@ def test_urls_inside_a_message_are_masked() -> None:
     assert "hunter2" not in said and "abc" not in said
     assert "redis://:***@cache:6379/0." in said
     assert "api_key=***" in said and "clickhouse://default@ch:9000" in said
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("to redis://:hunter2@cache:6379/0 failed", "to redis://:***@cache:6379/0 failed"),
+        ("Authorization: Bearer llmops_abc.DEF-123", "Authorization: Bearer ***"),
+        ("password=hunter2 user=bob", "password=*** user=bob"),
+        ("token: abc123, next", "token: ***, next"),
+        ("api_key=XYZ&x=1", "api_key=***&x=1"),
+        ("prompt_tokens=5 tokens: 7 time: 12:30", "prompt_tokens=5 tokens: 7 time: 12:30"),
+        ("nothing to hide", "nothing to hide"),
+    ],
+)  # fmt: skip
+def test_scrub_masks_what_looks_like_a_credential(text: str, shown: str) -> None:
+    assert scrub(text) == shown
+
+
+def test_every_log_line_is_scrubbed(capfd: pytest.CaptureFixture[str]) -> None:
+    """A library's error that quotes a DSN, a structlog line with a header in it, and the
+    traceback of an exception carrying a password: none reaches stderr as it was."""
+    import logging
+
+    import structlog
+
+    from llmops.logging import configure_logging
+
+    configure_logging("info", "json")
+    try:
+        log = structlog.get_logger("test")
+        log.warning("backend_down", error="redis://:hunter2@cache:6379/0 refused")
+        log.info("call", header="Bearer llmops_s3cr3t")
+        try:
+            raise ConnectionError("auth failed for password=hunter2")
+        except ConnectionError:
+            log.exception("crashed")
+        logging.getLogger("kafka.conn").error("sasl: token=s3cr3t rejected")
+        out = capfd.readouterr().err
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert "hunter2" not in out and "s3cr3t" not in out
+    assert out.count("***") >= 4 and "backend_down" in out and "crashed" in out
