@@ -26,8 +26,25 @@ deploy/kafka/topics.yaml) with room for the record's framing, so an event accept
 is one a broker takes too."""
 
 
+class RecordSender(Protocol):
+    """What records are sent to: an :class:`EventLog`, or a sender in front of one."""
+
+    def send(self, records: Sequence[Record], timeout_s: float) -> None: ...
+
+
 class LogUnavailable(Unavailable):
     """The log (broker, disk) cannot take or serve records now; retrying later is safe."""
+
+
+class RecordsRefused(LogUnavailable):
+    """The log refused some records of a send for good (a broker's INVALID_RECORD,
+    INVALID_TIMESTAMP, MESSAGE_TOO_LARGE): sending them again can never succeed. Every
+    other record of the send was appended. ``refused``: index in the send -> the reason."""
+
+    def __init__(self, refused: dict[int, str]) -> None:
+        first = next(iter(refused.values()), "")
+        super().__init__(f"{len(refused)} record(s) refused for good: {first}")
+        self.refused = refused
 
 
 class Record(NamedTuple):

@@ -34,9 +34,21 @@ from typing import Any
 
 import structlog
 
-from llmops.events.base import ConsumedRecord, LogUnavailable, Record, TopicPartition
+from llmops.events.base import (
+    ConsumedRecord,
+    LogUnavailable,
+    Record,
+    RecordsRefused,
+    TopicPartition,
+)
 
 log = structlog.get_logger("llmops.events.kafka")
+
+REFUSED_FOR_GOOD = frozenset({10, 32, 43, 87})
+"""Broker error codes that refuse one record whatever the retry: MESSAGE_TOO_LARGE,
+INVALID_TIMESTAMP (outside the topic's ``message.timestamp.*.max.ms``),
+UNSUPPORTED_FOR_MESSAGE_FORMAT, INVALID_RECORD (e.g. no key on a compacted topic). A
+corrupt record (2) is left out: a bad network can cause it, and a resend then succeeds."""
 
 
 def default_compression() -> str:
@@ -160,11 +172,14 @@ class KafkaLog:
             raise LogUnavailable(f"kafka: cannot enqueue to {r.topic}: {exc}") from exc
 
     def _await(self, futures: Sequence[Any], deadline: float, require_success: bool = True) -> None:
-        """Wait until every future is resolved (and, ``require_success``, succeeded)."""
+        """Wait until every future is resolved (and, ``require_success``, succeeded).
+        :class:`RecordsRefused` when the only failures are records the broker refused for
+        good (:data:`REFUSED_FOR_GOOD`); LogUnavailable for any other failure."""
         from kafka.errors import KafkaError
 
         failed: BaseException | None = None
-        for f in futures:
+        refused: dict[int, str] = {}
+        for i, f in enumerate(futures):
             if f is None:
                 continue
             if not f.is_done:
@@ -174,9 +189,14 @@ class KafkaLog:
                     if not f.is_done:  # still in flight: the outcome is not known yet
                         raise LogUnavailable(f"kafka: no acknowledgement in time: {exc}") from exc
             if f.exception is not None:
-                failed = failed or f.exception
+                if getattr(f.exception, "errno", None) in REFUSED_FOR_GOOD:
+                    refused[i] = f"{type(f.exception).__name__}: {f.exception}"
+                else:
+                    failed = failed or f.exception
         if failed is not None and require_success:
             raise LogUnavailable(f"kafka: send failed: {failed}") from failed
+        if refused and require_success:
+            raise RecordsRefused(refused)
 
     def _ensure_producer(self) -> Any:
         """The producer, built on first use (bootstraps within ``connect_timeout_s``)."""

@@ -34,6 +34,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import heapq
 import itertools
@@ -49,8 +50,8 @@ from google.protobuf.message import DecodeError, EncodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmops.errors import FailedPrecondition, InvalidArgument, LLMOpsError, ResourceExhausted
-from llmops.events.base import MAX_RECORD_BYTES, EventLog, Record
-from llmops.events.topics import KIND_TOPICS, event_key
+from llmops.events.base import MAX_RECORD_BYTES, EventLog, Record, RecordSender, RecordsRefused
+from llmops.events.topics import DLQ_TOPIC, KIND_TOPICS, event_key
 from llmops.redact import redact_text
 from llmops.v1 import events_pb2
 
@@ -81,7 +82,7 @@ class Overflow(Spill, Protocol):
     def topics(self) -> list[str]: ...
 
     def replay(
-        self, target: EventLog, *, timeout_s: float, batch: int, limit: int | None
+        self, target: RecordSender, *, timeout_s: float, batch: int, limit: int | None
     ) -> int: ...
 
     def clear(self) -> None: ...
@@ -152,6 +153,18 @@ class PublisherMetrics:
             "Spilled events replayed into the log.",
             registry=registry,
         )
+        self.dead_lettered = Counter(
+            "llmops_events_dead_lettered_total",
+            "Events the log refused for good (INVALID_RECORD, INVALID_TIMESTAMP, "
+            "MESSAGE_TOO_LARGE), sent to the dead-letter topic instead of retried forever.",
+            ("topic",),
+            registry=registry,
+        )
+        self.dead_letters_lost = Counter(
+            "llmops_events_dead_letters_lost_total",
+            "Dead letters the log refused too: written whole to the service log, then dropped.",
+            registry=registry,
+        )
         self.send_seconds = Histogram(
             "llmops_events_send_seconds",
             "Duration of successful batch sends to the log, in seconds.",
@@ -210,6 +223,7 @@ class EventPublisher:
         self._topics = dict(topics)
         self.max_record_bytes = max_record_bytes
         self.metrics = PublisherMetrics(registry or CollectorRegistry(), log.name)
+        self._sender = DeadLettering(log, self.metrics)  # every send: the buffer's and replays
         self._published = {k: self.metrics.published.labels(t) for k, t in self._topics.items()}
         self._delivered = {t: self.metrics.delivered.labels(t) for t in self._topics.values()}
         self._rejected = {k: self.metrics.rejected.labels(t) for k, t in self._topics.items()}
@@ -605,7 +619,7 @@ class EventPublisher:
         while not batch.done:
             started = time.perf_counter()
             try:
-                self._log.send(batch.records, self._send_timeout_s)
+                self._sender.send(batch.records, self._send_timeout_s)
             except Exception as exc:  # any failure: keep the batch and retry it
                 self.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
                 attempt += 1
@@ -739,7 +753,7 @@ class EventPublisher:
                     batch.spilling = False
                     return False
             with contextlib.suppress(Exception):  # the log may be back meanwhile
-                self._log.send(batch.records, self._send_timeout_s)
+                self._sender.send(batch.records, self._send_timeout_s)
                 self._complete(batch, delivered=True)
                 with self._spill_wake:
                     self._spilling.remove(batch)
@@ -794,10 +808,59 @@ class EventPublisher:
     def _replay(self) -> int:
         assert self._overflow is not None
         sent = self._overflow.replay(
-            self._log, timeout_s=self._send_timeout_s, batch=self._max_batch, limit=REPLAY_CHUNK
+            self._sender, timeout_s=self._send_timeout_s, batch=self._max_batch, limit=REPLAY_CHUNK
         )
         self.metrics.replayed.inc(sent)
         return sent
+
+
+class DeadLettering:
+    """Sends to ``log``; the records it refuses for good (:class:`RecordsRefused`) go to the
+    dead-letter topic instead — the record as it was, its key, and headers saying where it
+    was going and why (``dlq.reason``, ``dlq.topic``, ``dlq.stage`` = publish: the sinks'
+    dead letters say the same) — so one bad record is neither retried forever nor holds up
+    the others. A dead letter the log refuses too is written whole (base64) to the service
+    log and counted, then dropped. A dead letter that cannot be sent *now* raises, and the
+    caller resends the batch: at-least-once, as every send."""
+
+    def __init__(self, log: EventLog, metrics: PublisherMetrics, topic: str = DLQ_TOPIC) -> None:
+        self._log = log
+        self._metrics = metrics
+        self._topic = topic
+
+    def send(self, records: Sequence[Record], timeout_s: float) -> None:
+        try:
+            self._log.send(records, timeout_s)
+        except RecordsRefused as refused:
+            letters = [self._letter(records[i], why) for i, why in refused.refused.items()]
+            log.error(
+                "events_dead_lettered", count=len(letters), topic=self._topic,
+                sources=sorted({records[i].topic for i in refused.refused}),
+                reason=next(iter(refused.refused.values())),
+            )  # fmt: skip
+            try:
+                self._log.send(letters, timeout_s)
+            except RecordsRefused as again:
+                for i in again.refused:
+                    self._lost(letters[i], again.refused[i])
+            for i in refused.refused:
+                self._metrics.dead_lettered.labels(records[i].topic).inc()
+
+    def _letter(self, record: Record, why: str) -> Record:
+        where = (
+            ("dlq.reason", why[:500].encode()),
+            ("dlq.topic", record.topic.encode()),
+            ("dlq.stage", b"publish"),
+        )
+        return Record(self._topic, record.key, record.value, (*record.headers, *where))
+
+    def _lost(self, letter: Record, why: str) -> None:
+        self._metrics.dead_letters_lost.inc()
+        log.error(
+            "events_dead_letter_refused", reason=why, key=letter.key.decode("latin-1"),
+            headers={k: v.decode("latin-1") for k, v in letter.headers},
+            value_b64=base64.b64encode(letter.value).decode(), bytes=len(letter.value),
+        )  # fmt: skip
 
 
 @dataclass(eq=False, slots=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import structlog
 
-from llmops.events.base import EventLog, Record, TopicPartition
+from llmops.events.base import Record, RecordSender, TopicPartition
 from llmops.events.local_log import LocalLog
 
 log = structlog.get_logger("llmops.events.spill")
@@ -67,7 +67,7 @@ class SpillLog:
 
     def replay(
         self,
-        target: EventLog,
+        target: RecordSender,
         *,
         timeout_s: float = 30.0,
         batch: int = 1000,
