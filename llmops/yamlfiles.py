@@ -30,10 +30,14 @@ from pydantic import BaseModel, ValidationError
 from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.port import ServiceEvents
 from llmops.identity import current_identity, system
-from llmops.scheduler import YAML_SUFFIXES, FileStamp, Watch, file_stamp
+from llmops.scheduler import YAML_SUFFIXES, Background, FileStamp, Watch, file_stamp
 from llmops.v1 import events_pb2
 
 log = structlog.get_logger("llmops.yamlfiles")
+
+AUDIT_DURABLE_TIMEOUT_S = 30.0
+"""How long a reload waits for its audit record to be in the event log before it swaps
+anyway (the record was accepted: it is delivered later, at-least-once)."""
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -198,8 +202,12 @@ class HotReload(Generic[T]):
 
     With ``audit`` (the service's ``ctx.events``) every applied reload is an audit record
     ``<resource_type>.reload`` (before/after revision; the actor is the caller of the
-    reload RPC, or ``system:<kind>`` for the file watch). A reload whose record cannot be
-    published is refused before anything is swapped (RESOURCE_EXHAUSTED).
+    reload RPC, or ``system:<kind>`` for the file watch), in the event log *before* the new
+    configuration is swapped in — a process that dies in between comes back with the same
+    files, so the trail never misses a change it serves. A reload whose record cannot be
+    published is refused before anything is swapped (RESOURCE_EXHAUSTED). The revision a
+    process starts with is audited too (``<resource_type>.load``, by :meth:`load_audit`):
+    files changed while no process ran show up as a load of another revision.
     """
 
     def __init__(
@@ -219,6 +227,7 @@ class HotReload(Generic[T]):
         self._watched = tuple(watched)
         self._stamp: FileStamp = file_stamp(self._watched)
         self.current: T = load()
+        self._started_with = self._revision(self.current)
         self._lock = asyncio.Lock()
 
     @property
@@ -236,11 +245,11 @@ class HotReload(Generic[T]):
             applied = not dry_run and fresh != previous
             if applied:
                 record = self._audit_record(previous, fresh)
+                if record is not None:
+                    await self._publish(record)
                 self.current = candidate
                 self._stamp = stamp
                 log.info(f"{self.kind}_reloaded", previous=previous, revision=fresh)
-                if record is not None and self._audit is not None:
-                    self._audit.publish(record)
             return Reloaded(
                 candidate=candidate,
                 previous=before,
@@ -249,6 +258,35 @@ class HotReload(Generic[T]):
                 candidate_revision=fresh,
                 applied=applied,
             )
+
+    async def _publish(self, record: events_pb2.EventEnvelope) -> None:
+        """``record`` into the event log (ResourceExhausted: not accepted, nothing done)."""
+        assert self._audit is not None
+        try:
+            await self._audit.publish_durable([record], AUDIT_DURABLE_TIMEOUT_S)
+        except TimeoutError as exc:  # accepted: delivered later; the change goes ahead
+            log.warning(f"{self.kind}_audit_not_yet_durable", error=str(exc))
+
+    def load_audit(self) -> list[Background]:
+        """The service's task that audits the revision it started with
+        (``<resource_type>.load``, actor ``system:<kind>``, once it serves); none without
+        ``audit``."""
+        if self._audit is None:
+            return []
+        audit = self._audit
+
+        async def audit_load() -> None:
+            record = audit.audit_event(
+                f"{self._resource_type}.load",
+                self._resource_type,
+                self.kind,
+                version=self._started_with,
+                after={"revision": self._started_with},
+                actor=system(self.kind),
+            )
+            await self._publish(record)
+
+        return [Background(f"{self.kind}_audit_load", audit_load)]
 
     def _audit_record(self, previous: str, fresh: str) -> events_pb2.EventEnvelope | None:
         if self._audit is None:

@@ -20,7 +20,9 @@ Failures:
   when the retry is safe: a dedup token (``insert_deduplication_token``, servers >= 22.2,
   on tables with ``non_replicated_deduplication_window`` or Replicated tables), or a
   Replicated table on any version (its replicas drop a block identical to one of the last
-  ``replicated_deduplication_window`` they stored; the retry sends the very same block).
+  ``replicated_deduplication_window`` they stored; the retry sends the very same block) —
+  except after UNKNOWN_STATUS_OF_INSERT (the replica lost ZooKeeper mid-commit), which the
+  caller gets as an unknown outcome.
   Otherwise :class:`ClickHouseUnavailable` is raised at once, and the caller (the sink)
   re-reads its high-water mark before deciding to insert again.
 - On servers without the setting (e.g. Debian's 18.16) the token is not sent: 18.16 would
@@ -350,7 +352,7 @@ class ServerStore:
                     raise _query_error(exc) from exc
                 client.disconnect()
                 last = exc
-                if not idempotent:
+                if not idempotent or _status_unknown(exc):
                     raise ClickHouseUnavailable(
                         f"ClickHouse insert failed after sending data, outcome unknown: {exc}"
                     ) from exc
@@ -363,6 +365,15 @@ class ServerStore:
         """Exponential back-off with full jitter in [base/2, base]: base doubles per retry."""
         base = min(self._max_backoff_s, self._backoff_s * float(2 ** (attempt - 1)))
         return base * (0.5 + random.random() / 2)
+
+
+def _status_unknown(exc: BaseException) -> bool:
+    """UNKNOWN_STATUS_OF_INSERT (319): a replica lost ZooKeeper while committing the block.
+    Never resent by the store, not even into a Replicated table: 18.16 was seen keeping
+    such a part although ZooKeeper never recorded its block id, so the resend was stored as
+    well (kill -9 of ZooKeeper under inserts). The caller checks what is stored (a sink, its
+    high-water mark) before inserting again."""
+    return int(getattr(exc, "code", 0) or 0) == 319
 
 
 def _deadline_settings() -> dict[str, Any]:

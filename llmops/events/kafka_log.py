@@ -26,6 +26,7 @@ block 30 s), so a dead broker surfaces as :class:`LogUnavailable` within seconds
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,16 @@ REFUSED_FOR_GOOD = frozenset({10, 32, 43, 87})
 INVALID_TIMESTAMP (outside the topic's ``message.timestamp.*.max.ms``),
 UNSUPPORTED_FOR_MESSAGE_FORMAT, INVALID_RECORD (e.g. no key on a compacted topic). A
 corrupt record (2) is left out: a bad network can cause it, and a resend then succeeds."""
+
+
+class _Refused(LogUnavailable):
+    """Internal: some records failed with a :data:`REFUSED_FOR_GOOD` code (and nothing
+    failed otherwise). Not yet proof: kafka-python's idempotent producer then aborts every
+    other batch in flight with the same error, so each is tried again alone."""
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        super().__init__(next(iter(reasons.values())))
+        self.reasons = reasons
 
 
 def default_compression() -> str:
@@ -150,8 +161,40 @@ class KafkaLog:
             for i, r in enumerate(records):
                 if futures[i] is None or futures[i].failed():
                     futures[i] = self._enqueue(producer, r)
-            self._await(futures, deadline)
+            try:
+                self._await(futures, deadline)
+            except _Refused as refused:
+                self._pending = None
+                self._isolate(records, sorted(refused.reasons), deadline)
             self._pending = None
+
+    def _isolate(self, records: Sequence[Record], suspects: Sequence[int], deadline: float) -> None:
+        """After a record was refused for good: kafka-python's idempotent producer is in a
+        fatal state (it aborted every batch in flight with that error), so start a new one
+        and send each failed record alone. :class:`RecordsRefused` names those refused
+        again; the others are appended. LogUnavailable on anything else (the caller resends
+        the batch: at-least-once)."""
+        self._reset_producer()
+        refused: dict[int, str] = {}
+        for i in suspects:
+            future = self._enqueue(self._ensure_producer(), records[i])
+            try:
+                self._await([future], deadline)
+            except _Refused as alone:
+                refused[i] = alone.reasons[0]
+                self._reset_producer()
+        log.warning(
+            "kafka_records_refused", suspects=len(suspects), refused=len(refused),
+            reason=next(iter(refused.values()), ""),
+        )  # fmt: skip
+        if refused:
+            raise RecordsRefused(refused)
+
+    def _reset_producer(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                self._producer.close(timeout=0)
+            self._producer = None
 
     def _resume(self, records: Sequence[Record], deadline: float) -> list[Any] | None:
         """Settle the previous failed attempt: wait for its outstanding records; if this call
@@ -173,8 +216,8 @@ class KafkaLog:
 
     def _await(self, futures: Sequence[Any], deadline: float, require_success: bool = True) -> None:
         """Wait until every future is resolved (and, ``require_success``, succeeded).
-        :class:`RecordsRefused` when the only failures are records the broker refused for
-        good (:data:`REFUSED_FOR_GOOD`); LogUnavailable for any other failure."""
+        :class:`_Refused` when the only failures are records the broker refused for good
+        (:data:`REFUSED_FOR_GOOD`); LogUnavailable for any other failure."""
         from kafka.errors import KafkaError
 
         failed: BaseException | None = None
@@ -196,7 +239,7 @@ class KafkaLog:
         if failed is not None and require_success:
             raise LogUnavailable(f"kafka: send failed: {failed}") from failed
         if refused and require_success:
-            raise RecordsRefused(refused)
+            raise _Refused(refused)
 
     def _ensure_producer(self) -> Any:
         """The producer, built on first use (bootstraps within ``connect_timeout_s``)."""

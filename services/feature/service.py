@@ -34,6 +34,7 @@ def create(ctx: ServiceContext[FeatureSettings]) -> ServiceDefinition:
         await seed_if_empty(store)
 
     tasks: list[Task] = [registry.watch(cfg.registry, cfg.reload_interval_s)]
+    tasks += registry.load_audit()
     if cfg.seeds_demo(ctx.mode):  # after SERVING: seeding must not delay the mesh's start
         tasks.append(Background("demo_data", seed))
 

@@ -80,7 +80,7 @@ def create(ctx: ServiceContext[FeedbackSettings]) -> ServiceDefinition:
         intake,
         settle_s=settings.queue_settle_s,
     )
-    tasks: list[Any] = [signals.watch(paths, settings.reload_interval_s)]
+    tasks: list[Any] = [signals.watch(paths, settings.reload_interval_s), *signals.load_audit()]
     if settings.queue_fill_interval_s > 0:
 
         async def fill() -> None:

@@ -41,7 +41,7 @@ from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.ids import uuid7
 from llmops.events.port import ServiceEvents
 from llmops.policy.engine import JsonValue, PolicyBundle, PolicyEngine
-from llmops.scheduler import Watch
+from llmops.scheduler import Background, Watch
 from llmops.v1 import events_pb2
 from llmops.yamlfiles import HotReload
 
@@ -325,6 +325,10 @@ class PolicyDecisions:
             return bundle
         modules = tuple(dataclasses.replace(m, source="") for m in bundle.modules)
         return dataclasses.replace(bundle, modules=modules)
+
+    def load_audit(self) -> list[Background]:
+        """The task that audits the bundle this process started with (``policy.load``)."""
+        return self._engines.load_audit()
 
     def watch(self, interval_s: float) -> Watch:
         """The runtime task reloading when a watched file (the Wasm bundle) changes."""

@@ -77,6 +77,7 @@ def open_policies(ctx: ServiceContext[GovernanceSettings]) -> tuple[PolicyDecisi
             await decisions.reload()
 
         tasks = [Periodic("policy_reload", interval, reload)] if interval > 0 else []
+    tasks += decisions.load_audit()
     bundle_in_force = decisions.bundle()
     log.info(
         "policy_bundle_loaded",

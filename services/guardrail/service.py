@@ -62,7 +62,7 @@ def create(ctx: ServiceContext[GuardrailSettings]) -> ServiceDefinition:
             binding(guardrail_pb2, guardrail_pb2_grpc, name, servicer)
             for name, servicer in servicers.items()
         ],
-        tasks=[policies.watch(paths, cfg.reload_interval_s)],
+        tasks=[policies.watch(paths, cfg.reload_interval_s), *policies.load_audit()],
         on_stop=[close_pool],
     )
 

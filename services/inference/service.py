@@ -118,7 +118,7 @@ def create(ctx: ServiceContext[InferenceSettings]) -> ServiceDefinition:
                 InferenceAdminServicer(admin),
             ),
         ],
-        tasks=[watch],
+        tasks=[watch, *serving.load_audit()],
         on_start=[preload],
         on_stop=[close],
     )

@@ -234,8 +234,12 @@ def test_zookeeper_killed_under_inserts_into_a_replicated_table_loses_and_repeat
     replicated: ServerStore,
 ) -> None:
     """kill -9 of ZooKeeper: the replica cannot commit a block (Keeper errors, read-only
-    table) until ZooKeeper is back; the store retries them with back-off, and every batch is
-    stored exactly once."""
+    table) until ZooKeeper is back; the store retries those with back-off and nothing is
+    lost. A block whose commit the kill cut answers UNKNOWN_STATUS_OF_INSERT: the store hands
+    that to the caller (18.16 can keep such a part although ZooKeeper never recorded its
+    block id, so a resend may be stored too — seen once in a CI run), and only such a batch,
+    resent blindly here, may be there twice; a sink reads its high-water mark instead."""
     out, _, copies = _insert_through_a_kill(replicated, "rt", "zookeeper", probe_zookeeper)
-    assert out.unknown == [] and out.failed == []  # all ridden out by the store's retries
-    assert all(n == 1 for n in copies.values()), copies
+    assert out.failed == []  # ridden out by the store's retries
+    twice = sorted(b for b, n in copies.items() if n > 1)
+    assert set(twice) <= set(out.unknown), (twice, out.unknown)

@@ -167,3 +167,14 @@ def test_each_thread_gets_clients_of_its_own() -> None:
     assert theirs[0][0] is not mine[0] and theirs[0][1] is not mine[1]
     store.close()  # disconnects every thread's clients
     assert store._all_clients == []
+
+
+def test_an_unknown_insert_status_is_left_to_the_caller_even_for_a_replicated_table() -> None:
+    """UNKNOWN_STATUS_OF_INSERT: the replica lost ZooKeeper mid-commit; 18.16 can keep the
+    part without its block id, so a resend is not safe even into a Replicated table."""
+    unknown = errors.ServerException("Unknown status, client must retry", code=319)
+    client = FakeClient([_engine("ReplicatedMergeTree"), unknown, 3])
+    store, sleeps = _store(client)
+    with pytest.raises(ClickHouseUnavailable, match="outcome unknown"):
+        store.insert("t", {"a": np.arange(3, dtype=np.uint8)})
+    assert len(client.calls) == 2 and sleeps == []  # the engine question, the one insert

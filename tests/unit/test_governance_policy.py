@@ -68,6 +68,11 @@ class FakeEvents:
             raise ResourceExhausted("full")
         self.published.extend(envelopes)
 
+    async def publish_durable(
+        self, envelopes: list[events_pb2.EventEnvelope], timeout_s: float
+    ) -> None:
+        self.publish_all(envelopes)
+
 
 @pytest.fixture(scope="module")
 def wasm() -> WasmPolicyEngine:

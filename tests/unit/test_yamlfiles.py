@@ -173,6 +173,13 @@ class FakeEvents:
     def publish(self, envelope: Any) -> None:
         self.published.append(envelope)
 
+    async def publish_durable(self, envelopes: list[Any], timeout_s: float) -> None:
+        from llmops.errors import ResourceExhausted
+
+        if len(envelopes) > self.room:
+            raise ResourceExhausted("full")
+        self.published.extend(envelopes)
+
 
 async def test_an_applied_reload_is_audited_and_refused_when_it_cannot_be(
     tmp_path: Path,
@@ -203,3 +210,38 @@ async def test_an_applied_reload_is_audited_and_refused_when_it_cannot_be(
     with pytest.raises(ResourceExhausted, match="audit record"):
         await holder.reload()
     assert holder.current[0] == 2  # not swapped: its record could not be published
+
+
+async def test_the_record_is_in_the_log_before_the_swap_and_the_start_is_audited(
+    tmp_path: Path,
+) -> None:
+    """The reload's record is published (durably) before the new configuration serves, and
+    the revision the process started with is audited once it serves."""
+    path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
+    events = FakeEvents(room=10)
+
+    def load() -> tuple[int, str]:
+        loaded = load_yaml_files([tmp_path], Doc, ThingError)
+        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
+
+    holder = HotReload("things", load, lambda c: c[1], audit=events.port, resource_type="thing")
+    started = holder.revision
+    seen_at_publish: list[int] = []
+    publish = events.publish_durable
+
+    async def spy(envelopes: list[Any], timeout_s: float) -> None:
+        seen_at_publish.append(holder.current[0])
+        await publish(envelopes, timeout_s)
+
+    events.publish_durable = spy  # type: ignore[method-assign]
+    write(path, "items: [{name: a, size: 2}]\n")
+    await holder.reload()
+    assert seen_at_publish == [1]  # published while the old configuration still served
+    assert holder.current[0] == 2
+    (load_task,) = holder.load_audit()
+    await load_task.run()
+    record = events.published[-1].audit
+    assert (record.action, record.actor.id) == ("thing.load", "system:things")
+    assert record.after["revision"] == started  # the revision it started with
+    no_audit = HotReload("things", load, lambda c: c[1])
+    assert no_audit.load_audit() == []
