@@ -1,4 +1,5 @@
-"""Server limits from the config: message sizes, streams, connection age, keepalive."""
+"""Server limits from the config, as a client meets them: message sizes, streams per
+connection, connection age, the concurrency bound, undecodable requests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -27,9 +29,27 @@ def test_the_options_carry_the_configured_limits() -> None:
     assert options["grpc.so_reuseport"] == 0
 
 
+class CountingFeatures(SlowFeatures):
+    """Also records each call's peer (its client address) and the most calls inside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: list[str] = []
+        self.inside = self.most = 0
+
+    async def GetOnlineFeatures(self, request: Any, context: Any) -> Any:
+        self.peers.append(context.peer())
+        self.inside += 1
+        self.most = max(self.most, self.inside)
+        try:
+            return await super().GetOnlineFeatures(request, context)
+        finally:
+            self.inside -= 1
+
+
 @contextlib.asynccontextmanager
 async def feature_server(
-    tmp_path: Path, **settings: str
+    tmp_path: Path, servicer: SlowFeatures | None = None, **settings: str
 ) -> AsyncIterator[tuple[grpc.aio.Channel, SlowFeatures, int]]:
     """The feature service (a stand-in servicer) served by the runtime with ``settings``
     (``LLMOPS__`` variables); yields a channel to it, the servicer and its admin port."""
@@ -38,7 +58,7 @@ async def feature_server(
     env, ports, admin_ports = mesh_env(tmp_path, insecure=True)
     env["LLMOPS__SINK__EMBEDDED"] = "false"
     env.update(settings)
-    servicer = SlowFeatures()
+    servicer = servicer or SlowFeatures()
     ready, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(
         serve(load_config(environ=env), ["feature"], ready=ready, stop=stop,
@@ -51,6 +71,42 @@ async def feature_server(
     finally:
         stop.set()
         await asyncio.wait_for(server, 15)
+
+
+async def test_streams_beyond_the_per_connection_limit_wait_their_turn(tmp_path: Path) -> None:
+    """``server.max_concurrent_streams`` as the client sees it: three slow calls on one
+    connection whose server allows one stream at a time run one after the other."""
+    servicer = CountingFeatures()
+    one = {"LLMOPS__SERVER__MAX_CONCURRENT_STREAMS": "1"}
+    async with feature_server(tmp_path, servicer, **one) as (channel, _, _):
+        features = feature_pb2_grpc.FeatureServiceStub(channel)
+        request = feature_pb2.GetOnlineFeaturesRequest()
+        await channel.channel_ready()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await asyncio.gather(*(features.GetOnlineFeatures(request, timeout=10) for _ in range(3)))
+        took = loop.time() - began
+    assert servicer.most == 1 and len(servicer.peers) == 3
+    assert took >= 1.4  # 3 x 0.5 s, in turn
+
+
+async def test_a_connection_older_than_its_age_is_replaced(tmp_path: Path) -> None:
+    """``server.max_connection_age_s``: the server ends a connection once it is that old
+    (GOAWAY); the client's next call goes over a new one (another client port), unharmed."""
+    servicer = CountingFeatures()
+    age = {
+        "LLMOPS__SERVER__MAX_CONNECTION_AGE_S": "1",
+        "LLMOPS__SERVER__MAX_CONNECTION_AGE_GRACE_S": "1",
+    }
+    async with feature_server(tmp_path, servicer, **age) as (channel, _, _):
+        features = feature_pb2_grpc.FeatureServiceStub(channel)
+        request = feature_pb2.GetOnlineFeaturesRequest()
+        await features.GetOnlineFeatures(request, timeout=10)
+        await features.GetOnlineFeatures(request, timeout=10)  # same connection, still young
+        await asyncio.sleep(2.5)
+        await features.GetOnlineFeatures(request, timeout=10)
+    first, second, third = servicer.peers
+    assert first == second and third != first, servicer.peers
 
 
 async def test_a_message_over_the_limit_is_refused_and_the_server_keeps_serving(
