@@ -32,6 +32,7 @@ from llmops.clients import MeshClient
 from llmops.config import MeshConfig, Mode, ServerConfig
 from llmops.errors import FailedPrecondition, InvalidArgument, NotImplementedYet
 from llmops.events.port import ServiceEvents
+from llmops.identity import system
 from llmops.local_calls import LocalServers
 from llmops.mesh import ADMIN_SERVICE, SERVICES
 from llmops.plugin import ServiceFactory, ServicePlugin
@@ -502,6 +503,23 @@ def build_context(
     )
 
 
+def _authz_audit(events: ServiceEvents) -> Callable[[str, str], None]:
+    """Audits a reload of the authorisation bundle: ``authz.reload`` by ``system:authz``,
+    before/after revision (published from the reloading thread; the new rules are already
+    in force: the file changed under the process, and a restart would load it too)."""
+
+    def audit(previous: str, fresh: str) -> None:
+        if previous == fresh:  # the file was touched, its rules are the same
+            return
+        envelope = events.audit_event(
+            "authz.reload", "authz_bundle", "rpc", version=fresh,
+            before={"revision": previous}, after={"revision": fresh}, actor=system("authz"),
+        )  # fmt: skip
+        events.publish(envelope)
+
+    return audit
+
+
 async def serve(
     config: MeshConfig,
     names: Sequence[str],
@@ -548,6 +566,8 @@ async def serve(
                 ctx = build_context(plugin, config, backends, clients)
                 factory = factories.get(name) or plugin.load_factory()
                 services.append(GrpcService(factory(ctx), ctx, access_log, security, authz, local))
+            if authz is not None:
+                authz.on_reload = _authz_audit(ServiceEvents(ADMIN_SERVICE, backends.publisher))
             for svc in services:
                 await svc.start()
             freeze_startup_heap(config.server.gc_gen0_threshold)

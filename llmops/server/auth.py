@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,21 @@ log = structlog.get_logger("llmops.security")
 
 
 class AuthzPolicy:
-    """The authorisation bundle in force, reloaded when its file changes."""
+    """The authorisation bundle in force, reloaded when its file changes. ``on_reload``
+    (previous revision, new revision) is told of each reload put in force (the runtime
+    audits it as ``authz.reload``), from the reloading thread."""
 
-    def __init__(self, path: Path, decision: str, *, recheck_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        decision: str,
+        *,
+        recheck_s: float = 2.0,
+        on_reload: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.path = path
         self.decision = decision
+        self.on_reload = on_reload
         self._recheck_s = recheck_s
         self._engine = WasmPolicyEngine(path)
         if decision not in self._engine.bundle.decision_paths:
@@ -123,9 +134,15 @@ class AuthzPolicy:
             else:
                 # A wasmtime store belongs to one thread at a time: the old engine is only
                 # used by the loop, and the swap is one reference assignment.
+                previous = self._engine.bundle.revision
                 self._engine = engine
                 self._cache = {}
                 log.info("authz_bundle_reloaded", revision=engine.bundle.revision)
+                if self.on_reload is not None:
+                    try:
+                        self.on_reload(previous, engine.bundle.revision)
+                    except Exception as exc:  # the rules are in force; say what went wrong
+                        log.error("authz_reload_audit_failed", error=str(exc))
             finally:
                 self._stamp = stamp
                 self._loading = False

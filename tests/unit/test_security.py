@@ -217,7 +217,10 @@ def test_decisions_are_cached_and_a_rebuilt_bundle_clears_them(tmp_path: Path) -
 
     bundle = tmp_path / "bundle.tar.gz"
     shutil.copy(DEFAULT_WASM_BUNDLE, bundle)
-    policy = AuthzPolicy(bundle, "llmops/rpc/decision", recheck_s=0)
+    reloads: list[tuple[str, str]] = []
+    policy = AuthzPolicy(
+        bundle, "llmops/rpc/decision", recheck_s=0, on_reload=lambda *r: reloads.append(r)
+    )
     who = Principal("token:t", ("storefront",), "token")
     assert policy.refusal(who, "/llmops.v1.FeatureService/GetOnlineFeatures") == ""
     assert len(policy._cache) == 1
@@ -235,6 +238,7 @@ def test_decisions_are_cached_and_a_rebuilt_bundle_clears_them(tmp_path: Path) -
 
         time.sleep(0.05)
     assert policy._engine is not engine and policy._cache == {}
+    assert reloads == [(engine.bundle.revision, policy.revision)]  # the runtime audits it
 
 
 def test_a_decision_path_the_bundle_lacks_is_refused_at_start(tmp_path: Path) -> None:
@@ -261,3 +265,22 @@ def test_the_audit_actor_is_the_principal() -> None:
             principal_var.reset(token)
     finally:
         call_var.reset(call)
+
+
+def test_a_reload_of_the_authorisation_rules_is_audited() -> None:
+    from llmops.events.port import ServiceEvents
+    from llmops.server.app import _authz_audit
+
+    published: list[Any] = []
+
+    class Publisher:
+        def publish(self, envelope: Any) -> int:
+            published.append(envelope)
+            return len(published)
+
+    audit = _authz_audit(ServiceEvents("llmops.v1.AdminService", lambda: Publisher()))  # type: ignore[arg-type,return-value]
+    audit("rev-1", "rev-1")  # touched, same rules: nothing to say
+    audit("rev-1", "rev-2")
+    (record,) = [e.audit for e in published]
+    assert (record.action, record.actor.id) == ("authz.reload", "system:authz")
+    assert record.before["revision"] == "rev-1" and record.after["revision"] == "rev-2"
