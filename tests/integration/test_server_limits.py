@@ -109,6 +109,33 @@ async def test_a_connection_older_than_its_age_is_replaced(tmp_path: Path) -> No
     assert first == second and third != first, servicer.peers
 
 
+async def test_a_client_that_pings_too_often_is_told_to_calm_down(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Keepalive enforcement (``server.min_client_ping_interval_s``, 10 s, two strikes): a
+    client pinging an idle connection every 200 ms gets GOAWAY ENHANCE_YOUR_CALM
+    "too_many_pings" from the server (its gRPC core says so on stderr) and backs off; its
+    calls still go through."""
+    async with feature_server(tmp_path) as (channel, _, _):
+        port = channel._channel.target.decode().rpartition(":")[2]
+        pushy_options = [
+            ("grpc.keepalive_time_ms", 200),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=pushy_options) as pushy:
+            features = feature_pb2_grpc.FeatureServiceStub(pushy)
+            request = feature_pb2.GetOnlineFeaturesRequest()
+            await features.GetOnlineFeatures(request, timeout=5)
+            deadline = asyncio.get_running_loop().time() + 10
+            seen = ""
+            while "too_many_pings" not in seen and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+                seen += capfd.readouterr().err
+            assert "ENHANCE_YOUR_CALM" in seen and "too_many_pings" in seen
+            await features.GetOnlineFeatures(request, timeout=5)  # reconnects, unharmed
+
+
 async def test_a_message_over_the_limit_is_refused_and_the_server_keeps_serving(
     tmp_path: Path,
 ) -> None:
