@@ -40,7 +40,7 @@ from services.guardrail.engine import (
     worst,
 )
 from services.guardrail.policy import CompiledPolicy, PolicySet, compile_candidate
-from services.guardrail.stream import Release, StreamState
+from services.guardrail.stream import CONTEXT, Release, StreamState
 
 T = TypeVar("T")
 log = structlog.get_logger("llmops.guardrail")
@@ -54,9 +54,10 @@ MAX_TEST_CASES = 100
 MAX_FACTS = 256
 """Most facts of one check; together they carry at most :data:`MAX_TEXT_BYTES` (the
 grounding detector reads every one of them for every text checked against them)."""
-POOL_SLOTS = 8
-"""Long texts (above :data:`~services.guardrail.engine.INLINE_LIMIT`) checked or waiting for
-a worker at once; one more is refused with RESOURCE_EXHAUSTED instead of queueing."""
+POOL_SLOTS = 256
+"""Checks (texts above :data:`~services.guardrail.engine.INLINE_LIMIT`, a batch's pooled
+texts, a stream's scans) on the worker pool or waiting for a worker at once; one more is
+refused with RESOURCE_EXHAUSTED instead of queueing without bound."""
 DIRECTION_NAMES: dict[int, str] = {
     common_pb2.DIRECTION_INPUT: "INPUT",
     common_pb2.DIRECTION_OUTPUT: "OUTPUT",
@@ -382,15 +383,54 @@ class Guardrail:
                 raise InvalidArgument(
                     "chunk", f"a stream carries at most {MAX_TEXT_BYTES} bytes of UTF-8"
                 )
-            release = state.push(chunk)
+            text, released = state.text + chunk, state.released  # before a worker holds it
+            try:
+                release = await self._scan(state, chunk)
+            except TimeoutError:
+                yield self._timed_out(subject, state.policy, text, released)
+                return
             verdict = worst(verdict, release.decision.verdict)
             if release.decision.verdict == BLOCK:
                 yield self._final(subject, state, release, verdict)
                 return
             if release.text or release.findings:
                 yield StreamStep(release.text, release.until, verdict, release.findings)
-        release = state.finish()
+        text, released = state.text, state.released
+        try:
+            release = await self._scan(state, None)
+        except TimeoutError:
+            yield self._timed_out(subject, state.policy, text, released)
+            return
         yield self._final(subject, state, release, verdict=worst(verdict, release.decision.verdict))
+
+    async def _scan(self, state: StreamState, chunk: str | None) -> Release:
+        """``state.push(chunk)`` (``None``: ``state.finish()``): on the event loop when the
+        text it scans is short, else on the worker pool under the hard timeout (TimeoutError:
+        the worker may still hold ``state``, so the caller stops using it)."""
+        window = len(state.text) + len(chunk or "") - max(0, state.released - CONTEXT)
+        if window <= INLINE_LIMIT:
+            return state.push(chunk) if chunk is not None else state.finish()
+        if chunk is None:
+            return await self._pooled(state.finish)
+        return await self._pooled(lambda: state.push(chunk))
+
+    def _timed_out(
+        self, subject: Subject, policy: CompiledPolicy, text: str, released: int
+    ) -> StreamStep:
+        """The final step of a stream whose scan ran past the hard timeout: degraded; under
+        FAIL_MODE_OPEN the rest of the text is released unchecked, under CLOSED none of it.
+        Built from what was read before the scan went to the pool (its worker may still be
+        changing the stream's state)."""
+        decision = self.engine.timed_out(policy, text)
+        rest = text[released:] if decision.verdict != BLOCK else ""
+        decision_id = self._record(subject, policy, decision, streamed=True)
+        return StreamStep(
+            released_text=rest,
+            released_until=released + len(rest),
+            verdict=decision.verdict,
+            findings=[],
+            summary=Checked(policy, decision, decision_id),
+        )
 
     def _final(
         self, subject: Subject, state: StreamState, release: Release, verdict: int

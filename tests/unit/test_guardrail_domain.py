@@ -329,5 +329,13 @@ async def test_a_check_that_hangs_answers_degraded_at_the_hard_timeout(files: Pa
         batch = await domain.check_batch(Subject(OUT), ["Fine.", long_text])
         assert batch[0].decision.verdict == common_pb2.VERDICT_ALLOW  # decided inline
         assert batch[1].decision.failed == ["hard_timeout"]
+        # a stream's scan runs on the pool too: the stream ends degraded, nothing released
+        began = time.monotonic()
+        steps = [s async for s in domain.check_stream(_items(Subject(OUT), ["Hi. ", long_text]))]
+        assert time.monotonic() - began < 2.0
+        final = steps[-1]
+        assert final.summary is not None and final.summary.decision.failed == ["hard_timeout"]
+        assert final.verdict == common_pb2.VERDICT_BLOCK and final.released_text == ""
+        assert final.summary.decision_id  # recorded, like any degraded decision
     finally:
         engine.release.set()
