@@ -141,7 +141,8 @@ async def test_dry_run_reports_without_swapping_and_a_reload_swaps(served: Serve
     assert real.policy_count == 1 and list(real.changed_policies) == ["copy@2"]
     assert real.previous_revision == first.revision and real.revision != first.revision
     assert await served.current_version() == 2
-    # the applied reload (and only it) is audited, with the caller as the actor
+    # the revision the service started with, then the applied reload (and only it) are
+    # audited, the reload with the caller as the actor
     event_log = LocalLog(served.state_dir / "events")
     consumer = event_log.consumer("test-guardrail-audit", [KIND_TOPICS["audit"]])
     audits: list[events_pb2.AuditEvent] = []
@@ -150,7 +151,7 @@ async def test_dry_run_reports_without_swapping_and_a_reload_swaps(served: Serve
         audits.extend(
             events_pb2.EventEnvelope.FromString(r.value).audit for r in consumer.poll(100, 0.1)
         )
-        return bool(audits)
+        return len(audits) >= 2
 
     try:
         await _eventually(audited)
@@ -161,11 +162,13 @@ async def test_dry_run_reports_without_swapping_and_a_reload_swaps(served: Serve
         consumer.close()
         event_log.close()
     assert [(a.action, a.resource.type, a.resource.version) for a in audits] == [
-        ("policy.reload", "policy", real.revision)
+        ("policy.load", "policy", first.revision),
+        ("policy.reload", "policy", real.revision),
     ]
-    assert audits[0].actor.id == "unauthenticated:127.0.0.1"
-    assert audits[0].before["revision"] == first.revision
-    assert audits[0].after["revision"] == real.revision
+    assert audits[0].actor.id == "system:policies"
+    assert audits[1].actor.id == "unauthenticated:127.0.0.1"
+    assert audits[1].before["revision"] == first.revision
+    assert audits[1].after["revision"] == real.revision
 
 
 async def test_watch_picks_up_an_edit_and_keeps_policies_on_a_broken_file(
