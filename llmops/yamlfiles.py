@@ -245,11 +245,15 @@ class HotReload(Generic[T]):
             applied = not dry_run and fresh != previous
             if applied:
                 record = self._audit_record(previous, fresh)
-                if record is not None:
-                    await self._publish(record)
-                self.current = candidate
-                self._stamp = stamp
-                log.info(f"{self.kind}_reloaded", previous=previous, revision=fresh)
+                try:
+                    if record is not None:
+                        await self._publish(record)
+                except asyncio.CancelledError:
+                    # Cancelled while waiting for the log (the caller's deadline): the record
+                    # was accepted before that wait, so the change it records goes ahead.
+                    self._swap(candidate, stamp, previous, fresh)
+                    raise
+                self._swap(candidate, stamp, previous, fresh)
             return Reloaded(
                 candidate=candidate,
                 previous=before,
@@ -258,6 +262,11 @@ class HotReload(Generic[T]):
                 candidate_revision=fresh,
                 applied=applied,
             )
+
+    def _swap(self, candidate: T, stamp: FileStamp, previous: str, fresh: str) -> None:
+        self.current = candidate
+        self._stamp = stamp
+        log.info(f"{self.kind}_reloaded", previous=previous, revision=fresh)
 
     async def _publish(self, record: events_pb2.EventEnvelope) -> None:
         """``record`` into the event log (ResourceExhausted: not accepted, nothing done)."""

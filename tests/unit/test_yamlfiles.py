@@ -245,3 +245,34 @@ async def test_the_record_is_in_the_log_before_the_swap_and_the_start_is_audited
     assert record.after["revision"] == started  # the revision it started with
     no_audit = HotReload("things", load, lambda c: c[1])
     assert no_audit.load_audit() == []
+
+
+async def test_a_reload_cancelled_while_its_record_waits_for_the_log_still_swaps(
+    tmp_path: Path,
+) -> None:
+    """The record is accepted before the wait for the log: a caller whose deadline ends
+    during that wait must not leave a trail that records a change never made."""
+    path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
+    events = FakeEvents(room=10)
+    waiting = asyncio.Event()
+
+    async def slow_log(envelopes: list[Any], timeout_s: float) -> None:
+        events.published.extend(envelopes)  # accepted
+        waiting.set()
+        await asyncio.sleep(60)  # the log is slow to make it durable
+
+    events.publish_durable = slow_log  # type: ignore[method-assign]
+
+    def load() -> tuple[int, str]:
+        loaded = load_yaml_files([tmp_path], Doc, ThingError)
+        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
+
+    holder = HotReload("things", load, lambda c: c[1], audit=events.port, resource_type="thing")
+    write(path, "items: [{name: a, size: 5}]\n")
+    reload = asyncio.create_task(holder.reload())
+    await asyncio.wait_for(waiting.wait(), 5)
+    reload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reload
+    assert holder.current[0] == 5  # swapped, as its accepted record says
+    assert [e.audit.action for e in events.published] == ["thing.reload"]
