@@ -80,69 +80,50 @@ install_apt() {
 # ---------------------------------------------------------------------------------------------
 KAFKA_POM="$LLMOPS_REPO_ROOT/deploy/local/kafka/pom.xml"
 KAFKA_LIB="${LLMOPS_KAFKA_LIB:-$LLMOPS_REPO_ROOT/deploy/local/kafka/target/lib}"
+ZOOKEEPER_POM="$LLMOPS_REPO_ROOT/deploy/local/zookeeper/pom.xml"
+ZOOKEEPER_LIB="${LLMOPS_ZOOKEEPER_LIB:-$LLMOPS_REPO_ROOT/deploy/local/zookeeper/target/lib}"
 
-install_kafka() {
-    local t0; t0=$(date +%s)
-    command -v java >/dev/null 2>&1 || die "kafka: java not found (apt-get install openjdk-17-jre-headless)"
-    command -v mvn >/dev/null 2>&1 || die "kafka: mvn not found (apt-get install maven)"
+# maven_jars NAME WHAT POM LIB JAR -> the jars POM names, copied into LIB (from ~/.m2 once
+# fetched); skipped when LIB holds JAR and was filled from this very POM.
+maven_jars() {
+    local name="$1" what="$2" pom="$3" lib="$4" jar="$5" t0; t0=$(date +%s)
+    command -v java >/dev/null 2>&1 || die "$name: java not found (apt-get install openjdk-17-jre-headless)"
+    command -v mvn >/dev/null 2>&1 || die "$name: mvn not found (apt-get install maven)"
     local stamp want_stamp
-    want_stamp="$(sha256sum "$KAFKA_POM" | cut -d' ' -f1)"
-    stamp="$(cat "$KAFKA_LIB/.pom.sha256" 2>/dev/null || true)"
-    if [[ "$stamp" == "$want_stamp" && -f "$KAFKA_LIB/kafka_2.13-$LLMOPS_KAFKA_VERSION.jar" ]]; then
-        log "kafka: $KAFKA_LIB is up to date with deploy/local/kafka/pom.xml (Kafka $LLMOPS_KAFKA_VERSION)"
-        step_time kafka "$t0"
+    want_stamp="$(sha256sum "$pom" | cut -d' ' -f1)"
+    stamp="$(cat "$lib/.pom.sha256" 2>/dev/null || true)"
+    if [[ "$stamp" == "$want_stamp" && -f "$lib/$jar" ]]; then
+        log "$name: $lib is up to date with ${pom#"$LLMOPS_REPO_ROOT"/} ($what)"
+        step_time "$name" "$t0"
         return 0
     fi
     # Copy into a fresh directory and swap it in, so a stale jar of another version never
     # lingers on the class path.
-    local tmp="$KAFKA_LIB.tmp.$$"
+    local tmp="$lib.tmp.$$"
     rm -rf "$tmp"
-    log "kafka: mvn dependency:copy-dependencies (Kafka $LLMOPS_KAFKA_VERSION; jars cached in ~/.m2)"
-    if ! mvn -q -B -Dstyle.color=never -f "$KAFKA_POM" dependency:copy-dependencies -DoutputDirectory="$tmp" \
+    log "$name: mvn dependency:copy-dependencies ($what; jars cached in ~/.m2)"
+    if ! mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DoutputDirectory="$tmp" \
         -Dmdep.overWriteIfNewer=true; then
         rm -rf "$tmp"
-        die "kafka: maven failed to fetch the Kafka jars"
+        die "$name: maven failed to fetch the $what jars"
     fi
-    [[ -f "$tmp/kafka_2.13-$LLMOPS_KAFKA_VERSION.jar" ]] || die "kafka: kafka_2.13-$LLMOPS_KAFKA_VERSION.jar missing after copy"
+    [[ -f "$tmp/$jar" ]] || die "$name: $jar missing after copy"
     printf '%s\n' "$want_stamp" >"$tmp/.pom.sha256"
-    rm -rf "$KAFKA_LIB"
-    mkdir -p "$(dirname "$KAFKA_LIB")"
-    mv "$tmp" "$KAFKA_LIB"
-    log "kafka: $(find "$KAFKA_LIB" -name '*.jar' | wc -l) jars in $KAFKA_LIB"
-    step_time kafka "$t0"
+    rm -rf "$lib"
+    mkdir -p "$(dirname "$lib")"
+    mv "$tmp" "$lib"
+    log "$name: $(find "$lib" -name '*.jar' | wc -l) jars in $lib"
+    step_time "$name" "$t0"
 }
 
-ZOOKEEPER_POM="$LLMOPS_REPO_ROOT/deploy/local/zookeeper/pom.xml"
-ZOOKEEPER_LIB="${LLMOPS_ZOOKEEPER_LIB:-$LLMOPS_REPO_ROOT/deploy/local/zookeeper/target/lib}"
+install_kafka() {
+    maven_jars kafka "Kafka $LLMOPS_KAFKA_VERSION" "$KAFKA_POM" "$KAFKA_LIB" \
+        "kafka_2.13-$LLMOPS_KAFKA_VERSION.jar"
+}
 
 install_zookeeper() {
-    local t0; t0=$(date +%s)
-    local jar="zookeeper-$LLMOPS_ZOOKEEPER_VERSION.jar"
-    command -v java >/dev/null 2>&1 || die "zookeeper: java not found (apt-get install openjdk-17-jre-headless)"
-    command -v mvn >/dev/null 2>&1 || die "zookeeper: mvn not found (apt-get install maven)"
-    local stamp want_stamp
-    want_stamp="$(sha256sum "$ZOOKEEPER_POM" | cut -d' ' -f1)"
-    stamp="$(cat "$ZOOKEEPER_LIB/.pom.sha256" 2>/dev/null || true)"
-    if [[ "$stamp" == "$want_stamp" && -f "$ZOOKEEPER_LIB/$jar" ]]; then
-        log "zookeeper: $ZOOKEEPER_LIB is up to date with deploy/local/zookeeper/pom.xml"
-        step_time zookeeper "$t0"
-        return 0
-    fi
-    local tmp="$ZOOKEEPER_LIB.tmp.$$"
-    rm -rf "$tmp"
-    log "zookeeper: mvn dependency:copy-dependencies (ZooKeeper $LLMOPS_ZOOKEEPER_VERSION; jars cached in ~/.m2)"
-    if ! mvn -q -B -Dstyle.color=never -f "$ZOOKEEPER_POM" dependency:copy-dependencies \
-        -DoutputDirectory="$tmp" -Dmdep.overWriteIfNewer=true; then
-        rm -rf "$tmp"
-        die "zookeeper: maven failed to fetch the ZooKeeper jars"
-    fi
-    [[ -f "$tmp/$jar" ]] || die "zookeeper: $jar missing after copy"
-    printf '%s\n' "$want_stamp" >"$tmp/.pom.sha256"
-    rm -rf "$ZOOKEEPER_LIB"
-    mkdir -p "$(dirname "$ZOOKEEPER_LIB")"
-    mv "$tmp" "$ZOOKEEPER_LIB"
-    log "zookeeper: $(find "$ZOOKEEPER_LIB" -name '*.jar' | wc -l) jars in $ZOOKEEPER_LIB"
-    step_time zookeeper "$t0"
+    maven_jars zookeeper "ZooKeeper $LLMOPS_ZOOKEEPER_VERSION" "$ZOOKEEPER_POM" "$ZOOKEEPER_LIB" \
+        "zookeeper-$LLMOPS_ZOOKEEPER_VERSION.jar"
 }
 
 # ---------------------------------------------------------------------------------------------

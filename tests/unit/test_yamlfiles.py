@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,18 @@ def test_a_missing_path_is_an_error(tmp_path: Path) -> None:
         load_yaml_files([tmp_path / "absent"], Doc, ThingError)
 
 
-def _reloader(tmp_path: Path) -> HotReload[tuple[int, str]]:
+def _sizes(tmp_path: Path) -> Callable[[], tuple[int, str]]:
+    """Loads the things under ``tmp_path``: (their total size, the files' revision)."""
+
     def load() -> tuple[int, str]:
         loaded = load_yaml_files([tmp_path], Doc, ThingError)
         return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
 
-    return HotReload("things", load, lambda compiled: compiled[1])
+    return load
+
+
+def _reloader(tmp_path: Path) -> HotReload[tuple[int, str]]:
+    return HotReload("things", _sizes(tmp_path), lambda compiled: compiled[1])
 
 
 async def test_hot_reload_dry_run_reports_without_swapping(tmp_path: Path) -> None:
@@ -137,10 +144,7 @@ async def test_watch_sees_a_change_made_after_loading_and_before_the_task_starts
 
     path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
 
-    def load() -> tuple[int, str]:
-        loaded = load_yaml_files([tmp_path], Doc, ThingError)
-        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
-
+    load = _sizes(tmp_path)
     holder = HotReload("things", load, lambda c: c[1], watched=[tmp_path])
     watch = holder.watch([tmp_path], 0.02)
     write(path, "items: [{name: a, size: 7}]\n")  # the service is not serving yet
@@ -187,10 +191,7 @@ async def test_an_applied_reload_is_audited_and_refused_when_it_cannot_be(
     path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
     events = FakeEvents(room=1)
 
-    def load() -> tuple[int, str]:
-        loaded = load_yaml_files([tmp_path], Doc, ThingError)
-        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
-
+    load = _sizes(tmp_path)
     holder = HotReload("things", load, lambda c: c[1], audit=events.port, resource_type="thing")
     first = holder.revision
     write(path, "items: [{name: a, size: 2}]\n")
@@ -220,10 +221,7 @@ async def test_the_record_is_in_the_log_before_the_swap_and_the_start_is_audited
     path = write(tmp_path / "a.yaml", "items: [{name: a, size: 1}]\n")
     events = FakeEvents(room=10)
 
-    def load() -> tuple[int, str]:
-        loaded = load_yaml_files([tmp_path], Doc, ThingError)
-        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
-
+    load = _sizes(tmp_path)
     holder = HotReload("things", load, lambda c: c[1], audit=events.port, resource_type="thing")
     started = holder.revision
     seen_at_publish: list[int] = []
@@ -263,10 +261,7 @@ async def test_a_reload_cancelled_while_its_record_waits_for_the_log_still_swaps
 
     events.publish_durable = slow_log  # type: ignore[method-assign]
 
-    def load() -> tuple[int, str]:
-        loaded = load_yaml_files([tmp_path], Doc, ThingError)
-        return sum(i.size for f in loaded.files for i in f.spec.items), loaded.revision
-
+    load = _sizes(tmp_path)
     holder = HotReload("things", load, lambda c: c[1], audit=events.port, resource_type="thing")
     write(path, "items: [{name: a, size: 5}]\n")
     reload = asyncio.create_task(holder.reload())
