@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -293,8 +294,15 @@ def test_audit_query_and_verify(mesh: RunningMesh) -> None:
             break
         assert time.monotonic() < deadline, page
         time.sleep(1)
+    # oldest first by event time (the services' start-up `load` records are made at once,
+    # so time order and chain order may differ by a place); one chain, no repeats
+    epoch, ms = datetime(1970, 1, 1, tzinfo=UTC), timedelta(milliseconds=1)
+    times = [  # the query orders by the millisecond
+        (datetime.fromisoformat(r["event_time"]) - epoch) // ms for r in page["records"]
+    ]
     sequences = [int(r["sequence"]) for r in page["records"]]
-    assert sequences == sorted(sequences) and page["next_page_token"]
+    assert times == sorted(times) and page["next_page_token"]
+    assert len(set(sequences)) == 5 and {r["chain"] for r in page["records"]} == {"tenant:default"}
     text = _ok(mesh, "audit", "query", "--chain", "tenant:default", "--action", "artifact.")
     assert text.splitlines()[0].split()[:3] == ["TIME", "CHAIN", "SEQ"]
     assert "artifact.register" in text and "alias.set" not in text
