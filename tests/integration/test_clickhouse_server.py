@@ -27,16 +27,20 @@ pytestmark = pytest.mark.infra
 DB = "it_clickhouse_server"
 
 
+COLUMNS = "(at DateTime, route LowCardinality(String), n UInt64, stages Array(String))"
+
+
+def _table(dsn: str, table: str, engine: str, attempts: int) -> ServerStore:
+    """A store on database ``DB`` whose ``table`` (the test's columns) is made afresh."""
+    s = ServerStore(with_database(dsn, DB), backoff_s=0.2, max_backoff_s=1.0, attempts=attempts)
+    s.execute(f"DROP TABLE IF EXISTS {table}")
+    s.execute(f"CREATE TABLE {table} {COLUMNS} ENGINE = {engine} ORDER BY (route, at)")
+    return s
+
+
 @pytest.fixture()
 def store(clickhouse_dsn: str) -> Iterator[ServerStore]:
-    s = ServerStore(
-        with_database(clickhouse_dsn, DB), backoff_s=0.2, max_backoff_s=1.0, attempts=30
-    )
-    s.execute("DROP TABLE IF EXISTS t")
-    s.execute(
-        "CREATE TABLE t (at DateTime, route LowCardinality(String), n UInt64, "
-        "stages Array(String)) ENGINE = MergeTree ORDER BY (route, at)"
-    )
+    s = _table(clickhouse_dsn, "t", "MergeTree", attempts=30)
     yield s
     s.execute(f"DROP DATABASE IF EXISTS {DB}")
     s.close()
@@ -46,16 +50,8 @@ def store(clickhouse_dsn: str) -> Iterator[ServerStore]:
 def replicated(clickhouse_dsn: str, zookeeper: str) -> Iterator[ServerStore]:
     """A store whose table ``rt`` is a ReplicatedMergeTree (one replica, the local
     ZooKeeper; a fresh ZooKeeper path per test)."""
-    s = ServerStore(
-        with_database(clickhouse_dsn, DB), backoff_s=0.2, max_backoff_s=1.0, attempts=40
-    )
-    s.execute("DROP TABLE IF EXISTS rt")
-    s.execute(
-        "CREATE TABLE rt (at DateTime, route LowCardinality(String), n UInt64, "
-        "stages Array(String)) ENGINE = ReplicatedMergeTree("
-        f"'/clickhouse/tables/{{shard}}/{DB}/rt-{uuid.uuid4().hex}', '{{replica}}') "
-        "ORDER BY (route, at)"
-    )
+    path = f"/clickhouse/tables/{{shard}}/{DB}/rt-{uuid.uuid4().hex}"
+    s = _table(clickhouse_dsn, "rt", f"ReplicatedMergeTree('{path}', '{{replica}}')", attempts=40)
     yield s
     s.execute("DROP TABLE IF EXISTS rt")
     s.execute(f"DROP DATABASE IF EXISTS {DB}")

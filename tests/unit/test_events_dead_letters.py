@@ -15,23 +15,23 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from llmops.events.base import EventLog, LogConsumer, Record, RecordsRefused
+from llmops.events.base import EventLog, Record, RecordsRefused
 from llmops.events.local_log import LocalLog
 from llmops.events.publisher import EventPublisher, RetryBackoff
 from llmops.events.synthetic import prediction_envelope
 from llmops.events.topics import DLQ_TOPIC, KIND_TOPICS
-from tests.unit.test_events_publisher import consume_all
+from tests.unit.test_events_publisher import FlakyLog, consume_all
 
 FAST = RetryBackoff(initial_s=0.001, max_s=0.01)
 PREDICTIONS = KIND_TOPICS["prediction"]
 
 
-class Refusing:
+class Refusing(FlakyLog):
     """A log that refuses for good every record whose value holds ``poison`` (and, with
     ``refuse_letters``, its dead letter too), appending the rest as a broker would."""
 
     def __init__(self, inner: EventLog, refuse_letters: bool = False) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.name = "refusing"
         self.refuse_letters = refuse_letters
         self.sends = 0
@@ -46,12 +46,6 @@ class Refusing:
         self.inner.send([r for i, r in enumerate(records) if i not in refused], timeout_s)
         if refused:
             raise RecordsRefused(refused)
-
-    def consumer(self, group: str, topics: Sequence[str]) -> LogConsumer:
-        return self.inner.consumer(group, topics)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 @pytest.fixture
