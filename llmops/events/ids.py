@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 import time
 
@@ -50,7 +52,11 @@ def uuid7(unix_ms: int | None = None) -> str:
     allows it), which is all ClickHouse sorting and deduplication need.
     """
     ms = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
-    rand = int.from_bytes(_pool.take(_ID_BYTES), "big")  # 80 bits; 74 are used
+    return _layout(ms, int.from_bytes(_pool.take(_ID_BYTES), "big"))
+
+
+def _layout(ms: int, rand: int) -> str:
+    """The canonical text of the UUIDv7 of ``ms`` and 80 bits ``rand`` (74 are used)."""
     value = (ms & 0xFFFF_FFFF_FFFF) << 80
     value |= 0x7 << 76  # version
     value |= (rand >> 64 & 0x0FFF) << 64  # rand_a, 12 bits
@@ -80,3 +86,28 @@ def uuid7_many(count: int, unix_ms: int | None = None) -> list[str]:
         f"{head}{r[:3]}-{variant[r[3]]}{r[4:7]}-{r[7:19]}"
         for r in (rand[i : i + 20] for i in range(0, len(rand), 20))
     ]
+
+
+_UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def retry_stable_uuid7(request_id: str, *parts: str) -> str:
+    """An event id that every attempt of one call makes alike, so the sinks' ``event_id``
+    window drops what a retried call publishes again (gRPC retries resend the same
+    ``x-request-id``, and events keyed by it land on the same partition).
+
+    When ``request_id`` is a UUIDv7 (what the mesh's clients mint), the id keeps its
+    millisecond (still time-ordered) and takes the rest from a hash of ``request_id`` and
+    ``parts``, which must name the event fully (what was decided, about which input):
+    two different events of one call must differ in ``parts``. Any other request id cannot
+    vouch for a retry (a caller may reuse a plain id for unrelated calls): a new random
+    UUIDv7 then, as :func:`uuid7` makes.
+    """
+    if not _UUID7.fullmatch(request_id):
+        return uuid7()
+    ms = int(request_id[:8] + request_id[9:13], 16)
+    h = hashlib.blake2b(request_id.encode(), digest_size=10)
+    for part in parts:
+        h.update(b"\x1f")
+        h.update(part.encode("utf-8", "surrogatepass"))
+    return _layout(ms, int.from_bytes(h.digest(), "big"))

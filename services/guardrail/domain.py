@@ -16,6 +16,7 @@ points (Python ``str`` indices).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -25,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from llmops.errors import InvalidArgument, ResourceExhausted
-from llmops.events.ids import uuid7
+from llmops.events.ids import retry_stable_uuid7, uuid7
 from llmops.v1 import common_pb2, events_pb2
 from llmops.yamlfiles import HotReload
 from services.guardrail.detectors.base import CheckContext, Fact
@@ -170,11 +171,15 @@ def latencies(items: Sequence[tuple[str, int]]) -> list[common_pb2.StageLatency]
 
 
 def decision_event(
-    subject: Subject, policy: CompiledPolicy, decision: Decision, streamed: bool
+    subject: Subject,
+    policy: CompiledPolicy,
+    decision: Decision,
+    streamed: bool,
+    event_id: str = "",
 ) -> events_pb2.EventEnvelope:
     """The GuardrailDecisionEvent of a decision: types, spans, scores, hashes; no text."""
     event = events_pb2.GuardrailDecisionEvent(
-        event_id=uuid7(), request_id=subject.request_id, tenant=subject.tenant,
+        event_id=event_id or uuid7(), request_id=subject.request_id, tenant=subject.tenant,
         market=subject.market, direction=subject.direction,  # type: ignore[arg-type]
         policy=policy.name, policy_version=policy.version,
         verdict=decision.verdict,  # type: ignore[arg-type]
@@ -272,7 +277,7 @@ class Guardrail:
         if decision is None:
             decision = await self._evaluate(policy, text, ctx)
             self.decisions.keep(key, decision)
-        return Checked(policy, decision, self._record(subject, policy, decision, streamed=False))
+        return Checked(policy, decision, self._record(subject, policy, decision, False, text))
 
     async def check_batch(self, subject: Subject, texts: Sequence[str]) -> list[Checked]:
         """Each text checked as :meth:`check` would, in order. Every text is validated
@@ -320,7 +325,11 @@ class Guardrail:
         for i in (*inline, *pooled):
             self.decisions.keep(keys[i], decisions[i])
         return [
-            Checked(policy, decisions[i], self._record(subject, policy, decisions[i], False))
+            Checked(
+                policy,
+                decisions[i],
+                self._record(subject, policy, decisions[i], False, texts[i], i),
+            )
             for i in range(len(texts))
         ]
 
@@ -353,12 +362,28 @@ class Guardrail:
             raise
 
     def _record(
-        self, subject: Subject, policy: CompiledPolicy, decision: Decision, streamed: bool
+        self,
+        subject: Subject,
+        policy: CompiledPolicy,
+        decision: Decision,
+        streamed: bool,
+        text: str,
+        index: int = 0,
     ) -> str:
-        """Publish the decision's event unless it is a clean ALLOW; its id ("" if none)."""
+        """Publish the decision's event unless it is a clean ALLOW; its id ("" if none).
+
+        The id is the same on a retry of the call (same request id, policy, text, place in
+        the batch and outcome), so the sink stores a retried Check's decision once."""
         if decision.verdict == ALLOW and not decision.degraded:
             return ""
-        envelope = decision_event(subject, policy, decision, streamed)
+        event_id = retry_stable_uuid7(
+            subject.request_id,
+            "guardrail", policy.name, str(policy.version), str(subject.direction),
+            "stream" if streamed else "unary", str(index), str(decision.verdict),
+            "degraded" if decision.degraded else "",
+            hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest(),
+        )  # fmt: skip
+        envelope = decision_event(subject, policy, decision, streamed, event_id)
         self._events.publish(envelope)
         return envelope.guardrail_decision.event_id
 
@@ -423,7 +448,7 @@ class Guardrail:
         changing the stream's state)."""
         decision = self.engine.timed_out(policy, text)
         rest = text[released:] if decision.verdict != BLOCK else ""
-        decision_id = self._record(subject, policy, decision, streamed=True)
+        decision_id = self._record(subject, policy, decision, True, text)
         return StreamStep(
             released_text=rest,
             released_until=released + len(rest),
@@ -441,7 +466,7 @@ class Guardrail:
             latencies_us=sorted(state.latencies.items()), degraded=state.degraded,
             latency_us=state.latency_us, text_length=len(state.text),
         )  # fmt: skip
-        decision_id = self._record(subject, state.policy, summary, streamed=True)
+        decision_id = self._record(subject, state.policy, summary, True, state.text)
         return StreamStep(
             released_text=release.text if verdict != BLOCK else "",
             released_until=state.released,

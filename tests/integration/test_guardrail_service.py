@@ -236,6 +236,43 @@ async def test_check_publishes_its_decision_event(served: Served) -> None:
     assert "Expedia" not in str(event)
 
 
+async def test_a_retried_check_records_its_decision_under_the_same_id(served: Served) -> None:
+    """gRPC's retry resends the call with its metadata, x-request-id included: the decision
+    event gets the same id, which the sinks' event_id window stores once
+    (tests/integration/test_sink.py: producer duplicates are dropped)."""
+    from llmops.events.ids import uuid7
+
+    request_id = uuid7()
+
+    async def check(text: str, rid: str = request_id) -> str:
+        request = guardrail_pb2.CheckRequest(direction=OUT, text=text)
+        reply = await served.check.Check(request, metadata=(("x-request-id", rid),), timeout=5)
+        assert reply.verdict == common_pb2.VERDICT_REDACT
+        return reply.decision_id
+
+    first = await check("Cheaper than Expedia")
+    assert await check("Cheaper than Expedia") == first  # the retry
+    assert await check("Cheaper than Expedia!") != first  # another text, same request
+    assert await check("Cheaper than Expedia", uuid7()) != first  # another request
+    event_log = LocalLog(served.state_dir / "events")
+    consumer = event_log.consumer("test-guardrail", [KIND_TOPICS["guardrail_decision"]])
+    ids: list[str] = []
+
+    def decisions_arrived() -> bool:
+        for record in consumer.poll(100, 0.1):
+            ids.append(
+                events_pb2.EventEnvelope.FromString(record.value).guardrail_decision.event_id
+            )
+        return len(ids) >= 4
+
+    try:
+        await _eventually(decisions_arrived)
+    finally:
+        consumer.close()
+        event_log.close()
+    assert ids.count(first) == 2 and len(set(ids)) == 3
+
+
 async def test_stream_limit_counts_utf8_bytes(served: Served) -> None:
     emoji = "\N{GRINNING FACE}" * 1024  # 4 KiB of UTF-8, 1,024 code points
 

@@ -1,11 +1,12 @@
-"""UUIDv7 ids: format, uniqueness, time order, and no shared random bytes after fork."""
+"""UUIDv7 ids: format, uniqueness, time order, no shared random bytes after fork, and the
+ids a retried call makes again."""
 
 from __future__ import annotations
 
 import os
 import uuid
 
-from llmops.events.ids import uuid7, uuid7_many
+from llmops.events.ids import retry_stable_uuid7, uuid7, uuid7_many
 
 
 def test_format_version_and_time_prefix() -> None:
@@ -49,3 +50,25 @@ def test_a_batch_of_ids_is_valid_unique_and_of_its_millisecond() -> None:
     assert len(set(many)) == len(many)
     # every variant digit occurs: the two random bits under it are not lost
     assert {v[19] for v in many} == set("89ab")
+
+
+def test_a_retry_makes_the_same_id_and_other_events_other_ids() -> None:
+    request_id = uuid7(1_790_000_000_123)
+    first = retry_stable_uuid7(request_id, "guardrail", "copy", "1", "text-hash")
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == first
+    assert parsed.int >> 80 == 1_790_000_000_123  # the request's millisecond: time-ordered
+    assert retry_stable_uuid7(request_id, "guardrail", "copy", "1", "text-hash") == first
+    others = {
+        retry_stable_uuid7(request_id, "guardrail", "copy", "2", "text-hash"),
+        retry_stable_uuid7(request_id, "guardrail", "copy", "1", "other-hash"),
+        retry_stable_uuid7(request_id, "guardrail", "copy1", "", "text-hash"),  # no run-on
+        retry_stable_uuid7(uuid7(1_790_000_000_123), "guardrail", "copy", "1", "text-hash"),
+    }
+    assert len(others) == 4 and first not in others
+
+
+def test_a_request_id_that_is_not_a_uuid7_cannot_vouch_for_a_retry() -> None:
+    for request_id in ("req-1", "", str(uuid.uuid4()), "0" * 14 + "7" + "z" * 21):
+        ids = {retry_stable_uuid7(request_id, "same") for _ in range(3)}
+        assert len(ids) == 3 and all(uuid.UUID(i).version == 7 for i in ids)
