@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from llmops.errors import DeadlineExceeded
+
+T = TypeVar("T")
 
 REQUEST_ID_KEY = "x-request-id"
 
@@ -61,3 +66,25 @@ def remaining_time() -> float | None:
 
 def current_request_id() -> str | None:
     return request_id_var.get()
+
+
+def for_worker(work: Callable[[], T]) -> Callable[[], T]:
+    """``work`` made ready for a worker thread (``loop.run_in_executor``, which, unlike
+    ``asyncio.to_thread``, does not carry context variables over).
+
+    It runs in a copy of the RPC's context, so what it calls sees the deadline (a
+    ClickHouse query's ``max_execution_time``, the guardrail detectors' budget), the
+    request id and the caller. And it does not start at all when the deadline passed while
+    it waited for a free worker (:class:`~llmops.errors.DeadlineExceeded`): a thread cannot
+    be stopped once it runs, but work nobody waits for any more need not begin, and a write
+    its caller was told timed out must not be applied later.
+    """
+    context = contextvars.copy_context()
+    deadline = context.get(deadline_var)
+
+    def run() -> T:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the deadline passed while the work waited for a worker")
+        return context.run(work)
+
+    return run

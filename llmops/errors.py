@@ -96,6 +96,12 @@ class NotDurable(LLMOpsError):
     code = "DEADLINE_EXCEEDED"
 
 
+class DeadlineExceeded(LLMOpsError):
+    """The RPC's deadline passed before the work started: nothing of it was done."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class NotImplementedYet(LLMOpsError):
     """An RPC of the v1 contract whose implementation has not landed; names what is missing."""
 

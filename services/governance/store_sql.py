@@ -28,6 +28,7 @@ from alembic.config import Config
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from llmops.callcontext import for_worker
 from llmops.errors import FailedPrecondition, LLMOpsError, Unavailable
 from services.governance import schema
 from services.governance.store import (
@@ -208,7 +209,11 @@ class SqlRegistryStore:
 
     async def _run(self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor or self._executor, fn)
+            # not started once the RPC's deadline has passed: a write its caller was told
+            # timed out must not be applied afterwards
+            return await asyncio.get_running_loop().run_in_executor(
+                executor or self._executor, for_worker(fn)
+            )
         except (exc.OperationalError, exc.InterfaceError, exc.TimeoutError) as err:
             raise Unavailable(f"registry database {self.description}: {err}") from err
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from llmops.callcontext import for_worker
 from llmops.errors import InvalidArgument, ResourceExhausted
 from llmops.events.ids import retry_stable_uuid7, uuid7
 from llmops.v1 import common_pb2, events_pb2
@@ -343,7 +344,8 @@ class Guardrail:
 
     async def _pooled(self, work: Callable[[], T], bounded: bool = True) -> T:
         """``work`` on the worker pool, off the event loop (RESOURCE_EXHAUSTED when every
-        slot is taken); with ``bounded``, TimeoutError after ``hard_timeout_s``. A Python
+        slot is taken; not started once the RPC's deadline has passed, and the detectors
+        see that deadline); with ``bounded``, TimeoutError after ``hard_timeout_s``. A Python
         thread cannot be stopped: the worker finishes on its own (the detectors are linear,
         so it does soon) and holds its slot until then, so a stuck detector sheds load
         rather than piling it up."""
@@ -351,7 +353,7 @@ class Guardrail:
             raise ResourceExhausted("guardrail worker pool is full (long texts); retry later")
         await self._slots.acquire()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, work)
+        future = loop.run_in_executor(self._pool, for_worker(work))
         future.add_done_callback(lambda _: self._slots.release())
         if not bounded:
             return await future

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from llmops.callcontext import remaining_time
 from llmops.v1 import common_pb2
 from services.guardrail.detectors.base import CheckContext, Finding
 from services.guardrail.policy import SEVERITY, CompiledPolicy
@@ -91,6 +92,9 @@ class Engine:
     def evaluate(self, policy: CompiledPolicy, text: str, ctx: CheckContext) -> Decision:
         start = time.perf_counter()
         budget_end = start + policy.timeout_s
+        left = remaining_time()  # the RPC's deadline: no detector starts after it either
+        if left is not None and left < policy.timeout_s:
+            budget_end = start + left
         found: dict[str, list[Finding]] = {}
         latencies: list[tuple[str, int]] = []
         failed: list[str] = []

@@ -339,3 +339,43 @@ async def test_a_check_that_hangs_answers_degraded_at_the_hard_timeout(files: Pa
         assert final.summary.decision_id  # recorded, like any degraded decision
     finally:
         engine.release.set()
+
+
+async def test_work_past_the_rpcs_deadline_is_not_started(files: Path) -> None:
+    """A long text waiting for the one worker while another hangs: its deadline passes in
+    the queue, so its detectors never run (DEADLINE_EXCEEDED). A text checked with no time
+    left runs no detector: each one counts as failed, as past the policy's budget."""
+    import asyncio
+    import time
+
+    from llmops.callcontext import deadline_var
+    from llmops.errors import DeadlineExceeded
+
+    policies = HotReload("policies", lambda: load_policies([files]), _revision)
+    engine = StuckEngine()
+    evaluated: list[str] = []
+    original = engine.evaluate
+
+    def counting(policy: Any, text: str, ctx: Any) -> Any:
+        evaluated.append(text[:8])
+        return original(policy, text, ctx)
+
+    engine.evaluate = counting  # type: ignore[method-assign]
+    domain = Guardrail(policies, engine, Events(), ThreadPoolExecutor(1), hard_timeout_s=5)
+    try:
+        stuck = asyncio.create_task(domain.check(Subject(OUT), "Stuck. " * 1000))
+        await asyncio.sleep(0.05)
+        deadline_var.set(time.monotonic() + 0.1)
+        queued = asyncio.create_task(domain.check(Subject(OUT), "Queued, mentions Expedia. " * 10))
+        await asyncio.sleep(0.3)
+        engine.release.set()
+        await stuck
+        with pytest.raises(DeadlineExceeded):
+            await queued
+        assert evaluated == ["Stuck. S"]
+        deadline_var.set(time.monotonic())  # no time left, checked inline
+        decision = (await domain.check(Subject(OUT), "Expedia")).decision
+        assert decision.failed == ["competitor"] and decision.degraded
+    finally:
+        engine.release.set()
+        deadline_var.set(None)
