@@ -123,8 +123,9 @@ def _nanos(moneys: Sequence[common_pb2.Money]) -> np.ndarray:
 
 
 def _us(objs: Sequence[Any], name: str) -> np.ndarray:
-    """A millisecond double field as integer microseconds (UInt32, clipped at 0)."""
+    """A millisecond double field as integer microseconds (UInt32, clipped at 0; NaN is 0)."""
     ms = np.fromiter(map(attrgetter(name), objs), dtype=np.float64, count=len(objs))
+    ms[np.isnan(ms)] = 0.0  # NaN would cast to an arbitrary number
     return np.clip(np.rint(ms * 1000), 0, 2**32 - 1).astype(np.uint32)
 
 
@@ -156,18 +157,23 @@ def _strings(objs: Sequence[Any], *names: str) -> Columns:
 _DURATION = attrgetter("duration_us")
 
 
-def _non_negative(rows: list[list[int]]) -> list[list[int]]:
-    """Clamp negative list values to 0 (checked in one C-level pass; fixed only if needed)."""
-    if min(chain.from_iterable(rows), default=0) >= 0:
+_U32_MAX = 2**32 - 1
+
+
+def _u32_lists(rows: list[list[int]]) -> list[list[int]]:
+    """Clip list values into UInt32 (checked in two C-level passes; fixed only if needed)."""
+    if min(chain.from_iterable(rows), default=0) >= 0 and (
+        max(chain.from_iterable(rows), default=0) <= _U32_MAX
+    ):
         return rows
-    return [[max(0, v) for v in row] for row in rows]
+    return [[min(max(0, v), _U32_MAX) for v in row] for row in rows]
 
 
 def _stages(ev: Sequence[events_pb2.PredictionEvent]) -> Columns:
     stages = _get(ev, "stages")
     return {
         "stage_names": [list(map(attrgetter("stage"), st)) for st in stages],
-        "stage_durations_us": _non_negative([list(map(_DURATION, st)) for st in stages]),
+        "stage_durations_us": _u32_lists([list(map(_DURATION, st)) for st in stages]),
     }
 
 
@@ -224,7 +230,9 @@ def prediction_columns(items: Sequence[Item]) -> Columns:
 
 
 def _has_payload(e: events_pb2.PredictionEvent) -> bool:
-    return bool(e.inputs) or e.HasField("output")
+    """Inputs, or an output that holds a value (an empty ``Value`` carries nothing; the
+    Protobuf path cannot tell it from none either)."""
+    return bool(e.inputs) or (e.HasField("output") and e.output.ByteSize() > 0)
 
 
 def payload_columns(items: Sequence[Item]) -> Columns:
@@ -319,7 +327,7 @@ def guardrail_columns(items: Sequence[Item]) -> Columns:
         "verdict": _names(ev, "verdict", _VERDICT),
         **_findings(ev),
         "detector_names": [list(map(attrgetter("stage"), ds)) for ds in detectors],
-        "detector_latencies_us": _non_negative([list(map(_DURATION, ds)) for ds in detectors]),
+        "detector_latencies_us": _u32_lists([list(map(_DURATION, ds)) for ds in detectors]),
         "latency_us": _u32(ev, "latency_us"),
         "text_length": _u32(ev, "text_length"),
         **_strings(ev, "route", "task"),
