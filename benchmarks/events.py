@@ -19,6 +19,12 @@ Cases (each a function of :class:`Bench`, listed in :data:`CASES`; add new ones 
   first publish until the last row is visible; ``p50_ms`` / ``p99_ms`` are the end-to-end
   lags of the events (publish call → first poll that sees the row; polls every 50 ms).
 
+- ``sink_local_chdb`` / ``sink_kafka_chdb``: the sink alone, per path from events to rows
+  (system ``protobuf``: ClickHouse parses the records' bytes; ``python``: converted in
+  Python): one sink drains what the producer cases wrote into a fresh chdb database;
+  ``rows_per_s`` until the last record is committed, p50/p99 of the steps that committed
+  a batch; the stored rows are counted (every log position once) or the case fails.
+
 - ``ack_local`` / ``ack_kafka``: what ``events.durable`` costs a call: one event at a time,
   system ``buffered`` times ``publish()`` (the RPC answers from the buffer) and ``durable``
   times publish + the wait until the log holds it (fsync locally, acks=all on Kafka), as the
@@ -319,6 +325,71 @@ def e2e_local(bench: Bench) -> list[Case]:
     return cases
 
 
+# ---------------------------------------------------------------------------------------------
+# The sink alone: a log already holding the events -> chdb, one sink process, both paths.
+
+SINK_BATCH_ROWS = 50_000
+
+
+def _drain(bench: Bench, log: EventLog, topic: str, label: str, rows_from: str) -> Case:
+    """One sink (a fresh consumer group, a fresh database) loads every record of ``topic``
+    into chdb, rows derived by ``rows_from`` (``protobuf``: ClickHouse parses the records'
+    bytes; ``python``: converted in Python). ``rows_per_s``: records in the topic / the time
+    until the group committed the last one. p50/p99: the sink steps that committed a batch
+    (poll + decode + convert + insert + commit of up to 50,000 records). The rows are then
+    counted: every log position exactly once, or the case fails."""
+    from llmops.sink.runner import build_sinks
+
+    store = _e2e_store(bench, f"{label}_{rows_from}")
+    (sink,) = build_sinks(
+        log, store, topic_kinds={topic: "prediction"}, batch_rows=SINK_BATCH_ROWS,
+        flush_interval_s=0.2, group_prefix=f"bench-{uuid.uuid4().hex[:8]}.",
+        rows_from=rows_from,
+    )  # fmt: skip
+    commits: list[float] = []
+    perf = time.perf_counter
+    last = [perf()]
+
+    def committed() -> None:
+        now = perf()
+        commits.append(now - last[0])
+        last[0] = now
+
+    started = last[0] = perf()
+    sink.catch_up(600, on_commit=committed)
+    wall = perf() - started
+    row = store.query(
+        "SELECT count() AS n, uniqExact(log_partition, log_offset) AS positions FROM predictions"
+    )[0]
+    want = bench.n + WARMUP
+    if (int(row["n"]), int(row["positions"])) != (want, want):
+        raise RuntimeError(f"{label}/{rows_from}: stored {row} of {want} records")
+    return Case(label, rows_from, commits, wall, extra={
+        "rows_per_s": round(want / wall), "rows": want, "batch_rows": SINK_BATCH_ROWS,
+        "verified": "count and distinct log positions == records",
+    })  # fmt: skip
+
+
+def sink_local(bench: Bench) -> list[Case]:
+    log = LocalLog(bench.tmp / "local-log", partitions={})
+    try:
+        return [_drain(bench, log, "bench.events", "sink_local_chdb", p) for p in SINK_PATHS]
+    finally:
+        log.close()
+
+
+def sink_kafka(bench: Bench) -> list[Case]:
+    log = KafkaLog(bench.bootstrap, client_id="llmops-bench-sink")
+    try:
+        topic = bench.kafka_topics["produce_kafka"]
+        return [_drain(bench, log, topic, "sink_kafka_chdb", p) for p in SINK_PATHS]
+    finally:
+        log.close()
+
+
+SINK_PATHS = ("protobuf", "python")
+
+
 def _ack(bench: Bench, log: EventLog, topic: str, label: str) -> list[Case]:
     import asyncio
 
@@ -383,6 +454,8 @@ CASES: list[CaseFn] = [
     produce_local,
     consume_kafka,
     consume_local,
+    sink_local,
+    sink_kafka,
     e2e_kafka,
     e2e_local,
 ]
@@ -436,6 +509,12 @@ def _ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
         if durable and buffered:
             for m in ("p50_ms", "p99_ms"):
                 ratios[f"{label}.{m}.durable_minus_buffered"] = round(durable[m] - buffered[m], 3)
+    for label in ("sink_local_chdb", "sink_kafka_chdb"):
+        raw, python = by.get((label, "protobuf")), by.get((label, "python"))
+        if raw and python:
+            ratios[f"{label}.rows_per_s.protobuf/python"] = round(
+                raw["rows_per_s"] / python["rows_per_s"], 2
+            )
     mine, bare = by.get(("produce_kafka", "llmops")), by.get(("produce_kafka", "kafka-python"))
     if mine and bare:
         key = "produce_kafka.{}.llmops/kafka-python"

@@ -153,6 +153,7 @@ class Observability:
         topics: list[str] | None = None,
         tokens: TokenStore | None = None,
         protect_metrics: bool = False,
+        rows_from: str = "protobuf",
     ) -> None:
         self.registry = registry or CollectorRegistry()
         self.sinks = SinkThreads(
@@ -163,6 +164,7 @@ class Observability:
                 batch_rows=batch_rows,
                 flush_interval_s=flush_interval_s,
                 registry=self.registry,
+                rows_from=rows_from,
             )
         )
         self.server = (
@@ -196,6 +198,7 @@ class Observability:
             port=config.sink.admin_port,
             batch_rows=config.sink.batch_rows,
             flush_interval_s=config.sink.flush_interval_s,
+            rows_from=config.sink.rows_from,
             topics=topics,
             tokens=tokens,
             protect_metrics=needs_token(

@@ -35,7 +35,12 @@ class Announcing:
         return getattr(self.inner, name)
 
     def insert(self, table: str, columns: Any, *, dedup_token: str | None = None) -> int:
-        rows = self.inner.insert(table, columns, dedup_token=dedup_token)
+        return self._announce(self.inner.insert(table, columns, dedup_token=dedup_token))
+
+    def insert_protobuf(self, table: str, block: Any, *, dedup_token: str | None = None) -> int:
+        return self._announce(self.inner.insert_protobuf(table, block, dedup_token=dedup_token))
+
+    def _announce(self, rows: int) -> int:
         self.inserts += 1
         print(f"inserted {rows}", flush=True)
         if self.hang_after is not None and self.inserts >= self.hang_after:

@@ -13,9 +13,12 @@ Decimal, UUID, date, timezone-aware UTC datetime, list, dict (Map).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from llmops.errors import LLMOpsError, Unavailable
+
+if TYPE_CHECKING:
+    from llmops.clickhouse.protobuf_rows import ProtobufBlock
 
 
 class ClickHouseUnavailable(Unavailable):
@@ -73,3 +76,15 @@ class ClickHouseStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ProtobufInsertStore(Protocol):
+    """A store that can hand ClickHouse the records' bytes to parse (its ``Protobuf`` input
+    format; :mod:`llmops.clickhouse.protobuf_rows`)."""
+
+    def insert_protobuf(
+        self, table: str, block: ProtobufBlock, *, dedup_token: str | None = None
+    ) -> int:
+        """Insert the block's rows atomically, as :meth:`ClickHouseStore.insert` does."""
+        ...

@@ -224,12 +224,12 @@ def prediction_columns(items: Sequence[Item]) -> Columns:
         "finish_reason": _names(ev, "finish_reason", _FINISH),
         "error_reason": _get(ev, "error_reason"),
         "skipped_steps": [list(e.skipped_steps) for e in ev],
-        "has_payload": np.fromiter(map(_has_payload, ev), dtype=bool, count=len(ev)),
+        "has_payload": np.fromiter(map(has_payload, ev), dtype=bool, count=len(ev)),
         **_position(items),
     }
 
 
-def _has_payload(e: events_pb2.PredictionEvent) -> bool:
+def has_payload(e: events_pb2.PredictionEvent) -> bool:
     """Inputs, or an output that holds a value (an empty ``Value`` carries nothing; the
     Protobuf path cannot tell it from none either)."""
     return bool(e.inputs) or (e.HasField("output") and e.output.ByteSize() > 0)
@@ -237,7 +237,7 @@ def _has_payload(e: events_pb2.PredictionEvent) -> bool:
 
 def payload_columns(items: Sequence[Item]) -> Columns:
     """Columns of ``prediction_payloads`` for the predictions that carry inputs/output."""
-    kept = [i for i in items if _has_payload(i[3].prediction)]
+    kept = [i for i in items if has_payload(i[3].prediction)]
     ev = [i[3].prediction for i in kept]
     return {
         "event_time": _ms(ev),

@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry
 
 from llmops.clickhouse import queries
 from llmops.clickhouse.base import ClickHouseStore
-from llmops.clickhouse.rows import KIND_TABLES, TOPIC_KINDS, columns_for
+from llmops.clickhouse.rows import KIND_TABLES, TOPIC_KINDS
 from llmops.events.base import EventLog, TopicPartition
 from llmops.events.topics import DLQ_TOPIC
+from llmops.sink.convert import converter_for
 from llmops.sink.worker import HighWaterMark, Sink, SinkMetrics, SinkSettings, StoredEventAt
 
 log = structlog.get_logger("llmops.sink")
@@ -56,8 +57,13 @@ def build_sinks(
     flush_interval_s: float = 1.0,
     registry: CollectorRegistry | None = None,
     group_prefix: str = GROUP_PREFIX,
+    rows_from: str = "protobuf",
 ) -> list[Sink]:
     """One sink per topic, in consumer group ``llmops-sink.<table>``.
+
+    ``rows_from``: ``protobuf`` has ClickHouse derive the rows of the tables it can from the
+    records' bytes (where the store supports it), ``python`` converts every event in Python
+    (:mod:`llmops.sink.convert`).
 
     ``topic_kinds`` maps each topic to the event kind it carries (tests and benchmarks use
     topics of their own, and a ``group_prefix`` of their own on a shared broker: members of
@@ -69,6 +75,7 @@ def build_sinks(
     topic_tables = {t: KIND_TABLES[k] for t, k in topic_kinds.items()}
     metrics = SinkMetrics(registry or CollectorRegistry())
     high_water_mark = high_water_mark_for(topic_tables)
+    convert = converter_for(store, rows_from)
     return [
         Sink(
             event_log,
@@ -80,7 +87,7 @@ def build_sinks(
                 batch_rows=batch_rows,
                 flush_interval_s=flush_interval_s,
             ),
-            convert=columns_for,
+            convert=convert,
             high_water_mark=high_water_mark,
             stored_event_at=stored_event_at_for(topic_tables),
             kind_of_topic=topic_kinds,

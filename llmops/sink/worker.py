@@ -40,7 +40,8 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from llmops.clickhouse.base import ClickHouseQueryError, ClickHouseStore
+from llmops.clickhouse.base import ClickHouseQueryError, ClickHouseStore, ProtobufInsertStore
+from llmops.clickhouse.protobuf_rows import ProtobufBlock
 from llmops.clickhouse.rows import KIND_TABLES
 from llmops.events.base import (
     ConsumedRecord,
@@ -57,11 +58,14 @@ log = structlog.get_logger("llmops.sink")
 Position = tuple[str, int, int]
 """(topic, partition, offset) of a record in the log."""
 
-Converter = Callable[
-    [Sequence[tuple[str, int, int, events_pb2.EventEnvelope]]],
-    Mapping[str, Mapping[str, Sequence[Any]]],
-]
-"""Turns decoded envelopes with their log positions into ``{table: {column: values}}``."""
+Item = tuple[str, int, int, events_pb2.EventEnvelope, bytes]
+"""(topic, partition, offset, decoded envelope, the record's bytes) of a pending event."""
+
+Rows = Mapping[str, Sequence[Any]] | ProtobufBlock
+"""One table's rows: its columns, or the records' bytes for ClickHouse to parse."""
+
+Converter = Callable[[Sequence[Item]], Mapping[str, Rows]]
+"""Turns pending events into ``{table: rows}`` (:mod:`llmops.sink.convert`)."""
 
 HighWaterMark = Callable[[ClickHouseStore, TopicPartition, int], int | None]
 """Highest log offset of ``tp`` already stored (searching from a log timestamp in ms)."""
@@ -137,7 +141,7 @@ class SinkMetrics:
 
 @dataclass
 class _Pending:
-    items: list[tuple[str, int, int, events_pb2.EventEnvelope]] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
     dead: list[Record] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     first_at: float | None = None
@@ -225,6 +229,37 @@ class Sink:
             self._consumer = None
             log.info("sink_stopped", group=self.settings.group)
 
+    def catch_up(self, timeout_s: float, on_commit: Callable[[], None] | None = None) -> None:
+        """Consume until the group has committed everything its partitions held when the
+        first poll was answered (a backfill, a benchmark), then close; TimeoutError past
+        ``timeout_s``. ``on_commit`` is called after each committed batch."""
+        self._pending = _Pending()
+        self._seen.clear()
+        self._skip_through.clear()
+        consumer = self._consumer = self._log.consumer(self.settings.group, self.settings.topics)
+        deadline = time.monotonic() + timeout_s
+        ends: dict[TopicPartition, int] | None = None
+        try:
+            while True:
+                before = self.committed_batches
+                self.step()
+                if on_commit is not None and self.committed_batches > before:
+                    on_commit()
+                assigned = sorted(consumer.assignment())
+                if ends is None and assigned:
+                    ends = consumer.end_offsets(assigned)
+                if (
+                    ends is not None
+                    and not len(self._pending)
+                    and all((consumer.committed(tp) or 0) >= end for tp, end in ends.items())
+                ):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"sink {self.settings.group} did not catch up in time")
+        finally:
+            consumer.close()
+            self._consumer = None
+
     def step(self, stop: threading.Event | None = None) -> None:
         """One poll, and a flush when the batch is full or old enough."""
         assert self._consumer is not None
@@ -281,7 +316,9 @@ class Sink:
         seen[event_id] = None
         if len(seen) > self.settings.dedup_window:
             seen.popitem(last=False)
-        self._pending.items.append((record.topic, record.partition, record.offset, envelope))
+        self._pending.items.append(
+            (record.topic, record.partition, record.offset, envelope, record.value)
+        )
 
     def _stored_through(self, tp: TopicPartition, first: ConsumedRecord) -> int:
         """High-water mark of ``tp`` in ClickHouse, asked once per partition.
@@ -384,7 +421,7 @@ class Sink:
         self.committed_batches += 1
         self.metrics.batches.labels(self.settings.group).inc()
 
-    def _convert_or_dead_letter(self, batch: _Pending) -> Mapping[str, Mapping[str, Sequence[Any]]]:
+    def _convert_or_dead_letter(self, batch: _Pending) -> Mapping[str, Rows]:
         """The batch's rows. An event the converter cannot turn into rows (it decoded, so a
         newer producer or a converter bug) would fail the batch on every retry and stop the
         partition: the batch is halved until each such event stands alone, and it goes to
@@ -395,20 +432,20 @@ class Sink:
             return self._convert(batch.items)
         except Exception:
             pass
-        kept: list[tuple[str, int, int, events_pb2.EventEnvelope]] = []
+        kept: list[Item] = []
 
-        def split(items: list[tuple[str, int, int, events_pb2.EventEnvelope]]) -> None:
+        def split(items: list[Item]) -> None:
             try:
                 self._convert(items)
             except Exception as exc:
                 if len(items) == 1:
-                    topic, partition, offset, envelope = items[0]
+                    topic, partition, offset, envelope, value = items[0]
                     log.error("sink_conversion_failed", topic=topic, partition=partition,
                               offset=offset, error=repr(exc))  # fmt: skip
                     batch.dead.append(
                         self._dead_letter(
                             ConsumedRecord(topic, partition, offset, envelope.key.encode(),
-                                           envelope.SerializeToString(), 0, ()),
+                                           value, 0, ()),
                             f"cannot be converted to rows: {exc!r}",
                         )
                     )  # fmt: skip
@@ -426,7 +463,7 @@ class Sink:
     def _isolate_refused(
         self,
         batch: _Pending,
-        tables: Mapping[str, Mapping[str, Sequence[Any]]],
+        tables: Mapping[str, Rows],
         done: set[str],
         refusal: ClickHouseQueryError,
         tries: int,
@@ -454,7 +491,6 @@ class Sink:
             return "systemic"
         # refused, not yet in the DLQ (held until something is stored: if nothing can be,
         # the table is at fault and none of them is a dead letter)
-        Item = tuple[str, int, int, events_pb2.EventEnvelope]
         pending: list[tuple[Item, str]] = []
         stored = refused = 0
 
@@ -483,11 +519,11 @@ class Sink:
                 except ClickHouseQueryError as exc:
                     still.append((item, exc.message or why))
             letters = []
-            for (topic, partition, offset, envelope), why in still:
+            for (topic, partition, offset, envelope, value), why in still:
                 log.error("sink_row_refused", topic=topic, partition=partition, offset=offset,
                           reason=why[:300])  # fmt: skip
                 record = ConsumedRecord(topic, partition, offset, envelope.key.encode(),
-                                        envelope.SerializeToString(), 0, ())  # fmt: skip
+                                        value, 0, ())  # fmt: skip
                 letters.append(
                     self._dead_letter(record, f"ClickHouse refused its row: {why[:500]}")
                 )
@@ -541,7 +577,7 @@ class Sink:
     def _write(
         self,
         batch: _Pending,
-        tables: Mapping[str, Mapping[str, Sequence[Any]]],
+        tables: Mapping[str, Rows],
         token: str,
         done: set[str],
     ) -> None:
@@ -553,10 +589,14 @@ class Sink:
         for table in sorted(tables, key=lambda t: t in _HWM_TABLES):
             if table in done:
                 continue
-            columns = tables[table]
+            block = tables[table]
             start = time.perf_counter()
             try:
-                rows = self._store.insert(table, columns, dedup_token=f"{token}:{table}")
+                if isinstance(block, ProtobufBlock):
+                    assert isinstance(self._store, ProtobufInsertStore)
+                    rows = self._store.insert_protobuf(table, block, dedup_token=f"{token}:{table}")
+                else:
+                    rows = self._store.insert(table, block, dedup_token=f"{token}:{table}")
             except Exception:
                 self.metrics.insert_failures.labels(table).inc()
                 raise
@@ -579,7 +619,7 @@ class Sink:
     def _token(self, batch: _Pending) -> str:
         """Names exactly this batch's rows: per partition, first/last offset and count."""
         spans: dict[TopicPartition, list[int]] = {}
-        for topic, partition, offset, _ in batch.items:
+        for topic, partition, offset, _, _ in batch.items:
             span = spans.setdefault((topic, partition), [offset, offset, 0])
             span[0], span[1], span[2] = min(span[0], offset), max(span[1], offset), span[2] + 1
         digest = hashlib.blake2b(repr(sorted(spans.items())).encode(), digest_size=16)

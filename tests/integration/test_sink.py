@@ -76,8 +76,21 @@ def raw_count(store: ChdbStore) -> tuple[int, int]:
     return int(row["n"]), int(row["u"])
 
 
+@pytest.fixture(autouse=True, params=["protobuf", "python"])
+def rows_from(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on both paths from events to rows (llmops.sink.convert): each
+    guarantee must hold whichever one a deployment uses."""
+    global ROWS_FROM
+    ROWS_FROM = request.param
+    yield request.param
+    ROWS_FROM = "protobuf"
+
+
+ROWS_FROM = "protobuf"
+
+
 def sink_for(event_log: LocalLog, store: Any, **kw: Any) -> Sink:
-    (sink,) = build_sinks(event_log, store, topic_kinds=KINDS, **kw)
+    (sink,) = build_sinks(event_log, store, topic_kinds=KINDS, rows_from=ROWS_FROM, **kw)
     return sink
 
 
@@ -163,13 +176,20 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def insert(self, table: str, columns: Any, *, dedup_token: str | None = None) -> int:
+    def _attempt(self) -> None:
         self.attempts += 1
         if self.attempts <= self.failures:
             from llmops.clickhouse.base import ClickHouseUnavailable
 
             raise ClickHouseUnavailable("connection refused (injected outage)")
+
+    def insert(self, table: str, columns: Any, *, dedup_token: str | None = None) -> int:
+        self._attempt()
         return self.inner.insert(table, columns, dedup_token=dedup_token)
+
+    def insert_protobuf(self, table: str, block: Any, *, dedup_token: str | None = None) -> int:
+        self._attempt()
+        return self.inner.insert_protobuf(table, block, dedup_token=dedup_token)
 
 
 def test_clickhouse_outage_blocks_commit_then_recovers_exactly(
@@ -326,7 +346,7 @@ def test_an_event_that_cannot_be_converted_goes_to_the_dlq_and_the_rest_is_store
     convert = sink._convert
 
     def converter(items: Any) -> Any:
-        if any(envelope.prediction.route == "poison" for *_, envelope in items):
+        if any(item[3].prediction.route == "poison" for item in items):
             raise KeyError("route 'poison' has no column mapping")
         return convert(items)
 
