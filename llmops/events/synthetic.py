@@ -1,13 +1,17 @@
 """Realistic synthetic events for benchmarks and tests (not used on any serving path).
 
 Shapes follow the storefront traffic the schema is sized for: a few tenants and markets,
-hundreds of models with skewed (Zipf-like) traffic, five pipeline stages, two guardrail checks,
-token counts and costs in plausible ranges, ~1% errors. No payload (inputs/output) is set, as
-for tasks whose logging policy forbids payload logging.
+hundreds of models with skewed (Zipf-like) traffic, each serving one route of one tenant with
+1-3 live versions, 30% of them in an experiment (as :mod:`llmops.clickhouse.synthetic`: a
+rollup group collects many requests, as it does in production, instead of one each), seven
+pipeline stages, two guardrail checks, token counts and costs in plausible ranges, ~1%
+errors. No payload (inputs/output) is set, as for tasks whose logging policy forbids payload
+logging.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from llmops.events.ids import uuid7
@@ -20,13 +24,16 @@ _STAGES = (
     "experiment", "features", "retrieval", "prompt", "guardrail_in", "model", "guardrail_out",
 )  # fmt: skip
 _MODELS = tuple(f"model-{i:03d}" for i in range(400))
-_ZIPF_WEIGHTS = tuple(1.0 / (rank + 1) for rank in range(len(_MODELS)))
+_MODEL_INDEXES = tuple(range(len(_MODELS)))
+_ZIPF_CUMULATIVE = tuple(itertools.accumulate(1.0 / (rank + 1) for rank in _MODEL_INDEXES))
 
 
 def prediction_event(rng: random.Random, *, event_time_ns: int) -> events_pb2.PredictionEvent:
     """One PredictionEvent with fresh ids, drawn from ``rng`` (seed it for repeatability)."""
-    route = rng.choice(_ROUTES)
-    model = rng.choices(_MODELS, weights=_ZIPF_WEIGHTS)[0]
+    index = rng.choices(_MODEL_INDEXES, cum_weights=_ZIPF_CUMULATIVE)[0]
+    model = _MODELS[index]
+    route, tenant = _ROUTES[index % len(_ROUTES)], _TENANTS[index // len(_ROUTES) % len(_TENANTS)]
+    in_experiment = index % 10 < 3
     prompt_tokens, completion_tokens = rng.randint(50, 2000), rng.randint(5, 400)
     stages = [
         common_pb2.StageLatency(
@@ -39,14 +46,14 @@ def prediction_event(rng: random.Random, *, event_time_ns: int) -> events_pb2.Pr
     ev = events_pb2.PredictionEvent(
         event_id=uuid7(event_time_ns // 1_000_000),
         request_id=uuid7(event_time_ns // 1_000_000),
-        tenant=rng.choice(_TENANTS),
+        tenant=tenant,
         market=rng.choice(_MARKETS),
         route=route,
         task=route,
         model_name=model,
-        model_version=rng.randint(1, 12),
-        experiment_id="exp-ranking-07" if rng.random() < 0.3 else "",
-        variant=rng.choice(("control", "treatment")),
+        model_version=rng.randint(1, 1 + index % 3),
+        experiment_id="exp-ranking-07" if in_experiment else "",
+        variant=rng.choice(("control", "treatment")) if in_experiment else "",
         total_latency_us=total_us,
         cache_hit=rng.random() < 0.15,
         status_code=14 if failed else 0,
