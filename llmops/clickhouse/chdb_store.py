@@ -54,6 +54,27 @@ and the insert ran 3x slower); the rollup views of one insert side by side (see
 _SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 """Where protobuf blocks are written for chdb to read: memory, where the system has it."""
 
+
+def _scratch_file(data: bytes) -> str:
+    """``data`` in a new scratch file (the caller deletes it): in ``/dev/shm`` unless it is
+    missing or full (containers often give it 64 MiB), then in the temporary directory."""
+    for directory in (_SCRATCH, None) if _SCRATCH else (None,):
+        fd, path = tempfile.mkstemp(prefix="llmops-sink-", suffix=".pb", dir=directory)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            os.unlink(path)
+            if directory is None:
+                raise
+            continue
+        finally:
+            os.close(fd)
+        return path
+    raise AssertionError("unreachable")
+
+
 _SESSION_LOCKS: dict[int, threading.RLock] = {}
 _LOCKS_GUARD = threading.Lock()
 _CODE = re.compile(r"Code: (\d+)\.")
@@ -211,11 +232,7 @@ class ChdbStore:
         settings += f", format_schema = {quote_string(f'{SCHEMA_FILE}:{MESSAGE}')}"
         if dedup_token is not None:
             settings += f", insert_deduplication_token = {quote_string(dedup_token)}"
-        with tempfile.NamedTemporaryFile(
-            prefix="llmops-sink-", suffix=".pb", dir=_SCRATCH, delete=False
-        ) as f:
-            f.write(block.data)
-            path = f.name
+        path = _scratch_file(block.data)
         try:
             source = f"file({quote_string(path)}, 'Protobuf', {quote_string(block.structure)})"
             sql = insert_sql(f"{self.database}.{identifier(table)}", block, source, settings)
