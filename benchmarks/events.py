@@ -12,7 +12,9 @@ Cases (each a function of :class:`Bench`, listed in :data:`CASES`; add new ones 
   the same settings (acks=all, idempotent, same compression, linger, batch size) driven the way
   a service would without this library: serialize, ``send()``, then ``flush()``. Its
   p50/p99 are the ``send()`` calls.
-- ``consume_kafka`` / ``consume_local``: a fresh consumer group reads everything back;
+- ``consume_kafka`` / ``consume_local``: a fresh consumer group reads everything back (Kafka:
+  once per consumer client, system ``confluent`` = librdkafka, the default, and
+  ``kafka-python``);
   ``rows_per_s`` over the whole read, p50/p99 of ``poll()`` calls (up to 5000 records each).
 - ``e2e_kafka_chdb`` / ``e2e_local_chdb``: end to end, publish → log → sink → a row that a
   ClickHouse query sees (chdb, the full schema with its rollups). ``rows_per_s`` from the
@@ -37,6 +39,7 @@ started with deploy/local and stopped at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import random
 import sys
@@ -199,13 +202,18 @@ def _consume_all(log: EventLog, topic: str, want: int, label: str) -> Case:
 
 
 def consume_kafka(bench: Bench) -> list[Case]:
-    log = KafkaLog(bench.bootstrap, client_id="llmops-bench")
-    try:
-        topic = bench.kafka_topics["produce_kafka"]
-        case = _consume_all(log, topic, bench.n + WARMUP, "consume_kafka")
-    finally:
-        log.close()
-    return [case]
+    """The same topic read by each consumer client: librdkafka (``confluent``, the default)
+    and kafka-python's own fetcher (the baseline)."""
+    cases = []
+    for client in ("confluent", "kafka-python"):
+        log = KafkaLog(bench.bootstrap, client_id="llmops-bench", consumer_client=client)
+        try:
+            topic = bench.kafka_topics["produce_kafka"]
+            case = _consume_all(log, topic, bench.n + WARMUP, "consume_kafka")
+        finally:
+            log.close()
+        cases.append(dataclasses.replace(case, system=client))
+    return cases
 
 
 def consume_local(bench: Bench) -> list[Case]:
@@ -515,6 +523,11 @@ def _ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
             ratios[f"{label}.rows_per_s.protobuf/python"] = round(
                 raw["rows_per_s"] / python["rows_per_s"], 2
             )
+    fast, slow = by.get(("consume_kafka", "confluent")), by.get(("consume_kafka", "kafka-python"))
+    if fast and slow:
+        ratios["consume_kafka.rows_per_s.confluent/kafka-python"] = round(
+            fast["rows_per_s"] / slow["rows_per_s"], 2
+        )
     mine, bare = by.get(("produce_kafka", "llmops")), by.get(("produce_kafka", "kafka-python"))
     if mine and bare:
         key = "produce_kafka.{}.llmops/kafka-python"

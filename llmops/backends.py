@@ -107,7 +107,10 @@ class Backends:
                     from llmops.events.kafka_log import KafkaLog
 
                     # Connects lazily, on the first send: never blocks start-up.
-                    self._event_log = KafkaLog(self.config.backends.kafka.bootstrap_servers)
+                    kafka = self.config.backends.kafka
+                    self._event_log = KafkaLog(
+                        kafka.bootstrap_servers, consumer_client=kafka.consumer_client
+                    )
             return self._event_log
 
     def clickhouse(self) -> ClickHouseStore:

@@ -59,9 +59,10 @@ class LocalBackend(Backend):
 class KafkaBackend(Backend):
     name = "kafka"
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, consumer_client: str) -> None:
         from kafka.admin import KafkaAdminClient
 
+        self.consumer_client = consumer_client
         self.bootstrap = bootstrap
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="llmops-contract")
         self.topics: list[str] = []
@@ -77,7 +78,10 @@ class KafkaBackend(Backend):
     def open(self) -> EventLog:
         from llmops.events.kafka_log import KafkaLog
 
-        log = KafkaLog(self.bootstrap, client_id="llmops-contract", linger_ms=1)
+        log = KafkaLog(
+            self.bootstrap, client_id="llmops-contract", linger_ms=1,
+            consumer_client=self.consumer_client,
+        )  # fmt: skip
         self.logs.append(log)
         return log
 
@@ -87,11 +91,20 @@ class KafkaBackend(Backend):
         self.admin.close()
 
 
-@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.infra)])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("kafka-confluent", marks=pytest.mark.infra),
+        pytest.param("kafka-kafka-python", marks=pytest.mark.infra),
+    ]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The local log, and Kafka read through each consumer client (librdkafka, and
+    kafka-python's own)."""
     made: Any
-    if request.param == "kafka":
-        made = KafkaBackend(request.getfixturevalue("kafka_bootstrap"))
+    if request.param.startswith("kafka-"):
+        client = request.param.removeprefix("kafka-")
+        made = KafkaBackend(request.getfixturevalue("kafka_bootstrap"), client)
     else:
         made = LocalBackend(tmp_path / "log")
     try:
