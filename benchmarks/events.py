@@ -12,6 +12,9 @@ Cases (each a function of :class:`Bench`, listed in :data:`CASES`; add new ones 
   the same settings (acks=all, idempotent, same compression, linger, batch size) driven the way
   a service would without this library: serialize, ``send()``, then ``flush()``. Its
   p50/p99 are the ``send()`` calls.
+- ``produce_kafka`` with system ``confluent-kafka``: librdkafka's producer, bare, with the same
+  guarantees (acks=all, idempotence, compression, linger, batch size), driven like the
+  kafka-python baseline.
 - ``consume_kafka`` / ``consume_local``: a fresh consumer group reads everything back (Kafka:
   once per consumer client, system ``confluent`` = librdkafka, the default, and
   ``kafka-python``);
@@ -166,6 +169,47 @@ def produce_kafka_bare(bench: Bench) -> list[Case]:
         producer.close(30)
     extra = {"rows_per_s": round(bench.n / wall)}
     return [Case("produce_kafka", "kafka-python", lat, wall, extra=extra)]
+
+
+def produce_kafka_confluent_bare(bench: Bench) -> list[Case]:
+    """What librdkafka (confluent-kafka's Producer) does with the same guarantees (acks=all,
+    idempotence, the same compression, linger and batch size), driven like the kafka-python
+    baseline: serialize, ``produce()``, then ``flush()``. The measurement behind the
+    publisher's choice of client (the sinks' consumer already reads with librdkafka)."""
+    from confluent_kafka import Producer
+
+    topic = _topic(bench, "produce_kafka_confluent_bare")
+    log = KafkaLog(bench.bootstrap)  # only for its settings
+    producer = Producer({
+        "bootstrap.servers": bench.bootstrap, "acks": "all", "enable.idempotence": True,
+        "max.in.flight.requests.per.connection": 5, "compression.type": log.compression,
+        "linger.ms": 5, "batch.size": 256 * 1024,
+    })  # fmt: skip
+    try:
+        rng = random.Random(0)
+        for _ in range(WARMUP):
+            env = prediction_envelope(rng, event_time_ns=time.time_ns())
+            producer.produce(topic, value=env.SerializeToString(), key=b"warm-up")
+        producer.flush(60)
+        lat: list[float] = []
+        perf = time.perf_counter
+        started = perf()
+        for i, env in enumerate(bench.envelopes):
+            t0 = perf()
+            producer.produce(
+                topic, value=env.SerializeToString(), key=env.prediction.request_id.encode()
+            )
+            lat.append(perf() - t0)
+            if i % 1000 == 0:
+                producer.poll(0)  # serve delivery reports, as a real caller must
+        left = producer.flush(600)
+        wall = perf() - started
+    finally:
+        log.close()
+    if left:
+        raise RuntimeError(f"confluent producer: {left} records not delivered")
+    extra = {"rows_per_s": round(bench.n / wall)}
+    return [Case("produce_kafka", "confluent-kafka", lat, wall, extra=extra)]
 
 
 def produce_local(bench: Bench) -> list[Case]:
@@ -459,6 +503,7 @@ CASES: list[CaseFn] = [
     ack_kafka,
     produce_kafka,
     produce_kafka_bare,
+    produce_kafka_confluent_bare,
     produce_local,
     consume_kafka,
     consume_local,
@@ -527,6 +572,12 @@ def _ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
     if fast and slow:
         ratios["consume_kafka.rows_per_s.confluent/kafka-python"] = round(
             fast["rows_per_s"] / slow["rows_per_s"], 2
+        )
+    native = by.get(("produce_kafka", "confluent-kafka"))
+    bare_python = by.get(("produce_kafka", "kafka-python"))
+    if native and bare_python:
+        ratios["produce_kafka.rows_per_s.confluent-kafka/kafka-python"] = round(
+            native["rows_per_s"] / bare_python["rows_per_s"], 2
         )
     mine, bare = by.get(("produce_kafka", "llmops")), by.get(("produce_kafka", "kafka-python"))
     if mine and bare:

@@ -109,7 +109,9 @@ class Backends:
                     # Connects lazily, on the first send: never blocks start-up.
                     kafka = self.config.backends.kafka
                     self._event_log = KafkaLog(
-                        kafka.bootstrap_servers, consumer_client=kafka.consumer_client
+                        kafka.bootstrap_servers,
+                        consumer_client=kafka.client,
+                        producer_client=kafka.client,
                     )
             return self._event_log
 

@@ -86,9 +86,10 @@ class RedisConfig(Settings):
 
 class KafkaConfig(Settings):
     bootstrap_servers: str = Field("127.0.0.1:19092", description="Comma-separated brokers.")
-    consumer_client: Literal["auto", "confluent", "kafka-python"] = Field(
-        "auto", description="The sinks' Kafka consumer: `confluent` (librdkafka, ~4x the "
-        "records/s), `kafka-python`, or `auto` (confluent when installed).",
+    client: Literal["auto", "confluent", "kafka-python"] = Field(
+        "auto", description="The Kafka client of the publishers and the sinks: `confluent` "
+        "(librdkafka: ~18x the records/s producing, ~5x consuming, same guarantees), "
+        "`kafka-python`, or `auto` (confluent when installed).",
     )  # fmt: skip
 
 

@@ -59,10 +59,10 @@ class LocalBackend(Backend):
 class KafkaBackend(Backend):
     name = "kafka"
 
-    def __init__(self, bootstrap: str, consumer_client: str) -> None:
+    def __init__(self, bootstrap: str, client: str) -> None:
         from kafka.admin import KafkaAdminClient
 
-        self.consumer_client = consumer_client
+        self.client = client
         self.bootstrap = bootstrap
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="llmops-contract")
         self.topics: list[str] = []
@@ -80,7 +80,7 @@ class KafkaBackend(Backend):
 
         log = KafkaLog(
             self.bootstrap, client_id="llmops-contract", linger_ms=1,
-            consumer_client=self.consumer_client,
+            consumer_client=self.client, producer_client=self.client,
         )  # fmt: skip
         self.logs.append(log)
         return log
@@ -99,8 +99,7 @@ class KafkaBackend(Backend):
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """The local log, and Kafka read through each consumer client (librdkafka, and
-    kafka-python's own)."""
+    """The local log, and Kafka through each client (librdkafka, and kafka-python)."""
     made: Any
     if request.param.startswith("kafka-"):
         client = request.param.removeprefix("kafka-")

@@ -1,5 +1,6 @@
-"""KafkaLog specifics against the real broker: fast failure on a dead address, producer
-settings (idempotence, compression), and the resumed retry that avoids duplicates."""
+"""KafkaLog specifics against the real broker, with each client (librdkafka, the default,
+and kafka-python): fast failure on a dead address, producer settings (idempotence,
+compression), the resumed retry that avoids duplicates, and a record refused for good."""
 
 from __future__ import annotations
 
@@ -31,10 +32,17 @@ def topic(kafka_bootstrap: str) -> Iterator[str]:
         admin.close()
 
 
-def test_constructing_connects_nothing_and_a_dead_broker_fails_fast() -> None:
+@pytest.fixture(params=["confluent", "kafka-python"])
+def client(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_constructing_connects_nothing_and_a_dead_broker_fails_fast(client: str) -> None:
     (port,) = free_ports(1)
     started = time.monotonic()
-    log = KafkaLog(f"127.0.0.1:{port}", connect_timeout_s=1.0)
+    log = KafkaLog(
+        f"127.0.0.1:{port}", connect_timeout_s=1.0, producer_client=client, consumer_client=client
+    )
     assert time.monotonic() - started < 0.1
     with pytest.raises(LogUnavailable, match="cannot reach"):
         log.send([Record("t", b"k", b"v")], timeout_s=5)
@@ -44,22 +52,32 @@ def test_constructing_connects_nothing_and_a_dead_broker_fails_fast() -> None:
     log.close()
 
 
-def test_producer_is_idempotent_acks_all_and_compressed(kafka_bootstrap: str, topic: str) -> None:
-    log = KafkaLog(kafka_bootstrap)
+def test_producer_is_idempotent_acks_all_and_compressed(
+    kafka_bootstrap: str, topic: str, client: str
+) -> None:
+    log = KafkaLog(kafka_bootstrap, producer_client=client)
     try:
         log.send([Record(topic, b"k", b"v" * 1000)], timeout_s=30)
-        producer = log._producer
-        assert producer.config["enable_idempotence"] is True
-        assert producer.config["acks"] == -1
-        assert producer.config["compression_type"] == default_compression()
+        config = log._producer.config  # what the client itself was given
+        if client == "confluent":
+            assert config["enable.idempotence"] is True and config["acks"] == "all"
+            assert config["compression.type"] == default_compression()
+            assert config["partitioner"] == "murmur2_random"  # Kafka's default, by key
+        else:
+            assert config["enable_idempotence"] is True and config["acks"] == -1
+            assert config["compression_type"] == default_compression()
+        assert log.producer_settings == {
+            "client": client, "acks": "all", "idempotent": True,
+            "compression": default_compression(),
+        }  # fmt: skip
     finally:
         log.close()
 
 
 def test_retrying_the_same_batch_sends_only_what_was_not_acknowledged(
-    kafka_bootstrap: str, topic: str
+    kafka_bootstrap: str, topic: str, client: str
 ) -> None:
-    log = KafkaLog(kafka_bootstrap)
+    log = KafkaLog(kafka_bootstrap, producer_client=client, consumer_client=client)
     batch = [Record(topic, f"k{i % 3}".encode(), str(i).encode()) for i in range(300)]
     try:
         log.send(batch[:1], timeout_s=30)  # warm: producer and metadata ready
@@ -87,7 +105,7 @@ def _partition(key: bytes, partitions: int) -> int:
 
 
 def test_a_record_the_broker_refuses_for_good_is_dead_lettered_and_the_rest_appended(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, client: str
 ) -> None:
     """A topic whose records may be 2 KB at most and one 20 KB record (incompressible):
     the broker answers MESSAGE_TOO_LARGE for its batch alone. The send names that record
@@ -115,7 +133,7 @@ def test_a_record_the_broker_refuses_for_good_is_dead_lettered_and_the_rest_appe
         Record(name, big_key, big),
         Record(name, small_key, b"second-" + run),
     ]
-    log = KafkaLog(kafka_bootstrap)
+    log = KafkaLog(kafka_bootstrap, producer_client=client, consumer_client=client)
     try:
         with pytest.raises(RecordsRefused) as refused:
             log.send(records, timeout_s=30)
