@@ -3,7 +3,7 @@
 Two clients, one behaviour (``producer_client`` / ``consumer_client``, ``backends.kafka.client``):
 librdkafka through ``confluent-kafka``, the default, and kafka-python. Measured side by side
 on one broker (``llmops bench events``, 200,000 events, same run): producing with the same
-guarantees 165k records/s vs 9k (18x), consuming 109k vs 21k (5x). kafka-python stays the
+guarantees 160k records/s vs 8.5k (19x), consuming 173k vs 19k (9x). kafka-python stays the
 alternative (and the admin client); the event-log contract and the KafkaLog tests run on both.
 
 Producer settings and what they guarantee:

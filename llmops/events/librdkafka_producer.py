@@ -1,7 +1,7 @@
 """librdkafka's producer (confluent-kafka) behind the interface :class:`KafkaLog` drives.
 
-``llmops bench events`` measured it at ~18x kafka-python's producer with the same
-guarantees (165k vs 9k records/s, acks=all, idempotent, zstd: ``produce_kafka``, systems
+``llmops bench events`` measured it at ~19x kafka-python's producer with the same
+guarantees (160k vs 8.5k records/s, acks=all, idempotent, zstd: ``produce_kafka``, systems
 ``confluent-kafka`` and ``kafka-python``). :class:`KafkaLog` keeps its logic — a retried
 batch resumes its attempt, records the broker refuses for good are isolated and reported —
 and talks to either client through what kafka-python's ``KafkaProducer`` offers: ``send``
