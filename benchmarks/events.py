@@ -141,6 +141,27 @@ def produce_kafka(bench: Bench) -> list[Case]:
     return [case]
 
 
+def _drive_bare(
+    bench: Bench, send: Callable[[bytes, bytes], Any], flush: Callable[[float], Any]
+) -> tuple[list[float], float]:
+    """Drive a bare producer the way a service would without the publisher: a warm-up, then
+    serialize and ``send(value, key)`` each event, then ``flush``; the send latencies and
+    the wall time until the flush returned."""
+    rng = random.Random(0)
+    for _ in range(WARMUP):
+        send(prediction_envelope(rng, event_time_ns=time.time_ns()).SerializeToString(), b"w")
+    flush(60)
+    lat: list[float] = []
+    perf = time.perf_counter
+    started = perf()
+    for env in bench.envelopes:
+        t0 = perf()
+        send(env.SerializeToString(), env.prediction.request_id.encode())
+        lat.append(perf() - t0)
+    flush(600)
+    return lat, perf() - started
+
+
 def produce_kafka_bare(bench: Bench) -> list[Case]:
     """Baseline: kafka-python's own producer with the same settings, no publisher."""
     from kafka import KafkaProducer
@@ -149,22 +170,9 @@ def produce_kafka_bare(bench: Bench) -> list[Case]:
     log = KafkaLog(bench.bootstrap)  # only for its producer settings
     producer = KafkaProducer(**log._producer_config)
     try:
-        rng = random.Random(0)
-        for _ in range(WARMUP):
-            env = prediction_envelope(rng, event_time_ns=time.time_ns())
-            producer.send(topic, value=env.SerializeToString(), key=b"warm-up")
-        producer.flush(60)
-        lat: list[float] = []
-        perf = time.perf_counter
-        started = perf()
-        for env in bench.envelopes:
-            t0 = perf()
-            producer.send(
-                topic, value=env.SerializeToString(), key=env.prediction.request_id.encode()
-            )
-            lat.append(perf() - t0)
-        producer.flush(600)
-        wall = perf() - started
+        lat, wall = _drive_bare(
+            bench, lambda value, key: producer.send(topic, value=value, key=key), producer.flush
+        )
     finally:
         producer.close(30)
     extra = {"rows_per_s": round(bench.n / wall)}
@@ -172,38 +180,25 @@ def produce_kafka_bare(bench: Bench) -> list[Case]:
 
 
 def produce_kafka_confluent_bare(bench: Bench) -> list[Case]:
-    """What librdkafka (confluent-kafka's Producer) does with the same guarantees (acks=all,
-    idempotence, the same compression, linger and batch size), driven like the kafka-python
-    baseline: serialize, ``produce()``, then ``flush()``. The measurement behind the
-    publisher's choice of client (the sinks' consumer already reads with librdkafka)."""
+    """What librdkafka (confluent-kafka's Producer) does with the same settings (acks=all,
+    idempotence, compression, linger, batch size: the ones KafkaLog gives it), bare, driven
+    like the kafka-python baseline. The measurement behind the client choice."""
     from confluent_kafka import Producer
 
     topic = _topic(bench, "produce_kafka_confluent_bare")
     log = KafkaLog(bench.bootstrap)  # only for its settings
-    producer = Producer({
-        "bootstrap.servers": bench.bootstrap, "acks": "all", "enable.idempotence": True,
-        "max.in.flight.requests.per.connection": 5, "compression.type": log.compression,
-        "linger.ms": 5, "batch.size": 256 * 1024,
-    })  # fmt: skip
+    producer = Producer(log._librdkafka_producer_config)
+    sent = [0]
+
+    def send(value: bytes, key: bytes) -> None:
+        producer.produce(topic, value=value, key=key)
+        sent[0] += 1
+        if sent[0] % 1000 == 0:
+            producer.poll(0)  # serve delivery reports, as a real caller must
+
     try:
-        rng = random.Random(0)
-        for _ in range(WARMUP):
-            env = prediction_envelope(rng, event_time_ns=time.time_ns())
-            producer.produce(topic, value=env.SerializeToString(), key=b"warm-up")
-        producer.flush(60)
-        lat: list[float] = []
-        perf = time.perf_counter
-        started = perf()
-        for i, env in enumerate(bench.envelopes):
-            t0 = perf()
-            producer.produce(
-                topic, value=env.SerializeToString(), key=env.prediction.request_id.encode()
-            )
-            lat.append(perf() - t0)
-            if i % 1000 == 0:
-                producer.poll(0)  # serve delivery reports, as a real caller must
-        left = producer.flush(600)
-        wall = perf() - started
+        lat, wall = _drive_bare(bench, send, producer.flush)
+        left = producer.flush(60)
     finally:
         log.close()
     if left:

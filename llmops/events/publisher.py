@@ -132,7 +132,8 @@ class PublisherMetrics:
         )
         self.send_failures = Counter(
             "llmops_events_send_failures_total",
-            "Batch sends that failed (each is retried after a back-off).",
+            "Sends to the log that failed, of buffered batches and of spill replays (each is "
+            "retried after a back-off).",
             ("backend",),
             registry=registry,
         ).labels(backend)
@@ -795,11 +796,16 @@ class EventPublisher:
                             self._replay_pending = False
         except Exception as exc:
             self._replay_at = time.monotonic() + self._spill_retry_s
+            # a failed send to the log like any other: while everything waits in the spill,
+            # replays are the only sends, and the metric must still show the log refusing
+            self.metrics.send_failures.inc()
+            self.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
             log.warning(
                 "events_spill_replay_waiting", error=redact_text(str(exc)),
                 retry_in_s=self._spill_retry_s,
             )  # fmt: skip
             return
+        self.last_error = None
         self._replayed += sent
         if not self._replay_pending:
             log.warning("events_spill_replayed", events=self._replayed, backend=self._log.name)
