@@ -188,8 +188,16 @@ class KafkaLog:
             "delivery_timeout_ms": int(max(delivery_timeout_s, request_timeout_s + 1) * 1000),
         }
         servers = bootstrap_servers
-        self._librdkafka_producer_config: dict[str, Any] = {
+        # librdkafka's connection settings, shared by its producer and consumers
+        self._librdkafka_common: dict[str, Any] = {
             "bootstrap.servers": servers if isinstance(servers, str) else ",".join(servers),
+            "socket.connection.setup.timeout.ms": max(int(connect_timeout_s * 1000), 1000),
+            "reconnect.backoff.ms": 50,
+            "reconnect.backoff.max.ms": 1000,
+            **_LIBRDKAFKA_LOGGING,
+        }
+        self._librdkafka_producer_config: dict[str, Any] = {
+            **self._librdkafka_common,
             "client.id": f"{client_id}-producer",
             "acks": "all",
             "enable.idempotence": True,
@@ -199,13 +207,9 @@ class KafkaLog:
             "batch.size": batch_size,
             "message.timeout.ms": self._producer_config["delivery_timeout_ms"],
             "request.timeout.ms": int(request_timeout_s * 1000),
-            "socket.connection.setup.timeout.ms": max(int(connect_timeout_s * 1000), 1000),
-            "reconnect.backoff.ms": 50,
-            "reconnect.backoff.max.ms": 1000,
             # Kafka's default partitioner (murmur2 of the key), as kafka-python's and the
             # local log's: a key lands on the same partition whichever client produced it.
             "partitioner": "murmur2_random",
-            **_LIBRDKAFKA_LOGGING,
         }
         self._session_timeout_ms = int(session_timeout_s * 1000)
         self._max_poll_interval_ms = int(max_poll_interval_s * 1000)
@@ -393,11 +397,9 @@ class KafkaLog:
     def _confluent_consumer(self, group: str, topics: Sequence[str]) -> ConfluentLogConsumer:
         from confluent_kafka import Consumer, KafkaException
 
-        bootstrap = self._bootstrap
-        servers = bootstrap if isinstance(bootstrap, str) else ",".join(bootstrap)
         consumer = Consumer(
             {
-                "bootstrap.servers": servers,
+                **self._librdkafka_common,
                 "client.id": f"{self._client_id}-consumer",
                 "group.id": group,
                 "enable.auto.commit": False,
@@ -407,13 +409,7 @@ class KafkaLog:
                 "heartbeat.interval.ms": max(self._session_timeout_ms // 3, 100),
                 "max.poll.interval.ms": self._max_poll_interval_ms,
                 "fetch.wait.max.ms": 100,
-                "socket.connection.setup.timeout.ms": max(
-                    int(self._connect_timeout_s * 1000), 1000
-                ),
-                "reconnect.backoff.ms": 50,
-                "reconnect.backoff.max.ms": 1000,
                 "error_cb": _log_client_error,
-                **_LIBRDKAFKA_LOGGING,
             }
         )
         try:

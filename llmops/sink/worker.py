@@ -214,10 +214,7 @@ class Sink:
 
         A run starts from the group's committed offsets, so what an earlier run (one that
         raised) held but never committed is read again; nothing of it is carried over."""
-        self._pending = _Pending()
-        self._seen.clear()
-        self._skip_through.clear()
-        self._consumer = self._log.consumer(self.settings.group, self.settings.topics)
+        consumer = self._open()
         log.info("sink_started", group=self.settings.group, topics=list(self.settings.topics))
         try:
             while not stop.is_set():
@@ -225,7 +222,7 @@ class Sink:
             if len(self._pending):
                 self._flush(stop=None, attempts=3)
         finally:
-            self._consumer.close()
+            consumer.close()
             self._consumer = None
             log.info("sink_stopped", group=self.settings.group)
 
@@ -233,10 +230,7 @@ class Sink:
         """Consume until the group has committed everything its partitions held when the
         first poll was answered (a backfill, a benchmark), then close; TimeoutError past
         ``timeout_s``. ``on_commit`` is called after each committed batch."""
-        self._pending = _Pending()
-        self._seen.clear()
-        self._skip_through.clear()
-        consumer = self._consumer = self._log.consumer(self.settings.group, self.settings.topics)
+        consumer = self._open()
         deadline = time.monotonic() + timeout_s
         ends: dict[TopicPartition, int] | None = None
         try:
@@ -259,6 +253,14 @@ class Sink:
         finally:
             consumer.close()
             self._consumer = None
+
+    def _open(self) -> LogConsumer:
+        """Join the group afresh: nothing pending, nothing remembered from an earlier run."""
+        self._pending = _Pending()
+        self._seen.clear()
+        self._skip_through.clear()
+        self._consumer = self._log.consumer(self.settings.group, self.settings.topics)
+        return self._consumer
 
     def step(self, stop: threading.Event | None = None) -> None:
         """One poll, and a flush when the batch is full or old enough."""
