@@ -29,6 +29,9 @@ Cases (output per ../shared/BENCH.md; extra figures in the case objects):
   when none answers, and stopped again.
 - ``storage_predictions``: after ``OPTIMIZE TABLE ... FINAL``, ``bytes_per_row`` from
   ``system.parts`` (active parts, bytes_on_disk), and the five largest columns.
+- ``storage_predictions_prod_density``: the same over the rows of the production-density
+  ingest case (one shard's peak rate, as a production partition holds them: neighbouring
+  rows of one model are milliseconds apart, not the ~minute of the sparse month).
 - ``q_*``: each dashboard query of :mod:`llmops.clickhouse.queries` from the rollups
   (system ``llmops``) and the same question over raw rows (system ``raw-scan``), repeated;
   ``answers_equal`` says whether both gave the same rows.
@@ -193,7 +196,7 @@ def _ingest_without_rollups(sess: Any, batches: list[dict[str, Any]]) -> Case:
     return case
 
 
-def _storage(store: ChdbStore) -> Case:
+def _storage(store: ChdbStore, name: str = "storage_predictions") -> Case:
     t0 = time.perf_counter()
     store.execute("OPTIMIZE TABLE predictions FINAL")
     optimize_s = time.perf_counter() - t0
@@ -205,7 +208,7 @@ def _storage(store: ChdbStore) -> Case:
     )[0]
     top = store.query(
         "SELECT name, data_compressed_bytes AS bytes FROM system.columns "
-        "WHERE database = %(db)s AND table = 'predictions' ORDER BY bytes DESC LIMIT 6",
+        "WHERE database = %(db)s AND table = 'predictions' ORDER BY bytes DESC LIMIT 8",
         {"db": store.database},
     )
     rollups = store.query(
@@ -215,7 +218,7 @@ def _storage(store: ChdbStore) -> Case:
         {"db": store.database},
     )
     rows = int(part["rows"])
-    case = Case("storage_predictions", "llmops", latencies_s=[optimize_s], wall_s=optimize_s)
+    case = Case(name, "llmops", latencies_s=[optimize_s], wall_s=optimize_s)
     case.extra = {
         "rows": rows,
         "bytes_on_disk": int(part["bytes"]),
@@ -289,10 +292,11 @@ def compare_answers(rollup: list[dict[str, Any]], raw: list[dict[str, Any]]) -> 
 
 
 def _server_types(store: ChdbStore) -> list[tuple[str, str]]:
-    """``predictions`` columns with types 18.16 understands."""
+    """``predictions`` columns with types 18.16 understands: the columns a sink writes, the
+    request id as the plain UUID it inserts (18.16 has no EPHEMERAL, no UInt128 to split it)."""
     cols = store.query(
         "SELECT name, type FROM system.columns WHERE database = %(db)s "
-        "AND table = 'predictions' ORDER BY position",
+        "AND table = 'predictions' AND default_kind IN ('', 'EPHEMERAL') ORDER BY position",
         {"db": store.database},
     )
     mapped = []
@@ -400,6 +404,7 @@ def _run(sess: Any, quick: bool, rows: int) -> list[Case]:
     apply_migrations(sink_store)
     cases.append(_ingest(sink_store, "ingest_predictions_100k_batches_prod_density", prod))
     cases[-1].extra["event_time_span_s"] = round(len(prod) * SINK_BATCH / SHARD_PEAK_ROWS_PER_S, 1)
+    cases.append(_storage(sink_store, "storage_predictions_prod_density"))
     sink_store.execute("DROP DATABASE bench_sink")
     del prod
     cases.append(_ingest_without_rollups(sess, batches))

@@ -215,7 +215,7 @@ def generate(store: Any, rows: int, start: datetime) -> None:
     predictions = max(1, rows // 2)
     store.execute(
         f"""
-INSERT INTO predictions (event_time, request_id, tenant, market, route, task, model_name,
+INSERT INTO predictions (event_time, request_uuid, tenant, market, route, task, model_name,
                          model_version, experiment_id, variant)
 SELECT toDateTime64(%(start)s, 3) + toIntervalMillisecond(intDiv(number * 86000000, {predictions})),
        toUUID(concat('00000000-0000-4000-8000-', leftPad(hex(number), 12, '0'))),

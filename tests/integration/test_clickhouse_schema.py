@@ -42,6 +42,7 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
         "0005_feedback_signals",
         "0006_prediction_skipped_steps",
         "0007_feedback_rollups",
+        "0008_compact_predictions",
     ]
     chunks = synthetic.prediction_chunks(
         ROWS,
@@ -67,6 +68,7 @@ def test_migrations_are_idempotent_and_recorded(store: ChdbStore) -> None:
         (5, "feedback_signals"),
         (6, "prediction_skipped_steps"),
         (7, "feedback_rollups"),
+        (8, "compact_predictions"),
     ]
     assert all(len(r["checksum"]) == 64 for r in recorded)
     tables = {
@@ -95,7 +97,7 @@ def test_changed_migration_is_refused(chdb_session: Any, tmp_path: Path) -> None
         shutil.copy(f, tmp_path / f.name)
     s = ChdbStore(chdb_session, database="it_clickhouse_migrations")
     try:
-        assert len(apply_migrations(s, tmp_path)) == 7
+        assert len(apply_migrations(s, tmp_path)) == 8
         first = tmp_path / "0001_raw_tables.sql"
         first.write_text(first.read_text() + "\n-- edited\n")
         with pytest.raises(MigrationChecksumMismatch, match="0001_raw_tables"):
@@ -344,3 +346,91 @@ def test_lean_predictions_migration_keeps_every_row(chdb_session: Any, tmp_path:
         assert s.query("SELECT sum(requests) AS n FROM predictions_1m")[0]["n"] == 4
     finally:
         s.execute("DROP DATABASE IF EXISTS it_clickhouse_0003")
+
+
+ROLLUP_COUNTS = (("predictions_1m", "requests"), ("prediction_counts_1h", "predictions"))
+
+
+def test_compact_predictions_migration_keeps_every_row_and_id(
+    chdb_session: Any, tmp_path: Path
+) -> None:
+    """0008 on a database with 0007-form rows: every row is copied with its exact request id
+    (UUIDv7, other versions, all zeros, all ones) and exact timings, the old table is kept,
+    no rollup counts the copy twice, and a lookup by request id still uses its index."""
+    files = sorted(default_directory().glob("*.sql"))
+    for f in files[:7]:
+        shutil.copy(f, tmp_path / f.name)
+    s = ChdbStore(chdb_session, database="it_clickhouse_0008")
+    try:
+        assert apply_migrations(s, tmp_path)[-1] == "0007_feedback_rollups"
+        ids = [
+            "0190f2a4-8c1e-7b3a-9f00-000000000001",
+            "2f1c9a3e-5b7d-4e21-9c4b-6a8e0f1d2c3b",
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            values.request_uuid("caller-id-7"),
+        ]
+        n = len(ids)
+        now = np.datetime64(int(time.time() * 1000), "ms")
+        s.insert(
+            "predictions",
+            {
+                "event_time": np.array([now] * n),
+                "request_id": ids,
+                "tenant": ["acme"] * n,
+                "route": ["search"] * n,
+                "task": ["search"] * n,
+                "model_name": ["m"] * n,
+                "total_latency_us": np.array([1001, 2003, 3005, 4007, 5009], dtype=np.uint32),
+                "stage_names": [["model"]] * n,
+                "stage_durations_us": [[123457]] * n,
+                "log_topic": ["llmops.predictions.v1"] * n,
+                "log_partition": np.zeros(n, dtype=np.uint32),
+                "log_offset": np.arange(n, dtype=np.uint64),
+            },
+        )
+        shutil.copy(files[7], tmp_path)
+        assert apply_migrations(s, tmp_path) == ["0008_compact_predictions"]
+        got = s.query(
+            "SELECT request_id, total_latency_us, stage_durations_us FROM predictions "
+            "ORDER BY total_latency_us"
+        )
+        assert [str(r["request_id"]) for r in got] == ids
+        assert [r["total_latency_us"] for r in got] == [1001, 2003, 3005, 4007, 5009]
+        assert all(r["stage_durations_us"] == [123457] for r in got)
+        assert s.query("SELECT count() AS n FROM predictions_0007")[0]["n"] == n
+        for table, column in ROLLUP_COUNTS:
+            assert s.query(f"SELECT sum({column}) AS n FROM {table}")[0]["n"] == n
+        plan = s.query(
+            "EXPLAIN indexes = 1 SELECT count() FROM predictions WHERE request_id = %(r)s",
+            {"r": ids[1]},
+        )
+        assert any("idx_request_id" in str(r["explain"]) for r in plan)
+        assert (
+            s.query("SELECT count() AS n FROM predictions WHERE request_id = %(r)s", {"r": ids[1]})[
+                0
+            ]["n"]
+            == 1
+        )
+        s.insert(  # writers hand the id to request_uuid; the re-attached views count the row
+            "predictions",
+            {
+                "event_time": np.array([now]),
+                "request_uuid": ["0190f2a4-8c1e-7b3a-9f00-0000000000ff"],
+                "tenant": ["acme"],
+                "route": ["search"],
+                "task": ["search"],
+                "model_name": ["m"],
+            },
+        )
+        assert (
+            s.query(
+                "SELECT count() AS n FROM predictions "
+                "WHERE request_id = '0190f2a4-8c1e-7b3a-9f00-0000000000ff'"
+            )[0]["n"]
+            == 1
+        )
+        for table, column in ROLLUP_COUNTS:
+            assert s.query(f"SELECT sum({column}) AS n FROM {table}")[0]["n"] == n + 1
+    finally:
+        s.execute("DROP DATABASE IF EXISTS it_clickhouse_0008")

@@ -50,7 +50,7 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
         dtype="datetime64[ms]",
     )
     s.insert("predictions", {
-        "event_time": times, "request_id": [R[c] for c in names], "tenant": ["acme"] * 10,
+        "event_time": times, "request_uuid": [R[c] for c in names], "tenant": ["acme"] * 10,
         "market": ["gb"] * 5 + ["de"] * 5, "task": ["property_summary"] * 10,
         "route": ["summary-small"] * 10, "model_name": ["smollm2"] * 10,
         "model_version": [1] * 10, "variant": ["a", "b"] * 5, "prompt_name": ["p"] * 10,

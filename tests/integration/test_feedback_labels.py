@@ -116,7 +116,7 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
             [(T0 + timedelta(seconds=i)).replace(tzinfo=None) for i in range(n)],
             dtype="datetime64[ms]",
         ),
-        "request_id": IDS, "tenant": ["acme"] * n, "task": ["property_summary"] * n,
+        "request_uuid": IDS, "tenant": ["acme"] * n, "task": ["property_summary"] * n,
         "route": ["summary-small"] * n, "guardrail_verdict": verdicts, "skipped_steps": skipped,
     })  # fmt: skip
     s.insert("prediction_payloads", {

@@ -38,7 +38,7 @@ def store(chdb_session: Any) -> Iterator[ChdbStore]:
     ids = A + B
     s.insert("predictions", {
         "event_time": np.array([T0.replace(tzinfo=None)] * 20, dtype="datetime64[ms]"),
-        "request_id": ids, "tenant": ["acme"] * 20, "market": ["gb"] * 20,
+        "request_uuid": ids, "tenant": ["acme"] * 20, "market": ["gb"] * 20,
         "task": ["property_summary"] * 20, "route": ["summary-small"] * 20,
         "model_name": ["smollm2"] * 20, "model_version": [1] * 10 + [2] * 10,
         "variant": ["a"] * 10 + ["b"] * 10,
@@ -213,7 +213,7 @@ async def test_the_rollup_agrees_with_the_raw_tables_as_feedback_changes_the_pas
     # the prediction of the orphan thumb is logged late: its hour is recomputed and attributed
     store.insert("predictions", {
         "event_time": np.array([T0.replace(tzinfo=None)], dtype="datetime64[ms]"),
-        "request_id": [str(uuid.UUID(int=999))], "tenant": ["acme"], "task": ["property_summary"],
+        "request_uuid": [str(uuid.UUID(int=999))], "tenant": ["acme"], "task": ["property_summary"],
         "route": ["summary-small"], "model_name": ["smollm2"], "model_version": [2],
         "variant": ["b"],
     })  # fmt: skip

@@ -1,0 +1,178 @@
+-- 0008: a compact predictions table (issue #16: 59.3 -> 49.3 bytes per row on disk at the
+-- bench's density, 55.0 -> 47.7 at one production shard's; `llmops bench clickhouse`, see
+-- deploy/clickhouse/SIZING.md for every step measured). Every column stays queryable:
+--
+-- * request_id is stored in three parts and read back through an ALIAS column of the same
+--   name and type (UUID), with the same bloom filter index on it. A UUIDv7 (what the mesh
+--   mints) holds its request's millisecond: stored as its lag behind event_time it takes
+--   1.2 bytes instead of the ~5 a 16-byte UUID column spends on it (no codec can delta a
+--   UUID); the 74 random bits stay (9.5 B). Any other UUID round-trips exactly too (its lag
+--   is then just a large number). Writers insert the id into `request_uuid`, an EPHEMERAL
+--   column the three parts are computed from.
+-- * Timings (total_latency_us, ttft_us, tpot_us, queue_us, model_time_us,
+--   stage_durations_us) arrive rounded to 8 significant bits from the sinks
+--   (llmops/clickhouse/timings.py: exact below 256 us, within 0.4% above): the low bits of
+--   a microsecond timer were 5.2 B/row of incompressible noise. Rows copied from the old
+--   table keep their exact values.
+-- * Codecs measured per column: T64 on the small integers (versions, log partition),
+--   Delta+T64 on event_time.
+--
+-- As in 0003 nothing is deleted: the 0003-form table is renamed to predictions_0007 (its
+-- 90-day TTL empties it; drop it sooner if disk is short) and its rows are copied into the
+-- new table before the rollup views are re-attached, so no rollup counts them twice.
+
+DROP VIEW IF EXISTS predictions_1m_mv;
+DROP VIEW IF EXISTS predictions_1h_mv;
+DROP VIEW IF EXISTS prediction_stages_1h_mv;
+DROP VIEW IF EXISTS prediction_counts_1h_mv;
+
+RENAME TABLE predictions TO predictions_0007;
+
+CREATE TABLE IF NOT EXISTS predictions
+(
+    event_time             DateTime64(3, 'UTC')           CODEC(Delta, T64, ZSTD(1)),
+    -- the request id as written (any UUID): not stored, split into the three columns below
+    request_uuid           UUID                           EPHEMERAL,
+    -- milliseconds from the UUIDv7's time (its top 48 bits) to event_time
+    request_id_lag_ms      Int64
+        DEFAULT toUnixTimestamp64Milli(event_time) - toInt64(bitShiftRight(toUInt128(request_uuid), 80))
+        CODEC(T64, ZSTD(1)),
+    -- bits 64-79: the version nibble and rand_a
+    request_id_mid         UInt16
+        DEFAULT toUInt16(bitAnd(bitShiftRight(toUInt128(request_uuid), 64), 65535))
+        CODEC(T64, ZSTD(1)),
+    -- the low 64 bits: variant and rand_b
+    request_id_lo          UInt64
+        DEFAULT toUInt64(bitAnd(toUInt128(request_uuid), 18446744073709551615))
+        CODEC(ZSTD(1)),
+    request_id             UUID ALIAS reinterpretAsUUID(concat(
+        reinterpretAsFixedString(bitOr(
+            bitShiftLeft(toUInt64(toUnixTimestamp64Milli(event_time) - request_id_lag_ms), 16),
+            toUInt64(request_id_mid))),
+        reinterpretAsFixedString(request_id_lo))),
+    tenant                 LowCardinality(String),
+    market                 LowCardinality(String),
+    route                  LowCardinality(String),
+    task                   LowCardinality(String),
+    model_name             LowCardinality(String),
+    model_version          UInt32                         CODEC(T64, ZSTD(1)),
+    experiment_id          LowCardinality(String),
+    variant                LowCardinality(String),
+    -- end-to-end latency seen by the service, microseconds (8 significant bits)
+    total_latency_us       UInt32                         CODEC(T64, ZSTD(1)),
+    cache_hit              Bool,
+    -- gRPC status code, 0 = OK
+    status_code            UInt8,
+    prompt_tokens          UInt32                         CODEC(T64, ZSTD(1)),
+    completion_tokens      UInt32                         CODEC(T64, ZSTD(1)),
+    cached_prompt_tokens   UInt32                         CODEC(T64, ZSTD(1)),
+    -- Usage timings converted from ms (double) to integer microseconds (8 significant bits)
+    ttft_us                UInt32                         CODEC(T64, ZSTD(1)),
+    tpot_us                UInt32                         CODEC(T64, ZSTD(1)),
+    queue_us               UInt32                         CODEC(T64, ZSTD(1)),
+    model_time_us          UInt32                         CODEC(T64, ZSTD(1)),
+    -- cost in 10^-9 units of cost_currency (Money.units * 1e9 + Money.nanos)
+    cost_nanos             Int64                          CODEC(T64, ZSTD(1)),
+    cost_currency          LowCardinality(String),
+    -- per-stage durations, parallel arrays in start order (8 significant bits)
+    stage_names            Array(LowCardinality(String)),
+    stage_durations_us     Array(UInt32)                  CODEC(T64, ZSTD(1)),
+    -- most severe guardrail verdict of the request ('' when none ran): ALLOW < FLAG < REDACT < BLOCK
+    guardrail_verdict      LowCardinality(String),
+    guardrail_policies     Array(LowCardinality(String)),
+    guardrail_verdicts     Array(LowCardinality(String)),
+    guardrail_finding_types Array(LowCardinality(String)),
+    -- BLAKE2b-128 hex of the feature values used ('' when none)
+    feature_vector_hash    String                         CODEC(ZSTD(1)),
+    prompt_name            LowCardinality(String),
+    prompt_version         UInt32                         CODEC(T64, ZSTD(1)),
+    route_target_index     UInt8,
+    locale                 LowCardinality(String),
+    device                 LowCardinality(String),
+    client_name            LowCardinality(String),
+    finish_reason          LowCardinality(String),
+    error_reason           LowCardinality(String),
+    skipped_steps          Array(LowCardinality(String)),
+    -- inputs/output (and user/session ids) were logged to prediction_payloads
+    has_payload            Bool,
+    log_topic              LowCardinality(String),
+    log_partition          UInt32                         CODEC(T64, ZSTD(1)),
+    log_offset             UInt64                         CODEC(T64, ZSTD(1)),
+    INDEX idx_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4
+)
+ENGINE = MergeTree
+PARTITION BY toDate(event_time)
+ORDER BY (tenant, route, model_name, event_time)
+TTL toDateTime(event_time) + INTERVAL 90 DAY DELETE
+SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000,
+         ttl_only_drop_parts = 1;
+
+INSERT INTO predictions
+    (event_time, request_uuid, tenant, market, route, task, model_name, model_version,
+     experiment_id, variant, total_latency_us, cache_hit, status_code, prompt_tokens,
+     completion_tokens, cached_prompt_tokens, ttft_us, tpot_us, queue_us, model_time_us,
+     cost_nanos, cost_currency, stage_names, stage_durations_us, guardrail_verdict,
+     guardrail_policies, guardrail_verdicts, guardrail_finding_types, feature_vector_hash,
+     prompt_name, prompt_version, route_target_index, locale, device, client_name,
+     finish_reason, error_reason, skipped_steps, has_payload, log_topic, log_partition,
+     log_offset)
+SELECT
+    event_time, request_id, tenant, market, route, task, model_name, model_version,
+    experiment_id, variant, total_latency_us, cache_hit, status_code, prompt_tokens,
+    completion_tokens, cached_prompt_tokens, ttft_us, tpot_us, queue_us, model_time_us,
+    cost_nanos, cost_currency, stage_names, stage_durations_us, guardrail_verdict,
+    guardrail_policies, guardrail_verdicts, guardrail_finding_types, feature_vector_hash,
+    prompt_name, prompt_version, route_target_index, locale, device, client_name,
+    finish_reason, error_reason, skipped_steps, has_payload, log_topic, log_partition,
+    log_offset
+FROM predictions_0007;
+
+-- The rollup views of 0002/0003 and 0007, unchanged, re-attached to the new table.
+CREATE MATERIALIZED VIEW IF NOT EXISTS predictions_1m_mv TO predictions_1m AS
+SELECT
+    toStartOfMinute(event_time) AS minute,
+    tenant, route, model_name, model_version, variant,
+    toUInt64(count()) AS requests,
+    toUInt64(countIf(status_code != 0)) AS errors,
+    toUInt64(countIf(cache_hit)) AS cache_hits,
+    toUInt64(countIf(guardrail_verdict = 'BLOCK')) AS guardrail_blocks,
+    sum(toUInt64(prompt_tokens)) AS prompt_tokens,
+    sum(toUInt64(completion_tokens)) AS completion_tokens,
+    sum(cost_nanos) AS cost_nanos,
+    quantilesTDigestState(0.5, 0.95, 0.99)(total_latency_us) AS latency_us,
+    quantilesTDigestState(0.5, 0.95, 0.99)(ttft_us) AS ttft_us
+FROM predictions
+GROUP BY minute, tenant, route, model_name, model_version, variant;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS predictions_1h_mv TO predictions_1h AS
+SELECT
+    toStartOfHour(event_time) AS hour,
+    tenant, route, model_name, model_version, variant,
+    toUInt64(count()) AS requests,
+    toUInt64(countIf(status_code != 0)) AS errors,
+    toUInt64(countIf(cache_hit)) AS cache_hits,
+    toUInt64(countIf(guardrail_verdict = 'BLOCK')) AS guardrail_blocks,
+    sum(toUInt64(prompt_tokens)) AS prompt_tokens,
+    sum(toUInt64(completion_tokens)) AS completion_tokens,
+    sum(cost_nanos) AS cost_nanos,
+    quantilesTDigestState(0.5, 0.95, 0.99)(total_latency_us) AS latency_us,
+    quantilesTDigestState(0.5, 0.95, 0.99)(ttft_us) AS ttft_us
+FROM predictions
+GROUP BY hour, tenant, route, model_name, model_version, variant;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS prediction_stages_1h_mv TO prediction_stages_1h AS
+SELECT
+    toStartOfHour(event_time) AS hour,
+    tenant, route, model_name, variant,
+    stage,
+    toUInt64(count()) AS calls,
+    quantilesTDigestState(0.5, 0.95, 0.99)(duration) AS duration_us
+FROM predictions
+ARRAY JOIN stage_names AS stage, stage_durations_us AS duration
+GROUP BY hour, tenant, route, model_name, variant, stage;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS prediction_counts_1h_mv TO prediction_counts_1h AS
+SELECT toStartOfHour(event_time) AS hour, tenant, task, route, model_name, model_version,
+       variant, market, toUInt64(count()) AS predictions
+FROM predictions
+GROUP BY hour, tenant, task, route, model_name, model_version, variant, market;
