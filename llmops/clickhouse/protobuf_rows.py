@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmops.clickhouse.timings import round_us_sql
 from llmops.v1 import common_pb2, inference_pb2
 
 SCHEMA_DIR = Path(__file__).parent / "format_schemas"
@@ -195,11 +194,6 @@ _PREDICTION_STRUCTURE: tuple[tuple[str, str], ...] = (
 _SEVERITY_NAMES = "['ALLOW', 'FLAG', 'REDACT', 'BLOCK']"  # rows._SEVERITY: others rank 0
 
 _PREDICTION_WITH = (
-    ("_total_us", _clip_u(_field("total_latency_us"), 32)),
-    ("_ttft_us", _us_sql(_field("usage.time_to_first_token_ms"))),
-    ("_tpot_us", _us_sql(_field("usage.time_per_output_token_ms"))),
-    ("_queue_us", _us_sql(_field("usage.queue_time_ms"))),
-    ("_model_us", _us_sql(_field("usage.total_time_ms"))),
     ("_verdicts", "arrayMap(v -> {}, {})".format(
         _enum_names_sql("v", common_pb2.Verdict, "VERDICT_"), _field("guardrails.verdict"))),
     ("_severity", f"arrayMap(v -> transform(v, {_SEVERITY_NAMES}, [1, 2, 3, 4], 0), _verdicts)"),
@@ -217,23 +211,22 @@ _PREDICTION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("model_version", _clip_u(_field("model_version"), 32)),
     ("experiment_id", _field("experiment_id")),
     ("variant", _field("variant")),
-    ("total_latency_us", round_us_sql("_total_us")),
+    ("total_latency_us_in", _clip_u(_field("total_latency_us"), 32)),
     ("cache_hit", _field("cache_hit")),
     ("status_code", _clip_u(_field("status_code"), 8)),
     ("prompt_tokens", _clip_u(_field("usage.prompt_tokens"), 32)),
     ("completion_tokens", _clip_u(_field("usage.completion_tokens"), 32)),
     ("cached_prompt_tokens", _clip_u(_field("usage.cached_prompt_tokens"), 32)),
-    ("ttft_us", round_us_sql("_ttft_us")),
-    ("tpot_us", round_us_sql("_tpot_us")),
-    ("queue_us", round_us_sql("_queue_us")),
-    ("model_time_us", round_us_sql("_model_us")),
+    ("ttft_us_in", _us_sql(_field("usage.time_to_first_token_ms"))),
+    ("tpot_us_in", _us_sql(_field("usage.time_per_output_token_ms"))),
+    ("queue_us_in", _us_sql(_field("usage.queue_time_ms"))),
+    ("model_time_us_in", _us_sql(_field("usage.total_time_ms"))),
     ("cost_nanos", "{u} * 1000000000 + {n}".format(
         u=_field("usage.cost.units"), n=_field("usage.cost.nanos"))),
     ("cost_currency", _field("usage.cost.currency_code")),
     ("stage_names", _field("stages.stage")),
-    ("stage_durations_us",
-     f"arrayMap(d -> {round_us_sql('d')}, "
-     f"arrayMap(d -> {_clip_u('d', 32)}, {_field('stages.duration_us')}))"),
+    ("stage_durations_us_in",
+     f"arrayMap(d -> {_clip_u('d', 32)}, {_field('stages.duration_us')})"),
     ("guardrail_verdict",
      "if(empty(_verdicts), '', _verdicts[indexOf(_severity, arrayMax(_severity))])"),
     ("guardrail_policies", _field("guardrails.policy")),

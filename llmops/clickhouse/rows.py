@@ -22,11 +22,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pyarrow as pa  # type: ignore[import-untyped]
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from llmops.clickhouse.timings import round_us
 from llmops.clickhouse.values import request_uuid
 from llmops.v1 import common_pb2, events_pb2, experiment_pb2, feedback_pb2, inference_pb2
 
@@ -171,20 +169,11 @@ def _u32_lists(rows: list[list[int]]) -> list[list[int]]:
     return [[min(max(0, v), _U32_MAX) for v in row] for row in rows]
 
 
-def _rounded_us_lists(rows: list[list[int]]) -> pa.ListArray:
-    """Lists of microseconds clipped into UInt32 and rounded like the scalar timings."""
-    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64)
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(np.fromiter(map(len, rows), dtype=np.int32, count=len(rows)), out=offsets[1:])
-    values = round_us(np.clip(flat, 0, _U32_MAX).astype(np.uint32))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.uint32()))
-
-
 def _stages(ev: Sequence[events_pb2.PredictionEvent]) -> Columns:
     stages = _get(ev, "stages")
     return {
         "stage_names": [list(map(attrgetter("stage"), st)) for st in stages],
-        "stage_durations_us": _rounded_us_lists([list(map(_DURATION, st)) for st in stages]),
+        "stage_durations_us_in": _u32_lists([list(map(_DURATION, st)) for st in stages]),
     }
 
 
@@ -212,16 +201,16 @@ def prediction_columns(items: Sequence[Item]) -> Columns:
         "model_name": _get(ev, "model_name"),
         "model_version": _u32(ev, "model_version"),
         **_strings(ev, "experiment_id", "variant"),
-        "total_latency_us": round_us(_u32(ev, "total_latency_us")),
+        "total_latency_us_in": _u32(ev, "total_latency_us"),
         "cache_hit": _bools(ev, "cache_hit"),
         "status_code": _ints(ev, "status_code", np.uint8),
         "prompt_tokens": _u32(usage, "prompt_tokens"),
         "completion_tokens": _u32(usage, "completion_tokens"),
         "cached_prompt_tokens": _u32(usage, "cached_prompt_tokens"),
-        "ttft_us": round_us(_us(usage, "time_to_first_token_ms")),
-        "tpot_us": round_us(_us(usage, "time_per_output_token_ms")),
-        "queue_us": round_us(_us(usage, "queue_time_ms")),
-        "model_time_us": round_us(_us(usage, "total_time_ms")),
+        "ttft_us_in": _us(usage, "time_to_first_token_ms"),
+        "tpot_us_in": _us(usage, "time_per_output_token_ms"),
+        "queue_us_in": _us(usage, "queue_time_ms"),
+        "model_time_us_in": _us(usage, "total_time_ms"),
         "cost_nanos": _nanos(_get(usage, "cost")),
         "cost_currency": _get(usage, "cost.currency_code"),
         **_stages(ev),

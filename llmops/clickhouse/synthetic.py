@@ -15,7 +15,7 @@ a second on one core. Shape, all deterministic by seed:
   table keeps no event_id or user/session ids since migration 0003, and stores the request
   id in parts since 0008); feature-vector hashes over ~2 M entities per
   model (60% of requests use features).
-- timings rounded to 8 significant bits, as the sinks write them (:mod:`.timings`).
+- timings in the ``*_in`` columns the table rounds and encodes (migration 0008).
 - log positions: topic ``llmops.predictions.v1``, 96 partitions, offsets increasing per
   partition from ``offset_base``.
 """
@@ -28,8 +28,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
-
-from llmops.clickhouse.timings import round_us
 
 TOPIC = "llmops.predictions.v1"
 PARTITIONS = 96
@@ -167,7 +165,7 @@ def _stages(
     model_us = dur[:, 5].astype(np.int64)
     return {
         "stage_names": _list_array(lengths, _strings(STAGES, name_idx)),
-        "stage_durations_us": _list_array(lengths, pa.array(round_us(dur.ravel()[flat]))),
+        "stage_durations_us": _list_array(lengths, pa.array(dur.ravel()[flat])),
         "total": dur.sum(axis=1, dtype=np.int64) + rng.lognormal(5.5, 0.4, n).astype(np.int64),
         "model_us": model_us,
     }
@@ -247,22 +245,20 @@ def predictions_chunk(
             np.where(variant < 2, route + 1, 0),
         ),
         "variant": _strings(("control", "treatment", ""), variant),
-        "total_latency_us": round_us(total.astype(np.uint32)),
+        "total_latency_us_in": total.astype(np.uint32),
         "cache_hit": cached,
         "status_code": np.where(failed, ERROR_CODES[err], 0).astype(np.uint8),
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "cached_prompt_tokens": (prompt * (rng.random(n) < 0.3) * 0.5).astype(np.uint32),
-        "ttft_us": round_us(ttft.astype(np.uint32)),
-        "tpot_us": round_us(
-            ((stages["model_us"] - ttft) // np.maximum(completion, 1)).astype(np.uint32)
-        ),
-        "queue_us": round_us(rng.lognormal(6.0, 1.0, n).astype(np.uint32)),
-        "model_time_us": round_us(stages["model_us"].astype(np.uint32)),
+        "ttft_us_in": ttft.astype(np.uint32),
+        "tpot_us_in": ((stages["model_us"] - ttft) // np.maximum(completion, 1)).astype(np.uint32),
+        "queue_us_in": rng.lognormal(6.0, 1.0, n).astype(np.uint32),
+        "model_time_us_in": stages["model_us"].astype(np.uint32),
         "cost_nanos": cost.astype(np.int64),
         "cost_currency": _strings(("USD",), np.zeros(n, dtype=np.int64)),
         "stage_names": stages["stage_names"],
-        "stage_durations_us": stages["stage_durations_us"],
+        "stage_durations_us_in": stages["stage_durations_us"],
         **_guardrails(rng, n),
         "feature_vector_hash": pa.array(np.where(features, fvh.to_numpy(False), "")),
         "prompt_name": _strings([f"{t}-prompt" for t in cat.route_task], route),

@@ -92,7 +92,7 @@ def predictions(
         "status_code": [0] * n,
         "completion_tokens": np.maximum(rng.poisson(tokens_mean, n), 1).tolist(),
         "prompt_tokens": rng.poisson(400, n).tolist(),
-        "total_latency_us": rng.lognormal(12, 0.3, n).astype(int).tolist(),
+        "total_latency_us_in": rng.lognormal(12, 0.3, n).astype(int).tolist(),
         "cost_nanos": rng.integers(1_000, 50_000, n).tolist(),
         "guardrail_verdict": verdicts.tolist(),
     }

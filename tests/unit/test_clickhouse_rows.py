@@ -69,12 +69,12 @@ def test_prediction_columns() -> None:
     assert {len(v) for v in cols.values()} == {3}
     assert cols["event_time"][1] == np.datetime64((T0 + 1) * 1000 + 250, "ms")
     assert cols["status_code"].tolist() == [14, 0, 0]
-    # timings keep 8 significant bits (llmops.clickhouse.timings): 12,500 us -> 195 * 2^6
-    assert cols["ttft_us"].tolist() == [12_480] * 3
-    assert cols["total_latency_us"].tolist() == [12_352] * 3  # 12,345-12,347 -> 193 * 2^6
+    # timings go to the table's *_in columns exact: the table rounds them (migration 0008)
+    assert cols["ttft_us_in"].tolist() == [12_500] * 3
+    assert cols["total_latency_us_in"].tolist() == [12_345, 12_346, 12_347]
     assert cols["cost_nanos"].tolist() == [1_250_000_000] * 3
     assert cols["stage_names"][0] == ["model", "log"]
-    assert cols["stage_durations_us"][0].as_py() == [9024, 50]  # 141 * 2^6; below 256 exact
+    assert cols["stage_durations_us_in"][0] == [9000, 50]
     assert cols["guardrail_verdict"] == ["BLOCK"] * 3
     assert cols["guardrail_verdicts"][0] == ["FLAG", "BLOCK"]
     assert cols["guardrail_finding_types"][0] == ["pii.email", "toxicity"]
@@ -174,4 +174,4 @@ def test_unknown_enum_values_and_negative_numbers_do_not_fail_the_batch() -> Non
     cols = rows.columns_for([("llmops.predictions.v1", 0, 0, env)])["predictions"]
     assert cols["device"] == ["99"]
     assert cols["model_version"].tolist() == [0]
-    assert cols["stage_durations_us"].to_pylist() == [[0, 50]]
+    assert cols["stage_durations_us_in"] == [[0, 50]]

@@ -45,25 +45,63 @@ CREATE TABLE IF NOT EXISTS predictions_local ON CLUSTER '{cluster}'
     model_version          UInt32                         CODEC(T64, ZSTD(1)),
     experiment_id          LowCardinality(String),
     variant                LowCardinality(String),
-    -- end-to-end latency seen by the service, microseconds (8 significant bits)
-    total_latency_us       UInt32                         CODEC(T64, ZSTD(1)),
+    -- end-to-end latency seen by the service, microseconds
+    total_latency_us_in    UInt32                         EPHEMERAL,
+    total_latency_us_bf16  UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(total_latency_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    total_latency_us       UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(total_latency_us_bf16), 16))),
     cache_hit              Bool,
     -- gRPC status code, 0 = OK
     status_code            UInt8,
     prompt_tokens          UInt32                         CODEC(T64, ZSTD(1)),
     completion_tokens      UInt32                         CODEC(T64, ZSTD(1)),
     cached_prompt_tokens   UInt32                         CODEC(T64, ZSTD(1)),
-    -- Usage timings converted from ms (double) to integer microseconds (8 significant bits)
-    ttft_us                UInt32                         CODEC(T64, ZSTD(1)),
-    tpot_us                UInt32                         CODEC(T64, ZSTD(1)),
-    queue_us               UInt32                         CODEC(T64, ZSTD(1)),
-    model_time_us          UInt32                         CODEC(T64, ZSTD(1)),
+    -- Usage timings converted from ms (double) to integer microseconds
+    ttft_us_in             UInt32                         EPHEMERAL,
+    ttft_us_bf16           UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(ttft_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    ttft_us                UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(ttft_us_bf16), 16))),
+    tpot_us_in             UInt32                         EPHEMERAL,
+    tpot_us_bf16           UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(tpot_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    tpot_us                UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(tpot_us_bf16), 16))),
+    queue_us_in            UInt32                         EPHEMERAL,
+    queue_us_bf16          UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(queue_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    queue_us               UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(queue_us_bf16), 16))),
+    model_time_us_in       UInt32                         EPHEMERAL,
+    model_time_us_bf16     UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(model_time_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    model_time_us          UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(model_time_us_bf16), 16))),
     -- cost in 10^-9 units of cost_currency (Money.units * 1e9 + Money.nanos)
     cost_nanos             Int64                          CODEC(T64, ZSTD(1)),
     cost_currency          LowCardinality(String),
-    -- per-stage durations, parallel arrays in start order (8 significant bits)
+    -- per-stage durations, parallel arrays in start order
     stage_names            Array(LowCardinality(String)),
-    stage_durations_us     Array(UInt32)                  CODEC(T64, ZSTD(1)),
+    stage_durations_us_in  Array(UInt32)                  EPHEMERAL,
+    stage_durations_us_bf16 Array(UInt16)
+        DEFAULT arrayMap(
+            x -> toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(least(x, 4278190080))) + 32768, 16)),
+            stage_durations_us_in)
+        CODEC(T64, ZSTD(1)),
+    stage_durations_us     Array(UInt32)
+        ALIAS arrayMap(c -> toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(c), 16))),
+                       stage_durations_us_bf16),
     -- most severe guardrail verdict of the request ('' when none ran): ALLOW < FLAG < REDACT < BLOCK
     guardrail_verdict      LowCardinality(String),
     guardrail_policies     Array(LowCardinality(String)),
@@ -89,7 +127,8 @@ CREATE TABLE IF NOT EXISTS predictions_local ON CLUSTER '{cluster}'
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/llmops/predictions_0008', '{replica}')
 PARTITION BY toDate(event_time)
-ORDER BY (tenant, route, model_name, event_time)
+ORDER BY (tenant, route, model_name, toStartOfMinute(event_time), cache_hit, status_code,
+          model_version, variant, event_time)
 TTL toDateTime(event_time) + INTERVAL 3 DAY TO VOLUME 'cold',
     toDateTime(event_time) + INTERVAL 90 DAY DELETE
 SETTINGS storage_policy = 'hot_cold', index_granularity = 8192, ttl_only_drop_parts = 1,
@@ -102,7 +141,7 @@ CREATE TABLE IF NOT EXISTS predictions ON CLUSTER '{cluster}' AS predictions_loc
 ENGINE = Distributed('{cluster}', currentDatabase(), predictions_local, cityHash64(toString(request_uuid)));
 
 -- 4. On one replica of each shard (not ON CLUSTER: each shard copies its own rows):
---   INSERT INTO predictions_local (<the columns of 0008's INSERT>, request_uuid)
---   SELECT <the same>, request_id FROM predictions_0007_local;
+--   INSERT INTO predictions_local (<the column list of 0008's INSERT>)
+--   SELECT <the SELECT list of 0008's INSERT> FROM predictions_0007_local;
 -- then re-create the four views ON CLUSTER exactly as in 0001/0003 of this directory
 -- (FROM predictions_local), as migrations/0008 does on one node.

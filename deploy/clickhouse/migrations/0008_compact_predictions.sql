@@ -58,25 +58,63 @@ CREATE TABLE IF NOT EXISTS predictions
     model_version          UInt32                         CODEC(T64, ZSTD(1)),
     experiment_id          LowCardinality(String),
     variant                LowCardinality(String),
-    -- end-to-end latency seen by the service, microseconds (8 significant bits)
-    total_latency_us       UInt32                         CODEC(T64, ZSTD(1)),
+    -- end-to-end latency seen by the service, microseconds
+    total_latency_us_in    UInt32                         EPHEMERAL,
+    total_latency_us_bf16  UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(total_latency_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    total_latency_us       UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(total_latency_us_bf16), 16))),
     cache_hit              Bool,
     -- gRPC status code, 0 = OK
     status_code            UInt8,
     prompt_tokens          UInt32                         CODEC(T64, ZSTD(1)),
     completion_tokens      UInt32                         CODEC(T64, ZSTD(1)),
     cached_prompt_tokens   UInt32                         CODEC(T64, ZSTD(1)),
-    -- Usage timings converted from ms (double) to integer microseconds (8 significant bits)
-    ttft_us                UInt32                         CODEC(T64, ZSTD(1)),
-    tpot_us                UInt32                         CODEC(T64, ZSTD(1)),
-    queue_us               UInt32                         CODEC(T64, ZSTD(1)),
-    model_time_us          UInt32                         CODEC(T64, ZSTD(1)),
+    -- Usage timings converted from ms (double) to integer microseconds
+    ttft_us_in             UInt32                         EPHEMERAL,
+    ttft_us_bf16           UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(ttft_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    ttft_us                UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(ttft_us_bf16), 16))),
+    tpot_us_in             UInt32                         EPHEMERAL,
+    tpot_us_bf16           UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(tpot_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    tpot_us                UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(tpot_us_bf16), 16))),
+    queue_us_in            UInt32                         EPHEMERAL,
+    queue_us_bf16          UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(queue_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    queue_us               UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(queue_us_bf16), 16))),
+    model_time_us_in       UInt32                         EPHEMERAL,
+    model_time_us_bf16     UInt16
+        DEFAULT toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(
+            least(model_time_us_in, 4278190080))) + 32768, 16))
+        CODEC(T64, ZSTD(1)),
+    model_time_us          UInt32
+        ALIAS toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(model_time_us_bf16), 16))),
     -- cost in 10^-9 units of cost_currency (Money.units * 1e9 + Money.nanos)
     cost_nanos             Int64                          CODEC(T64, ZSTD(1)),
     cost_currency          LowCardinality(String),
-    -- per-stage durations, parallel arrays in start order (8 significant bits)
+    -- per-stage durations, parallel arrays in start order
     stage_names            Array(LowCardinality(String)),
-    stage_durations_us     Array(UInt32)                  CODEC(T64, ZSTD(1)),
+    stage_durations_us_in  Array(UInt32)                  EPHEMERAL,
+    stage_durations_us_bf16 Array(UInt16)
+        DEFAULT arrayMap(
+            x -> toUInt16(bitShiftRight(reinterpretAsUInt32(toFloat32(least(x, 4278190080))) + 32768, 16)),
+            stage_durations_us_in)
+        CODEC(T64, ZSTD(1)),
+    stage_durations_us     Array(UInt32)
+        ALIAS arrayMap(c -> toUInt32(reinterpretAsFloat32(bitShiftLeft(toUInt32(c), 16))),
+                       stage_durations_us_bf16),
     -- most severe guardrail verdict of the request ('' when none ran): ALLOW < FLAG < REDACT < BLOCK
     guardrail_verdict      LowCardinality(String),
     guardrail_policies     Array(LowCardinality(String)),
@@ -102,16 +140,18 @@ CREATE TABLE IF NOT EXISTS predictions
 )
 ENGINE = MergeTree
 PARTITION BY toDate(event_time)
-ORDER BY (tenant, route, model_name, event_time)
+ORDER BY (tenant, route, model_name, toStartOfMinute(event_time), cache_hit, status_code,
+          model_version, variant, event_time)
 TTL toDateTime(event_time) + INTERVAL 90 DAY DELETE
 SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000,
          ttl_only_drop_parts = 1;
 
 INSERT INTO predictions
     (event_time, request_uuid, tenant, market, route, task, model_name, model_version,
-     experiment_id, variant, total_latency_us, cache_hit, status_code, prompt_tokens,
-     completion_tokens, cached_prompt_tokens, ttft_us, tpot_us, queue_us, model_time_us,
-     cost_nanos, cost_currency, stage_names, stage_durations_us, guardrail_verdict,
+     experiment_id, variant, total_latency_us_in, cache_hit, status_code, prompt_tokens,
+     completion_tokens, cached_prompt_tokens, ttft_us_in, tpot_us_in, queue_us_in,
+     model_time_us_in, cost_nanos, cost_currency, stage_names, stage_durations_us_in,
+     guardrail_verdict,
      guardrail_policies, guardrail_verdicts, guardrail_finding_types, feature_vector_hash,
      prompt_name, prompt_version, route_target_index, locale, device, client_name,
      finish_reason, error_reason, skipped_steps, has_payload, log_topic, log_partition,
