@@ -259,18 +259,20 @@ def _select(
     return f"{head}SELECT {body}", tuple(name for name, _ in columns)
 
 
-def _structure(fields: Sequence[tuple[str, str]]) -> str:
-    return ", ".join(f"`{name}` {kind}" for name, kind in fields)
-
-
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     """How ClickHouse derives one raw table's columns from a batch of records."""
 
     table: str
-    structure: str
+    fields: tuple[tuple[str, str], ...]
+    """(name, ClickHouse type) of each message field read, then the log position."""
     select: str
     columns: tuple[str, ...]
+
+    @property
+    def structure(self) -> str:
+        """:attr:`fields` as an ``input``/``file`` structure."""
+        return ", ".join(f"`{name}` {kind}" for name, kind in self.fields)
 
     def block(self, records: Sequence[tuple[str, int, int, bytes]]) -> ProtobufBlock:
         return ProtobufBlock(
@@ -285,7 +287,7 @@ def _spec(
     columns: Sequence[tuple[str, str]],
 ) -> TableSpec:
     select, names = _select(with_, columns)
-    return TableSpec(table, _structure(structure), select, names)
+    return TableSpec(table, tuple(structure), select, names)
 
 
 PREDICTIONS = _spec("predictions", _PREDICTION_STRUCTURE, _PREDICTION_WITH, _PREDICTION_COLUMNS)

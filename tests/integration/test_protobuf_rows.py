@@ -5,6 +5,7 @@ rule exists for. And the sink schema stays wire-compatible with events.proto."""
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import uuid
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor
 
-from llmops.clickhouse import protobuf_rows, rows
+from llmops.clickhouse import kafka_engine, protobuf_rows, rows
 from llmops.clickhouse.chdb_store import ChdbStore
 from llmops.clickhouse.migrations import apply_migrations
 from llmops.events.synthetic import prediction_envelope
@@ -257,3 +258,71 @@ def test_the_sink_schema_reads_the_contracts_fields_by_number_and_wire_type() ->
             if f.type == f.TYPE_MESSAGE:
                 assert f.type_name.rsplit(".", 1)[-1] == other.message_type.name
     assert events_pb2.EventEnvelope.DESCRIPTOR.fields_by_name["prediction"].number == 10
+
+
+def test_kafka_engine_view_stores_what_the_sink_stores(
+    chdb_session: Any, stores: tuple[ChdbStore, ChdbStore]
+) -> None:
+    """The Kafka table engine's statements (llmops.clickhouse.kafka_engine) with the Kafka
+    table swapped for a Null table of the same columns plus the engine's virtual columns
+    (chdb has no Kafka engine): the view stores the rows the sink's Protobuf path stores,
+    drops records of other kinds and routes unparsed ones to the error table."""
+    database = f"it_kafka_engine_{uuid.uuid4().hex[:8]}"
+    ChdbStore(chdb_session).execute(f"CREATE DATABASE {database}")
+    store = ChdbStore(chdb_session, database=database)
+    try:
+        apply_migrations(store)
+        made = kafka_engine.statements("kafka-1:9092", queue="stub")
+        assert "ENGINE = Kafka" in made[0] and "ProtobufSingle" in made[0]
+        for statement in made:
+            store.query("EXPLAIN AST " + statement)
+        store.execute(
+            f"CREATE TABLE stub ({kafka_engine.queue_columns()}, _topic String, "
+            "_partition UInt64, _offset UInt64, _error String, _raw_message String) "
+            "ENGINE = Null"
+        )
+        for statement in made[1:]:
+            store.execute(statement)
+        rng = random.Random(11)
+        now = time.time_ns()
+        envelopes = [prediction_envelope(rng, event_time_ns=now - i * 991_000) for i in range(500)]
+        envelopes += _edge_cases()
+        items = [(TOPIC, i % 3, 100 + i, e.SerializeToString()) for i, e in enumerate(envelopes)]
+        other = events_pb2.EventEnvelope(producer="t", key="k")
+        other.exposure.event_id = str(uuid.uuid4())
+        items.append((TOPIC, 0, 99_999, other.SerializeToString()))
+        block = protobuf_rows.PREDICTIONS.block(items)
+        path = f"/tmp/llmops-kafka-engine-{uuid.uuid4().hex}.bin"
+        with open(path, "wb") as f:
+            f.write(block.data)
+        try:
+            fields = ", ".join(
+                f"`{n}`" for n, _ in protobuf_rows.PREDICTIONS.fields if not n.startswith("log_")
+            )  # the stub's columns are these, underscored, in this order
+            store.execute(
+                f"INSERT INTO stub SELECT {fields}, log_topic, log_partition, log_offset, '', '' "
+                f"FROM file('{path}', 'Protobuf', '{block.structure}') SETTINGS format_schema = "
+                f"'{protobuf_rows.SCHEMA_FILE}:{protobuf_rows.MESSAGE}'"
+            )
+        finally:
+            os.unlink(path)
+        store.execute(
+            "INSERT INTO stub (_topic, _partition, _offset, _error, _raw_message) "
+            f"VALUES ('{TOPIC}', 1, 5, 'Cannot parse input', 'garbage')"
+        )
+        sink = stores[1]
+        assert sink.insert_protobuf("predictions", protobuf_rows.PREDICTIONS.block(items[:-1])) > 0
+        sql = "SELECT * FROM predictions ORDER BY log_partition, log_offset"
+        assert (
+            _differences(
+                sink.query_text(sql, None, "TSVWithNames"),
+                store.query_text(sql, None, "TSVWithNames"),
+            )
+            == []
+        )
+        errors = store.query("SELECT log_offset, error, record FROM stub_errors")
+        assert [(r["log_offset"], r["error"], r["record"]) for r in errors] == [
+            (5, "Cannot parse input", "garbage")
+        ]
+    finally:
+        store.execute(f"DROP DATABASE IF EXISTS {database}")
