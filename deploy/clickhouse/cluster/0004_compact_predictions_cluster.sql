@@ -28,15 +28,17 @@ CREATE TABLE IF NOT EXISTS predictions_local ON CLUSTER '{cluster}'
     request_id_mid         UInt16
         DEFAULT toUInt16(bitAnd(bitShiftRight(toUInt128(request_uuid), 64), 65535))
         CODEC(T64, ZSTD(1)),
-    -- the low 64 bits: variant and rand_b
+    -- the low 64 bits: variant and rand_b, the top bit flipped (an RFC 9562 variant, 0b10,
+    -- becomes 0b00, so T64 stores the 62 random bits and nothing above them)
     request_id_lo          UInt64
-        DEFAULT toUInt64(bitAnd(toUInt128(request_uuid), 18446744073709551615))
-        CODEC(ZSTD(1)),
+        DEFAULT bitXor(toUInt64(bitAnd(toUInt128(request_uuid), 18446744073709551615)),
+                       9223372036854775808)
+        CODEC(T64, ZSTD(1)),
     request_id             UUID ALIAS reinterpretAsUUID(concat(
         reinterpretAsFixedString(bitOr(
             bitShiftLeft(toUInt64(toUnixTimestamp64Milli(event_time) - request_id_lag_ms), 16),
             toUInt64(request_id_mid))),
-        reinterpretAsFixedString(request_id_lo))),
+        reinterpretAsFixedString(bitXor(request_id_lo, 9223372036854775808)))),
     tenant                 LowCardinality(String),
     market                 LowCardinality(String),
     route                  LowCardinality(String),
@@ -123,7 +125,7 @@ CREATE TABLE IF NOT EXISTS predictions_local ON CLUSTER '{cluster}'
     log_topic              LowCardinality(String),
     log_partition          UInt32                         CODEC(T64, ZSTD(1)),
     log_offset             UInt64                         CODEC(T64, ZSTD(1)),
-    INDEX idx_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4
+    INDEX idx_request_id request_id TYPE bloom_filter(0.025) GRANULARITY 4
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/llmops/predictions_0008', '{replica}')
 PARTITION BY toDate(event_time)

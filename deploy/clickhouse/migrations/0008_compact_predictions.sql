@@ -1,25 +1,32 @@
--- 0008: a compact predictions table (issue #16: 59.3 -> 49.3 bytes per row on disk at the
--- bench's density, 55.0 -> 47.7 at one production shard's; `llmops bench clickhouse`, see
--- deploy/clickhouse/SIZING.md for every step measured). Every column stays queryable:
+-- 0008: a compact predictions table (issue #16). Bytes on disk per row after OPTIMIZE FINAL,
+-- `llmops bench clickhouse --rows 20000000`: 59.6 -> 46.6 at the bench's sparse month,
+-- 45.0 at one production shard's density (every step measured: deploy/clickhouse/SIZING.md).
+-- Every column keeps its name, type and meaning for readers:
 --
--- * request_id is stored in three parts and read back through an ALIAS column of the same
---   name and type (UUID), with the same bloom filter index on it. A UUIDv7 (what the mesh
---   mints) holds its request's millisecond: stored as its lag behind event_time it takes
---   1.2 bytes instead of the ~5 a 16-byte UUID column spends on it (no codec can delta a
---   UUID); the 74 random bits stay (9.5 B). Any other UUID round-trips exactly too (its lag
---   is then just a large number). Writers insert the id into `request_uuid`, an EPHEMERAL
---   column the three parts are computed from.
+-- * request_id is stored in three parts and read back exactly through an ALIAS column of
+--   the same name and type (UUID) that carries the bloom filter index. A UUIDv7 (what the
+--   mesh mints) holds its request's millisecond: stored as its lag behind event_time it
+--   takes ~1.2 bytes instead of the ~5 a 16-byte UUID column spends on it (no codec can
+--   delta a UUID); the 74 random bits stay (9.3 B). Any other UUID round-trips exactly too
+--   (its "lag" is then just a large number). Writers insert the id into `request_uuid`, an
+--   EPHEMERAL column the parts are computed from.
 -- * Timings (total_latency_us, ttft_us, tpot_us, queue_us, model_time_us,
---   stage_durations_us) arrive rounded to 8 significant bits from the sinks
---   (llmops/clickhouse/timings.py: exact below 256 us, within 0.4% above): the low bits of
---   a microsecond timer were 5.2 B/row of incompressible noise. Rows copied from the old
---   table keep their exact values.
+--   stage_durations_us) are stored as the bfloat16 bit pattern of their value (UInt16: 8
+--   significant bits, rounded half up; exact below 256 us, within 0.4% above, clamped at
+--   0xFF000000 us = 71 min) and read back as UInt32 microseconds through ALIAS columns of
+--   their old names. The low bits of a microsecond timer were ~7 B/row of noise no codec
+--   compresses. Writers insert exact values into the `<name>_in` EPHEMERAL columns; the
+--   table rounds, so every writer stores the same thing. Tokens, cost, status stay exact.
+-- * ORDER BY groups each model's minute by cache_hit, status_code, model_version and
+--   variant before time, so like rows compress together; time pruning keeps minute
+--   granularity.
 -- * Codecs measured per column: T64 on the small integers (versions, log partition),
---   Delta+T64 on event_time.
+--   Delta+T64 on event_time; the request-id bloom filter at 2.5% false positives.
 --
 -- As in 0003 nothing is deleted: the 0003-form table is renamed to predictions_0007 (its
 -- 90-day TTL empties it; drop it sooner if disk is short) and its rows are copied into the
--- new table before the rollup views are re-attached, so no rollup counts them twice.
+-- new table (their timings rounded like new rows) before the rollup views are re-attached,
+-- so no rollup counts them twice.
 
 DROP VIEW IF EXISTS predictions_1m_mv;
 DROP VIEW IF EXISTS predictions_1h_mv;
@@ -41,15 +48,17 @@ CREATE TABLE IF NOT EXISTS predictions
     request_id_mid         UInt16
         DEFAULT toUInt16(bitAnd(bitShiftRight(toUInt128(request_uuid), 64), 65535))
         CODEC(T64, ZSTD(1)),
-    -- the low 64 bits: variant and rand_b
+    -- the low 64 bits: variant and rand_b, the top bit flipped (an RFC 9562 variant, 0b10,
+    -- becomes 0b00, so T64 stores the 62 random bits and nothing above them)
     request_id_lo          UInt64
-        DEFAULT toUInt64(bitAnd(toUInt128(request_uuid), 18446744073709551615))
-        CODEC(ZSTD(1)),
+        DEFAULT bitXor(toUInt64(bitAnd(toUInt128(request_uuid), 18446744073709551615)),
+                       9223372036854775808)
+        CODEC(T64, ZSTD(1)),
     request_id             UUID ALIAS reinterpretAsUUID(concat(
         reinterpretAsFixedString(bitOr(
             bitShiftLeft(toUInt64(toUnixTimestamp64Milli(event_time) - request_id_lag_ms), 16),
             toUInt64(request_id_mid))),
-        reinterpretAsFixedString(request_id_lo))),
+        reinterpretAsFixedString(bitXor(request_id_lo, 9223372036854775808)))),
     tenant                 LowCardinality(String),
     market                 LowCardinality(String),
     route                  LowCardinality(String),
@@ -136,7 +145,7 @@ CREATE TABLE IF NOT EXISTS predictions
     log_topic              LowCardinality(String),
     log_partition          UInt32                         CODEC(T64, ZSTD(1)),
     log_offset             UInt64                         CODEC(T64, ZSTD(1)),
-    INDEX idx_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4
+    INDEX idx_request_id request_id TYPE bloom_filter(0.025) GRANULARITY 4
 )
 ENGINE = MergeTree
 PARTITION BY toDate(event_time)
