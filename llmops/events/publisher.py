@@ -622,9 +622,8 @@ class EventPublisher:
             try:
                 self._sender.send(batch.records, self._send_timeout_s)
             except Exception as exc:  # any failure: keep the batch and retry it
-                self.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
+                self._send_failed(exc)
                 attempt += 1
-                self.metrics.send_failures.inc()
                 delay = self._backoff.delay(attempt)
                 log.warning(
                     "events_send_failed", backend=self._log.name, events=len(batch.records),
@@ -642,6 +641,11 @@ class EventPublisher:
         with self._work:
             self._sending = None
         return True
+
+    def _send_failed(self, exc: Exception) -> None:
+        """Count a send the log refused and keep why (redacted) for :attr:`last_error`."""
+        self.metrics.send_failures.inc()
+        self.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
 
     def _sleep_unless_abandoned(self, delay_s: float, batch: _Batch) -> bool:
         """Sleep ``delay_s`` (publishes do not cut it short; the spiller taking ``batch``
@@ -798,8 +802,7 @@ class EventPublisher:
             self._replay_at = time.monotonic() + self._spill_retry_s
             # a failed send to the log like any other: while everything waits in the spill,
             # replays are the only sends, and the metric must still show the log refusing
-            self.metrics.send_failures.inc()
-            self.last_error = redact_text(f"{type(exc).__name__}: {exc}")[:300]
+            self._send_failed(exc)
             log.warning(
                 "events_spill_replay_waiting", error=redact_text(str(exc)),
                 retry_in_s=self._spill_retry_s,

@@ -5,11 +5,11 @@ rule exists for. And the sink schema stays wire-compatible with events.proto."""
 
 from __future__ import annotations
 
-import os
 import random
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -261,7 +261,7 @@ def test_the_sink_schema_reads_the_contracts_fields_by_number_and_wire_type() ->
 
 
 def test_kafka_engine_view_stores_what_the_sink_stores(
-    chdb_session: Any, stores: tuple[ChdbStore, ChdbStore]
+    chdb_session: Any, stores: tuple[ChdbStore, ChdbStore], tmp_path: Path
 ) -> None:
     """The Kafka table engine's statements (llmops.clickhouse.kafka_engine) with the Kafka
     table swapped for a Null table of the same columns plus the engine's virtual columns
@@ -292,20 +292,16 @@ def test_kafka_engine_view_stores_what_the_sink_stores(
         other.exposure.event_id = str(uuid.uuid4())
         items.append((TOPIC, 0, 99_999, other.SerializeToString()))
         block = protobuf_rows.PREDICTIONS.block(items)
-        path = f"/tmp/llmops-kafka-engine-{uuid.uuid4().hex}.bin"
-        with open(path, "wb") as f:
-            f.write(block.data)
-        try:
-            fields = ", ".join(
-                f"`{n}`" for n, _ in protobuf_rows.PREDICTIONS.fields if not n.startswith("log_")
-            )  # the stub's columns are these, underscored, in this order
-            store.execute(
-                f"INSERT INTO stub SELECT {fields}, log_topic, log_partition, log_offset, '', '' "
-                f"FROM file('{path}', 'Protobuf', '{block.structure}') SETTINGS format_schema = "
-                f"'{protobuf_rows.SCHEMA_FILE}:{protobuf_rows.MESSAGE}'"
-            )
-        finally:
-            os.unlink(path)
+        path = tmp_path / "records.bin"
+        path.write_bytes(block.data)
+        fields = ", ".join(
+            f"`{n}`" for n, _ in protobuf_rows.PREDICTIONS.fields if not n.startswith("log_")
+        )  # the stub's columns are these, underscored, in this order
+        store.execute(
+            f"INSERT INTO stub SELECT {fields}, log_topic, log_partition, log_offset, '', '' "
+            f"FROM file('{path}', 'Protobuf', '{block.structure}') SETTINGS format_schema = "
+            f"'{protobuf_rows.SCHEMA_FILE}:{protobuf_rows.MESSAGE}'"
+        )
         store.execute(
             "INSERT INTO stub (_topic, _partition, _offset, _error, _raw_message) "
             f"VALUES ('{TOPIC}', 1, 5, 'Cannot parse input', 'garbage')"
