@@ -25,8 +25,10 @@ Cases (each a function of :class:`Bench`, listed in :data:`CASES`; add new ones 
   lags of the events (publish call → first poll that sees the row; polls every 50 ms).
 
 - ``sink_local_chdb`` / ``sink_kafka_chdb``: the sink alone, per path from events to rows
-  (system ``protobuf``: ClickHouse parses the records' bytes; ``python``: converted in
-  Python): one sink drains what the producer cases wrote into a fresh chdb database;
+  (system ``protobuf``: the bulk path, ClickHouse screens and parses the records' bytes;
+  ``protobuf-per-event``: the same, each record decoded in Python first; ``python``:
+  converted in Python; see :data:`SINK_PATHS`): one sink drains what the producer cases
+  wrote into a fresh chdb database;
   ``rows_per_s`` until the last record is committed, p50/p99 of the steps that committed
   a batch; the stored rows are counted (every log position once) or the case fails.
 
@@ -387,12 +389,14 @@ def _drain(bench: Bench, log: EventLog, topic: str, label: str, rows_from: str) 
     counted: every log position exactly once, or the case fails."""
     from llmops.sink.runner import build_sinks
 
-    store = _e2e_store(bench, f"{label}_{rows_from}")
+    store = _e2e_store(bench, f"{label}_{rows_from.replace('-', '_')}")
     (sink,) = build_sinks(
         log, store, topic_kinds={topic: "prediction"}, batch_rows=SINK_BATCH_ROWS,
         flush_interval_s=0.2, group_prefix=f"bench-{uuid.uuid4().hex[:8]}.",
-        rows_from=rows_from,
+        rows_from=rows_from.removesuffix("-per-event"),
     )  # fmt: skip
+    if rows_from.endswith("-per-event"):
+        sink._bulk = None
     commits: list[float] = []
     perf = time.perf_counter
     last = [perf()]
@@ -434,7 +438,11 @@ def sink_kafka(bench: Bench) -> list[Case]:
         log.close()
 
 
-SINK_PATHS = ("protobuf", "python")
+SINK_PATHS = ("protobuf", "protobuf-per-event", "python")
+"""``protobuf``: the default, the bulk path (records read as runs of bytes, screened and
+parsed by ClickHouse, nothing decoded in Python but payloads); ``protobuf-per-event``: the
+same rows from records decoded one by one in Python (the bulk path's fallback, and the
+default before it); ``python``: every column converted in Python."""
 
 
 def _ack(bench: Bench, log: EventLog, topic: str, label: str) -> list[Case]:
@@ -563,6 +571,11 @@ def _ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
             ratios[f"{label}.rows_per_s.protobuf/python"] = round(
                 raw["rows_per_s"] / python["rows_per_s"], 2
             )
+        per_event = by.get((label, "protobuf-per-event"))
+        if raw and per_event:
+            ratios[f"{label}.rows_per_s.protobuf/protobuf-per-event"] = round(
+                raw["rows_per_s"] / per_event["rows_per_s"], 2
+            )
     fast, slow = by.get(("consume_kafka", "confluent")), by.get(("consume_kafka", "kafka-python"))
     if fast and slow:
         ratios["consume_kafka.rows_per_s.confluent/kafka-python"] = round(
@@ -590,9 +603,17 @@ def main(*, quick: bool) -> None:
     now = time.time_ns()
     envelopes = [prediction_envelope(rng, event_time_ns=now + i * 1000) for i in range(n)]
     with ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llmops-bench-events-")))
+        tmp = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(
+                    prefix="llmops-bench-events-", ignore_cleanup_errors=True
+                )
+            )
+        )
         bootstrap = stack.enter_context(servers.kafka())
         bench = Bench(quick, envelopes, tmp, bootstrap)
+        # chdb merges in the background: closed before its directory is removed
+        stack.callback(lambda: bench.chdb is not None and bench.chdb.close())
         stack.enter_context(_cleanup_topics(bench))
         summaries = []
         for fn in CASES:

@@ -88,3 +88,8 @@ class ProtobufInsertStore(Protocol):
     ) -> int:
         """Insert the block's rows atomically, as :meth:`ClickHouseStore.insert` does."""
         ...
+
+    def query_protobuf(self, block: ProtobufBlock) -> Any:
+        """``block.select`` over the block's messages, nothing inserted: a ``pyarrow.Table``
+        with a column per name in ``block.columns`` (a sink's screen of a batch)."""
+        ...

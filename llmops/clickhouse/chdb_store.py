@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -55,24 +56,37 @@ _SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.
 """Where protobuf blocks are written for chdb to read: memory, where the system has it."""
 
 
-def _scratch_file(data: bytes) -> str:
-    """``data`` in a new scratch file (the caller deletes it): in ``/dev/shm`` unless it is
-    missing or full (containers often give it 64 MiB), then in the temporary directory."""
+def _scratch_files(pieces: Sequence[bytes]) -> str:
+    """``pieces`` as files ``0.pb``, ``1.pb``, ... of a new scratch directory (the caller
+    deletes it): in ``/dev/shm`` unless it is missing or full (containers often give it
+    64 MiB), then in the temporary directory."""
     for directory in (_SCRATCH, None) if _SCRATCH else (None,):
-        fd, path = tempfile.mkstemp(prefix="llmops-sink-", suffix=".pb", dir=directory)
+        scratch = tempfile.mkdtemp(prefix="llmops-sink-", dir=directory)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for k, data in enumerate(pieces):
+                fd = os.open(os.path.join(scratch, f"{k}.pb"), os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
         except OSError:
-            os.unlink(path)
+            shutil.rmtree(scratch, ignore_errors=True)
             if directory is None:
                 raise
             continue
-        finally:
-            os.close(fd)
-        return path
+        return scratch
     raise AssertionError("unreachable")
+
+
+def _protobuf_source(scratch: str, block: ProtobufBlock) -> str:
+    """``file(...)`` over the block's pieces in ``scratch`` (a glob when there are several:
+    ClickHouse then parses them in parallel)."""
+    n = len(block.pieces)
+    name = "0.pb" if n == 1 else "{" + ",".join(str(k) for k in range(n)) + "}.pb"
+    path = os.path.join(scratch, name)
+    return f"file({quote_string(path)}, 'Protobuf', {quote_string(block.structure)})"
 
 
 _SESSION_LOCKS: dict[int, threading.RLock] = {}
@@ -229,12 +243,19 @@ class ChdbStore:
         if block.rows == 0:
             return 0
         settings = _INSERT_SETTINGS.format(rows=max(block.rows, 65536))
+        if len(block.pieces) > 1:
+            # Pieces parsed side by side, squashed back into one block of every row (one
+            # part: the insert stays atomic, and its token names it).
+            settings += (
+                f", min_insert_block_size_rows = {block.rows}, min_insert_block_size_bytes = 0"
+                ", max_insert_threads = 1"
+            )
         settings += f", format_schema = {quote_string(f'{SCHEMA_FILE}:{MESSAGE}')}"
         if dedup_token is not None:
             settings += f", insert_deduplication_token = {quote_string(dedup_token)}"
-        path = _scratch_file(block.data)
+        scratch = _scratch_files(block.pieces)
         try:
-            source = f"file({quote_string(path)}, 'Protobuf', {quote_string(block.structure)})"
+            source = _protobuf_source(scratch, block)
             sql = insert_sql(f"{self.database}.{identifier(table)}", block, source, settings)
             with self._lock:
                 try:
@@ -242,8 +263,30 @@ class ChdbStore:
                 except Exception as exc:
                     raise _error(exc, sql) from exc
         finally:
-            os.unlink(path)
+            shutil.rmtree(scratch, ignore_errors=True)
         return block.rows
+
+    def query_protobuf(self, block: ProtobufBlock) -> pa.Table:
+        """``block.select`` over the block's messages (nothing inserted), as one Arrow
+        table with a column per name in ``block.columns``."""
+        settings = f"format_schema = {quote_string(f'{SCHEMA_FILE}:{MESSAGE}')}"
+        scratch = _scratch_files(block.pieces)
+        try:
+            order = f" ORDER BY {block.order_by}" if block.order_by else ""
+            sql = (
+                f"{block.select} FROM {_protobuf_source(scratch, block)}{order} SETTINGS {settings}"
+            )
+            with self._lock:
+                try:
+                    result = self._session.query(sql, "ArrowStream")
+                except Exception as exc:
+                    raise _error(exc, sql) from exc
+                data = bytes(result.get_memview().view()) if result.size() else b""
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if not data:
+            return pa.table({name: pa.array([]) for name in block.columns})
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
     def _arrow_table(self, table: str, columns: Mapping[str, Sequence[Any]]) -> pa.Table:
         schema = self._schema(table)

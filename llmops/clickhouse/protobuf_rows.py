@@ -23,6 +23,7 @@ What stays in Python, and why:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +83,35 @@ def frame(records: Sequence[tuple[str, int, int, bytes]]) -> bytes:
     return b"".join(parts)
 
 
+def frame_runs(
+    runs: Sequence[tuple[str, int, Sequence[int], Sequence[bytes]]], pieces: int = 1
+) -> tuple[bytes, ...]:
+    """:func:`frame` of runs of one partition each, (topic, partition, offsets, values), cut
+    into ``pieces`` of about as many messages each (ClickHouse parses pieces in parallel)."""
+    parts: list[bytes] = []
+    append = parts.append
+    small = _SMALL_VARINTS
+    for topic, partition, offsets, values in runs:
+        head = position_head(topic, partition)
+        extra = len(head) + _OFFSET_BYTES
+        for offset, value in zip(offsets, values, strict=True):
+            size = len(value) + extra
+            append(small[size] if size < 16384 else _encode_varint(size))
+            append(value)
+            append(head)
+            append(offset.to_bytes(_OFFSET_BYTES, "little"))
+    rows = len(parts) // 4  # four parts a message
+    cuts = [4 * (rows * k // pieces) for k in range(pieces + 1)]
+    return tuple(b"".join(parts[lo:hi]) for lo, hi in itertools.pairwise(cuts) if hi > lo)
+
+
 @dataclass(frozen=True, slots=True)
 class ProtobufBlock:
     """One table's rows as length-delimited ``SinkRecord`` messages, and the SQL that turns
     them into the table's columns."""
 
-    data: bytes
+    pieces: tuple[bytes, ...]
+    """The messages, in one or more pieces (each a whole number of messages)."""
     rows: int
     structure: str
     """The columns ClickHouse reads from each message (``input``/``file`` structure)."""
@@ -95,6 +119,14 @@ class ProtobufBlock:
     """``WITH ... SELECT ...`` over the structure's columns, one expression per column."""
     columns: tuple[str, ...]
     """The table's columns the SELECT fills, in its order."""
+
+    order_by: str = ""
+    """A query's (not an insert's) order: the pieces of a block are parsed in parallel."""
+
+    @property
+    def data(self) -> bytes:
+        """The messages in one piece."""
+        return self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
 
 
 # -- SQL helpers ----------------------------------------------------------------------------
@@ -259,38 +291,116 @@ def _select(
     return f"{head}SELECT {body}", tuple(name for name, _ in columns)
 
 
+def _structure(fields: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"`{name}` {kind}" for name, kind in fields)
+
+
+SCREEN_COLUMNS = ("log_partition", "log_offset", "event_id", "unusable", "has_payload")
+"""What a screen of a block returns per record (see :attr:`TableSpec.screen_select`), in
+log order: by topic, partition and offset."""
+
+
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     """How ClickHouse derives one raw table's columns from a batch of records."""
 
     table: str
+    kind: str
+    """The envelope's event field (``prediction``) whose records the table holds."""
     fields: tuple[tuple[str, str], ...]
     """(name, ClickHouse type) of each message field read, then the log position."""
     select: str
     columns: tuple[str, ...]
+    screen_fields: tuple[tuple[str, str], ...]
+    screen_select: str
+    """Per record, before a sink's bulk insert (:data:`SCREEN_COLUMNS`): its position, its
+    event id, whether the Python path would refuse it (no event id, no event time, another
+    event kind in the envelope, an event id that is not UTF-8), and whether it carries a
+    payload (rows of ``prediction_payloads``, made in Python)."""
 
     @property
     def structure(self) -> str:
         """:attr:`fields` as an ``input``/``file`` structure."""
-        return ", ".join(f"`{name}` {kind}" for name, kind in self.fields)
+        return _structure(self.fields)
 
     def block(self, records: Sequence[tuple[str, int, int, bytes]]) -> ProtobufBlock:
         return ProtobufBlock(
-            frame(records), len(records), self.structure, self.select, self.columns
+            (frame(records),), len(records), self.structure, self.select, self.columns
         )
+
+    def run_block(
+        self, runs: Sequence[tuple[str, int, Sequence[int], Sequence[bytes]]], pieces: int = 1
+    ) -> ProtobufBlock:
+        """:meth:`block` of runs, (topic, partition, offsets, values) of one partition each,
+        in ``pieces`` (:func:`frame_runs`)."""
+        rows = sum(len(values) for _, _, _, values in runs)
+        framed = frame_runs(runs, pieces)
+        return ProtobufBlock(framed, rows, self.structure, self.select, self.columns)
+
+    def screen(self, block: ProtobufBlock) -> ProtobufBlock:
+        """The screen query (:attr:`screen_select`) over ``block``'s messages."""
+        return ProtobufBlock(
+            block.pieces, block.rows, _structure(self.screen_fields), self.screen_select,
+            SCREEN_COLUMNS, order_by="log_topic, log_partition, log_offset",
+        )  # fmt: skip
+
+
+_OTHER_KINDS = ("prediction", "feedback", "exposure", "guardrail_decision", "audit")
+"""The envelope's event fields; SinkRecord declares those a table does not read as bytes, so
+a screen sees an envelope that holds one of them."""
+
+
+def _screen(
+    kind: str, structure: Sequence[tuple[str, str]], payload_fields: Sequence[str]
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """(fields, select) of the screen of ``kind``'s table (:attr:`TableSpec.screen_select`)."""
+    types = dict(structure)
+    others = [k for k in _OTHER_KINDS if k != kind]
+    payload = [f"{kind}.{name}" for name in payload_fields]
+    fields = [
+        (f"{kind}.event_id", "String"),
+        (f"{kind}.event_time.seconds", "Int64"),
+        (f"{kind}.event_time.nanos", "Int32"),
+        *((name, types[name]) for name in payload),
+        *((name, "String") for name in others),
+        ("log_topic", "String"),
+        ("log_partition", "UInt32"),
+        ("log_offset", "UInt64"),
+    ]
+    event_id = f"`{kind}.event_id`"
+    unusable = " OR ".join(
+        [
+            f"empty({event_id})",
+            f"NOT isValidUTF8({event_id})",
+            f"(`{kind}.event_time.seconds` = 0 AND `{kind}.event_time.nanos` = 0)",
+            *(f"notEmpty(`{name}`)" for name in others),
+        ]
+    )
+    paid = " OR ".join(f"notEmpty(`{name}`)" for name in payload) or "false"
+    select = (
+        f"SELECT log_partition, log_offset, {event_id} AS event_id, "
+        f"({unusable}) AS unusable, ({paid}) AS has_payload"
+    )
+    return tuple(fields), select
 
 
 def _spec(
     table: str,
+    kind: str,
     structure: Sequence[tuple[str, str]],
     with_: Sequence[tuple[str, str]],
     columns: Sequence[tuple[str, str]],
+    payload_fields: Sequence[str] = (),
 ) -> TableSpec:
     select, names = _select(with_, columns)
-    return TableSpec(table, tuple(structure), select, names)
+    screen_fields, screen_select = _screen(kind, structure, payload_fields)
+    return TableSpec(table, kind, tuple(structure), select, names, screen_fields, screen_select)
 
 
-PREDICTIONS = _spec("predictions", _PREDICTION_STRUCTURE, _PREDICTION_WITH, _PREDICTION_COLUMNS)
+PREDICTIONS = _spec(
+    "predictions", "prediction", _PREDICTION_STRUCTURE, _PREDICTION_WITH, _PREDICTION_COLUMNS,
+    payload_fields=("inputs", "output"),
+)  # fmt: skip
 
 KIND_SPECS: dict[str, TableSpec] = {"prediction": PREDICTIONS}
 """Event kinds whose raw table ClickHouse fills from the records' bytes."""

@@ -9,9 +9,11 @@ after what they read is durable downstream. Both backends pass the same contract
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import bisect
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from llmops.errors import Unavailable
 
@@ -69,6 +71,87 @@ class ConsumedRecord:
     timestamp_ms: int
     """When the log accepted the record (ms since the Unix epoch, UTC)."""
     headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRun:
+    """Records of one partition in offset order, as columns: what a sink's bulk path reads
+    (no object per record; a sink loading 100,000s of records a second cannot afford one).
+
+    ``records()`` builds the full :class:`ConsumedRecord` of each (key, timestamp, headers),
+    for the rare batch that needs them: a dead letter, a first look at a partition."""
+
+    topic: str
+    partition: int
+    offsets: Sequence[int]
+    """Ascending; a ``range`` where the log's offsets are dense (the local log)."""
+    values: Sequence[bytes]
+    materialize: Callable[[int], list[ConsumedRecord]]
+    """The run's first ``n`` records in full, in order (called at most a few times a run)."""
+
+    @property
+    def tp(self) -> TopicPartition:
+        return (self.topic, self.partition)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def records(self, limit: int | None = None) -> list[ConsumedRecord]:
+        """The run's records (its first ``limit``) in full."""
+        return self.materialize(len(self.values) if limit is None else limit)
+
+    def after(self, offset: int) -> RecordRun:
+        """The run's records above ``offset`` (those at or below are already stored)."""
+        cut = bisect.bisect_right(self.offsets, offset)
+        if cut == 0:
+            return self
+        whole = self.materialize
+        return RecordRun(
+            self.topic,
+            self.partition,
+            self.offsets[cut:],
+            self.values[cut:],
+            lambda n: whole(cut + n)[cut:],
+        )
+
+
+def _head(records: list[ConsumedRecord], n: int) -> list[ConsumedRecord]:
+    return records[:n]
+
+
+def runs_of(records: Sequence[ConsumedRecord]) -> list[RecordRun]:
+    """``records`` (as :meth:`LogConsumer.poll` returns them) as runs, one per partition in
+    the order each partition first appears; a partition's records keep their order."""
+    by_tp: dict[TopicPartition, list[ConsumedRecord]] = {}
+    for record in records:
+        by_tp.setdefault((record.topic, record.partition), []).append(record)
+    return [
+        RecordRun(
+            topic,
+            partition,
+            [r.offset for r in group],
+            [r.value for r in group],
+            functools.partial(_head, group),
+        )
+        for (topic, partition), group in by_tp.items()
+    ]
+
+
+@runtime_checkable
+class RunConsumer(Protocol):
+    """A consumer that can hand its records over as :class:`RecordRun` columns."""
+
+    def poll_runs(self, max_records: int, timeout_s: float) -> list[RecordRun]:
+        """What :meth:`LogConsumer.poll` would return, as runs (a partition may appear in
+        several runs, in offset order)."""
+        ...
+
+
+def poll_runs(consumer: LogConsumer, max_records: int, timeout_s: float) -> list[RecordRun]:
+    """``consumer``'s next records as runs: natively where it can, else from :meth:`poll`."""
+    if isinstance(consumer, RunConsumer):
+        return consumer.poll_runs(max_records, timeout_s)
+    return runs_of(consumer.poll(max_records, timeout_s))
 
 
 class LogConsumer(Protocol):

@@ -39,6 +39,7 @@ block 30 s), so a dead broker surfaces as :class:`LogUnavailable` within seconds
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -53,6 +54,7 @@ from llmops.events.base import (
     LogConsumer,
     LogUnavailable,
     Record,
+    RecordRun,
     RecordsRefused,
     TopicPartition,
 )
@@ -510,6 +512,24 @@ class KafkaLogConsumer:
         self._c.close(autocommit=False)
 
 
+def _consumed(m: Any) -> ConsumedRecord:
+    """A ``confluent_kafka.Message`` as a :class:`ConsumedRecord`."""
+    headers = m.headers()
+    return ConsumedRecord(
+        m.topic(),
+        m.partition(),
+        m.offset(),
+        m.key(),
+        m.value() or b"",
+        m.timestamp()[1],
+        tuple((k, bytes(v or b"")) for k, v in headers) if headers else (),
+    )
+
+
+def _consumed_head(messages: Sequence[Any], n: int) -> list[ConsumedRecord]:
+    return [_consumed(m) for m in messages[:n]]
+
+
 class ConfluentLogConsumer:
     """:class:`~llmops.events.base.LogConsumer` over a ``confluent_kafka.Consumer``
     (librdkafka; offsets committed explicitly and synchronously; errors become
@@ -521,6 +541,31 @@ class ConfluentLogConsumer:
     def poll(self, max_records: int, timeout_s: float) -> list[ConsumedRecord]:
         """What librdkafka has fetched, up to ``max_records``; when nothing is there yet,
         the first record to arrive within ``timeout_s`` and whatever came with it."""
+        return [_consumed(m) for m in self._fetch(max_records, timeout_s)]
+
+    def poll_runs(self, max_records: int, timeout_s: float) -> list[RecordRun]:
+        """:meth:`poll` as runs: per message only its offset and value are read here."""
+        messages = self._fetch(max_records, timeout_s)
+        by_tp: dict[tuple[str, int], list[Any]] = {}
+        for m in messages:
+            key = (m.topic(), m.partition())
+            group = by_tp.get(key)
+            if group is None:
+                group = by_tp[key] = []
+            group.append(m)
+        return [
+            RecordRun(
+                topic,
+                partition,
+                [m.offset() for m in group],
+                [m.value() or b"" for m in group],
+                functools.partial(_consumed_head, group),
+            )
+            for (topic, partition), group in by_tp.items()
+        ]
+
+    def _fetch(self, max_records: int, timeout_s: float) -> list[Any]:
+        """Up to ``max_records`` messages (partition-EOF events dropped, errors raised)."""
         from confluent_kafka import KafkaError, KafkaException
 
         try:
@@ -534,25 +579,14 @@ class ConfluentLogConsumer:
                 )
         except KafkaException as exc:
             raise LogUnavailable(f"kafka: poll failed: {exc}") from exc
-        out: list[ConsumedRecord] = []
+        out: list[Any] = []
         for m in messages:
             error = m.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise LogUnavailable(f"kafka: poll failed: {error}")
-            headers = m.headers()
-            out.append(
-                ConsumedRecord(
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    m.key(),
-                    m.value() or b"",
-                    m.timestamp()[1],
-                    tuple((k, bytes(v or b"")) for k, v in headers) if headers else (),
-                )
-            )
+            out.append(m)
         return out
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from llmops.clickhouse.base import ClickHouseStore, ProtobufInsertStore
 from llmops.clickhouse.protobuf_rows import KIND_SPECS
 from llmops.clickhouse.rows import columns_for, has_payload, payload_columns
-from llmops.sink.worker import Converter, Item, Rows
+from llmops.sink.worker import BulkPath, Converter, Item, Rows
 
 
 def python_rows(items: Sequence[Item]) -> Mapping[str, Rows]:
@@ -42,7 +42,23 @@ def protobuf_rows(items: Sequence[Item]) -> Mapping[str, Rows]:
     return out
 
 
+def _payload_rows(items: Sequence[Item]) -> Mapping[str, Rows]:
+    """``prediction_payloads`` rows of predictions that carry a payload."""
+    return {"prediction_payloads": payload_columns([i[:4] for i in items])}
+
+
 ROW_PATHS = ("protobuf", "python")
+
+
+def bulk_path_for(store: ClickHouseStore, rows_from: str, kind: str) -> BulkPath | None:
+    """The bulk path for a sink of ``kind`` events, where there is one: ``protobuf`` rows, a
+    store that takes (and screens) protobuf blocks, a kind whose table ClickHouse fills."""
+    if rows_from != "protobuf" or not isinstance(store, ProtobufInsertStore):
+        return None
+    spec = KIND_SPECS.get(kind)
+    if spec is None:
+        return None
+    return BulkPath(spec, _payload_rows if kind == "prediction" else lambda items: {})
 
 
 def converter_for(store: ClickHouseStore, rows_from: str) -> Converter:

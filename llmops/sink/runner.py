@@ -18,7 +18,7 @@ from llmops.clickhouse.base import ClickHouseStore
 from llmops.clickhouse.rows import KIND_TABLES, TOPIC_KINDS
 from llmops.events.base import EventLog, TopicPartition
 from llmops.events.topics import DLQ_TOPIC
-from llmops.sink.convert import converter_for
+from llmops.sink.convert import bulk_path_for, converter_for
 from llmops.sink.worker import HighWaterMark, Sink, SinkMetrics, SinkSettings, StoredEventAt
 
 log = structlog.get_logger("llmops.sink")
@@ -92,6 +92,7 @@ def build_sinks(
             stored_event_at=stored_event_at_for(topic_tables),
             kind_of_topic=topic_kinds,
             metrics=metrics,
+            bulk=bulk_path_for(store, rows_from, topic_kinds[topic]),
         )
         for topic in chosen
     ]

@@ -29,10 +29,12 @@ partition). See deploy/clickhouse/README.md for the whole argument.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
+import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +43,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmops.clickhouse.base import ClickHouseQueryError, ClickHouseStore, ProtobufInsertStore
-from llmops.clickhouse.protobuf_rows import ProtobufBlock
+from llmops.clickhouse.protobuf_rows import ProtobufBlock, TableSpec
 from llmops.clickhouse.rows import KIND_TABLES
 from llmops.events.base import (
     ConsumedRecord,
@@ -49,7 +51,9 @@ from llmops.events.base import (
     LogConsumer,
     LogUnavailable,
     Record,
+    RecordRun,
     TopicPartition,
+    poll_runs,
 )
 from llmops.v1 import events_pb2
 
@@ -77,6 +81,17 @@ that position."""
 
 
 @dataclass(frozen=True, slots=True)
+class BulkPath:
+    """A sink's bulk path for one event kind: records are read as runs of bytes and handed
+    to ClickHouse as they are, no Python object per event (see :meth:`Sink._bulk_tables`)."""
+
+    spec: TableSpec
+    """The raw table ClickHouse fills from the records' bytes, and its screen."""
+    side_tables: Callable[[Sequence[Item]], Mapping[str, Rows]]
+    """Rows made in Python for the few events the screen flags as carrying a payload."""
+
+
+@dataclass(frozen=True, slots=True)
 class SinkSettings:
     group: str
     topics: tuple[str, ...]
@@ -93,7 +108,8 @@ class SinkSettings:
     retry_initial_s: float = 0.2
     retry_max_s: float = 30.0
     dedup_window: int = 200_000
-    """event_ids remembered per partition to drop producer-retry duplicates."""
+    """event_ids remembered per partition to drop producer-retry duplicates (the last
+    half of them at least: see :class:`RecentIds`)."""
     lag_interval_s: float = 5.0
 
 
@@ -125,6 +141,14 @@ class SinkMetrics:
             ["reason"],
             **kw,
         )
+        self.bulk_fallbacks = Counter(
+            "llmops_sink_bulk_fallbacks_total",
+            "Batches of the bulk path handed to the per-event path (a record ClickHouse "
+            "cannot parse, one the Python path would refuse, a repeated event id, a row "
+            "refused).",
+            ["group", "reason"],
+            **kw,
+        )
         self.restarts = Counter(
             "llmops_sink_restarts_total",
             "Sinks restarted after an error stopped them (e.g. the log unreachable).",
@@ -143,16 +167,52 @@ class SinkMetrics:
 class _Pending:
     items: list[Item] = field(default_factory=list)
     dead: list[Record] = field(default_factory=list)
+    runs: list[RecordRun] = field(default_factory=list)
+    """Records of the bulk path, not decoded (none are in ``items`` then)."""
+    run_rows: int = 0
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     first_at: float | None = None
 
     def __len__(self) -> int:
-        return len(self.items) + len(self.dead)
+        return len(self.items) + len(self.dead) + self.run_rows
 
     def advance(self, record: ConsumedRecord) -> None:
         self.next_offsets[(record.topic, record.partition)] = record.offset + 1
         if self.first_at is None:
             self.first_at = time.monotonic()
+
+    def advance_run(self, run: RecordRun) -> None:
+        self.next_offsets[run.tp] = run.offsets[-1] + 1
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+
+
+class RecentIds:
+    """The event ids seen last in a partition: at least the last ``window // 2``, at most
+    the last ``window`` (two generations of sets: a whole batch is added in one call)."""
+
+    def __init__(self, window: int) -> None:
+        self._half = max(window // 2, 1)
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._current or event_id in self._previous
+
+    def seen_any(self, ids: Sequence[str]) -> bool:
+        return not (self._current.isdisjoint(ids) and self._previous.isdisjoint(ids))
+
+    def add_all(self, ids: Sequence[str]) -> None:
+        for start in range(0, len(ids), self._half):
+            self._current.update(ids[start : start + self._half])
+            if len(self._current) >= self._half:
+                self._previous, self._current = self._current, set()
+
+
+_PARSERS = max(1, min(os.cpu_count() or 1, 4))
+"""Pieces ClickHouse parses in parallel for one bulk batch (one per core, up to 4)."""
+_PIECE_ROWS = 10_000
+"""Fewest records a piece of a bulk batch holds (parallel parsing pays from about here)."""
 
 
 def decode(record: ConsumedRecord, expected_kind: str | None) -> events_pb2.EventEnvelope:
@@ -188,9 +248,12 @@ class Sink:
         kind_of_topic: Mapping[str, str],
         metrics: SinkMetrics | None = None,
         stored_event_at: StoredEventAt | None = None,
+        bulk: BulkPath | None = None,
     ) -> None:
         """``stored_event_at``: tells a recreated topic or wiped log from a replay (see
-        :meth:`_stored_through`); without it the high-water mark is always trusted."""
+        :meth:`_stored_through`); without it the high-water mark is always trusted.
+        ``bulk``: load the records of its kind in bulk (used when every topic of this sink
+        carries that kind and the store takes protobuf blocks)."""
         self._log = event_log
         self._stored_event_at = stored_event_at
         self._store = store
@@ -198,10 +261,12 @@ class Sink:
         self._convert = convert
         self._high_water_mark = high_water_mark
         self._kind_of_topic = dict(kind_of_topic)
+        kinds = {self._kind_of_topic.get(t) for t in settings.topics}
+        self._bulk = bulk if bulk is not None and kinds == {bulk.spec.kind} else None
         self.metrics = metrics or SinkMetrics(CollectorRegistry())
         self._consumer: LogConsumer | None = None
         self._skip_through: dict[TopicPartition, int] = {}
-        self._seen: dict[TopicPartition, OrderedDict[str, None]] = {}
+        self._seen: dict[TopicPartition, RecentIds] = {}
         self._pending = _Pending()
         self._last_lag = 0.0
         self._last_poll = 0.0
@@ -267,8 +332,12 @@ class Sink:
         assert self._consumer is not None
         self._pace(stop)
         room = max(self.settings.batch_rows - len(self._pending), 1)
-        for record in self._consumer.poll(room, self.settings.poll_timeout_s):
-            self._accept(record)
+        if self._bulk is not None:
+            for run in poll_runs(self._consumer, room, self.settings.poll_timeout_s):
+                self._accept_run(run)
+        else:
+            for record in self._consumer.poll(room, self.settings.poll_timeout_s):
+                self._accept(record)
         pending = self._pending
         due = pending.first_at is not None and (
             len(pending) >= self.settings.batch_rows
@@ -304,23 +373,49 @@ class Sink:
         if record.offset <= self._stored_through(tp, record):
             self.metrics.skipped.labels("already_stored").inc()
             return
+        self._admit(record, self._pending, dedup=True)
+
+    def _admit(self, record: ConsumedRecord, batch: _Pending, *, dedup: bool) -> None:
+        """Decode ``record`` into ``batch``: an item, or a dead letter with the reason;
+        with ``dedup``, nothing when its event id was seen recently in its partition."""
         try:
             envelope = decode(record, self._kind_of_topic.get(record.topic))
         except ValueError as exc:
-            self._pending.dead.append(self._dead_letter(record, str(exc)))
+            batch.dead.append(self._dead_letter(record, str(exc)))
             return
-        kind = envelope.WhichOneof("event")
-        event_id = getattr(envelope, str(kind)).event_id
-        seen = self._seen.setdefault(tp, OrderedDict())
-        if event_id in seen:
-            self.metrics.skipped.labels("duplicate_event_id").inc()
+        if dedup:
+            kind = envelope.WhichOneof("event")
+            event_id = getattr(envelope, str(kind)).event_id
+            seen = self._recent((record.topic, record.partition))
+            if event_id in seen:
+                self.metrics.skipped.labels("duplicate_event_id").inc()
+                return
+            seen.add_all((event_id,))
+        batch.items.append((record.topic, record.partition, record.offset, envelope, record.value))
+
+    def _recent(self, tp: TopicPartition) -> RecentIds:
+        seen = self._seen.get(tp)
+        if seen is None:
+            seen = self._seen[tp] = RecentIds(self.settings.dedup_window)
+        return seen
+
+    def _accept_run(self, run: RecordRun) -> None:
+        """The bulk path's :meth:`_accept`: the run, less what is already stored, pending
+        undecoded (its records are screened by ClickHouse when the batch is written)."""
+        if not len(run):
             return
-        seen[event_id] = None
-        if len(seen) > self.settings.dedup_window:
-            seen.popitem(last=False)
-        self._pending.items.append(
-            (record.topic, record.partition, record.offset, envelope, record.value)
-        )
+        tp = run.tp
+        self._pending.advance_run(run)
+        mark = self._skip_through.get(tp)
+        if mark is None:
+            mark = self._stored_through(tp, run.records(1)[0])
+        if run.offsets[0] <= mark:
+            rest = run.after(mark)
+            self.metrics.skipped.labels("already_stored").inc(len(run) - len(rest))
+            run = rest
+        if len(run):
+            self._pending.runs.append(run)
+            self._pending.run_rows += len(run)
 
     def _stored_through(self, tp: TopicPartition, first: ConsumedRecord) -> int:
         """High-water mark of ``tp`` in ClickHouse, asked once per partition.
@@ -382,7 +477,10 @@ class Sink:
     def _flush(self, stop: threading.Event | None, attempts: int | None = None) -> None:
         """Write the batch (DLQ records, then each table) and commit; retry with back-off."""
         batch, self._pending = self._pending, _Pending()
-        tables = self._convert_or_dead_letter(batch)
+        tables = self._bulk_tables(batch) if batch.runs else None
+        bulk = tables is not None
+        if tables is None:
+            tables = self._convert_or_dead_letter(batch)
         token = self._token(batch)
         delay = self.settings.retry_initial_s
         tries = 0
@@ -394,6 +492,12 @@ class Sink:
                 self._write(batch, tables, token, done)
                 break
             except ClickHouseQueryError as exc:
+                if bulk and exc.ch_code not in _SYSTEMIC_CODES:
+                    # A row refused: the per-event path isolates it (the same rows, token
+                    # and tables; what is done stays done).
+                    self._unbulk(batch, "refused", dedup=False)
+                    tables, bulk = self._convert_or_dead_letter(batch), False
+                    continue
                 outcome = self._isolate_refused(batch, tables, done, exc, tries)
                 if outcome == "stored":
                     break
@@ -422,6 +526,78 @@ class Sink:
             self._skip_through[tp] = max(self._skip_through.get(tp, -1), nxt - 1)
         self.committed_batches += 1
         self.metrics.batches.labels(self.settings.group).inc()
+
+    def _bulk_tables(self, batch: _Pending) -> Mapping[str, Rows] | None:
+        """The bulk path's tables for ``batch`` (its records still undecoded runs), or None
+        when the batch must take the per-event path (its runs are then items).
+
+        One ClickHouse query screens the batch's framed records first (:meth:`TableSpec.
+        screen`): each record's event id, whether the Python path would refuse it, whether
+        it carries a payload. The bulk path takes the batch only when ClickHouse parsed
+        every record, none would be refused, and no event id repeats one of the batch or
+        one seen recently in its partition; anything else (rare: a producer bug, a retry)
+        goes through :meth:`_admit` record by record, with the per-event guarantees —
+        dead letters with the reason, duplicates dropped. Only the records with a payload
+        are decoded here, for their ``side_tables`` rows."""
+        assert self._bulk is not None
+        spec = self._bulk.spec
+        # In log order (the screen's): runs of one partition never overlap.
+        runs = sorted(batch.runs, key=lambda r: (r.topic, r.partition, r.offsets[0]))
+        pieces = max(1, min(_PARSERS, batch.run_rows // _PIECE_ROWS))
+        block = spec.run_block([(r.topic, r.partition, r.offsets, r.values) for r in runs], pieces)
+        store = self._store
+        assert isinstance(store, ProtobufInsertStore)
+        try:
+            screen = store.query_protobuf(spec.screen(block))
+        except Exception as exc:  # a record ClickHouse cannot parse, or ClickHouse away
+            log.info("sink_bulk_screen_failed", group=self.settings.group, error=str(exc)[:300])
+            self._unbulk(batch, "unparsed", dedup=True)
+            return None
+        if screen.num_rows != block.rows or any(screen.column("unusable").to_pylist()):
+            self._unbulk(batch, "unusable", dedup=True)
+            return None
+        ids: list[str] = screen.column("event_id").to_pylist()
+        offsets: list[int] = screen.column("log_offset").to_pylist()
+        partitions: list[int] = screen.column("log_partition").to_pylist()
+        at = 0
+        for run in runs:
+            mine = ids[at : at + len(run)]
+            last = at + len(run) - 1
+            if (offsets[at], offsets[last], partitions[at], partitions[last]) != (
+                run.offsets[0], run.offsets[-1], run.partition, run.partition
+            ):  # fmt: skip
+                raise AssertionError(f"the screen's rows are not the batch's at {run.tp}")
+            seen = self._seen.get(run.tp)
+            if len(set(mine)) != len(mine) or (seen is not None and seen.seen_any(mine)):
+                self._unbulk(batch, "duplicate_event_id", dedup=True)
+                return None
+            at += len(run)
+        at = 0
+        for run in runs:  # screened: remember the ids as _admit does
+            self._recent(run.tp).add_all(ids[at : at + len(run)])
+            at += len(run)
+        tables: dict[str, Rows] = {}
+        paid = [i for i, flag in enumerate(screen.column("has_payload").to_pylist()) if flag]
+        if paid:
+            items: list[Item] = []
+            starts = list(itertools.accumulate((len(r) for r in runs), initial=0))
+            for i in paid:
+                k = bisect.bisect_right(starts, i) - 1
+                run, j = runs[k], i - starts[k]
+                value = run.values[j]
+                envelope = events_pb2.EventEnvelope.FromString(value)
+                items.append((run.topic, run.partition, run.offsets[j], envelope, value))
+            tables.update(self._bulk.side_tables(items))
+        tables[spec.table] = block
+        return tables
+
+    def _unbulk(self, batch: _Pending, reason: str, *, dedup: bool) -> None:
+        """Turn ``batch``'s runs into items (:meth:`_admit`), for the per-event path."""
+        self.metrics.bulk_fallbacks.labels(self.settings.group, reason).inc()
+        for run in batch.runs:
+            for record in run.records():
+                self._admit(record, batch, dedup=dedup)
+        batch.runs, batch.run_rows = [], 0
 
     def _convert_or_dead_letter(self, batch: _Pending) -> Mapping[str, Rows]:
         """The batch's rows. An event the converter cannot turn into rows (it decoded, so a
@@ -624,6 +800,10 @@ class Sink:
         for topic, partition, offset, _, _ in batch.items:
             span = spans.setdefault((topic, partition), [offset, offset, 0])
             span[0], span[1], span[2] = min(span[0], offset), max(span[1], offset), span[2] + 1
+        for run in batch.runs:
+            first, last = run.offsets[0], run.offsets[-1]
+            span = spans.setdefault(run.tp, [first, last, 0])
+            span[0], span[1], span[2] = min(span[0], first), max(span[1], last), span[2] + len(run)
         digest = hashlib.blake2b(repr(sorted(spans.items())).encode(), digest_size=16)
         return f"{self.settings.group}:{digest.hexdigest()}"
 

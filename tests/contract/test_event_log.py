@@ -167,6 +167,51 @@ def test_send_poll_round_trip_keeps_key_value_headers(backend: Backend) -> None:
     assert all(before_ms < r.timestamp_ms < time.time() * 1000 + 5000 for r in got)
 
 
+def test_runs_hold_what_poll_would_return(backend: Backend) -> None:
+    """poll_runs (a sink's bulk read): per partition, offsets and values in order, and
+    ``records()`` the very records poll returns, keys, timestamps and headers included."""
+    from llmops.events.base import poll_runs
+
+    topic = backend.new_topic(3)
+    log = backend.open()
+    sent = [
+        Record(topic, f"k{i % 7}".encode(), f"v{i}".encode() * (1 + i % 5), (("h", b"%d" % i),))
+        for i in range(600)
+    ]
+    sent.append(Record(topic, b"big", b"x" * 300_000))  # a frame larger than a read chunk
+    log.send(sent, timeout_s=30)
+    by_runs = log.consumer(group(), [topic])
+    by_poll = log.consumer(group(), [topic])
+    try:
+        runs = []
+        deadline = time.monotonic() + 30
+        while sum(len(r) for r in runs) < len(sent) and time.monotonic() < deadline:
+            runs += poll_runs(by_runs, 250, 0.5)
+        polled = drain(by_poll, len(sent))
+    finally:
+        by_runs.close()
+        by_poll.close()
+    assert all(len(r) <= 250 for r in runs)
+    expected: dict[tuple[str, int], list[ConsumedRecord]] = defaultdict(list)
+    for record in polled:
+        expected[(record.topic, record.partition)].append(record)
+    got: dict[tuple[str, int], list[ConsumedRecord]] = defaultdict(list)
+    for run in runs:
+        assert list(run.offsets) == [r.offset for r in run.records()]
+        assert list(run.values) == [r.value for r in run.records()]
+        assert run.records(2) == run.records()[:2]
+        got[run.tp] += run.records()
+    assert got == expected
+    run = max(runs, key=len)
+    middle = run.offsets[len(run) // 2]
+    rest = run.after(middle)
+    assert list(rest.offsets) == [o for o in run.offsets if o > middle]
+    assert rest.records() == [r for r in run.records() if r.offset > middle]
+    assert rest.records(1) == rest.records()[:1]
+    assert len(run.after(run.offsets[-1])) == 0
+    assert run.after(run.offsets[0] - 1) is run
+
+
 def test_one_key_stays_on_one_partition_in_order(backend: Backend) -> None:
     topic = backend.new_topic(3)
     log = backend.open()
@@ -315,6 +360,20 @@ def _read_all(root: Path, topic: str) -> list[ConsumedRecord]:
         log.close()
 
 
+def _run_offsets(root: Path, topic: str) -> list[int]:
+    """The offsets a bulk reader (``poll_runs``) gets, in order."""
+    log = LocalLog(root, partitions={})
+    consumer = log.consumer(group(), [topic])
+    try:
+        out: list[int] = []
+        while runs := consumer.poll_runs(10_000, 0.2):
+            out += [o for run in runs for o in run.offsets]
+        return out
+    finally:
+        consumer.close()
+        log.close()
+
+
 def _check_dense(got: list[ConsumedRecord]) -> None:
     by_part: dict[int, list[int]] = defaultdict(list)
     for r in got:
@@ -371,6 +430,7 @@ def test_local_torn_tail_is_ignored_by_readers_and_cut_by_the_next_append(tmp_pa
         fh.write(frame[: len(frame) // 2])
 
     assert [r.offset for r in _read_all(root, topic)] == list(range(10))  # readers stop before it
+    assert _run_offsets(root, topic) == list(range(10))  # bulk readers too
 
     log = LocalLog(root, partitions={topic: 1})
     log.send(records(topic, 5, start=10), 10)  # the next append cuts the torn tail first
@@ -386,6 +446,7 @@ def test_local_torn_tail_is_ignored_by_readers_and_cut_by_the_next_append(tmp_pa
     data[-3] ^= 0xFF
     segment.write_bytes(bytes(data))
     assert len(_read_all(root, topic)) == 14
+    assert _run_offsets(root, topic) == list(range(14))
     log = LocalLog(root, partitions={topic: 1})
     log.send(records(topic, 1, start=99), 10)
     log.close()

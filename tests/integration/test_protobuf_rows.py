@@ -170,6 +170,68 @@ def test_a_repeated_insert_with_its_token_is_dropped(stores: tuple[ChdbStore, Ch
     assert (counts["raw"], counts["rollup"]) == (1000, 1000)
 
 
+def test_a_block_in_pieces_is_parsed_in_parallel_and_stored_as_one_part(
+    stores: tuple[ChdbStore, ChdbStore],
+) -> None:
+    """The bulk path's blocks come in pieces (one per core): still one atomic part per
+    insert, the same rows as one piece, and the token still drops a repeat."""
+    rng = random.Random(11)
+    now = time.time_ns()
+    values = [prediction_envelope(rng, event_time_ns=now).SerializeToString() for _ in range(3000)]
+    runs = [(TOPIC, p, range(p * 1000, p * 1000 + 1000), values[p::3]) for p in range(3)]
+    whole, pieces = (protobuf_rows.PREDICTIONS.run_block(runs, n) for n in (1, 3))
+    assert len(pieces.pieces) == 3 and pieces.data == whole.data
+    python, raw = stores
+    python.insert_protobuf("predictions", whole, dedup_token="one")
+    for _ in range(2):
+        raw.insert_protobuf("predictions", pieces, dedup_token="three")
+    parts = raw.query(
+        "SELECT count() AS n FROM system.parts WHERE database = currentDatabase() "
+        "AND table = 'predictions' AND active"
+    )[0]["n"]
+    assert parts == 1
+    ordered = "SELECT * FROM predictions ORDER BY log_partition, log_offset FORMAT TSV"
+    assert python.query_text(ordered, None, "TSV") == raw.query_text(ordered, None, "TSV")
+    assert raw.query("SELECT sum(requests) AS n FROM predictions_1m")[0]["n"] == 3000
+
+
+def test_the_screen_flags_what_the_python_path_would_refuse(
+    stores: tuple[ChdbStore, ChdbStore],
+) -> None:
+    """Per record, in log order whatever the pieces: its event id, whether the Python path
+    refuses it (no event id, no event time, another event in the envelope), whether it
+    carries a payload."""
+    _, raw = stores
+    rng = random.Random(12)
+    now = time.time_ns()
+    good = [prediction_envelope(rng, event_time_ns=now) for _ in range(4)]
+    good[1].prediction.output.string_value = "a payload"
+    no_id = events_pb2.EventEnvelope()
+    no_id.prediction.event_time.GetCurrentTime()
+    no_time = events_pb2.EventEnvelope()
+    no_time.prediction.event_id = "e-1"
+    audit = events_pb2.EventEnvelope()
+    audit.audit.event_id = "a-1"
+    audit.audit.event_time.GetCurrentTime()
+    # a producer that wrote two events into one envelope: Python keeps the last one
+    two = good[3].SerializeToString() + audit.SerializeToString()
+    envelopes = [*good[:3], no_id, no_time, audit]
+    values = [e.SerializeToString() for e in envelopes] + [two]
+    runs = [(TOPIC, 1, range(10, 14), values[3:]), (TOPIC, 0, range(0, 3), values[:3])]
+    runs.sort(key=lambda r: (r[0], r[1]))
+    spec = protobuf_rows.PREDICTIONS
+    for pieces in (1, 2):
+        table = raw.query_protobuf(spec.screen(spec.run_block(runs, pieces)))
+        assert table.column_names == list(protobuf_rows.SCREEN_COLUMNS)
+        rows = table.to_pylist()
+        assert [(r["log_partition"], r["log_offset"]) for r in rows] == [
+            (0, 0), (0, 1), (0, 2), (1, 10), (1, 11), (1, 12), (1, 13)
+        ]  # fmt: skip
+        assert [r["unusable"] for r in rows] == [False] * 3 + [True] * 4
+        assert [r["has_payload"] for r in rows] == [False, True] + [False] * 5
+        assert [r["event_id"] for r in rows[:3]] == [e.prediction.event_id for e in good[:3]]
+
+
 def test_a_record_clickhouse_cannot_parse_fails_the_insert(
     stores: tuple[ChdbStore, ChdbStore],
 ) -> None:

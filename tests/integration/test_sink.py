@@ -94,6 +94,12 @@ def sink_for(event_log: LocalLog, store: Any, **kw: Any) -> Sink:
     return sink
 
 
+def fallbacks(sink: Sink) -> dict[str, float]:
+    """Batches the bulk path handed to the per-event path, by reason."""
+    samples = sink.metrics.bulk_fallbacks.collect()[0].samples
+    return {s.labels["reason"]: s.value for s in samples if s.name.endswith("_total")}
+
+
 def drain(sink: Sink, until: Callable[[], bool], timeout_s: float = 60) -> None:
     """Run ``sink`` in a thread until ``until()`` holds, then stop it."""
     threads = SinkThreads([sink]).start()
@@ -117,6 +123,33 @@ def test_events_land_once_in_raw_rows_and_rollups(event_log: LocalLog, store: Ch
     consumer = event_log.consumer(sink.settings.group, [TOPIC])
     assert sum(consumer.committed((TOPIC, p)) or 0 for p in range(3)) == 5000
     consumer.close()
+    if ROWS_FROM == "protobuf":  # every batch took the bulk path
+        assert sink._bulk is not None
+        assert fallbacks(sink) == {}
+
+
+def test_payloads_are_stored_with_their_predictions(event_log: LocalLog, store: ChdbStore) -> None:
+    """The bulk path decodes only the events the screen flags as carrying a payload."""
+    rng = random.Random(4)
+    now = time.time_ns()
+    envelopes = [prediction_envelope(rng, event_time_ns=now - i * 1_000_000) for i in range(600)]
+    for i, env in enumerate(envelopes[::7]):
+        env.prediction.inputs["query"].string_value = f"breakfast {i}?"
+        env.prediction.output.string_value = "yes"
+    for env in envelopes:
+        env.key = env.prediction.request_id
+    event_log.send([Record(TOPIC, e.key.encode(), e.SerializeToString()) for e in envelopes], 5)
+    sink = sink_for(event_log, store, batch_rows=250, flush_interval_s=0.1)
+    drain(sink, lambda: raw_count(store)[0] >= 600)
+    paid = {e.prediction.request_id for e in envelopes[::7]}
+    rows = store.query("SELECT request_id, inputs, output FROM prediction_payloads")
+    assert {r["request_id"] for r in rows} == paid and len(rows) == len(paid)
+    assert {r["output"] for r in rows} == {'{"string_value":"yes"}'}
+    assert {r["inputs"]["query"] for r in rows} == {
+        f'{{"string_value":"breakfast {i}?"}}' for i in range(len(paid))
+    }
+    flagged = store.query("SELECT countIf(has_payload) AS n FROM predictions")[0]["n"]
+    assert (raw_count(store), flagged) == ((600, 600), len(paid))
 
 
 class CommitFailsOnce:
@@ -241,6 +274,8 @@ def test_malformed_records_go_to_the_dlq_with_a_reason(
     assert "a audit event on a topic of prediction events" in reasons
     assert {dict(r.headers)["dlq.topic"] for r in letters} == {TOPIC.encode()}
     assert {r.value for r in letters} == {b.value for b in bad}
+    if ROWS_FROM == "protobuf":  # the batches holding them took the per-event path
+        assert set(fallbacks(sink)) <= {"unparsed", "unusable"} and fallbacks(sink)
 
 
 def test_producer_duplicates_are_dropped(event_log: LocalLog, store: ChdbStore) -> None:
@@ -254,6 +289,8 @@ def test_producer_duplicates_are_dropped(event_log: LocalLog, store: ChdbStore) 
     drain(sink, lambda: restarted_lag(sink) == 0 and sink.committed_batches > 0)
     assert raw_count(store) == (200, 200)
     assert rollup_count(store) == 200
+    if ROWS_FROM == "protobuf":
+        assert set(fallbacks(sink)) == {"duplicate_event_id"}
 
 
 class CommitRefusedOnce(CommitFailsOnce):
@@ -343,6 +380,9 @@ def test_an_event_that_cannot_be_converted_goes_to_the_dlq_and_the_rest_is_store
         event_log.send([Record(TOPIC, b"p", envelope.SerializeToString())], timeout_s=5)
     ids += publish(event_log, 400, seed=3)
     sink = sink_for(event_log, store, batch_rows=1000, flush_interval_s=0.1)
+    # The per-event path (the bulk path converts nothing in Python: what it cannot store,
+    # ClickHouse refuses, and the batch moves to this path; see the refusal tests).
+    sink._bulk = None
     convert = sink._convert
 
     def converter(items: Any) -> Any:

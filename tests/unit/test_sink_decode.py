@@ -55,3 +55,18 @@ def test_windows(text: str, seconds: float) -> None:
 def test_bad_windows(text: str) -> None:
     with pytest.raises(ValueError, match="is not a window"):
         parse_window(text)
+
+
+def test_recent_ids_remember_at_least_the_last_half_window() -> None:
+    from llmops.sink.worker import RecentIds
+
+    recent = RecentIds(window=100)
+    recent.add_all([f"a{i}" for i in range(30)])
+    recent.add_all(("b0",))
+    assert "a0" in recent and "b0" in recent and "zz" not in recent
+    assert recent.seen_any(["zz", "a29"]) and not recent.seen_any(["zz", "yy"])
+    ids = [f"c{i}" for i in range(1000)]
+    recent.add_all(ids)  # one call of ten windows: rotated as it goes
+    assert all(i in recent for i in ids[-50:])  # the last half window at least
+    assert "a0" not in recent and "c0" not in recent  # at most a window
+    assert sum(i in recent for i in ids) <= 100
