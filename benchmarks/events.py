@@ -32,6 +32,9 @@ Cases (each a function of :class:`Bench`, listed in :data:`CASES`; add new ones 
   ``rows_per_s`` until the last record is committed, p50/p99 of the steps that committed
   a batch; the stored rows are counted (every log position once) or the case fails.
 
+- ``sink_ceiling_chdb``: chdb alone, the bulk path's ClickHouse work (screen + insert of
+  pre-framed 50,000-record blocks): what no sink process can exceed here.
+
 - ``ack_local`` / ``ack_kafka``: what ``events.durable`` costs a call: one event at a time,
   system ``buffered`` times ``publish()`` (the RPC answers from the buffer) and ``durable``
   times publish + the wait until the log holds it (fsync locally, acks=all on Kafka), as the
@@ -438,6 +441,44 @@ def sink_kafka(bench: Bench) -> list[Case]:
         log.close()
 
 
+def sink_ceiling(bench: Bench) -> list[Case]:
+    """What chdb itself takes to store the bench's events on the bulk path, nothing read
+    from a log: the blocks framed beforehand (50,000 records, in pieces as the sink makes
+    them), then each screened and inserted in turn. ``rows_per_s``: records / the time of
+    the screens and inserts — the most any sink process can load into chdb with this
+    schema on this machine; p50/p99: one block's screen + insert."""
+    from llmops.clickhouse.protobuf_rows import PREDICTIONS
+    from llmops.sink.worker import BULK_PARSERS, BULK_PIECE_ROWS
+
+    store = _e2e_store(bench, "sink_ceiling_chdb")
+    values = [env.SerializeToString() for env in bench.envelopes]
+    blocks = []
+    for start in range(0, len(values), SINK_BATCH_ROWS):
+        chunk = values[start : start + SINK_BATCH_ROWS]
+        runs = [("bench.ceiling", p, range(start + p, start + len(chunk), PARTITIONS),
+                 chunk[p::PARTITIONS]) for p in _PARTS]  # fmt: skip
+        pieces = max(1, min(BULK_PARSERS, len(chunk) // BULK_PIECE_ROWS))
+        blocks.append(PREDICTIONS.run_block(runs, pieces))
+    lat: list[float] = []
+    perf = time.perf_counter
+    started = perf()
+    for k, block in enumerate(blocks):
+        t = perf()
+        store.query_protobuf(PREDICTIONS.screen(block))
+        store.insert_protobuf("predictions", block, dedup_token=f"ceiling-{k}")
+        lat.append(perf() - t)
+    wall = perf() - started
+    row = store.query(
+        "SELECT count() AS n, uniqExact(log_partition, log_offset) AS positions FROM predictions"
+    )[0]
+    if (int(row["n"]), int(row["positions"])) != (len(values), len(values)):
+        raise RuntimeError(f"sink_ceiling_chdb: stored {row} of {len(values)} records")
+    return [Case("sink_ceiling_chdb", "chdb", lat, wall, extra={
+        "rows_per_s": round(len(values) / wall), "rows": len(values),
+        "batch_rows": SINK_BATCH_ROWS, "verified": "count and distinct log positions == records",
+    })]  # fmt: skip
+
+
 SINK_PATHS = ("protobuf", "protobuf-per-event", "python")
 """``protobuf``: the default, the bulk path (records read as runs of bytes, screened and
 parsed by ClickHouse, nothing decoded in Python but payloads); ``protobuf-per-event``: the
@@ -512,6 +553,7 @@ CASES: list[CaseFn] = [
     consume_local,
     sink_local,
     sink_kafka,
+    sink_ceiling,
     e2e_kafka,
     e2e_local,
 ]
@@ -570,6 +612,11 @@ def _ratios(cases: list[dict[str, Any]]) -> dict[str, float]:
         if raw and python:
             ratios[f"{label}.rows_per_s.protobuf/python"] = round(
                 raw["rows_per_s"] / python["rows_per_s"], 2
+            )
+        ceiling = by.get(("sink_ceiling_chdb", "chdb"))
+        if raw and ceiling:
+            ratios[f"{label}.rows_per_s.protobuf/chdb_ceiling"] = round(
+                raw["rows_per_s"] / ceiling["rows_per_s"], 2
             )
         per_event = by.get((label, "protobuf-per-event"))
         if raw and per_event:

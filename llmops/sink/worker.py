@@ -30,12 +30,14 @@ partition). See deploy/clickhouse/README.md for the whole argument.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import itertools
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +165,13 @@ class SinkMetrics:
         )
 
 
+class _NotTried:
+    """No attempt made yet (see :meth:`Sink._store_batch`)."""
+
+
+_NOT_TRIED = _NotTried()
+
+
 @dataclass
 class _Pending:
     items: list[Item] = field(default_factory=list)
@@ -170,6 +179,8 @@ class _Pending:
     runs: list[RecordRun] = field(default_factory=list)
     """Records of the bulk path, not decoded (none are in ``items`` then)."""
     run_rows: int = 0
+    unchecked: bool = False
+    """Some runs are of partitions whose high-water mark is not known yet."""
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     first_at: float | None = None
 
@@ -209,10 +220,21 @@ class RecentIds:
                 self._previous, self._current = self._current, set()
 
 
-_PARSERS = max(1, min(os.cpu_count() or 1, 4))
+BULK_PARSERS = max(1, min(os.cpu_count() or 1, 4))
 """Pieces ClickHouse parses in parallel for one bulk batch (one per core, up to 4)."""
-_PIECE_ROWS = 10_000
+BULK_PIECE_ROWS = 10_000
 """Fewest records a piece of a bulk batch holds (parallel parsing pays from about here)."""
+
+
+@dataclass
+class _InFlight:
+    """A bulk batch whose insert runs in the background (:meth:`Sink._flush`)."""
+
+    batch: _Pending
+    tables: Mapping[str, Rows]
+    token: str
+    done: set[str]
+    future: Future[None]
 
 
 def decode(record: ConsumedRecord, expected_kind: str | None) -> events_pb2.EventEnvelope:
@@ -268,6 +290,7 @@ class Sink:
         self._skip_through: dict[TopicPartition, int] = {}
         self._seen: dict[TopicPartition, RecentIds] = {}
         self._pending = _Pending()
+        self._inflight: _InFlight | None = None
         self._last_lag = 0.0
         self._last_poll = 0.0
         self.committed_batches = 0
@@ -284,9 +307,10 @@ class Sink:
         try:
             while not stop.is_set():
                 self.step(stop)
-            if len(self._pending):
-                self._flush(stop=None, attempts=3)
+            if len(self._pending) or self._inflight is not None:
+                self._flush(stop=None, attempts=3, wait=True)
         finally:
+            self._await_inflight()
             consumer.close()
             self._consumer = None
             log.info("sink_stopped", group=self.settings.group)
@@ -316,16 +340,26 @@ class Sink:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"sink {self.settings.group} did not catch up in time")
         finally:
+            self._await_inflight()
             consumer.close()
             self._consumer = None
 
     def _open(self) -> LogConsumer:
         """Join the group afresh: nothing pending, nothing remembered from an earlier run."""
         self._pending = _Pending()
+        self._inflight = None
         self._seen.clear()
         self._skip_through.clear()
         self._consumer = self._log.consumer(self.settings.group, self.settings.topics)
         return self._consumer
+
+    def _await_inflight(self) -> None:
+        """Leaving: let the insert in flight end (uncommitted: the next run's high-water
+        marks see it), so no insert of this run lands after the next run looked."""
+        flight, self._inflight = self._inflight, None
+        if flight is not None:
+            with contextlib.suppress(Exception):
+                flight.future.result()
 
     def step(self, stop: threading.Event | None = None) -> None:
         """One poll, and a flush when the batch is full or old enough."""
@@ -345,6 +379,8 @@ class Sink:
         )
         if due:
             self._flush(stop)
+        elif self._inflight is not None and (self._inflight.future.done() or not len(pending)):
+            self._finish(stop, None)  # stored by now, or nothing else to do meanwhile
         if time.monotonic() - self._last_lag >= self.settings.lag_interval_s:
             self._export_lag()
 
@@ -404,18 +440,33 @@ class Sink:
         undecoded (its records are screened by ClickHouse when the batch is written)."""
         if not len(run):
             return
-        tp = run.tp
         self._pending.advance_run(run)
-        mark = self._skip_through.get(tp)
-        if mark is None:
-            mark = self._stored_through(tp, run.records(1)[0])
-        if run.offsets[0] <= mark:
+        mark = self._skip_through.get(run.tp)
+        if mark is None:  # asked at flush (_trim_stored): an insert may be in flight now
+            self._pending.unchecked = True
+        elif run.offsets[0] <= mark:
             rest = run.after(mark)
             self.metrics.skipped.labels("already_stored").inc(len(run) - len(rest))
             run = rest
         if len(run):
             self._pending.runs.append(run)
             self._pending.run_rows += len(run)
+
+    def _trim_stored(self, batch: _Pending) -> None:
+        """Drop from ``batch``'s runs what ClickHouse already holds, for the partitions
+        whose high-water mark was not known when their runs were read."""
+        kept: list[RecordRun] = []
+        for run in batch.runs:  # a partition's first run first: poll order
+            mark = self._skip_through.get(run.tp)
+            if mark is None:
+                mark = self._stored_through(run.tp, run.records(1)[0])
+            if run.offsets[0] <= mark:
+                rest = run.after(mark)
+                self.metrics.skipped.labels("already_stored").inc(len(run) - len(rest))
+                run = rest
+            if len(run):
+                kept.append(run)
+        batch.runs, batch.run_rows, batch.unchecked = kept, sum(len(r) for r in kept), False
 
     def _stored_through(self, tp: TopicPartition, first: ConsumedRecord) -> int:
         """High-water mark of ``tp`` in ClickHouse, asked once per partition.
@@ -474,24 +525,105 @@ class Sink:
 
     # -- per batch ---------------------------------------------------------------------
 
-    def _flush(self, stop: threading.Event | None, attempts: int | None = None) -> None:
-        """Write the batch (DLQ records, then each table) and commit; retry with back-off."""
+    def _flush(
+        self, stop: threading.Event | None, attempts: int | None = None, *, wait: bool = False
+    ) -> None:
+        """Write the batch (DLQ records, then each table) and commit; retry with back-off.
+
+        A bulk batch's insert runs in the background unless ``wait``: the sink reads the
+        next batch meanwhile (chdb releases the GIL). The batch in flight is settled —
+        committed, or retried and isolated as here — before the next one is written, so
+        batches are stored and committed in log order (:meth:`_finish`)."""
         batch, self._pending = self._pending, _Pending()
-        tables = self._bulk_tables(batch) if batch.runs else None
+        block = self._frame(batch) if batch.runs and not batch.unchecked else None
+        if not self._finish(stop, attempts, later=batch) or not batch.next_offsets:
+            return
+        if batch.unchecked:  # nothing in flight now: the marks are the stored rows'
+            self._trim_stored(batch)
+            block = self._frame(batch) if batch.runs else None
+        tables = self._bulk_tables(batch, block) if block is not None else None
         bulk = tables is not None
         if tables is None:
             tables = self._convert_or_dead_letter(batch)
         token = self._token(batch)
+        done: set[str] = set()  # tables of the batch already inserted
+        if bulk and not wait:
+            self._inflight = _InFlight(
+                batch, tables, token, done, self._start_write(batch, tables, token, done)
+            )
+            return
+        self._store_batch(batch, tables, token, done, stop, attempts, bulk=bulk)
+
+    def _start_write(
+        self, batch: _Pending, tables: Mapping[str, Rows], token: str, done: set[str]
+    ) -> Future[None]:
+        """:meth:`_write` in a thread of its own (a daemon: it never holds the process up)."""
+        future: Future[None] = Future()
+
+        def write() -> None:
+            try:
+                self._write(batch, tables, token, done)
+            except BaseException as exc:  # handed to _finish, which retries or gives up
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+
+        threading.Thread(
+            target=write, name=f"sink-write-{self.settings.group}", daemon=True
+        ).start()
+        return future
+
+    def _finish(
+        self, stop: threading.Event | None, attempts: int | None, later: _Pending | None = None
+    ) -> bool:
+        """Settle the batch in flight (none: True): its insert's outcome, then retries and
+        the commit as :meth:`_flush` does. False when it was abandoned: it is rewound, and
+        so is what was read after it (``later``, the pending records), read again next."""
+        flight, self._inflight = self._inflight, None
+        if flight is None:
+            return True
+        try:
+            flight.future.result()
+            outcome: Exception | None = None
+        except Exception as exc:
+            outcome = exc
+        if self._store_batch(flight.batch, flight.tables, flight.token, flight.done, stop, attempts,
+                       bulk=True, first=outcome):  # fmt: skip
+            return True
+        for after in (later, self._pending):
+            if after is not None and after.next_offsets:
+                self._rewind(after)
+        self._pending = _Pending()
+        return False
+
+    def _store_batch(
+        self,
+        batch: _Pending,
+        tables: Mapping[str, Rows],
+        token: str,
+        done: set[str],
+        stop: threading.Event | None,
+        attempts: int | None,
+        *,
+        bulk: bool,
+        first: Exception | _NotTried | None = _NOT_TRIED,
+    ) -> bool:
+        """Insert ``tables`` (``first``: the outcome of an attempt made in the background)
+        until stored, then commit; False when the batch was abandoned (and rewound)."""
         delay = self.settings.retry_initial_s
         tries = 0
-        done: set[str] = set()  # tables of the batch already inserted
         error: Exception
         while True:
             tries += 1
             try:
-                self._write(batch, tables, token, done)
+                if isinstance(first, _NotTried):
+                    self._write(batch, tables, token, done)
+                elif first is not None:
+                    raise first
+                first = _NOT_TRIED
                 break
             except ClickHouseQueryError as exc:
+                first = _NOT_TRIED
                 if bulk and exc.ch_code not in _SYSTEMIC_CODES:
                     # A row refused: the per-event path isolates it (the same rows, token
                     # and tables; what is done stays done).
@@ -502,14 +634,15 @@ class Sink:
                 if outcome == "stored":
                     break
                 if outcome == "abandoned":
-                    return
+                    return False
                 error = exc  # every record refused: the table, not the data (see below)
             except Exception as exc:
+                first = _NOT_TRIED
                 error = exc
             if (stop is not None and stop.is_set()) or (attempts and tries >= attempts):
                 log.error("sink_batch_abandoned_uncommitted", error=str(error), tries=tries)
                 self._rewind(batch)
-                return
+                return False
             log.warning("sink_write_failed", error=str(error), retry_in_s=delay, tries=tries)
             time.sleep(delay)
             delay = min(delay * 2, self.settings.retry_max_s)
@@ -521,13 +654,23 @@ class Sink:
             # these partitions next skips them by the high-water mark.
             log.warning("sink_commit_failed", error=str(exc))
             self._rewind(batch)
-            return
+            return False
         for tp, nxt in batch.next_offsets.items():
             self._skip_through[tp] = max(self._skip_through.get(tp, -1), nxt - 1)
         self.committed_batches += 1
         self.metrics.batches.labels(self.settings.group).inc()
+        return True
 
-    def _bulk_tables(self, batch: _Pending) -> Mapping[str, Rows] | None:
+    def _frame(self, batch: _Pending) -> ProtobufBlock:
+        """The bulk batch's records framed for ClickHouse, its runs put in log order (the
+        screen's order; runs of one partition never overlap)."""
+        assert self._bulk is not None
+        batch.runs.sort(key=lambda r: (r.topic, r.partition, r.offsets[0]))
+        pieces = max(1, min(BULK_PARSERS, batch.run_rows // BULK_PIECE_ROWS))
+        runs = [(r.topic, r.partition, r.offsets, r.values) for r in batch.runs]
+        return self._bulk.spec.run_block(runs, pieces)
+
+    def _bulk_tables(self, batch: _Pending, block: ProtobufBlock) -> Mapping[str, Rows] | None:
         """The bulk path's tables for ``batch`` (its records still undecoded runs), or None
         when the batch must take the per-event path (its runs are then items).
 
@@ -541,10 +684,7 @@ class Sink:
         are decoded here, for their ``side_tables`` rows."""
         assert self._bulk is not None
         spec = self._bulk.spec
-        # In log order (the screen's): runs of one partition never overlap.
-        runs = sorted(batch.runs, key=lambda r: (r.topic, r.partition, r.offsets[0]))
-        pieces = max(1, min(_PARSERS, batch.run_rows // _PIECE_ROWS))
-        block = spec.run_block([(r.topic, r.partition, r.offsets, r.values) for r in runs], pieces)
+        runs = batch.runs  # in log order (_frame)
         store = self._store
         assert isinstance(store, ProtobufInsertStore)
         try:

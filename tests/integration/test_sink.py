@@ -322,6 +322,34 @@ def test_refused_commit_rewinds_and_skips_what_is_stored(
     sink._consumer.close()
 
 
+def test_a_refused_commit_with_the_next_batch_read_rewinds_both(
+    event_log: LocalLog, store: ChdbStore
+) -> None:
+    """On the bulk path a batch's insert runs while the next batch is read: when its commit
+    is then refused, what was read after it is rewound too, and all is stored once."""
+    publish(event_log, 1500)
+    sink = sink_for(event_log, store, batch_rows=300, flush_interval_s=0.05)
+    sink._consumer = CommitRefusedOnce(event_log.consumer(sink.settings.group, [TOPIC]))
+    overlapped = []  # an insert was in flight while the next batch was read and framed
+    finish = sink._finish
+
+    def watched(stop: Any, attempts: Any, later: Any = None) -> bool:
+        overlapped.append(sink._inflight is not None and later is not None and len(later) > 0)
+        return finish(stop, attempts, later)
+
+    sink._finish = watched  # type: ignore[method-assign]
+    for _ in range(500):
+        sink.step()
+        if sink.committed_batches and not restarted_lag(sink) and sink._inflight is None:
+            break
+    assert sink._consumer.failed
+    assert any(overlapped) == (ROWS_FROM == "protobuf")
+    assert raw_count(store) == (1500, 1500)
+    assert rollup_count(store) == 1500
+    assert sum(sink._consumer.committed((TOPIC, p)) or 0 for p in range(3)) == 1500
+    sink._consumer.close()
+
+
 class LogDownAtFirst:
     """The local log, unreachable for the first consumer, and the second one's first poll
     failing, the way a Kafka broker that is restarting answers."""
