@@ -448,7 +448,7 @@ def sink_ceiling(bench: Bench) -> list[Case]:
     the screens and inserts — the most any sink process can load into chdb with this
     schema on this machine; p50/p99: one block's screen + insert."""
     from llmops.clickhouse.protobuf_rows import PREDICTIONS
-    from llmops.sink.worker import BULK_PARSERS, BULK_PIECE_ROWS
+    from llmops.sink.worker import bulk_pieces
 
     store = _e2e_store(bench, "sink_ceiling_chdb")
     values = [env.SerializeToString() for env in bench.envelopes]
@@ -457,8 +457,7 @@ def sink_ceiling(bench: Bench) -> list[Case]:
         chunk = values[start : start + SINK_BATCH_ROWS]
         runs = [("bench.ceiling", p, range(start + p, start + len(chunk), PARTITIONS),
                  chunk[p::PARTITIONS]) for p in _PARTS]  # fmt: skip
-        pieces = max(1, min(BULK_PARSERS, len(chunk) // BULK_PIECE_ROWS))
-        blocks.append(PREDICTIONS.run_block(runs, pieces))
+        blocks.append(PREDICTIONS.run_block(runs, bulk_pieces(len(chunk))))
     lat: list[float] = []
     perf = time.perf_counter
     started = perf()

@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -52,6 +52,8 @@ rollup views' output squashed again (their GROUP BY hands over one block per buc
 squashing off, 50,000 predictions made ~13-28 parts in ``prediction_stages_1h`` per insert,
 and the insert ran 3x slower); the rollup views of one insert side by side (see
 :meth:`ChdbStore.insert`)."""
+_FORMAT_SCHEMA = f"format_schema = {quote_string(f'{SCHEMA_FILE}:{MESSAGE}')}"
+"""The setting naming the message every protobuf block is parsed as."""
 _SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 """Where protobuf blocks are written for chdb to read: memory, where the system has it."""
 
@@ -250,43 +252,43 @@ class ChdbStore:
                 f", min_insert_block_size_rows = {block.rows}, min_insert_block_size_bytes = 0"
                 ", max_insert_threads = 1"
             )
-        settings += f", format_schema = {quote_string(f'{SCHEMA_FILE}:{MESSAGE}')}"
+        settings += f", {_FORMAT_SCHEMA}"
         if dedup_token is not None:
             settings += f", insert_deduplication_token = {quote_string(dedup_token)}"
-        scratch = _scratch_files(block.pieces)
-        try:
-            source = _protobuf_source(scratch, block)
-            sql = insert_sql(f"{self.database}.{identifier(table)}", block, source, settings)
-            with self._lock:
-                try:
-                    self._session.query(sql, "CSV")
-                except Exception as exc:
-                    raise _error(exc, sql) from exc
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        qualified = f"{self.database}.{identifier(table)}"
+        self._over_pieces(block, lambda source: insert_sql(qualified, block, source, settings))
         return block.rows
 
     def query_protobuf(self, block: ProtobufBlock) -> pa.Table:
         """``block.select`` over the block's messages (nothing inserted), as one Arrow
         table with a column per name in ``block.columns``."""
-        settings = f"format_schema = {quote_string(f'{SCHEMA_FILE}:{MESSAGE}')}"
-        scratch = _scratch_files(block.pieces)
-        try:
-            order = f" ORDER BY {block.order_by}" if block.order_by else ""
-            sql = (
-                f"{block.select} FROM {_protobuf_source(scratch, block)}{order} SETTINGS {settings}"
-            )
-            with self._lock:
-                try:
-                    result = self._session.query(sql, "ArrowStream")
-                except Exception as exc:
-                    raise _error(exc, sql) from exc
-                data = bytes(result.get_memview().view()) if result.size() else b""
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        order = f" ORDER BY {block.order_by}" if block.order_by else ""
+        data = self._over_pieces(
+            block,
+            lambda source: f"{block.select} FROM {source}{order} SETTINGS {_FORMAT_SCHEMA}",
+            "ArrowStream",
+        )
         if not data:
             return pa.table({name: pa.array([]) for name in block.columns})
         return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+    def _over_pieces(
+        self, block: ProtobufBlock, statement: Callable[[str], str], fmt: str = "CSV"
+    ) -> bytes:
+        """Run ``statement(source)``, ``source`` reading the block's pieces from scratch files
+        (deleted after), under the session lock; the result's bytes (a copy: chdb frees
+        its buffer with the result)."""
+        scratch = _scratch_files(block.pieces)
+        try:
+            sql = statement(_protobuf_source(scratch, block))
+            with self._lock:
+                try:
+                    result = self._session.query(sql, fmt)
+                except Exception as exc:
+                    raise _error(exc, sql) from exc
+                return bytes(result.get_memview().view()) if result.size() else b""
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _arrow_table(self, table: str, columns: Mapping[str, Sequence[Any]]) -> pa.Table:
         schema = self._schema(table)

@@ -67,27 +67,20 @@ def position_head(topic: str, partition: int) -> bytes:
 def frame(records: Sequence[tuple[str, int, int, bytes]]) -> bytes:
     """Length-delimited ``SinkRecord`` messages of (topic, partition, offset, record value)
     in the given order: each value with its log position appended."""
-    heads: dict[tuple[str, int], bytes] = {}
-    parts: list[bytes] = []
-    append = parts.append
-    small = _SMALL_VARINTS
-    for topic, partition, offset, value in records:
-        head = heads.get((topic, partition))
-        if head is None:
-            head = heads[(topic, partition)] = position_head(topic, partition)
-        size = len(value) + len(head) + _OFFSET_BYTES
-        append(small[size] if size < 16384 else _encode_varint(size))
-        append(value)
-        append(head)
-        append(offset.to_bytes(_OFFSET_BYTES, "little"))
-    return b"".join(parts)
+    runs: list[tuple[str, int, list[int], list[bytes]]] = []
+    for (topic, partition), grouped in itertools.groupby(records, lambda r: (r[0], r[1])):
+        run = list(grouped)
+        runs.append((topic, partition, [r[2] for r in run], [r[3] for r in run]))
+    return frame_runs(runs)[0]
 
 
 def frame_runs(
     runs: Sequence[tuple[str, int, Sequence[int], Sequence[bytes]]], pieces: int = 1
 ) -> tuple[bytes, ...]:
-    """:func:`frame` of runs of one partition each, (topic, partition, offsets, values), cut
-    into ``pieces`` of about as many messages each (ClickHouse parses pieces in parallel)."""
+    """Length-delimited ``SinkRecord`` messages of runs of one partition each, (topic,
+    partition, offsets, values), in order: each value with its log position appended; cut
+    into ``pieces`` of about as many messages each (ClickHouse parses pieces in parallel),
+    one empty piece when there is no message."""
     parts: list[bytes] = []
     append = parts.append
     small = _SMALL_VARINTS
@@ -102,7 +95,7 @@ def frame_runs(
             append(offset.to_bytes(_OFFSET_BYTES, "little"))
     rows = len(parts) // 4  # four parts a message
     cuts = [4 * (rows * k // pieces) for k in range(pieces + 1)]
-    return tuple(b"".join(parts[lo:hi]) for lo, hi in itertools.pairwise(cuts) if hi > lo)
+    return tuple(b"".join(parts[lo:hi]) for lo, hi in itertools.pairwise(cuts) if hi > lo) or (b"",)
 
 
 @dataclass(frozen=True, slots=True)

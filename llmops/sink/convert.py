@@ -36,9 +36,9 @@ def protobuf_rows(items: Sequence[Item]) -> Mapping[str, Rows]:
         spec = KIND_SPECS[raw_kind]
         out[spec.table] = spec.block([(t, p, o, value) for t, p, o, _, value in group])
         if raw_kind == "prediction":
-            paid = [i[:4] for i in group if has_payload(i[3].prediction)]
+            paid = [i for i in group if has_payload(i[3].prediction)]
             if paid:
-                out["prediction_payloads"] = payload_columns(paid)
+                out.update(_payload_rows(paid))
     return out
 
 

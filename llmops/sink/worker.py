@@ -165,13 +165,6 @@ class SinkMetrics:
         )
 
 
-class _NotTried:
-    """No attempt made yet (see :meth:`Sink._store_batch`)."""
-
-
-_NOT_TRIED = _NotTried()
-
-
 @dataclass
 class _Pending:
     items: list[Item] = field(default_factory=list)
@@ -224,6 +217,11 @@ BULK_PARSERS = max(1, min(os.cpu_count() or 1, 4))
 """Pieces ClickHouse parses in parallel for one bulk batch (one per core, up to 4)."""
 BULK_PIECE_ROWS = 10_000
 """Fewest records a piece of a bulk batch holds (parallel parsing pays from about here)."""
+
+
+def bulk_pieces(rows: int) -> int:
+    """Pieces a bulk batch of ``rows`` records is framed in."""
+    return max(1, min(BULK_PARSERS, rows // BULK_PIECE_ROWS))
 
 
 @dataclass
@@ -444,13 +442,19 @@ class Sink:
         mark = self._skip_through.get(run.tp)
         if mark is None:  # asked at flush (_trim_stored): an insert may be in flight now
             self._pending.unchecked = True
-        elif run.offsets[0] <= mark:
-            rest = run.after(mark)
-            self.metrics.skipped.labels("already_stored").inc(len(run) - len(rest))
-            run = rest
+        else:
+            run = self._unstored(run, mark)
         if len(run):
             self._pending.runs.append(run)
             self._pending.run_rows += len(run)
+
+    def _unstored(self, run: RecordRun, mark: int) -> RecordRun:
+        """``run`` less its records at or below the high-water mark ``mark`` (counted)."""
+        if run.offsets[0] > mark:
+            return run
+        rest = run.after(mark)
+        self.metrics.skipped.labels("already_stored").inc(len(run) - len(rest))
+        return rest
 
     def _trim_stored(self, batch: _Pending) -> None:
         """Drop from ``batch``'s runs what ClickHouse already holds, for the partitions
@@ -460,10 +464,7 @@ class Sink:
             mark = self._skip_through.get(run.tp)
             if mark is None:
                 mark = self._stored_through(run.tp, run.records(1)[0])
-            if run.offsets[0] <= mark:
-                rest = run.after(mark)
-                self.metrics.skipped.labels("already_stored").inc(len(run) - len(rest))
-                run = rest
+            run = self._unstored(run, mark)
             if len(run):
                 kept.append(run)
         batch.runs, batch.run_rows, batch.unchecked = kept, sum(len(r) for r in kept), False
@@ -582,13 +583,8 @@ class Sink:
         flight, self._inflight = self._inflight, None
         if flight is None:
             return True
-        try:
-            flight.future.result()
-            outcome: Exception | None = None
-        except Exception as exc:
-            outcome = exc
         if self._store_batch(flight.batch, flight.tables, flight.token, flight.done, stop, attempts,
-                       bulk=True, first=outcome):  # fmt: skip
+                             bulk=True, first_attempt=flight.future.result):  # fmt: skip
             return True
         for after in (later, self._pending):
             if after is not None and after.next_offsets:
@@ -606,24 +602,24 @@ class Sink:
         attempts: int | None,
         *,
         bulk: bool,
-        first: Exception | _NotTried | None = _NOT_TRIED,
+        first_attempt: Callable[[], object] | None = None,
     ) -> bool:
-        """Insert ``tables`` (``first``: the outcome of an attempt made in the background)
-        until stored, then commit; False when the batch was abandoned (and rewound)."""
+        """Insert ``tables`` until stored, then commit; False when the batch was abandoned
+        (and rewound). ``first_attempt``: the outcome of an insert made in the background,
+        taken as the first try."""
         delay = self.settings.retry_initial_s
         tries = 0
         error: Exception
         while True:
             tries += 1
             try:
-                if isinstance(first, _NotTried):
+                if first_attempt is not None:
+                    attempt, first_attempt = first_attempt, None
+                    attempt()
+                else:
                     self._write(batch, tables, token, done)
-                elif first is not None:
-                    raise first
-                first = _NOT_TRIED
                 break
             except ClickHouseQueryError as exc:
-                first = _NOT_TRIED
                 if bulk and exc.ch_code not in _SYSTEMIC_CODES:
                     # A row refused: the per-event path isolates it (the same rows, token
                     # and tables; what is done stays done).
@@ -637,7 +633,6 @@ class Sink:
                     return False
                 error = exc  # every record refused: the table, not the data (see below)
             except Exception as exc:
-                first = _NOT_TRIED
                 error = exc
             if (stop is not None and stop.is_set()) or (attempts and tries >= attempts):
                 log.error("sink_batch_abandoned_uncommitted", error=str(error), tries=tries)
@@ -666,9 +661,8 @@ class Sink:
         screen's order; runs of one partition never overlap)."""
         assert self._bulk is not None
         batch.runs.sort(key=lambda r: (r.topic, r.partition, r.offsets[0]))
-        pieces = max(1, min(BULK_PARSERS, batch.run_rows // BULK_PIECE_ROWS))
         runs = [(r.topic, r.partition, r.offsets, r.values) for r in batch.runs]
-        return self._bulk.spec.run_block(runs, pieces)
+        return self._bulk.spec.run_block(runs, bulk_pieces(batch.run_rows))
 
     def _bulk_tables(self, batch: _Pending, block: ProtobufBlock) -> Mapping[str, Rows] | None:
         """The bulk path's tables for ``batch`` (its records still undecoded runs), or None

@@ -14,15 +14,17 @@ import textwrap
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from llmops.events.base import ConsumedRecord, EventLog, LogConsumer, LogUnavailable, Record
 from llmops.events.local_log import LocalLog
 from tests.infra import REPO_ROOT
+
+T = TypeVar("T")
 
 
 class Backend:
@@ -348,26 +350,24 @@ def _appender(root: Path, topic: str, writer: str, n: int, batch: int) -> subpro
 
 
 def _read_all(root: Path, topic: str) -> list[ConsumedRecord]:
-    log = LocalLog(root, partitions={})
-    consumer = log.consumer(group(), [topic])
-    try:
-        out: list[ConsumedRecord] = []
-        while batch := consumer.poll(10_000, 0.2):
-            out += batch
-        return out
-    finally:
-        consumer.close()
-        log.close()
+    return _read_fresh(root, topic, lambda c: c.poll(10_000, 0.2))
 
 
 def _run_offsets(root: Path, topic: str) -> list[int]:
     """The offsets a bulk reader (``poll_runs``) gets, in order."""
+    return _read_fresh(
+        root, topic, lambda c: [o for run in c.poll_runs(10_000, 0.2) for o in run.offsets]
+    )
+
+
+def _read_fresh(root: Path, topic: str, read: Callable[[Any], list[T]]) -> list[T]:
+    """Everything ``read`` returns for a new group on a new log over ``root``, until empty."""
     log = LocalLog(root, partitions={})
     consumer = log.consumer(group(), [topic])
     try:
-        out: list[int] = []
-        while runs := consumer.poll_runs(10_000, 0.2):
-            out += [o for run in runs for o in run.offsets]
+        out: list[T] = []
+        while batch := read(consumer):
+            out += batch
         return out
     finally:
         consumer.close()
