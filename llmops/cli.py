@@ -995,6 +995,94 @@ def bench_clickhouse(quick: bool, rows: int | None) -> None:
     _bench_main("clickhouse")(quick=quick, rows=rows)
 
 
+@cli.command("loadtest")
+@click.argument("scenario")
+@click.option(
+    "--target",
+    type=click.Choice(["embedded", "production"]),
+    default="embedded",
+    show_default=True,
+    help="Which mesh: `llmops up` (embedded), or the production-mode mesh of "
+    "`llmops up --production` (its config: --config, default deploy/local/production.yaml).",
+)
+@click.option("--duration", default=None, help="Override the scenario's, e.g. 90s, 5m.")
+@click.option("--users", type=int, default=None, help="Override the scenario's users.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report directory (default: loadtest-reports/<time>-<scenario>-<target>).",
+)
+@click.option(
+    "--compare",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Another run's report directory, shown side by side (e.g. embedded vs production).",
+)
+@click.option("--seed", type=int, default=None, help="Seed the shoppers' choices.")
+@_config_option
+def loadtest(
+    scenario: str,
+    target: str,
+    duration: str | None,
+    users: int | None,
+    out: Path | None,
+    compare: Path | None,
+    seed: int | None,
+    config_path: Path | None,
+) -> None:
+    """Run a load SCENARIO (loadtests/scenarios.yaml: a locust scenario, or a ghz probe of one
+    RPC) against a running mesh on this machine, write a report (Markdown and one HTML page,
+    with plots) and judge it against loadtests/slo.yaml.
+
+    Exits 0 when every objective is met, 1 when one is missed (or has too few calls to be
+    judged), 2 on a usage error, 3 when the load generator failed. Every run targets
+    loopback only and stops by itself (the scenario's duration or request cap).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("locust") is None or importlib.util.find_spec("matplotlib") is None:
+        click.echo(
+            "llmops loadtest: needs the 'loadtest' extra (locust, matplotlib): "
+            "pip install -e '.[loadtest]'",
+            err=True,
+        )
+        sys.exit(EXIT_CONFIG)
+    lt = importlib.import_module("loadtests.run")
+    from llmops.status import collect_status
+
+    if target == "production" and config_path is None:
+        config_path = Path("deploy/local/production.yaml")
+    config = _load(config_path)
+    try:
+        chosen = lt.pick(scenario, lt.parse_duration(duration), users)
+        lt.check_loopback(config)
+    except (lt.LoadtestError, lt.SpecError) as exc:
+        click.echo(f"llmops loadtest: {exc}", err=True)
+        sys.exit(getattr(exc, "exit_code", EXIT_CONFIG))
+    down = [r for r in asyncio.run(collect_status(config, 3.0)) if r.health != "SERVING"]
+    if down:
+        start = "llmops up" if target == "embedded" else "llmops up --production"
+        names = ", ".join(f"{r.service} {r.health}" for r in down)
+        click.echo(f"llmops loadtest: the {target} mesh is not serving ({names}); "
+                   f"start it with `{start}` and try again", err=True)  # fmt: skip
+        sys.exit(1)
+    out = out or lt.default_out(chosen, target)
+    click.echo(
+        f"llmops loadtest: {lt.describe(chosen)} against the {target} mesh; report in {out}",
+        err=True,
+    )
+    try:
+        lt.execute(chosen, target, out, config, config_path, seed)
+        result = lt.write_report(out, compare)
+    except lt.LoadtestError as exc:
+        click.echo(f"llmops loadtest: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(lt.report.console_summary(result))
+    click.echo(f"report: {out / 'report.html'} (and report.md)")
+    sys.exit(lt.EXIT_PASS if result.passed else lt.EXIT_SLO_FAILED)
+
+
 @cli.command(
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,

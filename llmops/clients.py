@@ -25,8 +25,8 @@ import importlib
 import json
 import pkgutil
 import re
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -123,11 +123,15 @@ if TYPE_CHECKING:  # grpc-stubs makes these generic; at run time they are not su
     _US = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
     _SU = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
     _SS = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+    _BlockingUU = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _BlockingUS = grpc.UnaryStreamClientInterceptor[Any, Any]
 else:
     _UU = grpc.aio.UnaryUnaryClientInterceptor
     _US = grpc.aio.UnaryStreamClientInterceptor
     _SU = grpc.aio.StreamUnaryClientInterceptor
     _SS = grpc.aio.StreamStreamClientInterceptor
+    _BlockingUU = grpc.UnaryUnaryClientInterceptor
+    _BlockingUS = grpc.UnaryStreamClientInterceptor
 
 
 class _CallPolicy(_UU, _US, _SU, _SS):
@@ -322,3 +326,115 @@ class MeshClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _BlockingDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _ClientCallDetails(_BlockingDetails, grpc.ClientCallDetails):
+    """grpc's ClientCallDetails is an interface without a constructor: a named tuple with
+    its fields, as grpc's own examples make one."""
+
+
+class _BlockingCallPolicy(_BlockingUU, _BlockingUS):
+    """:class:`_CallPolicy` for blocking channels: the same deadline, request id and token."""
+
+    def __init__(self, policy: _CallPolicy) -> None:
+        self._policy = policy
+
+    def _details(self, details: Any) -> Any:
+        timeout, pairs = self._policy.outgoing(details.timeout, details.metadata)
+        return _ClientCallDetails(
+            details.method, timeout, pairs, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None),
+        )  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+class BlockingMeshClient:
+    """Blocking clients of the mesh's services, for callers that cannot run an event loop:
+    load generators (locust's gevent users, after ``grpc.experimental.gevent.init_gevent()``),
+    scripts. The same addresses, credentials, retry policy, deadlines and token as
+    :class:`MeshClient`; ``stub(feature_pb2_grpc.FeatureServiceStub)`` returns the typed
+    blocking stub. Use ``with BlockingMeshClient(config) as mesh``."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        *,
+        default_timeout_s: float | None = None,
+        as_operator: bool = False,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
+        """``as_operator``: call with the CLI's operator token (else the mesh's service
+        identity: its client certificate, or its service token without one).
+        ``interceptors``: more ``grpc`` client interceptors, run after the call policy."""
+        security = client_security(config, as_operator=as_operator)
+        self.targets = {n: s.address for n, s in config.services.items()}
+        self.admin_targets = {n: s.admin_address(config.mode) for n, s in config.services.items()}
+        self._credentials = channel_credentials(security) if security else None
+        self._options = channel_options() + secure_options(security)
+        self._policy = _BlockingCallPolicy(
+            _CallPolicy(
+                default_timeout_s
+                if default_timeout_s is not None
+                else config.server.default_deadline_ms / 1000,
+                bearer_metadata(security),
+            )
+        )
+        self._interceptors = (self._policy, *interceptors)
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[Any, Any] = {}
+        self._served_by = {
+            proto: name for name, plugin in SERVICES.items() for proto in plugin.proto_services
+        }
+
+    def channel(self, service: str, *, admin: bool = False) -> grpc.Channel:
+        try:
+            target = (self.admin_targets if admin else self.targets)[service]
+        except KeyError:
+            raise KeyError(f"no address configured for service {service!r}") from None
+        channel = self._channels.get(target)
+        if channel is None:
+            raw = (
+                grpc.insecure_channel(target, options=self._options)
+                if self._credentials is None
+                else grpc.secure_channel(target, self._credentials, options=self._options)
+            )
+            channel = self._channels[target] = grpc.intercept_channel(raw, *self._interceptors)
+        return channel
+
+    def stub(self, stub_class: Callable[[grpc.Channel], StubT]) -> StubT:
+        cached = self._stubs.get(stub_class)
+        if cached is None:
+            full = f"{PROTO_PACKAGE}.{getattr(stub_class, '__name__', '').removesuffix('Stub')}"
+            service = self._served_by.get(full)
+            if service is None:
+                raise KeyError(f"no service of the mesh serves {full}")
+            admin = full.endswith("AdminService")
+            cached = self._stubs[stub_class] = stub_class(self.channel(service, admin=admin))
+        stub: StubT = cached
+        return stub
+
+    def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        self._stubs.clear()
+        for channel in channels.values():
+            channel.close()
+
+    def __enter__(self) -> BlockingMeshClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

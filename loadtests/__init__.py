@@ -1,0 +1,1 @@
+"""Load scenarios, SLOs and their report behind ``llmops loadtest`` (loadtests/README.md)."""
