@@ -165,6 +165,10 @@ class SinkConfig(Settings):
     batch_rows: int = Field(50_000, ge=1, description="Flush a batch at this many records.")
     flush_interval_s: float = Field(1.0, gt=0, description="...or when it is this old.")
     admin_port: int = Field(9150, ge=0, le=65535, description="Sink metrics (`llmops sink`).")
+    host: str = Field(
+        "", description="Bind address of the sinks' metrics and logs endpoint; empty = the "
+        "first service's host (loopback by default). A container sets 0.0.0.0.",
+    )  # fmt: skip
     rows_from: Literal["protobuf", "python"] = Field(
         "protobuf", description="`protobuf`: ClickHouse parses the records' bytes and derives "
         "the rows of the tables it can (predictions); `python`: every "

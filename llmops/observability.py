@@ -190,7 +190,7 @@ class Observability:
             # No tokens file configured (production without one): nobody reads the logs.
             path = provision(config).tokens or security_dir(config) / "tokens.yaml"
             tokens = TokenStore(path)
-        host = config.services[next(iter(config.services))].host
+        host = config.sink.host or config.services[next(iter(config.services))].host
         return cls(
             backends.event_log(),
             backends.clickhouse(),

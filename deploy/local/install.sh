@@ -16,8 +16,10 @@
 #   buf      go install github.com/bufbuild/buf/cmd/buf@v1.75.0    -> ~/go/bin/buf
 #   ghz      go install github.com/bojand/ghz/cmd/ghz@v0.121.0     -> ~/go/bin/ghz (load probes)
 #   helm     go install helm.sh/helm/v4/cmd/helm@v4.3.2             -> ~/go/bin/helm (deploy/helm)
+#   probe    go install github.com/grpc-ecosystem/grpc-health-probe@v0.4.63
+#            -> ~/go/bin/grpc-health-probe (the chart's health probe, tested against a mesh)
 #
-# Usage: deploy/local/install.sh [apt|kafka|zookeeper|opa|buf|ghz|helm ...]   (default: all steps)
+# Usage: deploy/local/install.sh [apt|kafka|zookeeper|opa|buf|ghz|helm|probe ...]   (default: all)
 # Env:   LLMOPS_SKIP_APT=1 skips the apt step (e.g. packages baked into an image).
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -179,6 +181,11 @@ install_helm() {
     go_install_module helm helm.sh/helm/v4 helm.sh/helm/v4/cmd/helm "$LLMOPS_HELM_VERSION"
 }
 
+install_probe() {
+    go_install_module grpc-health-probe github.com/grpc-ecosystem/grpc-health-probe \
+        github.com/grpc-ecosystem/grpc-health-probe "$LLMOPS_HEALTH_PROBE_VERSION"
+}
+
 install_buf() {
     # `buf --version` prints the bare version, e.g. 1.75.0
     go_install buf "github.com/bufbuild/buf/cmd/buf@$LLMOPS_BUF_VERSION" --version "^${LLMOPS_BUF_VERSION#v}\$"
@@ -187,7 +194,7 @@ install_buf() {
 # ---------------------------------------------------------------------------------------------
 main() {
     local steps=("$@") t0; t0=$(date +%s)
-    ((${#steps[@]})) || steps=(apt kafka zookeeper opa buf ghz helm)
+    ((${#steps[@]})) || steps=(apt kafka zookeeper opa buf ghz helm probe)
     local s
     for s in "${steps[@]}"; do
         case "$s" in
@@ -198,10 +205,11 @@ main() {
             buf) install_buf ;;
             ghz) install_ghz ;;
             helm) install_helm ;;
-            *) die "unknown step '$s' (apt|kafka|zookeeper|opa|buf|ghz|helm)" ;;
+            probe) install_probe ;;
+            *) die "unknown step '$s' (apt|kafka|zookeeper|opa|buf|ghz|helm|probe)" ;;
         esac
     done
-    log "all done in $(($(date +%s) - t0))s; binaries: opa/buf/ghz/helm in $LLMOPS_GOBIN, Kafka jars in $KAFKA_LIB, ZooKeeper jars in $ZOOKEEPER_LIB"
+    log "all done in $(($(date +%s) - t0))s; binaries: opa/buf/ghz/helm/grpc-health-probe in $LLMOPS_GOBIN, Kafka jars in $KAFKA_LIB, ZooKeeper jars in $ZOOKEEPER_LIB"
     case ":$PATH:" in *":$LLMOPS_GOBIN:"*) ;; *) log "note: $LLMOPS_GOBIN is not on PATH (deploy/local finds opa there anyway)";; esac
 }
 

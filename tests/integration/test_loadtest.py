@@ -103,3 +103,38 @@ def test_bad_requests_are_refused_before_any_load(mesh: RunningMesh, tmp_path: P
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "loopback only" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_charts_health_probe_passes_against_a_serving_mesh(mesh: RunningMesh) -> None:
+    """The Helm chart's readiness probe (grpc_health_probe over mutual TLS) run as rendered,
+    with the embedded mesh's credentials in place of the pod's mounted Secrets."""
+    from tests.unit.test_helm_chart import _named, _render
+
+    probe = shutil.which("grpc-health-probe") or str(Path.home() / "go/bin/grpc-health-probe")
+    if not Path(probe).is_file():
+        unavailable("grpc-health-probe is not installed: bash deploy/local/install.sh probe")
+    deployment = _named(_render(), "Deployment")["shop-llmops-mesh-guardrail"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    command = container["readinessProbe"]["exec"]["command"]
+    security = mesh.state_dir / "security"
+    files = {
+        "/etc/llmops/tls/server/ca.crt": security / "ca.pem",
+        "/etc/llmops/tls/client/tls.crt": security / "mesh.pem",
+        "/etc/llmops/tls/client/tls.key": security / "mesh.key",
+    }
+    argv = [probe]
+    for arg in command[1:]:
+        flag, _, value = arg.partition("=")
+        if flag == "-addr":
+            value = mesh.address("guardrail")
+        elif flag == "-tls-server-name":
+            value = "localhost"  # the embedded certificate's name, not the cluster's
+        argv.append(f"{flag}={files.get(value, value)}" if value else flag)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SERVING" in done.stdout + done.stderr
+    wrong = [
+        a if not a.startswith("-service=") else "-service=llmops.v1.NoSuchService" for a in argv
+    ]
+    refused = subprocess.run(wrong, capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0  # an unknown service is not SERVING: the probe fails
