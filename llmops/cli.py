@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -77,14 +78,34 @@ def cli() -> None:
     default=None,
     help="Where the embedded backends keep their data (default: config state_dir).",
 )
-def up(config_path: Path | None, state_dir: Path | None) -> None:
+@click.option(
+    "--production",
+    is_flag=True,
+    help="Every service as its own `llmops run` process and the sinks as `llmops sink`, on "
+    "the real local servers (deploy/local), supervised; config: --config, default "
+    "deploy/local/production.yaml.",
+)
+@click.option(
+    "--servers/--no-servers",
+    default=True,
+    show_default=True,
+    help="With --production: start the local servers first (deploy/local/all.sh start; "
+    "already running = no-op).",
+)
+def up(config_path: Path | None, state_dir: Path | None, production: bool, servers: bool) -> None:
     """Run the whole mesh in this process on embedded backends (no external servers).
 
     All seven services start, each on its own port (see `llmops ports`). The embedded
     ClickHouse (chdb) is migrated and the event sinks run in-process, so published events
     are queryable within seconds (`llmops logs predictions --last 5m`). Ctrl-C or SIGTERM
     drains in-flight calls, flushes buffered events and stops everything.
+
+    With --production, the same mesh in production mode as separate processes (one log
+    stream, restarts, clean stop): see deploy/local/production.yaml for what runs where.
     """
+    if production:
+        _up_production(config_path, state_dir, servers)
+        return
     overrides: dict[str, Any] = {"mode": Mode.EMBEDDED}
     if state_dir is not None:
         overrides["state_dir"] = state_dir
@@ -100,6 +121,61 @@ def up(config_path: Path | None, state_dir: Path | None) -> None:
         )
     _echo_security(config)
     _serve(config, names)
+
+
+PRODUCTION_CONFIG = Path("deploy/local/production.yaml")
+CREDENTIAL_FILES = ("ca_file", "cert_file", "key_file", "client_cert_file", "client_key_file",
+                    "tokens_file", "token_file")  # fmt: skip
+LOCAL_SERVERS = "redis kafka postgres opa"
+"""What the one-machine production mesh needs of deploy/local (ClickHouse: chdb, in the sink)."""
+
+
+def _up_production(config_path: Path | None, state_dir: Path | None, servers: bool) -> None:
+    import subprocess
+
+    from llmops.security import provision
+    from llmops.supervisor import Supervisor, production_processes
+
+    if config_path is None and "LLMOPS_CONFIG" not in os.environ:
+        config_path = PRODUCTION_CONFIG
+    overrides: dict[str, Any] = {"mode": Mode.PRODUCTION}
+    if state_dir is not None:
+        overrides["state_dir"] = state_dir
+    config = _load(config_path, **overrides)
+    credentials: dict[str, str] = {}
+    if not config.security.insecure:
+        # A local CA and certificates, made once under state_dir/security as embedded mode
+        # makes them (production itself never makes credentials), handed to every process.
+        unset = dict.fromkeys(CREDENTIAL_FILES)
+        local = {**config.model_dump(), "mode": Mode.EMBEDDED,
+                 "security": {**config.security.model_dump(), **unset}}  # fmt: skip
+        try:
+            files = provision(MeshConfig.model_validate(local))
+        except ConfigError as exc:
+            _fail_config(str(exc))
+        made = {"ca_file": files.ca, "cert_file": files.cert, "key_file": files.key,
+                "client_cert_file": files.client_cert, "client_key_file": files.client_key,
+                "tokens_file": files.tokens, "token_file": files.token}  # fmt: skip
+        credentials = {
+            f"LLMOPS__SECURITY__{key.upper()}": str(path.resolve())
+            for key, path in made.items()
+            if path is not None
+        }
+    if servers:
+        script = Path(__file__).resolve().parents[1] / "deploy" / "local" / "all.sh"
+        click.echo(f"llmops up --production: starting local servers ({LOCAL_SERVERS})", err=True)
+        env = {**os.environ, "LLMOPS_SERVERS": LOCAL_SERVERS}
+        done = subprocess.run(["bash", str(script), "start"], env=env, check=False)
+        if done.returncode != 0:
+            click.echo("llmops up --production: a local server did not start (above)", err=True)
+            sys.exit(1)
+    specs = production_processes(config, config_path, credentials)
+    click.echo(
+        f"llmops up --production: {len(specs)} processes "
+        f"({', '.join(s.name for s in specs)}); Ctrl-C stops them all",
+        err=True,
+    )
+    sys.exit(Supervisor(specs, grace_s=config.server.shutdown_grace_s + 20).run())
 
 
 def _echo_security(config: MeshConfig) -> None:

@@ -31,9 +31,17 @@ def fetch_recent(
 ) -> list[dict[str, Any]]:
     """Newest events of ``kind`` (predictions, exposures, guardrail, audit, feedback): from
     the running embedded mesh's endpoint when it holds the chdb directory, else straight
-    from the configured store."""
+    from the configured store. In production mode the sinks' endpoint (``llmops sink``,
+    sink.admin_port) answers first where one runs on the configured host: it reads the store
+    the sinks write, which on one machine is the sink process's own chdb
+    (deploy/local/production.yaml)."""
     from llmops.observability import recent_rows
 
+    if config.mode is Mode.PRODUCTION:
+        try:
+            return _from_running_mesh(config, kind, window, limit)
+        except Unavailable:
+            pass  # no sink endpoint here: the configured store itself
     if config.mode is Mode.EMBEDDED and not (config.state_dir / "chdb").is_dir():
         # nothing to read, and opening the store would create an empty one here
         raise Unavailable(
@@ -53,7 +61,9 @@ def fetch_recent(
 def _from_running_mesh(
     config: MeshConfig, kind: str, window: timedelta, limit: int
 ) -> list[dict[str, Any]]:
-    host = config.services[next(iter(config.services))].host
+    host = config.sink.host
+    if host in ("", "0.0.0.0", "::"):
+        host = config.services[next(iter(config.services))].host
     url = (
         f"http://{host}:{config.sink.admin_port}/v1/logs/{kind}"
         f"?last_s={window.total_seconds()}&limit={limit}"
