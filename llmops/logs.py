@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -37,11 +38,10 @@ def fetch_recent(
     (deploy/local/production.yaml)."""
     from llmops.observability import recent_rows
 
-    if config.mode is Mode.PRODUCTION:
-        try:
-            return _from_running_mesh(config, kind, window, limit)
-        except Unavailable:
-            pass  # no sink endpoint here: the configured store itself
+    if config.mode is Mode.PRODUCTION and _listening(
+        _endpoint_host(config), config.sink.admin_port
+    ):
+        return _from_running_mesh(config, kind, window, limit)
     if config.mode is Mode.EMBEDDED and not (config.state_dir / "chdb").is_dir():
         # nothing to read, and opening the store would create an empty one here
         raise Unavailable(
@@ -58,12 +58,25 @@ def fetch_recent(
     return _from_running_mesh(config, kind, window, limit)
 
 
-def _from_running_mesh(
-    config: MeshConfig, kind: str, window: timedelta, limit: int
-) -> list[dict[str, Any]]:
+def _endpoint_host(config: MeshConfig) -> str:
     host = config.sink.host
     if host in ("", "0.0.0.0", "::"):
         host = config.services[next(iter(config.services))].host
+    return host
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _from_running_mesh(
+    config: MeshConfig, kind: str, window: timedelta, limit: int
+) -> list[dict[str, Any]]:
+    host = _endpoint_host(config)
     url = (
         f"http://{host}:{config.sink.admin_port}/v1/logs/{kind}"
         f"?last_s={window.total_seconds()}&limit={limit}"

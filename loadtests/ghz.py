@@ -79,7 +79,8 @@ def command(probe: Probe, config: MeshConfig, ghz: str, out: Path) -> list[str]:
     argv = [
         ghz, f"--call={probe.call.replace('/', '.')}", f"--data={json.dumps(probe.data)}",
         f"--concurrency={probe.concurrency}", f"--total={probe.total}",
-        f"--duration={probe.duration_s:g}s", "--duration-stop=wait", "--timeout=10s",
+        # at most `total` calls and at most `duration_s` (ghz ignores -n when -z is given)
+        f"--max-duration={probe.duration_s:g}s", "--duration-stop=wait", "--timeout=10s",
         "--format=json", f"--output={out / 'ghz.json'}", "--count-errors",
         *credentials_args(config),
     ]  # fmt: skip
