@@ -207,6 +207,28 @@ def secure_options(security: ClientSecurity | None) -> tuple[tuple[str, Any], ..
 _FROM_CONFIG: Any = object()
 
 
+@functools.cache
+def _served_by() -> dict[str, str]:
+    """Full protobuf service name -> the mesh service that serves it."""
+    return {proto: name for name, plugin in SERVICES.items() for proto in plugin.proto_services}
+
+
+def _served_stub(cache: dict[Any, Any], stub_class: Callable[[Any], Any],
+                 channel_of: Callable[..., Any]) -> Any:  # fmt: skip
+    """The client of the protobuf service ``stub_class`` (a generated ``*Stub``) calls, on
+    the channel of the mesh service serving it (its admin listener for ``*AdminService``);
+    built once into ``cache`` and reused."""
+    cached = cache.get(stub_class)
+    if cached is None:
+        full = f"{PROTO_PACKAGE}.{getattr(stub_class, '__name__', '').removesuffix('Stub')}"
+        service = _served_by().get(full)
+        if service is None:
+            raise KeyError(f"no service of the mesh serves {full}")
+        admin = full.endswith("AdminService")
+        cached = cache[stub_class] = stub_class(channel_of(service, admin=admin))
+    return cached
+
+
 class MeshClient:
     """Async clients of all services; use ``async with MeshClient(config) as mesh``."""
 
@@ -256,9 +278,6 @@ class MeshClient:
             else {}
         )
         self._stubs: dict[Any, Any] = {}
-        self._served_by = {
-            proto: name for name, plugin in SERVICES.items() for proto in plugin.proto_services
-        }
 
     def channel(self, service: str, *, admin: bool = False) -> grpc.aio.Channel:
         """The one channel to ``service`` (its admin listener with ``admin``), created on
@@ -304,15 +323,7 @@ class MeshClient:
     def stub(self, stub_class: Callable[[grpc.aio.Channel], StubT]) -> StubT:
         """A client of the protobuf service that ``stub_class`` (a generated ``*Stub``)
         calls, on the channel of the mesh service serving it; built once and reused."""
-        cached = self._stubs.get(stub_class)
-        if cached is None:
-            full = f"{PROTO_PACKAGE}.{getattr(stub_class, '__name__', '').removesuffix('Stub')}"
-            service = self._served_by.get(full)
-            if service is None:
-                raise KeyError(f"no service of the mesh serves {full}")
-            admin = full.endswith("AdminService")
-            cached = self._stubs[stub_class] = stub_class(self.channel(service, admin=admin))
-        stub: StubT = cached
+        stub: StubT = _served_stub(self._stubs, stub_class, self.channel)
         return stub
 
     async def close(self) -> None:
@@ -396,9 +407,6 @@ class BlockingMeshClient:
         self._interceptors = (self._policy, *interceptors)
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[Any, Any] = {}
-        self._served_by = {
-            proto: name for name, plugin in SERVICES.items() for proto in plugin.proto_services
-        }
 
     def channel(self, service: str, *, admin: bool = False) -> grpc.Channel:
         try:
@@ -416,15 +424,7 @@ class BlockingMeshClient:
         return channel
 
     def stub(self, stub_class: Callable[[grpc.Channel], StubT]) -> StubT:
-        cached = self._stubs.get(stub_class)
-        if cached is None:
-            full = f"{PROTO_PACKAGE}.{getattr(stub_class, '__name__', '').removesuffix('Stub')}"
-            service = self._served_by.get(full)
-            if service is None:
-                raise KeyError(f"no service of the mesh serves {full}")
-            admin = full.endswith("AdminService")
-            cached = self._stubs[stub_class] = stub_class(self.channel(service, admin=admin))
-        stub: StubT = cached
+        stub: StubT = _served_stub(self._stubs, stub_class, self.channel)
         return stub
 
     def close(self) -> None:

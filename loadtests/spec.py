@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,6 +26,9 @@ PAGES = ("search_results", "property_page", "autocomplete")
 MAX_DURATION_S = 4 * 3600
 MAX_USERS = 2000
 MAX_REQUESTS = 10_000_000
+
+
+_Named = TypeVar("_Named", "Scenario", "Probe")
 
 
 class SpecError(ValueError):
@@ -145,35 +148,29 @@ def _first_error(where: str, exc: ValidationError) -> SpecError:
     return SpecError(f"{where}{'.' + loc if loc else ''}: {err['msg']}")
 
 
-def load_scenarios(path: Path = SCENARIOS_FILE) -> dict[str, Scenario]:
+def _load_named(path: Path, key: str, model: type[_Named]) -> dict[str, _Named]:
+    """The ``key:`` mapping of ``path``, each entry validated as ``model`` under its name."""
     doc = _read(path)
-    if not isinstance(doc, dict) or not isinstance(doc.get("scenarios"), dict):
-        raise SpecError(f"{path}: a mapping 'scenarios: {{name: ...}}'")
-    found: dict[str, Scenario] = {}
-    for name, body in doc["scenarios"].items():
+    entries = doc.get(key, {}) if isinstance(doc, dict) else None
+    if not isinstance(entries, dict):
+        raise SpecError(f"{path}: a mapping '{key}: {{name: ...}}'")
+    found: dict[str, _Named] = {}
+    for name, body in entries.items():
         if not isinstance(body, dict):
-            raise SpecError(f"{path}: scenarios.{name}: a mapping")
+            raise SpecError(f"{path}: {key}.{name}: a mapping")
         try:
-            found[name] = Scenario.model_validate({**body, "name": name})
+            found[name] = model.model_validate({**body, "name": name})
         except ValidationError as exc:
-            raise _first_error(f"{path}: scenarios.{name}", exc) from None
+            raise _first_error(f"{path}: {key}.{name}", exc) from None
     return found
+
+
+def load_scenarios(path: Path = SCENARIOS_FILE) -> dict[str, Scenario]:
+    return _load_named(path, "scenarios", Scenario)
 
 
 def load_probes(path: Path = SCENARIOS_FILE) -> dict[str, Probe]:
-    doc = _read(path)
-    probes = doc.get("probes", {}) if isinstance(doc, dict) else None
-    if not isinstance(probes, dict):
-        raise SpecError(f"{path}: 'probes' is a mapping {{name: ...}}")
-    found: dict[str, Probe] = {}
-    for name, body in probes.items():
-        if not isinstance(body, dict):
-            raise SpecError(f"{path}: probes.{name}: a mapping")
-        try:
-            found[name] = Probe.model_validate({**body, "name": name})
-        except ValidationError as exc:
-            raise _first_error(f"{path}: probes.{name}", exc) from None
-    return found
+    return _load_named(path, "probes", Probe)
 
 
 def scenario_with(scenario: Scenario, **overrides: float | int | None) -> Scenario:

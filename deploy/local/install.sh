@@ -131,31 +131,9 @@ install_zookeeper() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# go_install NAME MODULE@VERSION VERSION_FLAG VERSION_REGEX
-go_install() {
-    local name="$1" mod="$2" vflag="$3" want_re="$4" t0; t0=$(date +%s)
-    local bin="$LLMOPS_GOBIN/$name"
-    if [[ -x "$bin" ]] && "$bin" "$vflag" 2>/dev/null | grep -qE "$want_re"; then
-        log "$name: $bin is already ${mod##*@}"
-        step_time "$name" "$t0"
-        return 0
-    fi
-    command -v go >/dev/null 2>&1 || die "$name: go not found; install Go >= 1.21 (Go fetches newer toolchains itself)"
-    log "$name: go install $mod (into $LLMOPS_GOBIN; module cache in $(go env GOMODCACHE))"
-    mkdir -p "$LLMOPS_GOBIN"
-    GOBIN="$LLMOPS_GOBIN" CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" go install "$mod" \
-        || die "$name: go install $mod failed"
-    "$bin" "$vflag" 2>/dev/null | grep -qE "$want_re" || die "$name: $bin does not report ${mod##*@}"
-    step_time "$name" "$t0"
-}
-
-install_opa() {
-    go_install opa "github.com/open-policy-agent/opa@$LLMOPS_OPA_VERSION" version "^Version: ${LLMOPS_OPA_VERSION#v}\$"
-}
-
-# go_install_module NAME MODULE_PATH PACKAGE VERSION: for tools whose own version flag does
-# not report the module's version when built by `go install` (ghz says "dev", helm "v4.3"):
-# the version Go recorded in the binary is checked instead.
+# go_install_module NAME MODULE_PATH PACKAGE VERSION: `go install PACKAGE@VERSION` unless the
+# binary is already that version, read from what Go recorded in it (`go version -m`): the
+# tools' own version flags do not always say (ghz says "dev", helm "v4.3").
 go_install_module() {
     local name="$1" module="$2" package="$3" version="$4" t0; t0=$(date +%s)
     local bin="$LLMOPS_GOBIN/$name"
@@ -173,6 +151,10 @@ go_install_module() {
     step_time "$name" "$t0"
 }
 
+install_opa() {
+    go_install_module opa github.com/open-policy-agent/opa github.com/open-policy-agent/opa "$LLMOPS_OPA_VERSION"
+}
+
 install_ghz() {
     go_install_module ghz github.com/bojand/ghz github.com/bojand/ghz/cmd/ghz "$LLMOPS_GHZ_VERSION"
 }
@@ -187,8 +169,7 @@ install_probe() {
 }
 
 install_buf() {
-    # `buf --version` prints the bare version, e.g. 1.75.0
-    go_install buf "github.com/bufbuild/buf/cmd/buf@$LLMOPS_BUF_VERSION" --version "^${LLMOPS_BUF_VERSION#v}\$"
+    go_install_module buf github.com/bufbuild/buf github.com/bufbuild/buf/cmd/buf "$LLMOPS_BUF_VERSION"
 }
 
 # ---------------------------------------------------------------------------------------------
