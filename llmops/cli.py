@@ -1082,7 +1082,9 @@ def bench_clickhouse(quick: bool, rows: int | None) -> None:
     "`llmops up --production` (its config: --config, default deploy/local/production.yaml).",
 )
 @click.option("--duration", default=None, help="Override the scenario's, e.g. 90s, 5m.")
-@click.option("--users", type=int, default=None, help="Override the scenario's users.")
+@click.option(
+    "--users", type=int, default=None, help="Override the scenario's users (a probe's concurrency)."
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -1111,8 +1113,8 @@ def loadtest(
     RPC) against a running mesh on this machine, write a report (Markdown and one HTML page,
     with plots) and judge it against loadtests/slo.yaml.
 
-    Exits 0 when every objective is met, 1 when one is missed (or has too few calls to be
-    judged), 2 on a usage error, 3 when the load generator failed. Every run targets
+    Exits 0 when every objective is met, 1 when one is missed (or the run judged nothing),
+    2 on a usage error, 3 when the load generator failed. Every run targets
     loopback only and stops by itself (the scenario's duration or request cap).
     """
     import importlib.util
